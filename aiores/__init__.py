@@ -1,0 +1,1 @@
+"""aiores: asyncio-native orchestration of compute (placeholder, filled in below)."""

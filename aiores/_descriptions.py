@@ -1,0 +1,232 @@
+"""What to acquire and what to run: validated, immutable descriptions.
+
+Every field is checked when the description is made, so a wrong type fails at the
+line that wrote it with :class:`~aiores.BadParameter`, not later inside a backend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._exceptions import BadParameter
+
+__all__ = ["ComputeDescription", "JobDescription", "StorageDescription"]
+
+DEFAULT_CAPTURE_LIMIT = 8 * 1024 * 1024
+
+
+def _fail(owner: str, name: str, expected: str, value: object) -> BadParameter:
+    return BadParameter(
+        f"{owner}.{name} must be {expected}, not {type(value).__name__} {value!r}"
+    )
+
+
+def _opt_str(owner: str, name: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _fail(owner, name, "a str or None", value)
+
+
+def _opt_positive(owner: str, name: str, value: object, kind: type = int) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise _fail(owner, name, f"a positive {kind.__name__} or None", value)
+    if value <= 0:
+        raise BadParameter(f"{owner}.{name} must be positive, not {value!r}")
+    return value
+
+
+def _seconds(owner: str, name: str, value: object) -> float | None:
+    if isinstance(value, datetime.timedelta):
+        value = value.total_seconds()
+    result = _opt_positive(owner, name, value, float)
+    return None if result is None else float(result)
+
+
+def _tags(owner: str, value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, Iterable):
+        raise _fail(owner, "tags", "an iterable of str", value)
+    tags = tuple(value)
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or any(c.isspace() or c == "," for c in tag):
+            raise BadParameter(
+                f"{owner}.tags: each tag must be a non-empty str without spaces or commas, "
+                f"not {tag!r}"
+            )
+    return frozenset(tags)
+
+
+def _path(owner: str, name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise _fail(owner, name, "a non-empty path (str or os.PathLike) or None", value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ComputeDescription:
+    """A machine to acquire.
+
+    Args:
+        image: The backend's image name (``list_images()`` names them).
+        template: The backend's size name (``list_templates()`` names them).
+        tags: Labels to select the resource by later (a str is one tag).
+        cpus: Minimum number of CPUs, where the backend chooses the size.
+        memory: Minimum memory in MiB, where the backend chooses the size.
+        duration: Seconds (or a timedelta) after which the backend may expire it.
+        user_data: Boot-time user data (cloud-init), passed to the backend as is.
+        ready: ``"ssh"`` makes ACTIVE mean "SSH answers"; ``None`` makes it mean
+            "the backend says running" (for backends without SSH).
+    """
+
+    image: str | None = None
+    template: str | None = None
+    tags: frozenset[str] = field(default=frozenset())
+    cpus: int | None = None
+    memory: int | None = None
+    duration: float | None = None
+    user_data: str | None = None
+    ready: Literal["ssh"] | None = "ssh"
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _set = object.__setattr__
+        _opt_str(owner, "image", self.image)
+        _opt_str(owner, "template", self.template)
+        _opt_str(owner, "user_data", self.user_data)
+        _set(self, "tags", _tags(owner, self.tags))
+        _opt_positive(owner, "cpus", self.cpus)
+        _opt_positive(owner, "memory", self.memory)
+        _set(self, "duration", _seconds(owner, "duration", self.duration))
+        if self.ready not in ("ssh", None):
+            raise BadParameter(f"{owner}.ready must be 'ssh' or None, not {self.ready!r}")
+
+    def replace(self, **changes: Any) -> ComputeDescription:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageDescription:
+    """Storage to acquire (a bucket, a volume).
+
+    Args:
+        name: The backend's name for it (a bucket name), or None to let aiores choose.
+        size: Size in GiB where the backend needs one.
+        tags: Labels to select it by later.
+    """
+
+    name: str | None = None
+    size: int | None = None
+    tags: frozenset[str] = field(default=frozenset())
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _opt_str(owner, "name", self.name)
+        _opt_positive(owner, "size", self.size)
+        object.__setattr__(self, "tags", _tags(owner, self.tags))
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobDescription:
+    """A program to run as a job.
+
+    ``executable`` and ``arguments`` are passed to the program as they are, never
+    through a shell; use :meth:`shell` to run a shell command on purpose.
+
+    Args:
+        executable: The program (a path, or a name looked up in PATH).
+        arguments: Its arguments.
+        environment: Variables added to the job's environment.
+        working_directory: Where it runs; must exist and be readable.
+        stdin: Data written to its standard input (str is encoded as UTF-8).
+        stdout: A file to write standard output to; None captures it on ``job.stdout``.
+        stderr: A file to write standard error to; None captures it on ``job.stderr``.
+        capture_limit: Bytes of captured output kept per stream; past it the output is
+            cut and ends with a truncation marker.
+        name: A name for the job (batch systems show it).
+        walltime: Seconds (or a timedelta) after which the backend may kill it.
+        queue, project, processes, cores, memory, category: batch-system fields
+            (memory in MiB; cores per process).
+    """
+
+    executable: str
+    arguments: Sequence[str] = ()
+    environment: Mapping[str, str] = field(default_factory=dict)
+    working_directory: str | None = None
+    stdin: bytes | str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    capture_limit: int = DEFAULT_CAPTURE_LIMIT
+    name: str | None = None
+    walltime: float | None = None
+    queue: str | None = None
+    project: str | None = None
+    processes: int | None = None
+    cores: int | None = None
+    memory: int | None = None
+    category: str | None = None
+
+    @classmethod
+    def shell(cls, command: str, **fields: Any) -> JobDescription:
+        """A job that runs ``command`` with ``/bin/sh -c`` (the caller asked for a shell)."""
+        if not isinstance(command, str) or not command.strip():
+            raise BadParameter(f"a shell command must be a non-empty str, not {command!r}")
+        return cls(executable="/bin/sh", arguments=("-c", command), **fields)
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _set = object.__setattr__
+        if not isinstance(self.executable, str) or not self.executable.strip():
+            raise _fail(owner, "executable", "a non-empty str", self.executable)
+        if isinstance(self.arguments, (str, bytes)) or not isinstance(self.arguments, Iterable):
+            raise _fail(owner, "arguments", "a sequence of str (not one str)", self.arguments)
+        args = tuple(self.arguments)
+        for arg in args:
+            if not isinstance(arg, str):
+                raise BadParameter(f"{owner}.arguments must all be str, found {arg!r}")
+        _set(self, "arguments", args)
+        if not isinstance(self.environment, Mapping):
+            raise _fail(owner, "environment", "a mapping of str to str", self.environment)
+        for key, val in self.environment.items():
+            if not isinstance(key, str) or not isinstance(val, str) or not key or "=" in key:
+                raise BadParameter(
+                    f"{owner}.environment must map names to str values, found {key!r}: {val!r}"
+                )
+        _set(self, "environment", dict(self.environment))
+        _set(self, "working_directory", _path(owner, "working_directory", self.working_directory))
+        if self.stdin is not None and not isinstance(self.stdin, (bytes, str)):
+            raise _fail(owner, "stdin", "bytes, str or None", self.stdin)
+        _set(self, "stdout", _path(owner, "stdout", self.stdout))
+        _set(self, "stderr", _path(owner, "stderr", self.stderr))
+        if (
+            isinstance(self.capture_limit, bool)
+            or not isinstance(self.capture_limit, int)
+            or self.capture_limit < 0
+        ):
+            raise _fail(owner, "capture_limit", "an int >= 0", self.capture_limit)
+        for name in ("name", "queue", "project", "category"):
+            _opt_str(owner, name, getattr(self, name))
+        _set(self, "walltime", _seconds(owner, "walltime", self.walltime))
+        for name in ("processes", "cores", "memory"):
+            _opt_positive(owner, name, getattr(self, name))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """``stdin`` as bytes (str encoded as UTF-8)."""
+        return self.stdin.encode() if isinstance(self.stdin, str) else self.stdin
+
+    def replace(self, **changes: Any) -> JobDescription:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)

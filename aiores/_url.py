@@ -1,0 +1,112 @@
+"""Parsed, validated backend URLs (``sim://``, ``ssh://user@host:22``, ``slurm+ssh://login``)."""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+
+from ._exceptions import IncorrectURL
+
+__all__ = ["URL"]
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9.\-]*(\+[a-z][a-z0-9.\-]*)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class URL:
+    """A backend URL: ``scheme://[user@]host[:port][/path][?query]``.
+
+    Compound schemes read as "adaptor over transport": ``slurm+ssh://login.host``
+    has ``adaptor == "slurm"`` and ``transport == "ssh"``.
+    """
+
+    scheme: str
+    host: str = ""
+    user: str | None = None
+    port: int | None = None
+    path: str = ""
+    query: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def parse(cls, value: str | URL) -> URL:
+        """Parse and validate ``value``; raises :class:`IncorrectURL` saying what is wrong."""
+        if isinstance(value, URL):
+            return value
+        if not isinstance(value, str):
+            raise IncorrectURL(f"a URL must be a str, not {type(value).__name__}: {value!r}")
+        text = value.strip()
+        if "://" not in text:
+            raise IncorrectURL(
+                f"{value!r} is not a URL: expected scheme://[user@]host[:port], "
+                "for example 'local://', 'sim://' or 'ssh://user@host'"
+            )
+        try:
+            parts = urllib.parse.urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise IncorrectURL(f"{value!r} is not a valid URL: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if not _SCHEME.match(scheme):
+            raise IncorrectURL(f"{value!r} has an invalid scheme {parts.scheme!r}")
+        if any(c.isspace() for c in text):
+            raise IncorrectURL(f"{value!r} contains white space")
+        user = urllib.parse.unquote(parts.username) if parts.username else None
+        if parts.password:
+            raise IncorrectURL(
+                f"{scheme}:// URL carries a password: put credentials in a context "
+                "(aiores.SSHContext, aiores.AWSContext), never in a URL"
+            )
+        query = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        return cls(
+            scheme=scheme,
+            host=(parts.hostname or "").lower(),
+            user=user,
+            port=port,
+            path=parts.path,
+            query=query,
+        )
+
+    @property
+    def adaptor(self) -> str:
+        """The first part of a compound scheme (``slurm`` in ``slurm+ssh``)."""
+        return self.scheme.split("+", 1)[0]
+
+    @property
+    def transport(self) -> str | None:
+        """The rest of a compound scheme (``ssh`` in ``slurm+ssh``), or None."""
+        head, sep, rest = self.scheme.partition("+")
+        return rest if sep else None
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Query parameters as a dict (the last value wins)."""
+        return dict(self.query)
+
+    def replace(self, **changes: object) -> URL:
+        """A copy with some fields changed."""
+        fields = {
+            "scheme": self.scheme,
+            "host": self.host,
+            "user": self.user,
+            "port": self.port,
+            "path": self.path,
+            "query": self.query,
+        }
+        fields.update(changes)
+        return URL(**fields)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        netloc = ""
+        if self.user:
+            netloc += urllib.parse.quote(self.user, safe="") + "@"
+        host = self.host
+        if ":" in host:
+            host = f"[{host}]"
+        netloc += host
+        if self.port is not None:
+            netloc += f":{self.port}"
+        text = f"{self.scheme}://{netloc}{self.path}"
+        if self.query:
+            text += "?" + urllib.parse.urlencode(self.query)
+        return text

@@ -1,0 +1,374 @@
+"""The contract adaptors implement.
+
+An adaptor package exposes one :class:`AdaptorPlugin`: it names the URL schemes it
+handles and opens capability objects for a URL. Each capability is a small async base
+class; an adaptor implements the ones its backend supports and inherits
+``NotSupported`` for the rest:
+
+- :class:`ResourceAdaptor`: acquire n resources under an idempotency token, destroy,
+  describe in batch, list, templates and images.
+- :class:`JobAdaptor`: submit, describe in batch, cancel, hold, release, suspend, resume.
+- :class:`FileAdaptor`: put, get, list, remove.
+- :class:`CommandRunner`: run one command and return its :class:`~aiores.RunResult`.
+
+Adaptors report states with :class:`ResourceInfo` / :class:`JobInfo`, mapping native
+states through a table, and translate native errors into the aiores tree at the
+boundary. Backends that push state changes call :meth:`Adaptor.publish`; backends
+that must be polled set :attr:`Adaptor.poll` and the session's shared watcher calls
+``describe`` for every watched object of the endpoint in one batch per tick.
+
+Third-party adaptors register through the entry point group ``aiores.adaptors``,
+whose value is an :class:`AdaptorPlugin` instance or class.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from ._contexts import Context
+from ._descriptions import ComputeDescription, JobDescription, StorageDescription
+from ._exceptions import DoesNotExist, NotSupported
+from ._fleet import RunResult
+from ._states import JobState, ResourceState
+from ._url import URL
+
+if TYPE_CHECKING:
+    from ._clock import Clock
+
+__all__ = [
+    "URL",
+    "Adaptor",
+    "AdaptorEnv",
+    "AdaptorPlugin",
+    "CommandRunner",
+    "FileAdaptor",
+    "Image",
+    "JobAdaptor",
+    "JobInfo",
+    "PollPolicy",
+    "ResourceAdaptor",
+    "ResourceInfo",
+    "Template",
+]
+
+RType = Literal["compute", "storage", "network"]
+C = TypeVar("C", bound=Context)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceInfo:
+    """What a backend says about one resource at one moment.
+
+    ``id`` is the backend's own id. ``access`` is the URL through which jobs, commands
+    and files reach it (``ssh://user@host:port``, ``local://``), once known.
+    ``host_keys`` are public keys the backend vouches for (pinned, not trusted on
+    first use). ``token`` is the idempotency token it was created under.
+    """
+
+    id: str
+    state: ResourceState
+    state_detail: str = ""
+    rtype: RType = "compute"
+    access: str | None = None
+    public_address: str | None = None
+    private_address: str | None = None
+    tags: frozenset[str] = frozenset()
+    token: str | None = None
+    host_keys: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobInfo:
+    """What a backend says about one job at one moment (``id`` is the native id)."""
+
+    id: str
+    state: JobState
+    state_detail: str = ""
+    exit_code: int | None = None
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+    token: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Template:
+    """A size a backend offers (an instance type)."""
+
+    name: str
+    cpus: int | None = None
+    memory: int | None = None  # MiB
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Image:
+    """An image a backend can boot."""
+
+    name: str
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PollPolicy:
+    """How the shared watcher polls an endpoint.
+
+    The interval starts at ``floor``, grows by ``backoff`` after each tick that saw no
+    change up to ``ceiling``, returns to ``floor`` on a change, and is spread by
+    ``jitter`` (a fraction) so that many endpoints do not tick together. ``batch`` is
+    the most ids one ``describe`` call accepts.
+    """
+
+    floor: float = 1.0
+    ceiling: float = 15.0
+    backoff: float = 1.5
+    jitter: float = 0.1
+    batch: int = 1000
+
+
+class AdaptorEnv(Protocol):
+    """What a session offers the adaptors it opens."""
+
+    @property
+    def state_dir(self) -> Path:
+        """The aiores state directory (journal, keys, the simulated cloud)."""
+        ...
+
+    @property
+    def clock(self) -> Clock:
+        """The session's clock (injectable for tests)."""
+        ...
+
+    def context(self, kind: type[C], host: str = "") -> C | None:
+        """The session's first context of ``kind`` that applies to ``host``."""
+        ...
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``fn()`` in the session's task group; it is cancelled when the session closes."""
+        ...
+
+    async def command_runner(self, url: str | URL) -> CommandRunner:
+        """The session's (shared) command runner for ``url``."""
+        ...
+
+    async def job_adaptor(self, url: str | URL) -> JobAdaptor:
+        """The session's (shared) job adaptor for ``url``."""
+        ...
+
+    async def file_adaptor(self, url: str | URL) -> FileAdaptor:
+        """The session's (shared) file adaptor for ``url``."""
+        ...
+
+
+class Adaptor:
+    """What every capability object has: its URL, its session, push and poll hooks.
+
+    Subclasses open connections in :meth:`open` (called once, before first use)
+    and release them in :meth:`aclose` (called when the session closes).
+    """
+
+    #: How the shared watcher polls this adaptor; None means it pushes every change.
+    poll: PollPolicy | None = None
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        self.url = url
+        self.env = env
+        self._listener: Callable[[Any], None] | None = None
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect or prepare; called once before first use."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and background work; called when the session closes."""
+
+    def publish(self, info: ResourceInfo | JobInfo) -> None:
+        """Report a state change without being asked (push-style backends)."""
+        if self._listener is not None:
+            self._listener(info)
+
+    def set_listener(self, listener: Callable[[Any], None]) -> None:
+        """Called by the core: where :meth:`publish` delivers."""
+        self._listener = listener
+
+    def _unsupported(self, what: str) -> NotSupported:
+        return NotSupported(f"{self.url.scheme}:// does not support {what}")
+
+
+class ResourceAdaptor(Adaptor):
+    """Acquires, describes and releases resources of one backend endpoint."""
+
+    @abc.abstractmethod
+    async def acquire(
+        self,
+        description: ComputeDescription | StorageDescription,
+        count: int,
+        token: str,
+    ) -> Sequence[ResourceInfo]:
+        """Create ``count`` resources in one backend call where possible.
+
+        ``token`` is an idempotency token: the backend must be able to find what this
+        call created by it (:meth:`find`), even if this call never returns.
+        """
+
+    @abc.abstractmethod
+    async def find(self, token: str) -> Sequence[ResourceInfo]:
+        """Every resource created under ``token`` that still exists."""
+
+    @abc.abstractmethod
+    async def destroy(self, ids: Sequence[str]) -> None:
+        """Release the resources; ids already gone are not an error."""
+
+    @abc.abstractmethod
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
+        """The current state of each id (at most ``poll.batch`` ids); unknown ids are left out."""
+
+    async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
+        """Resources this endpoint holds that carry all ``tags``."""
+        raise self._unsupported("listing resources")
+
+    async def list_templates(self) -> Sequence[Template]:
+        """The sizes this backend offers."""
+        return ()
+
+    async def list_images(self) -> Sequence[Image]:
+        """The images this backend can boot."""
+        return ()
+
+    async def reconfig(
+        self, id: str, description: ComputeDescription | StorageDescription
+    ) -> ResourceInfo:
+        """Change a resource in place."""
+        raise self._unsupported("reconfig")
+
+
+class JobAdaptor(Adaptor):
+    """Submits and controls jobs on one backend endpoint."""
+
+    #: True if ``submit`` honours ``JobDescription``-level hold (HELD until released).
+    supports_hold: bool = False
+
+    @abc.abstractmethod
+    async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
+        """Start (or queue) one job; the backend must be able to :meth:`find` it by token."""
+
+    @abc.abstractmethod
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
+        """The current state of each job id; unknown ids are left out."""
+
+    async def find(self, token: str) -> Sequence[JobInfo]:
+        """Every job submitted under ``token`` (for cleanup after a cancelled submit)."""
+        return ()
+
+    async def list(self) -> Sequence[JobInfo]:
+        """The jobs this endpoint knows."""
+        raise self._unsupported("listing jobs")
+
+    async def cancel(self, id: str) -> None:
+        """Stop the job (TERM, then KILL after a grace period, where that applies)."""
+        raise self._unsupported("cancel")
+
+    async def hold(self, id: str) -> None:
+        """Keep a queued job from starting."""
+        raise self._unsupported("hold")
+
+    async def release(self, id: str) -> None:
+        """Let a held job start."""
+        raise self._unsupported("release")
+
+    async def suspend(self, id: str) -> None:
+        """Pause a running job."""
+        raise self._unsupported("suspend")
+
+    async def resume(self, id: str) -> None:
+        """Continue a suspended job."""
+        raise self._unsupported("resume")
+
+    async def reap(self, id: str) -> None:
+        """Forget a finished job and free what the backend kept for it."""
+        raise self._unsupported("reap")
+
+
+class FileAdaptor(Adaptor):
+    """Moves files to and from one backend endpoint."""
+
+    async def put(self, local: str | Path, remote: str) -> None:
+        """Copy a local file or directory to ``remote``."""
+        raise self._unsupported("put")
+
+    async def get(self, remote: str, local: str | Path) -> None:
+        """Copy ``remote`` (file or directory) to a local path."""
+        raise self._unsupported("get")
+
+    async def list(self, remote: str) -> Sequence[str]:
+        """Names in a remote directory."""
+        raise self._unsupported("listing files")
+
+    async def remove(self, remote: str) -> None:
+        """Remove a remote file (or empty directory)."""
+        raise self._unsupported("removing files")
+
+
+class CommandRunner(Adaptor):
+    """Runs one command to completion (locally, or over a transport such as SSH)."""
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run ``command`` and return its result.
+
+        A str is a shell command (the caller asked for a shell); a sequence is a program
+        and its arguments, quoted wherever a shell is unavoidable. A non-zero exit is a
+        result, not an error. Cancelling it stops the command. Raises
+        :class:`~aiores.Timeout` after ``timeout`` seconds, having stopped the command.
+        """
+
+
+class AdaptorPlugin:
+    """One adaptor package: the schemes it handles and the capabilities it opens.
+
+    The core calls the ``*_adaptor`` factories once per endpoint (see
+    :meth:`endpoint`) and shares the object across every manager and job service of
+    the session that uses that endpoint.
+    """
+
+    #: A unique name (the registry refuses two plugins with one name).
+    name: str = ""
+    #: URL schemes handled (``"sim"``, ``"ssh"``); compound schemes use their first part.
+    schemes: frozenset[str] = frozenset()
+
+    def accepts(self, url: URL) -> bool:
+        """True if this plugin handles ``url`` (used by ``any://``)."""
+        return url.adaptor in self.schemes
+
+    def endpoint(self, url: URL) -> str:
+        """A key naming the backend endpoint; objects with one key share adaptors."""
+        return str(url.replace(path="", query=()))
+
+    def resource_adaptor(self, url: URL, env: AdaptorEnv) -> ResourceAdaptor:
+        raise NotSupported(f"{url.scheme}:// has no resource manager")
+
+    def job_adaptor(self, url: URL, env: AdaptorEnv) -> JobAdaptor:
+        raise NotSupported(f"{url.scheme}:// has no job service")
+
+    def file_adaptor(self, url: URL, env: AdaptorEnv) -> FileAdaptor:
+        raise NotSupported(f"{url.scheme}:// has no file access")
+
+    def command_runner(self, url: URL, env: AdaptorEnv) -> CommandRunner:
+        raise NotSupported(f"{url.scheme}:// cannot run commands")
+
+
+def missing(kind: str, id: str, url: URL) -> DoesNotExist:
+    """The error for an id an endpoint does not know."""
+    return DoesNotExist(f"no {kind} {id!r} at {url}")
