@@ -1,1 +1,80 @@
-"""aiores: asyncio-native orchestration of compute (placeholder, filled in below)."""
+"""aiores: asyncio-native orchestration of compute.
+
+Acquire resources (cloud VMs, simulated VMs, the local host), submit and control
+jobs, and run commands on machines, thousands at once from one event loop; every
+operation is awaitable, bounded by timeouts and safe to cancel.
+
+    async with aiores.Session() as session:
+        js = session.job_service("local://")
+        job = await js.submit(aiores.JobDescription(executable="/bin/echo", arguments=["hi"]))
+        await job.wait()
+"""
+
+from ._contexts import AWSContext, Context, SSHContext
+from ._descriptions import ComputeDescription, JobDescription, StorageDescription
+from ._exceptions import (
+    AioresError,
+    AuthenticationFailed,
+    BadParameter,
+    ConnectionLost,
+    DoesNotExist,
+    FanOutError,
+    HostKeyError,
+    IncorrectState,
+    IncorrectURL,
+    NoSuccess,
+    NotSupported,
+    PermissionDenied,
+    Timeout,
+)
+from ._fleet import RunResult
+from ._jobs import Job, JobArray, JobService, as_completed, wait_any
+from ._journal import Intent, Journal
+from ._registry import register_adaptor, unregister_adaptor
+from ._resource import Compute, Manager, Resource, Storage
+from ._session import Session, state_dir
+from ._states import JobState, ResourceState
+from ._url import URL
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "URL",
+    "AWSContext",
+    "AioresError",
+    "AuthenticationFailed",
+    "BadParameter",
+    "Compute",
+    "ComputeDescription",
+    "ConnectionLost",
+    "Context",
+    "DoesNotExist",
+    "FanOutError",
+    "HostKeyError",
+    "IncorrectState",
+    "IncorrectURL",
+    "Intent",
+    "Job",
+    "JobArray",
+    "JobDescription",
+    "JobService",
+    "JobState",
+    "Journal",
+    "Manager",
+    "NoSuccess",
+    "NotSupported",
+    "PermissionDenied",
+    "Resource",
+    "ResourceState",
+    "RunResult",
+    "SSHContext",
+    "Session",
+    "Storage",
+    "StorageDescription",
+    "Timeout",
+    "as_completed",
+    "register_adaptor",
+    "state_dir",
+    "unregister_adaptor",
+    "wait_any",
+]

@@ -21,9 +21,7 @@ DEFAULT_CAPTURE_LIMIT = 8 * 1024 * 1024
 
 
 def _fail(owner: str, name: str, expected: str, value: object) -> BadParameter:
-    return BadParameter(
-        f"{owner}.{name} must be {expected}, not {type(value).__name__} {value!r}"
-    )
+    return BadParameter(f"{owner}.{name} must be {expected}, not {type(value).__name__} {value!r}")
 
 
 def _opt_str(owner: str, name: str, value: object) -> str | None:

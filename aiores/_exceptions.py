@@ -94,7 +94,7 @@ class ConnectionLost(NoSuccess):
     """A connection to a backend broke while an operation was using it."""
 
 
-class FanOutError(AioresError, ExceptionGroup):  # type: ignore[misc]
+class FanOutError(AioresError, ExceptionGroup):
     """Some members of a group failed; carries every failure, none dropped.
 
     ``exceptions`` holds one error per failed member; ``results`` (when the fan-out

@@ -121,9 +121,7 @@ class Registry:
             module = importlib.import_module(spec.module)
         except ImportError as exc:
             hint = f" Install it with: pip install 'aiores[{spec.extra}]'" if spec.extra else ""
-            raise NotSupported(
-                f"the {scheme}:// adaptor cannot load: {exc}.{hint}"
-            ) from exc
+            raise NotSupported(f"the {scheme}:// adaptor cannot load: {exc}.{hint}") from exc
         plugin: AdaptorPlugin = module.plugin
         with self._lock:
             if scheme in self._schemes:  # another thread won the race

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._exceptions import IncorrectURL
 
-__all__ = ["URL"]
+__all__ = ["URL", "join_id", "split_id"]
+
+_ID = re.compile(r"^\[(?P<url>[^\]]+)\]-\[(?P<native>.+)\]$")
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9.\-]*(\+[a-z][a-z0-9.\-]*)*$")
 
@@ -75,7 +78,7 @@ class URL:
     @property
     def transport(self) -> str | None:
         """The rest of a compound scheme (``ssh`` in ``slurm+ssh``), or None."""
-        head, sep, rest = self.scheme.partition("+")
+        _, sep, rest = self.scheme.partition("+")
         return rest if sep else None
 
     @property
@@ -85,7 +88,7 @@ class URL:
 
     def replace(self, **changes: object) -> URL:
         """A copy with some fields changed."""
-        fields = {
+        fields: dict[str, Any] = {
             "scheme": self.scheme,
             "host": self.host,
             "user": self.user,
@@ -94,7 +97,7 @@ class URL:
             "query": self.query,
         }
         fields.update(changes)
-        return URL(**fields)  # type: ignore[arg-type]
+        return URL(**fields)
 
     def __str__(self) -> str:
         netloc = ""
@@ -110,3 +113,14 @@ class URL:
         if self.query:
             text += "?" + urllib.parse.urlencode(self.query)
         return text
+
+
+def join_id(url: str, native_id: str) -> str:
+    """An aiores id (SAGA style): ``[sim://]-[vm-12]``, naming the endpoint and the native id."""
+    return f"[{url}]-[{native_id}]"
+
+
+def split_id(value: str) -> tuple[str, str] | None:
+    """``(url, native_id)`` of an aiores id, or None if ``value`` is a bare native id."""
+    match = _ID.match(value)
+    return (match["url"], match["native"]) if match else None

@@ -181,10 +181,10 @@ class Adaptor:
         self.env = env
         self._listener: Callable[[Any], None] | None = None
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
+    async def open(self) -> None:
         """Connect or prepare; called once before first use."""
 
-    async def aclose(self) -> None:  # noqa: B027 - optional hook
+    async def aclose(self) -> None:
         """Release connections and background work; called when the session closes."""
 
     def publish(self, info: ResourceInfo | JobInfo) -> None:

@@ -1,0 +1,531 @@
+"""Job services and jobs: submit, arrays with max_parallel, control, wait_any, as_completed."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from ._descriptions import JobDescription
+from ._exceptions import BadParameter, DoesNotExist, IncorrectState, Timeout
+from ._states import JobState, ResourceState
+from ._url import URL, join_id, split_id
+from ._watch import Tracked, Watcher
+from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["Job", "JobArray", "JobService", "as_completed", "wait_any"]
+
+#: The environment variable that carries a job's index in its array.
+ARRAY_INDEX_VARIABLE = "AIORES_ARRAY_INDEX"
+
+
+class JobService:
+    """Submits and finds jobs at one endpoint (``session.job_service(url)``)."""
+
+    def __init__(self, session: Session, url: URL, plugin: AdaptorPlugin) -> None:
+        self.session = session
+        self.url = url
+        self._plugin = plugin
+
+    def __repr__(self) -> str:
+        return f"<aiores.JobService {self.url}>"
+
+    async def __aenter__(self) -> JobService:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def _open(self) -> tuple[JobAdaptor, Watcher]:
+        endpoint = await self.session._open_endpoint(self._plugin, self.url, "jobs")
+        assert isinstance(endpoint.adaptor, JobAdaptor)
+        return endpoint.adaptor, endpoint.watcher
+
+    def _job(self, info: JobInfo, watcher: Watcher, description: JobDescription | None) -> Job:
+        known = watcher.lookup(info.id)
+        if isinstance(known, Job):
+            known._apply(info)
+            return known
+        job = Job(self, watcher, description, info)
+        return job
+
+    async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
+        """Submit one job; returns once the backend accepted it.
+
+        Args:
+            description: What to run.
+            hold: Submit it HELD: it starts only after ``job.release()``.
+
+        Raises:
+            BadParameter: not a JobDescription.
+            DoesNotExist, PermissionDenied: the executable or working directory is
+                missing or not usable.
+            NotSupported: ``hold`` where the backend cannot hold.
+
+        Cancelling it after the backend may have accepted the job cancels that job
+        (shielded, bounded), then re-raises the cancellation.
+        """
+        if not isinstance(description, JobDescription):
+            raise BadParameter(
+                f"submit needs an aiores.JobDescription, not {type(description).__name__}"
+            )
+        adaptor, watcher = await self._open()
+        job = Job(self, watcher, description, None)
+        await job._submit(adaptor, hold)
+        return job
+
+    async def submit_array(
+        self,
+        description: JobDescription,
+        count: int | None = None,
+        indices: Iterable[int] | None = None,
+        max_parallel: int | None = None,
+    ) -> JobArray:
+        """Submit one job per index, each seeing its index in ``$AIORES_ARRAY_INDEX``.
+
+        Args:
+            description: What each job runs.
+            count: Indices ``0 .. count-1`` (give this or ``indices``).
+            indices: Explicit indices.
+            max_parallel: At most this many of them unfinished at once; the rest are
+                submitted as earlier ones finish, in index order.
+
+        Returns once the first ``max_parallel`` (or all) jobs are accepted; the rest
+        are submitted in the session's background. A later submission that fails
+        leaves that job FAILED with the error in ``state_detail``.
+        """
+        if not isinstance(description, JobDescription):
+            raise BadParameter(
+                f"submit_array needs an aiores.JobDescription, not {type(description).__name__}"
+            )
+        if (count is None) == (indices is None):
+            raise BadParameter("submit_array needs exactly one of count= or indices=")
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise BadParameter(f"count must be an int >= 1, not {count!r}")
+            index_list = builtins.list(range(count))
+        else:
+            assert indices is not None
+            index_list = builtins.list(indices)
+            if not index_list or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in index_list
+            ):
+                raise BadParameter(f"indices must be a non-empty iterable of int: {indices!r}")
+            if len(set(index_list)) != len(index_list):
+                raise BadParameter("indices must not repeat")
+        if max_parallel is not None and (
+            isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
+        ):
+            raise BadParameter(f"max_parallel must be an int >= 1 or None, not {max_parallel!r}")
+        adaptor, watcher = await self._open()
+        jobs = [
+            Job(
+                self,
+                watcher,
+                description.replace(
+                    environment={**description.environment, ARRAY_INDEX_VARIABLE: str(index)}
+                ),
+                None,
+                index=index,
+            )
+            for index in index_list
+        ]
+        array = JobArray(jobs)
+        limit = max_parallel or len(jobs)
+        slots = asyncio.Semaphore(limit)
+
+        async def start(job: Job) -> None:
+            await slots.acquire()
+            if job.state.final:  # cancelled before it was submitted
+                slots.release()
+                return
+            job._on_final(slots.release)
+            await job._submit(adaptor, False)
+
+        first, rest = jobs[:limit], jobs[limit:]
+        outcomes = await asyncio.gather(*(start(job) for job in first), return_exceptions=True)
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        if errors:
+            # Nothing half-done: cancel the members that were accepted, then raise.
+            await self.session.shielded(
+                lambda: JobArray([j for j in first if j.native_id]).cancel(),
+                what=f"cancelling a failed array at {self.url}",
+            )
+            raise errors[0]
+        if rest:
+
+            async def feed() -> None:
+                for job in rest:
+                    try:
+                        await start(job)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        job._submission_failed(exc)
+                    if job.state.final:
+                        continue
+                    job._watch_until_final()
+
+            for job in first:
+                job._watch_until_final()
+            self.session.spawn(feed, name=f"aiores-array {self.url}")
+        return array
+
+    async def get(self, job_id: str) -> Job:
+        """Reconnect to a job by ``job.id`` (or native id).
+
+        Raises:
+            DoesNotExist: the backend does not know it.
+            BadParameter: the id belongs to another service's URL.
+        """
+        native = self._native(job_id)
+        adaptor, watcher = await self._open()
+        known = watcher.lookup(native)
+        if isinstance(known, Job):
+            return known
+        infos = await adaptor.describe([native])
+        if native not in infos:
+            raise DoesNotExist(f"{self.url} has no job {job_id!r}")
+        return self._job(infos[native], watcher, None)
+
+    def _native(self, job_id: str) -> str:
+        if not isinstance(job_id, str) or not job_id:
+            raise BadParameter(f"a job id must be a non-empty str, not {job_id!r}")
+        parsed = split_id(job_id)
+        if parsed is None:
+            return job_id
+        url, native = parsed
+        if URL.parse(url) != self.url:
+            raise BadParameter(f"job {job_id!r} belongs to {url}, not to {self.url}")
+        return native
+
+    async def list(self, state: JobState | None = None) -> builtins.list[Job]:
+        """Jobs the endpoint knows (in ``state`` if given)."""
+        adaptor, watcher = await self._open()
+        return [
+            self._job(info, watcher, None)
+            for info in await adaptor.list()
+            if state is None or info.state is state
+        ]
+
+
+class Job(Tracked[JobState]):
+    """A job at a job service; it runs on if the client goes away.
+
+    ``state`` never goes backwards; ``exit_code``, ``stdout`` and ``stderr`` are
+    filled once the backend reports them (output only where it was captured).
+    """
+
+    _kind = "job"
+
+    def __init__(
+        self,
+        service: JobService,
+        watcher: Watcher,
+        description: JobDescription | None,
+        info: JobInfo | None,
+        *,
+        index: int | None = None,
+    ) -> None:
+        self._service = service
+        self._description = description
+        self._info = info or JobInfo(id="", state=JobState.NEW)
+        self.index = index
+        self._watch_task: asyncio.Task[Any] | None = None
+        super().__init__(self._info.state, watcher, info.id if info else None)
+
+    def __repr__(self) -> str:
+        name = self.id if self._native_id else f"unsubmitted job at {self._service.url}"
+        return f"<aiores.Job {name} {self._state.name}>"
+
+    __str__ = __repr__
+
+    # -- fields -----------------------------------------------------------------------
+    @property
+    def id(self) -> str:
+        """``[url]-[native id]``; usable with ``JobService.get`` from any process."""
+        return join_id(str(self._service.url), self._native_id or "")
+
+    @property
+    def native_id(self) -> str | None:
+        """The backend's own id (None until submitted)."""
+        return self._native_id
+
+    @property
+    def service(self) -> JobService:
+        return self._service
+
+    @property
+    def description(self) -> JobDescription | None:
+        """What was submitted (None when reconnected from another process)."""
+        return self._description
+
+    @property
+    def state_detail(self) -> str:
+        return self._info.state_detail
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code once finished (negative: killed by that signal number)."""
+        return self._info.exit_code
+
+    @property
+    def stdout_bytes(self) -> bytes | None:
+        """Captured standard output, if the backend captured it."""
+        return self._info.stdout
+
+    @property
+    def stderr_bytes(self) -> bytes | None:
+        """Captured standard error, if the backend captured it."""
+        return self._info.stderr
+
+    @property
+    def stdout(self) -> str | None:
+        """Captured standard output as text (undecodable bytes replaced)."""
+        data = self._info.stdout
+        return None if data is None else data.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str | None:
+        """Captured standard error as text (undecodable bytes replaced)."""
+        data = self._info.stderr
+        return None if data is None else data.decode("utf-8", "replace")
+
+    def _on_info(self, info: JobInfo) -> None:
+        self._info = info
+
+    def _detail(self) -> str:
+        return self._info.state_detail
+
+    def _record(self, old: JobState, new: JobState, detail: str) -> None:
+        journal = self._service.session.journal
+        if journal is not None and self._native_id is not None:
+            journal.transition(self.id, "job", old.name, new.name, detail)
+
+    # -- submission -------------------------------------------------------------------
+    async def _submit(self, adaptor: JobAdaptor, hold: bool) -> None:
+        description = self._description
+        assert description is not None
+        session = self._service.session
+
+        async def call(token: str) -> Sequence[JobInfo]:
+            return [await adaptor.submit(description, token, hold=hold)]
+
+        async def release(token: str) -> Sequence[str]:
+            found = await adaptor.find(token)
+            for info in found:
+                if not info.state.final:
+                    await adaptor.cancel(info.id)
+            return [info.id for info in found]
+
+        (info,) = await session.guarded_call(
+            op="submit",
+            url=str(self._service.url),
+            payload=description,
+            count=1,
+            call=call,
+            release=release,
+        )
+        if session.journal is not None:
+            session.journal.record_object(
+                id=join_id(str(self._service.url), info.id),
+                kind="job",
+                url=str(self._service.url),
+                native_id=info.id,
+                token=info.token,
+                state=JobState.NEW.name,
+                detail="",
+                data={"description": description, "index": self.index},
+            )
+        self._set_native_id(info.id)
+        self._apply(info)
+
+    def _submission_failed(self, error: Exception) -> None:
+        self._apply(
+            JobInfo(id="", state=JobState.FAILED, state_detail=f"submission failed: {error!r}")
+        )
+
+    def _watch_until_final(self) -> None:
+        """Keep the watcher feeding this job (for array slots) until it is final."""
+
+        async def watch() -> None:
+            with contextlib.suppress(DoesNotExist, IncorrectState, Timeout):
+                await self.wait()
+
+        self._service.session.spawn(watch, name=f"aiores-job-watch {self}")
+
+    # -- control ----------------------------------------------------------------------
+    async def _control(self, what: str) -> None:
+        if self._state.final:
+            raise IncorrectState(f"cannot {what} {self}: it is {self._state.name}")
+        if self._native_id is None:
+            raise IncorrectState(f"cannot {what} {self}: it is not submitted yet")
+        adaptor, _ = await self._service._open()
+        await getattr(adaptor, what)(self._native_id)
+
+    async def cancel(self) -> None:
+        """Stop the job (TERM, then KILL after the backend's grace period).
+
+        An array member not yet submitted becomes CANCELED without being submitted.
+
+        Raises:
+            IncorrectState: it is already final.
+        """
+        if self._native_id is None and self._state is JobState.NEW:
+            self._apply(JobInfo(id="", state=JobState.CANCELED, state_detail="never submitted"))
+            return
+        await self._control("cancel")
+
+    async def hold(self) -> None:
+        """Keep a queued job from starting (IncorrectState if final, NotSupported if the
+        backend cannot)."""
+        await self._control("hold")
+
+    async def release(self) -> None:
+        """Let a held job start."""
+        await self._control("release")
+
+    async def suspend(self) -> None:
+        """Pause a running job."""
+        await self._control("suspend")
+
+    async def resume(self) -> None:
+        """Continue a suspended job."""
+        await self._control("resume")
+
+    async def reap(self) -> None:
+        """Let the backend forget a finished job (IncorrectState if not final)."""
+        if not self._state.final:
+            raise IncorrectState(f"cannot reap {self}: it is {self._state.name}, not final")
+        if self._native_id is not None:
+            adaptor, _ = await self._service._open()
+            await adaptor.reap(self._native_id)
+
+
+class JobArray(Sequence[Job]):
+    """The jobs of one ``submit_array`` call, in index order."""
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self.jobs: tuple[Job, ...] = tuple(jobs)
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.state.name] = counts.get(job.state.name, 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        return f"<aiores.JobArray of {len(self.jobs)}: {summary}>"
+
+    @overload
+    def __getitem__(self, i: int) -> Job: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Job]: ...
+    def __getitem__(self, i: int | slice) -> Job | Sequence[Job]:
+        return self.jobs[i]
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __iter__(self) -> Iterator[Job]:
+        return iter(self.jobs)
+
+    async def wait(self, timeout: float | None = None) -> list[JobState]:
+        """Wait until every job is final; returns their states in index order.
+
+        Raises:
+            Timeout: ``timeout`` passed first (the jobs go on).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                return list(await asyncio.gather(*(job.wait() for job in self.jobs)))
+        except TimeoutError as exc:
+            if isinstance(exc, Timeout):
+                raise
+            raise Timeout(f"{self!r} did not finish within {timeout} s") from exc
+
+    async def cancel(self) -> None:
+        """Cancel every job that is not final yet (unsubmitted ones never start)."""
+        pending = [job for job in self.jobs if not job.state.final]
+        # Unsubmitted ones first, so the feeder never starts them.
+        for job in pending:
+            if job.native_id is None:
+                await job.cancel()
+        await asyncio.gather(
+            *(job.cancel() for job in pending if job.native_id is not None and not job.state.final)
+        )
+
+
+T = TypeVar("T", bound=Tracked[Any])
+
+
+async def wait_any(
+    objects: Iterable[T],
+    state: JobState | ResourceState | None = None,
+    timeout: float | None = None,
+) -> T:
+    """The first of ``objects`` to reach ``state`` (None: any final state).
+
+    Raises:
+        BadParameter: ``objects`` is empty.
+        IncorrectState: every object ended without reaching ``state``.
+        Timeout: none reached it within ``timeout`` seconds.
+
+    Cancelling it changes nothing but the waiting.
+    """
+    items = list(objects)
+    if not items:
+        raise BadParameter("wait_any needs at least one job or resource")
+    tasks = {asyncio.ensure_future(obj.wait(state)): obj for obj in items}
+    errors: list[BaseException] = []
+    try:
+        async with asyncio.timeout(timeout):
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        return tasks[task]
+                    errors.append(task.exception())  # type: ignore[arg-type]
+    except TimeoutError as exc:
+        raise Timeout(
+            f"none of {len(items)} objects reached {state or 'a final state'} within {timeout} s"
+        ) from exc
+    finally:
+        for task in tasks:
+            task.cancel()
+    raise errors[0]
+
+
+async def as_completed(objects: Iterable[T], timeout: float | None = None) -> AsyncIterator[T]:
+    """Yield each of ``objects`` as it reaches a final state, first finished first.
+
+    Raises:
+        Timeout: ``timeout`` seconds (for the whole iteration) passed first.
+    """
+    items = list(objects)
+    if not items:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    tasks = {asyncio.ensure_future(obj.wait()): obj for obj in items}
+    pending = set(tasks)
+    try:
+        while pending:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(
+                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise Timeout(
+                    f"{len(pending)} of {len(items)} objects not final within {timeout} s"
+                )
+            for task in done:
+                task.result()  # re-raise a failed wait
+                yield tasks[task]
+    finally:
+        for task in pending:
+            task.cancel()

@@ -1,0 +1,375 @@
+"""The crash-safe journal: sqlite (WAL) written before and after every backend call.
+
+Before each acquire or submit the session writes an *intent* carrying an idempotency
+token, and waits until it is committed; only then does it call the backend. After
+the call it writes the outcome (ids, or the error), and every state transition of
+every object. A process killed at any moment leaves a journal that says exactly what
+was in flight: the intents still ``pending``, each with the token that finds what the
+backend may have created.
+
+All sqlite work runs on one writer thread, never on the event loop. Writes queued
+while a commit is under way are committed together (group commit), so a thousand
+concurrent submits cost a handful of commits, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._exceptions import IncorrectState, NoSuccess
+
+__all__ = ["Intent", "Journal"]
+
+log = logging.getLogger("aiores.journal")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, pid INTEGER, host TEXT, started REAL, ended REAL
+);
+CREATE TABLE IF NOT EXISTS intents (
+    token TEXT PRIMARY KEY, session TEXT, op TEXT, url TEXT, payload TEXT,
+    count INTEGER, status TEXT, ids TEXT, error TEXT, created REAL, finished REAL
+);
+CREATE INDEX IF NOT EXISTS intents_status ON intents(status);
+CREATE TABLE IF NOT EXISTS objects (
+    id TEXT PRIMARY KEY, kind TEXT, url TEXT, native_id TEXT, session TEXT,
+    token TEXT, state TEXT, detail TEXT, data TEXT, created REAL, updated REAL
+);
+CREATE TABLE IF NOT EXISTS transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, kind TEXT, old TEXT, new TEXT,
+    detail TEXT, at REAL
+);
+"""
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)
+
+
+def dumps(value: Any) -> str:
+    """JSON for the journal (descriptions, tags, ids)."""
+    return json.dumps(value, default=_json_default, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A journalled backend call: what was asked, under which token, and how it ended.
+
+    ``status`` is ``pending`` (in flight, or the process died during the call),
+    ``done``, ``failed``, or ``released`` (cancelled or failed, and what it created
+    was released).
+    """
+
+    token: str
+    session: str
+    op: str
+    url: str
+    payload: Any
+    count: int
+    status: str
+    ids: tuple[str, ...]
+    error: str | None
+    created: float
+    finished: float | None
+
+
+_Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | None"]
+_STOP = object()
+
+
+class Journal:
+    """One sqlite journal file, shared safely by every process that opens it."""
+
+    def __init__(self, path: str | os.PathLike[str], session_id: str) -> None:
+        self.path = Path(path)
+        self.session_id = session_id
+        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create or open the file (WAL mode) and record this session."""
+        if self._thread is not None:
+            raise IncorrectState(f"journal {self.path} is already open")
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"aiores-journal {self.path.name}", daemon=True
+        )
+        self._thread.start()
+        await ready
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO sessions(id, pid, host, started) VALUES (?, ?, ?, ?)",
+                (self.session_id, os.getpid(), socket.gethostname(), time.time()),
+            )
+        )
+
+    async def close(self) -> None:
+        """Record the session's end, commit everything queued and stop the thread."""
+        if self._thread is None or self._closed:
+            return
+        try:
+            await self._call(
+                lambda db: db.execute(
+                    "UPDATE sessions SET ended = ? WHERE id = ?", (time.time(), self.session_id)
+                )
+            )
+        finally:
+            self._closed = True
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        # WAL with synchronous=NORMAL survives any process crash; FULL would add an
+        # fsync per commit to survive power loss as well.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        return db
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        try:
+            db = self._connect()
+        except (sqlite3.Error, OSError) as exc:
+            error = NoSuccess(f"cannot open the journal {self.path}: {exc}")
+            loop.call_soon_threadsafe(_settle, ready, None, error)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while True:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch: list[_Op] = [first]  # type: ignore[list-item]
+                stop = False
+                while len(batch) < 5000:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is _STOP:
+                        stop = True
+                        break
+                    batch.append(item)  # type: ignore[arg-type]
+                self._commit(db, batch)
+                if stop:
+                    return
+        finally:
+            db.close()
+
+    def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+        assert self._loop is not None
+        results: list[tuple[Any, BaseException | None]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, _ in batch:
+                results.append((fn(db), None))
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            # Find the culprit: run each op in its own transaction.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            results = []
+            for fn, _ in batch:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    value = fn(db)
+                    db.execute("COMMIT")
+                    results.append((value, None))
+                except sqlite3.Error as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    log.error("journal %s: write failed: %s", self.path, exc)
+                    results.append((None, NoSuccess(f"journal {self.path}: {exc}")))
+        for (_, fut), (value, error) in zip(batch, results, strict=True):
+            if fut is not None:
+                self._loop.call_soon_threadsafe(_settle, fut, value, error)
+
+    # -- queueing -------------------------------------------------------------------------
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], wait: bool) -> asyncio.Future[Any]:
+        if self._thread is None or self._closed:
+            raise IncorrectState(f"journal {self.path} is not open")
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.put((fn, fut if wait else None))
+        if not wait:
+            fut.set_result(None)
+        return fut
+
+    async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        result: T = await self._submit(fn, wait=True)
+        return result
+
+    def _post(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        """Queue a write in order, without waiting for its commit."""
+        if self._thread is not None and not self._closed:
+            self._submit(fn, wait=False)
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self._call(lambda db: None)
+
+    # -- what the session writes ----------------------------------------------------------
+    async def intent(self, token: str, op: str, url: str, payload: Any, count: int = 1) -> None:
+        """Record a backend call about to be made; returns once it is committed."""
+        row = (token, self.session_id, op, url, dumps(payload), count, time.time())
+        await self._call(
+            lambda db: db.execute(
+                "INSERT INTO intents(token, session, op, url, payload, count, status, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                row,
+            )
+        )
+
+    def outcome(
+        self, token: str, status: str, ids: Sequence[str] = (), error: str | None = None
+    ) -> None:
+        """Record how an intent ended (queued in order, not awaited)."""
+        row = (status, dumps(list(ids)), error, time.time(), token)
+        self._post(
+            lambda db: db.execute(
+                "UPDATE intents SET status = ?, ids = ?, error = ?, finished = ? WHERE token = ?",
+                row,
+            )
+        )
+
+    def record_object(
+        self,
+        *,
+        id: str,
+        kind: str,
+        url: str,
+        native_id: str,
+        token: str | None,
+        state: str,
+        detail: str,
+        data: Any,
+    ) -> None:
+        """Record a resource or job (insert, or update its state and data)."""
+        now = time.time()
+        row = (id, kind, url, native_id, self.session_id, token, state, detail, dumps(data))
+        self._post(
+            lambda db: db.execute(
+                "INSERT INTO objects(id, kind, url, native_id, session, token, state, detail,"
+                " data, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET state = excluded.state,"
+                " detail = excluded.detail, data = excluded.data, updated = excluded.updated",
+                (*row, now, now),
+            )
+        )
+
+    def transition(self, id: str, kind: str, old: str, new: str, detail: str) -> None:
+        """Record one legal state transition (and the object's current state)."""
+        now = time.time()
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO transitions(id, kind, old, new, detail, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (id, kind, old, new, detail, now),
+            )
+            db.execute(
+                "UPDATE objects SET state = ?, detail = ?, updated = ? WHERE id = ?",
+                (new, detail, now, id),
+            )
+
+        self._post(write)
+
+    # -- reading ----------------------------------------------------------------------------
+    async def intents(self, status: str | None = None) -> list[Intent]:
+        """Intents of every session, oldest first (only those with ``status`` if given)."""
+        sql = "SELECT * FROM intents"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql += " WHERE status = ?"
+            args = (status,)
+        rows = await self._call(lambda db: db.execute(sql + " ORDER BY created", args).fetchall())
+        return [_intent(row) for row in rows]
+
+    async def in_flight(self) -> list[Intent]:
+        """Intents whose outcome was never written: calls that may have created things."""
+        return await self.intents("pending")
+
+    async def objects(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Recorded resources and jobs, as dicts of their columns."""
+        sql = "SELECT * FROM objects" + (" WHERE kind = ?" if kind else "") + " ORDER BY created"
+        args = (kind,) if kind else ()
+
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            cursor = db.execute(sql, args)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        return await self._call(read)
+
+    async def transitions(self, id: str) -> list[tuple[str, str]]:
+        """The recorded (old, new) transitions of one object, in order."""
+        rows = await self._call(
+            lambda db: db.execute(
+                "SELECT old, new FROM transitions WHERE id = ? ORDER BY seq", (id,)
+            ).fetchall()
+        )
+        return [(old, new) for old, new in rows]
+
+
+def _intent(row: tuple[Any, ...]) -> Intent:
+    token, session, op, url, payload, count, status, ids, error, created, finished = row
+    return Intent(
+        token=token,
+        session=session,
+        op=op,
+        url=url,
+        payload=json.loads(payload) if payload else None,
+        count=count,
+        status=status,
+        ids=tuple(json.loads(ids)) if ids else (),
+        error=error,
+        created=created,
+        finished=finished,
+    )
+
+
+def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+def read_journal(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """A read-only connection for tools and tests (blocking: not for the event loop)."""
+    return sqlite3.connect(f"file:{os.fspath(path)}?mode=ro", uri=True)

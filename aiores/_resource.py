@@ -1,0 +1,392 @@
+"""Managers and resources: acquire, reconnect, list, destroy; Compute runs and copies."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._descriptions import ComputeDescription, StorageDescription
+from ._exceptions import BadParameter, DoesNotExist, IncorrectState
+from ._fleet import RunResult
+from ._states import ResourceState
+from ._url import URL, join_id, split_id
+from ._watch import Tracked, Watcher
+from .adaptor import AdaptorPlugin, Image, ResourceAdaptor, ResourceInfo, Template
+
+if TYPE_CHECKING:
+    from ._jobs import JobService
+    from ._session import Session
+
+__all__ = ["Compute", "Manager", "Resource", "Storage"]
+
+Description = ComputeDescription | StorageDescription
+N = TypeVar("N", Template, Image)
+
+
+class Manager:
+    """Acquires and finds the resources of one backend (``session.manager(url)``).
+
+    Usable plainly or as ``async with session.manager(url) as mgr``; leaving the block
+    releases nothing (resources outlive their manager until destroyed).
+    """
+
+    def __init__(self, session: Session, url: URL, plugin: AdaptorPlugin) -> None:
+        self.session = session
+        self.url = url
+        self._plugin = plugin
+
+    def __repr__(self) -> str:
+        return f"<aiores.Manager {self.url}>"
+
+    async def __aenter__(self) -> Manager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    async def _open(self) -> tuple[ResourceAdaptor, Watcher]:
+        endpoint = await self.session._open_endpoint(self._plugin, self.url, "resources")
+        assert isinstance(endpoint.adaptor, ResourceAdaptor)
+        return endpoint.adaptor, endpoint.watcher
+
+    def _resource(
+        self, info: ResourceInfo, watcher: Watcher, description: Description | None
+    ) -> Resource:
+        known = watcher.lookup(info.id)
+        if isinstance(known, Resource):
+            known._apply(info)
+            return known
+        cls: type[Resource] = Storage if info.rtype == "storage" else Compute
+        resource = cls(self, info, watcher, description)
+        if self.session.journal is not None:
+            self.session.journal.record_object(
+                id=resource.id,
+                kind="resource",
+                url=str(self.url),
+                native_id=info.id,
+                token=info.token,
+                state=info.state.name,
+                detail=info.state_detail,
+                data={"description": description, "tags": info.tags, "access": info.access},
+            )
+        return resource
+
+    # -- acquiring --------------------------------------------------------------------
+    async def acquire(self, description: Description) -> Resource:
+        """Acquire one resource; returns once the backend accepted it (NEW or PENDING).
+
+        Raises:
+            BadParameter: the description is not a Compute- or StorageDescription.
+            AioresError: the backend refused (the most specific subclass).
+
+        Cancelling it after the backend may have accepted releases whatever was created
+        (shielded from the cancellation, bounded by ``Session.cleanup_timeout``), then
+        re-raises the cancellation.
+        """
+        return (await self.acquire_many(description, 1))[0]
+
+    async def acquire_many(self, description: Description, count: int) -> list[Resource]:
+        """Acquire ``count`` alike resources, in one backend call where the backend allows.
+
+        Raises and cancels as :meth:`acquire` does: on failure or cancellation every
+        resource created under the call's token is released.
+        """
+        if not isinstance(description, (ComputeDescription, StorageDescription)):
+            raise BadParameter(
+                "acquire needs an aiores.ComputeDescription or aiores.StorageDescription, "
+                f"not {type(description).__name__}"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise BadParameter(f"count must be an int >= 1, not {count!r}")
+        adaptor, watcher = await self._open()
+
+        async def call(token: str) -> Sequence[ResourceInfo]:
+            infos = await adaptor.acquire(description, count, token)
+            return [dataclasses.replace(i, token=i.token or token) for i in infos]
+
+        async def release(token: str) -> Sequence[str]:
+            ids = [info.id for info in await adaptor.find(token)]
+            if ids:
+                await adaptor.destroy(ids)
+            return ids
+
+        infos = await self.session.guarded_call(
+            op="acquire",
+            url=str(self.url),
+            payload=description,
+            count=count,
+            call=call,
+            release=release,
+        )
+        return [self._resource(info, watcher, description) for info in infos]
+
+    @asynccontextmanager
+    async def acquired(self, description: Description) -> AsyncIterator[Resource]:
+        """``async with mgr.acquired(desc) as vm``: acquire, and destroy on exit.
+
+        The destroy on exit runs even if the block was cancelled (shielded, bounded).
+        """
+        resource = await self.acquire(description)
+        try:
+            yield resource
+        finally:
+            await self.session.shielded(resource.destroy, what=f"destroying {resource.id}")
+
+    # -- finding ----------------------------------------------------------------------
+    async def get(self, rid: str) -> Resource:
+        """Reconnect to a resource by its id (``resource.id``), e.g. from another process.
+
+        Raises:
+            DoesNotExist: the backend does not know it.
+            BadParameter: the id belongs to another manager's URL.
+        """
+        native = self._native(rid)
+        adaptor, watcher = await self._open()
+        known = watcher.lookup(native)
+        if isinstance(known, Resource):
+            return known
+        infos = await adaptor.describe([native])
+        if native not in infos:
+            raise DoesNotExist(f"{self.url} has no resource {rid!r}")
+        return self._resource(infos[native], watcher, None)
+
+    def _native(self, rid: str) -> str:
+        if not isinstance(rid, str) or not rid:
+            raise BadParameter(f"a resource id must be a non-empty str, not {rid!r}")
+        parsed = split_id(rid)
+        if parsed is None:
+            return rid
+        url, native = parsed
+        if URL.parse(url) != self.url:
+            raise BadParameter(f"resource {rid!r} belongs to {url}, not to {self.url}")
+        return native
+
+    async def list(
+        self, rtype: str | None = None, tags: Iterable[str] | str | None = None
+    ) -> builtins.list[Resource]:
+        """Resources this backend holds, of ``rtype`` and carrying all ``tags``."""
+        wanted = frozenset([tags] if isinstance(tags, str) else (tags or ()))
+        adaptor, watcher = await self._open()
+        infos = await adaptor.list(wanted)
+        return [
+            self._resource(i, watcher, None)
+            for i in infos
+            if (rtype is None or i.rtype == rtype) and wanted <= i.tags
+        ]
+
+    async def list_templates(self) -> builtins.list[Template]:
+        """The sizes the backend offers."""
+        adaptor, _ = await self._open()
+        return builtins.list(await adaptor.list_templates())
+
+    async def get_template(self, name: str) -> Template:
+        """One template by name; raises DoesNotExist naming the ones there are."""
+        templates = await self.list_templates()
+        return _named(templates, name, "template", self.url)
+
+    async def list_images(self) -> builtins.list[Image]:
+        """The images the backend can boot."""
+        adaptor, _ = await self._open()
+        return builtins.list(await adaptor.list_images())
+
+    async def get_image(self, name: str) -> Image:
+        """One image by name; raises DoesNotExist naming the ones there are."""
+        return _named(await self.list_images(), name, "image", self.url)
+
+    # -- releasing --------------------------------------------------------------------
+    async def destroy(self, target: str | Resource | Iterable[str | Resource]) -> None:
+        """Release resources (by id or object) in as few backend calls as it allows.
+
+        Already-released resources are not an error. Each resource object of this
+        session becomes CANCELED.
+        """
+        items: Iterable[str | Resource] = (
+            [target] if isinstance(target, (str, Resource)) else target
+        )
+        natives: builtins.list[str] = []
+        for item in items:
+            natives.append(item._native_id if isinstance(item, Resource) else self._native(item))  # type: ignore[arg-type]
+        if not natives:
+            return
+        adaptor, watcher = await self._open()
+        await adaptor.destroy(natives)
+        for native in natives:
+            obj = watcher.lookup(native)
+            if isinstance(obj, Resource):
+                obj._destroyed()
+
+
+def _named(items: Sequence[N], name: str, what: str, url: URL) -> N:
+    for item in items:
+        if item.name == name:
+            return item
+    known = ", ".join(sorted(i.name for i in items)) or "none"
+    raise DoesNotExist(f"{url} has no {what} {name!r}; it has: {known}")
+
+
+class Resource(Tracked[ResourceState]):
+    """A resource acquired from (or found at) a backend; it outlives the session.
+
+    Attributes are the backend's last word; ``state`` never goes backwards.
+    """
+
+    _kind = "resource"
+
+    def __init__(
+        self,
+        manager: Manager,
+        info: ResourceInfo,
+        watcher: Watcher,
+        description: Description | None,
+    ) -> None:
+        self._manager = manager
+        self._info = info
+        self._description = description
+        self.id = join_id(str(manager.url), info.id)
+        super().__init__(info.state, watcher, info.id)
+
+    def __repr__(self) -> str:
+        return f"<aiores.{type(self).__name__} {self.id} {self._state.name}>"
+
+    __str__ = __repr__
+
+    def _on_info(self, info: ResourceInfo) -> None:
+        self._info = info
+
+    def _detail(self) -> str:
+        return self._info.state_detail
+
+    def _record(self, old: ResourceState, new: ResourceState, detail: str) -> None:
+        journal = self._manager.session.journal
+        if journal is not None:
+            journal.transition(self.id, "resource", old.name, new.name, detail)
+
+    def _destroyed(self) -> None:
+        if not self._state.final:
+            self._apply(
+                dataclasses.replace(
+                    self._info, state=ResourceState.CANCELED, state_detail="destroyed"
+                )
+            )
+
+    @property
+    def native_id(self) -> str:
+        """The backend's own id."""
+        assert self._native_id is not None
+        return self._native_id
+
+    @property
+    def rtype(self) -> str:
+        """``"compute"``, ``"storage"`` or ``"network"``."""
+        return self._info.rtype
+
+    @property
+    def state_detail(self) -> str:
+        """The backend's own word for the state (``"running"``, ``"shutting-down"``)."""
+        return self._info.state_detail
+
+    @property
+    def access(self) -> str | None:
+        """The URL through which jobs, commands and files reach it, once known."""
+        return self._info.access
+
+    @property
+    def description(self) -> Description | None:
+        """What it was acquired with (None when reconnected from another process)."""
+        return self._description
+
+    @property
+    def manager(self) -> Manager:
+        return self._manager
+
+    @property
+    def tags(self) -> frozenset[str]:
+        return self._info.tags
+
+    @property
+    def public_address(self) -> str | None:
+        return self._info.public_address
+
+    @property
+    def private_address(self) -> str | None:
+        return self._info.private_address
+
+    @property
+    def host_keys(self) -> tuple[str, ...]:
+        """Host keys the backend vouches for (pinned when connecting)."""
+        return self._info.host_keys
+
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """Backend-specific facts (instance type, zone...)."""
+        return self._info.extra
+
+    async def destroy(self) -> None:
+        """Release it; it becomes CANCELED. Releasing twice is not an error."""
+        await self._manager.destroy(self)
+
+    async def reconfig(self, description: Description) -> None:
+        """Change it in place where the backend can (else NotSupported)."""
+        adaptor, _ = await self._manager._open()
+        self._apply(await adaptor.reconfig(self.native_id, description))
+        self._description = description
+
+
+class Compute(Resource):
+    """A machine: run commands, submit jobs, copy files through its ``access`` URL."""
+
+    def _require_access(self) -> str:
+        if self._state.final:
+            raise IncorrectState(f"{self} is {self._state.name}: nothing runs on it any more")
+        if self.access is None:
+            raise IncorrectState(
+                f"{self} has no access URL yet; await resource.wait(ResourceState.ACTIVE)"
+            )
+        return self.access
+
+    def job_service(self) -> JobService:
+        """A job service on this machine (through its access URL)."""
+        return self._manager.session.job_service(self._require_access())
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run a command on it and return its result (a non-zero exit is a result).
+
+        A str is a shell command; a sequence is a program and its arguments, never
+        interpreted by a shell.
+
+        Raises:
+            IncorrectState: it is not reachable (no access URL, or released).
+            Timeout: ``timeout`` passed; the command was stopped.
+
+        Cancelling it stops the command.
+        """
+        runner = await self._manager.session.command_runner(self._require_access())
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        result = await runner.run(command, stdin=data, env=env, timeout=timeout)
+        return dataclasses.replace(result, resource=self)
+
+    async def put(self, local: str | os.PathLike[str], remote: str) -> None:
+        """Copy a local file or directory to it."""
+        files = await self._manager.session.file_adaptor(self._require_access())
+        await files.put(Path(local), remote)
+
+    async def get(self, remote: str, local: str | os.PathLike[str]) -> None:
+        """Copy a file or directory from it."""
+        files = await self._manager.session.file_adaptor(self._require_access())
+        await files.get(remote, Path(local))
+
+
+class Storage(Resource):
+    """Storage (a bucket, a volume); files reach it through its ``access`` URL."""

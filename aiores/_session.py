@@ -1,0 +1,371 @@
+"""The Session: contexts, adaptors (one per endpoint), watchers, journal, background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import platformdirs
+
+from ._clock import Clock, LoopClock
+from ._contexts import Context
+from ._exceptions import BadParameter, IncorrectState, NotSupported
+from ._journal import Journal
+from ._registry import registry
+from ._url import URL
+from ._watch import Watcher
+from .adaptor import (
+    Adaptor,
+    AdaptorPlugin,
+    CommandRunner,
+    FileAdaptor,
+    JobAdaptor,
+    ResourceAdaptor,
+)
+
+if TYPE_CHECKING:
+    from ._jobs import JobService
+    from ._resource import Manager
+
+__all__ = ["Session", "state_dir"]
+
+log = logging.getLogger("aiores")
+
+A = TypeVar("A", bound=Adaptor)
+C = TypeVar("C", bound=Context)
+
+
+class _Default(enum.Enum):
+    DEFAULT = "default"
+
+
+DEFAULT: Final = _Default.DEFAULT
+
+
+def state_dir() -> Path:
+    """``$AIORES_STATE_DIR``, else the platform's user state directory for aiores."""
+    configured = os.environ.get("AIORES_STATE_DIR")
+    return Path(configured) if configured else Path(platformdirs.user_state_dir("aiores"))
+
+
+class _Lifecycle(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+_KINDS: dict[str, str] = {
+    "resources": "resource_adaptor",
+    "jobs": "job_adaptor",
+    "files": "file_adaptor",
+    "commands": "command_runner",
+}
+
+
+class _Endpoint:
+    """One adaptor instance of a session, opened once, with its watcher."""
+
+    def __init__(self, adaptor: Adaptor, watcher: Watcher) -> None:
+        self.adaptor = adaptor
+        self.watcher = watcher
+        self.opened: asyncio.Future[None] | None = None
+
+
+class Session:
+    """The root of everything aiores does: use it as ``async with aiores.Session() as s``.
+
+    Args:
+        journal: Path of the sqlite journal; the default is ``journal.sqlite`` in
+            :func:`state_dir`; None disables journalling (nothing is recoverable then).
+        contexts: Credentials (:class:`SSHContext`, :class:`AWSContext`) for adaptors.
+        clock: Time source for watchers and backoffs (tests inject a fake one).
+        cleanup_timeout: Seconds that the cleanup after a cancelled acquire or submit
+            may take at most.
+
+    Resources and jobs outlive the session unless released: closing a session stops
+    watching and closes connections, nothing else.
+    """
+
+    def __init__(
+        self,
+        journal: str | os.PathLike[str] | _Default | None = DEFAULT,
+        contexts: Sequence[Context] = (),
+        *,
+        clock: Clock | None = None,
+        cleanup_timeout: float = 60.0,
+    ) -> None:
+        for ctx in contexts:
+            if not isinstance(ctx, Context):
+                raise BadParameter(f"contexts must be aiores contexts, not {ctx!r}")
+        if journal is not None and not isinstance(journal, (str, os.PathLike, _Default)):
+            raise BadParameter(f"journal must be a path or None, not {journal!r}")
+        self.id = "s-" + secrets.token_hex(6)
+        self.contexts: tuple[Context, ...] = tuple(contexts)
+        self._journal_path = journal
+        self._clock: Clock = clock or LoopClock()
+        self.cleanup_timeout = cleanup_timeout
+        self.journal: Journal | None = None
+        self._lifecycle = _Lifecycle.UNOPENED
+        self._tg: asyncio.TaskGroup | None = None
+        self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._state_dir = state_dir()
+
+    def __repr__(self) -> str:
+        return f"<aiores.Session {self.id} {self._lifecycle.value}>"
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def __aenter__(self) -> Session:
+        if self._lifecycle is not _Lifecycle.UNOPENED:
+            raise IncorrectState(f"{self!r} cannot be opened twice")
+        if self._journal_path is not None:
+            path = (
+                self._state_dir / "journal.sqlite"
+                if self._journal_path is DEFAULT
+                else Path(self._journal_path)
+            )
+            self.journal = Journal(path, self.id)
+            await self.journal.open()
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._lifecycle = _Lifecycle.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop watching, finish pending cleanups (bounded), close adaptors and journal."""
+        if self._lifecycle is not _Lifecycle.OPENED:
+            self._lifecycle = _Lifecycle.CLOSED
+            return
+        self._lifecycle = _Lifecycle.CLOSED
+        try:
+            if self._cleanups:
+                await asyncio.wait(set(self._cleanups), timeout=self.cleanup_timeout)
+            for endpoint in self._endpoints.values():
+                if endpoint.opened is not None and endpoint.opened.done():
+                    await self._close_adaptor(endpoint.adaptor)
+        finally:
+            assert self._tg is not None
+            for task in list(self._background):
+                task.cancel()
+            await self._tg.__aexit__(None, None, None)
+            if self.journal is not None:
+                await self.journal.close()
+
+    async def _close_adaptor(self, adaptor: Adaptor) -> None:
+        try:
+            async with asyncio.timeout(10):
+                await adaptor.aclose()
+        except (TimeoutError, OSError) as exc:
+            log.warning("closing %s adaptor failed: %r", adaptor.url, exc)
+
+    def _check_open(self) -> None:
+        if self._lifecycle is _Lifecycle.UNOPENED:
+            raise IncorrectState(
+                "the session is not open: use 'async with aiores.Session() as session:'"
+            )
+        if self._lifecycle is _Lifecycle.CLOSED:
+            raise IncorrectState(f"{self!r} is closed")
+
+    # -- public factories -------------------------------------------------------------
+    def manager(self, url: str | URL) -> Manager:
+        """A resource manager for ``url`` (``"sim://"``, ``"local://"``, ``"any://"``).
+
+        Raises:
+            IncorrectURL: the URL is malformed or no adaptor handles its scheme.
+        """
+        from ._resource import Manager
+
+        self._check_open()
+        parsed = URL.parse(url)
+        return Manager(self, parsed, self._plugin(parsed, "resources"))
+
+    def job_service(self, url: str | URL) -> JobService:
+        """A job service for ``url`` (``"local://"``, ``"ssh://user@host"``).
+
+        Raises:
+            IncorrectURL: the URL is malformed or no adaptor handles its scheme.
+        """
+        from ._jobs import JobService
+
+        self._check_open()
+        parsed = URL.parse(url)
+        return JobService(self, parsed, self._plugin(parsed, "jobs"))
+
+    # -- adaptors ---------------------------------------------------------------------
+    def _plugin(self, url: URL, kind: str) -> AdaptorPlugin:
+        if url.scheme != "any":
+            plugin = registry.plugin_for(url)
+            self._endpoint(plugin, url, kind)  # fails now if it lacks the capability
+            return plugin
+        for plugin in registry.candidates(url):
+            try:
+                self._endpoint(plugin, url, kind)
+            except NotSupported:
+                continue
+            return plugin
+        raise NotSupported(f"no adaptor accepts {str(url)!r} for {kind}")
+
+    def _endpoint(self, plugin: AdaptorPlugin, url: URL, kind: str) -> _Endpoint:
+        key = (plugin.name, kind, plugin.endpoint(url))
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            factory: Callable[[URL, Session], Adaptor] = getattr(plugin, _KINDS[kind])
+            adaptor = factory(url, self)
+            watcher = Watcher(adaptor, clock=self._clock, spawn=self.spawn, name=key[2])
+            endpoint = self._endpoints[key] = _Endpoint(adaptor, watcher)
+        return endpoint
+
+    async def _open_endpoint(self, plugin: AdaptorPlugin, url: URL, kind: str) -> _Endpoint:
+        """The endpoint's adaptor, opened (once, shared by all concurrent callers)."""
+        self._check_open()
+        endpoint = self._endpoint(plugin, url, kind)
+        if endpoint.opened is None:
+            endpoint.opened = asyncio.get_running_loop().create_future()
+            try:
+                await endpoint.adaptor.open()
+            except BaseException as exc:
+                # Let the next caller try again rather than inherit this failure.
+                failed, endpoint.opened = endpoint.opened, None
+                failed.set_exception(exc)
+                failed.exception()  # mark retrieved
+                raise
+            endpoint.opened.set_result(None)
+        elif not endpoint.opened.done():
+            await asyncio.shield(endpoint.opened)
+        return endpoint
+
+    async def _adaptor(self, url: str | URL, kind: str, base: type[A]) -> A:
+        parsed = URL.parse(url)
+        endpoint = await self._open_endpoint(self._plugin(parsed, kind), parsed, kind)
+        adaptor = endpoint.adaptor
+        if not isinstance(adaptor, base):
+            raise NotSupported(f"{parsed.scheme}:// {kind} adaptor is not a {base.__name__}")
+        return adaptor
+
+    # -- what adaptors see (aiores.adaptor.AdaptorEnv) --------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self._state_dir
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def context(self, kind: type[C], host: str = "") -> C | None:
+        for ctx in self.contexts:
+            if isinstance(ctx, kind) and (not host or ctx.applies_to(host)):
+                return ctx
+        return None
+
+    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Run ``fn()`` in the session's task group until it returns or the session closes.
+
+        An exception escaping ``fn`` is logged, never propagated into the task that
+        opened the session.
+        """
+        self._check_open()
+        assert self._tg is not None
+        task = self._tg.create_task(self._guarded(fn, name), name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _guarded(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
+        try:
+            await fn()
+        except Exception:
+            log.exception("aiores background task %r failed", name)
+
+    async def command_runner(self, url: str | URL) -> CommandRunner:
+        return await self._adaptor(url, "commands", CommandRunner)  # type: ignore[type-abstract]
+
+    async def job_adaptor(self, url: str | URL) -> JobAdaptor:
+        return await self._adaptor(url, "jobs", JobAdaptor)  # type: ignore[type-abstract]
+
+    async def file_adaptor(self, url: str | URL) -> FileAdaptor:
+        return await self._adaptor(url, "files", FileAdaptor)
+
+    async def resource_adaptor(self, url: str | URL) -> ResourceAdaptor:
+        return await self._adaptor(url, "resources", ResourceAdaptor)  # type: ignore[type-abstract]
+
+    # -- cancellation-safe backend calls ----------------------------------------------
+    async def guarded_call(
+        self,
+        *,
+        op: str,
+        url: str,
+        payload: Any,
+        count: int,
+        call: Callable[[str], Awaitable[Sequence[Any]]],
+        release: Callable[[str], Awaitable[Sequence[str]]],
+    ) -> Sequence[Any]:
+        """Journal an intent, make the backend call, and release on cancel or failure.
+
+        ``call(token)`` makes the backend call under a fresh idempotency token;
+        ``release(token)`` finds and releases whatever the backend created under it and
+        returns the released ids. If ``call`` is cancelled or fails, ``release`` runs
+        shielded from cancellation and bounded by ``cleanup_timeout``, then the
+        cancellation or error propagates.
+        """
+        self._check_open()
+        token = "t-" + secrets.token_hex(8)
+        if self.journal is not None:
+            await self.journal.intent(token, op, url, payload, count)
+        try:
+            result = await call(token)
+        except BaseException as exc:
+            error = "cancelled" if isinstance(exc, asyncio.CancelledError) else repr(exc)
+            await self._shielded_release(token, release, error)
+            raise
+        if self.journal is not None:
+            self.journal.outcome(token, "done", [getattr(r, "id", str(r)) for r in result])
+        return result
+
+    async def _shielded_release(
+        self,
+        token: str,
+        release: Callable[[str], Awaitable[Sequence[str]]],
+        error: str,
+    ) -> None:
+        async def cleanup() -> None:
+            ids = await release(token)
+            if self.journal is not None:
+                self.journal.outcome(token, "released", ids, error)
+
+        # If it fails or times out, the intent stays 'pending': recovery finds it by token.
+        await self.shielded(cleanup, what=f"releasing what {token} created")
+
+    async def shielded(self, fn: Callable[[], Awaitable[None]], *, what: str) -> None:
+        """Run cleanup ``fn()`` shielded from cancellation, bounded by ``cleanup_timeout``.
+
+        Cancelling the caller again does not stop the cleanup: it runs on (bounded) and
+        the session waits for it when closing; the cancellation still propagates. A
+        failure of the cleanup is logged, not raised (the caller is already failing).
+        """
+
+        async def bounded() -> None:
+            try:
+                async with asyncio.timeout(self.cleanup_timeout):
+                    await fn()
+            except Exception as exc:
+                log.error("%s failed: %r", what, exc)
+
+        task = asyncio.get_running_loop().create_task(bounded(), name=f"aiores-cleanup {what}")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(task)

@@ -1,0 +1,319 @@
+"""The shared watcher: one per backend endpoint, feeding every object's state.
+
+Objects (resources, jobs) never poll. ``wait()`` registers interest and awaits a
+future that the watcher resolves when a new state arrives. Push-style adaptors deliver
+states through :meth:`Watcher.feed`; for polled adaptors one loop per endpoint calls
+``describe`` for *all* watched ids in chunks of ``PollPolicy.batch`` per tick, at an
+adaptive interval (floor, backoff to a ceiling while nothing changes, jitter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
+
+from ._clock import Clock
+from ._exceptions import AioresError, DoesNotExist, IncorrectState, NoSuccess, Timeout
+from ._states import JobState, ResourceState
+from .adaptor import Adaptor, JobInfo, PollPolicy, ResourceInfo
+
+__all__: list[str] = []
+
+log = logging.getLogger("aiores.watch")
+
+S = TypeVar("S", ResourceState, JobState)
+Info = ResourceInfo | JobInfo
+
+
+class Tracked(Generic[S]):
+    """An object whose state the watcher feeds: the base of Resource and Job."""
+
+    _kind = "object"
+
+    def __init__(self, state: S, watcher: Watcher, native_id: str | None) -> None:
+        self._state: S = state
+        self._watcher = watcher
+        self._native_id = native_id
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._interest = 0
+        self._final_callbacks: list[Callable[[], None]] = []
+        if native_id is not None:
+            watcher.register(native_id, self)
+
+    # -- what subclasses provide ------------------------------------------------------
+    def _on_info(self, info: Any) -> None:
+        """Take the non-state fields of a fresh info (addresses, exit code...)."""
+
+    def _record(self, old: S, new: S, detail: str) -> None:
+        """Write a transition to the journal."""
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def state(self) -> S:
+        """The last state the backend reported (never goes backwards)."""
+        return self._state
+
+    def _set_native_id(self, native_id: str) -> None:
+        self._native_id = native_id
+        self._watcher.register(native_id, self)
+        if self._interest:
+            self._watcher.watch(native_id)
+
+    def _apply(self, info: Info) -> bool:
+        """Take a reported info; returns True if the state changed."""
+        old, new = self._state, info.state
+        if new is old:
+            self._on_info(info)
+            return False
+        if not old.can_become(new):
+            log.warning(
+                "%s: ignoring illegal transition %s -> %s (%s)", self, old, new, info.state_detail
+            )
+            return False
+        self._state = new  # type: ignore[assignment]
+        self._on_info(info)
+        self._record(old, self._state, info.state_detail)
+        self._wake(None)
+        if new.final:
+            callbacks, self._final_callbacks = self._final_callbacks, []
+            for callback in callbacks:
+                callback()
+        return True
+
+    def _on_final(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the state is final (now, if it already is)."""
+        if self._state.final:
+            callback()
+        else:
+            self._final_callbacks.append(callback)
+
+    def _wake(self, error: BaseException | None) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+    # -- waiting ----------------------------------------------------------------------
+    def _reached(self, state: S | None) -> bool:
+        return self._state.final if state is None else self._state is state
+
+    def _check_reachable(self, state: S | None) -> None:
+        if state is not None and not self._state.reachable(state):
+            raise IncorrectState(
+                f"{self} is {self._state.name}"
+                + (f" ({self._detail()})" if self._detail() else "")
+                + f"; {state.name} can no longer come"
+            )
+
+    def _detail(self) -> str:
+        return ""
+
+    async def wait(self, state: S | None = None, timeout: float | None = None) -> S:
+        """Wait until the object is in ``state`` (None: any final state).
+
+        Never polls: the endpoint's shared watcher feeds the state.
+
+        Args:
+            state: The state to wait for; None waits for any final state.
+            timeout: Seconds to wait at most; None waits as long as it takes.
+
+        Returns:
+            The state reached.
+
+        Raises:
+            IncorrectState: ``state`` can no longer come (the object moved past it,
+                or ended in another final state).
+            Timeout: ``timeout`` passed first.
+            DoesNotExist: the backend no longer knows the object.
+            AioresError: the backend failed while being asked for the state.
+
+        Cancelling ``wait`` changes nothing but the waiting.
+        """
+        if state is not None and not isinstance(state, type(self._state)):
+            raise IncorrectState(f"{self} has {type(self._state).__name__} states, not {state!r}")
+        self._check_reachable(state)
+        if self._reached(state):
+            return self._state
+        loop = asyncio.get_running_loop()
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                self._interest += 1
+                if self._interest == 1 and self._native_id is not None:
+                    self._watcher.watch(self._native_id)
+                try:
+                    while not self._reached(state):
+                        fut: asyncio.Future[None] = loop.create_future()
+                        self._waiters.add(fut)
+                        try:
+                            await fut
+                        finally:
+                            self._waiters.discard(fut)
+                        self._check_reachable(state)
+                finally:
+                    self._interest -= 1
+                    if self._interest == 0 and self._native_id is not None:
+                        self._watcher.unwatch(self._native_id)
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            target = state.name if state is not None else "a final state"
+            raise Timeout(
+                f"{self} did not reach {target} within {timeout} s; it is {self._state.name}"
+            ) from exc
+        return self._state
+
+
+class Watcher:
+    """Feeds the states of every object of one endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        adaptor: Adaptor,
+        *,
+        clock: Clock,
+        spawn: Callable[..., None],
+        name: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._adaptor = adaptor
+        self._clock = clock
+        self._spawn = spawn
+        self._name = name
+        self._rng = rng or random.Random()
+        self._policy: PollPolicy | None = adaptor.poll
+        self._objects: weakref.WeakValueDictionary[str, Tracked[Any]] = (
+            weakref.WeakValueDictionary()
+        )
+        self._interest: dict[str, int] = {}
+        self._running = False
+        self._wake = asyncio.Event()
+        self._last_tick = -math.inf
+        self._delay = 0.0
+        #: Counters for tests and benchmarks.
+        self.ticks = 0
+        self.describe_calls = 0
+        adaptor.set_listener(self.feed)
+
+    # -- objects ----------------------------------------------------------------------
+    def register(self, native_id: str, obj: Tracked[Any]) -> None:
+        self._objects[native_id] = obj
+
+    def lookup(self, native_id: str) -> Tracked[Any] | None:
+        return self._objects.get(native_id)
+
+    def feed(self, info: Info) -> None:
+        """Deliver one pushed info to its object."""
+        self._deliver(info)
+
+    def _deliver(self, info: Info) -> bool:
+        obj = self._objects.get(info.id)
+        return obj._apply(info) if obj is not None else False
+
+    # -- interest ---------------------------------------------------------------------
+    def watch(self, native_id: str) -> None:
+        self._interest[native_id] = self._interest.get(native_id, 0) + 1
+        if self._policy is None:
+            return  # the adaptor pushes every change
+        self._delay = self._jittered(self._policy.floor)
+        if self._running:
+            self._wake.set()
+        else:
+            self._running = True
+            self._spawn(self._loop, name=f"aiores-watch {self._name}")
+
+    def unwatch(self, native_id: str) -> None:
+        count = self._interest.get(native_id, 0) - 1
+        if count > 0:
+            self._interest[native_id] = count
+        else:
+            self._interest.pop(native_id, None)
+
+    # -- the polling loop -------------------------------------------------------------
+    def _jittered(self, delay: float) -> float:
+        assert self._policy is not None
+        spread = self._policy.jitter
+        return delay * (1.0 + self._rng.uniform(-spread, spread))
+
+    async def _sleep_or_wake(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds on the clock; True if woken early."""
+        self._wake.clear()
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        return waker.done() and not waker.cancelled()
+
+    async def _loop(self) -> None:
+        assert self._policy is not None
+        policy = self._policy
+        try:
+            while self._interest:
+                # Sleep until the last tick plus the current delay; a new waiter
+                # resets the delay to the floor, so waiters arriving one by one
+                # share ticks instead of each causing a describe.
+                while True:
+                    remaining = self._last_tick + self._delay - self._clock.now()
+                    if remaining <= 0 or not await self._sleep_or_wake(remaining):
+                        break
+                if not self._interest:
+                    break
+                self._last_tick = self._clock.now()
+                self.ticks += 1
+                changed = await self._tick(list(self._interest), policy.batch)
+                grown = (
+                    policy.floor if changed else min(policy.ceiling, self._delay * policy.backoff)
+                )
+                self._delay = self._jittered(max(policy.floor, grown))
+        except Exception as exc:
+            # A bug, not a backend error (those are handled per describe): fail the
+            # waiters rather than leave them waiting on a loop that is gone.
+            error = NoSuccess(f"the state watcher of {self._name} failed: {exc!r}")
+            for native_id in list(self._interest):
+                obj = self._objects.get(native_id)
+                if obj is not None:
+                    obj._wake(error)
+            raise
+        finally:
+            # The loop only ends with no interest left (or cancelled): no await
+            # separates the last check from here, so no waiter can be stranded.
+            self._running = False
+
+    async def _tick(self, ids: Sequence[str], batch: int) -> bool:
+        chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
+        results = await asyncio.gather(*(self._describe(chunk) for chunk in chunks))
+        return any(results)
+
+    async def _describe(self, ids: Sequence[str]) -> bool:
+        self.describe_calls += 1
+        try:
+            infos: Mapping[str, Info] = await self._adaptor.describe(ids)  # type: ignore[attr-defined]
+        except (AioresError, OSError) as exc:
+            # Tell the waiters of these ids; they decide whether to wait again.
+            log.debug("%s: describe failed: %r", self._name, exc)
+            for native_id in ids:
+                obj = self._objects.get(native_id)
+                if obj is not None:
+                    obj._wake(exc)
+            return False
+        changed = False
+        for native_id in ids:
+            obj = self._objects.get(native_id)
+            if obj is None:
+                continue
+            info = infos.get(native_id)
+            if info is None:
+                obj._wake(DoesNotExist(f"{obj} is no longer known to {self._adaptor.url}"))
+            elif obj._apply(info):
+                changed = True
+        return changed
