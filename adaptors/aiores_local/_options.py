@@ -1,0 +1,88 @@
+"""What a ``local://`` URL may say: no host but this one, and a few query options."""
+
+from __future__ import annotations
+
+import math
+
+from aiores._exceptions import BadParameter, IncorrectURL
+from aiores._url import URL
+
+__all__ = ["DEFAULT_GRACE", "LocalOptions", "check_grace", "check_max_running", "parse_options"]
+
+#: Seconds between SIGTERM and SIGKILL when a job or command is stopped.
+DEFAULT_GRACE = 5.0
+
+_KNOWN = ("grace", "max_running")
+
+
+class LocalOptions:
+    """The options of one ``local://`` endpoint.
+
+    Attributes:
+        grace: Seconds between SIGTERM and SIGKILL (``?grace=0.5``).
+        max_running: Most jobs running at once, or None for no limit
+            (``?max_running=4``); the others wait QUEUED.
+    """
+
+    __slots__ = ("grace", "max_running")
+
+    def __init__(self, grace: float, max_running: int | None) -> None:
+        self.grace = grace
+        self.max_running = max_running
+
+
+def check_grace(value: object, where: str = "grace") -> float:
+    """``value`` as a grace period in seconds (a finite number >= 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}")
+    try:
+        grace = float(value)
+    except ValueError:
+        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}") from None
+    if not math.isfinite(grace) or grace < 0:
+        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}")
+    return grace
+
+
+def check_max_running(value: object, where: str = "max_running") -> int | None:
+    """``value`` as a job limit (an int >= 1), or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise BadParameter(f"{where} must be an int >= 1, not {value!r}")
+    try:
+        limit = int(value)
+    except ValueError:
+        raise BadParameter(f"{where} must be an int >= 1, not {value!r}") from None
+    if limit < 1:
+        raise BadParameter(f"{where} must be an int >= 1, not {value!r}")
+    return limit
+
+
+def parse_options(url: URL) -> LocalOptions:
+    """Check that ``url`` names this host and read its options.
+
+    Raises:
+        IncorrectURL: the URL names another host, a user, a port or a path, or an
+            unknown or malformed option.
+    """
+    if url.host not in ("", "localhost") or url.user or url.port is not None:
+        raise IncorrectURL(
+            f"{str(url)!r}: local:// runs on this host only; write 'local://' "
+            "(use ssh://user@host for another machine)"
+        )
+    if url.path not in ("", "/"):
+        raise IncorrectURL(f"{str(url)!r}: local:// takes no path; write 'local://'")
+    params = url.params
+    unknown = sorted(set(params) - set(_KNOWN))
+    if unknown:
+        raise IncorrectURL(
+            f"{str(url)!r}: unknown option(s) {', '.join(unknown)}; local:// knows "
+            + ", ".join(_KNOWN)
+        )
+    try:
+        grace = check_grace(params.get("grace", DEFAULT_GRACE), "local://?grace")
+        max_running = check_max_running(params.get("max_running"), "local://?max_running")
+    except BadParameter as exc:
+        raise IncorrectURL(f"{str(url)!r}: {exc}") from None
+    return LocalOptions(grace, max_running)

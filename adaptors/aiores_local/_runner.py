@@ -1,0 +1,163 @@
+"""Run one command on this host to completion: the ``local://`` command runner."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Mapping, Sequence
+
+from aiores._exceptions import BadParameter, Timeout
+from aiores._fleet import RunResult
+from aiores.adaptor import URL, AdaptorEnv, CommandRunner
+
+from ._options import check_grace, parse_options
+from ._process import Capture, Child, merged_environment, shielded, signal_name, spawn, spawn_error
+
+__all__ = ["LocalCommandRunner"]
+
+#: Seconds to wait for a process group to go after SIGKILL before giving up on it.
+_KILL_WAIT = 5.0
+
+
+class LocalCommandRunner(CommandRunner):
+    """Runs commands as processes of this host, each in its own process group.
+
+    Args:
+        url: ``local://`` (``?grace=SECONDS``: SIGTERM to SIGKILL when cancelled).
+        env: The session's services.
+        grace: Overrides the URL's ``grace``.
+    """
+
+    def __init__(self, url: URL, env: AdaptorEnv, *, grace: float | None = None) -> None:
+        super().__init__(url, env)
+        self.grace = parse_options(url).grace if grace is None else check_grace(grace)
+        self._devnull = -1
+
+    async def open(self) -> None:
+        """Open ``/dev/null`` once for the standard input of commands given none."""
+        if self._devnull < 0:
+            self._devnull = await asyncio.to_thread(os.open, os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+    async def aclose(self) -> None:
+        """Release ``/dev/null``; commands still running belong to their callers."""
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Run ``command`` and return its exit status and output.
+
+        Args:
+            command: A str is a shell command (``/bin/sh -c``); a sequence is a program
+                and its arguments, run without a shell.
+            stdin: Bytes written to its standard input, which is then closed (None:
+                ``/dev/null``).
+            env: Variables added to this process's environment for the command.
+            timeout: Seconds before the command is killed.
+
+        Returns:
+            The result; a non-zero exit or a signal is a result, not an error.
+
+        Raises:
+            Timeout: ``timeout`` passed; the command's process group was killed (SIGKILL).
+            DoesNotExist: the program does not exist.
+            PermissionDenied: the program is not executable.
+            BadParameter: ``command`` is empty or not str.
+
+        Cancelling it sends SIGTERM to the command's process group, then SIGKILL after
+        the grace period, waits (bounded) for the process to go, and re-raises.
+        """
+        argv = _argv(command)
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        started = loop.time()
+        if self._devnull < 0:
+            await self.open()
+        try:
+            child = spawn(
+                argv,
+                cwd=None,
+                env=merged_environment(env),
+                stdin=stdin,
+                stdout=None,
+                stderr=None,
+                limit=None,
+                devnull=self._devnull,
+                on_done=lambda _: finished.set(),
+            )
+        except OSError as exc:
+            raise spawn_error(exc, argv[0], None) from exc
+        try:
+            async with asyncio.timeout(timeout):
+                await finished.wait()
+        except TimeoutError:
+            await shielded(_stop(child, finished, grace=0.0))
+            raise Timeout(
+                f"{_shown(command)} did not finish within {timeout:g} s; "
+                "its process group was killed"
+            ) from None
+        except asyncio.CancelledError:
+            await shielded(_stop(child, finished, grace=self.grace))
+            raise
+        rc = child.returncode
+        assert rc is not None
+        return RunResult(
+            exit_status=rc if rc >= 0 else None,
+            exit_signal=None if rc >= 0 else signal_name(-rc).removeprefix("SIG"),
+            stdout=_text(child.out),
+            stderr=_text(child.err),
+            elapsed=loop.time() - started,
+        )
+
+
+def _text(capture: Capture | None) -> str:
+    return "" if capture is None else capture.result().decode("utf-8", errors="replace")
+
+
+def _argv(command: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(command, str):
+        if not command.strip():
+            raise BadParameter("a shell command must be a non-empty str")
+        return ("/bin/sh", "-c", command)
+    if isinstance(command, bytes) or not isinstance(command, Sequence):
+        raise BadParameter(f"a command must be a str or a sequence of str, not {command!r}")
+    argv = tuple(command)
+    if not argv or not all(isinstance(arg, str) for arg in argv) or not argv[0]:
+        raise BadParameter(
+            f"a command sequence must be a program and its arguments, all str: {command!r}"
+        )
+    return argv
+
+
+def _shown(command: str | Sequence[str]) -> str:
+    text = command if isinstance(command, str) else " ".join(command)
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+async def _stop(child: Child, finished: asyncio.Event, *, grace: float) -> None:
+    """SIGTERM the group (if ``grace``), SIGKILL it after ``grace``; bounded."""
+    try:
+        if grace > 0 and not finished.is_set():
+            child.signal(signal.SIGTERM)
+            child.signal(signal.SIGCONT)
+            try:
+                async with asyncio.timeout(grace):
+                    await finished.wait()
+            except TimeoutError:
+                pass
+        child.signal(signal.SIGKILL)  # also members that outlived the leader
+        try:
+            async with asyncio.timeout(_KILL_WAIT):
+                await finished.wait()
+        except TimeoutError:
+            pass  # unkillable (uninterruptible sleep): stop watching it
+    finally:
+        child.detach()
