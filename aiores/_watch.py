@@ -194,9 +194,13 @@ class Watcher:
         )
         self._interest: dict[str, int] = {}
         self._running = False
+        #: Set while no polling loop runs (tests await it).
+        self.idle = asyncio.Event()
+        self.idle.set()
         self._wake = asyncio.Event()
         self._last_tick = -math.inf
         self._delay = 0.0
+        self._quiet = 0  # ticks in a row that saw no change
         #: Counters for tests and benchmarks.
         self.ticks = 0
         self.describe_calls = 0
@@ -222,11 +226,13 @@ class Watcher:
         self._interest[native_id] = self._interest.get(native_id, 0) + 1
         if self._policy is None:
             return  # the adaptor pushes every change
+        self._quiet = 0
         self._delay = self._jittered(self._policy.floor)
         if self._running:
             self._wake.set()
         else:
             self._running = True
+            self.idle.clear()
             self._spawn(self._loop, name=f"aiores-watch {self._name}")
 
     def unwatch(self, native_id: str) -> None:
@@ -271,10 +277,10 @@ class Watcher:
                 self._last_tick = self._clock.now()
                 self.ticks += 1
                 changed = await self._tick(list(self._interest), policy.batch)
-                grown = (
-                    policy.floor if changed else min(policy.ceiling, self._delay * policy.backoff)
-                )
-                self._delay = self._jittered(max(policy.floor, grown))
+                # floor, floor, floor*backoff, ... up to the ceiling while quiet.
+                self._quiet = 0 if changed else self._quiet + 1
+                grown = policy.floor * policy.backoff ** max(0, self._quiet - 1)
+                self._delay = self._jittered(min(policy.ceiling, grown))
         except Exception as exc:
             # A bug, not a backend error (those are handled per describe): fail the
             # waiters rather than leave them waiting on a loop that is gone.
@@ -288,6 +294,7 @@ class Watcher:
             # The loop only ends with no interest left (or cancelled): no await
             # separates the last check from here, so no waiter can be stranded.
             self._running = False
+            self.idle.set()
 
     async def _tick(self, ids: Sequence[str], batch: int) -> bool:
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
