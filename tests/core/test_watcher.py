@@ -198,7 +198,7 @@ async def test_wait_for_state_that_cannot_come(
 @pytest.mark.asyncio
 async def test_wait_timeout(session: aiores.Session, fake: FakePlugin) -> None:
     vm = await session.manager("fake://").acquire(DESC)
-    with pytest.raises(aiores.Timeout, match="did not reach ACTIVE within 0.05 s") as info:
+    with pytest.raises(aiores.Timeout, match=r"did not reach ACTIVE within 0\.05 s") as info:
         await vm.wait(ResourceState.ACTIVE, timeout=0.05)
     assert isinstance(info.value, TimeoutError)
     assert vm.state is ResourceState.PENDING
