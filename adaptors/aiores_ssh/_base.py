@@ -1,0 +1,45 @@
+"""What every ssh capability object shares: its target and the session's pool."""
+
+from __future__ import annotations
+
+from aiores._contexts import SSHContext
+from aiores.adaptor import Adaptor
+
+from ._pool import Pool, Target, pool_for
+
+__all__ = ["SSHBase"]
+
+
+class SSHBase(Adaptor):
+    """An ssh capability bound to one ``ssh://[user@]host[:port]`` endpoint."""
+
+    _pool: Pool | None = None
+    _target: Target | None = None
+
+    async def open(self) -> None:
+        """Join the session's connection pool (connections open on first use)."""
+        self._endpoint()
+
+    def _endpoint(self) -> tuple[Pool, Target]:
+        if self._pool is None or self._target is None:
+            ctx = self.env.context(SSHContext, self.url.host) or SSHContext()
+            self._target = Target.make(self.url.host, self.url.port, self.url.user, ctx)
+            self._pool = pool_for(self.env)
+            self._pool.retain()
+        return self._pool, self._target
+
+    @property
+    def pool(self) -> Pool:
+        """The session's SSH connection pool."""
+        return self._endpoint()[0]
+
+    @property
+    def target(self) -> Target:
+        """Where this object connects."""
+        return self._endpoint()[1]
+
+    async def aclose(self) -> None:
+        """Leave the pool; the last ssh object of the session closes its connections."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.release()

@@ -1,0 +1,183 @@
+"""Host key verification and the one shared asyncssh options object per context.
+
+asyncssh re-reads known_hosts, ssh_config and key files for every connection when it
+is given paths; here they are read once per :class:`~aiores.SSHContext` (off the event
+loop) into one :class:`asyncssh.SSHClientConnectionOptions` that every connection of
+the session reuses.
+
+Host keys are always verified. Trusted keys come from the context's known_hosts files
+(default ``~/.ssh/known_hosts``) plus the keys pinned in ``SSHContext.host_keys``.
+A key that is unknown, or differs from the one recorded, fails the connection with
+:class:`~aiores.HostKeyError` naming ``host:port`` and the offered fingerprint.
+With ``trust_on_first_use`` an unknown key (never a changed one) is accepted and
+appended to the first known_hosts file of the context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncssh
+
+from aiores._contexts import SSHContext
+from aiores._exceptions import BadParameter
+
+from ._errors import map_errors
+
+__all__ = ["HostKeyPolicy", "SSHClient", "build_options", "host_pattern"]
+
+
+def host_pattern(host: str, port: int) -> str:
+    """How known_hosts names ``host`` at ``port`` (``[host]:port`` unless port 22)."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def _pin_patterns(spec: str) -> str:
+    """known_hosts patterns for a ``host_keys`` entry: ``host:port`` or ``host`` (any port)."""
+    host, sep, port = spec.rpartition(":")
+    if sep and port.isdigit() and host and ":" not in host:
+        return host_pattern(host, int(port))
+    return f"{spec},[{spec}]:*"
+
+
+@dataclass(eq=False)
+class HostKeyPolicy:
+    """What one context trusts; decides on keys the known_hosts lookup did not match."""
+
+    known_hosts: asyncssh.SSHKnownHosts
+    trust_on_first_use: bool
+    record_file: Path | None
+    files: tuple[str, ...]
+    accepted: dict[tuple[str, int], asyncssh.SSHKey] = field(default_factory=dict)
+    _unrecorded: list[str] = field(default_factory=list)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def decide(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> str | None:
+        """None to accept ``key`` for ``host:port``, else why it is refused."""
+        fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
+        seen = self.accepted.get((host, port))
+        if seen is not None:
+            if seen == key:
+                return None
+            return (
+                f"it offered {fingerprint}, but a different key was accepted on first use "
+                "earlier in this session (the host key changed)"
+            )
+        lookup_port = None if port == 22 else port
+        recorded = asyncssh.match_known_hosts(self.known_hosts, host, addr, lookup_port)[0]
+        if recorded:
+            return (
+                f"it offered {fingerprint}, which differs from the key recorded for it in "
+                f"{self._where()} (the host key changed: possibly a machine-in-the-middle; "
+                "if the change is expected, update the known_hosts entry or the pinned key)"
+            )
+        if self.trust_on_first_use:
+            self.accepted[(host, port)] = key
+            line = f"{host_pattern(host, port)} {key.export_public_key('openssh').decode()}"
+            self._unrecorded.append(line.strip())
+            return None
+        return (
+            f"it offered {fingerprint}, which is not in {self._where()}; add it to a "
+            "known_hosts file, pin it in SSHContext.host_keys, or set "
+            "SSHContext(trust_on_first_use=True)"
+        )
+
+    def _where(self) -> str:
+        names = ", ".join(self.files) if self.files else "no known_hosts file"
+        return f"{names} or the pinned keys"
+
+    async def flush(self) -> None:
+        """Append keys accepted on first use to the known_hosts file (0600)."""
+        if not self._unrecorded or self.record_file is None:
+            return
+        async with self._lock:
+            lines, self._unrecorded = self._unrecorded, []
+            if lines:
+                await asyncio.to_thread(_append, self.record_file, lines)
+
+
+def _append(path: Path, lines: Sequence[str]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+
+
+class SSHClient(asyncssh.SSHClient):
+    """One connection's client callbacks: host key decisions and loss notification."""
+
+    def __init__(self, policy: HostKeyPolicy) -> None:
+        self._policy = policy
+        self.refusal: str | None = None
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.refusal = self._policy.decide(host, addr, port, key)
+        return self.refusal is None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def _read_known_hosts(files: Sequence[str], pins: dict[str, Sequence[str]]) -> str:
+    chunks: list[str] = []
+    for name in files:
+        try:
+            chunks.append(Path(name).read_text())
+        except FileNotFoundError:
+            continue
+    for spec, keys in pins.items():
+        patterns = _pin_patterns(spec)
+        for text in keys:
+            try:
+                asyncssh.import_public_key(text)
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise BadParameter(
+                    f"SSHContext.host_keys[{spec!r}] holds a key that cannot be read: {exc}"
+                ) from exc
+            chunks.append(f"{patterns} {text.strip()}")
+    return "\n".join(chunks) + "\n"
+
+
+def _default_known_hosts() -> str:
+    return str(Path("~", ".ssh", "known_hosts").expanduser())  # no I/O: a name only
+
+
+async def build_options(
+    ctx: SSHContext,
+) -> tuple[asyncssh.SSHClientConnectionOptions, HostKeyPolicy]:
+    """Read keys, known_hosts and config once for ``ctx`` (in a worker thread).
+
+    Raises:
+        BadParameter: a pinned host key cannot be read.
+        AuthenticationFailed: a key file cannot be loaded (wrong passphrase, bad format).
+        DoesNotExist: a named key or config file is missing.
+    """
+    files = (_default_known_hosts(),) if ctx.known_hosts is None else tuple(ctx.known_hosts)
+    text = await asyncio.to_thread(_read_known_hosts, files, dict(ctx.host_keys))
+    policy = HostKeyPolicy(
+        known_hosts=asyncssh.import_known_hosts(text),
+        trust_on_first_use=ctx.trust_on_first_use,
+        record_file=Path(files[0]) if files else None,
+        files=files,
+    )
+    with map_errors("local", "loading SSH keys and configuration"):
+        options = await asyncssh.SSHClientConnectionOptions.construct(
+            known_hosts=policy.known_hosts,
+            client_keys=list(ctx.key_files) if ctx.key_files is not None else (),
+            passphrase=ctx.passphrase,
+            config=list(ctx.config) if ctx.config is not None else (),
+            connect_timeout=ctx.connect_timeout,
+            login_timeout=ctx.login_timeout,
+            keepalive_interval=ctx.keepalive_interval,
+            keepalive_count_max=3,
+        )
+    return options, policy

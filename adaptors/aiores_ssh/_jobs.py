@@ -1,0 +1,269 @@
+"""Jobs over SSH: detached remote processes controlled through their job directory.
+
+A job runs in its own process group (``setsid``), detached from the SSH channel that
+started it, in a directory that holds its pid, exit code and output (see
+:mod:`aiores_ssh._jobscripts`). Cancel, suspend and resume signal that group over any
+channel, so they work after the submitting channel or client is gone, and
+``describe([id])`` from a fresh adaptor reconnects to a job.
+
+State is polled: the session's watcher calls :meth:`SSHJobAdaptor.describe` with
+every watched job of the host, answered by one remote command. Changes this adaptor
+makes itself (cancel, suspend, resume) are published at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+
+from aiores._descriptions import JobDescription
+from aiores._exceptions import DoesNotExist, IncorrectState, NoSuccess
+from aiores._states import JobState
+from aiores.adaptor import JobAdaptor, JobInfo, PollPolicy, missing
+
+from ._base import SSHBase
+from ._jobscripts import (
+    FINISHED,
+    MISSING,
+    cancel_script,
+    describe_script,
+    find_script,
+    reap_script,
+    resume_script,
+    submit_script,
+    suspend_script,
+)
+from ._runner import Outcome, execute
+
+__all__ = ["TRUNCATION_MARKER", "SSHJobAdaptor", "parse_describe"]
+
+#: Appended to captured output cut at the capture limit (formatted with the sizes).
+TRUNCATION_MARKER = "\n[aiores: output truncated: {kept} of {size} bytes kept]\n"
+
+
+class SSHJobAdaptor(SSHBase, JobAdaptor):
+    """Jobs on one ``ssh://`` endpoint.
+
+    ``hold`` is not supported (there is no queue to hold a job in): submitting with
+    ``hold=True`` raises :class:`~aiores.NotSupported`. ``walltime``, ``queue``,
+    ``project``, ``processes``, ``cores``, ``memory`` and ``category`` are ignored.
+    """
+
+    poll = PollPolicy(floor=0.5, ceiling=10.0, backoff=1.5, jitter=0.1, batch=500)
+    supports_hold = False
+    #: Seconds between TERM and KILL when a job is cancelled.
+    cancel_grace: float = 5.0
+    #: Seconds a control command (submit, describe, signal) may take.
+    command_timeout: float = 60.0
+
+    async def _sh(self, script: str, stdin: bytes | None = None) -> Outcome:
+        pool, target = self._endpoint()
+        return await execute(pool, target, script, stdin=stdin, timeout=self.command_timeout)
+
+    def _failed(self, what: str, outcome: Outcome) -> NoSuccess:
+        detail = outcome.stderr.decode(errors="replace").strip()
+        return NoSuccess(
+            f"{what} on {self.target.where} failed (exit {outcome.exit_status}): {detail}"
+        )
+
+    async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
+        """Start the job detached on the remote host; returns it RUNNING.
+
+        Raises:
+            NotSupported: ``hold=True``.
+            NoSuccess: the job directory could not be made or the job not started.
+            ConnectionLost, Timeout, HostKeyError, AuthenticationFailed: transport errors.
+
+        If cancelled, the job may or may not have started; :meth:`find` with
+        ``token`` finds it.
+        """
+        if hold:
+            raise self._unsupported("holding jobs (submit with hold=True)")
+        job_id = uuid.uuid4().hex[:20]
+        stdin = description.stdin_bytes
+        script = submit_script(job_id, token, description, stdin is not None)
+        outcome = await self._sh(script, stdin=stdin)
+        pid = outcome.stdout.strip()
+        if outcome.exit_status != 0 or not pid.isdigit():
+            raise self._failed("submitting a job", outcome)
+        return JobInfo(
+            id=job_id,
+            state=JobState.RUNNING,
+            state_detail="running",
+            token=token,
+            extra={"pid": int(pid)},
+        )
+
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
+        """The state of each job in ``ids`` (one remote command); unknown ids are left out.
+
+        Finished jobs carry their captured output, cut at the description's
+        ``capture_limit`` and then ending with :data:`TRUNCATION_MARKER`.
+
+        Raises:
+            ConnectionLost, Timeout, NoSuccess: the host could not be asked.
+        """
+        if not ids:
+            return {}
+        for job_id in ids:
+            _check_id(job_id)
+        outcome = await self._sh(describe_script(list(ids), output=True))
+        if outcome.exit_status != 0:
+            raise self._failed("describing jobs", outcome)
+        return parse_describe(outcome.stdout)
+
+    async def find(self, token: str) -> Sequence[JobInfo]:
+        """Every job on this host submitted under ``token``."""
+        outcome = await self._sh(find_script(token))
+        if outcome.exit_status != 0:
+            raise self._failed("finding jobs", outcome)
+        ids = outcome.stdout.decode().split()
+        return list((await self.describe(ids)).values()) if ids else []
+
+    async def list(self) -> Sequence[JobInfo]:
+        """Every job aiores keeps a directory for on this host (without output)."""
+        outcome = await self._sh(describe_script(None, output=False))
+        if outcome.exit_status != 0:
+            raise self._failed("listing jobs", outcome)
+        return list(parse_describe(outcome.stdout).values())
+
+    async def _control(self, job_id: str, script: str, what: str) -> Outcome:
+        _check_id(job_id)
+        outcome = await self._sh(script)
+        if outcome.exit_status == MISSING:
+            raise missing("job", job_id, self.url)
+        if outcome.exit_status not in (0, FINISHED):
+            raise self._failed(what, outcome)
+        return outcome
+
+    async def cancel(self, id: str) -> None:
+        """TERM the job's process group, KILL what is left after :attr:`cancel_grace`.
+
+        A job already finished is left as it is. Raises :class:`~aiores.DoesNotExist`
+        for an unknown id. Cancelling the call may leave the job TERMed but not KILLed.
+        """
+        await self._control(id, cancel_script(id, self.cancel_grace), "cancelling a job")
+        info = (await self.describe([id])).get(id)
+        if info is not None:
+            self.publish(info)
+
+    async def suspend(self, id: str) -> None:
+        """SIGSTOP the job's process group.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not running.
+        """
+        outcome = await self._control(id, suspend_script(id), "suspending a job")
+        if outcome.exit_status == FINISHED:
+            raise IncorrectState(f"job {id} on {self.target.where} is not running")
+        self.publish(JobInfo(id=id, state=JobState.SUSPENDED, state_detail="stopped"))
+
+    async def resume(self, id: str) -> None:
+        """SIGCONT the job's process group.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not running or suspended.
+        """
+        outcome = await self._control(id, resume_script(id), "resuming a job")
+        if outcome.exit_status == FINISHED:
+            raise IncorrectState(f"job {id} on {self.target.where} is not suspended")
+        self.publish(JobInfo(id=id, state=JobState.RUNNING, state_detail="running"))
+
+    async def reap(self, id: str) -> None:
+        """Remove a finished job's directory from the host.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is still running.
+        """
+        outcome = await self._control(id, reap_script(id), "reaping a job")
+        if outcome.exit_status == FINISHED:
+            raise IncorrectState(f"job {id} on {self.target.where} is still running")
+
+
+def _check_id(job_id: str) -> None:
+    if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
+        raise DoesNotExist(f"{job_id!r} is not an ssh job id")
+
+
+def parse_describe(data: bytes) -> dict[str, JobInfo]:
+    """Read :func:`~aiores_ssh._jobscripts.describe_script` output."""
+    infos: dict[str, JobInfo] = {}
+    pos = 0
+    current: dict[str, object] | None = None
+
+    def flush() -> None:
+        if current is not None:
+            info = _info(current)
+            infos[info.id] = info
+
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            break
+        fields = data[pos:end].decode(errors="replace").split(" ", 7)
+        pos = end + 1
+        if fields[0] == "J" and len(fields) == 8:
+            flush()
+            current = dict(
+                zip(
+                    ("id", "pid", "alive", "exit", "canceled", "suspended", "token"),
+                    fields[1:],
+                    strict=True,
+                )
+            )
+        elif fields[0] == "O" and len(fields) == 4 and current is not None:
+            size, sent = int(fields[2]), int(fields[3])
+            chunk = data[pos : pos + sent]
+            pos += sent
+            if size > sent:
+                chunk += TRUNCATION_MARKER.format(kept=sent, size=size).encode()
+            current[fields[1]] = chunk
+    flush()
+    return infos
+
+
+def _info(fields: Mapping[str, object]) -> JobInfo:
+    job_id = str(fields["id"])
+    pid = str(fields["pid"])
+    alive = fields["alive"] == "1"
+    exit_text = str(fields["exit"])
+    canceled = fields["canceled"] == "1"
+    token = None if fields["token"] == "-" else str(fields["token"])
+    exit_code = int(exit_text) if exit_text.lstrip("-").isdigit() else None
+    stdout = fields.get("stdout")
+    stderr = fields.get("stderr")
+    if exit_code is not None or (not alive and pid != "-"):
+        if canceled:
+            state, detail = JobState.CANCELED, "canceled"
+        elif exit_code == 0:
+            state, detail = JobState.DONE, "exited 0"
+        elif exit_code is not None:
+            state, detail = JobState.FAILED, f"exited {exit_code}"
+        else:
+            state, detail = JobState.FAILED, "its process ended without an exit code (killed)"
+    elif pid == "-":
+        state, detail = (
+            (JobState.CANCELED, "canceled")
+            if canceled
+            else (
+                JobState.QUEUED,
+                "being submitted",
+            )
+        )
+    elif fields["suspended"] == "1":
+        state, detail = JobState.SUSPENDED, "stopped"
+    else:
+        state, detail = JobState.RUNNING, "running"
+    return JobInfo(
+        id=job_id,
+        state=state,
+        state_detail=detail,
+        exit_code=exit_code,
+        stdout=stdout if isinstance(stdout, bytes) else None,
+        stderr=stderr if isinstance(stderr, bytes) else None,
+        token=token,
+        extra={"pid": int(pid)} if pid.isdigit() else {},
+    )

@@ -1,0 +1,193 @@
+"""The remote side of SSH jobs: the job directory layout and the scripts that use it.
+
+Each job lives in ``$HOME/.aiores/jobs/<id>/``::
+
+    token        the idempotency token it was submitted under
+    limit        bytes of captured output kept per stream
+    description.json   the JobDescription (for people and tools reading the host)
+    stdin        the job's standard input
+    run.sh       the wrapper: runs the program, then writes ``exit``
+    pid          pid of the wrapper, which leads the job's process group
+    stdout, stderr     captured output (absent when the description names files)
+    exit         the program's exit code, written when it ends
+    canceled     present once the job was cancelled
+    suspended    present while the job is stopped (SIGSTOP)
+
+Everything aiores needs to control or reconnect to a job is in that directory, so a
+fresh client (another process, after a restart) finds it by id.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from aiores._descriptions import JobDescription
+
+from ._scripts import LIB, exports
+
+__all__ = [
+    "JOBS_DIR",
+    "cancel_script",
+    "describe_script",
+    "find_script",
+    "reap_script",
+    "resume_script",
+    "submit_script",
+    "suspend_script",
+]
+
+#: Where job directories live, relative to the login directory.
+JOBS_DIR = ".aiores/jobs"
+#: Exit codes the control scripts use to report a condition.
+MISSING = 3
+FINISHED = 4
+
+_JOBS = f'"$HOME"/{JOBS_DIR}'
+
+
+def _wrapper(desc: JobDescription) -> str:
+    """run.sh: run the program in the job's group, record its exit code."""
+    out = shlex.quote(desc.stdout) if desc.stdout else '"$d/stdout"'
+    err = shlex.quote(desc.stderr) if desc.stderr else '"$d/stderr"'
+    program = shlex.join([desc.executable, *desc.arguments])
+    cd = ""
+    if desc.working_directory:
+        wd = shlex.quote(desc.working_directory)
+        cd = (
+            f"cd {wd} 2>/dev/null || {{\n"
+            f'  echo "aiores: cannot enter working directory {wd}" >>{err}\n'
+            '  echo 126 >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 126\n'
+            "}\n"
+        )
+    # The trap keeps the wrapper alive through a TERM sent to the whole group, so it
+    # can record the program's status; the program itself gets the default action.
+    return (
+        "d=$(pwd)\n"
+        "trap ': > \"$d/terminated\"' TERM\n"
+        + cd
+        + exports(desc.environment)
+        + f'{program} <"$d/stdin" >{out} 2>{err}\n'
+        "rc=$?\n"
+        'echo "$rc" >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"\n'
+    )
+
+
+def submit_script(job_id: str, token: str, desc: JobDescription, has_stdin: bool) -> str:
+    """Create the job directory and start the job detached; prints the job's pid."""
+    d = f"{_JOBS}/{job_id}"
+    description = json.dumps(asdict(desc) | {"stdin": None}, default=str, sort_keys=True)
+    return (
+        "set -e\numask 077\n"
+        f"mkdir -p {d}\ncd {d}\n"
+        f"printf '%s\\n' {shlex.quote(token)} >token\n"
+        f"printf '%s\\n' {desc.capture_limit} >limit\n"
+        f"printf '%s\\n' {shlex.quote(description)} >description.json\n"
+        + ("cat >stdin\n" if has_stdin else ": >stdin\n")
+        + f"printf '%s' {shlex.quote(_wrapper(desc))} >run.sh\n"
+        "if command -v setsid >/dev/null 2>&1; then\n"
+        "  setsid /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
+        "elif command -v perl >/dev/null 2>&1; then\n"
+        "  perl -e 'setpgrp(0, 0); exec @ARGV' /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
+        "else\n"
+        "  /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
+        "fi\n"
+        'echo "$!" >pid.tmp && mv pid.tmp pid\n'
+        'echo "$!"\n'
+    )
+
+
+def describe_script(ids: Sequence[str] | None, output: bool) -> str:
+    """One line per job (``J id pid alive exit canceled suspended token``).
+
+    With ``output``, each finished job's captured streams follow its line as
+    ``O stream size sent`` and then exactly ``sent`` bytes. ``ids=None``: every job.
+    """
+    names = " ".join(shlex.quote(i) for i in ids) if ids is not None else "*"
+    show = ""
+    if output:
+        show = (
+            '  if [ "$a" = 0 ] || [ -n "$e" ]; then\n'
+            '    l=$(cat "$id/limit" 2>/dev/null) || l=0\n'
+            "    for f in stdout stderr; do\n"
+            '      [ -f "$id/$f" ] || continue\n'
+            '      n=$(wc -c <"$id/$f"); n=$((n + 0))\n'
+            '      if [ "$n" -gt "$l" ]; then k=$l; else k=$n; fi\n'
+            '      printf \'O %s %s %s\\n\' "$f" "$n" "$k"\n'
+            '      head -c "$k" "$id/$f"\n'
+            "    done\n"
+            "  fi\n"
+        )
+    return (
+        LIB + f"cd {_JOBS} 2>/dev/null || exit 0\n"
+        f"for id in {names}; do\n"
+        '  [ -d "$id" ] || continue\n'
+        '  p=$(cat "$id/pid" 2>/dev/null) || p=\n'
+        '  a=0; [ -n "$p" ] && alive "$p" && a=1\n'
+        '  e=$(cat "$id/exit" 2>/dev/null) || e=\n'
+        '  c=0; [ -e "$id/canceled" ] && c=1\n'
+        '  s=0; [ -e "$id/suspended" ] && s=1\n'
+        '  t=$(cat "$id/token" 2>/dev/null) || t=\n'
+        '  printf \'J %s %s %s %s %s %s %s\\n\' "$id" "${p:--}" "$a" "${e:--}" '
+        '"$c" "$s" "${t:--}"\n' + show + "done\n"
+    )
+
+
+def find_script(token: str) -> str:
+    """Ids of the jobs submitted under ``token``, one a line."""
+    return (
+        f"cd {_JOBS} 2>/dev/null || exit 0\n"
+        "for id in *; do\n"
+        f'  [ "$(cat "$id/token" 2>/dev/null)" = {shlex.quote(token)} ] && echo "$id"\n'
+        "done\nexit 0\n"
+    )
+
+
+def _job(job_id: str) -> str:
+    return (
+        LIB
+        + f"d={_JOBS}/{shlex.quote(job_id)}\n"
+        + f'[ -d "$d" ] || exit {MISSING}\n'
+        + 'p=$(cat "$d/pid" 2>/dev/null) || p=\n'
+    )
+
+
+def cancel_script(job_id: str, grace: float) -> str:
+    """Mark the job cancelled; TERM its group, KILL after ``grace`` seconds."""
+    ticks = max(1, round(grace * 10))
+    return (
+        _job(job_id)
+        + f'[ -e "$d/exit" ] && exit {FINISHED}\n'
+        + ': >"$d/canceled"\n'
+        + f'[ -n "$p" ] && stop "$p" {ticks}\n'
+        + 'rm -f "$d/suspended"\nexit 0\n'
+    )
+
+
+def suspend_script(job_id: str) -> str:
+    """SIGSTOP the job's group and mark it suspended."""
+    return (
+        _job(job_id)
+        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p"; }} && exit {FINISHED}\n'
+        + 'sig STOP "$p"\n: >"$d/suspended"\n'
+    )
+
+
+def resume_script(job_id: str) -> str:
+    """SIGCONT the job's group and clear the suspended mark."""
+    return (
+        _job(job_id)
+        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p"; }} && exit {FINISHED}\n'
+        + 'sig CONT "$p"\nrm -f "$d/suspended"\n'
+    )
+
+
+def reap_script(job_id: str) -> str:
+    """Remove a finished job's directory."""
+    return (
+        _job(job_id)
+        + f'[ -n "$p" ] && alive "$p" && [ ! -e "$d/exit" ] && exit {FINISHED}\n'
+        + 'rm -rf "$d"\n'
+    )

@@ -1,0 +1,456 @@
+"""The SSH connection pool: one per session, shared by every ssh capability object.
+
+Per target (user, host, port, context) it keeps live connections and leases channel
+slots on them:
+
+- a request takes a free slot on a live connection (at most ``max_sessions`` channels
+  per connection, OpenSSH's MaxSessions default 10); else it joins a connection
+  being opened that still has unclaimed slots; else it opens one more connection
+  (up to ``max_connections`` per target), else it waits for a slot to free up;
+- new handshakes are bounded per target (``SSHContext.max_startups``, below OpenSSH's
+  MaxStartups 10) and across the pool (``max_handshakes``);
+- a connection that drops is removed at once and never reused; a channel that could
+  not be opened on it is retried on another connection (the command never started);
+- a server that refuses a channel below ``max_sessions`` (a lower MaxSessions)
+  lowers that connection's capacity;
+- idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
+  in the session's task group.
+
+Connects run in tasks owned by the pool, so a request that is cancelled while a
+connection it waits for is being opened leaves that connect to finish for the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncssh
+
+from aiores._contexts import SSHContext
+from aiores._exceptions import AioresError, HostKeyError, NoSuccess
+from aiores.adaptor import AdaptorEnv
+
+from ._errors import map_errors, translate
+from ._hostkeys import HostKeyPolicy, SSHClient, build_options
+
+__all__ = ["Pool", "Target", "pool_for"]
+
+T = TypeVar("T")
+
+#: How often a channel is tried on another connection before its error is raised.
+_OPEN_ATTEMPTS = 8
+#: How long closing a connection may take before it is abandoned.
+_CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a connection goes; connections are shared only within one target."""
+
+    host: str
+    port: int
+    user: str | None
+    context: SSHContext = field(compare=False, hash=False)
+    context_id: int = 0
+
+    @classmethod
+    def make(cls, host: str, port: int | None, user: str | None, ctx: SSHContext) -> Target:
+        return cls(host, port or 22, user or ctx.user, ctx, id(ctx))
+
+    @property
+    def where(self) -> str:
+        """``host:port`` for messages."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class _Conn:
+    """One pooled connection and its channel bookkeeping."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, capacity: int, now: float) -> None:
+        self.conn = conn
+        self.capacity = capacity
+        self.in_use = 0
+        self.dead = False
+        self.last_used = now
+        self.tunnel: tuple[Target, _Conn] | None = None
+
+    @property
+    def free(self) -> bool:
+        return not self.dead and self.in_use < self.capacity
+
+
+class _Pending:
+    """A connection being opened and the requests counting on it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.claims = 0
+        self.done: asyncio.Future[AioresError | None] = asyncio.get_running_loop().create_future()
+
+
+class _TargetState:
+    def __init__(self, ctx: SSHContext) -> None:
+        self.live: list[_Conn] = []
+        self.pending: list[_Pending] = []
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.startups = asyncio.Semaphore(ctx.max_startups)
+        #: Channels per connection: the context's max_sessions, or less if the
+        #: server refused a channel below it.
+        self.capacity = ctx.max_sessions
+
+    def take(self) -> _Conn | None:
+        best: _Conn | None = None
+        for pooled in self.live:
+            # Fill the busiest connection first so idle ones can be reaped.
+            if pooled.free and (best is None or pooled.in_use > best.in_use):
+                best = pooled
+        return best
+
+    def wake(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class Pool:
+    """SSH connections of one session, shared by its ssh adaptors.
+
+    Args:
+        env: The session's adaptor environment (clock, spawn).
+        max_handshakes: New SSH handshakes in flight across the pool.
+        max_connections: Connections per target; past it, requests wait for a channel.
+        idle_timeout: Seconds after which an unused connection is closed.
+    """
+
+    def __init__(
+        self,
+        env: AdaptorEnv,
+        *,
+        max_handshakes: int = 64,
+        max_connections: int = 64,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self._env = env
+        self._handshakes = asyncio.Semaphore(max_handshakes)
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self._targets: dict[Target, _TargetState] = {}
+        self._options: dict[
+            int, tuple[SSHContext, asyncssh.SSHClientConnectionOptions, HostKeyPolicy]
+        ] = {}
+        self._options_lock = asyncio.Lock()
+        self._jump_contexts: dict[int, SSHContext] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper_started = False
+        self._closed = False
+        self._users = 0
+        #: Connections opened so far (for tests and benchmarks).
+        self.connects = 0
+
+    # -- sharing -------------------------------------------------------------------
+    def retain(self) -> None:
+        """One more adaptor uses this pool."""
+        self._users += 1
+
+    async def release(self) -> None:
+        """One adaptor is done with the pool; the last one closes it."""
+        self._users -= 1
+        if self._users <= 0:
+            await self.aclose()
+
+    # -- leasing channels -----------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def open(
+        self,
+        target: Target,
+        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+    ) -> AsyncIterator[T]:
+        """Lease a channel slot on a connection to ``target`` and run ``opener`` on it.
+
+        ``opener`` opens the channel (a process, an SFTP session). If the server refuses
+        the channel, or the connection turns out to be dead before the channel opened,
+        the slot is retried on another connection. The slot is held until the block
+        exits.
+
+        Raises:
+            HostKeyError, AuthenticationFailed, Timeout, NoSuccess, ConnectionLost:
+                connecting or opening the channel failed.
+        """
+        attempts = 0
+        while True:
+            pooled = await self._lease(target)
+            try:
+                result = await opener(pooled.conn)
+            except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+                lost = pooled.dead or pooled.conn.is_closed()
+                if lost:
+                    self._drop(target, pooled)
+                elif isinstance(exc, asyncssh.ChannelOpenError) and pooled.in_use > 1:
+                    # The server allows fewer channels than we assumed (MaxSessions):
+                    # remember its limit for this target's connections, new ones too.
+                    self._learn_capacity(target, pooled.in_use - 1)
+                else:
+                    self._unlease(target, pooled)
+                    raise translate(exc, target.where, "opening a channel") from exc
+                self._unlease(target, pooled)
+                attempts += 1
+                if attempts >= _OPEN_ATTEMPTS:
+                    raise translate(exc, target.where, "opening a channel") from exc
+                continue
+            except BaseException:
+                self._unlease(target, pooled)
+                raise
+            break
+        try:
+            yield result
+        finally:
+            self._unlease(target, pooled)
+
+    async def _lease(self, target: Target) -> _Conn:
+        state = self._targets.get(target)
+        if state is None:
+            state = self._targets[target] = _TargetState(target.context)
+        while True:
+            if self._closed:
+                raise NoSuccess(f"the SSH pool is closed (session over) for {target.where}")
+            pooled = state.take()
+            if pooled is not None:
+                pooled.in_use += 1
+                pooled.last_used = self._env.clock.now()
+                return pooled
+            pending = next((p for p in state.pending if p.claims < p.capacity), None)
+            if pending is None and len(state.live) + len(state.pending) < self.max_connections:
+                pending = self._start_connect(target, state, state.capacity)
+            if pending is not None:
+                pending.claims += 1
+                error = await asyncio.shield(pending.done)
+                if error is not None:
+                    raise _fresh(error)
+                continue
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            state.waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    state.wake()  # pass the wake-up on
+                raise
+
+    def _learn_capacity(self, target: Target, capacity: int) -> None:
+        state = self._targets.get(target)
+        if state is None:
+            return
+        state.capacity = min(state.capacity, max(1, capacity))
+        for pooled in state.live:
+            pooled.capacity = min(pooled.capacity, state.capacity)
+        for pending in state.pending:
+            pending.capacity = min(pending.capacity, state.capacity)
+
+    def _unlease(self, target: Target, pooled: _Conn) -> None:
+        pooled.in_use -= 1
+        pooled.last_used = self._env.clock.now()
+        state = self._targets.get(target)
+        if state is not None:
+            state.wake()
+
+    def _drop(self, target: Target, pooled: _Conn, *, graceful: bool = False) -> None:
+        """Forget a connection (dead or idle): it is never leased again."""
+        pooled.dead = True
+        state = self._targets.get(target)
+        if state is not None and pooled in state.live:
+            state.live.remove(pooled)
+            state.wake()
+        if graceful:
+            pooled.conn.close()
+        else:
+            pooled.conn.abort()
+
+    # -- connecting ------------------------------------------------------------------
+    def _start_connect(self, target: Target, state: _TargetState, capacity: int) -> _Pending:
+        pending = _Pending(capacity)
+        state.pending.append(pending)
+        task = asyncio.create_task(
+            self._connect(target, state, pending), name=f"aiores-ssh-connect {target.where}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return pending
+
+    async def _connect(self, target: Target, state: _TargetState, pending: _Pending) -> None:
+        error: AioresError | None = None
+        try:
+            async with self._handshakes, state.startups:
+                pooled = await self._handshake(target)
+            state.live.append(pooled)
+            self.connects += 1
+            self._start_reaper()
+        except AioresError as exc:
+            error = exc
+        except Exception as exc:  # a failure no mapping names: still each waiter's error
+            error = NoSuccess(f"connecting to {target.where} failed: {exc!r}")
+            error.__cause__ = exc
+        except asyncio.CancelledError:
+            error = NoSuccess(f"the SSH pool closed while connecting to {target.where}")
+            raise
+        finally:
+            state.pending.remove(pending)
+            pending.done.set_result(error)
+            state.wake()
+
+    async def _handshake(self, target: Target) -> _Conn:
+        options, policy = await self._options_for(target.context)
+        tunnel: tuple[Target, _Conn] | None = None
+        client: SSHClient | None = None
+
+        def factory() -> SSHClient:
+            nonlocal client
+            client = SSHClient(policy)
+            return client
+
+        kwargs: dict[str, Any] = {"options": options, "client_factory": factory}
+        if target.user:
+            kwargs["username"] = target.user
+        if target.context.jump_host:
+            tunnel = await self._jump(target)
+            kwargs["tunnel"] = tunnel[1].conn
+        try:
+            with map_errors(target.where, "connecting"):
+                try:
+                    conn = await asyncssh.connect(target.host, target.port, **kwargs)
+                except asyncssh.HostKeyNotVerifiable as exc:
+                    reason = client.refusal if client is not None else None
+                    raise HostKeyError(
+                        f"host key of {target.where} not trusted: {reason or exc.reason}"
+                    ) from exc
+            await policy.flush()
+        except BaseException:
+            if tunnel is not None:
+                self._unlease(*tunnel)
+            raise
+        assert client is not None
+        state = self._targets.get(target)
+        capacity = state.capacity if state is not None else target.context.max_sessions
+        pooled = _Conn(conn, capacity, self._env.clock.now())
+        pooled.tunnel = tunnel
+        client.lost.add_done_callback(lambda _: self._on_lost(target, pooled))
+        return pooled
+
+    async def _jump(self, target: Target) -> tuple[Target, _Conn]:
+        """A leased slot on a connection to the context's jump host (for a tunnel)."""
+        spec = target.context.jump_host or ""
+        user, _, hostport = spec.rpartition("@")
+        host, sep, port = hostport.rpartition(":")
+        if not sep or not port.isdigit():
+            host, port = hostport, "22"
+        ctx = self._jump_contexts.get(id(target.context))
+        if ctx is None:
+            ctx = dataclasses.replace(target.context, jump_host=None)
+            self._jump_contexts[id(target.context)] = ctx
+        jump = Target.make(host.strip("[]"), int(port), user or None, ctx)
+        if (jump.host, jump.port) == (target.host, target.port):
+            raise NoSuccess(f"{target.where} names itself as its jump host")
+        return jump, await self._lease(jump)
+
+    def _on_lost(self, target: Target, pooled: _Conn) -> None:
+        pooled.dead = True
+        state = self._targets.get(target)
+        if state is not None and pooled in state.live:
+            state.live.remove(pooled)
+            state.wake()
+        if pooled.tunnel is not None:
+            tunnel, pooled.tunnel = pooled.tunnel, None
+            self._unlease(*tunnel)
+
+    async def _options_for(
+        self, ctx: SSHContext
+    ) -> tuple[asyncssh.SSHClientConnectionOptions, HostKeyPolicy]:
+        # Keyed by identity (contexts hold dicts, so they do not hash); the context is
+        # kept in the value so its id cannot be reused while the entry lives.
+        entry = self._options.get(id(ctx))
+        if entry is None:
+            async with self._options_lock:
+                entry = self._options.get(id(ctx))
+                if entry is None:
+                    entry = self._options[id(ctx)] = (ctx, *await build_options(ctx))
+        return entry[1], entry[2]
+
+    # -- idle connections and closing -------------------------------------------------
+    def _start_reaper(self) -> None:
+        if self._reaper_started or self._closed:
+            return
+        self._reaper_started = True
+        self._env.spawn(self._reap_idle, name="aiores-ssh-idle-reaper")
+
+    async def _reap_idle(self) -> None:
+        clock = self._env.clock
+        while not self._closed:
+            await clock.sleep(max(self.idle_timeout / 4, 0.05))
+            now = clock.now()
+            for target, state in list(self._targets.items()):
+                for pooled in list(state.live):
+                    if pooled.in_use == 0 and now - pooled.last_used >= self.idle_timeout:
+                        self._drop(target, pooled, graceful=True)
+
+    def live_connections(self, target: Target | None = None) -> int:
+        """How many live connections the pool holds (to ``target``, or in all)."""
+        if target is None:
+            return sum(len(state.live) for state in self._targets.values())
+        state = self._targets.get(target)
+        return len(state.live) if state is not None else 0
+
+    async def aclose(self) -> None:
+        """Close every connection and stop connecting (bounded, shielded from cancel)."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        conns: list[asyncssh.SSHClientConnection] = []
+        for state in self._targets.values():
+            conns.extend(pooled.conn for pooled in state.live)
+            for waiter in state.waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            state.live.clear()
+        for conn in conns:
+            conn.close()
+        pending = [asyncio.ensure_future(conn.wait_closed()) for conn in conns]
+        pending.extend(self._tasks)
+        if pending:
+            closing = asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.shield(asyncio.wait_for(closing, _CLOSE_TIMEOUT))
+
+
+def _fresh(error: AioresError) -> AioresError:
+    """A new instance of a shared error, so each waiter raises its own."""
+    try:
+        copy = type(error)(*error.args)
+    except TypeError:
+        return error
+    copy.__cause__ = error.__cause__
+    return copy
+
+
+_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
+
+
+def pool_for(env: AdaptorEnv) -> Pool:
+    """The pool of ``env``'s session (made on first use)."""
+    try:
+        pool = _pools.get(env)
+    except TypeError:  # env cannot be weakly referenced: a pool of its own
+        return Pool(env)
+    if pool is None or pool._closed:
+        pool = _pools[env] = Pool(env)
+    return pool

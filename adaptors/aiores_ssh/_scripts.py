@@ -1,0 +1,71 @@
+"""POSIX sh snippets run on the remote side (dash, bash, busybox sh).
+
+Every value spliced into a script is quoted with :func:`shlex.quote` by the caller.
+Signals go to a process group as ``kill -SIG -PGID`` (dash's ``kill`` takes no
+``--``), falling back to the single pid where the process leads no group.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+
+from aiores._exceptions import BadParameter
+
+__all__ = ["LIB", "command_text", "exports", "stop_script", "wrap_command"]
+
+#: Shell functions shared by the scripts: ``alive PID`` ignores zombies (a reaped
+#: parent may never come for an orphan); ``sig SIG PID`` signals the group, else the
+#: pid; ``stop PID TICKS`` sends TERM (and CONT, so a stopped group sees it), waits up
+#: to TICKS tenths of a second for the leader to go, then KILLs what is left.
+LIB = r"""alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  case $(cat "/proc/$1/stat" 2>/dev/null) in *") Z "*) return 1 ;; esac
+  return 0
+}
+sig() { kill "-$1" "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null; }
+nap() { sleep 0.1 2>/dev/null || sleep 1; }
+stop() {
+  sig TERM "$1"; sig CONT "$1"
+  i=0
+  while alive "$1" && [ "$i" -lt "$2" ]; do nap; i=$((i + 1)); done
+  sig KILL "$1"
+  return 0
+}
+"""
+
+
+def command_text(command: str | Sequence[str]) -> str:
+    """A shell command line: a str as given, a sequence quoted argument by argument."""
+    if isinstance(command, str):
+        return command
+    return shlex.join(command)
+
+
+def exports(env: Mapping[str, str] | None) -> str:
+    """``export NAME=value`` lines (sshd accepts few variables through env requests)."""
+    if not env:
+        return ""
+    lines = []
+    for name, value in env.items():
+        if not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise BadParameter(f"not a valid environment variable name: {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    return "".join(lines)
+
+
+def wrap_command(command: str, env: Mapping[str, str] | None = None) -> str:
+    """The remote command line for ``command``: its pid first on stdout, then it runs.
+
+    The login shell execs ``/bin/sh``, which prints its pid (which leads the process
+    group: sshd starts each session with ``setsid``) and runs ``command``; signalling
+    that group reaches everything the command started.
+    """
+    inner = 'echo "$$"\n' + exports(env) + command
+    return "exec /bin/sh -c " + shlex.quote(inner)
+
+
+def stop_script(pid: int, grace: float) -> str:
+    """Stop process group ``pid``: TERM, up to ``grace`` seconds, then KILL."""
+    ticks = max(1, round(grace * 10))
+    return LIB + f"stop {int(pid)} {ticks}\n"

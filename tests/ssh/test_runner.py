@@ -1,0 +1,164 @@
+"""SSHCommandRunner and the pool against real OpenSSH sshds."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import psutil
+import pytest
+
+import aiores
+from aiores_ssh import CommandTimeout
+
+from .conftest import STEP, Adaptors, FakeEnv, gone, opened, wait_until
+from .servers import Sshd
+
+
+@pytest.mark.asyncio
+async def test_run_returns_output_and_exit_status(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    result = await runner.run("echo out; echo err >&2; exit 3")
+    assert (result.exit_status, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert result.exit_signal is None
+    assert not result.ok
+
+    quoted = await runner.run(["printf", "%s|", "a b", "it's", "$HOME"])
+    assert quoted.stdout == "a b|it's|$HOME|"
+
+    fed = await runner.run('cat; echo "$FOO"', stdin=b"in\n", env={"FOO": "a 'b' c"})
+    assert fed.ok
+    assert fed.stdout == "in\na 'b' c\n"
+
+
+@pytest.mark.asyncio
+async def test_connection_is_reused(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    for _ in range(5):
+        assert (await runner.run("true")).ok
+    other = await adaptors.runner(sshd.url())  # a second adaptor shares the pool
+    assert (await other.run("true")).ok
+    assert runner.pool is other.pool
+    assert runner.pool.connects == 1
+
+
+@pytest.mark.asyncio
+async def test_200_concurrent_runs_within_openssh_default_limits(
+    adaptors: Adaptors, sshd: Sshd
+) -> None:
+    runner = await adaptors.runner(sshd.url())
+    before = sshd.log_count("MaxStartups")
+    async with asyncio.timeout(40):
+        results = await asyncio.gather(*(runner.run(f"echo {i}") for i in range(200)))
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(200)]
+    # MaxSessions 10: 200 channels need at least 20 connections, and no more were opened.
+    assert runner.pool.connects == 20
+    assert sshd.log_count("MaxStartups") == before  # sshd never dropped a handshake
+
+
+@pytest.mark.asyncio
+async def test_300_concurrent_runs_on_the_permissive_sshd(
+    sshd_permissive: Sshd, tmp_path: Path
+) -> None:
+    async with opened(FakeEnv(tmp_path, sshd_permissive.context(max_sessions=50))) as made:
+        runner = await made.runner(sshd_permissive.url())
+        async with asyncio.timeout(40):
+            results = await asyncio.gather(*(runner.run("echo $$") for _ in range(300)))
+        assert all(r.ok for r in results)
+        assert len({r.stdout for r in results}) == 300  # 300 distinct remote processes
+        assert runner.pool.connects == 6
+
+
+@pytest.mark.asyncio
+async def test_server_with_fewer_sessions_than_assumed(sshd: Sshd, tmp_path: Path) -> None:
+    # The context assumes 25 channels per connection; this sshd allows 10.
+    async with opened(FakeEnv(tmp_path, sshd.context(max_sessions=25))) as made:
+        runner = await made.runner(sshd.url())
+        async with asyncio.timeout(STEP):
+            results = await asyncio.gather(*(runner.run("sleep 0.3") for _ in range(50)))
+        assert all(r.ok for r in results)
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_run_kills_the_remote_process(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    runner = await adaptors.runner(sshd.url())
+    pidfile = test_home / f"pid-{secrets.token_hex(4)}"
+    # The shell stays in the foreground; sleep runs in its process group.
+    task = asyncio.create_task(runner.run(f"sleep 60 & echo $! > {pidfile}; wait"))
+    await wait_until(lambda: _pid_in(pidfile) is not None)
+    pid = _pid_in(pidfile)
+    assert pid is not None
+    assert not gone(pid)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gone(pid)
+    pidfile.unlink()
+    assert (await runner.run("true")).ok  # the pool is fine afterwards
+
+
+@pytest.mark.asyncio
+async def test_timeout_stops_the_command_and_keeps_partial_output(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    runner = await adaptors.runner(sshd.url())
+    pidfile = test_home / f"pid-{secrets.token_hex(4)}"
+    with pytest.raises(CommandTimeout) as caught:
+        await runner.run(f"echo partial; echo $$ > {pidfile}; exec sleep 60", timeout=1.0)
+    assert isinstance(caught.value, aiores.Timeout)
+    assert isinstance(caught.value, TimeoutError)
+    assert caught.value.stdout == "partial\n"
+    pid = _pid_in(pidfile)
+    assert pid is not None
+    assert gone(pid)
+    pidfile.unlink()
+
+
+@pytest.mark.asyncio
+async def test_a_command_that_ignores_term_is_killed(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    runner = await adaptors.runner(sshd.url())
+    runner.kill_grace = 0.5
+    pidfile = test_home / f"pid-{secrets.token_hex(4)}"
+    with pytest.raises(CommandTimeout):
+        await runner.run(f"trap '' TERM; echo $$ > {pidfile}; while :; do sleep 1; done", timeout=1)
+    pid = _pid_in(pidfile)
+    assert pid is not None
+    assert gone(pid)
+    pidfile.unlink()
+
+
+@pytest.mark.asyncio
+async def test_a_dropped_connection_is_replaced(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    assert (await runner.run("true")).ok
+    assert sshd.process is not None
+    # Kill the server side of the pooled connection (sshd's per-connection children).
+    for child in psutil.Process(sshd.process.pid).children(recursive=True):
+        child.kill()
+    await wait_until(lambda: runner.pool.live_connections() == 0)
+    assert (await runner.run("echo again")).stdout == "again\n"
+    assert runner.pool.connects == 2
+
+
+@pytest.mark.asyncio
+async def test_idle_connections_are_closed(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    runner.pool.idle_timeout = 0.2
+    assert (await runner.run("true")).ok
+    assert runner.pool.live_connections() == 1
+    await wait_until(lambda: runner.pool.live_connections() == 0)
+    assert (await runner.run("true")).ok
+    assert runner.pool.connects == 2
