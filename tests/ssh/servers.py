@@ -211,6 +211,8 @@ class FaultServer:
     known_hosts: Path
     client_key: Path
     connections: list[asyncssh.SSHServerConnection]
+    #: Set when the server starts its first command.
+    started: asyncio.Event
 
     def url(self) -> str:
         return f"ssh://tester@127.0.0.1:{self.port}"
@@ -299,6 +301,11 @@ async def fault_server(
         client.export_public_key().decode() if authorized else ""
     )
     connections: list[asyncssh.SSHServerConnection] = []
+    started = asyncio.Event()
+
+    async def run_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        started.set()
+        await _shell_process(process)
 
     class Server(asyncssh.SSHServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
@@ -310,7 +317,7 @@ async def fault_server(
         server_factory=Server,
         server_host_keys=[host_key],
         authorized_client_keys=authorized_keys,
-        process_factory=_shell_process,
+        process_factory=run_process,
         encoding=None,
         login_timeout=10,
     )
@@ -330,7 +337,7 @@ async def fault_server(
     shown = (record_key or host_key).export_public_key().decode().strip()
     known_hosts.write_text(f"[127.0.0.1]:{port} {shown}\n")
     try:
-        yield FaultServer(port, host_key, acceptor, known_hosts, client_key, connections)
+        yield FaultServer(port, host_key, acceptor, known_hosts, client_key, connections, started)
     finally:
         if stall is not None:
             stall.close()

@@ -1,0 +1,159 @@
+"""Faults at the boundary: each one a specific aiores error, never an asyncssh one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+import aiores
+from aiores_ssh import CommandTimeout
+
+from .conftest import STEP, FakeEnv, opened
+from .servers import Sshd, fault_server, free_port
+
+
+@pytest.mark.asyncio
+async def test_asyncssh_server_runs_commands(tmp_path: Path) -> None:
+    async with (
+        fault_server(tmp_path / "srv") as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        result = await runner.run("echo hi; exit 4")
+        assert (result.exit_status, result.stdout) == (4, "hi\n")
+
+
+@pytest.mark.asyncio
+async def test_server_killed_mid_command(tmp_path: Path) -> None:
+    async with (
+        fault_server(tmp_path / "srv") as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        task = asyncio.create_task(runner.run("echo started; sleep 30"))
+        async with asyncio.timeout(STEP):
+            await server.started.wait()
+        server.kill_connections()
+        async with asyncio.timeout(STEP):
+            with pytest.raises(aiores.ConnectionLost) as caught:
+                await task
+        assert f"127.0.0.1:{server.port}" in str(caught.value)
+        assert not isinstance(caught.value, asyncssh.Error)
+
+
+@pytest.mark.asyncio
+async def test_changed_host_key_is_refused(tmp_path: Path) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    async with (
+        fault_server(tmp_path / "srv", record_key=other) as server,
+        opened(FakeEnv(tmp_path, server.context(trust_on_first_use=True))) as made,
+    ):
+        runner = await made.runner(server.url())
+        with pytest.raises(aiores.HostKeyError) as caught:
+            await runner.run("true")
+    message = str(caught.value)
+    assert f"127.0.0.1:{server.port}" in message
+    assert server.host_key.get_fingerprint("sha256") in message
+    assert "changed" in message
+    assert isinstance(caught.value, aiores.AuthenticationFailed)
+
+
+@pytest.mark.asyncio
+async def test_unknown_host_key_is_refused_without_trust_on_first_use(tmp_path: Path) -> None:
+    async with fault_server(tmp_path / "srv") as server:
+        empty = tmp_path / "empty_known_hosts"
+        empty.write_text("")
+        ctx = server.context(known_hosts=[str(empty)])
+        async with opened(FakeEnv(tmp_path, ctx)) as made:
+            runner = await made.runner(server.url())
+            with pytest.raises(aiores.HostKeyError) as caught:
+                await runner.run("true")
+        assert server.host_key.get_fingerprint("sha256") in str(caught.value)
+        assert "not in" in str(caught.value)
+        assert empty.read_text() == ""
+
+
+@pytest.mark.asyncio
+async def test_trust_on_first_use_records_the_key(tmp_path: Path) -> None:
+    async with fault_server(tmp_path / "srv") as server:
+        recorded = tmp_path / "ssh" / "known_hosts"  # directory made on demand
+        ctx = server.context(known_hosts=[str(recorded)], trust_on_first_use=True)
+        async with opened(FakeEnv(tmp_path, ctx)) as made:
+            runner = await made.runner(server.url())
+            assert (await runner.run("true")).ok
+        text = recorded.read_text()
+        assert text.startswith(f"[127.0.0.1]:{server.port} ssh-ed25519 ")
+        assert recorded.stat().st_mode & 0o777 == 0o600
+        # A new session that does not trust on first use now knows the key.
+        strict = server.context(known_hosts=[str(recorded)])
+        async with opened(FakeEnv(tmp_path, strict)) as made:
+            assert (await (await made.runner(server.url())).run("true")).ok
+
+
+@pytest.mark.asyncio
+async def test_pinned_host_key(tmp_path: Path) -> None:
+    async with fault_server(tmp_path / "srv") as server:
+        empty = tmp_path / "empty_known_hosts"
+        empty.write_text("")
+        public = server.host_key.export_public_key().decode()
+        for spec in (f"127.0.0.1:{server.port}", "127.0.0.1"):
+            ctx = server.context(known_hosts=[str(empty)], host_keys={spec: [public]})
+            async with opened(FakeEnv(tmp_path, ctx)) as made:
+                assert (await (await made.runner(server.url())).run("true")).ok
+
+
+@pytest.mark.asyncio
+async def test_refused_login(tmp_path: Path) -> None:
+    async with (
+        fault_server(tmp_path / "srv", authorized=False) as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        with pytest.raises(aiores.AuthenticationFailed) as caught:
+            await runner.run("true")
+    assert not isinstance(caught.value, aiores.HostKeyError)
+    assert f"127.0.0.1:{server.port}" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_silent_host_times_out(tmp_path: Path) -> None:
+    async with fault_server(tmp_path / "srv", silent=True) as server:
+        ctx = server.context(connect_timeout=0.5)
+        async with opened(FakeEnv(tmp_path, ctx)) as made:
+            runner = await made.runner(server.url())
+            async with asyncio.timeout(STEP):
+                with pytest.raises(aiores.Timeout) as caught:
+                    await runner.run("true")
+            assert f"127.0.0.1:{server.port}" in str(caught.value)
+            # A run's own timeout is honoured while connecting, too.
+            slow = server.context()
+            async with opened(FakeEnv(tmp_path, slow)) as other:
+                runner = await other.runner(server.url())
+                with pytest.raises(CommandTimeout):
+                    await runner.run("true", timeout=0.5)
+
+
+@pytest.mark.asyncio
+async def test_connection_refused(tmp_path: Path, sshd: Sshd) -> None:
+    port = free_port()  # nothing listens there
+    async with opened(FakeEnv(tmp_path, sshd.context())) as made:
+        runner = await made.runner(f"ssh://{sshd.user}@127.0.0.1:{port}")
+        results = await asyncio.gather(
+            *(runner.run("true") for _ in range(30)), return_exceptions=True
+        )
+    assert all(isinstance(r, aiores.NoSuccess) for r in results), results
+    assert all(f"127.0.0.1:{port}" in str(r) for r in results)
+    assert "refused" in str(results[0])
+
+
+@pytest.mark.asyncio
+async def test_missing_key_file(tmp_path: Path, sshd: Sshd) -> None:
+    ctx = sshd.context(key_files=[str(tmp_path / "no-such-key")])
+    async with opened(FakeEnv(tmp_path, ctx)) as made:
+        runner = await made.runner(sshd.url())
+        with pytest.raises(aiores.AioresError) as caught:
+            await runner.run("true")
+    assert not isinstance(caught.value, asyncssh.Error)
