@@ -187,6 +187,10 @@ class Fifo:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
+    def write(self, data: bytes) -> None:
+        """Write to the pipe (for a job that reads it); fits in the pipe buffer."""
+        os.write(self._fd, data)
+
     def close(self) -> None:
         os.close(self._fd)
 

@@ -37,7 +37,7 @@ async def test_acquire_leases_of_this_host(env: FakeEnv, published: Published) -
     mgr = LocalResourceAdaptor(URL.parse("local://"), env)
     mgr.set_listener(published)
     await mgr.open()
-    desc = ComputeDescription(tags={"web", "test"}, template="localhost", ready=None)
+    desc = ComputeDescription(tags=frozenset({"web", "test"}), template="localhost", ready=None)
     leases = await mgr.acquire(desc, 3, "tok-1")
     assert len({lease.id for lease in leases}) == 3
     for lease in leases:
@@ -47,7 +47,7 @@ async def test_acquire_leases_of_this_host(env: FakeEnv, published: Published) -
         assert lease.public_address == lease.private_address == "127.0.0.1"
         assert lease.tags == {"web", "test"}
         assert lease.token == "tok-1"
-    other = await mgr.acquire(ComputeDescription(tags={"db"}), 1, "tok-2")
+    other = await mgr.acquire(ComputeDescription(tags=frozenset({"db"})), 1, "tok-2")
     assert {r.id for r in await mgr.find("tok-1")} == {r.id for r in leases}
     assert {r.id for r in await mgr.list(frozenset({"web"}))} == {r.id for r in leases}
     assert len(await mgr.list()) == 4
