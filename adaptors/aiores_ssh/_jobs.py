@@ -44,7 +44,9 @@ TRUNCATION_MARKER = "\n[aiores: output truncated: {kept} of {size} bytes kept]\n
 class SSHJobAdaptor(SSHBase, JobAdaptor):
     """Jobs on one ``ssh://`` endpoint.
 
-    ``hold`` is not supported (there is no queue to hold a job in): submitting with
+    A job starts in the login directory unless ``working_directory`` names another;
+    relative ``stdout``/``stderr`` paths are relative to where it starts. ``hold`` is
+    not supported (there is no queue to hold a job in): submitting with
     ``hold=True`` raises :class:`~aiores.NotSupported`. ``walltime``, ``queue``,
     ``project``, ``processes``, ``cores``, ``memory`` and ``category`` are ignored.
     """

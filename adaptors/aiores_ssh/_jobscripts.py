@@ -53,7 +53,8 @@ def _wrapper(desc: JobDescription) -> str:
     out = shlex.quote(desc.stdout) if desc.stdout else '"$d/stdout"'
     err = shlex.quote(desc.stderr) if desc.stderr else '"$d/stderr"'
     program = shlex.join([desc.executable, *desc.arguments])
-    cd = ""
+    # Like a command over SSH, a job starts in the login directory by default.
+    cd = 'cd "$HOME" 2>/dev/null || cd /\n'
     if desc.working_directory:
         wd = shlex.quote(desc.working_directory)
         cd = (

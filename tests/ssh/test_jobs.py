@@ -1,0 +1,200 @@
+"""SSHJobAdaptor against the real sshd: detached jobs controlled through their directory."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Collection
+from pathlib import Path
+
+import pytest
+
+import aiores
+from aiores import JobDescription, JobState
+from aiores.adaptor import JobInfo
+from aiores_ssh import SSHJobAdaptor
+from aiores_ssh._jobs import TRUNCATION_MARKER
+
+from .conftest import STEP, Adaptors, FakeEnv, gone, opened, wait_until
+from .servers import Sshd
+
+
+async def settle(
+    jobs: SSHJobAdaptor, job_id: str, states: Collection[JobState] | None = None
+) -> JobInfo:
+    """Describe ``job_id`` until it is in one of ``states`` (default: any final state).
+
+    Polls the way the session's watcher does, at its floor interval.
+    """
+    assert jobs.poll is not None
+    async with asyncio.timeout(STEP):
+        while True:
+            info = (await jobs.describe([job_id]))[job_id]
+            if (info.state in states) if states else info.state.final:
+                return info
+            await asyncio.sleep(jobs.poll.floor / 5)
+
+
+def token() -> str:
+    return "t-" + secrets.token_hex(8)
+
+
+@pytest.mark.asyncio
+async def test_exit_codes_and_captured_output(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    ok = await jobs.submit(
+        JobDescription.shell("echo out; echo err >&2; cat", stdin="fed\n"), token(), hold=False
+    )
+    assert ok.state is JobState.RUNNING
+    bad = await jobs.submit(
+        JobDescription(executable="/bin/sh", arguments=["-c", "exit 7"]), token(), hold=False
+    )
+    missing = await jobs.submit(JobDescription(executable="no-such-program-x"), token(), hold=False)
+    done = await settle(jobs, ok.id)
+    assert (done.state, done.exit_code) == (JobState.DONE, 0)
+    assert (done.stdout, done.stderr) == (b"out\nfed\n", b"err\n")
+    failed = await settle(jobs, bad.id)
+    assert (failed.state, failed.exit_code) == (JobState.FAILED, 7)
+    notfound = await settle(jobs, missing.id)
+    assert (notfound.state, notfound.exit_code) == (JobState.FAILED, 127)
+
+
+@pytest.mark.asyncio
+async def test_environment_working_directory_and_arguments(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    desc = JobDescription(
+        executable="/bin/sh",
+        arguments=["-c", 'pwd; printf "%s|" "$@"; echo "$GREETING"', "sh", "a b", "it's"],
+        environment={"GREETING": "hello 'there'"},
+        working_directory="/tmp",
+    )
+    info = await settle(jobs, (await jobs.submit(desc, token(), hold=False)).id)
+    assert info.stdout == b"/tmp\na b|it's|hello 'there'\n"
+
+
+@pytest.mark.asyncio
+async def test_capture_limit_and_output_files(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    big = JobDescription.shell("head -c 5000 /dev/zero | tr '\\0' x", capture_limit=1000)
+    info = await settle(jobs, (await jobs.submit(big, token(), hold=False)).id)
+    marker = TRUNCATION_MARKER.format(kept=1000, size=5000).encode()
+    assert info.stdout == b"x" * 1000 + marker
+    name = f"out-{secrets.token_hex(4)}.txt"
+    to_file = JobDescription.shell("echo to-a-file", stdout=name)  # relative to home
+    info = await settle(jobs, (await jobs.submit(to_file, token(), hold=False)).id)
+    assert info.state is JobState.DONE
+    assert info.stdout is None
+    assert (test_home / name).read_text() == "to-a-file\n"
+    (test_home / name).unlink()
+
+
+@pytest.mark.asyncio
+async def test_cancel_terminates_then_kills(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    polite = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    stubborn = await jobs.submit(
+        JobDescription.shell("trap '' TERM; while :; do sleep 1; done"), token(), hold=False
+    )
+    await jobs.cancel(polite.id)
+    info = await settle(jobs, polite.id)
+    assert info.state is JobState.CANCELED
+    assert info.exit_code == 143  # the wrapper recorded the TERM
+    assert gone(polite.extra["pid"])
+
+    jobs.cancel_grace = 0.5
+    await jobs.cancel(stubborn.id)
+    info = await settle(jobs, stubborn.id)
+    assert info.state is JobState.CANCELED
+    assert info.exit_code is None  # KILLed wrapper and all
+    assert gone(stubborn.extra["pid"])
+    published = [adaptors.published.get_nowait() for _ in range(adaptors.published.qsize())]
+    assert {(p.id, p.state) for p in published} >= {
+        (polite.id, JobState.CANCELED),
+        (stubborn.id, JobState.CANCELED),
+    }
+
+    # Cancelling a finished job changes nothing.
+    await jobs.cancel(polite.id)
+    with pytest.raises(aiores.DoesNotExist):
+        await jobs.cancel("0123456789abcdef0123")
+
+
+@pytest.mark.asyncio
+async def test_suspend_and_resume(adaptors: Adaptors, sshd: Sshd, test_home: Path) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    name = f"ticks-{secrets.token_hex(4)}"
+    # Appends a line every 0.05 s; stopped, the file stops growing.
+    desc = JobDescription.shell(f"while :; do echo t >> {name}; sleep 0.05; done")
+    job = await jobs.submit(desc, token(), hold=False)
+    await wait_until((test_home / name).exists)
+    await jobs.suspend(job.id)
+    assert (await jobs.describe([job.id]))[job.id].state is JobState.SUSPENDED
+    size = (test_home / name).stat().st_size
+    await asyncio.sleep(0.3)  # long enough for six ticks, had it not stopped
+    assert (test_home / name).stat().st_size == size
+    await jobs.resume(job.id)
+    assert (await jobs.describe([job.id]))[job.id].state is JobState.RUNNING
+    await jobs.cancel(job.id)
+    assert (await settle(jobs, job.id)).state is JobState.CANCELED
+    with pytest.raises(aiores.IncorrectState):
+        await jobs.suspend(job.id)
+    (test_home / name).unlink()
+
+
+@pytest.mark.asyncio
+async def test_suspended_job_can_be_cancelled(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    await jobs.suspend(job.id)
+    await jobs.cancel(job.id)
+    assert (await settle(jobs, job.id)).state is JobState.CANCELED
+    assert gone(job.extra["pid"])
+
+
+@pytest.mark.asyncio
+async def test_reconnect_from_a_fresh_adaptor_and_pool(sshd: Sshd, tmp_path: Path) -> None:
+    tok = token()
+    async with opened(FakeEnv(tmp_path, sshd.context())) as first:
+        jobs = await first.jobs(sshd.url())
+        job = await jobs.submit(JobDescription.shell("sleep 1; echo later"), tok, hold=False)
+    # The first client is gone (its pool closed); the job runs on.
+    async with opened(FakeEnv(tmp_path, sshd.context())) as second:
+        jobs = await second.jobs(sshd.url())
+        assert jobs.pool.connects == 0
+        info = await settle(jobs, job.id)
+        assert (info.state, info.stdout) == (JobState.DONE, b"later\n")
+        found = await jobs.find(tok)
+        assert [f.id for f in found] == [job.id]
+        assert job.id in {j.id for j in await jobs.list()}
+        await jobs.reap(job.id)
+        assert await jobs.describe([job.id]) == {}
+        assert await jobs.find(tok) == []
+
+
+@pytest.mark.asyncio
+async def test_describe_many_jobs_in_one_command(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    submitted = await asyncio.gather(
+        *(
+            jobs.submit(JobDescription.shell(f"exit {i % 3}"), token(), hold=False)
+            for i in range(30)
+        )
+    )
+    ids = [s.id for s in submitted]
+    async with asyncio.timeout(STEP):
+        while True:
+            infos = await jobs.describe([*ids, "unknownjob0000000000"])
+            if all(info.state.final for info in infos.values()):
+                break
+            await asyncio.sleep(0.1)
+    assert set(infos) == set(ids)  # the unknown id is left out
+    assert [infos[i].exit_code for i in ids] == [i % 3 for i in range(30)]
+
+
+@pytest.mark.asyncio
+async def test_hold_is_not_supported(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    with pytest.raises(aiores.NotSupported):
+        await jobs.submit(JobDescription.shell("true"), token(), hold=True)
