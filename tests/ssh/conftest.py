@@ -20,7 +20,7 @@ import psutil
 import pytest
 import pytest_asyncio
 
-from aiores import SSHContext
+from aiores import JobDescription, SSHContext
 from aiores._clock import LoopClock
 from aiores.adaptor import URL, Adaptor, JobInfo
 from aiores_ssh import SSHCommandRunner, SSHFileAdaptor, SSHJobAdaptor
@@ -75,6 +75,25 @@ class FakeEnv:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
+class TrackedJobs(SSHJobAdaptor):
+    """Remembers what it submitted, so a failed test leaves no job running."""
+
+    submitted: list[str]
+
+    async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
+        info = await super().submit(description, token, hold=hold)
+        self.submitted.append(info.id)
+        return info
+
+    async def cancel_leftovers(self) -> None:
+        if self.submitted:
+            self.cancel_grace = 0.5
+            infos = await self.describe(self.submitted)
+            for info in infos.values():
+                if not info.state.final:
+                    await self.cancel(info.id)
+
+
 class Adaptors:
     """Opens ssh adaptors on a FakeEnv and closes them (and the pool) at the end."""
 
@@ -94,12 +113,17 @@ class Adaptors:
         return await self.make(SSHCommandRunner, url)
 
     async def jobs(self, url: str) -> SSHJobAdaptor:
-        return await self.make(SSHJobAdaptor, url)
+        jobs = await self.make(TrackedJobs, url)
+        jobs.submitted = []
+        return jobs
 
     async def files(self, url: str) -> SSHFileAdaptor:
         return await self.make(SSHFileAdaptor, url)
 
     async def close(self) -> None:
+        for adaptor in self.opened:
+            if isinstance(adaptor, TrackedJobs):
+                await adaptor.cancel_leftovers()
         for adaptor in reversed(self.opened):
             await adaptor.aclose()
         await self.env.close()

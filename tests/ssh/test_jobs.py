@@ -157,7 +157,7 @@ async def test_suspended_job_can_be_cancelled(adaptors: Adaptors, sshd: Sshd) ->
 async def test_reconnect_from_a_fresh_adaptor_and_pool(sshd: Sshd, tmp_path: Path) -> None:
     tok = token()
     async with opened(FakeEnv(tmp_path, sshd.context())) as first:
-        jobs = await first.jobs(sshd.url())
+        jobs = await first.make(SSHJobAdaptor, sshd.url())  # leaves its jobs running
         job = await jobs.submit(JobDescription.shell("sleep 1; echo later"), tok, hold=False)
     # The first client is gone (its pool closed); the job runs on.
     async with opened(FakeEnv(tmp_path, sshd.context())) as second:
