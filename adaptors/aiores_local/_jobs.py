@@ -40,7 +40,15 @@ from aiores._states import JobState
 from aiores.adaptor import URL, AdaptorEnv, JobAdaptor, JobInfo, missing
 
 from ._options import check_grace, check_max_running, parse_options
-from ._process import Child, check_startable, merged_environment, signal_name, spawn, spawn_error
+from ._process import (
+    Child,
+    SpawnGate,
+    check_startable,
+    merged_environment,
+    signal_name,
+    spawn,
+    spawn_error,
+)
 
 __all__ = ["LocalJobAdaptor"]
 
@@ -176,6 +184,7 @@ class LocalJobAdaptor(JobAdaptor):
         self._active = 0  # jobs holding a slot (running, suspended or starting)
         self._devnull = -1
         self._closed = False
+        self._gate = SpawnGate()
 
     async def open(self) -> None:
         """Open ``/dev/null`` once for the standard input of every job."""
@@ -220,6 +229,7 @@ class LocalJobAdaptor(JobAdaptor):
             job.holds_slot = True  # taken before any await, so no other submit takes it
             self._active += 1
             try:
+                await self._gate.turn()
                 files: tuple[int | None, int | None] = (None, None)
                 if description.stdout is not None or description.stderr is not None:
                     files = await _to_thread_closing(description)
@@ -297,10 +307,11 @@ class LocalJobAdaptor(JobAdaptor):
     async def _start_later(self, job: _Job) -> None:
         desc = job.description
         try:
+            await self._gate.turn()
             files: tuple[int | None, int | None] = (None, None)
             if desc.stdout is not None or desc.stderr is not None:
                 files = await _to_thread_closing(desc)
-            if job.state.final:  # cancelled while the files opened
+            if job.state.final:  # cancelled while waiting for a turn or the files
                 _close_outputs(files)
                 return
             self._start(job, files)

@@ -12,7 +12,16 @@ from aiores._fleet import RunResult
 from aiores.adaptor import URL, AdaptorEnv, CommandRunner
 
 from ._options import check_grace, parse_options
-from ._process import Capture, Child, merged_environment, shielded, signal_name, spawn, spawn_error
+from ._process import (
+    Capture,
+    Child,
+    SpawnGate,
+    merged_environment,
+    shielded,
+    signal_name,
+    spawn,
+    spawn_error,
+)
 
 __all__ = ["LocalCommandRunner"]
 
@@ -33,6 +42,7 @@ class LocalCommandRunner(CommandRunner):
         super().__init__(url, env)
         self.grace = parse_options(url).grace if grace is None else check_grace(grace)
         self._devnull = -1
+        self._gate = SpawnGate()
 
     async def open(self) -> None:
         """Open ``/dev/null`` once for the standard input of commands given none."""
@@ -81,6 +91,7 @@ class LocalCommandRunner(CommandRunner):
         started = loop.time()
         if self._devnull < 0:
             await self.open()
+        await self._gate.turn()
         try:
             child = spawn(
                 argv,
