@@ -191,17 +191,24 @@ class Journal:
             db.close()
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
-        assert self._loop is not None
         results: list[tuple[Any, BaseException | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for fn, _ in batch:
                 results.append((fn(db), None))
             db.execute("COMMIT")
-        except sqlite3.Error:
-            # Find the culprit: run each op in its own transaction.
+        except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                # Another process held the lock past the busy timeout: retrying each
+                # op would wait that long again, op by op.
+                log.error("journal %s: write failed: %s", self.path, exc)
+                error = NoSuccess(f"journal {self.path}: {exc}")
+                results = [(None, error)] * len(batch)
+                self._settle_batch(batch, results)
+                return
+            # Find the culprit: run each op in its own transaction.
             results = []
             for fn, _ in batch:
                 try:
@@ -214,6 +221,12 @@ class Journal:
                         db.execute("ROLLBACK")
                     log.error("journal %s: write failed: %s", self.path, exc)
                     results.append((None, NoSuccess(f"journal {self.path}: {exc}")))
+        self._settle_batch(batch, results)
+
+    def _settle_batch(
+        self, batch: list[_Op], results: list[tuple[Any, BaseException | None]]
+    ) -> None:
+        assert self._loop is not None
         for (_, fut), (value, error) in zip(batch, results, strict=True):
             if fut is not None:
                 self._loop.call_soon_threadsafe(_settle, fut, value, error)

@@ -325,7 +325,12 @@ class Session:
         self._check_open()
         token = "t-" + secrets.token_hex(8)
         if self.journal is not None:
-            await self.journal.intent(token, op, url, payload, count)
+            try:
+                await self.journal.intent(token, op, url, payload, count)
+            except asyncio.CancelledError:
+                # The intent may still be committed: say it never reached the backend.
+                self.journal.outcome(token, "cancelled", (), "cancelled before the backend call")
+                raise
         try:
             result = await call(token)
         except BaseException as exc:
