@@ -44,6 +44,12 @@ class FakeCloud:
     running_jobs: int = 0
     max_running_jobs: int = 0
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def arrivals(self, name: str, count: int) -> None:
+        """Return once ``count`` calls have reached point ``name``."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: self.calls.count(name) >= count)
 
     def pause_at(self, point: str) -> asyncio.Event:
         """Make calls stop at ``point``; the returned event is set when one arrives."""
@@ -53,6 +59,8 @@ class FakeCloud:
 
     async def point(self, name: str) -> None:
         self.calls.append(name)
+        async with self._arrived:
+            self._arrived.notify_all()
         reached = self.paused.get(name)
         if reached is not None:
             reached.set()
@@ -99,6 +107,7 @@ class FakeResources(ResourceAdaptor):
 
     async def destroy(self, ids: Sequence[str]) -> None:
         self.cloud.destroy_calls.append(list(ids))
+        await self.cloud.point("destroy")
         if self.cloud.destroy_delay is not None:
             await self.cloud.destroy_delay.wait()
         for rid in ids:

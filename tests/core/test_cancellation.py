@@ -1,4 +1,4 @@
-"""Cancelling acquire or submit at any point leaves nothing behind; cancelling wait changes nothing."""
+"""Cancelling acquire or submit at any point leaves nothing behind; cancelling wait does not."""
 
 from __future__ import annotations
 
@@ -80,8 +80,7 @@ async def test_cancelled_again_during_cleanup_still_releases(
     task = asyncio.ensure_future(mgr.acquire_many(DESC, 3))
     await reached.wait()
     task.cancel()
-    while not fake.cloud.destroy_calls:  # cleanup is running, blocked in destroy
-        await asyncio.sleep(0)
+    await fake.cloud.arrivals("destroy", 1)  # cleanup is running, blocked in destroy
     task.cancel()  # a second cancellation does not stop the cleanup
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -186,8 +185,7 @@ async def test_cancelled_array_submission_leaves_nothing_running(
     reached = fake.cloud.pause_at("submit:after")
     task = asyncio.ensure_future(js.submit_array(JobDescription(executable="/bin/true"), count=5))
     await reached.wait()
-    while len(fake.cloud.jobs) < 5:  # all five reached the backend
-        await asyncio.sleep(0)
+    await fake.cloud.arrivals("submit:after", 5)  # all five reached the backend
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
