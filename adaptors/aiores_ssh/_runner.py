@@ -144,21 +144,22 @@ async def _collect(proc: asyncssh.SSHClientProcess[bytes], run: _Run, stdin: byt
             run.stdout.extend(line)
         await _pump(proc.stdout, run.stdout)
 
-    async def feed() -> None:
+    async def feed(data: bytes) -> None:
         # The command may exit without reading its input: that is not an error, and a
         # broken connection is reported by the readers.
         with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
-            if stdin:
-                proc.stdin.write(stdin)
-                await proc.stdin.drain()
+            proc.stdin.write(data)
+            await proc.stdin.drain()
             proc.stdin.write_eof()
 
-    tasks = [
-        asyncio.ensure_future(out()),
-        asyncio.ensure_future(_pump(proc.stderr, run.stderr)),
-        asyncio.ensure_future(feed()),
-    ]
+    # stdout is read in this task; stderr (and stdin, if any) alongside.
+    tasks = [asyncio.ensure_future(_pump(proc.stderr, run.stderr))]
+    if stdin:
+        tasks.append(asyncio.ensure_future(feed(stdin)))
+    else:
+        proc.stdin.write_eof()
     try:
+        await out()
         await asyncio.gather(*tasks)
         await proc.wait_closed()
     finally:
