@@ -7,7 +7,8 @@ Per job there is one watcher task in the session's task group and no thread.
 
 With ``local://?max_running=N`` at most N jobs run at once; the others wait QUEUED and
 start, in submission order, as soon as a slot frees. ``submit(..., hold=True)`` makes a
-HELD job that starts only when released.
+HELD job that starts only when released. A job that runs past its description's
+``walltime`` is stopped as a cancel would stop it and ends FAILED.
 
 Lifetimes: a running job outlives the session, as DESIGN.md asks. When the session
 closes, :meth:`LocalJobAdaptor.aclose` stops watching running jobs without signalling
@@ -72,7 +73,9 @@ class _Job:
         "info",
         "kill_timer",
         "killed",
+        "overtime",
         "token",
+        "walltime_timer",
     )
 
     def __init__(self, id: str, description: JobDescription, token: str) -> None:
@@ -86,7 +89,9 @@ class _Job:
         self.holds_slot = False
         self.cancel_requested = False
         self.killed = False
+        self.overtime = False
         self.kill_timer: asyncio.TimerHandle | None = None
+        self.walltime_timer: asyncio.TimerHandle | None = None
 
     @property
     def state(self) -> JobState:
@@ -233,6 +238,9 @@ class LocalJobAdaptor(JobAdaptor):
                 files: tuple[int | None, int | None] = (None, None)
                 if description.stdout is not None or description.stderr is not None:
                     files = await _to_thread_closing(description)
+                if self._closed:
+                    _close_outputs(files)
+                    raise IncorrectState(f"{self.url} job service closed during the submit")
                 self._start(job, files)  # raises a mapped error if the process cannot start
             except BaseException:
                 job.holds_slot = False
@@ -286,6 +294,8 @@ class LocalJobAdaptor(JobAdaptor):
             _close_outputs(files)
         job.child = child
         job.set(_R, "running")
+        if desc.walltime is not None:
+            job.walltime_timer = child.loop.call_later(desc.walltime, self._walltime_expired, job)
 
     # -- the watcher -----------------------------------------------------------------
     async def _watch(self, job: _Job) -> None:
@@ -325,20 +335,21 @@ class LocalJobAdaptor(JobAdaptor):
         rc = child.returncode
         assert rc is not None
         how = f"exited {rc}" if rc >= 0 else f"killed by {signal_name(-rc)}"
+        if job.killed:
+            how += f" after the {self.grace:g} s grace period"
+        elif rc >= 0 and (job.cancel_requested or job.overtime):
+            how += " after SIGTERM"
         if job.cancel_requested:
-            state = JobState.CANCELED
-            if job.killed:
-                detail = f"canceled: {how} after the {self.grace:g} s grace period"
-            elif rc >= 0:
-                detail = f"canceled: {how} after SIGTERM"
-            else:
-                detail = f"canceled: {how}"
-            if job.kill_timer is not None and not child.group_alive():
-                job.kill_timer.cancel()
-                job.kill_timer = None
+            state, detail = JobState.CANCELED, f"canceled: {how}"
+        elif job.overtime:
+            walltime = job.description.walltime
+            state, detail = JobState.FAILED, f"walltime of {walltime:g} s exceeded: {how}"
         else:
             state = JobState.DONE if rc == 0 else JobState.FAILED
             detail = how
+        if job.kill_timer is not None and not child.group_alive():
+            job.kill_timer.cancel()
+            job.kill_timer = None
         self._finish(
             job,
             state,
@@ -360,6 +371,9 @@ class LocalJobAdaptor(JobAdaptor):
         if job.state.final:
             return
         info = job.set(state, detail, exit_code, stdout, stderr)
+        if job.walltime_timer is not None:
+            job.walltime_timer.cancel()
+            job.walltime_timer = None
         if not job.finished.done():
             job.finished.set_result(None)
         if job.go is not None and not job.go.done():
@@ -387,6 +401,9 @@ class LocalJobAdaptor(JobAdaptor):
                 job.kill_timer.cancel()
                 job.kill_timer = None
                 job.child.signal(signal.SIGKILL)
+            if job.walltime_timer is not None:
+                job.walltime_timer.cancel()
+                job.walltime_timer = None
             job.child.detach()
             job.set(job.state, f"{job.info.state_detail}; no longer watched (session closed)")
         if not job.finished.done():
@@ -427,11 +444,16 @@ class LocalJobAdaptor(JobAdaptor):
         if job.state.final:
             raise IncorrectState(f"job {id} has already ended ({job.state}): nothing to cancel")
         job.cancel_requested = True
-        child = job.child
-        if child is None:
+        if job.child is None:
             self._finish(job, JobState.CANCELED, f"canceled before it started ({job.state})")
             return
-        if job.kill_timer is not None:
+        self._terminate(job)
+
+    def _terminate(self, job: _Job) -> None:
+        """SIGTERM the job's group now and SIGKILL it after the grace period."""
+        child = job.child
+        assert child is not None
+        if job.kill_timer is not None or job.killed:
             return  # already terminating
         if self.grace == 0:
             self._kill(job)
@@ -440,6 +462,12 @@ class LocalJobAdaptor(JobAdaptor):
         if job.state is JobState.SUSPENDED:
             child.signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
         job.kill_timer = child.loop.call_later(self.grace, self._kill, job)
+
+    def _walltime_expired(self, job: _Job) -> None:
+        job.walltime_timer = None
+        if not job.state.final and job.child is not None and not job.child.done:
+            job.overtime = True
+            self._terminate(job)
 
     def _kill(self, job: _Job) -> None:
         # The group may outlive its leader (children that ignore SIGTERM): kill it all.

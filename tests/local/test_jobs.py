@@ -530,3 +530,15 @@ async def test_session_task_group_cancellation_detaches(
     finally:
         kill_group(pid)
     await jobs.aclose()
+
+
+@pytest.mark.asyncio
+async def test_walltime_stops_the_job_as_failed(
+    jobs: LocalJobAdaptor, published: Published
+) -> None:
+    _, final = await run_to_end(jobs, published, sh("exec sleep 30", walltime=0.2))
+    assert final.state is S.FAILED  # type: ignore[attr-defined]
+    assert final.exit_code == -signal.SIGTERM  # type: ignore[attr-defined]
+    assert final.state_detail == "walltime of 0.2 s exceeded: killed by SIGTERM"  # type: ignore[attr-defined]
+    _, final = await run_to_end(jobs, published, sh("echo in time", walltime=10))
+    assert final.state is S.DONE  # type: ignore[attr-defined]
