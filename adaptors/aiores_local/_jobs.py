@@ -483,10 +483,7 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job is not RUNNING.
         """
-        job = self._running(id, JobState.RUNNING, "suspend")
-        assert job.child is not None
-        job.child.signal(signal.SIGSTOP)
-        self.publish(job.set(JobState.SUSPENDED, "suspended (SIGSTOP)"))
+        self._signal_running(id, "suspend", signal.SIGSTOP, _R, JobState.SUSPENDED)
 
     async def resume(self, id: str) -> None:
         """Continue the suspended job's process group with SIGCONT (state RUNNING).
@@ -495,16 +492,16 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job is not SUSPENDED.
         """
-        job = self._running(id, JobState.SUSPENDED, "resume")
-        assert job.child is not None
-        job.child.signal(signal.SIGCONT)
-        self.publish(job.set(_R, "running (resumed)"))
+        self._signal_running(id, "resume", signal.SIGCONT, JobState.SUSPENDED, _R)
 
-    def _running(self, id: str, state: JobState, what: str) -> _Job:
+    def _signal_running(
+        self, id: str, what: str, signum: int, before: JobState, after: JobState
+    ) -> None:
         job = self._get(id)
-        if job.state is not state or job.child is None or job.child.done:
-            raise IncorrectState(f"cannot {what} job {id}: it is {job.state}, not {state}")
-        return job
+        if job.state is not before or job.child is None or job.child.done:
+            raise IncorrectState(f"cannot {what} job {id}: it is {job.state}, not {before}")
+        job.child.signal(signum)
+        self.publish(job.set(after, f"{after.name.lower()} ({signal_name(signum)})"))
 
     async def hold(self, id: str) -> None:
         """Keep a QUEUED job from starting (state HELD); a HELD job stays held.
