@@ -224,6 +224,8 @@ class LocalJobAdaptor(JobAdaptor):
         free = self.max_running is None or (self._active < self.max_running and not self._queue)
         if hold or not free:
             await self._check_startable(description)
+            if self._closed:
+                raise IncorrectState(f"{self.url} job service closed during the submit")
             job.go = job.finished.get_loop().create_future()
             if hold:
                 job.set(JobState.HELD, "held: waiting for release")
@@ -355,8 +357,8 @@ class LocalJobAdaptor(JobAdaptor):
             state,
             detail,
             exit_code=rc,
-            stdout=None if child.out is None else child.out.result(),
-            stderr=None if child.err is None else child.err.result(),
+            stdout=None if child.out is None else child.out.take(),
+            stderr=None if child.err is None else child.err.take(),
         )
 
     def _finish(

@@ -101,18 +101,16 @@ class Capture:
             os.close(self._fd)
             self._fd = -1
 
-    def result(self) -> bytes:
-        """The kept bytes, ending with a marker if some were dropped."""
-        if self.total <= len(self.data):
-            return bytes(self.data)
-        dropped = self.total - len(self.data)
-        return (
-            bytes(self.data)
-            + (
-                f"\n[aiores: output truncated after {len(self.data)} bytes; "
-                f"{dropped} more bytes discarded]\n"
-            ).encode()
+    def take(self) -> bytes:
+        """The kept bytes, ending with a marker if some were dropped; frees the buffer."""
+        data, self.data = bytes(self.data), bytearray()
+        if self.total <= len(data):
+            return data
+        marker = (
+            f"\n[aiores: output truncated after {len(data)} bytes; "
+            f"{self.total - len(data)} more bytes discarded]\n"
         )
+        return data + marker.encode()
 
 
 class Child:

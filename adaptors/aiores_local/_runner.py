@@ -130,7 +130,7 @@ class LocalCommandRunner(CommandRunner):
 
 
 def _text(capture: Capture | None) -> str:
-    return "" if capture is None else capture.result().decode("utf-8", errors="replace")
+    return "" if capture is None else capture.take().decode("utf-8", errors="replace")
 
 
 def _argv(command: str | Sequence[str]) -> tuple[str, ...]:
