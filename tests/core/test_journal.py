@@ -1,0 +1,156 @@
+"""The journal: intents before calls, outcomes after, transitions, and survival of kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import pytest
+
+import aiores
+from aiores import ComputeDescription, JobDescription, ResourceState
+from aiores._journal import read_journal
+
+from .fake import FakePlugin
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.asyncio
+async def test_intent_is_durable_before_the_backend_call(fake: FakePlugin, tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    seen: list[list[tuple[str, str]]] = []
+    original = fake.cloud.point
+
+    async def check(name: str) -> None:
+        if name == "acquire:before":  # what another process would read right now
+
+            def read() -> list[tuple[str, str]]:
+                with read_journal(path) as db:
+                    return db.execute("SELECT op, status FROM intents").fetchall()
+
+            seen.append(await asyncio.to_thread(read))
+        await original(name)
+
+    fake.cloud.point = check  # type: ignore[method-assign]
+    async with aiores.Session(journal=path) as session:
+        vm = await session.manager("fake://").acquire(ComputeDescription(image="fake-linux"))
+        fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE)
+        await vm.wait(ResourceState.ACTIVE)
+        await vm.destroy()
+        assert session.journal is not None
+        await session.journal.flush()
+        (intent,) = await session.journal.intents()
+        assert intent.status == "done"
+        assert intent.ids == (vm.native_id,)
+        assert intent.payload["image"] == "fake-linux"
+        assert await session.journal.transitions(vm.id) == [
+            ("PENDING", "ACTIVE"),
+            ("ACTIVE", "CANCELED"),
+        ]
+        (obj,) = await session.journal.objects("resource")
+        assert obj["state"] == "CANCELED"
+        assert obj["native_id"] == vm.native_id
+    assert seen == [[("acquire", "pending")]]
+
+
+@pytest.mark.asyncio
+async def test_journal_none_writes_nothing(fake: FakePlugin, state_dir: Path) -> None:
+    async with aiores.Session(journal=None) as session:
+        await session.manager("fake://").acquire(ComputeDescription())
+        assert session.journal is None
+    assert not state_dir.exists()
+
+
+@pytest.mark.asyncio
+async def test_default_journal_lives_in_the_state_dir(fake: FakePlugin, state_dir: Path) -> None:
+    async with aiores.Session() as session:
+        await session.job_service("fake://").submit(JobDescription(executable="/bin/true"))
+    with read_journal(state_dir / "journal.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        (status,) = db.execute("SELECT status FROM intents").fetchone()
+    assert status == "done"
+
+
+@pytest.mark.asyncio
+async def test_many_concurrent_writes_share_commits(fake: FakePlugin, tmp_path: Path) -> None:
+    async with aiores.Session(journal=tmp_path / "j.sqlite") as session:
+        js = session.job_service("fake://")
+        jobs = await asyncio.gather(
+            *(js.submit(JobDescription(executable="/bin/true")) for _ in range(300))
+        )
+        assert session.journal is not None
+        await session.journal.flush()
+        intents = await session.journal.intents()
+    assert len(intents) == 300
+    assert {i.status for i in intents} == {"done"}
+    assert {i.ids[0] for i in intents} == {j.native_id for j in jobs}
+
+
+@pytest.mark.asyncio
+async def test_kill_9_mid_run_leaves_an_intact_journal_that_tells_what_was_in_flight(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "crash.sqlite"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.core.journal_child",
+        str(path),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    line = (await asyncio.wait_for(child.stdout.readline(), 30)).decode().split()
+    assert line[0] == "READY", line
+    done_vm_id, done_job_id = line[1], line[2]
+    child.send_signal(signal.SIGKILL)
+    assert await child.wait() == -signal.SIGKILL
+
+    def inspect() -> dict[str, object]:
+        with read_journal(path) as db:
+            return {
+                "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],
+                "intents": db.execute(
+                    "SELECT op, count, status, payload, token FROM intents ORDER BY created"
+                ).fetchall(),
+                "objects": db.execute("SELECT id, kind, state FROM objects").fetchall(),
+                "ended": db.execute("SELECT ended FROM sessions").fetchall(),
+            }
+
+    seen = await asyncio.to_thread(inspect)
+    assert seen["integrity"] == "ok"
+    intents = seen["intents"]
+    assert isinstance(intents, list)
+    statuses = [(op, count, status) for op, count, status, _, _ in intents]
+    assert statuses == [
+        ("acquire", 1, "done"),
+        ("submit", 1, "done"),
+        ("acquire", 4, "pending"),
+        ("submit", 1, "pending"),
+    ]
+    in_flight_acquire = intents[2]
+    assert '"inflight"' in in_flight_acquire[3]  # the description, tags included
+    assert in_flight_acquire[4].startswith("t-")  # the token that finds what it made
+    assert '"/bin/sleep"' in intents[3][3]
+    objects = {obj_id: (kind, state) for obj_id, kind, state in seen["objects"]}  # type: ignore[attr-defined]
+    assert objects[done_vm_id] == ("resource", "PENDING")
+    assert objects[done_job_id] == ("job", "DONE")
+    assert seen["ended"] == [(None,)]  # the session never closed
+
+    # A later session reads the same file and sees the same in-flight work.
+    async with aiores.Session(journal=path) as session:
+        assert session.journal is not None
+        in_flight = await session.journal.in_flight()
+    assert [(i.op, i.count) for i in in_flight] == [("acquire", 4), ("submit", 1)]
+    assert in_flight[0].payload["tags"] == ["inflight"]
+
+
+def test_read_journal_is_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "ro.sqlite"
+    sqlite3.connect(path).close()
+    with read_journal(path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db.execute("CREATE TABLE t(x)")
