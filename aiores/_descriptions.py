@@ -11,7 +11,7 @@ import datetime
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ._exceptions import BadParameter
 
@@ -97,6 +97,21 @@ class ComputeDescription:
     user_data: str | None = None
     ready: Literal["ssh"] | None = "ssh"
 
+    if TYPE_CHECKING:  # what callers may pass; the fields hold the normalised values
+
+        def __init__(
+            self,
+            *,
+            image: str | None = None,
+            template: str | None = None,
+            tags: Iterable[str] | str = (),
+            cpus: int | None = None,
+            memory: int | None = None,
+            duration: float | datetime.timedelta | None = None,
+            user_data: str | None = None,
+            ready: Literal["ssh"] | None = "ssh",
+        ) -> None: ...
+
     def __post_init__(self) -> None:
         owner = type(self).__name__
         _set = object.__setattr__
@@ -128,6 +143,16 @@ class StorageDescription:
     name: str | None = None
     size: int | None = None
     tags: frozenset[str] = field(default=frozenset())
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            name: str | None = None,
+            size: int | None = None,
+            tags: Iterable[str] | str = (),
+        ) -> None: ...
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -176,6 +201,29 @@ class JobDescription:
     memory: int | None = None
     category: str | None = None
 
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            executable: str,
+            arguments: Iterable[str] = (),
+            environment: Mapping[str, str] | None = None,
+            working_directory: str | os.PathLike[str] | None = None,
+            stdin: bytes | str | None = None,
+            stdout: str | os.PathLike[str] | None = None,
+            stderr: str | os.PathLike[str] | None = None,
+            capture_limit: int = DEFAULT_CAPTURE_LIMIT,
+            name: str | None = None,
+            walltime: float | datetime.timedelta | None = None,
+            queue: str | None = None,
+            project: str | None = None,
+            processes: int | None = None,
+            cores: int | None = None,
+            memory: int | None = None,
+            category: str | None = None,
+        ) -> None: ...
+
     @classmethod
     def shell(cls, command: str, **fields: Any) -> JobDescription:
         """A job that runs ``command`` with ``/bin/sh -c`` (the caller asked for a shell)."""
@@ -195,6 +243,8 @@ class JobDescription:
             if not isinstance(arg, str):
                 raise BadParameter(f"{owner}.arguments must all be str, found {arg!r}")
         _set(self, "arguments", args)
+        if self.environment is None:
+            _set(self, "environment", {})
         if not isinstance(self.environment, Mapping):
             raise _fail(owner, "environment", "a mapping of str to str", self.environment)
         for key, val in self.environment.items():

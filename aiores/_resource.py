@@ -6,9 +6,9 @@ import builtins
 import dataclasses
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._descriptions import ComputeDescription, StorageDescription
 from ._exceptions import BadParameter, DoesNotExist, IncorrectState
@@ -77,6 +77,10 @@ class Manager:
         return resource
 
     # -- acquiring --------------------------------------------------------------------
+    @overload
+    async def acquire(self, description: ComputeDescription) -> Compute: ...
+    @overload
+    async def acquire(self, description: StorageDescription) -> Storage: ...
     async def acquire(self, description: Description) -> Resource:
         """Acquire one resource; returns once the backend accepted it (NEW or PENDING).
 
@@ -90,7 +94,15 @@ class Manager:
         """
         return (await self.acquire_many(description, 1))[0]
 
-    async def acquire_many(self, description: Description, count: int) -> list[Resource]:
+    @overload
+    async def acquire_many(
+        self, description: ComputeDescription, count: int
+    ) -> builtins.list[Compute]: ...
+    @overload
+    async def acquire_many(
+        self, description: StorageDescription, count: int
+    ) -> builtins.list[Storage]: ...
+    async def acquire_many(self, description: Description, count: int) -> builtins.list[Any]:
         """Acquire ``count`` alike resources, in one backend call where the backend allows.
 
         Raises and cancels as :meth:`acquire` does: on failure or cancellation every
@@ -125,12 +137,19 @@ class Manager:
         )
         return [self._resource(info, watcher, description) for info in infos]
 
-    @asynccontextmanager
-    async def acquired(self, description: Description) -> AsyncIterator[Resource]:
+    @overload
+    def acquired(self, description: ComputeDescription) -> AbstractAsyncContextManager[Compute]: ...
+    @overload
+    def acquired(self, description: StorageDescription) -> AbstractAsyncContextManager[Storage]: ...
+    def acquired(self, description: Description) -> AbstractAsyncContextManager[Any]:
         """``async with mgr.acquired(desc) as vm``: acquire, and destroy on exit.
 
         The destroy on exit runs even if the block was cancelled (shielded, bounded).
         """
+        return self._acquired(description)
+
+    @asynccontextmanager
+    async def _acquired(self, description: Description) -> AsyncIterator[Resource]:
         resource = await self.acquire(description)
         try:
             yield resource

@@ -135,7 +135,7 @@ async def test_manager_listing_templates_images_and_destroy(
     with pytest.raises(aiores.BadParameter, match=r"count must be an int >= 1"):
         await mgr.acquire_many(DESC, 0)
     with pytest.raises(aiores.BadParameter, match=r"needs an aiores\.ComputeDescription"):
-        await mgr.acquire(JobDescription(executable="x"))  # type: ignore[arg-type]
+        await mgr.acquire(JobDescription(executable="x"))  # type: ignore[call-overload]
 
 
 @pytest.mark.asyncio
