@@ -8,6 +8,11 @@ no thread. Where pidfds are missing a daemon thread waits for the process instea
 
 Nothing here awaits: owners are told through one ``on_done`` callback, which runs on the
 loop once the process has exited and its captured pipes are closed.
+
+Why not ``asyncio.create_subprocess_exec``: its transport kills the process when it is
+closed (and warns if it is not), while a job must outlive the session that started
+it; and on Python 3.11 its default child watcher starts one thread per process. The
+process is started the same way (``subprocess.Popen``, which asyncio also uses).
 """
 
 from __future__ import annotations
