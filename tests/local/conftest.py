@@ -46,6 +46,9 @@ class FakeEnv:
     def context(self, kind: type[C], host: str = "") -> C | None:
         return None
 
+    def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return ()
+
     def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         self.spawned += 1
         self._tg.create_task(fn(), name=name)  # type: ignore[arg-type]

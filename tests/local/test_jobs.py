@@ -14,6 +14,7 @@ import pytest
 from aiores._descriptions import JobDescription
 from aiores._exceptions import DoesNotExist, IncorrectState, IncorrectURL, PermissionDenied
 from aiores._states import JobState
+from aiores.adaptor import JobInfo
 from aiores_local import LocalJobAdaptor
 
 from .conftest import Factory, FakeEnv, Fifo, Published, group_members, wait_until
@@ -25,7 +26,7 @@ ALIVE = (psutil.STATUS_RUNNING, psutil.STATUS_SLEEPING)
 
 async def run_to_end(
     jobs: LocalJobAdaptor, published: Published, desc: JobDescription
-) -> tuple[str, object]:
+) -> tuple[str, JobInfo]:
     info = await jobs.submit(desc, "tok", hold=False)
     assert info.state is S.RUNNING
     return info.id, await published.final(info.id)
@@ -50,8 +51,8 @@ async def test_exit_zero_is_done_with_captured_output(
 @pytest.mark.asyncio
 async def test_nonzero_exit_is_failed(jobs: LocalJobAdaptor, published: Published) -> None:
     _, final = await run_to_end(jobs, published, sh("exit 3"))
-    assert final.state is S.FAILED  # type: ignore[attr-defined]
-    assert final.exit_code == 3  # type: ignore[attr-defined]
+    assert final.state is S.FAILED
+    assert final.exit_code == 3
 
 
 @pytest.mark.asyncio
@@ -59,16 +60,16 @@ async def test_killed_by_signal_is_failed_with_negative_code(
     jobs: LocalJobAdaptor, published: Published
 ) -> None:
     _, final = await run_to_end(jobs, published, sh("kill -USR1 $$"))
-    assert final.state is S.FAILED  # type: ignore[attr-defined]
-    assert final.exit_code == -signal.SIGUSR1  # type: ignore[attr-defined]
-    assert "SIGUSR1" in final.state_detail  # type: ignore[attr-defined]
+    assert final.state is S.FAILED
+    assert final.exit_code == -signal.SIGUSR1
+    assert "SIGUSR1" in final.state_detail
 
 
 @pytest.mark.asyncio
 async def test_arguments_are_not_shell_parsed(jobs: LocalJobAdaptor, published: Published) -> None:
     desc = JobDescription(executable="echo", arguments=["$HOME", "a b", ";", "*"])
     _, final = await run_to_end(jobs, published, desc)
-    assert final.stdout == b"$HOME a b ; *\n"  # type: ignore[attr-defined]
+    assert final.stdout == b"$HOME a b ; *\n"
 
 
 @pytest.mark.asyncio
@@ -78,11 +79,12 @@ async def test_capture_limit_truncates_with_marker_and_drains(
     # 1 MiB written, far past the pipe buffer: the job must not block on a full pipe.
     desc = sh("head -c 1048576 /dev/zero | tr '\\0' x; echo tail >&2", capture_limit=10)
     _, final = await run_to_end(jobs, published, desc)
-    assert final.state is S.DONE  # type: ignore[attr-defined]
-    out = final.stdout  # type: ignore[attr-defined]
+    assert final.state is S.DONE
+    out = final.stdout
+    assert out is not None
     assert out.startswith(b"x" * 10 + b"\n[aiores: output truncated after 10 bytes")
     assert b"1048566 more bytes discarded" in out
-    assert final.stderr == b"tail\n"  # type: ignore[attr-defined]
+    assert final.stderr == b"tail\n"
 
 
 @pytest.mark.asyncio
@@ -90,36 +92,36 @@ async def test_zero_capture_limit_keeps_nothing(
     jobs: LocalJobAdaptor, published: Published
 ) -> None:
     _, final = await run_to_end(jobs, published, sh("echo hello", capture_limit=0))
-    assert final.stdout.startswith(b"\n[aiores: output truncated after 0 bytes")  # type: ignore[attr-defined]
+    assert (final.stdout or b"").startswith(b"\n[aiores: output truncated after 0 bytes")
 
 
 @pytest.mark.asyncio
 async def test_stdin_is_written_then_closed(jobs: LocalJobAdaptor, published: Published) -> None:
     big = os.urandom(300_000)  # past the pipe buffer: written as the job reads
     _, final = await run_to_end(jobs, published, JobDescription(executable="cat", stdin=big))
-    assert final.stdout == big  # type: ignore[attr-defined]
+    assert final.stdout == big
     _, final = await run_to_end(jobs, published, JobDescription(executable="cat", stdin="héllo"))
-    assert final.stdout == "héllo".encode()  # type: ignore[attr-defined]
+    assert final.stdout == "héllo".encode()
 
 
 @pytest.mark.asyncio
 async def test_no_stdin_reads_dev_null(jobs: LocalJobAdaptor, published: Published) -> None:
     _, final = await run_to_end(jobs, published, JobDescription(executable="cat"))
-    assert final.state is S.DONE  # type: ignore[attr-defined]
-    assert final.stdout == b""  # type: ignore[attr-defined]
+    assert final.state is S.DONE
+    assert final.stdout == b""
 
 
 @pytest.mark.asyncio
 async def test_stdin_not_read_is_not_an_error(jobs: LocalJobAdaptor, published: Published) -> None:
     _, final = await run_to_end(jobs, published, sh("exit 0", stdin=os.urandom(200_000)))
-    assert final.state is S.DONE  # type: ignore[attr-defined]
+    assert final.state is S.DONE
 
 
 @pytest.mark.asyncio
 async def test_environment_is_added(jobs: LocalJobAdaptor, published: Published) -> None:
     desc = sh('echo "$AIORES_X:${PATH:+has-path}"', environment={"AIORES_X": "a b"})
     _, final = await run_to_end(jobs, published, desc)
-    assert final.stdout == b"a b:has-path\n"  # type: ignore[attr-defined]
+    assert final.stdout == b"a b:has-path\n"
 
 
 @pytest.mark.asyncio
@@ -128,7 +130,7 @@ async def test_working_directory(
 ) -> None:
     (tmp_path / "here.txt").write_text("x")
     _, final = await run_to_end(jobs, published, sh("pwd; ls", working_directory=str(tmp_path)))
-    assert final.stdout.decode().split() == [str(tmp_path), "here.txt"]  # type: ignore[attr-defined]
+    assert (final.stdout or b"").decode().split() == [str(tmp_path), "here.txt"]
 
 
 @pytest.mark.asyncio
@@ -141,8 +143,8 @@ async def test_output_to_files(jobs: LocalJobAdaptor, published: Published, tmp_
         stderr=str(tmp_path / "job.err"),
     )
     _, final = await run_to_end(jobs, published, desc)
-    assert final.state is S.DONE  # type: ignore[attr-defined]
-    assert (final.stdout, final.stderr) == (None, None)  # type: ignore[attr-defined]
+    assert final.state is S.DONE
+    assert (final.stdout, final.stderr) == (None, None)
     assert (tmp_path / "old.out").read_text() == "out\n"  # truncated, not appended
     assert (tmp_path / "job.err").read_text() == "err\n"
 
@@ -172,8 +174,8 @@ async def test_background_child_holding_stdout_does_not_keep_job_alive(
     loop = asyncio.get_running_loop()
     started = loop.time()
     _, final = await run_to_end(jobs, published, sh("sleep 30 & echo hi"))
-    assert final.state is S.DONE  # type: ignore[attr-defined]
-    assert final.stdout == b"hi\n"  # type: ignore[attr-defined]
+    assert final.state is S.DONE
+    assert final.stdout == b"hi\n"
     assert loop.time() - started < 5  # the drain after exit is bounded (1 s)
 
 
@@ -476,7 +478,7 @@ async def test_exit_watched_by_a_thread_without_pidfd(
 
     monkeypatch.setattr(os, "pidfd_open", no_pidfd)
     _, final = await run_to_end(jobs, published, sh("echo fallback; exit 4"))
-    assert (final.exit_code, final.stdout) == (4, b"fallback\n")  # type: ignore[attr-defined]
+    assert (final.exit_code, final.stdout) == (4, b"fallback\n")
 
 
 # -- closing --------------------------------------------------------------------------------
@@ -537,8 +539,8 @@ async def test_walltime_stops_the_job_as_failed(
     jobs: LocalJobAdaptor, published: Published
 ) -> None:
     _, final = await run_to_end(jobs, published, sh("exec sleep 30", walltime=0.2))
-    assert final.state is S.FAILED  # type: ignore[attr-defined]
-    assert final.exit_code == -signal.SIGTERM  # type: ignore[attr-defined]
-    assert final.state_detail == "walltime of 0.2 s exceeded: killed by SIGTERM"  # type: ignore[attr-defined]
+    assert final.state is S.FAILED
+    assert final.exit_code == -signal.SIGTERM
+    assert final.state_detail == "walltime of 0.2 s exceeded: killed by SIGTERM"
     _, final = await run_to_end(jobs, published, sh("echo in time", walltime=10))
-    assert final.state is S.DONE  # type: ignore[attr-defined]
+    assert final.state is S.DONE
