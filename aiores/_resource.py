@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._descriptions import ComputeDescription, StorageDescription
-from ._exceptions import BadParameter, DoesNotExist, IncorrectState
+from ._exceptions import AioresError, BadParameter, DoesNotExist, HostKeyError, IncorrectState
 from ._fleet import RunResult
 from ._states import ResourceState
 from ._url import URL, join_id, split_id
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
     from ._session import Session
 
 __all__ = ["Compute", "Manager", "Resource", "Storage"]
+
+log = logging.getLogger("aiores")
+
+#: Readiness probing of machines whose ACTIVE means "SSH answers" (seconds).
+PROBE_FIRST_DELAY = 0.1
+PROBE_MAX_DELAY = 5.0
+PROBE_TIMEOUT = 30.0
+#: Access schemes whose answer to a command is what "ready" means.
+READY_SCHEMES = {"ssh"}
 
 Description = ComputeDescription | StorageDescription
 N = TypeVar("N", Template, Image)
@@ -264,10 +274,14 @@ class Resource(Tracked[ResourceState]):
         description: Description | None,
     ) -> None:
         self._manager = manager
-        self._info = info
         self._description = description
+        self._ready = False  # SSH has answered (see _needs_probe)
+        self._probing = False
         self.id = join_id(str(manager.url), info.id)
-        super().__init__(info.state, watcher, info.id)
+        self._pin(info)
+        held = self._hold_until_ready(info)
+        self._info = held
+        super().__init__(held.state, watcher, info.id)
 
     def __repr__(self) -> str:
         return f"<aiores.{type(self).__name__} {self.id} {self._state.name}>"
@@ -276,6 +290,65 @@ class Resource(Tracked[ResourceState]):
 
     def _on_info(self, info: ResourceInfo) -> None:
         self._info = info
+        self._pin(info)
+
+    def _pin(self, info: ResourceInfo) -> None:
+        if info.access and info.host_keys:
+            self._manager.session.pin_host_keys(info.access, info.host_keys)
+
+    def _apply(self, info: ResourceInfo) -> bool:  # type: ignore[override]
+        return super()._apply(self._hold_until_ready(info))
+
+    # -- readiness: ACTIVE means usable ---------------------------------------------------
+    def _needs_probe(self, info: ResourceInfo) -> bool:
+        """True while the backend says running but SSH has not answered yet."""
+        ready = "ssh" if self._description is None else getattr(self._description, "ready", None)
+        return (
+            not self._ready
+            and ready == "ssh"
+            and info.rtype == "compute"
+            and info.state is ResourceState.ACTIVE
+            and bool(info.access)
+            and URL.parse(info.access or "").adaptor in READY_SCHEMES
+        )
+
+    def _hold_until_ready(self, info: ResourceInfo) -> ResourceInfo:
+        """Report a running but not yet reachable machine as PENDING, and probe it."""
+        if not self._needs_probe(info):
+            return info
+        if not self._probing:
+            self._probing = True
+            self._manager.session.spawn(self._probe, name=f"aiores-ready {self.id}")
+        return dataclasses.replace(info, state=ResourceState.PENDING)
+
+    async def _probe(self) -> None:
+        """Run ``true`` over SSH until it answers; then the resource is ACTIVE."""
+        session = self._manager.session
+        delay = PROBE_FIRST_DELAY
+        try:
+            while not self._state.final:
+                access = self._info.access
+                assert access is not None
+                try:
+                    runner = await session.command_runner(access)
+                    await runner.run("true", timeout=PROBE_TIMEOUT)
+                    break  # SSH answered (whatever the exit status)
+                except HostKeyError as exc:
+                    self._apply(
+                        dataclasses.replace(
+                            self._info, state=ResourceState.FAILED, state_detail=str(exc)
+                        )
+                    )
+                    return
+                except (AioresError, OSError) as exc:
+                    log.debug("%s: not reachable yet: %r", self, exc)
+                await session.clock.sleep(delay)
+                delay = min(delay * 2, PROBE_MAX_DELAY)
+        finally:
+            self._probing = False
+        if not self._state.final:
+            self._ready = True
+            self._apply(dataclasses.replace(self._info, state=ResourceState.ACTIVE))
 
     def _detail(self) -> str:
         return self._info.state_detail

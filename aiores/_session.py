@@ -117,6 +117,7 @@ class Session:
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
+        self._pinned: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._state_dir = state_dir()
 
     def __repr__(self) -> str:
@@ -290,6 +291,15 @@ class Session:
             await fn()
         except Exception:
             log.exception("aiores background task %r failed", name)
+
+    def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return self._pinned.get((host.lower(), port), ())
+
+    def pin_host_keys(self, access: str, keys: Sequence[str]) -> None:
+        """Trust ``keys`` for the host and port of ``access`` (called as resources report)."""
+        if keys:
+            url = URL.parse(access)
+            self._pinned[(url.host, url.port)] = tuple(keys)
 
     async def command_runner(self, url: str | URL) -> CommandRunner:
         return await self._adaptor(url, "commands", CommandRunner)  # type: ignore[type-abstract]

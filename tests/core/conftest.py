@@ -8,7 +8,7 @@ import pytest_asyncio
 import aiores
 from aiores.testing import FakeClock
 
-from .fake import FakePlugin
+from .fake import FakePlugin, FakeSSHPlugin
 
 
 @pytest.fixture
@@ -31,3 +31,15 @@ def clock() -> FakeClock:
 async def session(fake: FakePlugin, clock: FakeClock) -> AsyncIterator[aiores.Session]:
     async with aiores.Session(clock=clock, cleanup_timeout=5) as s:
         yield s
+
+
+@pytest.fixture
+def fake_ssh(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSSHPlugin]:
+    """fake-ssh:// registered, and counted as a scheme whose answer means "ready"."""
+    plugin = FakeSSHPlugin()
+    monkeypatch.setattr("aiores._resource.READY_SCHEMES", {"ssh", "fake-ssh"})
+    aiores.register_adaptor(plugin)
+    try:
+        yield plugin
+    finally:
+        aiores.unregister_adaptor(plugin.name)

@@ -12,11 +12,12 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from aiores import ComputeDescription, JobDescription, JobState, ResourceState
+from aiores import ComputeDescription, JobDescription, JobState, ResourceState, RunResult
 from aiores._url import URL
 from aiores.adaptor import (
     AdaptorEnv,
     AdaptorPlugin,
+    CommandRunner,
     Image,
     JobAdaptor,
     JobInfo,
@@ -206,3 +207,40 @@ class FakePlugin(AdaptorPlugin):
         adaptor = FakeJobs(url, env, self.cloud)
         self.job_adaptors.append(adaptor)
         return adaptor
+
+
+class FakeRunner(CommandRunner):
+    """Answers commands with the scripted outcomes, one per call (then success)."""
+
+    def __init__(self, url: URL, env: AdaptorEnv, plugin: FakeSSHPlugin) -> None:
+        super().__init__(url, env)
+        self.plugin = plugin
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        self.plugin.commands.append((str(self.url), command))
+        if self.plugin.outcomes:
+            outcome = self.plugin.outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+        return RunResult(exit_status=0)
+
+
+class FakeSSHPlugin(AdaptorPlugin):
+    """fake-ssh://: a transport whose readiness answers the tests script."""
+
+    name = "fake-ssh"
+    schemes = frozenset({"fake-ssh"})
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, object]] = []
+        self.outcomes: list[Exception | None] = []
+
+    def command_runner(self, url: URL, env: AdaptorEnv) -> FakeRunner:
+        return FakeRunner(url, env, self)
