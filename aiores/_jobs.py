@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._descriptions import JobDescription
@@ -296,6 +296,11 @@ class Job(Tracked[JobState]):
         data = self._info.stderr
         return None if data is None else data.decode("utf-8", "replace")
 
+    @property
+    def extra(self) -> Mapping[str, Any]:
+        """Backend-specific facts (a local job's ``pid``, a batch job's queue...)."""
+        return self._info.extra
+
     def _on_info(self, info: JobInfo) -> None:
         self._info = info
 
@@ -331,6 +336,9 @@ class Job(Tracked[JobState]):
             call=call,
             release=release,
         )
+        # No await from here to _set_native_id: a push adaptor may publish this job's
+        # next state on the next loop iteration, and the watcher drops infos for ids
+        # that no object has registered.
         if session.journal is not None:
             session.journal.record_object(
                 id=join_id(str(self._service.url), info.id),

@@ -40,7 +40,7 @@ async def test_changed_host_key_fails_the_machine(
     fake_ssh.outcomes = [aiores.HostKeyError("host key for vm:22 changed: SHA256:abc")]
     vm = await session.manager("fake://").acquire(ComputeDescription())
     fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE, "running")
-    with pytest.raises(aiores.IncorrectState, match="FAILED .*host key for vm:22 changed"):
+    with pytest.raises(aiores.IncorrectState, match=r"FAILED .*host key for vm:22 changed"):
         await vm.wait(ResourceState.ACTIVE)
     assert vm.state is ResourceState.FAILED
 
