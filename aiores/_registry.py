@@ -34,6 +34,7 @@ class _BuiltIn:
 _BUILT_IN: dict[str, _BuiltIn] = {
     "local": _BuiltIn("aiores_local", None),
     "ssh": _BuiltIn("aiores_ssh", "ssh"),
+    "sim": _BuiltIn("aiores_sim", "ssh"),
 }
 
 
