@@ -33,8 +33,8 @@ class _BuiltIn:
 # Order matters for any://: the first plugin that accepts a URL wins.
 _BUILT_IN: dict[str, _BuiltIn] = {
     "local": _BuiltIn("aiores_local", None),
-    "ssh": _BuiltIn("aiores_ssh", "ssh"),
-    "sim": _BuiltIn("aiores_sim", "ssh"),
+    "ssh": _BuiltIn("aiores_ssh", None),
+    "sim": _BuiltIn("aiores_sim", None),
 }
 
 
