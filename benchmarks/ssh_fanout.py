@@ -61,10 +61,10 @@ class Fleet:
             ports = [*dict.fromkeys(ports), free_port()]
         self.ports = ports
         self.sshds = [
-            Sshd(keys, f"bench{i}", PERMISSIVE, ports[i : i + PORTS_PER_SSHD])
+            Sshd(keys, f"bench{n}-{i}", PERMISSIVE, ports[i : i + PORTS_PER_SSHD])
             for i in range(0, n, PORTS_PER_SSHD)
         ]
-        self.known_hosts = keys.directory / "known_hosts-bench"
+        self.known_hosts = keys.directory / f"known_hosts-bench-{n}"
         self.known_hosts.write_text(
             "".join(f"[127.0.0.1]:{port} {keys.host_public}\n" for port in ports)
         )
@@ -137,10 +137,10 @@ async def main() -> None:
 
     directory = private_dir("aiores-bench-")
     keys = Keys.make(directory)
-    fleets = {n: Fleet(n, keys) for n in args.sizes}
     rows = []
     try:
-        for n, fleet in fleets.items():
+        for n in args.sizes:
+            fleet = Fleet(n, keys)  # ports picked just before use
             await asyncio.to_thread(fleet.start)
             user = fleet.sshds[0].user
             samples: dict[str, list[Sample]] = {k: [] for k in ("rc", "rw", "ac", "aw")}

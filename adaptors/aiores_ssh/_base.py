@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiores._contexts import SSHContext
+from aiores import SSHContext
 from aiores.adaptor import Adaptor
 
 from ._pool import Pool, Target, pool_for

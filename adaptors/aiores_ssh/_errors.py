@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import asyncssh
 
-from aiores._exceptions import (
+from aiores import (
     AioresError,
     AuthenticationFailed,
     ConnectionLost,

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import asyncssh
 
-from aiores._contexts import SSHContext
-from aiores._exceptions import BadParameter
+from aiores import BadParameter, SSHContext
 
 from ._errors import map_errors
 

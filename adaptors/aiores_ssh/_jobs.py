@@ -16,9 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 
-from aiores._descriptions import JobDescription
-from aiores._exceptions import DoesNotExist, IncorrectState, NoSuccess
-from aiores._states import JobState
+from aiores import DoesNotExist, IncorrectState, JobDescription, JobState, NoSuccess
 from aiores.adaptor import JobAdaptor, JobInfo, PollPolicy, missing
 
 from ._base import SSHBase

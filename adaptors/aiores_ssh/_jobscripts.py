@@ -24,7 +24,7 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from aiores._descriptions import JobDescription
+from aiores import JobDescription
 
 from ._scripts import LIB, exports
 

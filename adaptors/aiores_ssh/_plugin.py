@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiores._url import URL
+from aiores import URL
 from aiores.adaptor import AdaptorEnv, AdaptorPlugin, CommandRunner, FileAdaptor, JobAdaptor
 
 from ._files import SSHFileAdaptor

@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from aiores._contexts import SSHContext
-from aiores._exceptions import AioresError, HostKeyError, NoSuccess
+from aiores import AioresError, HostKeyError, NoSuccess, SSHContext
 from aiores.adaptor import AdaptorEnv
 
 from ._errors import map_errors, translate
@@ -388,8 +387,11 @@ class Pool:
     def _start_reaper(self) -> None:
         if self._reaper_started or self._closed:
             return
+        try:
+            self._env.spawn(self._reap_idle, name="aiores-ssh-idle-reaper")
+        except AioresError:  # the session is closing: it closes the pool, too
+            return
         self._reaper_started = True
-        self._env.spawn(self._reap_idle, name="aiores-ssh-idle-reaper")
 
     async def _reap_idle(self) -> None:
         clock = self._env.clock

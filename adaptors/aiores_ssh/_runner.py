@@ -14,16 +14,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncssh
 
-from aiores._exceptions import AioresError, ConnectionLost, Timeout
-from aiores._fleet import RunResult
+from aiores import AioresError, ConnectionLost, RunResult, Timeout
 from aiores.adaptor import CommandRunner
 
 from ._base import SSHBase
-from ._errors import map_errors
+from ._errors import translate
 from ._pool import Pool, Target
 from ._scripts import command_text, stop_script, wrap_command
 
@@ -31,7 +30,6 @@ __all__ = ["CommandTimeout", "Outcome", "SSHCommandRunner", "execute"]
 
 log = logging.getLogger("aiores.ssh")
 
-_READ = 65536
 #: Seconds a stop (the kill over a fresh channel) may take beyond its grace period.
 _STOP_SLACK = 5.0
 #: Seconds to wait for the pid line when a run is stopped before it arrived.
@@ -64,12 +62,52 @@ class Outcome:
     elapsed: float
 
 
-@dataclass(slots=True)
-class _Run:
-    pid: int | None = None
-    pid_read: bool = False
-    stdout: bytearray = field(default_factory=bytearray)
-    stderr: bytearray = field(default_factory=bytearray)
+class _Run(asyncssh.SSHClientSession[bytes]):
+    """One command's channel callbacks: output collected as it arrives, no reader tasks.
+
+    The first stdout line is the pid of the command's process group leader.
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.pid: int | None = None
+        self.pid_known: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[Exception | None] = loop.create_future()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.status: int | None = None
+        self.signal: str | None = None
+        self._head = bytearray()
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            self.stderr.extend(data)
+        elif self.pid_known.done():
+            self.stdout.extend(data)
+        else:
+            self._head.extend(data)
+            line, newline, rest = self._head.partition(b"\n")
+            if newline:
+                if line.isdigit():
+                    self.pid = int(line)
+                else:  # the wrapper did not run (an odd login shell): keep what came
+                    self.stdout.extend(line + newline)
+                self.stdout.extend(rest)
+                self._head.clear()
+                self.pid_known.set_result(None)
+
+    def exit_status_received(self, status: int) -> None:
+        self.status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.pid_known.done():
+            self.stdout.extend(self._head)
+            self.pid_known.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(exc)
 
 
 async def execute(
@@ -95,84 +133,54 @@ async def execute(
     loop = asyncio.get_running_loop()
     start = loop.time()
     remote = wrap_command(command, env)
-    run = _Run()
+    run: _Run | None = None
 
-    async def opener(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientProcess[bytes]:
-        return await conn.create_process(remote, encoding=None)
+    async def opener(
+        conn: asyncssh.SSHClientConnection,
+    ) -> tuple[asyncssh.SSHClientChannel[bytes], _Run]:
+        nonlocal run
+        run = session = _Run()
+        chan, _ = await conn.create_session(lambda: session, remote, encoding=None)
+        return chan, session
 
     try:
-        async with asyncio.timeout(timeout), pool.open(target, opener) as proc:
+        async with asyncio.timeout(timeout), pool.open(target, opener) as (chan, session):
+            if stdin:
+                chan.write(stdin)
+            chan.write_eof()
             try:
-                with map_errors(target.where, "running a command"):
-                    await _collect(proc, run, stdin)
+                lost = await asyncio.shield(session.closed)
             except BaseException:
-                await _stop(pool, target, proc, run, grace)
+                await _stop(pool, target, chan, session, grace)
                 raise
-            status, signal = _exit(proc)
     except TimeoutError as exc:
         if isinstance(exc, AioresError):
             raise
+        out = run.stdout if run is not None else b""
+        err = run.stderr if run is not None else b""
         raise CommandTimeout(
             f"command on {target.where} did not finish in {timeout} s; it was stopped",
-            stdout=run.stdout.decode(errors="replace"),
-            stderr=run.stderr.decode(errors="replace"),
+            stdout=out.decode(errors="replace"),
+            stderr=err.decode(errors="replace"),
         ) from None
-    if status is None and signal is None and proc.channel.get_connection().is_closed():
-        raise ConnectionLost(f"connection to {target.where} lost while a command ran")
-    return Outcome(status, signal, bytes(run.stdout), bytes(run.stderr), loop.time() - start)
-
-
-def _exit(proc: asyncssh.SSHClientProcess[bytes]) -> tuple[int | None, str | None]:
-    signal = proc.exit_signal
-    if signal is not None:
-        return None, signal[0]
-    return proc.exit_status, None
-
-
-async def _pump(stream: asyncssh.SSHReader[bytes], buf: bytearray) -> None:
-    while chunk := await stream.read(_READ):
-        buf.extend(chunk)
-
-
-async def _collect(proc: asyncssh.SSHClientProcess[bytes], run: _Run, stdin: bytes | None) -> None:
-    async def out() -> None:
-        line = await proc.stdout.readline()
-        run.pid_read = True
-        if line.endswith(b"\n") and line[:-1].isdigit():
-            run.pid = int(line[:-1])
-        else:  # the wrapper did not run (odd login shell): keep what came
-            run.stdout.extend(line)
-        await _pump(proc.stdout, run.stdout)
-
-    async def feed(data: bytes) -> None:
-        # The command may exit without reading its input: that is not an error, and a
-        # broken connection is reported by the readers.
-        with contextlib.suppress(BrokenPipeError, ConnectionError, asyncssh.Error):
-            proc.stdin.write(data)
-            await proc.stdin.drain()
-            proc.stdin.write_eof()
-
-    # stdout is read in this task; stderr (and stdin, if any) alongside.
-    tasks = [asyncio.ensure_future(_pump(proc.stderr, run.stderr))]
-    if stdin:
-        tasks.append(asyncio.ensure_future(feed(stdin)))
-    else:
-        proc.stdin.write_eof()
-    try:
-        await out()
-        await asyncio.gather(*tasks)
-        await proc.wait_closed()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    if lost is not None or (
+        session.status is None and session.signal is None and chan.get_connection().is_closed()
+    ):
+        error = translate(lost, target.where, "running a command") if lost else lost
+        if not isinstance(error, ConnectionLost):
+            error = ConnectionLost(f"connection to {target.where} lost while a command ran")
+        raise error from lost
+    status = None if session.signal is not None else session.status
+    return Outcome(
+        status, session.signal, bytes(session.stdout), bytes(session.stderr), loop.time() - start
+    )
 
 
 async def _stop(
-    pool: Pool, target: Target, proc: asyncssh.SSHClientProcess[bytes], run: _Run, grace: float
+    pool: Pool, target: Target, chan: asyncssh.SSHClientChannel[bytes], run: _Run, grace: float
 ) -> None:
     """Stop the remote command; shielded from cancellation, bounded in time."""
-    task = asyncio.ensure_future(_stop_now(pool, target, proc, run, grace))
+    task = asyncio.ensure_future(_stop_now(pool, target, chan, run, grace))
     _cleanups.add(task)
     task.add_done_callback(_cleanups.discard)
     # A second cancellation ends the wait; the stop goes on in the background.
@@ -180,16 +188,14 @@ async def _stop(
 
 
 async def _stop_now(
-    pool: Pool, target: Target, proc: asyncssh.SSHClientProcess[bytes], run: _Run, grace: float
+    pool: Pool, target: Target, chan: asyncssh.SSHClientChannel[bytes], run: _Run, grace: float
 ) -> None:
     try:
         async with asyncio.timeout(grace + _STOP_SLACK):
-            if not run.pid_read and not proc.is_closing():
-                with contextlib.suppress(asyncssh.Error, OSError, TimeoutError):
-                    line = await asyncio.wait_for(proc.stdout.readline(), _PID_WAIT)
-                    if line.endswith(b"\n") and line[:-1].isdigit():
-                        run.pid = int(line[:-1])
-            if run.pid is not None:
+            if not run.pid_known.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(run.pid_known), _PID_WAIT)
+            if run.pid is not None and not run.closed.done():
                 script = stop_script(run.pid, grace)
 
                 async def opener(conn: asyncssh.SSHClientConnection) -> object:
@@ -200,7 +206,7 @@ async def _stop_now(
     except (AioresError, TimeoutError, asyncssh.Error, OSError) as exc:
         log.warning("could not stop a command on %s: %s", target.where, exc)
     finally:
-        proc.close()
+        chan.close()
 
 
 class SSHCommandRunner(SSHBase, CommandRunner):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 
-from aiores._exceptions import BadParameter
+from aiores import BadParameter
 
 __all__ = ["LIB", "command_text", "exports", "stop_script", "wrap_command"]
 

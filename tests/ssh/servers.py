@@ -162,6 +162,9 @@ class Sshd:
                     if want <= listening:
                         ready.set()
             ready.set()  # sshd ended: let start() see it
+            # Closed here, not in stop(): sessions sshd forked keep the pipe open after
+            # it exits, and closing a file another thread is reading blocks.
+            self.process.stderr.close()
 
         self._reader = threading.Thread(target=read, name=f"sshd-{self.name}", daemon=True)
         self._reader.start()
@@ -182,8 +185,6 @@ class Sshd:
                 self.process.wait(10)
         if self._reader is not None:
             self._reader.join(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
         self.process = None
 
     def log_count(self, text: str) -> int:

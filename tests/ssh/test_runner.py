@@ -12,7 +12,7 @@ import pytest
 import aiores
 from aiores_ssh import CommandTimeout
 
-from .conftest import STEP, Adaptors, FakeEnv, gone, opened, wait_until
+from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, wait_until
 from .servers import Sshd
 
 
@@ -162,3 +162,15 @@ async def test_idle_connections_are_closed(adaptors: Adaptors, sshd: Sshd) -> No
     await wait_until(lambda: runner.pool.live_connections() == 0)
     assert (await runner.run("true")).ok
     assert runner.pool.connects == 2
+
+
+@pytest.mark.asyncio
+async def test_through_a_jump_host(sshd: Sshd, sshd_permissive: Sshd, tmp_path: Path) -> None:
+    both = [str(sshd.known_hosts), str(sshd_permissive.known_hosts)]
+    ctx = sshd.context(known_hosts=both, jump_host=f"{USER}@127.0.0.1:{sshd_permissive.port}")
+    async with opened(FakeEnv(tmp_path, ctx)) as made:
+        runner = await made.runner(sshd.url())
+        results = await asyncio.gather(*(runner.run("echo $SSH_CONNECTION") for _ in range(3)))
+        # sshd sees the connection coming from the jump host's forwarding, on loopback.
+        assert all(r.ok and r.stdout.startswith("127.0.0.1 ") for r in results)
+        assert runner.pool.connects == 2  # the jump connection and the tunnelled one
