@@ -112,6 +112,8 @@ class Journal:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._dead: NoSuccess | None = None
+        self._inflight: list[_Op] = []
 
     # -- lifecycle ----------------------------------------------------------------------
     async def open(self) -> None:
@@ -135,6 +137,10 @@ class Journal:
     async def close(self) -> None:
         """Record the session's end, commit everything queued and stop the thread."""
         if self._thread is None or self._closed:
+            return
+        if self._dead is not None:
+            self._closed = True
+            await asyncio.to_thread(self._thread.join)
             return
         try:
             await self._call(
@@ -169,26 +175,45 @@ class Journal:
             return
         loop.call_soon_threadsafe(_settle, ready, None, None)
         try:
+            self._serve(db)
+        except BaseException as exc:
+            # The writer cannot go on (the disk went away...): fail what is queued and
+            # everything asked from now on, rather than leave callers waiting.
+            self._dead = NoSuccess(f"the journal {self.path} stopped: {exc!r}")
+            log.error("%s", self._dead)
+            pending: list[Any] = list(self._inflight)
             while True:
-                first = self._queue.get()
-                if first is _STOP:
-                    return
-                batch: list[_Op] = [first]  # type: ignore[list-item]
-                stop = False
-                while len(batch) < 5000:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    batch.append(item)  # type: ignore[arg-type]
-                self._commit(db, batch)
-                if stop:
-                    return
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in pending:
+                if item is not _STOP and item[1] is not None:
+                    loop.call_soon_threadsafe(_settle, item[1], None, self._dead)
         finally:
             db.close()
+
+    def _serve(self, db: sqlite3.Connection) -> None:
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch: list[_Op] = [first]  # type: ignore[list-item]
+            stop = False
+            while len(batch) < 5000:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop = True
+                    break
+                batch.append(item)  # type: ignore[arg-type]
+            self._inflight = batch
+            self._commit(db, batch)
+            self._inflight = []
+            if stop:
+                return
 
     def _commit(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
         results: list[tuple[Any, BaseException | None]] = []
@@ -197,7 +222,7 @@ class Journal:
             for fn, _ in batch:
                 results.append((fn(db), None))
             db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except Exception as exc:  # a bad op (sqlite error, an int too large...)
             if db.in_transaction:
                 db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -216,7 +241,7 @@ class Journal:
                     value = fn(db)
                     db.execute("COMMIT")
                     results.append((value, None))
-                except sqlite3.Error as exc:
+                except Exception as exc:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     log.error("journal %s: write failed: %s", self.path, exc)
@@ -235,6 +260,8 @@ class Journal:
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], wait: bool) -> asyncio.Future[Any]:
         if self._thread is None or self._closed:
             raise IncorrectState(f"journal {self.path} is not open")
+        if self._dead is not None:
+            raise self._dead
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._queue.put((fn, fut if wait else None))
@@ -267,17 +294,26 @@ class Journal:
             )
         )
 
+    def _outcome_op(
+        self, token: str, status: str, ids: Sequence[str], error: str | None
+    ) -> Callable[[sqlite3.Connection], Any]:
+        row = (status, dumps(list(ids)), error, time.time(), token)
+        return lambda db: db.execute(
+            "UPDATE intents SET status = ?, ids = ?, error = ?, finished = ? WHERE token = ?",
+            row,
+        )
+
     def outcome(
         self, token: str, status: str, ids: Sequence[str] = (), error: str | None = None
     ) -> None:
         """Record how an intent ended (queued in order, not awaited)."""
-        row = (status, dumps(list(ids)), error, time.time(), token)
-        self._post(
-            lambda db: db.execute(
-                "UPDATE intents SET status = ?, ids = ?, error = ?, finished = ? WHERE token = ?",
-                row,
-            )
-        )
+        self._post(self._outcome_op(token, status, ids, error))
+
+    async def outcome_durable(
+        self, token: str, status: str, ids: Sequence[str] = (), error: str | None = None
+    ) -> None:
+        """Record how an intent ended; returns once it is committed."""
+        await self._call(self._outcome_op(token, status, ids, error))
 
     def record_object(
         self,

@@ -120,10 +120,10 @@ class Registry:
                 return self._plugins[self._schemes[scheme]]
         try:
             module = importlib.import_module(spec.module)
-        except ImportError as exc:
+            plugin: AdaptorPlugin = module.plugin
+        except Exception as exc:  # ImportError, or a broken install
             hint = f" Install it with: pip install 'aiores[{spec.extra}]'" if spec.extra else ""
-            raise NotSupported(f"the {scheme}:// adaptor cannot load: {exc}.{hint}") from exc
-        plugin: AdaptorPlugin = module.plugin
+            raise NotSupported(f"the {scheme}:// adaptor cannot load: {exc!r}.{hint}") from exc
         with self._lock:
             if scheme in self._schemes:  # another thread won the race
                 return self._plugins[self._schemes[scheme]]

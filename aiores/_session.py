@@ -16,7 +16,7 @@ import platformdirs
 
 from ._clock import Clock, LoopClock
 from ._contexts import Context
-from ._exceptions import BadParameter, IncorrectState, NotSupported
+from ._exceptions import AioresError, BadParameter, IncorrectState, NotSupported
 from ._journal import Journal
 from ._registry import registry
 from ._url import URL
@@ -48,6 +48,9 @@ class _Default(enum.Enum):
 
 DEFAULT: Final = _Default.DEFAULT
 
+#: Seconds an adaptor may take to close when the session closes.
+ADAPTOR_CLOSE_TIMEOUT = 10.0
+
 
 def state_dir() -> Path:
     """``$AIORES_STATE_DIR``, else the platform's user state directory for aiores."""
@@ -75,7 +78,10 @@ class _Endpoint:
     def __init__(self, adaptor: Adaptor, watcher: Watcher) -> None:
         self.adaptor = adaptor
         self.watcher = watcher
-        self.opened: asyncio.Future[None] | None = None
+        self.is_open = False
+        # Held while opening: a caller cancelled or failing mid-open releases it and
+        # the next caller tries again; nobody inherits another's cancellation.
+        self.lock = asyncio.Lock()
 
 
 class Session:
@@ -106,6 +112,12 @@ class Session:
                 raise BadParameter(f"contexts must be aiores contexts, not {ctx!r}")
         if journal is not None and not isinstance(journal, (str, os.PathLike, _Default)):
             raise BadParameter(f"journal must be a path or None, not {journal!r}")
+        if (
+            isinstance(cleanup_timeout, bool)
+            or not isinstance(cleanup_timeout, (int, float))
+            or cleanup_timeout <= 0
+        ):
+            raise BadParameter(f"cleanup_timeout must be seconds > 0, not {cleanup_timeout!r}")
         self.id = "s-" + secrets.token_hex(6)
         self.contexts: tuple[Context, ...] = tuple(contexts)
         self._journal_path = journal
@@ -155,25 +167,34 @@ class Session:
             return
         self._lifecycle = _Lifecycle.CLOSED
         try:
+            # 1. Nobody waits on a closed session: waiters raise IncorrectState.
+            for endpoint in self._endpoints.values():
+                endpoint.watcher.close()
+            # 2. Background work (watchers, array feeders, probes) stops first ...
+            background = list(self._background)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # 3. ... then the cleanups of cancelled calls finish (bounded) ...
             if self._cleanups:
                 await asyncio.wait(set(self._cleanups), timeout=self.cleanup_timeout)
+            # 4. ... while the adaptors they need are still open; then each closes.
             for endpoint in self._endpoints.values():
-                if endpoint.opened is not None and endpoint.opened.done():
+                if endpoint.is_open:
                     await self._close_adaptor(endpoint.adaptor)
         finally:
             assert self._tg is not None
-            for task in list(self._background):
-                task.cancel()
             await self._tg.__aexit__(None, None, None)
             if self.journal is not None:
                 await self.journal.close()
 
     async def _close_adaptor(self, adaptor: Adaptor) -> None:
         try:
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(ADAPTOR_CLOSE_TIMEOUT):
                 await adaptor.aclose()
-        except (TimeoutError, OSError) as exc:
-            log.warning("closing %s adaptor failed: %r", adaptor.url, exc)
+        except (AioresError, TimeoutError, OSError) as exc:
+            # One adaptor failing to close must not keep the others open.
+            log.warning("closing the %s adaptor failed: %r", adaptor.url, exc)
 
     def _check_open(self) -> None:
         if self._lifecycle is _Lifecycle.UNOPENED:
@@ -236,19 +257,12 @@ class Session:
         """The endpoint's adaptor, opened (once, shared by all concurrent callers)."""
         self._check_open()
         endpoint = self._endpoint(plugin, url, kind)
-        if endpoint.opened is None:
-            endpoint.opened = asyncio.get_running_loop().create_future()
-            try:
-                await endpoint.adaptor.open()
-            except BaseException as exc:
-                # Let the next caller try again rather than inherit this failure.
-                failed, endpoint.opened = endpoint.opened, None
-                failed.set_exception(exc)
-                failed.exception()  # mark retrieved
-                raise
-            endpoint.opened.set_result(None)
-        elif not endpoint.opened.done():
-            await asyncio.shield(endpoint.opened)
+        if not endpoint.is_open:
+            async with endpoint.lock:
+                self._check_open()
+                if not endpoint.is_open:
+                    await endpoint.adaptor.open()
+                    endpoint.is_open = True
         return endpoint
 
     async def _adaptor(self, url: str | URL, kind: str, base: type[A]) -> A:
@@ -343,12 +357,16 @@ class Session:
                 raise
         try:
             result = await call(token)
+            if self.journal is not None:
+                # Durable before the caller holds the result: a crash from here on
+                # leaves a 'done' intent, never a 'pending' one whose token recovery
+                # would use to reap what the caller was given.
+                ids = [getattr(r, "id", str(r)) for r in result]
+                await self.journal.outcome_durable(token, "done", ids)
         except BaseException as exc:
             error = "cancelled" if isinstance(exc, asyncio.CancelledError) else repr(exc)
             await self._shielded_release(token, release, error)
             raise
-        if self.journal is not None:
-            self.journal.outcome(token, "done", [getattr(r, "id", str(r)) for r in result])
         return result
 
     async def _shielded_release(

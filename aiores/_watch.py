@@ -18,7 +18,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from ._clock import Clock
-from ._exceptions import AioresError, DoesNotExist, IncorrectState, NoSuccess, Timeout
+from ._exceptions import (
+    AioresError,
+    BadParameter,
+    DoesNotExist,
+    IncorrectState,
+    NoSuccess,
+    Timeout,
+)
 from ._states import JobState, ResourceState
 from .adaptor import Adaptor, JobInfo, PollPolicy, ResourceInfo
 
@@ -27,6 +34,12 @@ __all__: list[str] = []
 log = logging.getLogger("aiores.watch")
 
 S = TypeVar("S", ResourceState, JobState)
+
+#: Describes in a row that may fail transiently (connection reset, 5xx) before the
+#: waiters of the ids hear of it.
+FAILURES_BEFORE_GIVING_UP = 5
+#: Describes in a row that must leave an id out before it counts as gone.
+MISSES_BEFORE_GONE = 3
 Info = ResourceInfo | JobInfo
 
 
@@ -39,7 +52,8 @@ class Tracked(Generic[S]):
         self._state: S = state
         self._watcher = watcher
         self._native_id = native_id
-        self._waiters: set[asyncio.Future[None]] = set()
+        # Each waiter's future and the state it waits for (None: any final state).
+        self._waiters: dict[asyncio.Future[S | None], S | None] = {}
         self._interest = 0
         self._final_callbacks: list[Callable[[], None]] = []
         if native_id is not None:
@@ -78,7 +92,12 @@ class Tracked(Generic[S]):
         self._state = new  # type: ignore[assignment]
         self._on_info(info)
         self._record(old, self._state, info.state_detail)
-        self._wake(None)
+        # Tell each waiter which state came, so that a state passed within one loop
+        # iteration (RUNNING, then DONE) still counts for whoever waited for it.
+        for fut, target in self._waiters.items():
+            if not fut.done():
+                hit = target is self._state or (target is None and self._state.final)
+                fut.set_result(self._state if hit else None)
         if new.final:
             callbacks, self._final_callbacks = self._final_callbacks, []
             for callback in callbacks:
@@ -92,13 +111,14 @@ class Tracked(Generic[S]):
         else:
             self._final_callbacks.append(callback)
 
-    def _wake(self, error: BaseException | None) -> None:
+    def _wake(self, error: BaseException) -> None:
+        """Make every current waiter raise ``error``."""
         for fut in self._waiters:
             if not fut.done():
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
+                fut.set_exception(error)
+
+    def _interest_changed(self, interested: bool) -> None:
+        """Called when the first waiter arrives (True) or the last one leaves (False)."""
 
     # -- waiting ----------------------------------------------------------------------
     def _reached(self, state: S | None) -> bool:
@@ -137,7 +157,12 @@ class Tracked(Generic[S]):
         Cancelling ``wait`` changes nothing but the waiting.
         """
         if state is not None and not isinstance(state, type(self._state)):
-            raise IncorrectState(f"{self} has {type(self._state).__name__} states, not {state!r}")
+            raise BadParameter(f"{self} has {type(self._state).__name__} states, not {state!r}")
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise BadParameter(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+        self._watcher.check_open()
         self._check_reachable(state)
         if self._reached(state):
             return self._state
@@ -145,22 +170,20 @@ class Tracked(Generic[S]):
         deadline = asyncio.timeout(timeout)
         try:
             async with deadline:
-                self._interest += 1
-                if self._interest == 1 and self._native_id is not None:
-                    self._watcher.watch(self._native_id)
+                self._add_interest()
                 try:
                     while not self._reached(state):
-                        fut: asyncio.Future[None] = loop.create_future()
-                        self._waiters.add(fut)
+                        fut: asyncio.Future[S | None] = loop.create_future()
+                        self._waiters[fut] = state
                         try:
-                            await fut
+                            came = await fut
                         finally:
-                            self._waiters.discard(fut)
+                            del self._waiters[fut]
+                        if came is not None:
+                            return came
                         self._check_reachable(state)
                 finally:
-                    self._interest -= 1
-                    if self._interest == 0 and self._native_id is not None:
-                        self._watcher.unwatch(self._native_id)
+                    self._drop_interest()
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -169,6 +192,20 @@ class Tracked(Generic[S]):
                 f"{self} did not reach {target} within {timeout} s; it is {self._state.name}"
             ) from exc
         return self._state
+
+    def _add_interest(self) -> None:
+        if self._interest == 0 and self._native_id is not None:
+            self._watcher.watch(self._native_id)  # may raise: then nothing changed
+        self._interest += 1
+        if self._interest == 1:
+            self._interest_changed(True)
+
+    def _drop_interest(self) -> None:
+        self._interest -= 1
+        if self._interest == 0:
+            if self._native_id is not None:
+                self._watcher.unwatch(self._native_id)
+            self._interest_changed(False)
 
 
 class Watcher:
@@ -201,6 +238,9 @@ class Watcher:
         self._last_tick = -math.inf
         self._delay = 0.0
         self._quiet = 0  # ticks in a row that saw no change
+        self._failures = 0  # describes in a row that failed transiently
+        self._missing: dict[str, int] = {}  # id -> describes in a row that left it out
+        self._closed = False
         #: Counters for tests and benchmarks.
         self.ticks = 0
         self.describe_calls = 0
@@ -221,19 +261,32 @@ class Watcher:
         obj = self._objects.get(info.id)
         return obj._apply(info) if obj is not None else False
 
+    # -- lifecycle --------------------------------------------------------------------
+    def check_open(self) -> None:
+        if self._closed:
+            raise IncorrectState(f"the session watching {self._name} is closed")
+
+    def close(self) -> None:
+        """Stop for good: every waiter of every object raises IncorrectState."""
+        self._closed = True
+        error = IncorrectState(f"the session watching {self._name} was closed")
+        for obj in list(self._objects.values()):
+            obj._wake(error)
+
     # -- interest ---------------------------------------------------------------------
     def watch(self, native_id: str) -> None:
+        """Poll ``native_id`` until :meth:`unwatch` (raises if the session closed)."""
+        self.check_open()
+        if self._policy is not None and not self._running:
+            self._spawn(self._loop, name=f"aiores-watch {self._name}")
+            self._running = True
+            self.idle.clear()
         self._interest[native_id] = self._interest.get(native_id, 0) + 1
         if self._policy is None:
             return  # the adaptor pushes every change
         self._quiet = 0
         self._delay = self._jittered(self._policy.floor)
-        if self._running:
-            self._wake.set()
-        else:
-            self._running = True
-            self.idle.clear()
-            self._spawn(self._loop, name=f"aiores-watch {self._name}")
+        self._wake.set()
 
     def unwatch(self, native_id: str) -> None:
         count = self._interest.get(native_id, 0) - 1
@@ -241,6 +294,7 @@ class Watcher:
             self._interest[native_id] = count
         else:
             self._interest.pop(native_id, None)
+            self._missing.pop(native_id, None)
 
     # -- the polling loop -------------------------------------------------------------
     def _jittered(self, delay: float) -> float:
@@ -306,21 +360,39 @@ class Watcher:
         try:
             infos: Mapping[str, Info] = await self._adaptor.describe(ids)  # type: ignore[attr-defined]
         except (AioresError, OSError) as exc:
-            # Tell the waiters of these ids; they decide whether to wait again.
+            transient = isinstance(exc, (NoSuccess, Timeout, OSError))
+            self._failures += 1
+            if transient and self._failures < FAILURES_BEFORE_GIVING_UP:
+                log.debug(
+                    "%s: describe failed (%d in a row), retrying: %r",
+                    self._name,
+                    self._failures,
+                    exc,
+                )
+                return False
+            # A permanent error (refused credentials...), or a transient one that
+            # persisted: the waiters of these ids raise it.
             log.debug("%s: describe failed: %r", self._name, exc)
             for native_id in ids:
                 obj = self._objects.get(native_id)
                 if obj is not None:
                     obj._wake(exc)
             return False
+        self._failures = 0
         changed = False
         for native_id in ids:
             obj = self._objects.get(native_id)
             if obj is None:
                 continue
             info = infos.get(native_id)
-            if info is None:
+            if info is not None:
+                self._missing.pop(native_id, None)
+                changed = obj._apply(info) or changed
+                continue
+            # Backends are eventually consistent (an EC2 instance may be missing from
+            # a describe right after RunInstances): only a repeated absence counts.
+            misses = self._missing[native_id] = self._missing.get(native_id, 0) + 1
+            if misses >= MISSES_BEFORE_GONE:
+                del self._missing[native_id]
                 obj._wake(DoesNotExist(f"{obj} is no longer known to {self._adaptor.url}"))
-            elif obj._apply(info):
-                changed = True
         return changed

@@ -172,9 +172,43 @@ async def test_vanished_resource_raises_does_not_exist(
     vm = await session.manager("fake://").acquire(DESC)
     del fake.cloud.resources[vm.native_id]
     waiter = asyncio.ensure_future(vm.wait(ResourceState.ACTIVE))
-    # The first describe is immediate: no tick needed.
+    # Backends are eventually consistent: one absence is not enough, three are.
+    for _ in range(2):
+        await tick(clock)
+    assert not waiter.done()
     with pytest.raises(aiores.DoesNotExist, match="no longer known"):
         await waiter
+    assert fake.cloud.describe_calls == [1, 1, 1]
+
+
+@pytest.mark.asyncio
+async def test_transient_describe_errors_are_retried(
+    session: aiores.Session, fake: FakePlugin, clock: FakeClock
+) -> None:
+    vm = await session.manager("fake://").acquire(DESC)
+    fake.cloud.describe_error = aiores.ConnectionLost("connection reset")
+    waiter = asyncio.ensure_future(vm.wait(ResourceState.ACTIVE))
+    for _ in range(3):
+        await tick(clock)
+    assert not waiter.done()  # three failures so far: still waiting
+    fake.cloud.describe_error = None
+    fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE)
+    assert await waiter is ResourceState.ACTIVE  # the describe the last tick woke
+    assert len(fake.cloud.describe_calls) == 4
+
+
+@pytest.mark.asyncio
+async def test_persistent_transient_errors_reach_waiters(
+    session: aiores.Session, fake: FakePlugin, clock: FakeClock
+) -> None:
+    vm = await session.manager("fake://").acquire(DESC)
+    fake.cloud.describe_error = aiores.ConnectionLost("connection reset")
+    waiter = asyncio.ensure_future(vm.wait(ResourceState.ACTIVE))
+    for _ in range(4):
+        await tick(clock)
+    with pytest.raises(aiores.ConnectionLost):
+        await waiter
+    assert len(fake.cloud.describe_calls) == 5
 
 
 @pytest.mark.asyncio
