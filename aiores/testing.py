@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses aiores.
+"""Helpers for testing code that uses aiores: a fake clock and a simulated cloud.
 
 :class:`FakeClock` replaces the session's clock so that time-based logic (the watcher's
 poll interval and backoff) runs deterministically without sleeping::
@@ -8,15 +8,46 @@ poll interval and backoff) runs deterministically without sleeping::
         ...
         await clock.wait_for_sleepers()   # the watcher is waiting for its next tick
         clock.advance(1.0)                # ... which is now due
+
+A simulated cloud for a whole test session: in the suite's ``conftest.py``::
+
+    pytest_plugins = ["aiores.testing"]
+
+then use the ``aiores_sim_cloud`` fixture (session-scoped: one cloud process; every
+``sim://`` manager reaches it; it is stopped at the end and must leave nothing)::
+
+    @pytest.mark.asyncio
+    async def test_boot(aiores_sim_cloud):
+        async with aiores.Session() as session:
+            vm = await session.manager("sim://?boot_delay=0.1").acquire(desc)
+            ...
+
+:func:`start_sim_cloud` and :class:`SimCloudProcess` do the same by hand.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-__all__ = ["FakeClock"]
+try:
+    import pytest
+except ImportError:  # the fixtures need pytest; the rest does not
+    pytest = None  # type: ignore[assignment]
+
+__all__ = ["FakeClock", "SimCloudProcess", "start_sim_cloud"]
+if pytest is not None:
+    __all__ += ["aiores_sim_cloud"]
 
 
 class FakeClock:
@@ -77,3 +108,136 @@ class FakeClock:
         step = max(0.0, deadline - self._now)
         self.advance(step)
         return step
+
+
+# -- the simulated cloud for test suites -------------------------------------------------
+
+
+class SimCloudProcess:
+    """A sim cloud process serving ``directory`` (see :func:`start_sim_cloud`).
+
+    Code under test reaches it while ``$AIORES_SIM_DIR`` names ``directory`` (the
+    :func:`aiores_sim_cloud` fixture sets it for the whole test session).
+    """
+
+    def __init__(self, directory: Path, pid: int) -> None:
+        self.directory = directory
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"<aiores.testing.SimCloudProcess {self.directory} pid {self.pid}>"
+
+    def alive(self) -> bool:
+        """True while the cloud process runs."""
+        return _alive(self.pid)
+
+    def leftovers(self) -> list[str]:
+        """What is left of the cloud: its process, VM processes, its socket (ideally none)."""
+        from aiores_sim._protocol import socket_path
+        from aiores_sim._vm import MARKER
+
+        found = []
+        if self.alive():
+            found.append(f"the cloud process {self.pid}")
+        found.extend(f"VM process {pid}" for pid in _marked_processes(MARKER.encode()))
+        if socket_path(self.directory).exists():
+            found.append(f"the control socket {socket_path(self.directory)}")
+        return found
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop it (every VM ends, its processes are killed, its disks removed).
+
+        Blocking: call it outside the event loop (fixtures' teardown is).
+
+        Raises:
+            TimeoutError: it did not exit within ``timeout`` seconds.
+        """
+        from aiores_sim._protocol import socket_path
+
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(socket_path(self.directory)))
+                sock.sendall(b'{"id":1,"op":"shutdown","args":{}}\n')
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        pass  # until the cloud closes the connection
+        except OSError:
+            if self.alive():
+                os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the sim cloud {self.pid} did not stop in {timeout} s")
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return b") Z " not in handle.read()
+    except OSError:
+        return False
+
+
+def _marked_processes(marker: bytes) -> list[int]:
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                entries = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if any(entry.startswith(marker + b"=") for entry in entries) and _alive(int(name)):
+            pids.append(int(name))
+    return pids
+
+
+def start_sim_cloud(directory: str | os.PathLike[str]) -> SimCloudProcess:
+    """Start a sim cloud process serving ``directory`` (blocking; outside the loop).
+
+    Raises:
+        RuntimeError: it did not start (with what it said).
+    """
+    path = Path(directory).absolute()
+    done = subprocess.run(
+        [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(path)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).decode(errors="replace").strip()
+        raise RuntimeError(f"the sim cloud in {path} did not start: {said}")
+    pid = int((path / "cloud.pid").read_text().strip())
+    return SimCloudProcess(path, pid)
+
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def aiores_sim_cloud(
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> Iterator[SimCloudProcess]:
+        """A sim cloud for the whole test session; ``sim://`` reaches it.
+
+        Use it from a conftest.py with ``pytest_plugins = ["aiores.testing"]``. It sets
+        ``$AIORES_SIM_DIR`` for the session, and at the end stops the cloud and fails
+        if anything of it is left (a process, a socket).
+        """
+        directory = tmp_path_factory.mktemp("aiores-sim")
+        cloud = start_sim_cloud(directory)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AIORES_SIM_DIR", str(cloud.directory))
+            try:
+                yield cloud
+            finally:
+                cloud.stop()
+        left = cloud.leftovers()
+        assert not left, f"the sim cloud left: {left}"

@@ -1,0 +1,204 @@
+"""The ``sim://`` resource manager: the client side of the simulated cloud.
+
+Every request is one line on the cloud's control socket; the cloud pushes each VM
+change to the adaptor, which publishes it at once (no polling delay). The session's
+watcher still polls with one batched ``describe`` per tick, as a safety net, at a
+slow pace (:attr:`SimResourceAdaptor.poll`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiores import (
+    BadParameter,
+    ComputeDescription,
+    IncorrectState,
+    IncorrectURL,
+    NoSuccess,
+    NotSupported,
+    SSHContext,
+    StorageDescription,
+)
+from aiores.adaptor import (
+    URL,
+    AdaptorEnv,
+    Image,
+    PollPolicy,
+    ResourceAdaptor,
+    ResourceInfo,
+    Template,
+)
+
+from ._client import CloudClient
+from ._keys import authorized_keys
+from ._options import Faults, parse_faults, user_data_faults
+from ._protocol import cloud_dir, info_from_json
+
+__all__ = ["SimResourceAdaptor", "url_faults"]
+
+LOOPBACK = "127.0.0.1"
+
+
+def url_faults(url: URL) -> Faults:
+    """The faults a ``sim://`` URL asks for (its query).
+
+    Raises:
+        IncorrectURL: the URL names a host other than localhost, or an unknown option.
+    """
+    if url.host not in ("", "localhost", LOOPBACK):
+        raise IncorrectURL(f"{url}: the simulated cloud runs on this machine; use sim://")
+    try:
+        return parse_faults(url.query)
+    except BadParameter as exc:
+        raise IncorrectURL(f"{url}: {exc}") from None
+
+
+class SimResourceAdaptor(ResourceAdaptor):
+    """VMs of the simulated cloud (``sim://``, fault options in the query)."""
+
+    poll = PollPolicy(floor=2.0, ceiling=10.0, backoff=1.5, jitter=0.1, batch=2000)
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        super().__init__(url, env)
+        self.faults = url_faults(url)
+        self.directory: Path = cloud_dir(env.state_dir)
+        self._client: CloudClient | None = None
+        self._user = ""
+        self._keys = ""
+        self._closed = False
+
+    # -- connection -------------------------------------------------------------------
+    async def open(self) -> None:
+        """Find the cloud (starting it if none runs), subscribe to VM changes.
+
+        Raises:
+            NoSuccess: the cloud could not be started or reached.
+            DoesNotExist, AuthenticationFailed: a key file of the SSH context is
+                missing or unreadable.
+        """
+        ctx = self.env.context(SSHContext, LOOPBACK)
+        self._user = (ctx.user if ctx is not None else None) or getpass.getuser()
+        key_files = ctx.key_files if ctx is not None else None
+        passphrase = ctx.passphrase if ctx is not None else None
+        self._keys, _ = await asyncio.to_thread(
+            authorized_keys, self.env.state_dir, key_files, passphrase
+        )
+
+        def spawn(fn: Callable[[], Awaitable[None]], name: str) -> None:
+            self.env.spawn(fn, name=name)
+
+        self._client = CloudClient(self.directory, on_event=self._on_event, spawn=spawn)
+        await self._client.call("subscribe")
+
+    def _on_event(self, data: Mapping[str, Any]) -> None:
+        self.publish(info_from_json(data))
+
+    async def aclose(self) -> None:
+        """Close the control connection; the cloud and its VMs go on."""
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def _call(self, op: str, args: Mapping[str, Any] | None = None, *, start: bool) -> Any:
+        if self._closed:
+            raise IncorrectState(f"the {self.url} resource manager is closed")
+        if self._client is None:
+            await self.open()
+        assert self._client is not None
+        return await self._client.call(op, args, start=start)
+
+    # -- the ResourceAdaptor contract -------------------------------------------------
+    async def acquire(
+        self,
+        description: ComputeDescription | StorageDescription,
+        count: int,
+        token: str,
+    ) -> Sequence[ResourceInfo]:
+        """Start ``count`` VMs; they come back PENDING with access URL and host key.
+
+        Faults come from the URL, overridden by ``#sim:`` lines of the user data.
+
+        Raises:
+            NotSupported: a StorageDescription (the sim cloud has VMs only).
+            DoesNotExist: an unknown image or template (the message lists them).
+            BadParameter: bad faults in the user data, or a size no template has.
+            ConnectionLost, NoSuccess: the cloud went away or could not start.
+
+        If cancelled, the VMs may still be made: :meth:`find` with ``token`` finds them.
+        """
+        if not isinstance(description, ComputeDescription):
+            raise NotSupported("sim:// offers compute resources (VMs) only, no storage")
+        faults = parse_faults(user_data_faults(description.user_data), self.faults)
+        args = {
+            "count": count,
+            "token": token,
+            "image": description.image,
+            "template": description.template,
+            "cpus": description.cpus,
+            "memory": description.memory,
+            "tags": sorted(description.tags),
+            "duration": description.duration,
+            "user_data": description.user_data,
+            "user": self._user,
+            "authorized_keys": self._keys,
+            "faults": faults.to_json(),
+        }
+        result = await self._call("acquire", args, start=True)
+        return [info_from_json(item) for item in result]
+
+    async def find(self, token: str) -> Sequence[ResourceInfo]:
+        """VMs made under ``token`` that have not ended."""
+        return [info_from_json(i) for i in await self._gone_ok("find", {"token": token}, [])]
+
+    async def destroy(self, ids: Sequence[str]) -> None:
+        """End the VMs (CANCELED); returns once their processes and disks are gone."""
+        if ids:
+            await self._gone_ok("destroy", {"ids": list(ids)}, None)
+
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
+        """The record of each known VM (one request for all ``ids``)."""
+        result = await self._gone_ok("describe", {"ids": list(ids)}, {})
+        return {vm_id: info_from_json(data) for vm_id, data in result.items()}
+
+    async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
+        """VMs not ended that carry all ``tags``."""
+        return [info_from_json(i) for i in await self._gone_ok("list", {"tags": sorted(tags)}, [])]
+
+    async def _gone_ok(self, op: str, args: Mapping[str, Any], empty: Any) -> Any:
+        """Ask the cloud without starting one: no cloud means no VMs."""
+        try:
+            return await self._call(op, args, start=False)
+        except NoSuccess as exc:
+            if self._client is not None and not self._client.connected:
+                return empty  # no cloud runs: everything it had is gone
+            raise exc
+
+    async def list_templates(self) -> Sequence[Template]:
+        """The VM sizes: tiny, small (the default), medium, large, xlarge."""
+        result = await self._call("templates", start=True)
+        return [Template(name=t["name"], cpus=t["cpus"], memory=t["memory"]) for t in result]
+
+    async def list_images(self) -> Sequence[Image]:
+        """The images (all run this host's userland; the name is a label)."""
+        result = await self._call("images", start=True)
+        return [Image(name=i["name"], description=i["description"]) for i in result]
+
+    # -- fault injection ----------------------------------------------------------------
+    async def rekey(self, id: str) -> str:
+        """Make an ACTIVE VM answer with a new host key (not the published one).
+
+        Its connections drop; clients that pinned the published key refuse it from
+        then on. Returns the new public key.
+
+        Raises:
+            DoesNotExist: no such VM.
+            IncorrectState: it is not ACTIVE.
+        """
+        result = await self._call("rekey", {"id": id}, start=False)
+        return str(result["host_key"])

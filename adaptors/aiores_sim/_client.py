@@ -1,0 +1,284 @@
+"""Finding, starting, talking to and stopping the cloud process of a directory.
+
+The cloud is started on demand as ``python -m aiores_sim.server --daemon``: that
+launcher forks the cloud into a session of its own (so it outlives the client and
+its terminal) and exits once the cloud listens, so starting it is one awaited
+subprocess, never a blocking call on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from aiores import ConnectionLost, NoSuccess
+
+from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
+
+__all__ = ["CloudClient", "cloud_pid", "start_cloud", "stop_cloud"]
+
+log = logging.getLogger("aiores.sim")
+
+#: Seconds starting the cloud process may take.
+START_TIMEOUT = 30.0
+#: Seconds a connection attempt keeps retrying while another process starts the cloud.
+CONNECT_PATIENCE = 10.0
+
+Spawner = Callable[[Callable[[], Awaitable[None]], str], None]
+
+
+async def _open(directory: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    path = await asyncio.to_thread(socket_path, directory)
+    return await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+
+
+async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> None:
+    """Start the cloud process of ``directory`` (returns once it listens).
+
+    Another process starting it at the same time is not an error: one of them wins.
+
+    Raises:
+        NoSuccess: it did not start (the message carries what it said).
+        Timeout: it took longer than :data:`START_TIMEOUT`.
+
+    Cancelling it leaves the launcher to finish on its own (the cloud may still come up).
+    """
+    argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(directory)]
+    if idle_exit is not None:
+        argv += ["--idle-exit", str(idle_exit)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        from aiores import Timeout
+
+        raise Timeout(f"the sim cloud in {directory} did not start in {START_TIMEOUT} s") from None
+    if proc.returncode != 0:
+        said = (err or out).decode(errors="replace").strip()
+        raise NoSuccess(f"the sim cloud in {directory} did not start: {said}")
+
+
+async def cloud_pid(directory: Path) -> int | None:
+    """The pid in the cloud's pid file, if that process is alive and is a sim cloud."""
+
+    def read() -> int | None:
+        try:
+            pid = int((directory / "cloud.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"aiores_sim.server" in cmdline else None
+
+    return await asyncio.to_thread(read)
+
+
+async def _gone(pid: int, timeout: float) -> bool:
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            # A process we did not start ends: there is no event to await for it.
+            await asyncio.sleep(0.02)
+
+
+async def stop_cloud(directory: Path, *, timeout: float = 60.0) -> bool:
+    """Stop the cloud of ``directory`` (every VM ends); False if none was running.
+
+    Asks it over the control socket; if it does not answer, sends SIGTERM to the pid
+    in its pid file (after checking that the process is a sim cloud). Returns once
+    the process has exited.
+
+    Raises:
+        Timeout: it did not exit within ``timeout`` seconds.
+    """
+    from aiores import Timeout
+
+    pid = await cloud_pid(directory)
+    try:
+        client = CloudClient(directory)
+        await client.connect(start=False)
+        try:
+            async with asyncio.timeout(timeout):
+                answer = await client.call("shutdown")
+            pid = int(answer["pid"]) if isinstance(answer, dict) else pid
+        finally:
+            await client.close()
+    except (NoSuccess, ConnectionLost, OSError, TimeoutError):
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if pid is None:
+        return True
+    try:
+        await _gone(pid, timeout)
+    except TimeoutError:
+        raise Timeout(f"the sim cloud (pid {pid}) did not stop within {timeout} s") from None
+    return True
+
+
+class CloudClient:
+    """One control connection to the cloud of ``directory``.
+
+    Args:
+        directory: The cloud's directory.
+        on_event: Called with each VM record the cloud pushes (after ``subscribe``).
+        spawn: Runs the connection's reader in the caller's task group (default: a
+            task this object owns).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        on_event: Callable[[Mapping[str, Any]], None] | None = None,
+        spawn: Spawner | None = None,
+    ) -> None:
+        self.directory = directory
+        self._on_event = on_event
+        self._spawn = spawn
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribed = False
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self, *, start: bool = True) -> None:
+        """Connect, starting the cloud first if none runs and ``start`` is true.
+
+        Raises:
+            NoSuccess: no cloud runs (and ``start`` is false), or it could not start.
+        """
+        async with self._lock:
+            if self.connected:
+                return
+            if self._closed:
+                raise NoSuccess("this sim cloud client is closed")
+            try:
+                reader, writer = await _open(self.directory)
+            except (FileNotFoundError, ConnectionRefusedError):
+                if not start:
+                    raise NoSuccess(f"no sim cloud runs in {self.directory}") from None
+                await start_cloud(self.directory)
+                reader, writer = await self._patient_open()
+            self._writer = writer
+            self._run_reader(reader, writer)
+            if self._subscribed:
+                await self._request("subscribe", {})
+
+    async def _patient_open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        delay = 0.01
+        async with asyncio.timeout(CONNECT_PATIENCE):
+            while True:
+                try:
+                    return await _open(self.directory)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    # Another process's cloud holds the lock and is about to listen.
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+
+    def _run_reader(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def read() -> None:
+            await self._read(reader, writer)
+
+        if self._spawn is not None:
+            self._spawn(read, f"aiores-sim-control {self.directory}")
+        else:
+            task = asyncio.ensure_future(read())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if "event" in message:
+                    if self._on_event is not None and message.get("event") == "vm":
+                        self._on_event(message["vm"])
+                    continue
+                fut = self._pending.pop(message.get("id"), None)
+                if fut is None or fut.done():
+                    continue  # its caller was cancelled
+                if message.get("ok"):
+                    fut.set_result(message.get("result"))
+                else:
+                    fut.set_exception(decode_error(message))
+        except (ConnectionError, ValueError) as exc:
+            log.warning("sim cloud connection broke: %r", exc)
+        finally:
+            if self._writer is writer:
+                self._writer = None
+            writer.close()
+            lost = ConnectionLost(f"the sim cloud in {self.directory} closed the connection")
+            pending, self._pending = self._pending, {}
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(lost)
+
+    async def call(
+        self, op: str, args: Mapping[str, Any] | None = None, *, start: bool = True
+    ) -> Any:
+        """Send one request and await its answer (connecting first if needed).
+
+        Raises:
+            The aiores error the cloud answered with; ConnectionLost if the connection
+            broke first; NoSuccess if no cloud runs and ``start`` is false.
+
+        Cancelling it abandons the answer; what the cloud does with the request goes on.
+        """
+        if not self.connected:
+            await self.connect(start=start)
+        if op == "subscribe":
+            self._subscribed = True
+        return await self._request(op, dict(args or {}))
+
+    async def _request(self, op: str, args: dict[str, Any]) -> Any:
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ConnectionLost(f"the sim cloud in {self.directory} closed the connection")
+        request_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = fut
+        try:
+            writer.write(encode({"id": request_id, "op": op, "args": args}))
+            await writer.drain()
+            return await fut
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def close(self) -> None:
+        """Close the connection (the cloud and its VMs go on)."""
+        self._closed = True
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

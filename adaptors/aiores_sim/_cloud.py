@@ -1,0 +1,475 @@
+"""The simulated cloud: VMs, their lifecycles and the control socket (one per directory).
+
+:class:`Cloud` runs in the cloud process (``python -m aiores_sim.server``) or, for
+tests, in-process. It holds a lock file for its whole life, so at most one cloud
+serves a directory; clients talk to it over the control socket (see
+:mod:`aiores_sim._protocol`) and are told of every VM change at once.
+
+A VM is PENDING from its acquire until its boot delay has passed, then ACTIVE (its
+SSH server answers), and ends CANCELED (destroyed), EXPIRED (its duration ran out,
+or it was preempted) or FAILED (an injected boot failure or death). Ended VMs are
+torn down in batches: servers closed, every process they started killed, disks
+removed; their records stay for describe (the newest ``keep_ended`` of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import random
+import secrets
+import shutil
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import asyncssh
+
+from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSuccess
+from aiores import ResourceState as S
+
+from ._options import IMAGES, TEMPLATES, Faults, choose_template
+from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
+from ._vm import VM, VMSpec, kill_marked, prepare
+
+__all__ = ["Cloud", "CloudRunning"]
+
+log = logging.getLogger("aiores.sim")
+
+#: Most VMs one acquire may ask for.
+MAX_COUNT = 10000
+
+
+class CloudRunning(NoSuccess):
+    """Another cloud already serves this directory."""
+
+
+class Cloud:
+    """A simulated cloud serving ``directory`` (start with :meth:`start`).
+
+    Args:
+        directory: Where its lock, pid file, socket and VM disks live.
+        idle_exit: Stop after this many seconds with no live VM and no client
+            connected (None: never).
+        keep_ended: How many ended VM records stay answerable by describe.
+    """
+
+    def __init__(
+        self, directory: Path, *, idle_exit: float | None = None, keep_ended: int = 10000
+    ) -> None:
+        self.directory = directory.absolute()
+        self.idle_exit = idle_exit
+        self.keep_ended = keep_ended
+        self.vms: dict[str, VM] = {}
+        self._ended: deque[str] = deque()
+        self._lock: IO[bytes] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._socket: Path | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._subscribers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._doomed: list[VM] = []
+        self._reap = asyncio.Event()
+        self._idle_since = time.monotonic()
+        self.stopped = asyncio.Event()
+        self._stopping = False
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Take the directory's lock and listen on the control socket.
+
+        Raises:
+            CloudRunning: another cloud holds the lock.
+            NoSuccess: the directory or socket cannot be made.
+        """
+        self._lock, self._socket = await asyncio.to_thread(self._claim)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self._socket), limit=LINE_LIMIT
+            )
+            await asyncio.to_thread(self._announce)
+        except BaseException:
+            await self._release()
+            raise
+        self._spawn(self._reaper(), "reaper")
+        if self.idle_exit is not None:
+            self._spawn(self._idle_watch(self.idle_exit), "idle watch")
+        log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
+
+    def _claim(self) -> tuple[IO[bytes], Path]:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.directory / "vms").mkdir(mode=0o700, exist_ok=True)
+        lock = open(self.directory / "cloud.lock", "ab")  # noqa: SIM115 (held for the cloud's life)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise CloudRunning(f"a sim cloud already serves {self.directory}") from None
+        path = socket_path(self.directory)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # stale: its cloud is gone (we hold the lock)
+        # What a crashed cloud left behind belongs to no VM any more.
+        stale = list((self.directory / "vms").iterdir())
+        _wipe({path.name for path in stale}, stale)
+        return lock, path
+
+    def _announce(self) -> None:
+        assert self._socket is not None
+        os.chmod(self._socket, 0o600)
+        pid_file = self.directory / "cloud.pid"
+        tmp = pid_file.with_suffix(".tmp")
+        tmp.write_text(f"{os.getpid()}\n")
+        tmp.replace(pid_file)
+
+    async def __aenter__(self) -> Cloud:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def serve(self) -> None:
+        """Run until :meth:`stop` (or a ``shutdown`` request) has finished."""
+        await self.stopped.wait()
+
+    async def stop(self) -> None:
+        """End every VM (CANCELED), tear them all down, close clients, release the lock."""
+        if self._stopping:
+            await self.stopped.wait()
+            return
+        self._stopping = True
+        try:
+            if self._server is not None:
+                self._server.close()
+            gone = [self._end(vm, S.CANCELED, "the cloud stopped") for vm in self.vms.values()]
+            waits = [vm.gone.wait() for vm in self.vms.values() if not vm.gone.is_set()]
+            del gone
+            if waits:
+                async with asyncio.timeout(60):
+                    await asyncio.gather(*waits)
+        finally:
+            for writer in list(self._clients):
+                writer.close()
+            others = self._tasks - {asyncio.current_task()}
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            await self._release()
+            self.stopped.set()
+            log.info("sim cloud %s stopped", self.directory)
+
+    async def _release(self) -> None:
+        def remove() -> None:
+            if self._socket is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self._socket.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / "cloud.pid").unlink()
+            if self._lock is not None:
+                self._lock.close()  # releases the flock
+
+        await asyncio.to_thread(remove)
+        self._lock = None
+
+    def _spawn(self, coro: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+
+        def done(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("sim cloud: %s failed", what, exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
+
+    async def _idle_watch(self, idle_exit: float) -> None:
+        while True:
+            await asyncio.sleep(min(max(idle_exit / 4, 0.05), 30.0))
+            busy = self._clients or any(not vm.state.final for vm in self.vms.values())
+            if busy:
+                self._idle_since = time.monotonic()
+            elif time.monotonic() - self._idle_since >= idle_exit:
+                log.info("sim cloud idle for %.0f s: stopping", idle_exit)
+                self._spawn(self.stop(), "stop")
+                return
+
+    # -- VM lifecycles ----------------------------------------------------------------
+    def _changed(self, vm: VM) -> None:
+        if not self._subscribers:
+            return
+        line = encode({"event": "vm", "vm": vm.to_json()})
+        for writer in list(self._subscribers):
+            if writer.is_closing():
+                self._subscribers.discard(writer)
+            else:
+                writer.write(line)
+
+    def _end(self, vm: VM, state: S, detail: str) -> asyncio.Event:
+        """Move ``vm`` to a final state and queue its teardown; returns its ``gone`` event."""
+        if vm.state.final:
+            return vm.gone
+        vm.set_state(state, detail)
+        current = asyncio.current_task()
+        for task in list(vm.tasks):
+            if task is not current:
+                task.cancel()
+        vm.close_server()
+        vm.kill_processes()
+        self._doomed.append(vm)
+        self._reap.set()
+        self._ended.append(vm.id)
+        while len(self._ended) > self.keep_ended:
+            self.vms.pop(self._ended.popleft(), None)
+        return vm.gone
+
+    async def _reaper(self) -> None:
+        """Tear ended VMs down in batches: one /proc scan for many VMs."""
+        while True:
+            await self._reap.wait()
+            self._reap.clear()
+            batch, self._doomed = self._doomed, []
+            if not batch:
+                continue
+            ids = {vm.id for vm in batch}
+            disks = [vm.disk for vm in batch]
+            try:
+                await asyncio.to_thread(_wipe, ids, disks)
+            finally:
+                for vm in batch:
+                    vm.gone.set()
+
+    async def _life(self, vm: VM) -> None:
+        faults = vm.spec.faults
+        await asyncio.sleep(faults.boot_delay.draw(vm.rng))
+        if vm.rng.random() < faults.boot_failure:
+            self._end(vm, S.FAILED, "boot failed (injected fault)")
+            return
+        impostor = None
+        if vm.rng.random() < faults.wrong_host_key:
+            impostor = asyncssh.generate_private_key("ssh-ed25519")
+        await vm.listen(impostor)
+        if not vm.set_state(S.ACTIVE, "running"):
+            return
+        timeline: list[tuple[float, str]] = []
+        if faults.die_after is not None:
+            timeline.append((faults.die_after, "die"))
+        if faults.preempt_after is not None:
+            timeline.append((faults.preempt_after, "notice"))
+            timeline.append((faults.preempt_after + faults.preempt_notice, "preempt"))
+        elapsed = 0.0
+        for at, what in sorted(timeline):
+            await asyncio.sleep(max(0.0, at - elapsed))
+            elapsed = at
+            if what == "die":
+                self._end(vm, S.FAILED, "the VM died (injected fault)")
+                return
+            if what == "notice":
+                notice = faults.preempt_notice
+                vm.set_state(
+                    S.ACTIVE,
+                    "preempting",
+                    preempt_at=time.time() + notice,
+                    preempt_notice=notice,
+                )
+            else:
+                self._end(vm, S.EXPIRED, "preempted")
+                return
+
+    async def _expire(self, vm: VM, duration: float) -> None:
+        await asyncio.sleep(duration)
+        self._end(vm, S.EXPIRED, f"expired (duration {duration:g} s)")
+
+    # -- the control socket -----------------------------------------------------------
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        self._idle_since = time.monotonic()
+        try:
+            while line := await reader.readline():
+                try:
+                    message = json.loads(line)
+                    if not isinstance(message, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    writer.write(encode_error(None, BadParameter(f"bad request line: {exc}")))
+                    continue
+                self._spawn(self._answer(message, writer), f"request {message.get('op')!r}")
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line over the limit
+            log.warning("sim cloud: dropping a client: %r", exc)
+        finally:
+            self._clients.discard(writer)
+            self._subscribers.discard(writer)
+            self._idle_since = time.monotonic()
+            writer.close()
+
+    async def _answer(self, message: Mapping[str, Any], writer: asyncio.StreamWriter) -> None:
+        request_id = message.get("id")
+        op = message.get("op")
+        args = message.get("args") or {}
+        handler: Callable[[Mapping[str, Any]], Awaitable[Any]] | None = getattr(
+            self, f"op_{op}", None
+        )
+        try:
+            if handler is None or not isinstance(op, str) or not isinstance(args, dict):
+                raise BadParameter(f"the sim cloud has no operation {op!r}")
+            if op == "subscribe":
+                self._subscribers.add(writer)
+            result = await handler(args)
+            line = encode({"id": request_id, "ok": True, "result": result})
+        except AioresError as exc:
+            line = encode_error(request_id, exc)
+        except Exception as exc:
+            log.exception("sim cloud: %s failed", op)
+            line = encode_error(request_id, NoSuccess(f"the sim cloud failed: {exc!r}"))
+        if not writer.is_closing():
+            writer.write(line)
+        if op == "shutdown":
+            self._spawn(self.stop(), "stop")
+
+    # -- operations (op_<name>: args -> JSON result) ----------------------------------
+    async def op_hello(self, args: Mapping[str, Any]) -> Any:
+        live = sum(not vm.state.final for vm in self.vms.values())
+        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "vms": live}
+
+    async def op_subscribe(self, args: Mapping[str, Any]) -> Any:
+        return None
+
+    async def op_acquire(self, args: Mapping[str, Any]) -> Any:
+        if self._stopping:
+            raise IncorrectState("the sim cloud is stopping")
+        count = args.get("count")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
+        spec = _spec(args)
+        seed = spec.faults.seed
+        ids = [self._new_id() for _ in range(count)]
+        made = await asyncio.to_thread(
+            prepare, self.directory / "vms", [(spec, vm_id) for vm_id in ids]
+        )
+        vms = []
+        for index, item in enumerate(made):
+            rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
+            vm = VM(
+                item.id, spec, item.disk, item.port, item.host_key, item.sock, self._changed, rng
+            )
+            self.vms[vm.id] = vm
+            vms.append(vm)
+        for vm in vms:
+            vm.tasks.add(self._spawn(self._life(vm), f"life of {vm.id}"))
+            if spec.duration is not None:
+                vm.tasks.add(self._spawn(self._expire(vm, spec.duration), f"expiry of {vm.id}"))
+            self._changed(vm)
+        return [vm.to_json() for vm in vms]
+
+    def _new_id(self) -> str:
+        while True:
+            vm_id = "vm-" + secrets.token_hex(5)
+            if vm_id not in self.vms:
+                return vm_id
+
+    async def op_describe(self, args: Mapping[str, Any]) -> Any:
+        ids = _str_list(args, "ids")
+        return {i: self.vms[i].to_json() for i in ids if i in self.vms}
+
+    async def op_find(self, args: Mapping[str, Any]) -> Any:
+        token = args.get("token")
+        return [
+            vm.to_json()
+            for vm in self.vms.values()
+            if vm.spec.token == token and not vm.state.final
+        ]
+
+    async def op_list(self, args: Mapping[str, Any]) -> Any:
+        tags = set(_str_list(args, "tags"))
+        return [
+            vm.to_json() for vm in self.vms.values() if not vm.state.final and tags <= vm.spec.tags
+        ]
+
+    async def op_destroy(self, args: Mapping[str, Any]) -> Any:
+        ids = _str_list(args, "ids")
+        waits = [
+            self._end(self.vms[i], S.CANCELED, "terminated").wait() for i in ids if i in self.vms
+        ]
+        if waits:
+            await asyncio.gather(*waits)
+        return None
+
+    async def op_templates(self, args: Mapping[str, Any]) -> Any:
+        return [{"name": t.name, "cpus": t.cpus, "memory": t.memory} for t in TEMPLATES]
+
+    async def op_images(self, args: Mapping[str, Any]) -> Any:
+        return [{"name": i.name, "description": i.description} for i in IMAGES]
+
+    async def op_rekey(self, args: Mapping[str, Any]) -> Any:
+        """Fault injection: the VM answers with a new host key (not the published one)."""
+        vm = self.vms.get(str(args.get("id")))
+        if vm is None:
+            raise DoesNotExist(f"the sim cloud has no VM {args.get('id')!r}")
+        if vm.state is not S.ACTIVE:
+            raise IncorrectState(f"VM {vm.id} is {vm.state.name}, not ACTIVE")
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        vm.close_server()
+        await vm.listen(key)
+        return {"host_key": key.export_public_key().decode().strip()}
+
+    async def op_shutdown(self, args: Mapping[str, Any]) -> Any:
+        return {"pid": os.getpid()}
+
+
+def _wipe(ids: set[str], disks: list[Path]) -> None:
+    kill_marked(ids)
+    for disk in disks:
+        shutil.rmtree(disk, ignore_errors=True)
+
+
+def _str_list(args: Mapping[str, Any], name: str) -> list[str]:
+    value = args.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadParameter(f"{name} must be a list of str")
+    return value
+
+
+def _spec(args: Mapping[str, Any]) -> VMSpec:
+    from aiores.adaptor import Image
+
+    image_name = args.get("image") or "sim-linux"
+    image = next((i for i in IMAGES if i.name == image_name), None)
+    if image is None:
+        known = ", ".join(i.name for i in IMAGES)
+        raise DoesNotExist(f"sim:// has no image {image_name!r}; it has: {known}")
+    assert isinstance(image, Image)
+    template = choose_template(args.get("template"), args.get("cpus"), args.get("memory"))
+    keys = args.get("authorized_keys")
+    if not isinstance(keys, str) or not keys.strip():
+        raise BadParameter("acquire needs the client's public keys (authorized_keys)")
+    try:
+        asyncssh.import_authorized_keys(keys)
+    except (ValueError, asyncssh.KeyImportError) as exc:
+        raise BadParameter(f"the client's public keys cannot be read: {exc}") from None
+    user = args.get("user")
+    if not isinstance(user, str) or not user or "@" in user or "/" in user:
+        raise BadParameter(f"a login name must be a plain non-empty str, not {user!r}")
+    duration = args.get("duration")
+    if duration is not None and (not isinstance(duration, (int, float)) or duration <= 0):
+        raise BadParameter(f"duration must be positive seconds, not {duration!r}")
+    tags = args.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadParameter("tags must be a list of str")
+    user_data = args.get("user_data")
+    return VMSpec(
+        token=str(args.get("token") or ""),
+        user=user,
+        template=template,
+        image=image,
+        tags=frozenset(tags),
+        duration=float(duration) if duration is not None else None,
+        user_data=user_data if isinstance(user_data, str) else None,
+        authorized_keys=keys,
+        faults=Faults.from_json(args.get("faults") or {}),
+    )

@@ -1,0 +1,386 @@
+"""One simulated VM inside the cloud process: an asyncssh server on its own port.
+
+A VM's "disk" is a directory: its login directory (``$HOME``, where commands start)
+and the root of its SFTP server. Commands run as local processes of the cloud's
+user through ``/bin/sh -c``, each in a process group of its own, with the client's
+environment requests applied; SSH signals (TERM, KILL, STOP, CONT, INT, HUP, ...)
+go to that group; a command killed by a signal ends the channel with that signal.
+Every process a VM starts carries ``AIORES_SIM_VM=<id>`` in its environment, so
+tearing the VM down finds and kills detached jobs too (:func:`kill_marked`).
+
+The port is reserved (bound, not listening) when the VM is created, so its access
+URL and host key are known while it boots; connections are refused until it is
+ACTIVE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from aiores import ResourceState
+from aiores.adaptor import Image, Template
+
+from ._options import Faults
+
+__all__ = ["VM", "VMSpec", "kill_marked", "prepare"]
+
+log = logging.getLogger("aiores.sim")
+
+MARKER = "AIORES_SIM_VM"
+_READ = 65536
+_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+_SIGNALS = {
+    name: getattr(signal, f"SIG{name}")
+    for name in ("TERM", "KILL", "STOP", "CONT", "INT", "HUP", "QUIT", "USR1", "USR2", "ALRM")
+}
+
+
+@dataclass(frozen=True, slots=True)
+class VMSpec:
+    """What a VM is asked to be (one acquire call's description, plus its faults)."""
+
+    token: str
+    user: str
+    template: Template
+    image: Image
+    tags: frozenset[str]
+    duration: float | None
+    user_data: str | None
+    authorized_keys: str
+    faults: Faults
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A VM's resources made off the event loop: id, disk, host key, reserved port."""
+
+    id: str
+    disk: Path
+    host_key: asyncssh.SSHKey
+    sock: socket.socket
+    port: int
+
+
+def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
+    """Blocking: make each VM's disk, host key and port (the id is given)."""
+    made: list[Prepared] = []
+    try:
+        for spec, vm_id in specs:
+            disk = root / vm_id
+            disk.mkdir(mode=0o700, parents=True)
+            meta = disk / ".sim"
+            meta.mkdir(mode=0o700)
+            (meta / "vm.json").write_text(
+                json.dumps(
+                    {
+                        "id": vm_id,
+                        "image": spec.image.name,
+                        "template": spec.template.name,
+                        "tags": sorted(spec.tags),
+                    },
+                    indent=1,
+                )
+                + "\n"
+            )
+            if spec.user_data is not None:
+                (meta / "user-data").write_text(spec.user_data)
+            key = asyncssh.generate_private_key("ssh-ed25519")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            made.append(Prepared(vm_id, disk, key, sock, sock.getsockname()[1]))
+    except BaseException:
+        for item in made:
+            item.sock.close()
+            shutil.rmtree(item.disk, ignore_errors=True)
+        raise
+    return made
+
+
+def kill_marked(ids: set[str], rounds: int = 5) -> int:
+    """Blocking: SIGKILL every process whose environment names one of the VM ``ids``.
+
+    Repeats (up to ``rounds`` scans) while it finds any, so that a process forking
+    during a scan is caught by the next. Returns how many were killed.
+    """
+    if not ids:
+        return 0
+    wanted = {f"{MARKER}={vm_id}".encode() for vm_id in ids}
+    me = os.getpid()
+    killed = 0
+    for _ in range(rounds):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    entries = handle.read().split(b"\0")
+            except OSError:  # gone, or not ours
+                continue
+            if wanted.isdisjoint(entries):
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(name), signal.SIGKILL)
+                found += 1
+        killed += found
+        if not found:
+            break
+    return killed
+
+
+@dataclass(eq=False)
+class VM:
+    """A VM record and, while it is up, its SSH server."""
+
+    id: str
+    spec: VMSpec
+    disk: Path
+    port: int
+    host_key: asyncssh.SSHKey
+    sock: socket.socket | None
+    on_change: Callable[[VM], None]
+    rng: random.Random
+    state: ResourceState = ResourceState.PENDING
+    detail: str = "pending"
+    created: float = field(default_factory=time.time)
+    extra: dict[str, Any] = field(default_factory=dict)
+    acceptor: asyncssh.SSHAcceptor | None = None
+    connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
+    processes: set[asyncio.subprocess.Process] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Set once the VM is torn down (processes killed, disk removed).
+    gone: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def public_key(self) -> str:
+        """The host key the cloud publishes for this VM (OpenSSH format)."""
+        return self.host_key.export_public_key().decode().strip()
+
+    @property
+    def access(self) -> str:
+        return f"ssh://{self.spec.user}@127.0.0.1:{self.port}"
+
+    def to_json(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "id": self.id,
+            "state": self.state.name,
+            "detail": self.detail,
+            "access": self.access,
+            "address": "127.0.0.1",
+            "tags": sorted(spec.tags),
+            "token": spec.token,
+            "host_key": self.public_key,
+            "extra": {
+                "template": spec.template.name,
+                "image": spec.image.name,
+                "cpus": spec.template.cpus,
+                "memory": spec.template.memory,
+                "port": self.port,
+                "disk": str(self.disk),
+                "created": self.created,
+                **self.extra,
+            },
+        }
+
+    # -- state ----------------------------------------------------------------------
+    def set_state(self, state: ResourceState, detail: str, **extra: Any) -> bool:
+        """Move to ``state`` if that is a legal step; tell the cloud. False if not."""
+        if self.state.final or not (state is self.state or self.state.can_become(state)):
+            return False
+        self.state, self.detail = state, detail
+        self.extra.update(extra)
+        self.on_change(self)
+        return True
+
+    # -- the SSH server -------------------------------------------------------------
+    async def listen(self, host_key: asyncssh.SSHKey | None = None) -> None:
+        """Start answering SSH on the VM's port (with ``host_key``, default its own)."""
+        key = host_key or self.host_key
+        authorized = asyncssh.import_authorized_keys(self.spec.authorized_keys)
+        vm = self
+
+        class Server(asyncssh.SSHServer):
+            def __init__(self) -> None:
+                self._conn: asyncssh.SSHServerConnection | None = None
+
+            def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+                self._conn = conn
+                vm.connections.add(conn)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                if self._conn is not None:
+                    vm.connections.discard(self._conn)
+
+            async def begin_auth(self, username: str) -> bool:
+                if vm.spec.faults.ssh_delay:
+                    await asyncio.sleep(vm.spec.faults.ssh_delay)
+                return True
+
+        chroot = os.fsencode(self.disk)
+        options: dict[str, Any] = {
+            "server_factory": Server,
+            "server_host_keys": [key],
+            "authorized_client_keys": authorized,
+            "process_factory": self._process,
+            "sftp_factory": lambda chan: asyncssh.SFTPServer(chan, chroot=chroot),
+            "allow_scp": True,
+            "encoding": None,
+            "login_timeout": 30,
+            "backlog": 128,
+        }
+        if self.sock is not None:
+            sock, self.sock = self.sock, None
+            try:
+                acceptor = await asyncssh.listen(sock=sock, **options)
+            except BaseException:
+                sock.close()
+                raise
+        else:  # listening again (a new host key): the port was ours a moment ago
+            acceptor = await asyncssh.listen("127.0.0.1", self.port, reuse_address=True, **options)
+        self.acceptor = acceptor
+        if self.state.final:  # it ended while the server was starting
+            self.close_server()
+
+    def close_server(self) -> None:
+        """Stop listening and drop every connection (the VM's network goes away)."""
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.acceptor = None
+        for conn in list(self.connections):
+            conn.abort()
+        self.connections.clear()
+
+    def kill_processes(self) -> None:
+        """SIGKILL the process group of every command the VM runs now."""
+        for proc in list(self.processes):
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+    def environment(self, requested: object) -> dict[str, str]:
+        env = {
+            "HOME": str(self.disk),
+            "USER": self.spec.user,
+            "LOGNAME": self.spec.user,
+            "SHELL": "/bin/sh",
+            "PATH": os.environ.get("PATH", _PATH),
+            "LANG": "C.UTF-8",
+            MARKER: self.id,
+        }
+        if isinstance(requested, dict):
+            for name, value in requested.items():
+                if isinstance(name, str) and isinstance(value, str) and name != MARKER:
+                    env[name] = value
+        return env
+
+    async def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """Run one exec (or shell) request as a local process group."""
+        command = process.command
+        argv = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh"]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=self.disk,
+                env=self.environment(process.env),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            process.stderr.write(f"sim: cannot start the command: {exc}\n".encode())
+            process.exit(127)
+            return
+        self.processes.add(proc)
+
+        def forward(name: str) -> None:
+            sig = _SIGNALS.get(name.upper())
+            if sig is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, sig)
+
+        # SSHServerSession.signal_received is the session callback for "signal"
+        # requests; the stream API delivers them only to a pending stdin read,
+        # which never comes once the client has sent EOF.
+        process.signal_received = forward  # type: ignore[method-assign,assignment]
+        try:
+            status = await self._pump(process, proc)
+        finally:
+            self.processes.discard(proc)
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if status < 0:
+            name = signal.Signals(-status).name.removeprefix("SIG")
+            process.exit_with_signal(name)
+        else:
+            process.exit(status)
+
+    async def _pump(
+        self, process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process
+    ) -> int:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        stdin = proc.stdin
+
+        async def feed() -> None:
+            try:
+                while True:
+                    try:
+                        data = await process.stdin.read(_READ)
+                    except (asyncssh.SignalReceived, asyncssh.BreakReceived):
+                        continue  # signals are forwarded by the session callback
+                    except asyncssh.TerminalSizeChanged:
+                        continue
+                    if not data:
+                        break
+                    stdin.write(data)
+                    await stdin.drain()
+            except (BrokenPipeError, ConnectionError, asyncssh.Error):
+                pass  # the command stopped reading, or the client went away
+            finally:
+                with contextlib.suppress(BrokenPipeError, ConnectionError):
+                    stdin.close()
+
+        async def drain(src: asyncio.StreamReader, dst: asyncssh.SSHWriter[bytes]) -> None:
+            connected = True
+            while data := await src.read(_READ):
+                if not connected:
+                    continue  # keep reading, so the command never blocks on a full pipe
+                try:
+                    dst.write(data)
+                    await dst.drain()
+                except (BrokenPipeError, ConnectionError, asyncssh.Error):
+                    connected = False
+
+        feeder = asyncio.ensure_future(feed())
+        try:
+            await asyncio.gather(
+                drain(proc.stdout, process.stdout), drain(proc.stderr, process.stderr)
+            )
+            return await proc.wait()
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)

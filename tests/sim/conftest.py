@@ -1,0 +1,117 @@
+"""Fixtures for the sim:// tests: one cloud process per test session, private clouds.
+
+Every test here runs against the session's cloud (``aiores_sim_cloud`` from
+:mod:`aiores.testing`, which fails the run if the cloud leaves anything behind),
+unless it asks for ``own_cloud``: a cloud directory of its own, whose cloud (started
+on demand by the code under test) is stopped and checked at the end of the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+import aiores
+from aiores import Compute, ComputeDescription, ResourceState, SSHContext
+from aiores.testing import SimCloudProcess, aiores_sim_cloud
+from aiores_sim import MANAGED_KEY, cloud_pid
+
+__all__ = [
+    "STEP",
+    "aiores_sim_cloud",
+    "booted",
+    "listening",
+    "pinned_context",
+    "port_of",
+]
+
+#: Seconds any one await in these tests may take before the test fails.
+STEP = 20.0
+
+
+@pytest.fixture(autouse=True)
+def _cloud(aiores_sim_cloud: SimCloudProcess) -> SimCloudProcess:
+    """Every sim test reaches the session's cloud unless it sets up its own."""
+    return aiores_sim_cloud
+
+
+@pytest.fixture
+def own_cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private cloud directory (``$AIORES_SIM_DIR``); its cloud is stopped at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="aiores-sim-own-"))
+    monkeypatch.setenv("AIORES_SIM_DIR", str(directory))
+    try:
+        yield directory
+    finally:
+        pid_file = directory / "cloud.pid"
+        if pid_file.exists():
+            cloud = SimCloudProcess(directory, int(pid_file.read_text().strip()))
+            cloud.stop()
+            assert not cloud.leftovers()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def port_of(vm: aiores.Resource) -> int:
+    assert vm.access is not None
+    return int(vm.access.rsplit(":", 1)[1])
+
+
+def pinned_context(state_dir: Path, vms: Sequence[aiores.Resource]) -> SSHContext:
+    """An SSHContext that pins each VM's published host key and uses the managed key."""
+    return SSHContext(
+        key_files=[str(state_dir / MANAGED_KEY)],
+        known_hosts=[],
+        config=[],
+        host_keys={f"127.0.0.1:{port_of(vm)}": list(vm.host_keys) for vm in vms},
+    )
+
+
+def listening(port: int) -> bool:
+    """True if something listens on 127.0.0.1:``port``."""
+    return any(
+        conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        for conn in psutil.net_connections(kind="tcp")
+    )
+
+
+@contextlib.asynccontextmanager
+async def booted(
+    count: int,
+    url: str = "sim://?boot_delay=0.05",
+    *,
+    state_dir: Path,
+    **fields: Any,
+) -> AsyncIterator[tuple[aiores.Session, list[Compute]]]:
+    """``count`` VMs, ACTIVE over SSH, in a session whose SSH context pins their keys.
+
+    They are acquired in one session (ACTIVE meaning "running"), then found again by
+    id in a second session whose SSHContext pins the published host keys: there the
+    core probes each over SSH before it is ACTIVE. Destroyed at the end.
+    """
+    desc = ComputeDescription(ready=None, **fields)
+    async with aiores.Session() as first:
+        vms = await first.manager(url).acquire_many(desc, count)
+        async with asyncio.timeout(STEP):
+            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    async with aiores.Session(contexts=[pinned_context(state_dir, vms)]) as session:
+        mgr = session.manager(url)
+        again = [await mgr.get(vm.id) for vm in vms]
+        computes = [vm for vm in again if isinstance(vm, Compute)]
+        try:
+            async with asyncio.timeout(STEP):
+                await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in computes))
+            yield session, computes
+        finally:
+            await mgr.destroy(computes)
+
+
+async def own_cloud_pid(directory: Path) -> int | None:
+    return await cloud_pid(directory)
