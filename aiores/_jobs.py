@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._descriptions import JobDescription
-from ._exceptions import BadParameter, DoesNotExist, IncorrectState, Timeout
+from ._exceptions import BadParameter, DoesNotExist, IncorrectState, NotSupported, Timeout
 from ._states import JobState, ResourceState
 from ._url import URL, join_id, split_id
 from ._watch import Tracked, Watcher
@@ -52,6 +52,18 @@ class JobService:
             known._apply(info)
             return known
         job = Job(self, watcher, description, info)
+        journal = self.session.journal
+        if journal is not None:  # a job found again: the journal learns of it too
+            journal.record_object(
+                id=job.id,
+                kind="job",
+                url=str(self.url),
+                native_id=info.id,
+                token=info.token,
+                state=info.state.name,
+                detail=info.state_detail,
+                data={"description": description},
+            )
         return job
 
     async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
@@ -75,6 +87,8 @@ class JobService:
                 f"submit needs an aiores.JobDescription, not {type(description).__name__}"
             )
         adaptor, watcher = await self._open()
+        if hold and not adaptor.supports_hold:
+            raise NotSupported(f"{self.url.scheme}:// cannot submit jobs on hold")
         job = Job(self, watcher, description, None)
         await job._submit(adaptor, hold)
         return job
@@ -236,7 +250,8 @@ class Job(Tracked[JobState]):
         self._description = description
         self._info = info or JobInfo(id="", state=JobState.NEW)
         self.index = index
-        self._watch_task: asyncio.Task[Any] | None = None
+        # Set while a submission is under way, done when it ended (either way).
+        self._submitting: asyncio.Future[None] | None = None
         super().__init__(self._info.state, watcher, info.id if info else None)
 
     def __repr__(self) -> str:
@@ -314,6 +329,13 @@ class Job(Tracked[JobState]):
 
     # -- submission -------------------------------------------------------------------
     async def _submit(self, adaptor: JobAdaptor, hold: bool) -> None:
+        self._submitting = asyncio.get_running_loop().create_future()
+        try:
+            await self._submit_once(adaptor, hold)
+        finally:
+            self._submitting.set_result(None)
+
+    async def _submit_once(self, adaptor: JobAdaptor, hold: bool) -> None:
         description = self._description
         assert description is not None
         session = self._service.session
@@ -336,9 +358,6 @@ class Job(Tracked[JobState]):
             call=call,
             release=release,
         )
-        # No await from here to _set_native_id: a push adaptor may publish this job's
-        # next state on the next loop iteration, and the watcher drops infos for ids
-        # that no object has registered.
         if session.journal is not None:
             session.journal.record_object(
                 id=join_id(str(self._service.url), info.id),
@@ -350,8 +369,10 @@ class Job(Tracked[JobState]):
                 detail="",
                 data={"description": description, "index": self.index},
             )
-        self._set_native_id(info.id)
+        # The submit's answer first; then registering applies anything the backend
+        # pushed meanwhile (the job may have ended already).
         self._apply(info)
+        self._set_native_id(info.id)
 
     def _submission_failed(self, error: Exception) -> None:
         self._apply(
@@ -379,13 +400,19 @@ class Job(Tracked[JobState]):
     async def cancel(self) -> None:
         """Stop the job (TERM, then KILL after the backend's grace period).
 
-        An array member not yet submitted becomes CANCELED without being submitted.
+        An array member not yet submitted becomes CANCELED without being submitted;
+        one being submitted right now is cancelled at the backend once accepted.
 
         Raises:
             IncorrectState: it is already final.
         """
-        if self._native_id is None and self._state is JobState.NEW:
-            self._apply(JobInfo(id="", state=JobState.CANCELED, state_detail="never submitted"))
+        if self._native_id is None and self._submitting is not None:
+            # Being submitted right now (an array member): wait for its id, then
+            # cancel it at the backend; marking it here would leave it running there.
+            await asyncio.shield(self._submitting)
+        if self._native_id is None:
+            if not self._state.final:
+                self._apply(JobInfo(id="", state=JobState.CANCELED, state_detail="never submitted"))
             return
         await self._control("cancel")
 

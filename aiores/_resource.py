@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._descriptions import ComputeDescription, StorageDescription
-from ._exceptions import AioresError, BadParameter, DoesNotExist, HostKeyError, IncorrectState
+from ._exceptions import (
+    AioresError,
+    BadParameter,
+    DoesNotExist,
+    IncorrectState,
+    NoSuccess,
+    Timeout,
+)
 from ._fleet import RunResult
 from ._states import ResourceState
 from ._url import URL, join_id, split_id
@@ -33,6 +40,9 @@ PROBE_MAX_DELAY = 5.0
 PROBE_TIMEOUT = 30.0
 #: Access schemes whose answer to a command is what "ready" means.
 READY_SCHEMES = {"ssh"}
+
+#: The most resources one acquire_many call may ask for.
+MAX_COUNT = 100_000
 
 Description = ComputeDescription | StorageDescription
 N = TypeVar("N", Template, Image)
@@ -80,7 +90,7 @@ class Manager:
                 url=str(self.url),
                 native_id=info.id,
                 token=info.token,
-                state=info.state.name,
+                state=resource.state.name,  # as held (PENDING until SSH answers)
                 detail=info.state_detail,
                 data={"description": description, "tags": info.tags, "access": info.access},
             )
@@ -123,8 +133,8 @@ class Manager:
                 "acquire needs an aiores.ComputeDescription or aiores.StorageDescription, "
                 f"not {type(description).__name__}"
             )
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise BadParameter(f"count must be an int >= 1, not {count!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
         adaptor, watcher = await self._open()
 
         async def call(token: str) -> Sequence[ResourceInfo]:
@@ -199,6 +209,10 @@ class Manager:
         self, rtype: str | None = None, tags: Iterable[str] | str | None = None
     ) -> builtins.list[Resource]:
         """Resources this backend holds, of ``rtype`` and carrying all ``tags``."""
+        if rtype not in (None, "compute", "storage", "network"):
+            raise BadParameter(
+                f"rtype must be 'compute', 'storage', 'network' or None, not {rtype!r}"
+            )
         wanted = frozenset([tags] if isinstance(tags, str) else (tags or ()))
         adaptor, watcher = await self._open()
         infos = await adaptor.list(wanted)
@@ -239,7 +253,15 @@ class Manager:
         )
         natives: builtins.list[str] = []
         for item in items:
-            natives.append(item._native_id if isinstance(item, Resource) else self._native(item))  # type: ignore[arg-type]
+            if isinstance(item, Resource):
+                if item.manager.url != self.url:
+                    raise BadParameter(
+                        f"{item.id} belongs to {item.manager.url}, not to {self.url}: "
+                        "destroy it with its own manager (or resource.destroy())"
+                    )
+                natives.append(item.native_id)
+            else:
+                natives.append(self._native(item))
         if not natives:
             return
         adaptor, watcher = await self._open()
@@ -276,6 +298,7 @@ class Resource(Tracked[ResourceState]):
         self._manager = manager
         self._description = description
         self._ready = False  # SSH has answered (see _needs_probe)
+        self._held = False  # the backend says running; SSH has not answered yet
         self._probing = False
         self.id = join_id(str(manager.url), info.id)
         self._pin(info)
@@ -313,42 +336,53 @@ class Resource(Tracked[ResourceState]):
         )
 
     def _hold_until_ready(self, info: ResourceInfo) -> ResourceInfo:
-        """Report a running but not yet reachable machine as PENDING, and probe it."""
+        """Report a running but not yet reachable machine as PENDING (probed while waited on)."""
         if not self._needs_probe(info):
+            self._held = False
             return info
-        if not self._probing:
+        self._held = True
+        self._start_probe()
+        return dataclasses.replace(info, state=ResourceState.PENDING)
+
+    def _interest_changed(self, interested: bool) -> None:
+        if interested:
+            self._start_probe()
+
+    def _start_probe(self) -> None:
+        # Only while someone waits: listing a thousand running machines must not open
+        # a thousand SSH connections.
+        if self._held and self._interest and not self._probing:
             self._probing = True
             self._manager.session.spawn(self._probe, name=f"aiores-ready {self.id}")
-        return dataclasses.replace(info, state=ResourceState.PENDING)
 
     async def _probe(self) -> None:
         """Run ``true`` over SSH until it answers; then the resource is ACTIVE."""
         session = self._manager.session
         delay = PROBE_FIRST_DELAY
         try:
-            while not self._state.final:
+            while self._held and self._interest and not self._state.final:
                 access = self._info.access
                 assert access is not None
                 try:
                     runner = await session.command_runner(access)
                     await runner.run("true", timeout=PROBE_TIMEOUT)
-                    break  # SSH answered (whatever the exit status)
-                except HostKeyError as exc:
-                    self._apply(
-                        dataclasses.replace(
-                            self._info, state=ResourceState.FAILED, state_detail=str(exc)
-                        )
-                    )
-                    return
-                except (AioresError, OSError) as exc:
+                except (NoSuccess, Timeout, OSError) as exc:  # not up yet: try again
                     log.debug("%s: not reachable yet: %r", self, exc)
+                except AioresError as exc:
+                    # Refused credentials or host key, a bad URL: retrying cannot help,
+                    # and the machine is not at fault. The waiters hear of it; the next
+                    # wait() probes again (after, say, the known_hosts file is fixed).
+                    self._wake(exc)
+                    return
+                else:  # SSH answered (whatever the exit status)
+                    self._ready = True
+                    self._held = False
+                    self._apply(dataclasses.replace(self._info, state=ResourceState.ACTIVE))
+                    return
                 await session.clock.sleep(delay)
                 delay = min(delay * 2, PROBE_MAX_DELAY)
         finally:
             self._probing = False
-        if not self._state.final:
-            self._ready = True
-            self._apply(dataclasses.replace(self._info, state=ResourceState.ACTIVE))
 
     def _detail(self) -> str:
         return self._info.state_detail
@@ -359,6 +393,7 @@ class Resource(Tracked[ResourceState]):
             journal.transition(self.id, "resource", old.name, new.name, detail)
 
     def _destroyed(self) -> None:
+        self._held = False
         if not self._state.final:
             self._apply(
                 dataclasses.replace(

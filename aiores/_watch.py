@@ -40,6 +40,8 @@ S = TypeVar("S", ResourceState, JobState)
 FAILURES_BEFORE_GIVING_UP = 5
 #: Describes in a row that must leave an id out before it counts as gone.
 MISSES_BEFORE_GONE = 3
+#: Pushed infos kept for ids no object has registered yet (the oldest go first).
+EARLY_INFOS_KEPT = 10_000
 Info = ResourceInfo | JobInfo
 
 
@@ -47,6 +49,7 @@ class Tracked(Generic[S]):
     """An object whose state the watcher feeds: the base of Resource and Job."""
 
     _kind = "object"
+    _interest = 0  # waiters now (a class default: subclasses read it before __init__ ends)
 
     def __init__(self, state: S, watcher: Watcher, native_id: str | None) -> None:
         self._state: S = state
@@ -241,6 +244,7 @@ class Watcher:
         self._failures = 0  # describes in a row that failed transiently
         self._missing: dict[str, int] = {}  # id -> describes in a row that left it out
         self._closed = False
+        self._early: dict[str, Info] = {}  # infos pushed for ids not registered yet
         #: Counters for tests and benchmarks.
         self.ticks = 0
         self.describe_calls = 0
@@ -249,6 +253,9 @@ class Watcher:
     # -- objects ----------------------------------------------------------------------
     def register(self, native_id: str, obj: Tracked[Any]) -> None:
         self._objects[native_id] = obj
+        early = self._early.pop(native_id, None)
+        if early is not None:
+            obj._apply(early)
 
     def lookup(self, native_id: str) -> Tracked[Any] | None:
         return self._objects.get(native_id)
@@ -259,7 +266,15 @@ class Watcher:
 
     def _deliver(self, info: Info) -> bool:
         obj = self._objects.get(info.id)
-        return obj._apply(info) if obj is not None else False
+        if obj is not None:
+            return obj._apply(info)
+        # A push can beat the submit's answer (a local job may end before the
+        # journal confirms its submission): keep the latest word until it registers.
+        self._early.pop(info.id, None)
+        self._early[info.id] = info
+        if len(self._early) > EARLY_INFOS_KEPT:
+            del self._early[next(iter(self._early))]
+        return False
 
     # -- lifecycle --------------------------------------------------------------------
     def check_open(self) -> None:

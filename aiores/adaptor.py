@@ -166,7 +166,7 @@ class AdaptorEnv(Protocol):
         ...
 
 
-class Adaptor:
+class Adaptor(abc.ABC):  # noqa: B024 - the capabilities below declare the abstract methods
     """What every capability object has: its URL, its session, push and poll hooks.
 
     Subclasses open connections in :meth:`open` (called once, before first use)
@@ -181,10 +181,10 @@ class Adaptor:
         self.env = env
         self._listener: Callable[[Any], None] | None = None
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - an optional hook
         """Connect or prepare; called once before first use."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook
         """Release connections and background work; called when the session closes."""
 
     def publish(self, info: ResourceInfo | JobInfo) -> None:
@@ -250,7 +250,8 @@ class ResourceAdaptor(Adaptor):
 class JobAdaptor(Adaptor):
     """Submits and controls jobs on one backend endpoint."""
 
-    #: True if ``submit`` honours ``JobDescription``-level hold (HELD until released).
+    #: True if ``submit(..., hold=True)`` is honoured (the job is HELD until released);
+    #: the core refuses ``hold=True`` with NotSupported otherwise.
     supports_hold: bool = False
 
     @abc.abstractmethod
@@ -261,9 +262,12 @@ class JobAdaptor(Adaptor):
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
         """The current state of each job id; unknown ids are left out."""
 
+    @abc.abstractmethod
     async def find(self, token: str) -> Sequence[JobInfo]:
-        """Every job submitted under ``token`` (for cleanup after a cancelled submit)."""
-        return ()
+        """Every job submitted under ``token`` (for cleanup after a cancelled submit).
+
+        Without it a cancelled submit could not be undone: it is not optional.
+        """
 
     async def list(self) -> Sequence[JobInfo]:
         """The jobs this endpoint knows."""

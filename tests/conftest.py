@@ -16,7 +16,7 @@ import pytest
 
 os.environ["PYTHONASYNCIODEBUG"] = "1"
 
-SLOW_CALLBACK = 1.0
+SLOW_CALLBACK = 0.25
 _TOOK = re.compile(r"took (\d+\.\d+) seconds")
 
 

@@ -134,6 +134,8 @@ class FakeResources(ResourceAdaptor):
 class FakeJobs(JobAdaptor):
     """Jobs that run until the test finishes them (``finish``); pushes or is polled."""
 
+    supports_hold = True
+
     def __init__(self, url: URL, env: AdaptorEnv, cloud: FakeCloud) -> None:
         super().__init__(url, env)
         self.cloud = cloud

@@ -34,15 +34,32 @@ async def test_running_is_pending_until_ssh_answers(
 
 
 @pytest.mark.asyncio
-async def test_changed_host_key_fails_the_machine(
+async def test_refused_host_key_reaches_the_waiter_not_the_machine(
     session: aiores.Session, fake: FakePlugin, fake_ssh: FakeSSHPlugin
 ) -> None:
     fake_ssh.outcomes = [aiores.HostKeyError("host key for vm:22 changed: SHA256:abc")]
     vm = await session.manager("fake://").acquire(ComputeDescription())
     fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE, "running")
-    with pytest.raises(aiores.IncorrectState, match=r"FAILED .*host key for vm:22 changed"):
+    with pytest.raises(aiores.HostKeyError, match="host key for vm:22 changed"):
         await vm.wait(ResourceState.ACTIVE)
-    assert vm.state is ResourceState.FAILED
+    # Not the machine's fault: it stays PENDING, and waiting again probes again.
+    assert vm.state is ResourceState.PENDING
+    assert await vm.wait(ResourceState.ACTIVE) is ResourceState.ACTIVE
+    assert len(fake_ssh.commands) == 2
+
+
+@pytest.mark.asyncio
+async def test_nobody_waiting_means_no_probe(
+    session: aiores.Session, fake: FakePlugin, fake_ssh: FakeSSHPlugin
+) -> None:
+    mgr = session.manager("fake://")
+    vms = await mgr.acquire_many(ComputeDescription(), 5)
+    for vm in vms:
+        fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE, "running")
+    listed = await mgr.list()
+    assert {r.state for r in listed} == {ResourceState.PENDING}
+    assert {r.state_detail for r in listed} == {"running"}
+    assert fake_ssh.commands == []
 
 
 @pytest.mark.asyncio

@@ -132,7 +132,7 @@ async def test_manager_listing_templates_images_and_destroy(
         await mgr.destroy([*web, db.id])
     assert fake.cloud.destroy_calls == [[r.native_id for r in [*web, db]]]  # one call
     assert {r.state for r in [*web, db]} == {ResourceState.CANCELED}
-    with pytest.raises(aiores.BadParameter, match=r"count must be an int >= 1"):
+    with pytest.raises(aiores.BadParameter, match=r"count must be an int from 1 to 100000"):
         await mgr.acquire_many(DESC, 0)
     with pytest.raises(aiores.BadParameter, match=r"needs an aiores\.ComputeDescription"):
         await mgr.acquire(JobDescription(executable="x"))  # type: ignore[call-overload]

@@ -248,9 +248,16 @@ async def test_illegal_transition_is_ignored(
     # The first describe is immediate: no tick needed.
     assert await waiter is ResourceState.ACTIVE
     # The backend now claims PENDING again: a state never goes backwards.
-    fake.cloud.set_state(vm.native_id, ResourceState.PENDING)
+    fake.cloud.set_state(vm.native_id, ResourceState.PENDING, "pending again")
+    calls = len(fake.cloud.describe_calls)
     waiter = asyncio.ensure_future(vm.wait(ResourceState.DONE))
     await tick(clock)
+    await clock.wait_for_sleepers()  # the describe that saw PENDING has run
+    assert len(fake.cloud.describe_calls) == calls + 1
     assert vm.state is ResourceState.ACTIVE
+    assert vm.state_detail != "pending again"  # the illegal report was not taken at all
+    assert session.journal is not None
+    await session.journal.flush()
+    assert await session.journal.transitions(vm.id) == [("PENDING", "ACTIVE")]
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)

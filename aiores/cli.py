@@ -1,0 +1,333 @@
+"""The ``aiores`` command: ``aiores demo`` and ``aiores sim start|stop|status``.
+
+``aiores demo`` is the main job: it boots two tagged groups of simulated VMs at once
+with a live progress display, fans a file and a command out to each group, prints a
+per-host table, tears everything down and sums up the times. ``aiores sim`` starts,
+stops and describes the simulated cloud of the state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import (
+    AioresError,
+    Compute,
+    ComputeDescription,
+    ResourceState,
+    RunResult,
+    Session,
+    __version__,
+    state_dir,
+)
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+console = Console(highlight=False)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except AioresError as exc:
+        console.print(f"[red]aiores: {type(exc).__name__}: {exc}[/]")
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="aiores")
+def main() -> None:
+    """Asyncio-native orchestration of compute."""
+
+
+# -- aiores demo --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Host:
+    group: str
+    vm: Compute
+    booted: float | None = None
+    result: RunResult | None = None
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class _Group:
+    tag: str
+    count: int
+    template: str
+    file_name: str
+    file_text: str
+    command: str
+
+
+GROUPS = (
+    _Group(
+        "web",
+        12,
+        "small",
+        "index.html",
+        "<h1>hello from aiores</h1>\n",
+        'echo "$HOSTNAME serves $(wc -c < index.html) bytes"',
+    ),
+    _Group(
+        "db",
+        8,
+        "medium",
+        "schema.sql",
+        "create table runs (id integer primary key, host text, took real);\n",
+        'echo "$HOSTNAME schema $(sha256sum schema.sql | cut -c1-12)"',
+    ),
+)
+
+
+@main.command()
+@click.option("--web", "web_count", default=12, show_default=True, help="VMs tagged web")
+@click.option("--db", "db_count", default=8, show_default=True, help="VMs tagged db")
+@click.option(
+    "--boot-delay",
+    default="0.5-2",
+    show_default=True,
+    help="simulated boot time in seconds: 1.5, 0.5-2 or exp:1",
+)
+def demo(web_count: int, db_count: int, boot_delay: str) -> None:
+    """Boot two tagged groups of simulated VMs, fan out to them, tear them down."""
+    groups = (
+        dataclasses.replace(GROUPS[0], count=web_count),
+        dataclasses.replace(GROUPS[1], count=db_count),
+    )
+    _run(_demo(groups, boot_delay))
+
+
+async def _timed(fn: Callable[[], Awaitable[T]]) -> tuple[T, float]:
+    start = time.perf_counter()
+    value = await fn()
+    return value, time.perf_counter() - start
+
+
+async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
+    from aiores_sim import cloud_dir, cloud_pid, stop_cloud
+
+    total_start = time.perf_counter()
+    directory = cloud_dir(state_dir())
+    was_running = await cloud_pid(directory) is not None
+    times: dict[str, float] = {}
+    hosts: list[_Host] = []
+    async with Session() as session:
+        mgr = session.manager(f"sim://?boot_delay={boot_delay}")
+        console.print(
+            f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "
+            f"{len(groups)} tagged groups (" + ", ".join(f"{g.count} {g.tag}" for g in groups) + ")"
+        )
+        start = time.perf_counter()
+        acquired = await asyncio.gather(
+            *(
+                mgr.acquire_many(ComputeDescription(template=g.template, tags={g.tag}), g.count)
+                for g in groups
+            )
+        )
+        times["acquire"] = time.perf_counter() - start
+        for group, vms in zip(groups, acquired, strict=True):
+            hosts.extend(_Host(group.tag, vm) for vm in vms)
+        try:
+            _, times["boot (until SSH answers)"] = await _timed(lambda: _boot(groups, hosts, start))
+            _, times["fan-out (file + command)"] = await _timed(lambda: _fan_out(groups, hosts))
+            console.print(_table(hosts))
+        finally:
+            _, times["teardown"] = await _timed(lambda: mgr.destroy([h.vm for h in hosts]))
+        if not was_running:
+            _, times["stopping the sim cloud"] = await _timed(lambda: stop_cloud(directory))
+    times["total"] = time.perf_counter() - total_start
+    console.print(_summary(hosts, times))
+
+
+async def _boot(groups: tuple[_Group, ...], hosts: list[_Host], start: float) -> None:
+    progress = Progress(
+        TextColumn("{task.description:>4}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    bars = {g.tag: progress.add_task(g.tag, total=g.count, note="booting") for g in groups}
+    failed = dict.fromkeys(bars, 0)
+
+    async def one(host: _Host) -> None:
+        try:
+            await host.vm.wait(ResourceState.ACTIVE, timeout=120)
+            host.booted = time.perf_counter() - start
+        except AioresError as exc:
+            host.error = f"{type(exc).__name__}: {exc}"
+            failed[host.group] += 1
+        progress.update(bars[host.group], advance=1)
+        done = progress.tasks[bars[host.group]].completed
+        total = progress.tasks[bars[host.group]].total
+        note = "ready" if done == total else "booting"
+        if failed[host.group]:
+            note += f" [red]({failed[host.group]} failed)[/]"
+        progress.update(bars[host.group], note=note)
+
+    with Live(progress, console=console, refresh_per_second=12, transient=False):
+        await asyncio.gather(*(one(host) for host in hosts))
+
+
+async def _fan_out(groups: tuple[_Group, ...], hosts: list[_Host]) -> None:
+    with tempfile.TemporaryDirectory(prefix="aiores-demo-") as tmp:
+        files = {}
+        for group in groups:
+            path = Path(tmp) / group.file_name
+            await asyncio.to_thread(path.write_text, group.file_text)
+            files[group.tag] = (path, group)
+
+        async def one(host: _Host) -> None:
+            if host.error is not None:
+                return
+            path, group = files[host.group]
+            try:
+                await host.vm.put(path, group.file_name)
+                host.result = await host.vm.run(group.command, timeout=60)
+            except AioresError as exc:
+                host.error = f"{type(exc).__name__}: {exc}"
+
+        await asyncio.gather(*(one(host) for host in hosts))
+
+
+def _table(hosts: list[_Host]) -> Table:
+    table = Table(title="results", title_justify="left", header_style="bold")
+    for name, justify in (
+        ("group", "left"),
+        ("vm", "left"),
+        ("port", "right"),
+        ("booted", "right"),
+        ("exit", "right"),
+        ("took", "right"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=60)
+    for host in sorted(hosts, key=lambda h: (h.group, h.booted or 1e9)):
+        port = str(host.vm.extra.get("port", ""))
+        booted = f"{host.booted:.2f} s" if host.booted is not None else "-"
+        if host.result is not None:
+            status = host.result.exit_status
+            exit_text = "[green]0[/]" if status == 0 else f"[red]{status}[/]"
+            took = f"{(host.result.elapsed or 0) * 1000:.0f} ms"
+            output = host.result.stdout.strip().splitlines()[0] if host.result.stdout else ""
+        else:
+            exit_text, took, output = "[red]-[/]", "-", f"[red]{host.error or 'not run'}[/]"
+        table.add_row(host.group, host.vm.native_id, port, booted, exit_text, took, output)
+    return table
+
+
+def _summary(hosts: list[_Host], times: dict[str, float]) -> Table:
+    ok = sum(1 for h in hosts if h.result is not None and h.result.exit_status == 0)
+    states: dict[str, int] = {}
+    for host in hosts:
+        states[host.vm.state.name] = states.get(host.vm.state.name, 0) + 1
+    table = Table(
+        title=f"summary: {ok}/{len(hosts)} hosts ran their command; now "
+        + ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
+        title_justify="left",
+        show_header=False,
+    )
+    table.add_column("phase")
+    table.add_column("seconds", justify="right")
+    for phase, seconds in times.items():
+        style = "bold" if phase == "total" else ""
+        table.add_row(phase, f"{seconds:.2f} s", style=style)
+    return table
+
+
+# -- aiores sim ---------------------------------------------------------------------------
+
+
+@main.group()
+def sim() -> None:
+    """The simulated cloud (sim://) of the state directory."""
+
+
+def _cloud_dir() -> Path:
+    from aiores_sim import cloud_dir
+
+    return cloud_dir(state_dir())
+
+
+@sim.command("start")
+def sim_start() -> None:
+    """Start the simulated cloud (if it is not running)."""
+    from aiores_sim import cloud_pid, start_cloud
+
+    async def start() -> int | None:
+        await start_cloud(_cloud_dir())
+        return await cloud_pid(_cloud_dir())
+
+    pid = _run(start())
+    console.print(f"sim cloud running in {_cloud_dir()} (pid {pid})")
+
+
+@sim.command("stop")
+def sim_stop() -> None:
+    """Stop the simulated cloud: every VM ends, its processes and disks go."""
+    from aiores_sim import stop_cloud
+
+    if _run(stop_cloud(_cloud_dir())):
+        console.print(f"sim cloud in {_cloud_dir()} stopped")
+    else:
+        console.print(f"no sim cloud runs in {_cloud_dir()}")
+
+
+@sim.command("status")
+def sim_status() -> None:
+    """Say whether the simulated cloud runs, and list its VMs."""
+    from aiores_sim import CloudClient
+
+    async def status() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        client = CloudClient(_cloud_dir())
+        try:
+            hello = await client.call("hello", start=False)
+            vms = await client.call("list", {"tags": []}, start=False)
+        except AioresError:
+            return None
+        finally:
+            await client.close()
+        return hello, vms
+
+    answer = _run(status())
+    if answer is None:
+        console.print(f"no sim cloud runs in {_cloud_dir()}")
+        return
+    hello, vms = answer
+    console.print(f"sim cloud running in {_cloud_dir()} (pid {hello['pid']}): {len(vms)} VMs")
+    if vms:
+        table = Table(header_style="bold")
+        for name in ("vm", "state", "detail", "access", "template", "tags"):
+            table.add_column(name)
+        for vm in vms:
+            table.add_row(
+                vm["id"],
+                vm["state"],
+                vm["detail"],
+                vm["access"],
+                vm["extra"]["template"],
+                ",".join(vm["tags"]),
+            )
+        console.print(table)
