@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._descriptions import JobDescription
 from ._exceptions import BadParameter, DoesNotExist, IncorrectState, NotSupported, Timeout
 from ._states import JobState, ResourceState
-from ._url import URL, join_id, split_id
+from ._url import URL, join_id, native_id
 from ._watch import Tracked, Watcher
 from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo
 
@@ -208,15 +208,7 @@ class JobService:
         return self._job(infos[native], watcher, None)
 
     def _native(self, job_id: str) -> str:
-        if not isinstance(job_id, str) or not job_id:
-            raise BadParameter(f"a job id must be a non-empty str, not {job_id!r}")
-        parsed = split_id(job_id)
-        if parsed is None:
-            return job_id
-        url, native = parsed
-        if URL.parse(url) != self.url:
-            raise BadParameter(f"job {job_id!r} belongs to {url}, not to {self.url}")
-        return native
+        return native_id(job_id, self.url, "job")
 
     async def list(self, state: JobState | None = None) -> builtins.list[Job]:
         """Jobs the endpoint knows (in ``state`` if given)."""

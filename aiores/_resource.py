@@ -22,7 +22,7 @@ from ._exceptions import (
 )
 from ._fleet import RunResult
 from ._states import ResourceState
-from ._url import URL, join_id, split_id
+from ._url import URL, join_id, native_id
 from ._watch import Tracked, Watcher
 from .adaptor import AdaptorPlugin, Image, ResourceAdaptor, ResourceInfo, Template
 
@@ -195,15 +195,7 @@ class Manager:
         return self._resource(infos[native], watcher, None)
 
     def _native(self, rid: str) -> str:
-        if not isinstance(rid, str) or not rid:
-            raise BadParameter(f"a resource id must be a non-empty str, not {rid!r}")
-        parsed = split_id(rid)
-        if parsed is None:
-            return rid
-        url, native = parsed
-        if URL.parse(url) != self.url:
-            raise BadParameter(f"resource {rid!r} belongs to {url}, not to {self.url}")
-        return native
+        return native_id(rid, self.url, "resource")
 
     async def list(
         self, rtype: str | None = None, tags: Iterable[str] | str | None = None

@@ -7,9 +7,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._exceptions import IncorrectURL
+from ._exceptions import BadParameter, IncorrectURL
 
-__all__ = ["URL", "join_id", "split_id"]
+__all__ = ["URL", "join_id", "native_id", "split_id"]
 
 _ID = re.compile(r"^\[(?P<url>[^\]]+)\]-\[(?P<native>.+)\]$")
 
@@ -124,3 +124,20 @@ def split_id(value: str) -> tuple[str, str] | None:
     """``(url, native_id)`` of an aiores id, or None if ``value`` is a bare native id."""
     match = _ID.match(value)
     return (match["url"], match["native"]) if match else None
+
+
+def native_id(value: str, url: URL, kind: str) -> str:
+    """The native id in ``value`` (an aiores id or a bare native id) for an object at ``url``.
+
+    Raises:
+        BadParameter: ``value`` is not a non-empty str, or names another endpoint.
+    """
+    if not isinstance(value, str) or not value:
+        raise BadParameter(f"a {kind} id must be a non-empty str, not {value!r}")
+    parsed = split_id(value)
+    if parsed is None:
+        return value
+    owner, native = parsed
+    if URL.parse(owner) != url:
+        raise BadParameter(f"{kind} {value!r} belongs to {owner}, not to {url}")
+    return native
