@@ -70,7 +70,7 @@ class HostKeyPolicy:
         recorded = asyncssh.match_known_hosts(self.known_hosts, host, addr, lookup_port)[0]
         if recorded:
             return (
-                f"it offered {fingerprint}, which differs from the key recorded for it in "
+                f"it offered {fingerprint}, which differs from its key in "
                 f"{self._where()} (the host key changed: possibly a machine-in-the-middle; "
                 "if the change is expected, update the known_hosts entry or the pinned key)"
             )
@@ -86,8 +86,9 @@ class HostKeyPolicy:
         )
 
     def _where(self) -> str:
-        names = ", ".join(self.files) if self.files else "no known_hosts file"
-        return f"{names} or the pinned keys"
+        if not self.files:
+            return "the keys pinned in SSHContext.host_keys"
+        return f"known_hosts ({', '.join(self.files)}) or the keys pinned in SSHContext.host_keys"
 
     async def flush(self) -> None:
         """Append keys accepted on first use to the known_hosts file (0600)."""
