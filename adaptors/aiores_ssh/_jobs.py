@@ -35,8 +35,10 @@ from ._runner import Outcome, execute
 
 __all__ = ["TRUNCATION_MARKER", "SSHJobAdaptor", "parse_describe"]
 
-#: Appended to captured output cut at the capture limit (formatted with the sizes).
-TRUNCATION_MARKER = "\n[aiores: output truncated: {kept} of {size} bytes kept]\n"
+#: Appended to captured output cut at the capture limit (the same words as local://).
+TRUNCATION_MARKER = (
+    "\n[aiores: output truncated after {kept} bytes; {dropped} more bytes discarded]\n"
+)
 
 
 class SSHJobAdaptor(SSHBase, JobAdaptor):
@@ -219,7 +221,7 @@ def parse_describe(data: bytes) -> dict[str, JobInfo]:
             chunk = data[pos : pos + sent]
             pos += sent
             if size > sent:
-                chunk += TRUNCATION_MARKER.format(kept=sent, size=size).encode()
+                chunk += TRUNCATION_MARKER.format(kept=sent, dropped=size - sent).encode()
             current[fields[1]] = chunk
     flush()
     return infos

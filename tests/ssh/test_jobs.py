@@ -79,8 +79,9 @@ async def test_capture_limit_and_output_files(
     jobs = await adaptors.jobs(sshd.url())
     big = JobDescription.shell("head -c 5000 /dev/zero | tr '\\0' x", capture_limit=1000)
     info = await settle(jobs, (await jobs.submit(big, token(), hold=False)).id)
-    marker = TRUNCATION_MARKER.format(kept=1000, size=5000).encode()
+    marker = TRUNCATION_MARKER.format(kept=1000, dropped=4000).encode()
     assert info.stdout == b"x" * 1000 + marker
+    assert marker == b"\n[aiores: output truncated after 1000 bytes; 4000 more bytes discarded]\n"
     name = f"out-{secrets.token_hex(4)}.txt"
     to_file = JobDescription.shell("echo to-a-file", stdout=name)  # relative to home
     info = await settle(jobs, (await jobs.submit(to_file, token(), hold=False)).id)
