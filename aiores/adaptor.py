@@ -53,6 +53,7 @@ __all__ = [
     "ResourceAdaptor",
     "ResourceInfo",
     "Template",
+    "missing",
 ]
 
 RType = Literal["compute", "storage", "network"]
@@ -151,6 +152,14 @@ class AdaptorEnv(Protocol):
 
     def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         """Run ``fn()`` in the session's task group; it is cancelled when the session closes."""
+        ...
+
+    def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        """Host keys a resource adaptor vouched for at ``host:port`` (public key texts).
+
+        A transport verifies a server against these before anything else: they are how
+        a freshly booted machine is verified without trusting its first answer.
+        """
         ...
 
     async def command_runner(self, url: str | URL) -> CommandRunner:

@@ -134,12 +134,13 @@ class SimCloudProcess:
     def leftovers(self) -> list[str]:
         """What is left of the cloud: its process, VM processes, its socket (ideally none)."""
         from aiores_sim._protocol import socket_path
-        from aiores_sim._vm import MARKER
+        from aiores_sim._vm import CLOUD_MARKER
 
         found = []
         if self.alive():
             found.append(f"the cloud process {self.pid}")
-        found.extend(f"VM process {pid}" for pid in _marked_processes(MARKER.encode()))
+        marker = f"{CLOUD_MARKER}={self.directory}".encode()
+        found.extend(f"VM process {pid}" for pid in _marked_processes(marker))
         if socket_path(self.directory).exists():
             found.append(f"the control socket {socket_path(self.directory)}")
         return found
@@ -194,7 +195,7 @@ def _marked_processes(marker: bytes) -> list[int]:
                 entries = handle.read().split(b"\0")
         except OSError:
             continue
-        if any(entry.startswith(marker + b"=") for entry in entries) and _alive(int(name)):
+        if marker in entries and _alive(int(name)):
             pids.append(int(name))
     return pids
 

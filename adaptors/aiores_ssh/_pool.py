@@ -380,7 +380,10 @@ class Pool:
             async with self._options_lock:
                 entry = self._options.get(id(ctx))
                 if entry is None:
-                    entry = self._options[id(ctx)] = (ctx, *await build_options(ctx))
+                    entry = self._options[id(ctx)] = (
+                        ctx,
+                        *await build_options(ctx, self._env.pinned_host_keys),
+                    )
         return entry[1], entry[2]
 
     # -- idle connections and closing -------------------------------------------------

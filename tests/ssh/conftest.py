@@ -43,6 +43,7 @@ class FakeEnv:
         self.clock = LoopClock()
         self.tasks: set[asyncio.Task[None]] = set()
         self.failures: list[BaseException] = []
+        self.pins: dict[tuple[str, int | None], tuple[str, ...]] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -52,6 +53,9 @@ class FakeEnv:
         if self.ctx is not None and isinstance(self.ctx, kind):
             return self.ctx
         return None
+
+    def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return self.pins.get((host, port), ())
 
     def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         async def guarded() -> None:

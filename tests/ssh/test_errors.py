@@ -157,3 +157,21 @@ async def test_missing_key_file(tmp_path: Path, sshd: Sshd) -> None:
         with pytest.raises(aiores.AioresError) as caught:
             await runner.run("true")
     assert not isinstance(caught.value, asyncssh.Error)
+
+
+@pytest.mark.asyncio
+async def test_keys_a_backend_published_are_trusted_and_authoritative(tmp_path: Path) -> None:
+    """A machine aiores booted is verified by the key its backend published, nothing else."""
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    async with fault_server(tmp_path / "srv", record_key=other) as server:
+        # known_hosts records another key for this address (a reused port, say) ...
+        env = FakeEnv(tmp_path, server.context())
+        env.pins[("127.0.0.1", server.port)] = (server.host_key.export_public_key().decode(),)
+        async with opened(env) as made:
+            # ... but the backend vouched for the key the server shows: accepted.
+            assert (await (await made.runner(server.url())).run("true")).ok
+        wrong = FakeEnv(tmp_path, server.context(trust_on_first_use=True))
+        wrong.pins[("127.0.0.1", server.port)] = (other.export_public_key().decode(),)
+        async with opened(wrong) as made:
+            with pytest.raises(aiores.HostKeyError, match="not the key its backend published"):
+                await (await made.runner(server.url())).run("true")
