@@ -61,7 +61,7 @@ def url_faults(url: URL) -> Faults:
 class SimResourceAdaptor(ResourceAdaptor):
     """VMs of the simulated cloud (``sim://``, fault options in the query)."""
 
-    poll = PollPolicy(floor=2.0, ceiling=10.0, backoff=1.5, jitter=0.1, batch=2000)
+    poll = PollPolicy(floor=1.0, ceiling=5.0, backoff=1.5, jitter=0.1, batch=2000)
 
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
@@ -74,10 +74,13 @@ class SimResourceAdaptor(ResourceAdaptor):
 
     # -- connection -------------------------------------------------------------------
     async def open(self) -> None:
-        """Find the cloud (starting it if none runs), subscribe to VM changes.
+        """Read the client keys to authorize (making the managed key on first use).
+
+        The cloud is reached on first use: started by acquire, templates and images
+        if none runs; describe, find, list and destroy never start one (no cloud, no
+        VMs). Every connection subscribes to VM changes.
 
         Raises:
-            NoSuccess: the cloud could not be started or reached.
             DoesNotExist, AuthenticationFailed: a key file of the SSH context is
                 missing or unreadable.
         """
@@ -92,8 +95,9 @@ class SimResourceAdaptor(ResourceAdaptor):
         def spawn(fn: Callable[[], Awaitable[None]], name: str) -> None:
             self.env.spawn(fn, name=name)
 
-        self._client = CloudClient(self.directory, on_event=self._on_event, spawn=spawn)
-        await self._client.call("subscribe")
+        self._client = CloudClient(
+            self.directory, on_event=self._on_event, spawn=spawn, subscribe=True
+        )
 
     def _on_event(self, data: Mapping[str, Any]) -> None:
         self.publish(info_from_json(data))

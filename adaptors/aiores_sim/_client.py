@@ -90,14 +90,19 @@ async def cloud_pid(directory: Path) -> int | None:
     return await asyncio.to_thread(read)
 
 
-async def _gone(pid: int, timeout: float) -> bool:
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie its new parent has not reaped yet has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return b") Z " not in handle.read()
+    except OSError:
+        return False
+
+
+async def _gone(pid: int, timeout: float) -> None:
     async with asyncio.timeout(timeout):
-        while True:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            # A process we did not start ends: there is no event to await for it.
+        # A process we did not start ends: there is no event to await for it.
+        while _running(pid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
@@ -145,6 +150,7 @@ class CloudClient:
         on_event: Called with each VM record the cloud pushes (after ``subscribe``).
         spawn: Runs the connection's reader in the caller's task group (default: a
             task this object owns).
+        subscribe: Ask for VM events on every connection (``on_event`` gets them).
     """
 
     def __init__(
@@ -153,6 +159,7 @@ class CloudClient:
         *,
         on_event: Callable[[Mapping[str, Any]], None] | None = None,
         spawn: Spawner | None = None,
+        subscribe: bool = False,
     ) -> None:
         self.directory = directory
         self._on_event = on_event
@@ -162,7 +169,7 @@ class CloudClient:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._subscribed = False
+        self._subscribe = subscribe
         self._closed = False
 
     @property
@@ -189,7 +196,7 @@ class CloudClient:
                 reader, writer = await self._patient_open()
             self._writer = writer
             self._run_reader(reader, writer)
-            if self._subscribed:
+            if self._subscribe:
                 await self._request("subscribe", {})
 
     async def _patient_open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -254,8 +261,6 @@ class CloudClient:
         """
         if not self.connected:
             await self.connect(start=start)
-        if op == "subscribe":
-            self._subscribed = True
         return await self._request(op, dict(args or {}))
 
     async def _request(self, op: str, args: dict[str, Any]) -> Any:

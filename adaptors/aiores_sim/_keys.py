@@ -40,7 +40,7 @@ def managed_key(state_dir: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(key.export_private_key())
-        pub_tmp = tmp.with_suffix(".pub")
+        pub_tmp = tmp.with_name(tmp.name + ".pub")
         pub_tmp.write_bytes(key.export_public_key())
         os.chmod(pub_tmp, 0o644)
         try:

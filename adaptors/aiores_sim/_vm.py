@@ -42,6 +42,9 @@ __all__ = ["VM", "VMSpec", "kill_marked", "prepare"]
 log = logging.getLogger("aiores.sim")
 
 MARKER = "AIORES_SIM_VM"
+#: Names the directory of the cloud a VM process belongs to (for leftover checks).
+CLOUD_MARKER = "AIORES_SIM_CLOUD"
+_OURS = (MARKER, CLOUD_MARKER)
 _READ = 65536
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _SIGNALS = {
@@ -280,16 +283,18 @@ class VM:
     def environment(self, requested: object) -> dict[str, str]:
         env = {
             "HOME": str(self.disk),
+            "HOSTNAME": self.id,
             "USER": self.spec.user,
             "LOGNAME": self.spec.user,
             "SHELL": "/bin/sh",
             "PATH": os.environ.get("PATH", _PATH),
             "LANG": "C.UTF-8",
             MARKER: self.id,
+            CLOUD_MARKER: str(self.disk.parent.parent),
         }
         if isinstance(requested, dict):
             for name, value in requested.items():
-                if isinstance(name, str) and isinstance(value, str) and name != MARKER:
+                if isinstance(name, str) and isinstance(value, str) and name not in _OURS:
                     env[name] = value
         return env
 

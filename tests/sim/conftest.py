@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -74,10 +75,19 @@ def pinned_context(state_dir: Path, vms: Sequence[aiores.Resource]) -> SSHContex
     )
 
 
-def listening(port: int) -> bool:
-    """True if something listens on 127.0.0.1:``port``."""
+def listening(port: int, pid: int | None = None) -> bool:
+    """True if the sim cloud (``pid``, default the current one) listens on ``port``.
+
+    Only its own sockets count: other test suites on this machine may bind the port
+    as soon as a VM lets go of it.
+    """
+    if pid is None:
+        pid = int((Path(os.environ["AIORES_SIM_DIR"]) / "cloud.pid").read_text())
     return any(
-        conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+        conn.status == psutil.CONN_LISTEN
+        and conn.laddr
+        and conn.laddr.port == port
+        and conn.pid == pid
         for conn in psutil.net_connections(kind="tcp")
     )
 

@@ -25,14 +25,16 @@ class Events:
     def __init__(self) -> None:
         self.seen: list[Mapping[str, Any]] = []
         self._changed = asyncio.Event()
-        self.client = CloudClient(cloud_dir(aiores.state_dir()), on_event=self._on_event)
+        self.client = CloudClient(
+            cloud_dir(aiores.state_dir()), on_event=self._on_event, subscribe=True
+        )
 
     def _on_event(self, vm: Mapping[str, Any]) -> None:
         self.seen.append(vm)
         self._changed.set()
 
     async def __aenter__(self) -> Events:
-        await self.client.call("subscribe")
+        await self.client.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,0 +1,129 @@
+"""The cloud process: started on demand, outliving its client, found again, stopped clean."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import aiores
+from aiores import ComputeDescription, JobDescription, JobState, ResourceState
+from aiores.testing import SimCloudProcess
+from aiores_sim import CloudClient, cloud_pid, stop_cloud
+
+from .conftest import STEP, booted, listening, pinned_context, port_of
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, aiores
+
+    async def main():
+        async with aiores.Session() as session:
+            mgr = session.manager("sim://?boot_delay=0.05")
+            vm = await mgr.acquire(aiores.ComputeDescription(ready=None, tags={"child"}))
+            await vm.wait(aiores.ResourceState.ACTIVE, timeout=20)
+            print(vm.id, flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def _python(code: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(STEP):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+@pytest.mark.asyncio
+async def test_vms_outlive_the_process_that_asked_and_are_found_again(
+    own_cloud: Path, state_dir: Path
+) -> None:
+    assert await cloud_pid(own_cloud) is None
+    vm_id = (await _python(CHILD)).strip()
+    pid = await cloud_pid(own_cloud)
+    assert pid is not None  # started on demand by the child, running on after it
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=0.05")
+        vm = await mgr.get(vm_id)
+        assert vm.state_detail == "running"
+        assert vm.tags == {"child"}
+        assert [found.id for found in await mgr.list(tags="child")] == [vm.id]
+    # ... and usable over SSH from this process, its host key pinned.
+    async with aiores.Session(contexts=[pinned_context(state_dir, [vm])]) as session:
+        again = await session.manager("sim://?boot_delay=0.05").get(vm_id)
+        assert isinstance(again, aiores.Compute)
+        await again.wait(ResourceState.ACTIVE, timeout=STEP)
+        result = await again.run("cat .sim/vm.json")
+        assert again.native_id in result.stdout
+        await again.destroy()
+    assert await cloud_pid(own_cloud) == pid  # one cloud throughout
+
+
+@pytest.mark.asyncio
+async def test_concurrent_starts_make_one_cloud(own_cloud: Path) -> None:
+    clients = [CloudClient(own_cloud) for _ in range(4)]
+    try:
+        hellos = await asyncio.gather(*(c.call("hello") for c in clients))
+    finally:
+        for client in clients:
+            await client.close()
+    assert len({hello["pid"] for hello in hellos}) == 1
+    assert await cloud_pid(own_cloud) == hellos[0]["pid"]
+
+
+@pytest.mark.asyncio
+async def test_stop_leaves_no_process_port_or_file(own_cloud: Path, state_dir: Path) -> None:
+    async with booted(3, "sim://?boot_delay=0.05", state_dir=state_dir) as (_, vms):
+        ports = [port_of(vm) for vm in vms]
+        pid = await cloud_pid(own_cloud)
+        assert pid is not None
+        cloud = SimCloudProcess(own_cloud, pid)
+        # Something running on each VM: a detached job, a command, a stopped job.
+        sleep = JobDescription(executable="sleep", arguments=["60"])
+        job = await vms[0].job_service().submit(sleep)
+        stopped = await vms[2].job_service().submit(sleep)
+        await stopped.suspend()
+        running = asyncio.ensure_future(vms[1].run("sleep 60"))
+        async with asyncio.timeout(STEP):
+            while len(await asyncio.to_thread(cloud.leftovers)) < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert all(listening(port, pid) for port in ports)
+        assert await stop_cloud(own_cloud) is True
+        with pytest.raises((aiores.ConnectionLost, aiores.NoSuccess)):
+            await running
+        assert await asyncio.to_thread(cloud.leftovers) == []
+        assert not any(listening(port, pid) for port in ports)
+        assert await asyncio.to_thread(lambda: list((own_cloud / "vms").iterdir())) == []
+        assert job.state is JobState.RUNNING  # what this session last knew
+        # The session's VMs are gone with the cloud: destroy (in booted) is a no-op.
+    assert await cloud_pid(own_cloud) is None
+    assert await stop_cloud(own_cloud) is False
+
+
+@pytest.mark.asyncio
+async def test_describe_without_a_cloud_finds_nothing(own_cloud: Path) -> None:
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=30")
+        vm = await mgr.acquire(ComputeDescription(ready=None))
+        assert await stop_cloud(own_cloud) is True
+        # The cloud said so as it stopped.
+        assert await vm.wait(timeout=STEP) is ResourceState.CANCELED
+        assert vm.state_detail == "the cloud stopped"
+        assert await mgr.list() == []
+        await vm.destroy()  # nothing to do: not an error
+    async with aiores.Session() as session:
+        with pytest.raises(aiores.DoesNotExist):
+            await session.manager("sim://").get(vm.native_id)
+    assert await cloud_pid(own_cloud) is None  # asking did not start a new cloud
