@@ -54,6 +54,7 @@ __all__ = [
     "ResourceInfo",
     "Template",
     "missing",
+    "truncation_marker",
 ]
 
 RType = Literal["compute", "storage", "network"]
@@ -380,6 +381,12 @@ class AdaptorPlugin:
 
     def command_runner(self, url: URL, env: AdaptorEnv) -> CommandRunner:
         raise NotSupported(f"{url.scheme}:// cannot run commands")
+
+
+def truncation_marker(kept: int, dropped: int) -> bytes:
+    """What ends captured output cut at ``JobDescription.capture_limit`` (every adaptor)."""
+    text = f"\n[aiores: output truncated after {kept} bytes; {dropped} more bytes discarded]\n"
+    return text.encode()
 
 
 def missing(kind: str, id: str, url: URL) -> DoesNotExist:

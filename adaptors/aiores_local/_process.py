@@ -29,6 +29,7 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from aiores._exceptions import AioresError, DoesNotExist, NoSuccess, PermissionDenied
+from aiores.adaptor import truncation_marker
 
 __all__ = [
     "Capture",
@@ -111,11 +112,7 @@ class Capture:
         data, self.data = bytes(self.data), bytearray()
         if self.total <= len(data):
             return data
-        marker = (
-            f"\n[aiores: output truncated after {len(data)} bytes; "
-            f"{self.total - len(data)} more bytes discarded]\n"
-        )
-        return data + marker.encode()
+        return data + truncation_marker(len(data), self.total - len(data))
 
 
 class Child:

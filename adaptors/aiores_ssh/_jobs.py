@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from aiores import DoesNotExist, IncorrectState, JobDescription, JobState, NoSuccess
-from aiores.adaptor import JobAdaptor, JobInfo, PollPolicy, missing
+from aiores.adaptor import JobAdaptor, JobInfo, PollPolicy, missing, truncation_marker
 
 from ._base import SSHBase
 from ._jobscripts import (
@@ -33,12 +33,7 @@ from ._jobscripts import (
 )
 from ._runner import Outcome, execute
 
-__all__ = ["TRUNCATION_MARKER", "SSHJobAdaptor", "parse_describe"]
-
-#: Appended to captured output cut at the capture limit (the same words as local://).
-TRUNCATION_MARKER = (
-    "\n[aiores: output truncated after {kept} bytes; {dropped} more bytes discarded]\n"
-)
+__all__ = ["SSHJobAdaptor", "parse_describe"]
 
 
 class SSHJobAdaptor(SSHBase, JobAdaptor):
@@ -100,7 +95,7 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         """The state of each job in ``ids`` (one remote command); unknown ids are left out.
 
         Finished jobs carry their captured output, cut at the description's
-        ``capture_limit`` and then ending with :data:`TRUNCATION_MARKER`.
+        ``capture_limit`` and then ending with :func:`aiores.adaptor.truncation_marker`.
 
         Raises:
             ConnectionLost, Timeout, NoSuccess: the host could not be asked.
@@ -221,7 +216,7 @@ def parse_describe(data: bytes) -> dict[str, JobInfo]:
             chunk = data[pos : pos + sent]
             pos += sent
             if size > sent:
-                chunk += TRUNCATION_MARKER.format(kept=sent, dropped=size - sent).encode()
+                chunk += truncation_marker(sent, size - sent)
             current[fields[1]] = chunk
     flush()
     return infos

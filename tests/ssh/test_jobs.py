@@ -11,9 +11,8 @@ import pytest
 
 import aiores
 from aiores import JobDescription, JobState
-from aiores.adaptor import JobInfo
+from aiores.adaptor import JobInfo, truncation_marker
 from aiores_ssh import SSHJobAdaptor
-from aiores_ssh._jobs import TRUNCATION_MARKER
 
 from .conftest import STEP, Adaptors, FakeEnv, gone, opened, wait_until
 from .servers import Sshd
@@ -79,7 +78,7 @@ async def test_capture_limit_and_output_files(
     jobs = await adaptors.jobs(sshd.url())
     big = JobDescription.shell("head -c 5000 /dev/zero | tr '\\0' x", capture_limit=1000)
     info = await settle(jobs, (await jobs.submit(big, token(), hold=False)).id)
-    marker = TRUNCATION_MARKER.format(kept=1000, dropped=4000).encode()
+    marker = truncation_marker(1000, 4000)
     assert info.stdout == b"x" * 1000 + marker
     assert marker == b"\n[aiores: output truncated after 1000 bytes; 4000 more bytes discarded]\n"
     name = f"out-{secrets.token_hex(4)}.txt"
