@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,6 +31,7 @@ from . import (
     ResourceState,
     RunResult,
     Session,
+    SSHContext,
     __version__,
     state_dir,
 )
@@ -87,7 +89,7 @@ GROUPS = (
         "small",
         "index.html",
         "<h1>hello from aiores</h1>\n",
-        'echo "$HOSTNAME serves $(wc -c < index.html) bytes"',
+        'echo "index.html $(wc -c < index.html) bytes"',
     ),
     _Group(
         "db",
@@ -95,7 +97,7 @@ GROUPS = (
         "medium",
         "schema.sql",
         "create table runs (id integer primary key, host text, took real);\n",
-        'echo "$HOSTNAME schema $(sha256sum schema.sql | cut -c1-12)"',
+        'echo "schema.sql sha256 $(sha256sum schema.sql | cut -c1-8)"',
     ),
 )
 
@@ -125,14 +127,16 @@ async def _timed(fn: Callable[[], Awaitable[T]]) -> tuple[T, float]:
 
 
 async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
-    from aiores_sim import cloud_dir, cloud_pid, stop_cloud
+    from aiores_sim import cloud_dir, cloud_pid, managed_key, stop_cloud
 
     total_start = time.perf_counter()
     directory = cloud_dir(state_dir())
     was_running = await cloud_pid(directory) is not None
     times: dict[str, float] = {}
     hosts: list[_Host] = []
-    async with Session() as session:
+    # The sim cloud authorizes the aiores-managed client key; name it for ssh://.
+    key = await asyncio.to_thread(managed_key, state_dir())
+    async with Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
         mgr = session.manager(f"sim://?boot_delay={boot_delay}")
         console.print(
             f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "
@@ -151,6 +155,7 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
         try:
             _, times["boot (until SSH answers)"] = await _timed(lambda: _boot(groups, hosts, start))
             _, times["fan-out (file + command)"] = await _timed(lambda: _fan_out(groups, hosts))
+            console.print()
             console.print(_table(hosts))
         finally:
             _, times["teardown"] = await _timed(lambda: mgr.destroy([h.vm for h in hosts]))
@@ -213,28 +218,23 @@ async def _fan_out(groups: tuple[_Group, ...], hosts: list[_Host]) -> None:
 
 
 def _table(hosts: list[_Host]) -> Table:
-    table = Table(title="results", title_justify="left", header_style="bold")
-    for name, justify in (
-        ("group", "left"),
-        ("vm", "left"),
-        ("port", "right"),
-        ("booted", "right"),
-        ("exit", "right"),
-        ("took", "right"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    table.add_column("output", no_wrap=True, overflow="ellipsis", max_width=60)
+    table = Table(title="per host", title_justify="left", header_style="bold", box=box.SIMPLE)
+    table.add_column("group", no_wrap=True, min_width=5)
+    table.add_column("vm", no_wrap=True, min_width=13)
+    table.add_column("up after", justify="right", no_wrap=True, min_width=8)
+    table.add_column("exit", justify="right", no_wrap=True, min_width=4)
+    table.add_column("took", justify="right", no_wrap=True, min_width=6)
+    table.add_column("output", no_wrap=True, overflow="ellipsis", ratio=1)
     for host in sorted(hosts, key=lambda h: (h.group, h.booted or 1e9)):
-        port = str(host.vm.extra.get("port", ""))
         booted = f"{host.booted:.2f} s" if host.booted is not None else "-"
         if host.result is not None:
             status = host.result.exit_status
             exit_text = "[green]0[/]" if status == 0 else f"[red]{status}[/]"
-            took = f"{(host.result.elapsed or 0) * 1000:.0f} ms"
+            took = f"{host.result.elapsed * 1000:.0f} ms"
             output = host.result.stdout.strip().splitlines()[0] if host.result.stdout else ""
         else:
             exit_text, took, output = "[red]-[/]", "-", f"[red]{host.error or 'not run'}[/]"
-        table.add_row(host.group, host.vm.native_id, port, booted, exit_text, took, output)
+        table.add_row(host.group, host.vm.native_id, booted, exit_text, took, output)
     return table
 
 
@@ -243,14 +243,11 @@ def _summary(hosts: list[_Host], times: dict[str, float]) -> Table:
     states: dict[str, int] = {}
     for host in hosts:
         states[host.vm.state.name] = states.get(host.vm.state.name, 0) + 1
-    table = Table(
-        title=f"summary: {ok}/{len(hosts)} hosts ran their command; now "
-        + ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
-        title_justify="left",
-        show_header=False,
-    )
-    table.add_column("phase")
-    table.add_column("seconds", justify="right")
+    now = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    console.print(f"[bold]summary[/]: {ok}/{len(hosts)} hosts ran their command; now {now}")
+    table = Table(show_header=False, box=box.SIMPLE)
+    table.add_column("phase", no_wrap=True)
+    table.add_column("seconds", justify="right", no_wrap=True)
     for phase, seconds in times.items():
         style = "bold" if phase == "total" else ""
         table.add_row(phase, f"{seconds:.2f} s", style=style)

@@ -1,0 +1,65 @@
+"""Simulated VMs with aiores, top to bottom: boot two tagged groups, fan out, tear down.
+
+The same as ``aiores demo``, without the progress display. Run it with:
+
+    python examples/sim_demo.py
+
+The cloud process it starts keeps running for the next program (VMs outlive the
+process that asked for them); ``aiores sim stop`` ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import aiores
+from aiores import ComputeDescription, ResourceState
+from aiores_sim import managed_key
+
+
+async def main() -> None:
+    started = time.perf_counter()
+    # The simulated cloud authorizes the aiores-managed client key (made on first use).
+    key = await asyncio.to_thread(managed_key, aiores.state_dir())
+    ssh = aiores.SSHContext(key_files=[str(key)])
+    async with aiores.Session(contexts=[ssh]) as session:
+        # One manager; boot delays of 0.5 to 2 s. The cloud process starts on demand.
+        mgr = session.manager("sim://?boot_delay=0.5-2")
+
+        # Two tagged groups, acquired at once; each call returns as soon as the cloud
+        # accepted its VMs (PENDING, with their address and host key already known).
+        web, db = await asyncio.gather(
+            mgr.acquire_many(ComputeDescription(template="small", tags={"web"}), 12),
+            mgr.acquire_many(ComputeDescription(template="medium", tags={"db"}), 8),
+        )
+        vms = [*web, *db]
+        try:
+            # ACTIVE means usable: SSH answers, with the host key the cloud published.
+            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE, timeout=60) for vm in vms))
+            print(f"{len(vms)} VMs up after {time.perf_counter() - started:.1f} s")
+
+            # A file and a command to each group, all hosts at once.
+            with tempfile.TemporaryDirectory() as tmp:
+                page = Path(tmp, "index.html")
+                await asyncio.to_thread(page.write_text, "<h1>hello from aiores</h1>\n")
+                await asyncio.gather(*(vm.put(page, "index.html") for vm in web))
+            results = await asyncio.gather(
+                *(vm.run("wc -c < index.html") for vm in web),
+                *(vm.run(["uname", "-s"]) for vm in db),
+            )
+            for vm, result in zip(vms, results, strict=True):
+                group = ",".join(sorted(vm.tags))
+                print(
+                    f"{group:4} {vm.native_id}  exit {result.exit_status}  {result.stdout.strip()}"
+                )
+        finally:
+            # Destroying ends each VM: its processes are killed and its disk removed.
+            await mgr.destroy(vms)
+    print(f"all {len(vms)} destroyed; {time.perf_counter() - started:.1f} s in all")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
