@@ -1,0 +1,72 @@
+"""The cloud in-process (``aiores_sim.Cloud``): one session end to end, and the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+import aiores
+from aiores import ComputeDescription, ResourceState, SSHContext
+from aiores_sim import Cloud, CloudClient, CloudRunning, managed_key
+from aiores_sim._protocol import socket_path
+
+from .conftest import STEP
+
+
+@pytest_asyncio.fixture
+async def cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cloud]:
+    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aiores-sim-in-"))
+    monkeypatch.setenv("AIORES_SIM_DIR", str(directory))
+    async with Cloud(directory) as running:
+        yield running
+    assert running.stopped.is_set()
+    assert not await asyncio.to_thread(socket_path(directory).exists)
+
+
+@pytest.mark.asyncio
+async def test_one_session_acquires_probes_runs_and_destroys(cloud: Cloud, state_dir: Path) -> None:
+    key = await asyncio.to_thread(managed_key, state_dir)
+    async with aiores.Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
+        mgr = session.manager("sim://?boot_delay=0.05")
+        vms = await mgr.acquire_many(ComputeDescription(tags={"inproc"}), 3)
+        # ACTIVE only once SSH answered with the host key the cloud published.
+        async with asyncio.timeout(STEP):
+            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+        results = await asyncio.gather(*(vm.run("cat .sim/vm.json") for vm in vms))
+        assert all(vm.native_id in r.stdout for vm, r in zip(vms, results, strict=True))
+        await mgr.destroy(vms)
+    assert all(vm.state is ResourceState.CANCELED for vm in vms)
+    assert all(not cloud.vms[vm.native_id].connections for vm in vms)
+
+
+@pytest.mark.asyncio
+async def test_a_second_cloud_for_one_directory_is_refused(cloud: Cloud) -> None:
+    with pytest.raises(CloudRunning):
+        await Cloud(cloud.directory).start()
+
+
+@pytest.mark.asyncio
+async def test_bad_requests_are_answered_not_fatal(cloud: Cloud) -> None:
+    client = CloudClient(cloud.directory)
+    try:
+        with pytest.raises(aiores.BadParameter, match="no operation"):
+            await client.call("launch_missiles")
+        with pytest.raises(aiores.BadParameter, match="count"):
+            await client.call("acquire", {"count": 0})
+        with pytest.raises(aiores.BadParameter, match="public keys"):
+            await client.call("acquire", {"count": 1, "user": "me"})
+        with pytest.raises(aiores.DoesNotExist):
+            await client.call("rekey", {"id": "vm-none"})
+        assert (await client.call("hello"))["vms"] == 0
+    finally:
+        await client.close()
+    reader, writer = await asyncio.open_unix_connection(str(socket_path(cloud.directory)))
+    writer.write(b"not json\n")
+    assert b'"ok":false' in await reader.readline()
+    writer.close()
+    await writer.wait_closed()
