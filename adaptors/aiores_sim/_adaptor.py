@@ -36,7 +36,7 @@ from aiores.adaptor import (
 
 from ._client import CloudClient
 from ._keys import authorized_keys
-from ._options import Faults, parse_faults, user_data_faults
+from ._options import IMAGES, TEMPLATES, Faults, parse_faults, user_data_faults
 from ._protocol import cloud_dir, info_from_json
 
 __all__ = ["SimResourceAdaptor", "url_faults"]
@@ -184,14 +184,12 @@ class SimResourceAdaptor(ResourceAdaptor):
             raise exc
 
     async def list_templates(self) -> Sequence[Template]:
-        """The VM sizes: tiny, small (the default), medium, large, xlarge."""
-        result = await self._call("templates", start=True)
-        return [Template(name=t["name"], cpus=t["cpus"], memory=t["memory"]) for t in result]
+        """The VM sizes: tiny, small (the default), medium, large, xlarge (no cloud needed)."""
+        return list(TEMPLATES)
 
     async def list_images(self) -> Sequence[Image]:
         """The images (all run this host's userland; the name is a label)."""
-        result = await self._call("images", start=True)
-        return [Image(name=i["name"], description=i["description"]) for i in result]
+        return list(IMAGES)
 
     # -- fault injection ----------------------------------------------------------------
     async def rekey(self, id: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiores import ConnectionLost, NoSuccess
+from aiores import ConnectionLost, NoSuccess, Timeout
 
 from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
 
@@ -34,6 +34,8 @@ START_TIMEOUT = 30.0
 CONNECT_PATIENCE = 10.0
 
 Spawner = Callable[[Callable[[], Awaitable[None]], str], None]
+#: Launchers whose start was cancelled, reaped in the background.
+_launchers: set[asyncio.Future[int]] = set()
 
 
 async def _open(directory: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -68,9 +70,13 @@ async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> Non
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        from aiores import Timeout
-
         raise Timeout(f"the sim cloud in {directory} did not start in {START_TIMEOUT} s") from None
+    except asyncio.CancelledError:
+        # The launcher finishes on its own (the cloud may still come up); reap it then.
+        task = asyncio.ensure_future(proc.wait())
+        _launchers.add(task)
+        task.add_done_callback(_launchers.discard)
+        raise
     if proc.returncode != 0:
         said = (err or out).decode(errors="replace").strip()
         raise NoSuccess(f"the sim cloud in {directory} did not start: {said}")
@@ -116,8 +122,6 @@ async def stop_cloud(directory: Path, *, timeout: float = 60.0) -> bool:
     Raises:
         Timeout: it did not exit within ``timeout`` seconds.
     """
-    from aiores import Timeout
-
     pid = await cloud_pid(directory)
     try:
         client = CloudClient(directory)
