@@ -32,6 +32,8 @@ log = logging.getLogger("aiores.sim")
 START_TIMEOUT = 30.0
 #: Seconds a connection attempt keeps retrying while another process starts the cloud.
 CONNECT_PATIENCE = 10.0
+#: A cloud started on demand stops after this many seconds with no VM and no client.
+IDLE_EXIT = 600.0
 
 Spawner = Callable[[Callable[[], Awaitable[None]], str], None]
 #: Launchers whose start was cancelled, reaped in the background.
@@ -196,7 +198,7 @@ class CloudClient:
             except (FileNotFoundError, ConnectionRefusedError):
                 if not start:
                     raise NoSuccess(f"no sim cloud runs in {self.directory}") from None
-                await start_cloud(self.directory)
+                await start_cloud(self.directory, idle_exit=IDLE_EXIT)
                 reader, writer = await self._patient_open()
             self._writer = writer
             self._run_reader(reader, writer)

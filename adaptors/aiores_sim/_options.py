@@ -12,8 +12,11 @@ boot_delay         seconds from PENDING to ACTIVE: ``1.5`` (fixed), ``0.5-2`` (u
                    ``exp:1.0`` (exponential with that mean); default ``0.5-1.5``
 boot_failure       probability that a VM fails to boot (-> FAILED)
 die_after          seconds after ACTIVE at which the VM dies (-> FAILED)
-preempt_after      seconds after ACTIVE at which a preemption notice comes
-preempt_notice     seconds of that notice before the VM goes (-> EXPIRED); default 2
+preempt_after      seconds after ACTIVE at which a preemption notice comes: the VM stays
+                   ACTIVE with state_detail "preempting" and ``extra["preempt_at"]``
+                   (epoch seconds), ``extra["preempt_in"]`` (seconds left)
+preempt_notice     seconds of that notice before the VM goes (-> EXPIRED, "preempted");
+                   default 2
 ssh_delay          seconds each SSH login is held before authentication goes on
 wrong_host_key     probability that a VM boots with a host key other than the one
                    it published (a machine-in-the-middle; clients refuse it)

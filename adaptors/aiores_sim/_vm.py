@@ -199,8 +199,16 @@ class VM:
                 "disk": str(self.disk),
                 "created": self.created,
                 **self.extra,
+                **self._countdown(),
             },
         }
+
+    def _countdown(self) -> dict[str, float]:
+        """Seconds left before a preemption that was announced (``preempt_in``)."""
+        at = self.extra.get("preempt_at")
+        if at is None or self.state.final:
+            return {}
+        return {"preempt_in": round(max(0.0, at - time.time()), 3)}
 
     # -- state ----------------------------------------------------------------------
     def set_state(self, state: ResourceState, detail: str, **extra: Any) -> bool:

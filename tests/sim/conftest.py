@@ -23,7 +23,7 @@ import pytest
 import aiores
 from aiores import Compute, ComputeDescription, ResourceState, SSHContext
 from aiores.testing import SimCloudProcess, aiores_sim_cloud
-from aiores_sim import MANAGED_KEY, cloud_pid
+from aiores_sim import MANAGED_KEY
 
 __all__ = [
     "STEP",
@@ -121,7 +121,3 @@ async def booted(
             yield session, computes
         finally:
             await mgr.destroy(computes)
-
-
-async def own_cloud_pid(directory: Path) -> int | None:
-    return await cloud_pid(directory)

@@ -168,6 +168,7 @@ async def test_preemption_notice_then_gone() -> None:
         assert notice["state"] == "ACTIVE"
         assert notice["extra"]["preempt_notice"] == 0.4
         assert notice["extra"]["preempt_at"] > time.time() - 1
+        assert 0 < notice["extra"]["preempt_in"] <= 0.4
         assert await vm.wait(timeout=STEP) is ResourceState.EXPIRED
         assert vm.state_detail == "preempted"
         assert vm.extra["preempt_notice"] == 0.4

@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncssh
 import pytest
 import pytest_asyncio
 
@@ -70,3 +71,33 @@ async def test_bad_requests_are_answered_not_fatal(cloud: Cloud) -> None:
     assert b'"ok":false' in await reader.readline()
     writer.close()
     await writer.wait_closed()
+
+
+@pytest.mark.asyncio
+async def test_client_key_from_the_ssh_context(cloud: Cloud, tmp_path: Path) -> None:
+    key_file = tmp_path / "my_key"  # no .pub beside it: derived from the private key
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    await asyncio.to_thread(key_file.write_bytes, key.export_private_key())
+    await asyncio.to_thread(key_file.chmod, 0o600)
+    ctx = SSHContext(key_files=[str(key_file)], user="alice")
+    async with aiores.Session(contexts=[ctx]) as session:
+        vm = await session.manager("sim://?boot_delay=0.05").acquire(ComputeDescription())
+        assert vm.access is not None
+        assert vm.access.startswith("ssh://alice@127.0.0.1:")
+        await vm.wait(ResourceState.ACTIVE, timeout=STEP)
+        assert (await vm.run('echo "$USER"')).stdout == "alice\n"
+        await vm.destroy()
+    # The managed key was not needed, so not made.
+    assert not await asyncio.to_thread((tmp_path / "aiores-state" / "keys").exists)
+
+
+@pytest.mark.asyncio
+async def test_idle_cloud_stops_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aiores-sim-idle-"))
+    cloud = Cloud(directory, idle_exit=0.2)
+    await cloud.start()
+    try:
+        async with asyncio.timeout(STEP):
+            await cloud.stopped.wait()
+    finally:
+        await cloud.stop()

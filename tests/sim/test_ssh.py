@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import asyncssh
@@ -181,3 +182,21 @@ async def test_a_host_key_that_changes_is_refused(state_dir: Path) -> None:
                 continue
         assert refusal is not None
         assert f"127.0.0.1:{port_of(vm)}" in str(refusal)
+
+
+@pytest.mark.asyncio
+async def test_slow_ssh(state_dir: Path) -> None:
+    url = "sim://?boot_delay=0.05&ssh_delay=0.4"
+    async with aiores.Session() as first:
+        vm = await first.manager(url).acquire(ComputeDescription(ready=None))
+        await vm.wait(ResourceState.ACTIVE, timeout=STEP)
+    async with aiores.Session(contexts=[pinned_context(state_dir, [vm])]) as session:
+        again = await session.manager(url).get(vm.id)
+        assert isinstance(again, aiores.Compute)
+        start = time.monotonic()
+        await again.wait(ResourceState.ACTIVE, timeout=STEP)  # the probe logs in, slowly
+        assert time.monotonic() - start >= 0.4
+        start = time.monotonic()
+        assert (await again.run("true")).exit_status == 0  # on the probe's connection
+        assert time.monotonic() - start < 0.4
+        await again.destroy()
