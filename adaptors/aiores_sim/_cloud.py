@@ -36,7 +36,7 @@ from aiores import ResourceState as S
 
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
-from ._vm import VM, VMSpec, kill_marked, prepare
+from ._vm import VM, Prepared, VMSpec, kill_marked, prepare
 
 __all__ = ["Cloud", "CloudRunning"]
 
@@ -75,6 +75,7 @@ class Cloud:
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._doomed: list[VM] = []
+        self._acquiring: dict[str, asyncio.Event] = {}
         self._reap = asyncio.Event()
         self._idle_since = time.monotonic()
         self.stopped = asyncio.Event()
@@ -147,9 +148,9 @@ class Cloud:
         try:
             if self._server is not None:
                 self._server.close()
-            gone = [self._end(vm, S.CANCELED, "the cloud stopped") for vm in self.vms.values()]
+            for vm in self.vms.values():
+                self._end(vm, S.CANCELED, "the cloud stopped")
             waits = [vm.gone.wait() for vm in self.vms.values() if not vm.gone.is_set()]
-            del gone
             if waits:
                 async with asyncio.timeout(60):
                     await asyncio.gather(*waits)
@@ -349,9 +350,20 @@ class Cloud:
         spec = _spec(args)
         seed = spec.faults.seed
         ids = [self._new_id() for _ in range(count)]
-        made = await asyncio.to_thread(
-            prepare, self.directory / "vms", [(spec, vm_id) for vm_id in ids]
-        )
+        # Until its VMs are registered, a find() for this token waits (the client may
+        # have given up on this acquire and be cleaning up after it).
+        done = self._acquiring.setdefault(spec.token, asyncio.Event())
+        try:
+            made = await asyncio.to_thread(
+                prepare, self.directory / "vms", [(spec, vm_id) for vm_id in ids]
+            )
+            if self._stopping:
+                _discard(made)
+                raise IncorrectState("the sim cloud is stopping")
+        except BaseException:
+            self._acquiring.pop(spec.token, None)
+            done.set()
+            raise
         vms = []
         for index, item in enumerate(made):
             rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
@@ -365,6 +377,8 @@ class Cloud:
             if spec.duration is not None:
                 vm.tasks.add(self._spawn(self._expire(vm, spec.duration), f"expiry of {vm.id}"))
             self._changed(vm)
+        self._acquiring.pop(spec.token, None)
+        done.set()
         return [vm.to_json() for vm in vms]
 
     def _new_id(self) -> str:
@@ -379,6 +393,9 @@ class Cloud:
 
     async def op_find(self, args: Mapping[str, Any]) -> Any:
         token = args.get("token")
+        pending = self._acquiring.get(str(token))
+        if pending is not None:
+            await pending.wait()
         return [
             vm.to_json()
             for vm in self.vms.values()
@@ -420,6 +437,12 @@ class Cloud:
 
     async def op_shutdown(self, args: Mapping[str, Any]) -> Any:
         return {"pid": os.getpid()}
+
+
+def _discard(made: list[Prepared]) -> None:
+    for item in made:
+        item.sock.close()
+        shutil.rmtree(item.disk, ignore_errors=True)
 
 
 def _wipe(ids: set[str], disks: list[Path]) -> None:

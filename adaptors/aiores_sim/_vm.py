@@ -37,7 +37,7 @@ from aiores.adaptor import Image, Template
 
 from ._options import Faults
 
-__all__ = ["VM", "VMSpec", "kill_marked", "prepare"]
+__all__ = ["VM", "Prepared", "VMSpec", "kill_marked", "prepare"]
 
 log = logging.getLogger("aiores.sim")
 

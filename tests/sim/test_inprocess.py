@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -101,3 +103,35 @@ async def test_idle_cloud_stops_by_itself(monkeypatch: pytest.MonkeyPatch) -> No
             await cloud.stopped.wait()
     finally:
         await cloud.stop()
+
+
+@pytest.mark.asyncio
+async def test_acquire_cancelled_while_the_cloud_makes_vms_leaves_none(
+    cloud: Cloud, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _cloud, _vm
+
+    started, go_on = threading.Event(), threading.Event()
+    real_prepare = _vm.prepare
+
+    def slow_prepare(*args: Any) -> Any:
+        started.set()
+        go_on.wait(STEP)
+        return real_prepare(*args)
+
+    monkeypatch.setattr(_cloud, "prepare", slow_prepare)
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=30")
+        task = asyncio.ensure_future(mgr.acquire_many(ComputeDescription(tags={"t-race"}), 5))
+        await asyncio.to_thread(started.wait, STEP)  # the cloud is making the VMs now
+        task.cancel()
+        # The cleanup asks the cloud for the call's VMs; it answers once they exist.
+        asyncio.get_running_loop().call_later(0.1, go_on.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with asyncio.timeout(STEP):
+            while cloud._acquiring:  # noqa: ASYNC110 (the cloud's own bookkeeping)
+                await asyncio.sleep(0.01)
+        assert await mgr.list(tags="t-race") == []
+    assert len(cloud.vms) == 5
+    assert all(vm.state is ResourceState.CANCELED for vm in cloud.vms.values())
