@@ -85,11 +85,14 @@ class SimResourceAdaptor(ResourceAdaptor):
                 missing or unreadable.
         """
         ctx = self.env.context(SSHContext, LOOPBACK)
-        self._user = (ctx.user if ctx is not None else None) or getpass.getuser()
         key_files = ctx.key_files if ctx is not None else None
         passphrase = ctx.passphrase if ctx is not None else None
         self._keys, _ = await asyncio.to_thread(
             authorized_keys, self.env.state_dir, key_files, passphrase
+        )
+        # The local login name may take a passwd lookup: off the loop too.
+        self._user = (ctx.user if ctx is not None else None) or await asyncio.to_thread(
+            getpass.getuser
         )
 
         def spawn(fn: Callable[[], Awaitable[None]], name: str) -> None:

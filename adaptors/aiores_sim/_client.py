@@ -110,7 +110,7 @@ def _running(pid: int) -> bool:
 async def _gone(pid: int, timeout: float) -> None:
     async with asyncio.timeout(timeout):
         # A process we did not start ends: there is no event to await for it.
-        while _running(pid):  # noqa: ASYNC110
+        while await asyncio.to_thread(_running, pid):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
