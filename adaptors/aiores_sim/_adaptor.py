@@ -91,9 +91,10 @@ class SimResourceAdaptor(ResourceAdaptor):
             authorized_keys, self.env.state_dir, key_files, passphrase
         )
         # The local login name may take a passwd lookup: off the loop too.
-        self._user = (ctx.user if ctx is not None else None) or await asyncio.to_thread(
-            getpass.getuser
-        )
+        user = ctx.user if ctx is not None else None
+        if not user:
+            user = await asyncio.to_thread(getpass.getuser)
+        self._user = user
 
         def spawn(fn: Callable[[], Awaitable[None]], name: str) -> None:
             self.env.spawn(fn, name=name)
