@@ -159,10 +159,24 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
             console.print(_table(hosts))
         finally:
             _, times["teardown"] = await _timed(lambda: mgr.destroy([h.vm for h in hosts]))
-        if not was_running:
+        # A cloud this demo started goes too, unless another program has VMs there now.
+        if not was_running and not await _cloud_in_use(directory):
             _, times["stopping the sim cloud"] = await _timed(lambda: stop_cloud(directory))
     times["total"] = time.perf_counter() - total_start
     console.print(_summary(hosts, times))
+
+
+async def _cloud_in_use(directory: Path) -> bool:
+    from aiores_sim import CloudClient
+
+    client = CloudClient(directory)
+    try:
+        hello = await client.call("hello", start=False)
+    except AioresError:
+        return False
+    finally:
+        await client.close()
+    return bool(hello.get("vms"))
 
 
 async def _boot(groups: tuple[_Group, ...], hosts: list[_Host], start: float) -> None:
