@@ -155,15 +155,18 @@ class Cloud:
                 async with asyncio.timeout(60):
                     await asyncio.gather(*waits)
         finally:
-            for writer in list(self._clients):
-                writer.close()
-            others = self._tasks - {asyncio.current_task()}
-            for task in others:
-                task.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
-            await self._release()
-            self.stopped.set()
-            log.info("sim cloud %s stopped", self.directory)
+            try:
+                for writer in list(self._clients):
+                    writer.close()
+                others = self._tasks - {asyncio.current_task()}
+                for task in others:
+                    task.cancel()
+                await asyncio.gather(*others, return_exceptions=True)
+                await self._release()
+            finally:
+                # Whatever failed above, the process must be able to end.
+                self.stopped.set()
+                log.info("sim cloud %s stopped", self.directory)
 
     async def _release(self) -> None:
         def remove() -> None:
