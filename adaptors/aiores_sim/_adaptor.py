@@ -161,16 +161,35 @@ class SimResourceAdaptor(ResourceAdaptor):
         return [info_from_json(item) for item in result]
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
-        """VMs made under ``token`` that have not ended."""
+        """VMs made under ``token`` that have not ended (none if no cloud runs).
+
+        Waits for an acquire under ``token`` that the cloud is still carrying out.
+
+        Raises:
+            NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
+        """
         return [info_from_json(i) for i in await self._gone_ok("find", {"token": token}, [])]
 
     async def destroy(self, ids: Sequence[str]) -> None:
-        """End the VMs (CANCELED); returns once their processes and disks are gone."""
+        """End the VMs (CANCELED); returns once their processes and disks are gone.
+
+        Ids unknown or already ended are ignored; with no cloud running there is
+        nothing to end.
+
+        Raises:
+            NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
+
+        Cancelling it abandons the wait; the cloud finishes the teardown.
+        """
         if ids:
             await self._gone_ok("destroy", {"ids": list(ids)}, None)
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
-        """The record of each known VM (one request for all ``ids``)."""
+        """The record of each known VM (one request for all ``ids``).
+
+        Raises:
+            NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
+        """
         result = await self._gone_ok("describe", {"ids": list(ids)}, {})
         return {vm_id: info_from_json(data) for vm_id, data in result.items()}
 
