@@ -10,7 +10,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
-from aiores._url import URL, join_id, split_id
+from aiores._url import URL, join_id, native_id, split_id
 
 
 def test_all_is_sorted_complete_and_importable() -> None:
@@ -164,3 +164,8 @@ def test_urls_parse_and_print() -> None:
     assert rid == "[sim://]-[vm-3]"
     assert split_id(rid) == ("sim://", "vm-3")
     assert split_id("vm-3") is None
+    here = URL.parse("sim://")
+    assert native_id("[sim://?boot_delay=30]-[vm-3]", here, "resource") == "vm-3"
+    assert native_id("vm-3", here, "resource") == "vm-3"
+    with pytest.raises(aiores.BadParameter, match="belongs to ssh://h, not to sim://"):
+        native_id("[ssh://h]-[vm-3]", here, "resource")
