@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from aiores import AioresError, HostKeyError, NoSuccess, SSHContext
+from aiores import AioresError, HostKeyError, IncorrectState, NoSuccess, SSHContext
 from aiores.adaptor import AdaptorEnv
 
 from ._errors import map_errors, translate
@@ -140,6 +140,7 @@ class Pool:
         idle_timeout: float = 60.0,
     ) -> None:
         self._env = env
+        self._max_handshakes = max_handshakes
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -155,6 +156,18 @@ class Pool:
         self._users = 0
         #: Connections opened so far (for tests and benchmarks).
         self.connects = 0
+
+    @property
+    def max_handshakes(self) -> int:
+        """New SSH handshakes in flight across the pool (set it before connecting)."""
+        return self._max_handshakes
+
+    @max_handshakes.setter
+    def max_handshakes(self, value: int) -> None:
+        if self._tasks:
+            raise IncorrectState("max_handshakes can only change while nothing connects")
+        self._max_handshakes = value
+        self._handshakes = asyncio.Semaphore(value)
 
     # -- sharing -------------------------------------------------------------------
     def retain(self) -> None:
@@ -287,9 +300,16 @@ class Pool:
 
     async def _connect(self, target: Target, state: _TargetState, pending: _Pending) -> None:
         error: AioresError | None = None
+        tunnel: tuple[Target, _Conn] | None = None
         try:
+            if target.context.jump_host:
+                # The jump connection is leased before any handshake slot is taken:
+                # opening it needs a slot of its own, so holding one while waiting
+                # for it would deadlock once every slot waits on the jump host.
+                tunnel = await self._jump(target)
             async with self._handshakes, state.startups:
-                pooled = await self._handshake(target)
+                pooled = await self._handshake(target, tunnel)
+            tunnel = None  # the connection holds it now, until it is lost
             state.live.append(pooled)
             self.connects += 1
             self._start_reaper()
@@ -302,13 +322,14 @@ class Pool:
             error = NoSuccess(f"the SSH pool closed while connecting to {target.where}")
             raise
         finally:
+            if tunnel is not None:
+                self._unlease(*tunnel)
             state.pending.remove(pending)
             pending.done.set_result(error)
             state.wake()
 
-    async def _handshake(self, target: Target) -> _Conn:
+    async def _handshake(self, target: Target, tunnel: tuple[Target, _Conn] | None) -> _Conn:
         options, policy = await self._options_for(target.context)
-        tunnel: tuple[Target, _Conn] | None = None
         client: SSHClient | None = None
 
         def factory() -> SSHClient:
@@ -319,23 +340,17 @@ class Pool:
         kwargs: dict[str, Any] = {"options": options, "client_factory": factory}
         if target.user:
             kwargs["username"] = target.user
-        if target.context.jump_host:
-            tunnel = await self._jump(target)
+        if tunnel is not None:
             kwargs["tunnel"] = tunnel[1].conn
-        try:
-            with map_errors(target.where, "connecting"):
-                try:
-                    conn = await asyncssh.connect(target.host, target.port, **kwargs)
-                except asyncssh.HostKeyNotVerifiable as exc:
-                    reason = client.refusal if client is not None else None
-                    raise HostKeyError(
-                        f"host key of {target.where} not trusted: {reason or exc.reason}"
-                    ) from exc
-            await policy.flush()
-        except BaseException:
-            if tunnel is not None:
-                self._unlease(*tunnel)
-            raise
+        with map_errors(target.where, "connecting"):
+            try:
+                conn = await asyncssh.connect(target.host, target.port, **kwargs)
+            except asyncssh.HostKeyNotVerifiable as exc:
+                reason = client.refusal if client is not None else None
+                raise HostKeyError(
+                    f"host key of {target.where} not trusted: {reason or exc.reason}"
+                ) from exc
+        await policy.flush()
         assert client is not None
         state = self._targets.get(target)
         capacity = state.capacity if state is not None else target.context.max_sessions

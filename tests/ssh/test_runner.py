@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 import aiores
-from aiores_ssh import CommandTimeout
+from aiores_ssh import CommandTimeout, pool_for
 
 from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, wait_until
 from .servers import Sshd
@@ -174,3 +174,21 @@ async def test_through_a_jump_host(sshd: Sshd, sshd_permissive: Sshd, tmp_path: 
         # sshd sees the connection coming from the jump host's forwarding, on loopback.
         assert all(r.ok and r.stdout.startswith("127.0.0.1 ") for r in results)
         assert runner.pool.connects == 2  # the jump connection and the tunnelled one
+
+
+@pytest.mark.asyncio
+async def test_jump_host_needs_no_handshake_slot_of_its_own(
+    sshd: Sshd, sshd_permissive: Sshd, tmp_path: Path
+) -> None:
+    """A target's connect must not hold the only handshake slot while its jump host
+    connection waits for one."""
+    both = [str(sshd.known_hosts), str(sshd_permissive.known_hosts)]
+    ctx = sshd.context(known_hosts=both, jump_host=f"{USER}@127.0.0.1:{sshd_permissive.port}")
+    env = FakeEnv(tmp_path, ctx)
+    pool_for(env).max_handshakes = 1
+    async with opened(env) as made:
+        runner = await made.runner(sshd.url())
+        async with asyncio.timeout(10):
+            results = await asyncio.gather(*(runner.run("true") for _ in range(3)))
+        assert all(r.ok for r in results)
+        assert runner.pool.connects == 2
