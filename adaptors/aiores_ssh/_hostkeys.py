@@ -5,12 +5,14 @@ is given paths; here they are read once per :class:`~aiores.SSHContext` (off the
 loop) into one :class:`asyncssh.SSHClientConnectionOptions` that every connection of
 the session reuses.
 
-Host keys are always verified. Trusted keys come from the context's known_hosts files
-(default ``~/.ssh/known_hosts``) plus the keys pinned in ``SSHContext.host_keys``.
-A key that is unknown, or differs from the one recorded, fails the connection with
-:class:`~aiores.HostKeyError` naming ``host:port`` and the offered fingerprint.
-With ``trust_on_first_use`` an unknown key (never a changed one) is accepted and
-appended to the first known_hosts file of the context.
+Host keys are always verified, every one by :meth:`HostKeyPolicy.decide`. For a
+machine whose backend published its host keys (``AdaptorEnv.pinned_host_keys``: a VM
+aiores booted) those keys alone count. Elsewhere trusted keys come from the context's
+known_hosts files (default ``~/.ssh/known_hosts``) plus the keys pinned in
+``SSHContext.host_keys``. A key that is unknown, or differs from the one recorded,
+fails the connection with :class:`~aiores.HostKeyError` naming ``host:port`` and the
+offered fingerprint. With ``trust_on_first_use`` an unknown key (never a changed one)
+is accepted and appended to the first known_hosts file of the context.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import asyncssh
+from asyncssh.public_key import get_default_certificate_algs
 
 from aiores import BadParameter, SSHContext
 
@@ -45,8 +49,14 @@ def _pin_patterns(spec: str) -> str:
 
 @dataclass(eq=False)
 class HostKeyPolicy:
-    """What one context trusts; decides on keys the known_hosts lookup did not match."""
+    """What one context trusts; every key a server offers is judged by :meth:`decide`.
 
+    asyncssh is never given the trusted keys themselves (it would accept any of them
+    without asking): :meth:`match` hands it only certificate authorities and revoked
+    keys, so each plain host key reaches ``validate_host_public_key``.
+    """
+
+    #: The context's known_hosts files plus its pinned ``host_keys``.
     known_hosts: asyncssh.SSHKnownHosts
     trust_on_first_use: bool
     record_file: Path | None
@@ -57,19 +67,43 @@ class HostKeyPolicy:
     _unrecorded: list[str] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def _vouched(self, host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
+        texts = self.pinned(host, port) or (self.pinned(addr, port) if addr else ())
+        return [key for key in map(_import, texts) if key is not None]
+
+    def _recorded(self, host: str, addr: str, port: int) -> Sequence[asyncssh.SSHKey]:
+        return self.known_hosts.match(host, addr, None if port == 22 else port)[0]
+
     def decide(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> str | None:
-        """None to accept ``key`` for ``host:port``, else why it is refused."""
+        """None to accept ``key`` for ``host:port``, else why it is refused.
+
+        In order: keys the machine's backend published (authoritative: a match is
+        accepted, anything else refused), then the context's pinned keys and
+        known_hosts (a match is accepted, another recorded key means the key
+        changed), then keys accepted on first use in this session; only a host with
+        no key on record at all is trusted on first use, and only when asked.
+        """
         fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
-        vouched = self.pinned(host, port) or self.pinned(addr, port)
+        vouched = self._vouched(host, addr, port)
         if vouched:
-            # The backend that made this machine published its key: nothing else counts
-            # (a reused address with an old known_hosts entry is not a reason to refuse).
-            if any(_same_key(text, key) for text in vouched):
+            # The backend that made this machine published its key: nothing else
+            # counts, neither a known_hosts entry left by an earlier machine at a
+            # reused address nor trust on first use.
+            if key in vouched:
                 return None
             return (
                 f"it offered {fingerprint}, which is not the key its backend published "
                 "for it (possibly a machine-in-the-middle, or another machine on a "
                 "reused address)"
+            )
+        recorded = self._recorded(host, addr, port)
+        if key in recorded:
+            return None
+        if recorded:
+            return (
+                f"it offered {fingerprint}, which differs from its key in "
+                f"{self._where()} (the host key changed: possibly a machine-in-the-middle; "
+                "if the change is expected, update the known_hosts entry or the pinned key)"
             )
         seen = self.accepted.get((host, port))
         if seen is not None:
@@ -78,14 +112,6 @@ class HostKeyPolicy:
             return (
                 f"it offered {fingerprint}, but a different key was accepted on first use "
                 "earlier in this session (the host key changed)"
-            )
-        lookup_port = None if port == 22 else port
-        recorded = asyncssh.match_known_hosts(self.known_hosts, host, addr, lookup_port)[0]
-        if recorded:
-            return (
-                f"it offered {fingerprint}, which differs from its key in "
-                f"{self._where()} (the host key changed: possibly a machine-in-the-middle; "
-                "if the change is expected, update the known_hosts entry or the pinned key)"
             )
         if self.trust_on_first_use:
             self.accepted[(host, port)] = key
@@ -97,6 +123,35 @@ class HostKeyPolicy:
             "known_hosts file, pin it in SSHContext.host_keys, or set "
             "SSHContext(trust_on_first_use=True)"
         )
+
+    def match(self, host: str, addr: str, port: int | None) -> Sequence[str]:
+        """asyncssh's known_hosts lookup: no trusted host keys (each goes to
+        :meth:`decide`), only certificate authorities and revocations from known_hosts,
+        and nothing for a machine whose backend published its keys."""
+        if self._vouched(host, addr, port or 22):
+            return cast(Sequence[str], ((),) * 7)
+        _, ca_keys, revoked, certs, revoked_certs, _, _ = self.known_hosts.match(host, addr, port)
+        # (X.509 subject patterns are left out: asyncssh would parse them again.)
+        return cast(Sequence[str], ((), ca_keys, revoked, certs, revoked_certs, (), ()))
+
+    def host_key_algs(self, host: str, port: int) -> list[str] | None:
+        """The host key algorithms to ask ``host:port`` for: those of the keys
+        :meth:`decide` would accept (as asyncssh does when it holds known_hosts, so a
+        server with several host keys shows the one on record), or None for any."""
+        keys = self._vouched(host, "", port)
+        ca_keys: Sequence[asyncssh.SSHKey] = ()
+        if not keys:
+            found = self.known_hosts.match(host, "", None if port == 22 else port)
+            keys, ca_keys = list(found[0]), found[1]
+            seen = self.accepted.get((host, port))
+            if seen is not None:
+                keys.append(seen)
+        if not keys:
+            return None
+        algs = [alg.decode() for alg in get_default_certificate_algs()] if ca_keys else []
+        for key in keys:
+            algs.extend(alg.decode() for alg in key.sig_algorithms if alg.decode() not in algs)
+        return algs
 
     def _where(self) -> str:
         if not self.files:
@@ -113,11 +168,11 @@ class HostKeyPolicy:
                 await asyncio.to_thread(_append, self.record_file, lines)
 
 
-def _same_key(text: str, key: asyncssh.SSHKey) -> bool:
+def _import(text: str) -> asyncssh.SSHKey | None:
     try:
-        return asyncssh.import_public_key(text) == key
+        return asyncssh.import_public_key(text)
     except (asyncssh.KeyImportError, ValueError):
-        return False
+        return None
 
 
 def _append(path: Path, lines: Sequence[str]) -> None:
@@ -193,7 +248,7 @@ async def build_options(
     )
     with map_errors("local", "loading SSH keys and configuration"):
         options = await asyncssh.SSHClientConnectionOptions.construct(
-            known_hosts=policy.known_hosts,
+            known_hosts=policy.match,
             client_keys=list(ctx.key_files) if ctx.key_files is not None else (),
             passphrase=ctx.passphrase,
             config=list(ctx.config) if ctx.config is not None else (),

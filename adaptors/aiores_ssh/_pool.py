@@ -340,6 +340,9 @@ class Pool:
         kwargs: dict[str, Any] = {"options": options, "client_factory": factory}
         if target.user:
             kwargs["username"] = target.user
+        algs = policy.host_key_algs(target.host, target.port)
+        if algs:
+            kwargs["server_host_key_algs"] = algs
         if tunnel is not None:
             kwargs["tunnel"] = tunnel[1].conn
         with map_errors(target.where, "connecting"):

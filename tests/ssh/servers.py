@@ -282,6 +282,7 @@ async def fault_server(
     authorized: bool = True,
     silent: bool = False,
     record_key: asyncssh.SSHKey | None = None,
+    more_host_keys: Sequence[asyncssh.SSHKey] = (),
 ) -> AsyncIterator[FaultServer]:
     """An asyncssh server on 127.0.0.1 running commands in a local shell.
 
@@ -291,6 +292,7 @@ async def fault_server(
             host).
         record_key: The host key written to known_hosts (default: the server's own);
             a different key makes the server's key look changed.
+        more_host_keys: Host keys the server holds besides its own (of other types).
     """
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     host_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -316,7 +318,7 @@ async def fault_server(
         "127.0.0.1",
         0,
         server_factory=Server,
-        server_host_keys=[host_key],
+        server_host_keys=[host_key, *more_host_keys],
         authorized_client_keys=authorized_keys,
         process_factory=run_process,
         encoding=None,

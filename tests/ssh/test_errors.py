@@ -175,3 +175,28 @@ async def test_keys_a_backend_published_are_trusted_and_authoritative(tmp_path: 
         async with opened(wrong) as made:
             with pytest.raises(aiores.HostKeyError, match="not the key its backend published"):
                 await (await made.runner(server.url())).run("true")
+
+
+@pytest.mark.asyncio
+async def test_a_backend_published_key_beats_a_matching_known_hosts_entry(tmp_path: Path) -> None:
+    """known_hosts still trusts the key an earlier machine at this address showed; the
+    backend published another key for the machine there now: the old key is refused."""
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    async with fault_server(tmp_path / "srv") as server:
+        env = FakeEnv(tmp_path, server.context())
+        env.pins[("127.0.0.1", server.port)] = (other.export_public_key().decode(),)
+        async with opened(env) as made:
+            runner = await made.runner(server.url())
+            with pytest.raises(aiores.HostKeyError, match="not the key its backend published"):
+                await runner.run("true")
+
+
+@pytest.mark.asyncio
+async def test_the_recorded_key_type_is_asked_for(tmp_path: Path) -> None:
+    """A server with several host keys shows the one known_hosts records."""
+    ecdsa = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    async with (
+        fault_server(tmp_path / "srv", record_key=ecdsa, more_host_keys=[ecdsa]) as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        assert (await (await made.runner(server.url())).run("true")).ok
