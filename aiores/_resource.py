@@ -308,8 +308,7 @@ class Resource(Tracked[ResourceState]):
         self._pin(info)
 
     def _pin(self, info: ResourceInfo) -> None:
-        if info.access and info.host_keys:
-            self._manager.session.pin_host_keys(info.access, info.host_keys)
+        self._manager.session.learn_access(info)
 
     def _apply(self, info: ResourceInfo) -> bool:  # type: ignore[override]
         return super()._apply(self._hold_until_ready(info))

@@ -28,6 +28,7 @@ from .adaptor import (
     FileAdaptor,
     JobAdaptor,
     ResourceAdaptor,
+    ResourceInfo,
 )
 
 if TYPE_CHECKING:
@@ -130,6 +131,7 @@ class Session:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._pinned: dict[tuple[str, int | None], tuple[str, ...]] = {}
+        self._login_keys: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._state_dir = state_dir()
 
     def __repr__(self) -> str:
@@ -309,11 +311,18 @@ class Session:
     def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
         return self._pinned.get((host.lower(), port), ())
 
-    def pin_host_keys(self, access: str, keys: Sequence[str]) -> None:
-        """Trust ``keys`` for the host and port of ``access`` (called as resources report)."""
-        if keys:
-            url = URL.parse(access)
-            self._pinned[(url.host, url.port)] = tuple(keys)
+    def login_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return self._login_keys.get((host.lower(), port), ())
+
+    def learn_access(self, info: ResourceInfo) -> None:
+        """Remember the host keys and login keys a resource's backend vouched for."""
+        if not info.access or not (info.host_keys or info.login_keys):
+            return
+        url = URL.parse(info.access)
+        if info.host_keys:
+            self._pinned[(url.host, url.port)] = tuple(info.host_keys)
+        if info.login_keys:
+            self._login_keys[(url.host, url.port)] = tuple(info.login_keys)
 
     async def command_runner(self, url: str | URL) -> CommandRunner:
         return await self._adaptor(url, "commands", CommandRunner)  # type: ignore[type-abstract]

@@ -68,7 +68,9 @@ class ResourceInfo:
     ``id`` is the backend's own id. ``access`` is the URL through which jobs, commands
     and files reach it (``ssh://user@host:port``, ``local://``), once known.
     ``host_keys`` are public keys the backend vouches for (pinned, not trusted on
-    first use). ``token`` is the idempotency token it was created under.
+    first use). ``login_keys`` are private key files that log in to it (the key the
+    backend authorized at boot: an aiores-managed key, a cloud key pair), offered
+    before the context's keys. ``token`` is the idempotency token it was created under.
     """
 
     id: str
@@ -81,6 +83,7 @@ class ResourceInfo:
     tags: frozenset[str] = frozenset()
     token: str | None = None
     host_keys: tuple[str, ...] = ()
+    login_keys: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -161,6 +164,10 @@ class AdaptorEnv(Protocol):
         A transport verifies a server against these before anything else: they are how
         a freshly booted machine is verified without trusting its first answer.
         """
+        ...
+
+    def login_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        """Private key files a resource adaptor said log in at ``host:port``."""
         ...
 
     async def command_runner(self, url: str | URL) -> CommandRunner:

@@ -83,8 +83,11 @@ async def test_pinned_host_keys_follow_the_resource(
         state=ResourceState.ACTIVE,
         access="fake-ssh://root@127.0.0.1:2201",
         host_keys=("ssh-ed25519 AAAAC3Nza... vm-0",),
+        login_keys=("/keys/id_ed25519",),
         token=info.token,
     )
     await vm.wait(ResourceState.ACTIVE)
     assert session.pinned_host_keys("127.0.0.1", 2201) == ("ssh-ed25519 AAAAC3Nza... vm-0",)
+    assert session.login_keys("127.0.0.1", 2201) == ("/keys/id_ed25519",)
     assert session.pinned_host_keys("127.0.0.1", 22) == ()
+    assert session.login_keys("127.0.0.1", 22) == ()

@@ -49,6 +49,9 @@ class FakeEnv:
     def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
         return ()
 
+    def login_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return ()
+
     def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         self.spawned += 1
         self._tg.create_task(fn(), name=name)  # type: ignore[arg-type]
