@@ -39,7 +39,7 @@ from aiores.adaptor import AdaptorEnv
 from ._errors import map_errors, translate
 from ._hostkeys import HostKeyPolicy, SSHClient, build_options
 
-__all__ = ["Pool", "Target", "pool_for"]
+__all__ = ["Lease", "Pool", "Target", "pool_for"]
 
 T = TypeVar("T")
 
@@ -79,11 +79,44 @@ class _Conn:
         self.in_use = 0
         self.dead = False
         self.last_used = now
-        self.tunnel: tuple[Target, _Conn] | None = None
+        self.tunnel: Lease | None = None
 
     @property
     def free(self) -> bool:
         return not self.dead and self.in_use < self.capacity
+
+
+class Lease:
+    """One channel slot on a pooled connection, held until :meth:`release`.
+
+    The holder releases it once its channel has closed, so the pool's count of a
+    connection's channels never runs below the server's.
+    """
+
+    __slots__ = ("_pool", "pooled", "released", "target")
+
+    def __init__(self, pool: Pool, target: Target, pooled: _Conn) -> None:
+        self._pool = pool
+        self.target = target
+        self.pooled = pooled
+        self.released = False
+        pooled.in_use += 1
+        pooled.last_used = pool._env.clock.now()
+
+    @property
+    def conn(self) -> asyncssh.SSHClientConnection:
+        return self.pooled.conn
+
+    @property
+    def alive(self) -> bool:
+        """False once the connection is known to be dead."""
+        return not (self.pooled.dead or self.pooled.conn.is_closed())
+
+    def release(self) -> None:
+        """Give the slot back (again: no effect)."""
+        if not self.released:
+            self.released = True
+            self._pool._unlease(self.target, self.pooled)
 
 
 class _Pending:
@@ -93,6 +126,8 @@ class _Pending:
         self.capacity = capacity
         self.claims = 0
         self.done: asyncio.Future[AioresError | None] = asyncio.get_running_loop().create_future()
+        #: The connection, once open.
+        self.conn: _Conn | None = None
 
 
 class _TargetState:
@@ -187,12 +222,24 @@ class Pool:
         target: Target,
         opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
     ) -> AsyncIterator[T]:
+        """:meth:`channel` as a block: the slot is given back when the block exits."""
+        lease, result = await self.channel(target, opener)
+        try:
+            yield result
+        finally:
+            lease.release()
+
+    async def channel(
+        self,
+        target: Target,
+        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+    ) -> tuple[Lease, T]:
         """Lease a channel slot on a connection to ``target`` and run ``opener`` on it.
 
         ``opener`` opens the channel (a process, an SFTP session). If the server refuses
         the channel, or the connection turns out to be dead before the channel opened,
-        the slot is retried on another connection. The slot is held until the block
-        exits.
+        the slot is retried on another connection. The caller releases the lease once
+        the channel has closed.
 
         Raises:
             HostKeyError, AuthenticationFailed, Timeout, NoSuccess, ConnectionLost:
@@ -200,46 +247,97 @@ class Pool:
         """
         attempts = 0
         while True:
-            pooled = await self._lease(target)
+            lease = await self._lease(target)
             try:
-                result = await opener(pooled.conn)
+                return lease, await opener(lease.conn)
             except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
-                lost = pooled.dead or pooled.conn.is_closed()
-                if lost:
+                pooled = lease.pooled
+                if not lease.alive:
                     self._drop(target, pooled)
                 elif isinstance(exc, asyncssh.ChannelOpenError) and pooled.in_use > 1:
                     # The server allows fewer channels than we assumed (MaxSessions):
                     # remember its limit for this target's connections, new ones too.
                     self._learn_capacity(target, pooled.in_use - 1)
                 else:
-                    self._unlease(target, pooled)
+                    lease.release()
                     raise translate(exc, target.where, "opening a channel") from exc
-                self._unlease(target, pooled)
+                lease.release()
                 attempts += 1
                 if attempts >= _OPEN_ATTEMPTS:
                     raise translate(exc, target.where, "opening a channel") from exc
-                continue
             except BaseException:
-                self._unlease(target, pooled)
+                lease.release()
                 raise
-            break
-        try:
-            yield result
-        finally:
-            self._unlease(target, pooled)
 
-    async def _lease(self, target: Target) -> _Conn:
+    async def urgent(
+        self,
+        target: Target,
+        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+        near: Lease | None = None,
+    ) -> tuple[Lease, T]:
+        """:meth:`channel` ahead of every queued request, for stopping a command.
+
+        Tried in turn: ``near``'s connection beyond its slot count (asyncssh servers
+        allow it; OpenSSH refuses past MaxSessions), any live connection with a free
+        slot, then a connection being opened, or one opened for it outside
+        ``max_connections`` (a slot on it is taken whatever its count). Used when
+        the slots are held by the very commands being stopped, which would otherwise
+        wait for themselves.
+
+        Raises:
+            HostKeyError, AuthenticationFailed, Timeout, NoSuccess, ConnectionLost:
+                no channel could be opened.
+        """
+        state = self._state(target)
+        tried: list[_Conn] = []
+        if near is not None and near.alive:
+            tried.append(near.pooled)
+        tried.extend(pooled for pooled in state.live if pooled.free and pooled not in tried)
+        for pooled in tried:
+            if pooled.dead or pooled.conn.is_closed():
+                continue
+            lease = Lease(self, target, pooled)
+            try:
+                return lease, await opener(pooled.conn)
+            except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError):
+                lease.release()  # refused (or gone): the next way
+            except BaseException:
+                lease.release()
+                raise
+        if self._closed:
+            raise NoSuccess(f"the SSH pool is closed (session over) for {target.where}")
+        pending = next((p for p in state.pending if p.claims < p.capacity), None)
+        if pending is None:
+            pending = self._start_connect(target, state, state.capacity)
+        pending.claims += 1
+        failed = await asyncio.shield(pending.done)
+        if failed is not None:
+            raise _fresh(failed)
+        assert pending.conn is not None
+        lease = Lease(self, target, pending.conn)
+        try:
+            return lease, await opener(lease.conn)
+        except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
+            lease.release()
+            raise translate(exc, target.where, "opening a channel") from exc
+        except BaseException:
+            lease.release()
+            raise
+
+    def _state(self, target: Target) -> _TargetState:
         state = self._targets.get(target)
         if state is None:
             state = self._targets[target] = _TargetState(target.context)
+        return state
+
+    async def _lease(self, target: Target) -> Lease:
+        state = self._state(target)
         while True:
             if self._closed:
                 raise NoSuccess(f"the SSH pool is closed (session over) for {target.where}")
             pooled = state.take()
             if pooled is not None:
-                pooled.in_use += 1
-                pooled.last_used = self._env.clock.now()
-                return pooled
+                return Lease(self, target, pooled)
             pending = next((p for p in state.pending if p.claims < p.capacity), None)
             if pending is None and len(state.live) + len(state.pending) < self.max_connections:
                 pending = self._start_connect(target, state, state.capacity)
@@ -300,7 +398,7 @@ class Pool:
 
     async def _connect(self, target: Target, state: _TargetState, pending: _Pending) -> None:
         error: AioresError | None = None
-        tunnel: tuple[Target, _Conn] | None = None
+        tunnel: Lease | None = None
         try:
             if target.context.jump_host:
                 # The jump connection is leased before any handshake slot is taken:
@@ -311,6 +409,7 @@ class Pool:
                 pooled = await self._handshake(target, tunnel)
             tunnel = None  # the connection holds it now, until it is lost
             state.live.append(pooled)
+            pending.conn = pooled
             self.connects += 1
             self._start_reaper()
         except AioresError as exc:
@@ -323,12 +422,12 @@ class Pool:
             raise
         finally:
             if tunnel is not None:
-                self._unlease(*tunnel)
+                tunnel.release()
             state.pending.remove(pending)
             pending.done.set_result(error)
             state.wake()
 
-    async def _handshake(self, target: Target, tunnel: tuple[Target, _Conn] | None) -> _Conn:
+    async def _handshake(self, target: Target, tunnel: Lease | None) -> _Conn:
         options, policy = await self._options_for(target.context)
         client: SSHClient | None = None
 
@@ -344,7 +443,7 @@ class Pool:
         if algs:
             kwargs["server_host_key_algs"] = algs
         if tunnel is not None:
-            kwargs["tunnel"] = tunnel[1].conn
+            kwargs["tunnel"] = tunnel.conn
         with map_errors(target.where, "connecting"):
             try:
                 conn = await asyncssh.connect(target.host, target.port, **kwargs)
@@ -362,7 +461,7 @@ class Pool:
         client.lost.add_done_callback(lambda _: self._on_lost(target, pooled))
         return pooled
 
-    async def _jump(self, target: Target) -> tuple[Target, _Conn]:
+    async def _jump(self, target: Target) -> Lease:
         """A leased slot on a connection to the context's jump host (for a tunnel)."""
         spec = target.context.jump_host or ""
         user, _, hostport = spec.rpartition("@")
@@ -376,7 +475,7 @@ class Pool:
         jump = Target.make(host.strip("[]"), int(port), user or None, ctx)
         if (jump.host, jump.port) == (target.host, target.port):
             raise NoSuccess(f"{target.where} names itself as its jump host")
-        return jump, await self._lease(jump)
+        return await self._lease(jump)
 
     def _on_lost(self, target: Target, pooled: _Conn) -> None:
         pooled.dead = True
@@ -386,7 +485,7 @@ class Pool:
             state.wake()
         if pooled.tunnel is not None:
             tunnel, pooled.tunnel = pooled.tunnel, None
-            self._unlease(*tunnel)
+            tunnel.release()
 
     async def _options_for(
         self, ctx: SSHContext

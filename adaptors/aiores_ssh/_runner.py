@@ -2,10 +2,19 @@
 
 The remote side prints the pid of the shell that runs the command before anything
 else (see :func:`~aiores_ssh._scripts.wrap_command`); that shell leads the command's
-process group. Cancelling or timing out a run signals that group over a fresh
-channel (TERM, then KILL after a grace period) instead of only closing the channel:
-OpenSSH does not forward signals, and closing a channel without a terminal leaves
-the command running.
+process group, which is also the group sshd signals for a channel ``signal`` request.
+Cancelling or timing out a run stops that group (TERM, then KILL after a grace
+period) instead of only closing the channel, which would leave the command running
+(OpenSSH closes a session only once its command has ended):
+
+- first over the run's own channel (``signal`` requests; OpenSSH 7.9+ and asyncssh
+  servers pass them to the group), which needs no channel slot;
+- then, if the channel has not closed shortly after, by pid over another channel,
+  opened ahead of every queued request (:meth:`~aiores_ssh._pool.Pool.urgent`): when
+  the slots are all held by the commands being stopped, a stop that queued for a slot
+  would wait for itself.
+
+A run's channel slot is given back only once its channel has closed.
 """
 
 from __future__ import annotations
@@ -23,17 +32,22 @@ from aiores.adaptor import CommandRunner
 
 from ._base import SSHBase
 from ._errors import translate
-from ._pool import Pool, Target
+from ._pool import Lease, Pool, Target
 from ._scripts import command_text, stop_script, wrap_command
 
 __all__ = ["CommandTimeout", "Outcome", "SSHCommandRunner", "execute"]
 
 log = logging.getLogger("aiores.ssh")
 
-#: Seconds a stop (the kill over a fresh channel) may take beyond its grace period.
+#: Seconds a stop may take beyond its grace period (connecting for it included).
 _STOP_SLACK = 5.0
 #: Seconds to wait for the pid line when a run is stopped before it arrived.
 _PID_WAIT = 2.0
+#: Seconds a channel has, after the TERM sent over it, to close before the group is
+#: also stopped by pid over another channel.
+_SIGNAL_WAIT = 0.5
+#: Seconds to wait for a stopped command's channel to close before giving its slot back.
+_CLOSE_WAIT = 2.0
 _cleanups: set[asyncio.Task[None]] = set()
 
 
@@ -70,6 +84,7 @@ class _Run(asyncssh.SSHClientSession[bytes]):
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.pid: int | None = None
         self.pid_known: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[Exception | None] = loop.create_future()
@@ -78,6 +93,9 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         self.status: int | None = None
         self.signal: str | None = None
         self._head = bytearray()
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self.chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
@@ -101,6 +119,11 @@ class _Run(asyncssh.SSHClientSession[bytes]):
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self.signal = signal
+
+    def channel(self) -> asyncssh.SSHClientChannel[bytes]:
+        """The channel (known once the session is open)."""
+        assert self.chan is not None
+        return self.chan
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.pid_known.done():
@@ -133,80 +156,119 @@ async def execute(
     loop = asyncio.get_running_loop()
     start = loop.time()
     remote = wrap_command(command, env)
-    run: _Run | None = None
+    started: _Run | None = None  # for the partial output of a run that timed out
 
-    async def opener(
-        conn: asyncssh.SSHClientConnection,
-    ) -> tuple[asyncssh.SSHClientChannel[bytes], _Run]:
-        nonlocal run
-        run = session = _Run()
-        chan, _ = await conn.create_session(lambda: session, remote, encoding=None)
-        return chan, session
+    async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
+        session = _Run()
+        await conn.create_session(lambda: session, remote, encoding=None)
+        return session
 
     try:
-        async with asyncio.timeout(timeout), pool.open(target, opener) as (chan, session):
-            if stdin:
-                chan.write(stdin)
-            chan.write_eof()
+        async with asyncio.timeout(timeout):
+            lease, run = await pool.channel(target, opener)
+            started = run
             try:
-                lost = await asyncio.shield(session.closed)
+                chan = run.channel()
+                if stdin:
+                    chan.write(stdin)
+                chan.write_eof()
+                lost = await asyncio.shield(run.closed)
             except BaseException:
-                await _stop(pool, target, chan, session, grace)
+                await _stop(pool, lease, run, grace)
                 raise
+            lease.release()
     except TimeoutError as exc:
         if isinstance(exc, AioresError):
             raise
-        out = run.stdout if run is not None else b""
-        err = run.stderr if run is not None else b""
+        out = started.stdout if started is not None else b""
+        err = started.stderr if started is not None else b""
         raise CommandTimeout(
             f"command on {target.where} did not finish in {timeout} s; it was stopped",
             stdout=out.decode(errors="replace"),
             stderr=err.decode(errors="replace"),
         ) from None
     if lost is not None or (
-        session.status is None and session.signal is None and chan.get_connection().is_closed()
+        run.status is None and run.signal is None and chan.get_connection().is_closed()
     ):
         error = translate(lost, target.where, "running a command") if lost else lost
         if not isinstance(error, ConnectionLost):
             error = ConnectionLost(f"connection to {target.where} lost while a command ran")
         raise error from lost
-    status = None if session.signal is not None else session.status
-    return Outcome(
-        status, session.signal, bytes(session.stdout), bytes(session.stderr), loop.time() - start
-    )
+    status = None if run.signal is not None else run.status
+    return Outcome(status, run.signal, bytes(run.stdout), bytes(run.stderr), loop.time() - start)
 
 
-async def _stop(
-    pool: Pool, target: Target, chan: asyncssh.SSHClientChannel[bytes], run: _Run, grace: float
-) -> None:
-    """Stop the remote command; shielded from cancellation, bounded in time."""
-    task = asyncio.ensure_future(_stop_now(pool, target, chan, run, grace))
+async def _stop(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
+    """Stop the remote command, close its channel, give back its slot: shielded, bounded."""
+    task = asyncio.ensure_future(_stop_now(pool, lease, run, grace))
     _cleanups.add(task)
     task.add_done_callback(_cleanups.discard)
     # A second cancellation ends the wait; the stop goes on in the background.
     await asyncio.shield(task)
 
 
-async def _stop_now(
-    pool: Pool, target: Target, chan: asyncssh.SSHClientChannel[bytes], run: _Run, grace: float
-) -> None:
+async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
+    where = lease.target.where
+    chan = run.channel()
     try:
-        async with asyncio.timeout(grace + _STOP_SLACK):
-            if not run.pid_known.done():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(run.pid_known), _PID_WAIT)
-            if run.pid is not None and not run.closed.done():
-                script = stop_script(run.pid, grace)
-
-                async def opener(conn: asyncssh.SSHClientConnection) -> object:
-                    return await conn.run(script, check=False)
-
-                async with pool.open(target, opener):
-                    pass
+        async with asyncio.timeout(grace + _SIGNAL_WAIT + _STOP_SLACK):
+            if run.closed.done():
+                return
+            _signal(chan, "TERM")
+            _signal(chan, "CONT")  # a stopped group sees the TERM, too
+            if await _closes_within(run, min(grace, _SIGNAL_WAIT)):
+                return
+            # Still open: the command takes its time over TERM, or the server does not
+            # act on signal requests. Stop the group by pid as well.
+            try:
+                await _stop_by_pid(pool, lease, run, grace)
+            finally:
+                if not await _closes_within(run, _SIGNAL_WAIT):
+                    _signal(chan, "KILL")
     except (AioresError, TimeoutError, asyncssh.Error, OSError) as exc:
-        log.warning("could not stop a command on %s: %s", target.where, exc)
+        log.warning("could not stop a command on %s: %s", where, exc)
     finally:
         chan.close()
+        try:
+            await _closes_within(run, _CLOSE_WAIT)
+        finally:
+            lease.release()
+
+
+async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
+    """TERM the run's process group by pid, KILL it after ``grace`` seconds."""
+    if not run.pid_known.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.pid_known), _PID_WAIT)
+    if run.pid is None or run.closed.done():
+        return
+    script = stop_script(run.pid, grace)
+
+    async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
+        session = _Run()
+        await conn.create_session(lambda: session, script, encoding=None)
+        return session
+
+    stop_lease, stopper = await pool.urgent(lease.target, opener, near=lease)
+    try:
+        stopper.channel().write_eof()
+        await asyncio.shield(stopper.closed)
+    finally:
+        stopper.channel().close()
+        stop_lease.release()
+
+
+def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:
+    with contextlib.suppress(OSError, asyncssh.Error):
+        chan.send_signal(name)
+
+
+async def _closes_within(run: _Run, seconds: float) -> bool:
+    """Whether the run's channel closes within ``seconds``."""
+    if not run.closed.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(run.closed), seconds)
+    return run.closed.done()
 
 
 class SSHCommandRunner(SSHBase, CommandRunner):

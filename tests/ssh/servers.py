@@ -283,6 +283,7 @@ async def fault_server(
     silent: bool = False,
     record_key: asyncssh.SSHKey | None = None,
     more_host_keys: Sequence[asyncssh.SSHKey] = (),
+    max_sessions: int | None = None,
 ) -> AsyncIterator[FaultServer]:
     """An asyncssh server on 127.0.0.1 running commands in a local shell.
 
@@ -293,6 +294,10 @@ async def fault_server(
         record_key: The host key written to known_hosts (default: the server's own);
             a different key makes the server's key look changed.
         more_host_keys: Host keys the server holds besides its own (of other types).
+        max_sessions: Refuse a session past this many at once on one connection (as
+            OpenSSH's MaxSessions does); None: no limit.
+
+    Like OpenSSH before 7.9, the server does not act on ``signal`` requests.
     """
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     host_key = asyncssh.generate_private_key("ssh-ed25519")
@@ -311,8 +316,27 @@ async def fault_server(
         await _shell_process(process)
 
     class Server(asyncssh.SSHServer):
+        sessions = 0
+
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             connections.append(conn)
+
+        def session_requested(self) -> asyncssh.SSHServerProcess[bytes]:
+            # Only called without a process_factory, i.e. with max_sessions set.
+            assert max_sessions is not None
+            if self.sessions >= max_sessions:
+                raise asyncssh.ChannelOpenError(
+                    asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "too many sessions"
+                )
+            self.sessions += 1
+
+            async def counted(process: asyncssh.SSHServerProcess[bytes]) -> None:
+                try:
+                    await run_process(process)
+                finally:
+                    self.sessions -= 1
+
+            return asyncssh.SSHServerProcess(counted, None, 0, False)
 
     acceptor = await asyncssh.listen(
         "127.0.0.1",
@@ -320,7 +344,7 @@ async def fault_server(
         server_factory=Server,
         server_host_keys=[host_key, *more_host_keys],
         authorized_client_keys=authorized_keys,
-        process_factory=run_process,
+        process_factory=run_process if max_sessions is None else None,
         encoding=None,
         login_timeout=10,
     )

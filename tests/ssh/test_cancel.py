@@ -1,0 +1,80 @@
+"""Cancelling runs leaves nothing running on the remote side, whatever the pool's state."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import pytest
+
+from aiores_ssh import pool_for
+
+from .conftest import STEP, FakeEnv, gone, opened, wait_until
+from .servers import Sshd, fault_server
+
+
+def _pids(paths: list[Path]) -> list[int]:
+    pids = []
+    for path in paths:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            continue
+        if text.endswith("\n"):
+            pids.append(int(text))
+    return pids
+
+
+async def _cancel_all(tasks: list[asyncio.Task[object]]) -> None:
+    for task in tasks:
+        task.cancel()
+    async with asyncio.timeout(STEP):
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+
+
+@pytest.mark.asyncio
+async def test_cancelling_runs_while_the_pool_is_full(
+    sshd: Sshd, tmp_path: Path, test_home: Path
+) -> None:
+    """Every slot is held by a run being cancelled, more runs wait in the queue: each
+    stop still gets through, and no remote command survives."""
+    env = FakeEnv(tmp_path, sshd.context())
+    pool_for(env).max_connections = 1
+    async with opened(env) as made:
+        runner = await made.runner(sshd.url())
+        runner.kill_grace = 0.5
+        tag = secrets.token_hex(4)
+        files = [test_home / f"full-{tag}-{i}" for i in range(15)]
+        tasks: list[asyncio.Task[object]] = [
+            asyncio.create_task(runner.run(f"echo $$ > {f}; exec sleep 60")) for f in files
+        ]
+        await wait_until(lambda: len(_pids(files)) == 10)  # MaxSessions 10, one connection
+        pids = _pids(files)
+        await _cancel_all(tasks)
+        assert [pid for pid in pids if not gone(pid)] == []
+        assert len(_pids(files)) == 10  # the queued runs never started
+        for f in files:
+            f.unlink(missing_ok=True)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_runs_on_a_full_server_that_ignores_signals(tmp_path: Path) -> None:
+    """No signal requests, no channel beyond the server's limit: the stop by pid goes
+    over a connection of its own."""
+    async with fault_server(tmp_path / "srv", max_sessions=2) as server:
+        env = FakeEnv(tmp_path, server.context(max_sessions=2))
+        pool_for(env).max_connections = 1
+        async with opened(env) as made:
+            runner = await made.runner(server.url())
+            runner.kill_grace = 0.5
+            files = [tmp_path / f"pid-{i}" for i in range(4)]
+            tasks: list[asyncio.Task[object]] = [
+                asyncio.create_task(runner.run(f"echo $$ > {f}; exec sleep 60")) for f in files
+            ]
+            await wait_until(lambda: len(_pids(files)) == 2)
+            pids = _pids(files)
+            await _cancel_all(tasks)
+            assert [pid for pid in pids if not gone(pid)] == []
+            assert runner.pool.connects == 2  # the one for the stops
