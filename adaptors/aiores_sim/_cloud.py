@@ -148,9 +148,10 @@ class Cloud:
         try:
             if self._server is not None:
                 self._server.close()
-            for vm in self.vms.values():
+            vms = list(self.vms.values())
+            for vm in vms:
                 self._end(vm, S.CANCELED, "the cloud stopped")
-            waits = [vm.gone.wait() for vm in self.vms.values() if not vm.gone.is_set()]
+            waits = [vm.gone.wait() for vm in vms if not vm.gone.is_set()]
             if waits:
                 async with asyncio.timeout(60):
                     await asyncio.gather(*waits)
@@ -229,9 +230,18 @@ class Cloud:
         self._doomed.append(vm)
         self._reap.set()
         self._ended.append(vm.id)
-        while len(self._ended) > self.keep_ended:
-            self.vms.pop(self._ended.popleft(), None)
         return vm.gone
+
+    def _forget_ended(self) -> None:
+        """Drop the oldest ended records beyond ``keep_ended``, once they are torn down.
+
+        A record whose teardown is not finished stays: stop and destroy wait on it.
+        """
+        while len(self._ended) > self.keep_ended:
+            vm = self.vms.get(self._ended[0])
+            if vm is not None and not vm.gone.is_set():
+                return
+            self.vms.pop(self._ended.popleft(), None)
 
     async def _reaper(self) -> None:
         """Tear ended VMs down in batches: one /proc scan for many VMs."""
@@ -248,6 +258,7 @@ class Cloud:
             finally:
                 for vm in batch:
                     vm.gone.set()
+                self._forget_ended()
 
     async def _life(self, vm: VM) -> None:
         faults = vm.spec.faults

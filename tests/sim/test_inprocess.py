@@ -135,3 +135,34 @@ async def test_acquire_cancelled_while_the_cloud_makes_vms_leaves_none(
         assert await mgr.list(tags="t-race") == []
     assert len(cloud.vms) == 5
     assert all(vm.state is ResourceState.CANCELED for vm in cloud.vms.values())
+
+
+def _acquire_args(count: int, **more: Any) -> dict[str, Any]:
+    """An acquire request as the adaptor sends it (a throwaway client key)."""
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    faults = {"boot_delay": "0.01"} | more.pop("faults", {})
+    return {"count": count, "user": "tester", "authorized_keys": key, "faults": faults} | more
+
+
+@pytest.mark.asyncio
+async def test_stop_ends_every_vm_when_more_ended_than_are_kept(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path / "sim", keep_ended=1)
+    await cloud.start()
+    try:
+        client = CloudClient(cloud.directory)
+        try:
+            made = await client.call("acquire", _acquire_args(4))
+        finally:
+            await client.close()
+        vms = [cloud.vms[item["id"]] for item in made]
+        async with asyncio.timeout(STEP):
+            while any(vm.state is not ResourceState.ACTIVE for vm in vms):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        async with asyncio.timeout(STEP):
+            await cloud.stop()
+    assert all(vm.state is ResourceState.CANCELED for vm in vms)
+    assert all(vm.gone.is_set() for vm in vms)
+    assert all(vm.acceptor is None for vm in vms)
+    assert not any([await asyncio.to_thread(vm.disk.exists) for vm in vms])
+    assert len(cloud.vms) == 1  # the newest ended record is kept, once torn down
