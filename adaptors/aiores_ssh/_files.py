@@ -13,6 +13,7 @@ from aiores.adaptor import FileAdaptor
 
 from ._base import SSHBase
 from ._errors import map_errors
+from ._pool import Lease
 
 __all__ = ["SSHFileAdaptor"]
 
@@ -33,11 +34,11 @@ class SSHFileAdaptor(SSHBase, FileAdaptor):
         async def opener(conn: asyncssh.SSHClientConnection) -> asyncssh.SFTPClient:
             return await conn.start_sftp_client()
 
-        async with pool.open(target, opener) as sftp:
-            try:
-                yield sftp
-            finally:
-                sftp.exit()
+        lease, sftp = await pool.channel(target, opener, _close)
+        try:
+            yield sftp
+        finally:
+            await _close(lease, sftp)
 
     async def put(self, local: str | Path, remote: str) -> None:
         """Copy a local file or directory tree to ``remote``.
@@ -95,3 +96,9 @@ class SSHFileAdaptor(SSHBase, FileAdaptor):
                     await sftp.rmdir(remote)
                 else:
                     await sftp.remove(remote)
+
+
+async def _close(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
+    """Close the SFTP channel and give its slot back."""
+    sftp.exit()
+    lease.release()

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -47,6 +47,8 @@ T = TypeVar("T")
 _OPEN_ATTEMPTS = 8
 #: How long closing a connection may take before it is abandoned.
 _CLOSE_TIMEOUT = 5.0
+#: How long an abandoned channel open may take before its connection is dropped.
+_OPEN_WAIT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +188,7 @@ class Pool:
         self._options_lock = asyncio.Lock()
         self._jump_contexts: dict[int, SSHContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._reaper_started = False
         self._closed = False
         self._users = 0
@@ -216,23 +219,11 @@ class Pool:
             await self.aclose()
 
     # -- leasing channels -----------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def open(
-        self,
-        target: Target,
-        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
-    ) -> AsyncIterator[T]:
-        """:meth:`channel` as a block: the slot is given back when the block exits."""
-        lease, result = await self.channel(target, opener)
-        try:
-            yield result
-        finally:
-            lease.release()
-
     async def channel(
         self,
         target: Target,
         opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+        abandon: Callable[[Lease, T], Awaitable[None]],
     ) -> tuple[Lease, T]:
         """Lease a channel slot on a connection to ``target`` and run ``opener`` on it.
 
@@ -241,6 +232,11 @@ class Pool:
         the slot is retried on another connection. The caller releases the lease once
         the channel has closed.
 
+        Cancelling it while ``opener`` runs lets the opening finish (bounded: a server
+        that does not answer loses its connection) and then undoes it with
+        ``abandon(lease, result)``, which must close the channel and release the lease;
+        that cleanup is shielded and awaited before the cancellation propagates.
+
         Raises:
             HostKeyError, AuthenticationFailed, Timeout, NoSuccess, ConnectionLost:
                 connecting or opening the channel failed.
@@ -248,8 +244,13 @@ class Pool:
         attempts = 0
         while True:
             lease = await self._lease(target)
+            opening = asyncio.ensure_future(opener(lease.conn))
             try:
-                return lease, await opener(lease.conn)
+                return lease, await asyncio.shield(opening)
+            except asyncio.CancelledError:
+                # A second cancellation ends the wait; the cleanup goes on.
+                await asyncio.shield(self.track(self._abandon(lease, opening, abandon)))
+                raise
             except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
                 pooled = lease.pooled
                 if not lease.alive:
@@ -323,6 +324,33 @@ class Pool:
         except BaseException:
             lease.release()
             raise
+
+    async def _abandon(
+        self,
+        lease: Lease,
+        opening: asyncio.Future[T],
+        abandon: Callable[[Lease, T], Awaitable[None]],
+    ) -> None:
+        try:
+            done, _ = await asyncio.wait({opening}, timeout=_OPEN_WAIT)
+            if not done:
+                # The server has not answered the open: a connection it will not
+                # answer on is no use, and closing it frees what the open made.
+                opening.cancel()
+                self._drop(lease.target, lease.pooled)
+                return
+            if opening.cancelled() or opening.exception() is not None:
+                return  # nothing was opened
+            await abandon(lease, opening.result())
+        finally:
+            lease.release()
+
+    def track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run cleanup ``work`` in a task the pool lets finish (bounded) when it closes."""
+        task = asyncio.ensure_future(work)
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+        return task
 
     def _state(self, target: Target) -> _TargetState:
         state = self._targets.get(target)
@@ -530,11 +558,19 @@ class Pool:
         state = self._targets.get(target)
         return len(state.live) if state is not None else 0
 
+    def channels_in_use(self, target: Target | None = None) -> int:
+        """How many channel slots are leased (to ``target``, or in all)."""
+        states = self._targets.values() if target is None else [self._state(target)]
+        return sum(pooled.in_use for state in states for pooled in state.live)
+
     async def aclose(self) -> None:
         """Close every connection and stop connecting (bounded, shielded from cancel)."""
         if self._closed:
             return
         self._closed = True
+        if self._cleanups:
+            # Stops of cancelled commands still need their connections.
+            await asyncio.shield(asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT))
         for task in list(self._tasks):
             task.cancel()
         conns: list[asyncssh.SSHClientConnection] = []

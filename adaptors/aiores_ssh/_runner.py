@@ -48,7 +48,6 @@ _PID_WAIT = 2.0
 _SIGNAL_WAIT = 0.5
 #: Seconds to wait for a stopped command's channel to close before giving its slot back.
 _CLOSE_WAIT = 2.0
-_cleanups: set[asyncio.Task[None]] = set()
 
 
 class CommandTimeout(Timeout):
@@ -159,13 +158,14 @@ async def execute(
     started: _Run | None = None  # for the partial output of a run that timed out
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
-        session = _Run()
-        await conn.create_session(lambda: session, remote, encoding=None)
-        return session
+        return await _open(conn, remote)
+
+    async def abandon(lease: Lease, run: _Run) -> None:
+        await _stop_now(pool, lease, run, grace)
 
     try:
         async with asyncio.timeout(timeout):
-            lease, run = await pool.channel(target, opener)
+            lease, run = await pool.channel(target, opener, abandon)
             started = run
             try:
                 chan = run.channel()
@@ -198,13 +198,23 @@ async def execute(
     return Outcome(status, run.signal, bytes(run.stdout), bytes(run.stderr), loop.time() - start)
 
 
+async def _open(conn: asyncssh.SSHClientConnection, command: str) -> _Run:
+    """Start ``command`` on a new channel of ``conn``."""
+    session = _Run()
+    try:
+        await conn.create_session(lambda: session, command, encoding=None)
+    except Exception:
+        if session.chan is not None:  # opened, then the command was refused
+            session.chan.close()
+            await _closes_within(session, _CLOSE_WAIT)
+        raise
+    return session
+
+
 async def _stop(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
     """Stop the remote command, close its channel, give back its slot: shielded, bounded."""
-    task = asyncio.ensure_future(_stop_now(pool, lease, run, grace))
-    _cleanups.add(task)
-    task.add_done_callback(_cleanups.discard)
     # A second cancellation ends the wait; the stop goes on in the background.
-    await asyncio.shield(task)
+    await asyncio.shield(pool.track(_stop_now(pool, lease, run, grace)))
 
 
 async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
@@ -245,9 +255,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> Non
     script = stop_script(run.pid, grace)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
-        session = _Run()
-        await conn.create_session(lambda: session, script, encoding=None)
-        return session
+        return await _open(conn, script)
 
     stop_lease, stopper = await pool.urgent(lease.target, opener, near=lease)
     try:

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +202,28 @@ def remove_dir(path: Path) -> None:
 # -- asyncssh servers for fault injection ---------------------------------------------
 
 
+class Sessions:
+    """How many sessions a fault server has open."""
+
+    open = 0
+
+
+class _Session(asyncssh.SSHServerProcess[bytes]):
+    """A command session that says when its channel has closed."""
+
+    def __init__(
+        self,
+        handler: Callable[[asyncssh.SSHServerProcess[bytes]], Awaitable[None]],
+        closed: Callable[[], None],
+    ) -> None:
+        super().__init__(handler, None, 0, False)
+        self._closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed()
+        super().connection_lost(exc)
+
+
 @dataclass
 class FaultServer:
     """An in-process asyncssh server and how to reach it."""
@@ -214,6 +236,8 @@ class FaultServer:
     connections: list[asyncssh.SSHServerConnection]
     #: Set when the server starts its first command.
     started: asyncio.Event
+    #: Sessions (channels) open on the server side, over all connections.
+    sessions: Sessions
 
     def url(self) -> str:
         return f"ssh://tester@127.0.0.1:{self.port}"
@@ -315,28 +339,26 @@ async def fault_server(
         started.set()
         await _shell_process(process)
 
-    class Server(asyncssh.SSHServer):
-        sessions = 0
+    sessions = Sessions()
 
+    class Server(asyncssh.SSHServer):
         def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
             connections.append(conn)
+            self.open = 0
 
         def session_requested(self) -> asyncssh.SSHServerProcess[bytes]:
-            # Only called without a process_factory, i.e. with max_sessions set.
-            assert max_sessions is not None
-            if self.sessions >= max_sessions:
+            if max_sessions is not None and self.open >= max_sessions:
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "too many sessions"
                 )
-            self.sessions += 1
+            self.open += 1
+            sessions.open += 1
 
-            async def counted(process: asyncssh.SSHServerProcess[bytes]) -> None:
-                try:
-                    await run_process(process)
-                finally:
-                    self.sessions -= 1
+            def closed() -> None:
+                self.open -= 1
+                sessions.open -= 1
 
-            return asyncssh.SSHServerProcess(counted, None, 0, False)
+            return _Session(run_process, closed)
 
     acceptor = await asyncssh.listen(
         "127.0.0.1",
@@ -344,7 +366,6 @@ async def fault_server(
         server_factory=Server,
         server_host_keys=[host_key, *more_host_keys],
         authorized_client_keys=authorized_keys,
-        process_factory=run_process if max_sessions is None else None,
         encoding=None,
         login_timeout=10,
     )
@@ -364,7 +385,9 @@ async def fault_server(
     shown = (record_key or host_key).export_public_key().decode().strip()
     known_hosts.write_text(f"[127.0.0.1]:{port} {shown}\n")
     try:
-        yield FaultServer(port, host_key, acceptor, known_hosts, client_key, connections, started)
+        yield FaultServer(
+            port, host_key, acceptor, known_hosts, client_key, connections, started, sessions
+        )
     finally:
         if stall is not None:
             stall.close()

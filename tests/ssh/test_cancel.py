@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import asyncssh
+import psutil
 import pytest
 
 from aiores_ssh import pool_for
+from aiores_ssh._runner import _Run
 
 from .conftest import STEP, FakeEnv, gone, opened, wait_until
 from .servers import Sshd, fault_server
@@ -78,3 +83,63 @@ async def test_cancelling_runs_on_a_full_server_that_ignores_signals(tmp_path: P
             await _cancel_all(tasks)
             assert [pid for pid in pids if not gone(pid)] == []
             assert runner.pool.connects == 2  # the one for the stops
+
+
+def _running(text: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if text in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("when", ["before the server opened it", "before the command started"])
+async def test_cancelling_while_the_channel_opens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The channel being opened is kept hold of: its command is stopped, the channel
+    closed on the server, and only then its slot given back."""
+    async with (
+        fault_server(tmp_path / "srv") as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        runner.kill_grace = 0.5
+        assert (await runner.run("true")).ok  # a warm connection
+        tag = f"{60 + secrets.randbelow(1000) / 1000:.3f}"
+        task: asyncio.Task[object] | None = None
+        hooked: list[bool] = []
+
+        def cancel() -> None:  # once: the stop opens a channel, too
+            assert task is not None
+            if not hooked:
+                hooked.append(True)
+                task.cancel()
+
+        if when == "before the server opened it":
+            create = asyncssh.SSHClientConnection.create_session
+
+            async def cancelling(self: Any, *args: Any, **kwargs: Any) -> Any:
+                cancel()
+                return await create(self, *args, **kwargs)
+
+            monkeypatch.setattr(asyncssh.SSHClientConnection, "create_session", cancelling)
+        else:
+            made_channel: Callable[..., None] = _Run.connection_made
+
+            def cancelling_made(self: _Run, chan: Any) -> None:
+                cancel()  # create_session now waits for the exec reply
+                made_channel(self, chan)
+
+            monkeypatch.setattr(_Run, "connection_made", cancelling_made)
+        task = asyncio.create_task(runner.run(f"exec sleep {tag}"))
+        async with asyncio.timeout(STEP):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        monkeypatch.undo()
+        assert _running(f"sleep {tag}") == []
+        assert server.sessions.open == 0
+        assert runner.pool.channels_in_use() == 0
+        assert (await runner.run("true")).ok
+        assert runner.pool.connects == 1
