@@ -37,13 +37,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     import pytest
 except ImportError:  # the fixtures need pytest; the rest does not
     pytest = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:
+    from aiores_sim._procs import Proc
 
 __all__ = ["FakeClock", "SimCloudProcess", "start_sim_cloud"]
 if pytest is not None:
@@ -123,6 +127,9 @@ class SimCloudProcess:
     def __init__(self, directory: Path, pid: int) -> None:
         self.directory = directory
         self.pid = pid
+        #: (pid, start time) of every process that descended from the cloud when
+        #: :meth:`stop` began: VM processes, however they hid, orphaned once it exits.
+        self._descendants: set[tuple[int, int]] = set()
 
     def __repr__(self) -> str:
         return f"<aiores.testing.SimCloudProcess {self.directory} pid {self.pid}>"
@@ -132,15 +139,28 @@ class SimCloudProcess:
         return _alive(self.pid)
 
     def leftovers(self) -> list[str]:
-        """What is left of the cloud: its process, VM processes, its socket (ideally none)."""
+        """What is left of the cloud: its process, VM processes, its socket (ideally none).
+
+        VM processes are the cloud's descendants (the cloud adopts orphans of VM
+        processes, so even a job that left its session and environment stays one),
+        those that descended from it when :meth:`stop` began, and any process marked
+        with its directory or working in a VM disk of it.
+        """
+        from aiores_sim._procs import descendants, scan
         from aiores_sim._protocol import socket_path
-        from aiores_sim._vm import CLOUD_MARKER
 
         found = []
+        table = scan()
         if self.alive():
             found.append(f"the cloud process {self.pid}")
-        marker = f"{CLOUD_MARKER}={self.directory}".encode()
-        found.extend(f"VM process {pid}" for pid in _marked_processes(marker))
+        vm_pids = descendants(table, self.pid) if self.alive() else set()
+        vm_pids |= {
+            pid for pid, start in self._descendants if pid in table and table[pid].start == start
+        }
+        vm_pids |= _marked_processes(table, self.directory)
+        found.extend(
+            f"VM process {pid}" for pid in sorted(vm_pids) if pid in table and not table[pid].zombie
+        )
         if socket_path(self.directory).exists():
             found.append(f"the control socket {socket_path(self.directory)}")
         return found
@@ -153,8 +173,12 @@ class SimCloudProcess:
         Raises:
             TimeoutError: it did not exit within ``timeout`` seconds.
         """
+        from aiores_sim._procs import descendants, scan
         from aiores_sim._protocol import socket_path
 
+        if self.alive():
+            table = scan()
+            self._descendants |= {(pid, table[pid].start) for pid in descendants(table, self.pid)}
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(timeout)
@@ -185,18 +209,25 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _marked_processes(marker: bytes) -> list[int]:
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def _marked_processes(table: Mapping[int, Proc], directory: Path) -> set[int]:
+    """Processes marked with the cloud ``directory``, or working in one of its VM disks."""
+    from aiores_sim._vm import CLOUD_MARKER
+
+    marker = f"{CLOUD_MARKER}={directory}".encode()
+    disks = os.path.realpath(directory / "vms") + "/"
+    pids = set()
+    for pid in table:
         try:
-            with open(f"/proc/{name}/environ", "rb") as handle:
+            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
+            if cwd.startswith(disks):
+                pids.add(pid)
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as handle:
                 entries = handle.read().split(b"\0")
         except OSError:
             continue
-        if marker in entries and _alive(int(name)):
-            pids.append(int(name))
+        if marker in entries:
+            pids.add(pid)
     return pids
 
 

@@ -8,8 +8,9 @@ serves a directory; clients talk to it over the control socket (see
 A VM is PENDING from its acquire until its boot delay has passed, then ACTIVE (its
 SSH server answers), and ends CANCELED (destroyed), EXPIRED (its duration ran out,
 or it was preempted) or FAILED (an injected boot failure or death). Ended VMs are
-torn down in batches: servers closed, every process they started killed, disks
-removed; their records stay for describe (the newest ``keep_ended`` of them).
+torn down in batches: servers closed, every process they started killed (found by
+session, environment, working directory and ancestry: :mod:`aiores_sim._procs`),
+disks removed; their records stay for describe (the newest ``keep_ended`` of them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import random
 import secrets
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -35,8 +37,9 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
+from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
 from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
-from ._vm import VM, Prepared, VMSpec, kill_marked, prepare
+from ._vm import VM, Prepared, VMSpec, prepare
 
 __all__ = ["Cloud", "CloudRunning"]
 
@@ -58,14 +61,26 @@ class Cloud:
         idle_exit: Stop after this many seconds with no live VM and no client
             connected (None: never).
         keep_ended: How many ended VM records stay answerable by describe.
+        subreaper: Adopt the orphans of VM processes (the cloud process does): then
+            every VM process stays a descendant of this one, stopping kills them all
+            however they hid, and the cloud reaps the orphans it adopted. Leave it off
+            in a process that has other children (an in-process cloud in tests).
     """
 
     def __init__(
-        self, directory: Path, *, idle_exit: float | None = None, keep_ended: int = 10000
+        self,
+        directory: Path,
+        *,
+        idle_exit: float | None = None,
+        keep_ended: int = 10000,
+        subreaper: bool = False,
     ) -> None:
         self.directory = directory.absolute()
         self.idle_exit = idle_exit
         self.keep_ended = keep_ended
+        self.subreaper = subreaper
+        self._table = ProcessTable()
+        self._exited = asyncio.Event()
         self.vms: dict[str, VM] = {}
         self._ended: deque[str] = deque()
         self._lock: IO[bytes] | None = None
@@ -99,6 +114,8 @@ class Cloud:
             await self._release()
             raise
         self._spawn(self._reaper(), "reaper")
+        if self.subreaper:
+            self._adopt()
         if self.idle_exit is not None:
             self._spawn(self._idle_watch(self.idle_exit), "idle watch")
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
@@ -117,8 +134,37 @@ class Cloud:
             path.unlink()  # stale: its cloud is gone (we hold the lock)
         # What a crashed cloud left behind belongs to no VM any more.
         stale = list((self.directory / "vms").iterdir())
-        _wipe({path.name for path in stale}, stale)
+        _wipe([Owner(disk.name, disk) for disk in stale], None)
         return lock, path
+
+    def _adopt(self) -> None:
+        """Become the subreaper of VM processes and reap the orphans adopted."""
+        if not become_subreaper():
+            log.warning("sim cloud: cannot adopt orphans (no PR_SET_CHILD_SUBREAPER)")
+            self.subreaper = False
+            return
+        asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._exited.set)
+        self._spawn(self._reap_adopted(), "orphan reaper")
+
+    async def _reap_adopted(self) -> None:
+        me = os.getpid()
+        while True:
+            await self._exited.wait()
+            await asyncio.sleep(0.05)  # one scan for a burst of exits
+            self._exited.clear()
+            self._reap_zombies(await asyncio.to_thread(adopted_zombies, me))
+
+    def _reap_zombies(self, zombies: list[tuple[int, int]]) -> None:
+        """Reap exited children that asyncio does not wait for (orphans adopted)."""
+        for pid, sid in zombies:
+            if pid in self._table.managed:
+                continue  # a command's shell: asyncio reaps it
+            if pid == sid and self._table.spawning:
+                # Maybe a shell whose start has not returned yet: look again later.
+                self._exited.set()
+                continue
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     def _announce(self) -> None:
         assert self._socket is not None
@@ -155,6 +201,11 @@ class Cloud:
             if waits:
                 async with asyncio.timeout(60):
                     await asyncio.gather(*waits)
+            if self.subreaper:
+                # Whatever hid from every VM's teardown is still a descendant of ours.
+                me = os.getpid()
+                await asyncio.to_thread(kill_descendants, me)
+                self._reap_zombies(await asyncio.to_thread(adopted_zombies, me))
         finally:
             try:
                 for writer in list(self._clients):
@@ -170,6 +221,9 @@ class Cloud:
                 log.info("sim cloud %s stopped", self.directory)
 
     async def _release(self) -> None:
+        if self.subreaper:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
+
         def remove() -> None:
             if self._socket is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -251,10 +305,10 @@ class Cloud:
             batch, self._doomed = self._doomed, []
             if not batch:
                 continue
-            ids = {vm.id for vm in batch}
-            disks = [vm.disk for vm in batch]
+            owners = [Owner(vm.id, vm.disk, frozenset(vm.sessions)) for vm in batch]
+            root = os.getpid() if self.subreaper else None
             try:
-                await asyncio.to_thread(_wipe, ids, disks)
+                await asyncio.to_thread(_wipe, owners, root)
             finally:
                 for vm in batch:
                     vm.gone.set()
@@ -382,7 +436,15 @@ class Cloud:
         for index, item in enumerate(made):
             rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
             vm = VM(
-                item.id, spec, item.disk, item.port, item.host_key, item.sock, self._changed, rng
+                item.id,
+                spec,
+                item.disk,
+                item.port,
+                item.host_key,
+                item.sock,
+                self._changed,
+                rng,
+                table=self._table,
             )
             self.vms[vm.id] = vm
             vms.append(vm)
@@ -459,10 +521,11 @@ def _discard(made: list[Prepared]) -> None:
         shutil.rmtree(item.disk, ignore_errors=True)
 
 
-def _wipe(ids: set[str], disks: list[Path]) -> None:
-    kill_marked(ids)
-    for disk in disks:
-        shutil.rmtree(disk, ignore_errors=True)
+def _wipe(owners: list[Owner], root: int | None) -> None:
+    """Blocking: kill the VMs' processes (descendants of ``root`` only), remove their disks."""
+    kill(owners, root=root)
+    for owner in owners:
+        shutil.rmtree(owner.disk, ignore_errors=True)
 
 
 def _str_list(args: Mapping[str, Any], name: str) -> list[str]:

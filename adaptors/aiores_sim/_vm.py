@@ -5,8 +5,9 @@ and the root of its SFTP server. Commands run as local processes of the cloud's
 user through ``/bin/sh -c``, each in a process group of its own, with the client's
 environment requests applied; SSH signals (TERM, KILL, STOP, CONT, INT, HUP, ...)
 go to that group; a command killed by a signal ends the channel with that signal.
-Every process a VM starts carries ``AIORES_SIM_VM=<id>`` in its environment, so
-tearing the VM down finds and kills detached jobs too (:func:`kill_marked`).
+Each command starts in a session of its own whose id the VM records, and carries
+``AIORES_SIM_VM=<id>`` in its environment, so tearing the VM down finds and kills
+detached jobs too (see :mod:`aiores_sim._procs`).
 
 The port is reserved (bound, not listening) when the VM is created, so its access
 URL and host key are known while it boots; connections are refused until it is
@@ -36,12 +37,12 @@ from aiores import ResourceState
 from aiores.adaptor import Image, Template
 
 from ._options import Faults
+from ._procs import MARKER, ProcessTable
 
-__all__ = ["VM", "Prepared", "VMSpec", "kill_marked", "prepare"]
+__all__ = ["VM", "Prepared", "VMSpec", "prepare"]
 
 log = logging.getLogger("aiores.sim")
 
-MARKER = "AIORES_SIM_VM"
 #: Names the directory of the cloud a VM process belongs to (for leftover checks).
 CLOUD_MARKER = "AIORES_SIM_CLOUD"
 _OURS = (MARKER, CLOUD_MARKER)
@@ -115,38 +116,6 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
     return made
 
 
-def kill_marked(ids: set[str], rounds: int = 5) -> int:
-    """Blocking: SIGKILL every process whose environment names one of the VM ``ids``.
-
-    Repeats (up to ``rounds`` scans) while it finds any, so that a process forking
-    during a scan is caught by the next. Returns how many were killed.
-    """
-    if not ids:
-        return 0
-    wanted = {f"{MARKER}={vm_id}".encode() for vm_id in ids}
-    me = os.getpid()
-    killed = 0
-    for _ in range(rounds):
-        found = 0
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open(f"/proc/{name}/environ", "rb") as handle:
-                    entries = handle.read().split(b"\0")
-            except OSError:  # gone, or not ours
-                continue
-            if wanted.isdisjoint(entries):
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(name), signal.SIGKILL)
-                found += 1
-        killed += found
-        if not found:
-            break
-    return killed
-
-
 @dataclass(eq=False)
 class VM:
     """A VM record and, while it is up, its SSH server."""
@@ -166,6 +135,10 @@ class VM:
     acceptor: asyncssh.SSHAcceptor | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
     processes: set[asyncio.subprocess.Process] = field(default_factory=set)
+    #: The session of every command it started (their detached jobs stay in them).
+    sessions: set[int] = field(default_factory=set)
+    #: The cloud's record of the children asyncio waits for.
+    table: ProcessTable = field(default_factory=ProcessTable)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set once the VM is torn down (processes killed, disk removed).
     gone: asyncio.Event = field(default_factory=asyncio.Event)
@@ -310,21 +283,26 @@ class VM:
         """Run one exec (or shell) request as a local process group."""
         command = process.command
         argv = ["/bin/sh", "-c", command] if command is not None else ["/bin/sh"]
+        if self.state.final:
+            process.stderr.write(f"sim: VM {self.id} is {self.state.name}\n".encode())
+            process.exit(255)
+            return
+        self.table.spawning += 1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.disk,
-                env=self.environment(process.env),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-            )
+            proc = await self._spawn(argv, self.environment(process.env))
+            self.table.managed.add(proc.pid)
         except OSError as exc:
             process.stderr.write(f"sim: cannot start the command: {exc}\n".encode())
             process.exit(127)
             return
+        finally:
+            self.table.spawning -= 1
         self.processes.add(proc)
+        self.sessions.add(proc.pid)  # the shell leads a session of its own
+        if self.state.final:
+            # The VM ended while the command started: its teardown may have missed it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
         def forward(name: str) -> None:
             sig = _SIGNALS.get(name.upper())
@@ -344,11 +322,36 @@ class VM:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+            self.table.managed.discard(proc.pid)
+            self._forget_session(proc.pid)
         if status < 0:
             name = signal.Signals(-status).name.removeprefix("SIG")
             process.exit_with_signal(name)
         else:
             process.exit(status)
+
+    async def _spawn(self, argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
+        """Start ``argv`` in the VM's disk, in a session of its own."""
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=self.disk,
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+
+    def _forget_session(self, sid: int) -> None:
+        """Stop tracking a finished command's session once nothing is left in it.
+
+        Its process group (which detached jobs of a shell without job control stay in)
+        is empty: then the id may be reused, and must not be taken for this VM's.
+        """
+        try:
+            os.killpg(sid, 0)
+        except (ProcessLookupError, PermissionError):  # empty, or someone else's now
+            self.sessions.discard(sid)
 
     async def _pump(
         self, process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process

@@ -46,7 +46,7 @@ def _raise_file_limit() -> None:
 
 
 async def _serve(directory: Path, idle_exit: float | None, ready_fd: list[int]) -> int:
-    cloud = Cloud(directory, idle_exit=idle_exit)
+    cloud = Cloud(directory, idle_exit=idle_exit, subreaper=True)
     try:
         await cloud.start()
     except CloudRunning:
