@@ -9,6 +9,7 @@ slow pace (:attr:`SimResourceAdaptor.poll`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -70,11 +71,16 @@ class SimResourceAdaptor(ResourceAdaptor):
         self._client: CloudClient | None = None
         self._user = ""
         self._keys = ""
+        self._login_keys: tuple[str, ...] = ()
         self._closed = False
 
     # -- connection -------------------------------------------------------------------
     async def open(self) -> None:
         """Read the client keys to authorize (making the managed key on first use).
+
+        The VMs authorize the session's SSHContext ``key_files`` when it names some,
+        else the aiores-managed key, which every VM reported then names as its
+        ``login_keys`` (so ``ssh://`` logs in with it and no context is needed).
 
         The cloud is reached on first use: started by acquire, templates and images
         if none runs; describe, find, list and destroy never start one (no cloud, no
@@ -87,9 +93,10 @@ class SimResourceAdaptor(ResourceAdaptor):
         ctx = self.env.context(SSHContext, LOOPBACK)
         key_files = ctx.key_files if ctx is not None else None
         passphrase = ctx.passphrase if ctx is not None else None
-        self._keys, _ = await asyncio.to_thread(
+        self._keys, files = await asyncio.to_thread(
             authorized_keys, self.env.state_dir, key_files, passphrase
         )
+        self._login_keys = () if key_files else tuple(files)
         # The local login name may take a passwd lookup: off the loop too.
         user = ctx.user if ctx is not None else None
         if not user:
@@ -103,8 +110,14 @@ class SimResourceAdaptor(ResourceAdaptor):
             self.directory, on_event=self._on_event, spawn=spawn, subscribe=True
         )
 
+    def _info(self, data: Mapping[str, Any]) -> ResourceInfo:
+        info = info_from_json(data)
+        if self._login_keys:
+            info = dataclasses.replace(info, login_keys=self._login_keys)
+        return info
+
     def _on_event(self, data: Mapping[str, Any]) -> None:
-        self.publish(info_from_json(data))
+        self.publish(self._info(data))
 
     async def aclose(self) -> None:
         """Close the control connection; the cloud and its VMs go on."""
@@ -158,7 +171,7 @@ class SimResourceAdaptor(ResourceAdaptor):
             "faults": faults.to_json(),
         }
         result = await self._call("acquire", args, start=True)
-        return [info_from_json(item) for item in result]
+        return [self._info(item) for item in result]
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
         """VMs made under ``token`` that have not ended (none if no cloud runs).
@@ -168,7 +181,7 @@ class SimResourceAdaptor(ResourceAdaptor):
         Raises:
             NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
         """
-        return [info_from_json(i) for i in await self._gone_ok("find", {"token": token}, [])]
+        return [self._info(i) for i in await self._gone_ok("find", {"token": token}, [])]
 
     async def destroy(self, ids: Sequence[str]) -> None:
         """End the VMs (CANCELED); returns once their processes and disks are gone.
@@ -191,11 +204,11 @@ class SimResourceAdaptor(ResourceAdaptor):
             NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
         """
         result = await self._gone_ok("describe", {"ids": list(ids)}, {})
-        return {vm_id: info_from_json(data) for vm_id, data in result.items()}
+        return {vm_id: self._info(data) for vm_id, data in result.items()}
 
     async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
         """VMs not ended that carry all ``tags``."""
-        return [info_from_json(i) for i in await self._gone_ok("list", {"tags": sorted(tags)}, [])]
+        return [self._info(i) for i in await self._gone_ok("list", {"tags": sorted(tags)}, [])]
 
     async def _gone_ok(self, op: str, args: Mapping[str, Any], empty: Any) -> Any:
         """Ask the cloud without starting one: no cloud means no VMs."""

@@ -12,7 +12,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores_sim import CloudClient, cloud_dir
+from aiores_sim import MANAGED_KEY, CloudClient, cloud_dir
 
 from .conftest import STEP, listening, port_of
 
@@ -237,3 +237,17 @@ async def test_cancelled_acquire_leaves_nothing() -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert await mgr.list(tags="t-cancel") == []
+
+
+@pytest.mark.asyncio
+async def test_vms_name_the_managed_key_as_their_login_key(state_dir: Path) -> None:
+    key = str(state_dir / MANAGED_KEY)
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=30")
+        vm = await mgr.acquire(D.replace(tags={"t-login"}))
+        assert vm._info.login_keys == (key,)
+        assert session.login_keys("127.0.0.1", port_of(vm)) == (key,)
+        [listed] = await mgr.list(tags="t-login")
+        assert listed._info.login_keys == (key,)
+        await vm.destroy()
+        assert vm._info.login_keys == (key,)  # pushed and described records too

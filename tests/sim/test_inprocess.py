@@ -86,6 +86,7 @@ async def test_client_key_from_the_ssh_context(cloud: Cloud, tmp_path: Path) -> 
         vm = await session.manager("sim://?boot_delay=0.05").acquire(ComputeDescription())
         assert vm.access is not None
         assert vm.access.startswith("ssh://alice@127.0.0.1:")
+        assert vm._info.login_keys == ()  # the context's keys log in, as ssh:// knows
         await vm.wait(ResourceState.ACTIVE, timeout=STEP)
         assert (await vm.run('echo "$USER"')).stdout == "alice\n"
         await vm.destroy()
