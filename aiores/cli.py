@@ -126,44 +126,83 @@ async def _timed(fn: Callable[[], Awaitable[T]]) -> tuple[T, float]:
     return value, time.perf_counter() - start
 
 
+#: Seconds the demo's teardown (destroying its VMs, stopping a cloud it started) may take.
+CLEANUP_TIMEOUT = 60.0
+
+
 async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
-    from aiores_sim import cloud_dir, cloud_pid, managed_key, stop_cloud
+    """The demo; whatever happens (a failed acquire, Ctrl-C), its VMs are destroyed and a
+    cloud it started is stopped."""
+    from aiores_sim import cloud_dir, cloud_pid, managed_key
 
     total_start = time.perf_counter()
     directory = cloud_dir(state_dir())
     was_running = await cloud_pid(directory) is not None
     times: dict[str, float] = {}
     hosts: list[_Host] = []
-    # The sim cloud authorizes the aiores-managed client key; name it for ssh://.
-    key = await asyncio.to_thread(managed_key, state_dir())
-    async with Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
-        mgr = session.manager(f"sim://?boot_delay={boot_delay}")
-        console.print(
-            f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "
-            f"{len(groups)} tagged groups (" + ", ".join(f"{g.count} {g.tag}" for g in groups) + ")"
-        )
-        start = time.perf_counter()
-        acquired = await asyncio.gather(
-            *(
-                mgr.acquire_many(ComputeDescription(template=g.template, tags={g.tag}), g.count)
-                for g in groups
+    try:
+        # The sim cloud authorizes the aiores-managed client key; name it for ssh://.
+        key = await asyncio.to_thread(managed_key, state_dir())
+        async with Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
+            mgr = session.manager(f"sim://?boot_delay={boot_delay}")
+            console.print(
+                f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "
+                f"{len(groups)} tagged groups ("
+                + ", ".join(f"{g.count} {g.tag}" for g in groups)
+                + ")"
             )
-        )
-        times["acquire"] = time.perf_counter() - start
-        for group, vms in zip(groups, acquired, strict=True):
-            hosts.extend(_Host(group.tag, vm) for vm in vms)
-        try:
-            _, times["boot (until SSH answers)"] = await _timed(lambda: _boot(groups, hosts, start))
-            _, times["fan-out (file + command)"] = await _timed(lambda: _fan_out(groups, hosts))
-            console.print()
-            console.print(_table(hosts))
-        finally:
-            _, times["teardown"] = await _timed(lambda: mgr.destroy([h.vm for h in hosts]))
+            start = time.perf_counter()
+            # Every group's acquire runs to its end, so none is left unaccounted for.
+            acquired = await asyncio.gather(
+                *(
+                    mgr.acquire_many(ComputeDescription(template=g.template, tags={g.tag}), g.count)
+                    for g in groups
+                ),
+                return_exceptions=True,
+            )
+            times["acquire"] = time.perf_counter() - start
+            for group, vms in zip(groups, acquired, strict=True):
+                if not isinstance(vms, BaseException):
+                    hosts.extend(_Host(group.tag, vm) for vm in vms)
+            try:
+                for outcome in acquired:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                _, times["boot (until SSH answers)"] = await _timed(
+                    lambda: _boot(groups, hosts, start)
+                )
+                _, times["fan-out (file + command)"] = await _timed(lambda: _fan_out(groups, hosts))
+                console.print()
+                console.print(_table(hosts))
+            finally:
+                if hosts:
+                    _, times["teardown"] = await _timed(
+                        lambda: _bounded(mgr.destroy([h.vm for h in hosts]))
+                    )
+    finally:
         # A cloud this demo started goes too, unless another program has VMs there now.
-        if not was_running and not await _cloud_in_use(directory):
-            _, times["stopping the sim cloud"] = await _timed(lambda: stop_cloud(directory))
+        if not was_running:
+            stopped = await _bounded(_stop_unused(directory))
+            if stopped is not None:
+                times["stopping the sim cloud"] = stopped
     times["total"] = time.perf_counter() - total_start
     console.print(_summary(hosts, times))
+
+
+async def _bounded(work: Awaitable[T]) -> T:
+    """Cleanup that runs to its end even if the demo is being cancelled, within bounds."""
+    async with asyncio.timeout(CLEANUP_TIMEOUT):
+        return await work
+
+
+async def _stop_unused(directory: Path) -> float | None:
+    """Stop the cloud of ``directory`` if no program has VMs there; seconds it took."""
+    from aiores_sim import stop_cloud
+
+    if await _cloud_in_use(directory):
+        return None
+    _, took = await _timed(lambda: stop_cloud(directory))
+    return took
 
 
 async def _cloud_in_use(directory: Path) -> bool:

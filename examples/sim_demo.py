@@ -4,8 +4,8 @@ The same as ``aiores demo``, without the progress display. Run it with:
 
     python examples/sim_demo.py
 
-The cloud process it starts keeps running for the next program (VMs outlive the
-process that asked for them); ``aiores sim stop`` ends it.
+The simulated cloud runs in a process of its own, started on demand; if this program
+started it, it stops it at the end (VMs otherwise outlive the program that asked).
 """
 
 from __future__ import annotations
@@ -17,48 +17,64 @@ from pathlib import Path
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores_sim import managed_key
+from aiores_sim import cloud_dir, cloud_pid, managed_key, stop_cloud
 
 
 async def main() -> None:
     started = time.perf_counter()
+    directory = cloud_dir(aiores.state_dir())
+    cloud_was_running = await cloud_pid(directory) is not None
     # The simulated cloud authorizes the aiores-managed client key (made on first use).
     key = await asyncio.to_thread(managed_key, aiores.state_dir())
     ssh = aiores.SSHContext(key_files=[str(key)])
-    async with aiores.Session(contexts=[ssh]) as session:
-        # One manager; boot delays of 0.5 to 2 s. The cloud process starts on demand.
-        mgr = session.manager("sim://?boot_delay=0.5-2")
+    try:
+        async with aiores.Session(contexts=[ssh]) as session:
+            # One manager; boot delays of 0.5 to 2 s. The cloud process starts on demand.
+            mgr = session.manager("sim://?boot_delay=0.5-2")
 
-        # Two tagged groups, acquired at once; each call returns as soon as the cloud
-        # accepted its VMs (PENDING, with their address and host key already known).
-        web, db = await asyncio.gather(
-            mgr.acquire_many(ComputeDescription(template="small", tags={"web"}), 12),
-            mgr.acquire_many(ComputeDescription(template="medium", tags={"db"}), 8),
-        )
-        vms = [*web, *db]
-        try:
-            # ACTIVE means usable: SSH answers, with the host key the cloud published.
-            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE, timeout=60) for vm in vms))
-            print(f"{len(vms)} VMs up after {time.perf_counter() - started:.1f} s")
-
-            # A file and a command to each group, all hosts at once.
-            with tempfile.TemporaryDirectory() as tmp:
-                page = Path(tmp, "index.html")
-                await asyncio.to_thread(page.write_text, "<h1>hello from aiores</h1>\n")
-                await asyncio.gather(*(vm.put(page, "index.html") for vm in web))
-            results = await asyncio.gather(
-                *(vm.run("wc -c < index.html") for vm in web),
-                *(vm.run(["uname", "-s"]) for vm in db),
+            # Two tagged groups, acquired at once; each call returns as soon as the cloud
+            # accepted its VMs (PENDING, with their address and host key already known).
+            # Both run to their end, so that if one fails the other's VMs are destroyed.
+            web, db = await asyncio.gather(
+                mgr.acquire_many(ComputeDescription(template="small", tags={"web"}), 12),
+                mgr.acquire_many(ComputeDescription(template="medium", tags={"db"}), 8),
+                return_exceptions=True,
             )
-            for vm, result in zip(vms, results, strict=True):
-                group = ",".join(sorted(vm.tags))
-                print(
-                    f"{group:4} {vm.native_id}  exit {result.exit_status}  {result.stdout.strip()}"
+            vms = [vm for group in (web, db) if isinstance(group, list) for vm in group]
+            try:
+                if isinstance(web, BaseException):
+                    raise web
+                if isinstance(db, BaseException):
+                    raise db
+                # ACTIVE means usable: SSH answers, with the host key the cloud published.
+                await asyncio.gather(*(vm.wait(ResourceState.ACTIVE, timeout=60) for vm in vms))
+                print(f"{len(vms)} VMs up after {time.perf_counter() - started:.1f} s")
+
+                # A file and a command to each group, all hosts at once.
+                with tempfile.TemporaryDirectory() as tmp:
+                    page = Path(tmp, "index.html")
+                    await asyncio.to_thread(page.write_text, "<h1>hello from aiores</h1>\n")
+                    await asyncio.gather(*(vm.put(page, "index.html") for vm in web))
+                results = await asyncio.gather(
+                    *(vm.run("wc -c < index.html") for vm in web),
+                    *(vm.run(["uname", "-s"]) for vm in db),
                 )
-        finally:
-            # Destroying ends each VM: its processes are killed and its disk removed.
-            await mgr.destroy(vms)
-    print(f"all {len(vms)} destroyed; {time.perf_counter() - started:.1f} s in all")
+                for vm, result in zip(vms, results, strict=True):
+                    group = ",".join(sorted(vm.tags))
+                    print(
+                        f"{group:4} {vm.native_id}  exit {result.exit_status}  "
+                        f"{result.stdout.strip()}"
+                    )
+            finally:
+                # Destroying ends each VM: its processes are killed and its disk removed.
+                # Bounded, and carried out even when the program is being cancelled.
+                async with asyncio.timeout(60):
+                    await mgr.destroy(vms)
+        print(f"all {len(vms)} destroyed; {time.perf_counter() - started:.1f} s in all")
+    finally:
+        if not cloud_was_running:
+            async with asyncio.timeout(60):
+                await stop_cloud(directory)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+import aiores
+from aiores import cli
 from aiores.cli import main
+from aiores_sim import cloud_pid
+
+from .conftest import STEP
 
 
 def test_demo_boots_fans_out_and_tears_down() -> None:
@@ -17,6 +25,49 @@ def test_demo_boots_fans_out_and_tears_down() -> None:
     assert result.output.count("schema.sql sha256 ") == 2
     assert "5/5 hosts ran their command; now 5 CANCELED" in result.output
     assert "stopping the sim cloud" not in result.output  # it was running before: it stays
+
+
+async def _live(tag: str) -> list[aiores.Resource]:
+    async with aiores.Session() as session:
+        return await session.manager("sim://").list(tags=tag)
+
+
+def _failing_db_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    web, db = cli.GROUPS
+    monkeypatch.setattr(cli, "GROUPS", (web, dataclasses.replace(db, template="huge")))
+
+
+def test_demo_destroys_one_group_when_the_other_cannot_be_acquired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _failing_db_group(monkeypatch)
+    result = CliRunner().invoke(main, ["demo", "--web", "3", "--db", "2", "--boot-delay", "30"])
+    assert result.exit_code == 1, result.output
+    assert "DoesNotExist" in result.output
+    assert "huge" in result.output
+    assert asyncio.run(_live("web")) == []
+
+
+def test_demo_stops_the_cloud_it_started_when_it_fails(
+    own_cloud: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _failing_db_group(monkeypatch)
+    result = CliRunner().invoke(main, ["demo", "--web", "2", "--db", "1", "--boot-delay", "30"])
+    assert result.exit_code == 1, result.output
+    assert asyncio.run(cloud_pid(own_cloud)) is None
+
+
+@pytest.mark.asyncio
+async def test_cancelled_demo_tears_down_and_stops_the_cloud_it_started(own_cloud: Path) -> None:
+    groups = tuple(dataclasses.replace(g, count=2) for g in cli.GROUPS)
+    task = asyncio.ensure_future(cli._demo(groups, "30"))  # boots "forever"
+    async with asyncio.timeout(STEP):
+        while len(await _live("web")) + len(await _live("db")) < 4:
+            await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await cloud_pid(own_cloud) is None
 
 
 def test_sim_start_status_stop(own_cloud: Path) -> None:
