@@ -22,6 +22,7 @@ from typing import Any
 
 from aiores import ConnectionLost, NoSuccess, Timeout
 
+from ._cloud import wipe_stale
 from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
 
 __all__ = ["CloudClient", "cloud_pid", "start_cloud", "stop_cloud"]
@@ -115,37 +116,49 @@ async def _gone(pid: int, timeout: float) -> None:
 
 
 async def stop_cloud(directory: Path, *, timeout: float = 60.0) -> bool:
-    """Stop the cloud of ``directory`` (every VM ends); False if none was running.
+    """Stop the cloud of ``directory`` (every VM ends); False if there was nothing to stop.
 
     Asks it over the control socket; if it does not answer, sends SIGTERM to the pid
     in its pid file (after checking that the process is a sim cloud). Returns once
-    the process has exited.
+    the process has exited. If no cloud runs but one crashed there, what it left (VM
+    processes and disks, its pid file and socket) is removed, and the result is True.
 
     Raises:
         Timeout: it did not exit within ``timeout`` seconds.
     """
-    pid = await cloud_pid(directory)
     try:
-        client = CloudClient(directory)
-        await client.connect(start=False)
-        try:
-            async with asyncio.timeout(timeout):
-                answer = await client.call("shutdown")
-            pid = int(answer["pid"]) if isinstance(answer, dict) else pid
-        finally:
-            await client.close()
-    except (NoSuccess, ConnectionLost, OSError, TimeoutError):
-        if pid is None:
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    if pid is None:
-        return True
-    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                pid = await _shutdown(directory)
+                if pid is not None:
+                    break
+                # No answer. If no cloud holds the directory, remove what a crashed one left.
+                wiped = await asyncio.to_thread(wipe_stale, directory)
+                if wiped is not None:
+                    return wiped
+                pid = await cloud_pid(directory)
+                if pid is not None:  # it holds the lock but does not answer
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+                    break
+                await asyncio.sleep(0.05)  # it is starting (not announced yet): ask again
         await _gone(pid, timeout)
     except TimeoutError:
-        raise Timeout(f"the sim cloud (pid {pid}) did not stop within {timeout} s") from None
+        raise Timeout(f"the sim cloud in {directory} did not stop within {timeout} s") from None
     return True
+
+
+async def _shutdown(directory: Path) -> int | None:
+    """Ask the cloud to stop; its pid if it answered."""
+    client = CloudClient(directory)
+    try:
+        await client.connect(start=False)
+        answer = await client.call("shutdown")
+    except (NoSuccess, ConnectionLost, OSError):
+        return None
+    finally:
+        await client.close()
+    return int(answer["pid"])
 
 
 class CloudClient:

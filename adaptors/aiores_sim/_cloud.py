@@ -41,7 +41,7 @@ from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill
 from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
 from ._vm import VM, Prepared, VMSpec, prepare
 
-__all__ = ["Cloud", "CloudRunning"]
+__all__ = ["Cloud", "CloudRunning", "wipe_stale"]
 
 log = logging.getLogger("aiores.sim")
 
@@ -123,19 +123,15 @@ class Cloud:
     def _claim(self) -> tuple[IO[bytes], Path]:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.directory / "vms").mkdir(mode=0o700, exist_ok=True)
-        lock = open(self.directory / "cloud.lock", "ab")  # noqa: SIM115 (held for the cloud's life)
+        lock = _lock(self.directory)
+        if lock is None:
+            raise CloudRunning(f"a sim cloud already serves {self.directory}")
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _wipe_unlocked(self.directory)
+        except BaseException:
             lock.close()
-            raise CloudRunning(f"a sim cloud already serves {self.directory}") from None
-        path = socket_path(self.directory)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # stale: its cloud is gone (we hold the lock)
-        # What a crashed cloud left behind belongs to no VM any more.
-        stale = list((self.directory / "vms").iterdir())
-        _wipe([Owner(disk.name, disk) for disk in stale], None)
-        return lock, path
+            raise
+        return lock, socket_path(self.directory)
 
     def _adopt(self) -> None:
         """Become the subreaper of VM processes and reap the orphans adopted."""
@@ -519,6 +515,51 @@ def _discard(made: list[Prepared]) -> None:
     for item in made:
         item.sock.close()
         shutil.rmtree(item.disk, ignore_errors=True)
+
+
+def _lock(directory: Path) -> IO[bytes] | None:
+    """Blocking: the directory's cloud lock, taken; None if a cloud holds it."""
+    lock = open(directory / "cloud.lock", "ab")  # noqa: SIM115 (held by the caller)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
+
+
+def wipe_stale(directory: Path) -> bool | None:
+    """Blocking: remove what a cloud that crashed in ``directory`` left behind.
+
+    Under the directory's lock, as a starting cloud does: its VMs' processes are
+    killed (found by environment and working directory), their disks removed, its
+    pid file and control socket too. Returns None if a cloud holds the lock (it runs,
+    or is starting or stopping), else whether anything was left.
+    """
+    if not (directory / "cloud.lock").exists():
+        return False  # no cloud ever ran here
+    lock = _lock(directory)
+    if lock is None:
+        return None
+    with lock:
+        return _wipe_unlocked(directory)
+
+
+def _wipe_unlocked(directory: Path) -> bool:
+    """Blocking: :func:`wipe_stale` for a caller that holds the lock."""
+    path = socket_path(directory)
+    left = False
+    for stale_file in (path, directory / "cloud.pid"):
+        with contextlib.suppress(FileNotFoundError):
+            stale_file.unlink()
+            left = True
+    # What a crashed cloud left behind belongs to no VM any more.
+    with contextlib.suppress(FileNotFoundError):
+        stale = list((directory / "vms").iterdir())
+        if stale:
+            left = True
+            _wipe([Owner(disk.name, disk) for disk in stale], None)
+    return left
 
 
 def _wipe(owners: list[Owner], root: int | None) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -127,3 +129,34 @@ async def test_describe_without_a_cloud_finds_nothing(own_cloud: Path) -> None:
         with pytest.raises(aiores.DoesNotExist):
             await session.manager("sim://").get(vm.native_id)
     assert await cloud_pid(own_cloud) is None  # asking did not start a new cloud
+
+
+@pytest.mark.asyncio
+async def test_stop_after_a_crash_wipes_what_the_cloud_left(
+    own_cloud: Path, state_dir: Path
+) -> None:
+    from .test_procs import _hide, _sleeps, _until_sleeping
+
+    mark = "4242"
+    async with booted(1, "sim://?boot_delay=0.05", state_dir=state_dir) as (_, [vm]):
+        running = asyncio.ensure_future(vm.run(f"sleep 300.{mark}"))
+        assert (await vm.run(_hide(mark))).exit_status == 0
+        await _until_sleeping(mark, 4)
+        pid = await cloud_pid(own_cloud)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(aiores.AioresError):
+            await running
+        async with asyncio.timeout(STEP):
+            while await cloud_pid(own_cloud) is not None:  # noqa: ASYNC110 (another process)
+                await asyncio.sleep(0.02)
+        assert await asyncio.to_thread(_sleeps, mark)  # the VMs' processes outlived it
+        assert await stop_cloud(own_cloud) is True
+        assert await asyncio.to_thread(_sleeps, mark) == []
+        assert await asyncio.to_thread(lambda: sorted(p.name for p in own_cloud.iterdir())) == [
+            "cloud.lock",
+            "cloud.log",
+            "vms",
+        ]
+        assert await asyncio.to_thread(lambda: list((own_cloud / "vms").iterdir())) == []
+        assert await stop_cloud(own_cloud) is False  # nothing left now
