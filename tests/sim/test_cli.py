@@ -62,7 +62,7 @@ async def test_cancelled_demo_tears_down_and_stops_the_cloud_it_started(own_clou
     groups = tuple(dataclasses.replace(g, count=2) for g in cli.GROUPS)
     task = asyncio.ensure_future(cli._demo(groups, "30"))  # boots "forever"
     async with asyncio.timeout(STEP):
-        while len(await _live("web")) + len(await _live("db")) < 4:
+        while len(await _live("web")) + len(await _live("db")) < 4:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
