@@ -22,7 +22,7 @@ from typing import Any
 
 from aiores import ConnectionLost, NoSuccess, Timeout
 
-from ._cloud import wipe_stale
+from ._cloud import is_locked, wipe_stale
 from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
 
 __all__ = ["CloudClient", "cloud_pid", "start_cloud", "stop_cloud"]
@@ -219,15 +219,32 @@ class CloudClient:
                 await self._request("subscribe", {})
 
     async def _patient_open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect once the cloud listens; start it again if one that was stopping is gone.
+
+        Raises:
+            Timeout: no cloud listened within :data:`CONNECT_PATIENCE` seconds.
+        """
         delay = 0.01
-        async with asyncio.timeout(CONNECT_PATIENCE):
-            while True:
-                try:
-                    return await _open(self.directory)
-                except (FileNotFoundError, ConnectionRefusedError):
-                    # Another process's cloud holds the lock and is about to listen.
+        try:
+            async with asyncio.timeout(CONNECT_PATIENCE):
+                while True:
+                    try:
+                        return await _open(self.directory)
+                    except (FileNotFoundError, ConnectionRefusedError):
+                        pass
+                    if not await asyncio.to_thread(is_locked, self.directory):
+                        # No cloud holds the directory (the one there was has stopped).
+                        await start_cloud(self.directory, idle_exit=IDLE_EXIT)
+                        continue
+                    # A cloud holds it: about to listen, or stopping.
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
+        except TimeoutError:
+            raise Timeout(
+                f"the sim cloud in {self.directory} did not answer within {CONNECT_PATIENCE:g} s "
+                f"(it is starting or stopping; see {self.directory / 'cloud.log'}). Try again; "
+                "if it hangs, `aiores sim stop` ends it."
+            ) from None
 
     def _run_reader(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def read() -> None:

@@ -41,7 +41,7 @@ from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill
 from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
 from ._vm import VM, Prepared, VMSpec, prepare
 
-__all__ = ["Cloud", "CloudRunning", "wipe_stale"]
+__all__ = ["Cloud", "CloudRunning", "is_locked", "wipe_stale"]
 
 log = logging.getLogger("aiores.sim")
 
@@ -526,6 +526,17 @@ def _lock(directory: Path) -> IO[bytes] | None:
         lock.close()
         return None
     return lock
+
+
+def is_locked(directory: Path) -> bool:
+    """Blocking: True while a cloud holds ``directory`` (starting, serving or stopping)."""
+    if not (directory / "cloud.lock").exists():
+        return False
+    lock = _lock(directory)
+    if lock is None:
+        return True
+    lock.close()
+    return False
 
 
 def wipe_stale(directory: Path) -> bool | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -160,3 +162,45 @@ async def test_stop_after_a_crash_wipes_what_the_cloud_left(
         ]
         assert await asyncio.to_thread(lambda: list((own_cloud / "vms").iterdir())) == []
         assert await stop_cloud(own_cloud) is False  # nothing left now
+
+
+def _hold_lock(directory: Path) -> IO[bytes]:
+    """Hold the cloud lock of ``directory`` as a cloud that is stopping does."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock = open(directory / "cloud.lock", "ab")  # noqa: SIM115 (the caller closes it)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
+
+
+@pytest.mark.asyncio
+async def test_a_client_arriving_while_the_cloud_stops_starts_it_again(
+    own_cloud: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _client
+
+    monkeypatch.setattr(_client, "CONNECT_PATIENCE", 5.0)
+    lock = await asyncio.to_thread(_hold_lock, own_cloud)  # stopping: no socket, locked
+    asyncio.get_running_loop().call_later(0.5, lock.close)  # ... and then gone
+    client = CloudClient(own_cloud)
+    try:
+        hello = await client.call("hello")
+    finally:
+        await client.close()
+    assert hello["pid"] == await cloud_pid(own_cloud)
+
+
+@pytest.mark.asyncio
+async def test_a_cloud_that_never_comes_is_an_aiores_timeout(
+    own_cloud: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _client
+
+    monkeypatch.setattr(_client, "CONNECT_PATIENCE", 0.5)
+    lock = await asyncio.to_thread(_hold_lock, own_cloud)
+    client = CloudClient(own_cloud)
+    try:
+        with pytest.raises(aiores.Timeout, match="aiores sim stop"):
+            await client.call("hello")
+    finally:
+        await client.close()
+        lock.close()
