@@ -47,6 +47,8 @@ log = logging.getLogger("aiores.sim")
 
 #: Most VMs one acquire may ask for.
 MAX_COUNT = 10000
+#: Seconds a cancelled acquire may spend removing what it made.
+CLEANUP_TIMEOUT = 60.0
 
 
 class CloudRunning(NoSuccess):
@@ -418,11 +420,9 @@ class Cloud:
         # have given up on this acquire and be cleaning up after it).
         done = self._acquiring.setdefault(spec.token, asyncio.Event())
         try:
-            made = await asyncio.to_thread(
-                prepare, self.directory / "vms", [(spec, vm_id) for vm_id in ids]
-            )
+            made = await self._prepare([(spec, vm_id) for vm_id in ids])
             if self._stopping:
-                _discard(made)
+                await asyncio.to_thread(_discard, made)
                 raise IncorrectState("the sim cloud is stopping")
         except BaseException:
             self._acquiring.pop(spec.token, None)
@@ -452,6 +452,27 @@ class Cloud:
         self._acquiring.pop(spec.token, None)
         done.set()
         return [vm.to_json() for vm in vms]
+
+    async def _prepare(self, specs: list[tuple[VMSpec, str]]) -> list[Prepared]:
+        """Make VMs' disks, host keys and ports in a thread.
+
+        The thread cannot be stopped: if cancelled (the cloud is stopping), this waits
+        for it, shielded and bounded, removes what it made, then re-raises. Should that
+        wait be cut short too, the ports are still let go of when the thread ends, and
+        the disks are wiped by the next cloud to start in this directory.
+        """
+        work = asyncio.ensure_future(asyncio.to_thread(prepare, self.directory / "vms", specs))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_close_sockets)
+            try:
+                async with asyncio.timeout(CLEANUP_TIMEOUT):
+                    made = await asyncio.shield(work)
+                    await asyncio.to_thread(_discard, made)
+            except Exception as exc:  # not CancelledError: that goes on up
+                log.warning("sim cloud: discarding a cancelled acquire's VMs: %r", exc)
+            raise
 
     def _new_id(self) -> str:
         while True:
@@ -511,7 +532,14 @@ class Cloud:
         return {"pid": os.getpid()}
 
 
+def _close_sockets(work: asyncio.Future[list[Prepared]]) -> None:
+    if not work.cancelled() and work.exception() is None:
+        for item in work.result():
+            item.sock.close()
+
+
 def _discard(made: list[Prepared]) -> None:
+    """Blocking: let go of prepared VMs' ports and remove their disks."""
     for item in made:
         item.sock.close()
         shutil.rmtree(item.disk, ignore_errors=True)

@@ -167,3 +167,43 @@ async def test_stop_ends_every_vm_when_more_ended_than_are_kept(tmp_path: Path) 
     assert all(vm.acceptor is None for vm in vms)
     assert not any([await asyncio.to_thread(vm.disk.exists) for vm in vms])
     assert len(cloud.vms) == 1  # the newest ended record is kept, once torn down
+
+
+@pytest.mark.asyncio
+async def test_stopping_during_an_acquire_discards_what_it_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _cloud, _vm
+
+    started, go_on = threading.Event(), threading.Event()
+    made: list[_vm.Prepared] = []
+
+    def slow_prepare(*args: Any) -> list[_vm.Prepared]:
+        started.set()
+        go_on.wait(STEP)
+        result = _vm.prepare(*args)
+        made.extend(result)
+        return result
+
+    monkeypatch.setattr(_cloud, "prepare", slow_prepare)
+    cloud = Cloud(tmp_path / "sim")
+    await cloud.start()
+    client = CloudClient(cloud.directory)
+    try:
+        acquire = asyncio.ensure_future(client.call("acquire", _acquire_args(3)))
+        await asyncio.to_thread(started.wait, STEP)  # the cloud is making the VMs now
+        stopping = asyncio.ensure_future(cloud.stop())
+        await asyncio.sleep(0.1)  # the stop has cancelled the acquire
+        go_on.set()
+        async with asyncio.timeout(STEP):
+            await stopping
+            while len(made) < 3:  # noqa: ASYNC110 (a thread's work)
+                await asyncio.sleep(0.01)
+        with pytest.raises(aiores.AioresError):
+            await acquire
+    finally:
+        go_on.set()
+        await client.close()
+        await cloud.stop()
+    assert [item.sock.fileno() for item in made] == [-1, -1, -1]  # ports let go of
+    assert not any([await asyncio.to_thread(item.disk.exists) for item in made])
