@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,6 +18,9 @@ from ._errors import map_errors
 from ._pool import Lease
 
 __all__ = ["SSHFileAdaptor"]
+
+#: Seconds an SFTP channel may take to close before its slot is given back anyway.
+_CLOSE_WAIT = 5.0
 
 
 class SSHFileAdaptor(SSHBase, FileAdaptor):
@@ -34,11 +39,16 @@ class SSHFileAdaptor(SSHBase, FileAdaptor):
         async def opener(conn: asyncssh.SSHClientConnection) -> asyncssh.SFTPClient:
             return await conn.start_sftp_client()
 
-        lease, sftp = await pool.channel(target, opener, _close)
+        async def close(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
+            sftp.exit()
+            # A second cancellation ends the wait; the slot is given back once closed.
+            await asyncio.shield(pool.track(_release_when_closed(lease, sftp)))
+
+        lease, sftp = await pool.channel(target, opener, close)
         try:
             yield sftp
         finally:
-            await _close(lease, sftp)
+            await close(lease, sftp)
 
     async def put(self, local: str | Path, remote: str) -> None:
         """Copy a local file or directory tree to ``remote``.
@@ -98,7 +108,11 @@ class SSHFileAdaptor(SSHBase, FileAdaptor):
                     await sftp.remove(remote)
 
 
-async def _close(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
-    """Close the SFTP channel and give its slot back."""
-    sftp.exit()
-    lease.release()
+async def _release_when_closed(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
+    """Give the slot back once the server has closed the SFTP channel (bounded): a slot
+    given back earlier could be refused by the server, still counting the channel."""
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sftp.wait_closed(), _CLOSE_WAIT)
+    finally:
+        lease.release()

@@ -11,8 +11,11 @@ slots on them:
   MaxStartups 10) and across the pool (``max_handshakes``);
 - a connection that drops is removed at once and never reused; a channel that could
   not be opened on it is retried on another connection (the command never started);
-- a server that refuses a channel below ``max_sessions`` (a lower MaxSessions)
-  lowers that connection's capacity;
+- a refused channel is retried after a short, growing, jittered delay; a server that
+  refuses again with as many channels open and none closed in between allows fewer
+  than ``max_sessions`` (a lower MaxSessions): that becomes the target's capacity;
+- a slot is given back only once its channel has closed, so the pool never counts
+  fewer channels on a connection than the server does;
 - idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
   in the session's task group.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
@@ -43,8 +47,12 @@ __all__ = ["Lease", "Pool", "Target", "pool_for"]
 
 T = TypeVar("T")
 
-#: How often a channel is tried on another connection before its error is raised.
+#: How often a channel is tried before its error is raised.
 _OPEN_ATTEMPTS = 8
+#: Seconds before the first retry of a refused channel (doubling, jittered).
+_RETRY_DELAY = 0.01
+#: Seconds between two refusals at one channel count for them to show a limit.
+_SETTLE = 0.02
 #: How long closing a connection may take before it is abandoned.
 _CLOSE_TIMEOUT = 5.0
 #: How long an abandoned channel open may take before its connection is dropped.
@@ -82,10 +90,37 @@ class _Conn:
         self.dead = False
         self.last_used = now
         self.tunnel: Lease | None = None
+        #: Channels being opened on it, open (not yet closed), and closed so far.
+        self.opening = 0
+        self.open = 0
+        self.closes = 0
+        #: (channels open, closes, time) of the first refusal at that count.
+        self.refused_at: tuple[int, int, float] | None = None
 
     @property
     def free(self) -> bool:
         return not self.dead and self.in_use < self.capacity
+
+    def opened_or_not(self, _: object) -> None:
+        self.opening -= 1
+
+    def refused(self, now: float) -> int | None:
+        """Note a refused channel; the server's channel limit, once it is clear.
+
+        A refusal can be transient (the server has not yet freed a channel that just
+        closed), and while other opens are under way the count of open channels
+        lags behind the server's. Only a refusal with no other open under way, as
+        many channels open as at an earlier such refusal at least ``_SETTLE``
+        seconds before, and none closed in between, shows the server's limit.
+        """
+        if self.opening:
+            return None
+        count = (self.open, self.closes)
+        if self.refused_at is None or self.refused_at[:2] != count:
+            self.refused_at = (*count, now)
+            return None
+        settled = now - self.refused_at[2] >= _SETTLE
+        return self.open if settled and self.open >= 1 else None
 
 
 class Lease:
@@ -95,15 +130,21 @@ class Lease:
     connection's channels never runs below the server's.
     """
 
-    __slots__ = ("_pool", "pooled", "released", "target")
+    __slots__ = ("_pool", "opened", "pooled", "released", "target")
 
     def __init__(self, pool: Pool, target: Target, pooled: _Conn) -> None:
         self._pool = pool
         self.target = target
         self.pooled = pooled
         self.released = False
+        self.opened = False
         pooled.in_use += 1
         pooled.last_used = pool._env.clock.now()
+
+    def _opened(self) -> None:
+        self.opened = True
+        self.pooled.open += 1
+        self.pooled.refused_at = None
 
     @property
     def conn(self) -> asyncssh.SSHClientConnection:
@@ -118,6 +159,9 @@ class Lease:
         """Give the slot back (again: no effect)."""
         if not self.released:
             self.released = True
+            if self.opened:
+                self.pooled.open -= 1
+                self.pooled.closes += 1
             self._pool._unlease(self.target, self.pooled)
 
 
@@ -245,30 +289,38 @@ class Pool:
         while True:
             lease = await self._lease(target)
             opening = asyncio.ensure_future(opener(lease.conn))
+            lease.pooled.opening += 1
+            opening.add_done_callback(lease.pooled.opened_or_not)
             try:
-                return lease, await asyncio.shield(opening)
+                result = await asyncio.shield(opening)
             except asyncio.CancelledError:
                 # A second cancellation ends the wait; the cleanup goes on.
                 await asyncio.shield(self.track(self._abandon(lease, opening, abandon)))
                 raise
             except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
                 pooled = lease.pooled
+                lease.release()
                 if not lease.alive:
                     self._drop(target, pooled)
-                elif isinstance(exc, asyncssh.ChannelOpenError) and pooled.in_use > 1:
-                    # The server allows fewer channels than we assumed (MaxSessions):
-                    # remember its limit for this target's connections, new ones too.
-                    self._learn_capacity(target, pooled.in_use - 1)
+                elif isinstance(exc, asyncssh.ChannelOpenError):
+                    limit = pooled.refused(self._env.clock.now())
+                    if limit is not None:
+                        # The server allows fewer channels than we assumed (MaxSessions):
+                        # remember its limit for this target's connections, new ones too.
+                        self._learn_capacity(target, limit)
                 else:
-                    lease.release()
                     raise translate(exc, target.where, "opening a channel") from exc
-                lease.release()
                 attempts += 1
                 if attempts >= _OPEN_ATTEMPTS:
                     raise translate(exc, target.where, "opening a channel") from exc
+                # Jittered backoff: a transient refusal passes, and retries spread out.
+                await self._env.clock.sleep(_RETRY_DELAY * 2**attempts * random.uniform(0.5, 1))
+                continue
             except BaseException:
                 lease.release()
                 raise
+            lease._opened()
+            return lease, result
 
     async def urgent(
         self,
@@ -299,7 +351,9 @@ class Pool:
                 continue
             lease = Lease(self, target, pooled)
             try:
-                return lease, await opener(pooled.conn)
+                result = await opener(pooled.conn)
+                lease._opened()
+                return lease, result
             except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError):
                 lease.release()  # refused (or gone): the next way
             except BaseException:
@@ -317,7 +371,9 @@ class Pool:
         assert pending.conn is not None
         lease = Lease(self, target, pending.conn)
         try:
-            return lease, await opener(lease.conn)
+            result = await opener(lease.conn)
+            lease._opened()
+            return lease, result
         except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
             lease.release()
             raise translate(exc, target.where, "opening a channel") from exc
@@ -341,6 +397,7 @@ class Pool:
                 return
             if opening.cancelled() or opening.exception() is not None:
                 return  # nothing was opened
+            lease._opened()
             await abandon(lease, opening.result())
         finally:
             lease.release()
@@ -557,6 +614,10 @@ class Pool:
             return sum(len(state.live) for state in self._targets.values())
         state = self._targets.get(target)
         return len(state.live) if state is not None else 0
+
+    def capacity(self, target: Target) -> int:
+        """Channels per connection to ``target`` (less than asked if the server refused)."""
+        return self._state(target).capacity
 
     def channels_in_use(self, target: Target | None = None) -> int:
         """How many channel slots are leased (to ``target``, or in all)."""

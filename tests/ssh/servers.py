@@ -203,9 +203,10 @@ def remove_dir(path: Path) -> None:
 
 
 class Sessions:
-    """How many sessions a fault server has open."""
+    """How many sessions a fault server has open, and was asked for."""
 
     open = 0
+    requested = 0
 
 
 class _Session(asyncssh.SSHServerProcess[bytes]):
@@ -308,6 +309,7 @@ async def fault_server(
     record_key: asyncssh.SSHKey | None = None,
     more_host_keys: Sequence[asyncssh.SSHKey] = (),
     max_sessions: int | None = None,
+    refuse_sessions: int = 0,
 ) -> AsyncIterator[FaultServer]:
     """An asyncssh server on 127.0.0.1 running commands in a local shell.
 
@@ -320,6 +322,8 @@ async def fault_server(
         more_host_keys: Host keys the server holds besides its own (of other types).
         max_sessions: Refuse a session past this many at once on one connection (as
             OpenSSH's MaxSessions does); None: no limit.
+        refuse_sessions: Refuse this many session requests first (a server that has
+            not yet freed sessions that closed).
 
     Like OpenSSH before 7.9, the server does not act on ``signal`` requests.
     """
@@ -347,7 +351,10 @@ async def fault_server(
             self.open = 0
 
         def session_requested(self) -> asyncssh.SSHServerProcess[bytes]:
-            if max_sessions is not None and self.open >= max_sessions:
+            sessions.requested += 1
+            if sessions.requested <= refuse_sessions or (
+                max_sessions is not None and self.open >= max_sessions
+            ):
                 raise asyncssh.ChannelOpenError(
                     asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "too many sessions"
                 )

@@ -200,3 +200,17 @@ async def test_the_recorded_key_type_is_asked_for(tmp_path: Path) -> None:
         opened(FakeEnv(tmp_path, server.context())) as made,
     ):
         assert (await (await made.runner(server.url())).run("true")).ok
+
+
+@pytest.mark.asyncio
+async def test_a_refused_channel_is_retried(tmp_path: Path) -> None:
+    """A server may refuse a channel for a moment (one that closed is not yet freed):
+    the channel is tried again, and one refusal does not lower the capacity."""
+    async with (
+        fault_server(tmp_path / "srv", refuse_sessions=2) as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        assert (await runner.run("echo hi")).stdout == "hi\n"
+        assert server.sessions.requested == 3
+        assert runner.pool.capacity(runner.target) == 10

@@ -108,3 +108,19 @@ async def test_errors_are_aiores_errors(adaptors: Adaptors, sshd: Sshd, tmp_path
     (tmp_path / "f").write_text("x")
     with pytest.raises(aiores.PermissionDenied):
         await fs.put(tmp_path / "f", "/root/not-yours")
+
+
+@pytest.mark.asyncio
+async def test_many_sftp_sessions_keep_the_capacity(adaptors: Adaptors, sshd: Sshd) -> None:
+    """SFTP channels come and go quickly: a slot is given back only once the server
+    closed its channel, so the server never refuses one and the pool never takes a
+    refusal for a lower MaxSessions."""
+    fs = await adaptors.files(sshd.url())
+
+    async def lists() -> None:
+        for _ in range(20):
+            await fs.list(".")
+
+    await asyncio.gather(*(lists() for _ in range(10)))
+    assert fs.pool.capacity(fs.target) == 10
+    assert fs.pool.connects == 1

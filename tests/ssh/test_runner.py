@@ -78,6 +78,10 @@ async def test_server_with_fewer_sessions_than_assumed(sshd: Sshd, tmp_path: Pat
         async with asyncio.timeout(STEP):
             results = await asyncio.gather(*(runner.run("sleep 0.3") for _ in range(50)))
         assert all(r.ok for r in results)
+        # The refusals taught the pool the server's limit, and no more connections
+        # were opened than 50 channels at 10 a connection need.
+        assert runner.pool.capacity(runner.target) == 10
+        assert runner.pool.connects <= 5
 
 
 def _pid_in(path: Path) -> int | None:
