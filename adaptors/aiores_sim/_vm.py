@@ -39,7 +39,7 @@ from aiores.adaptor import Image, Template
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
 
-__all__ = ["VM", "Prepared", "VMSpec", "prepare"]
+__all__ = ["VM", "DiskSFTPServer", "Prepared", "VMSpec", "prepare"]
 
 log = logging.getLogger("aiores.sim")
 
@@ -114,6 +114,43 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             shutil.rmtree(item.disk, ignore_errors=True)
         raise
     return made
+
+
+class DiskSFTPServer(asyncssh.SFTPServer):
+    """SFTP rooted in a VM's disk that never follows a symbolic link out of it.
+
+    asyncssh's chroot maps paths by their text and the OS then follows links, so
+    after ``ln -s / hostroot`` a get or put of ``hostroot/...`` reached the host.
+    Every mapped path is resolved here and refused (permission denied) if it leads
+    outside the disk; links within it work as usual. Commands on a VM run as the
+    cloud's user and can reach the host anyway: this keeps the file API to the disk,
+    it is no security boundary. (asyncssh's SFTP server does its file I/O on the
+    cloud's event loop; resolving adds a few lstat calls per request.)
+    """
+
+    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], disk: bytes) -> None:
+        super().__init__(chan, chroot=disk)
+        self._root = os.path.realpath(disk)
+
+    def map_path(self, path: bytes) -> bytes:
+        mapped = super().map_path(path)
+        real = os.path.realpath(mapped)
+        if real != self._root and not real.startswith(self._root + b"/"):
+            raise asyncssh.SFTPPermissionDenied(
+                f"{path.decode(errors='replace')} leads outside the VM's disk"
+            )
+        return mapped
+
+    def readlink(self, path: bytes) -> bytes:
+        """A link's target: relative ones as they are, absolute ones as the VM sees them.
+
+        (asyncssh's chrooted readlink resolves a relative target against the cloud's
+        working directory instead.)
+        """
+        target = os.readlink(self.map_path(path))
+        if not target.startswith(b"/"):
+            return target
+        return self.reverse_map_path(os.path.realpath(target))
 
 
 @dataclass(eq=False)
@@ -217,13 +254,13 @@ class VM:
                     await asyncio.sleep(vm.spec.faults.ssh_delay)
                 return True
 
-        chroot = os.fsencode(self.disk)
+        disk = os.fsencode(self.disk)
         options: dict[str, Any] = {
             "server_factory": Server,
             "server_host_keys": [key],
             "authorized_client_keys": authorized,
             "process_factory": self._process,
-            "sftp_factory": lambda chan: asyncssh.SFTPServer(chan, chroot=chroot),
+            "sftp_factory": lambda chan: DiskSFTPServer(chan, disk),
             "allow_scp": True,
             "encoding": None,
             "login_timeout": 30,

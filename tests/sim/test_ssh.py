@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shlex
 import time
 from pathlib import Path
 
@@ -200,3 +202,34 @@ async def test_slow_ssh(state_dir: Path) -> None:
         assert (await again.run("true")).exit_status == 0  # on the probe's connection
         assert time.monotonic() - start < 0.4
         await again.destroy()
+
+
+@pytest.mark.asyncio
+async def test_files_cannot_leave_the_disk_through_a_symlink(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("host file\n")
+    local = tmp_path / "in.txt"
+    local.write_text("planted\n")
+    async with booted(1, state_dir=state_dir) as (_, [vm]):
+        links = f"ln -s / hostroot; ln -s {shlex.quote(str(outside))} out"
+        await vm.run(f"{links}; mkdir sub; echo in > sub/f; ln -s sub inside; ln -s f sub/link")
+        with pytest.raises(aiores.PermissionDenied):
+            await vm.get("hostroot/etc/hostname", tmp_path / "hostname")
+        with pytest.raises(aiores.PermissionDenied):
+            await vm.get("/out/secret", tmp_path / "secret")
+        with pytest.raises(aiores.PermissionDenied):
+            await vm.put(local, "out/planted")
+        with pytest.raises(aiores.PermissionDenied):
+            await vm.put(local, "hostroot" + str(outside / "planted"))
+        assert not (outside / "planted").exists()
+        assert not (tmp_path / "secret").exists()
+        # Links that stay in the disk are followed as usual.
+        await vm.get("inside/f", tmp_path / "f1")
+        assert (tmp_path / "f1").read_text() == "in\n"
+        await vm.get("sub", tmp_path / "sub")  # a link in a tree comes as a link
+        assert os.readlink(tmp_path / "sub" / "link") == "f"
+        await vm.put(local, "inside/g")
+        assert (await vm.run("cat sub/g")).stdout == "planted\n"
