@@ -228,18 +228,6 @@ async def test_list_and_find_by_tags_and_token() -> None:
 
 
 @pytest.mark.asyncio
-async def test_cancelled_acquire_leaves_nothing() -> None:
-    async with aiores.Session() as session:
-        mgr = session.manager("sim://?boot_delay=30")
-        task = asyncio.ensure_future(mgr.acquire_many(D.replace(tags={"t-cancel"}), 20))
-        await asyncio.sleep(0)  # the request is on its way
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert await mgr.list(tags="t-cancel") == []
-
-
-@pytest.mark.asyncio
 async def test_vms_name_the_managed_key_as_their_login_key(state_dir: Path) -> None:
     key = str(state_dir / MANAGED_KEY)
     async with aiores.Session() as session:
