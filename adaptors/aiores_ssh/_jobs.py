@@ -77,8 +77,7 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         if hold:
             raise self._unsupported("holding jobs (submit with hold=True)")
         job_id = uuid.uuid4().hex[:20]
-        stdin = description.stdin_bytes
-        script = submit_script(job_id, token, description, stdin is not None)
+        script, stdin = submit_script(job_id, token, description, description.stdin_bytes)
         outcome = await self._sh(script, stdin=stdin)
         pid = outcome.stdout.strip()
         if outcome.exit_status != 0 or not pid.isdigit():

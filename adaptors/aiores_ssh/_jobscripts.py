@@ -4,7 +4,9 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
 
     token        the idempotency token it was submitted under
     limit        bytes of captured output kept per stream
-    description.json   the JobDescription (for people and tools reading the host)
+    description.json   the JobDescription (for people and tools reading the host;
+                 environment values left out)
+    env          the job's environment (``export`` lines), until the wrapper read it
     stdin        the job's standard input
     run.sh       the wrapper: runs the program, then writes ``exit``
     pid          pid of the wrapper, which leads the job's process group
@@ -14,7 +16,9 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
     suspended    present while the job is stopped (SIGSTOP)
 
 Everything aiores needs to control or reconnect to a job is in that directory, so a
-fresh client (another process, after a restart) finds it by id.
+fresh client (another process, after a restart) finds it by id. The directory and
+its files are the user's alone (umask 077); environment values reach ``env`` over
+the channel's input, never through a command line other users could read.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import asdict
 
 from aiores import JobDescription
 
-from ._scripts import LIB, exports
+from ._scripts import LIB, exports, read_stdin
 
 __all__ = [
     "JOBS_DIR",
@@ -65,28 +69,36 @@ def _wrapper(desc: JobDescription) -> str:
         )
     # The trap keeps the wrapper alive through a TERM sent to the whole group, so it
     # can record the program's status; the program itself gets the default action.
+    # The environment is read and its file removed at once, and applied only in the
+    # program's subshell, where it cannot change the wrapper's own variables.
     return (
         "d=$(pwd)\n"
         "trap ': > \"$d/terminated\"' TERM\n"
-        + cd
-        + exports(desc.environment)
-        + f'{program} <"$d/stdin" >{out} 2>{err}\n'
+        'e=$(cat "$d/env" 2>/dev/null) || e=\n'
+        'rm -f "$d/env"\n' + cd + f'(eval "$e"; exec {program}) <"$d/stdin" >{out} 2>{err}\n'
         "rc=$?\n"
         'echo "$rc" >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"\n'
     )
 
 
-def submit_script(job_id: str, token: str, desc: JobDescription, has_stdin: bool) -> str:
-    """Create the job directory and start the job detached; prints the job's pid."""
+def submit_script(
+    job_id: str, token: str, desc: JobDescription, stdin: bytes | None
+) -> tuple[str, bytes]:
+    """The script that makes the job directory and starts the job detached (it prints
+    the job's pid), and what to send on its input: the job's environment, then the
+    job's standard input."""
     d = f"{_JOBS}/{job_id}"
-    description = json.dumps(asdict(desc) | {"stdin": None}, default=str, sort_keys=True)
-    return (
+    env = exports(desc.environment).encode()
+    shown = asdict(desc) | {"stdin": None, "environment": dict.fromkeys(desc.environment)}
+    description = json.dumps(shown, default=str, sort_keys=True)
+    script = (
         "set -e\numask 077\n"
         f"mkdir -p {d}\ncd {d}\n"
         f"printf '%s\\n' {shlex.quote(token)} >token\n"
         f"printf '%s\\n' {desc.capture_limit} >limit\n"
         f"printf '%s\\n' {shlex.quote(description)} >description.json\n"
-        + ("cat >stdin\n" if has_stdin else ": >stdin\n")
+        + (f"{read_stdin(len(env))} >env\n" if env else "")
+        + ("cat >stdin\n" if stdin is not None else ": >stdin\n")
         + f"printf '%s' {shlex.quote(_wrapper(desc))} >run.sh\n"
         "if command -v setsid >/dev/null 2>&1; then\n"
         "  setsid /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
@@ -98,6 +110,7 @@ def submit_script(job_id: str, token: str, desc: JobDescription, has_stdin: bool
         'echo "$!" >pid.tmp && mv pid.tmp pid\n'
         'echo "$!"\n'
     )
+    return script, env + (stdin or b"")
 
 
 def describe_script(ids: Sequence[str] | None, output: bool) -> str:

@@ -154,7 +154,7 @@ async def execute(
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    remote = wrap_command(command, env)
+    remote, preamble = wrap_command(command, env)
     started: _Run | None = None  # for the partial output of a run that timed out
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
@@ -169,6 +169,8 @@ async def execute(
             started = run
             try:
                 chan = run.channel()
+                if preamble:
+                    chan.write(preamble)
                 if stdin:
                     chan.write(stdin)
                 chan.write_eof()
@@ -296,8 +298,9 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         """Run ``command`` on the remote host and return its result.
 
         A str is a shell command; a sequence is quoted argument by argument. ``env``
-        is exported by the remote shell (sshd accepts few variables otherwise). A
-        non-zero exit is a result, not an error.
+        is exported by the remote shell (sshd accepts few variables otherwise); the
+        values travel on the channel's input, never in a command line other users
+        of the host could read. A non-zero exit is a result, not an error.
 
         Raises:
             CommandTimeout: after ``timeout`` seconds (connecting included), having

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from aiores import BadParameter
 
-__all__ = ["LIB", "command_text", "exports", "stop_script", "wrap_command"]
+__all__ = ["LIB", "command_text", "exports", "read_stdin", "stop_script", "wrap_command"]
 
 #: Shell functions shared by the scripts: ``alive PID`` ignores zombies (a reaped
 #: parent may never come for an orphan); ``sig SIG PID`` signals the group, else the
@@ -54,15 +54,29 @@ def exports(env: Mapping[str, str] | None) -> str:
     return "".join(lines)
 
 
-def wrap_command(command: str, env: Mapping[str, str] | None = None) -> str:
-    """The remote command line for ``command``: its pid first on stdout, then it runs.
+def read_stdin(nbytes: int) -> str:
+    """Shell words that print exactly the next ``nbytes`` bytes of standard input.
+
+    One byte per read, so nothing meant for the command after it is consumed
+    (``head -c`` may read ahead through stdio on some systems).
+    """
+    return f"dd bs=1 count={int(nbytes)} 2>/dev/null"
+
+
+def wrap_command(command: str, env: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+    """The remote command line for ``command`` and what to send before its stdin.
 
     The login shell execs ``/bin/sh``, which prints its pid (which leads the process
     group: sshd starts each session with ``setsid``) and runs ``command``; signalling
-    that group reaches everything the command started.
+    that group reaches everything the command started. ``env`` travels on standard
+    input ahead of the command's own, never in the command line, which every user
+    of the host can read with ``ps``.
     """
-    inner = 'echo "$$"\n' + exports(env) + command
-    return "exec /bin/sh -c " + shlex.quote(inner)
+    preamble = exports(env).encode()
+    inner = 'echo "$$"\n'
+    if preamble:
+        inner += f'eval "$({read_stdin(len(preamble))})"\n'
+    return "exec /bin/sh -c " + shlex.quote(inner + command), preamble
 
 
 def stop_script(pid: int, grace: float) -> str:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncssh
 import psutil
 import pytest
 import pytest_asyncio
@@ -213,8 +214,30 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = STEP) -> No
     """Await ``predicate()`` becoming true, checking as the loop turns (bounded)."""
     async with asyncio.timeout(timeout):
         # The condition lives on the server side (a pid, a file): nothing to await.
+def record_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every command line the client sends to a server from now on (the test's part)."""
+    sent: list[str] = []
+    create = asyncssh.SSHClientConnection.create_session
+
+    async def recording(self: Any, factory: Any, command: Any = (), **kwargs: Any) -> Any:
+        sent.append(str(command))
+        return await create(self, factory, command, **kwargs)
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "create_session", recording)
+    return sent
+
+
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
-__all__ = ["STEP", "USER", "Adaptors", "FakeEnv", "gone", "opened", "wait_until"]
+__all__ = [
+    "STEP",
+    "USER",
+    "Adaptors",
+    "FakeEnv",
+    "gone",
+    "opened",
+    "record_commands",
+    "wait_until",
+]

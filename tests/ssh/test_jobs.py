@@ -14,7 +14,7 @@ from aiores import JobDescription, JobState
 from aiores.adaptor import JobInfo, truncation_marker
 from aiores_ssh import SSHJobAdaptor
 
-from .conftest import STEP, Adaptors, FakeEnv, gone, opened, wait_until
+from .conftest import STEP, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
 from .servers import Sshd
 
 
@@ -198,3 +198,22 @@ async def test_hold_is_not_supported(adaptors: Adaptors, sshd: Sshd) -> None:
     jobs = await adaptors.jobs(sshd.url())
     with pytest.raises(aiores.NotSupported):
         await jobs.submit(JobDescription.shell("true"), token(), hold=True)
+
+
+@pytest.mark.asyncio
+async def test_job_environment_stays_out_of_command_lines(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    secret = "s3cr3t-" + secrets.token_hex(4)
+    sent = record_commands(monkeypatch)
+    desc = JobDescription.shell(
+        'echo "$TOKEN|$d|$(cat)"', stdin="in", environment={"TOKEN": secret, "d": "mine"}
+    )
+    info = await settle(jobs, (await jobs.submit(desc, token(), hold=False)).id)
+    assert (info.state, info.stdout) == (JobState.DONE, f"{secret}|mine|in\n".encode())
+    assert sent
+    assert not [command for command in sent if "s3cr3t" in command]
+    job_dir = test_home / ".aiores" / "jobs" / info.id
+    assert not (job_dir / "env").exists()  # read by the wrapper, then removed
+    assert secret not in (job_dir / "description.json").read_text()

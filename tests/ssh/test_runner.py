@@ -12,7 +12,7 @@ import pytest
 import aiores
 from aiores_ssh import CommandTimeout, pool_for
 
-from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, wait_until
+from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
 from .servers import Sshd
 
 
@@ -196,3 +196,21 @@ async def test_jump_host_needs_no_handshake_slot_of_its_own(
             results = await asyncio.gather(*(runner.run("true") for _ in range(3)))
         assert all(r.ok for r in results)
         assert runner.pool.connects == 2
+
+
+@pytest.mark.asyncio
+async def test_environment_values_stay_out_of_command_lines(
+    adaptors: Adaptors, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any user of the host can read command lines (ps): values go on the input."""
+    runner = await adaptors.runner(sshd.url())
+    secret = "s3cr3t-" + secrets.token_hex(4)
+    sent = record_commands(monkeypatch)
+    result = await runner.run(
+        'read line; echo "$TOKEN|$OTHER|$line"',
+        stdin=b"fed\n",
+        env={"TOKEN": secret, "OTHER": "two\nlines 'q'"},
+    )
+    assert result.stdout == f"{secret}|two\nlines 'q'|fed\n"
+    assert sent
+    assert not [command for command in sent if "s3cr3t" in command]
