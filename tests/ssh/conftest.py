@@ -210,10 +210,6 @@ def gone(pid: int) -> bool:
         return True
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = STEP) -> None:
-    """Await ``predicate()`` becoming true, checking as the loop turns (bounded)."""
-    async with asyncio.timeout(timeout):
-        # The condition lives on the server side (a pid, a file): nothing to await.
 def record_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Every command line the client sends to a server from now on (the test's part)."""
     sent: list[str] = []
@@ -227,6 +223,10 @@ def record_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return sent
 
 
+async def wait_until(predicate: Callable[[], bool], timeout: float = STEP) -> None:
+    """Await ``predicate()`` becoming true, checking as the loop turns (bounded)."""
+    async with asyncio.timeout(timeout):
+        # The condition lives on the server side (a pid, a file): nothing to await.
         while not predicate():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
