@@ -490,7 +490,9 @@ class Pool:
                 # opening it needs a slot of its own, so holding one while waiting
                 # for it would deadlock once every slot waits on the jump host.
                 tunnel = await self._jump(target)
-            async with self._handshakes, state.startups:
+            # Per host first: connects queued behind a host's own bound must not hold
+            # session-wide slots, or one unreachable host stalls every other host.
+            async with state.startups, self._handshakes:
                 pooled = await self._handshake(target, tunnel)
             tunnel = None  # the connection holds it now, until it is lost
             state.live.append(pooled)

@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 
 import aiores
-from aiores_ssh import CommandTimeout
+from aiores_ssh import CommandTimeout, pool_for
 
 from .conftest import STEP, FakeEnv, opened
 from .servers import Sshd, fault_server, free_port
@@ -214,3 +214,23 @@ async def test_a_refused_channel_is_retried(tmp_path: Path) -> None:
         assert (await runner.run("echo hi")).stdout == "hi\n"
         assert server.sessions.requested == 3
         assert runner.pool.capacity(runner.target) == 10
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_host_does_not_hold_up_the_others(tmp_path: Path, sshd: Sshd) -> None:
+    """Connects waiting for a silent host's own handshake slots must not take the
+    session-wide ones that other hosts need."""
+    async with fault_server(tmp_path / "srv", silent=True) as silent:
+        ctx = sshd.context(connect_timeout=5, max_sessions=1, max_startups=2)
+        env = FakeEnv(tmp_path, ctx)
+        pool_for(env).max_handshakes = 3
+        async with opened(env) as made:
+            stuck = await made.runner(f"ssh://{sshd.user}@127.0.0.1:{silent.port}")
+            good = await made.runner(sshd.url())
+            waiting = [asyncio.create_task(stuck.run("true")) for _ in range(6)]
+            await asyncio.sleep(0.1)  # all six connects under way
+            async with asyncio.timeout(2):  # well before the silent host times out
+                assert (await good.run("true")).ok
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
