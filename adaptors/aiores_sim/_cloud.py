@@ -38,7 +38,14 @@ from aiores import ResourceState as S
 
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
-from ._protocol import LINE_LIMIT, PROTOCOL_VERSION, encode, encode_error, socket_path
+from ._protocol import (
+    LINE_LIMIT,
+    PROTOCOL_VERSION,
+    encode,
+    encode_error,
+    private_dir,
+    socket_path,
+)
 from ._vm import VM, Prepared, VMSpec, prepare
 
 __all__ = ["Cloud", "CloudRunning", "is_locked", "wipe_stale"]
@@ -123,8 +130,8 @@ class Cloud:
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
 
     def _claim(self) -> tuple[IO[bytes], Path]:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.directory / "vms").mkdir(mode=0o700, exist_ok=True)
+        private_dir(self.directory)
+        private_dir(self.directory / "vms")
         lock = _lock(self.directory)
         if lock is None:
             raise CloudRunning(f"a sim cloud already serves {self.directory}")

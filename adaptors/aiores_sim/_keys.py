@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
 
 from aiores import AuthenticationFailed, DoesNotExist
+
+from ._protocol import private_dir
 
 __all__ = ["MANAGED_KEY", "authorized_keys", "managed_key"]
 
@@ -25,15 +28,21 @@ MANAGED_KEY = Path("keys", "id_ed25519")
 
 
 def managed_key(state_dir: Path) -> Path:
-    """Blocking: the aiores-managed ed25519 key, made on first use (0600).
+    """Blocking: the aiores-managed ed25519 key, made on first use (0600; directory 0700).
 
     Two processes making it at once end with one key: each writes a private temp
-    file and links it into place; the loser drops its own.
+    file and links it into place; the loser drops its own. A laxer mode found on the
+    key or its directory is tightened.
+
+    Raises:
+        PermissionDenied: its directory is not this user's.
     """
     path = state_dir / MANAGED_KEY
-    if path.exists():
+    private_dir(path.parent)
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+            path.chmod(0o600)  # a private key only its user reads
         return path
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = asyncssh.generate_private_key("ssh-ed25519", comment="aiores managed key")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

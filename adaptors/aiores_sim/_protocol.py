@@ -41,6 +41,7 @@ from aiores import (
     IncorrectState,
     NoSuccess,
     NotSupported,
+    PermissionDenied,
     ResourceState,
 )
 from aiores.adaptor import ResourceInfo
@@ -52,6 +53,7 @@ __all__ = [
     "encode",
     "encode_error",
     "info_from_json",
+    "private_dir",
     "socket_path",
 ]
 
@@ -70,6 +72,28 @@ def cloud_dir(state_dir: Path) -> Path:
     """Where the simulated cloud lives: ``$AIORES_SIM_DIR``, else ``state_dir/sim``."""
     configured = os.environ.get("AIORES_SIM_DIR")
     return Path(configured) if configured else state_dir / "sim"
+
+
+def private_dir(path: Path) -> Path:
+    """Blocking: ``path`` as a directory only its user can enter (0700), made if missing.
+
+    One this user owns with a laxer mode (made under someone's umask) is tightened.
+
+    Raises:
+        PermissionDenied: it is not a directory, or not this user's.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise PermissionDenied(f"{path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise PermissionDenied(
+            f"{path} is not this user's (uid {info.st_uid}): the simulated cloud keeps "
+            "its socket, keys and VM disks only in a directory of its own user"
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
 
 
 def socket_path(directory: Path) -> Path:

@@ -19,10 +19,10 @@ import sys
 import traceback
 from pathlib import Path
 
-from aiores import state_dir
+from aiores import AioresError, state_dir
 
 from ._cloud import Cloud, CloudRunning
-from ._protocol import cloud_dir
+from ._protocol import cloud_dir, private_dir
 
 __all__ = ["main"]
 
@@ -71,7 +71,11 @@ async def _serve(directory: Path, idle_exit: float | None, ready_fd: list[int]) 
 
 def _daemonize(directory: Path, idle_exit: float | None) -> int:
     """Fork the cloud into its own session; report how its start went."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        private_dir(directory)
+    except (OSError, AioresError) as exc:
+        print(f"the sim cloud cannot use {directory}: {exc}", file=sys.stderr)
+        return 1
     read_end, write_end = os.pipe()
     if os.fork():  # the launcher: wait for the cloud's word
         os.close(write_end)

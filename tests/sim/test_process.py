@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import stat
 import sys
 import textwrap
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
 from aiores.testing import SimCloudProcess
-from aiores_sim import CloudClient, cloud_pid, stop_cloud
+from aiores_sim import MANAGED_KEY, Cloud, CloudClient, cloud_pid, managed_key, stop_cloud
+from aiores_sim._protocol import socket_path
 
 from .conftest import STEP, booted, listening, pinned_context, port_of
 
@@ -204,3 +206,50 @@ async def test_a_cloud_that_never_comes_is_an_aiores_timeout(
     finally:
         await client.close()
         lock.close()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.asyncio
+async def test_keys_socket_and_directories_are_private(own_cloud: Path, state_dir: Path) -> None:
+    await asyncio.to_thread(own_cloud.chmod, 0o755)  # made by someone else's umask
+    async with aiores.Session() as session:
+        vm = await session.manager("sim://?boot_delay=30").acquire(ComputeDescription(ready=None))
+        await vm.destroy()
+    key = state_dir / MANAGED_KEY
+    modes = await asyncio.to_thread(
+        lambda: {
+            "key": _mode(key),
+            "key directory": _mode(key.parent),
+            "sim directory": _mode(own_cloud),
+            "disks": _mode(own_cloud / "vms"),
+            "log": _mode(own_cloud / "cloud.log"),
+            "socket": _mode(socket_path(own_cloud)),
+        }
+    )
+    assert modes == {
+        "key": 0o600,
+        "key directory": 0o700,
+        "sim directory": 0o700,
+        "disks": 0o700,
+        "log": 0o600,
+        "socket": 0o600,
+    }
+    await asyncio.to_thread(key.chmod, 0o644)
+    await asyncio.to_thread(key.parent.chmod, 0o755)
+    assert await asyncio.to_thread(managed_key, state_dir) == key
+    assert await asyncio.to_thread(lambda: (_mode(key), _mode(key.parent))) == (0o600, 0o700)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="gives a directory to another user")
+@pytest.mark.asyncio
+async def test_a_sim_directory_of_another_user_is_refused(own_cloud: Path) -> None:
+    await asyncio.to_thread(os.chown, own_cloud, 65534, 65534)
+    cloud = Cloud(own_cloud)
+    try:
+        with pytest.raises(aiores.PermissionDenied, match="not this user's"):
+            await cloud.start()
+    finally:
+        await cloud.stop()  # had it started
