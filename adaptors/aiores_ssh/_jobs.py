@@ -135,10 +135,14 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
     async def cancel(self, id: str) -> None:
         """TERM the job's process group, KILL what is left after :attr:`cancel_grace`.
 
-        A job already finished is left as it is. Raises :class:`~aiores.DoesNotExist`
-        for an unknown id. Cancelling the call may leave the job TERMed but not KILLed.
+        A job already finished is left as it is, also one that finishes while this
+        runs: an exit code recorded before the cancel stands (the job is DONE or
+        FAILED, not CANCELED). Raises :class:`~aiores.DoesNotExist` for an unknown id.
+        Cancelling the call may leave the job TERMed but not KILLed.
         """
-        await self._control(id, cancel_script(id, self.cancel_grace), "cancelling a job")
+        outcome = await self._control(id, cancel_script(id, self.cancel_grace), "cancelling a job")
+        if outcome.exit_status == FINISHED:
+            return  # it ended first: its own state stands
         info = (await self.describe([id])).get(id)
         if info is not None:
             self.publish(info)

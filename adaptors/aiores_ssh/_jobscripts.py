@@ -11,8 +11,10 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
     run.sh       the wrapper: runs the program, then writes ``exit``
     pid          pid of the wrapper, which leads the job's process group
     stdout, stderr     captured output (absent when the description names files)
+    end          made (atomically, by ``mkdir``) by whichever comes first: the wrapper
+                 when the program ended, or a cancel
     exit         the program's exit code, written when it ends
-    canceled     present once the job was cancelled
+    canceled     present if a cancel came before the program ended
     suspended    present while the job is stopped (SIGSTOP)
 
 Everything aiores needs to control or reconnect to a job is in that directory, so a
@@ -64,6 +66,7 @@ def _wrapper(desc: JobDescription) -> str:
         cd = (
             f"cd {wd} 2>/dev/null || {{\n"
             f'  echo "aiores: cannot enter working directory {wd}" >>{err}\n'
+            '  mkdir "$d/end" 2>/dev/null\n'
             '  echo 126 >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 126\n'
             "}\n"
         )
@@ -77,6 +80,8 @@ def _wrapper(desc: JobDescription) -> str:
         'e=$(cat "$d/env" 2>/dev/null) || e=\n'
         'rm -f "$d/env"\n' + cd + f'(eval "$e"; exec {program}) <"$d/stdin" >{out} 2>{err}\n'
         "rc=$?\n"
+        # Claim the end: a cancel that comes later finds the job finished.
+        'mkdir "$d/end" 2>/dev/null\n'
         'echo "$rc" >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"\n'
     )
 
@@ -169,11 +174,18 @@ def _job(job_id: str) -> str:
 
 
 def cancel_script(job_id: str, grace: float) -> str:
-    """Mark the job cancelled; TERM its group, KILL after ``grace`` seconds."""
+    """Mark the job cancelled; TERM its group, KILL after ``grace`` seconds.
+
+    A job that already ended is left as it is (exit ``FINISHED``): one whose wrapper
+    is gone, or one whose wrapper claimed the end first. Only a cancel that claims
+    it marks the job cancelled, so an exit code recorded before the cancel stands.
+    """
     ticks = max(1, round(grace * 10))
     return (
         _job(job_id)
         + f'[ -e "$d/exit" ] && exit {FINISHED}\n'
+        + f'[ -n "$p" ] && ! alive "$p" && exit {FINISHED}\n'
+        + f'mkdir "$d/end" 2>/dev/null || exit {FINISHED}\n'
         + ': >"$d/canceled"\n'
         + f'[ -n "$p" ] && stop "$p" {ticks}\n'
         + 'rm -f "$d/suspended"\nexit 0\n'

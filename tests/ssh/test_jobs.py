@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import signal
 from collections.abc import Collection
 from pathlib import Path
 
+import psutil
 import pytest
 
 import aiores
@@ -217,3 +220,36 @@ async def test_job_environment_stays_out_of_command_lines(
     job_dir = test_home / ".aiores" / "jobs" / info.id
     assert not (job_dir / "env").exists()  # read by the wrapper, then removed
     assert secret not in (job_dir / "description.json").read_text()
+
+
+@pytest.mark.asyncio
+async def test_a_job_that_ended_first_is_not_marked_cancelled(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    """The wrapper has seen the program end and claimed the end, but not yet written
+    the exit code, when the cancel comes: the exit code it then writes stands."""
+    jobs = await adaptors.jobs(sshd.url())
+    job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    job_dir = test_home / ".aiores" / "jobs" / job.id
+    (job_dir / "end").mkdir()  # where the wrapper stands just before writing exit
+    await jobs.cancel(job.id)
+    assert not (job_dir / "canceled").exists()
+    assert not gone(job.extra["pid"])  # the cancel left it alone
+    # The program ends (killed by someone else), the wrapper records its status.
+    for child in psutil.Process(job.extra["pid"]).children(recursive=True):
+        child.kill()
+    info = await settle(jobs, job.id)
+    assert (info.state, info.exit_code) == (JobState.FAILED, 137)
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_job_whose_wrapper_died_leaves_it_failed(
+    adaptors: Adaptors, sshd: Sshd
+) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    os.killpg(job.extra["pid"], signal.SIGKILL)  # the whole job, wrapper and all
+    info = await settle(jobs, job.id)
+    assert (info.state, info.exit_code) == (JobState.FAILED, None)
+    await jobs.cancel(job.id)
+    assert (await jobs.describe([job.id]))[job.id].state is JobState.FAILED
