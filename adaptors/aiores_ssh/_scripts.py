@@ -7,6 +7,7 @@ Signals go to a process group as ``kill -SIG -PGID`` (dash's ``kill`` takes no
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -35,6 +36,10 @@ stop() {
 """
 
 
+#: A name every POSIX shell takes for a variable (str.isalnum() would let "²" pass).
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
 def command_text(command: str | Sequence[str]) -> str:
     """A shell command line: a str as given, a sequence quoted argument by argument."""
     if isinstance(command, str):
@@ -48,8 +53,11 @@ def exports(env: Mapping[str, str] | None) -> str:
         return ""
     lines = []
     for name, value in env.items():
-        if not name.replace("_", "a").isalnum() or name[0].isdigit():
-            raise BadParameter(f"not a valid environment variable name: {name!r}")
+        if not _NAME.fullmatch(name):
+            raise BadParameter(
+                f"not a valid environment variable name: {name!r} (a portable name is "
+                "ASCII letters, digits and _, not starting with a digit)"
+            )
         lines.append(f"export {name}={shlex.quote(value)}\n")
     return "".join(lines)
 

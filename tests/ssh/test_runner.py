@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from pathlib import Path
 
@@ -214,3 +215,14 @@ async def test_environment_values_stay_out_of_command_lines(
     assert result.stdout == f"{secret}|two\nlines 'q'|fed\n"
     assert sent
     assert not [command for command in sent if "s3cr3t" in command]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("name", ["A²", "É", "1A", "A-B", "", "A B"])
+async def test_environment_names_must_be_portable(
+    adaptors: Adaptors, sshd: Sshd, name: str
+) -> None:
+    runner = await adaptors.runner(sshd.url())
+    with pytest.raises(aiores.BadParameter, match=re.escape(repr(name))):
+        await runner.run("true", env={name: "x"})
+    assert runner.pool.connects == 0  # refused before anything was sent
