@@ -29,9 +29,13 @@ __all__ = [
     "STEP",
     "aiores_sim_cloud",
     "booted",
+    "hide_jobs",
     "listening",
     "pinned_context",
     "port_of",
+    "sleeps",
+    "until_none",
+    "until_sleeping",
 ]
 
 #: Seconds any one await in these tests may take before the test fails.
@@ -121,3 +125,43 @@ async def booted(
             yield session, computes
         finally:
             await mgr.destroy(computes)
+
+
+def hide_jobs(mark: str, *, everything: bool = False) -> str:
+    """Detached jobs that drop the VM's environment marker (and more, if ``everything``)."""
+    command = (
+        f"nohup env -i sleep 301.{mark} >/dev/null 2>&1 &"
+        f" env -i sh -c 'sleep 302.{mark} & exit 0' >/dev/null 2>&1;"
+        f" setsid env -i sleep 303.{mark} >/dev/null 2>&1 </dev/null &"
+    )
+    if everything:  # its own session, no marker, out of the disk, its parent gone
+        command += f" (cd / && setsid env -i sleep 304.{mark} >/dev/null 2>&1 </dev/null &);"
+    return command + " exit 0"
+
+
+def sleeps(mark: str) -> list[int]:
+    """Live processes running ``sleep <n>.<mark>``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if (
+            len(cmdline) == 2
+            and cmdline[0] == "sleep"
+            and cmdline[1].endswith(f".{mark}")
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ):
+            found.append(proc.pid)
+    return found
+
+
+async def until_sleeping(mark: str, count: int) -> list[int]:
+    async with asyncio.timeout(STEP):
+        while len(pids := await asyncio.to_thread(sleeps, mark)) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    return pids
+
+
+async def until_none(mark: str) -> None:
+    async with asyncio.timeout(STEP):
+        while await asyncio.to_thread(sleeps, mark):  # noqa: ASYNC110 (processes elsewhere)
+            await asyncio.sleep(0.02)

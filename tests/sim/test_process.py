@@ -20,7 +20,16 @@ from aiores.testing import SimCloudProcess
 from aiores_sim import MANAGED_KEY, Cloud, CloudClient, cloud_pid, managed_key, stop_cloud
 from aiores_sim._protocol import socket_path
 
-from .conftest import STEP, booted, listening, pinned_context, port_of
+from .conftest import (
+    STEP,
+    booted,
+    hide_jobs,
+    listening,
+    pinned_context,
+    port_of,
+    sleeps,
+    until_sleeping,
+)
 
 CHILD = textwrap.dedent(
     """
@@ -97,19 +106,19 @@ async def test_stop_leaves_no_process_port_or_file(own_cloud: Path, state_dir: P
         assert pid is not None
         cloud = SimCloudProcess(own_cloud, pid)
         # Something running on each VM: a detached job, a command, a stopped job.
-        sleep = JobDescription(executable="sleep", arguments=["60"])
+        sleep = JobDescription(executable="sleep", arguments=["301.7373"])
         job = await vms[0].job_service().submit(sleep)
-        stopped = await vms[2].job_service().submit(sleep)
+        stopped = await vms[2].job_service().submit(sleep.replace(arguments=["302.7373"]))
         await stopped.suspend()
-        running = asyncio.ensure_future(vms[1].run("sleep 60"))
-        async with asyncio.timeout(STEP):
-            while len(await asyncio.to_thread(cloud.leftovers)) < 4:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+        running = asyncio.ensure_future(vms[1].run("sleep 303.7373"))
+        await until_sleeping("7373", 3)
+        assert len(await asyncio.to_thread(cloud.leftovers)) > 3
         assert all(listening(port, pid) for port in ports)
         assert await stop_cloud(own_cloud) is True
         with pytest.raises((aiores.ConnectionLost, aiores.NoSuccess)):
             await running
         assert await asyncio.to_thread(cloud.leftovers) == []
+        assert await asyncio.to_thread(sleeps, "7373") == []
         assert not any(listening(port, pid) for port in ports)
         assert await asyncio.to_thread(lambda: list((own_cloud / "vms").iterdir())) == []
         assert job.state is JobState.RUNNING  # what this session last knew
@@ -139,13 +148,11 @@ async def test_describe_without_a_cloud_finds_nothing(own_cloud: Path) -> None:
 async def test_stop_after_a_crash_wipes_what_the_cloud_left(
     own_cloud: Path, state_dir: Path
 ) -> None:
-    from .test_procs import _hide, _sleeps, _until_sleeping
-
     mark = "4242"
     async with booted(1, "sim://?boot_delay=0.05", state_dir=state_dir) as (_, [vm]):
         running = asyncio.ensure_future(vm.run(f"sleep 300.{mark}"))
-        assert (await vm.run(_hide(mark))).exit_status == 0
-        await _until_sleeping(mark, 4)
+        assert (await vm.run(hide_jobs(mark))).exit_status == 0
+        await until_sleeping(mark, 4)
         pid = await cloud_pid(own_cloud)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
@@ -154,9 +161,9 @@ async def test_stop_after_a_crash_wipes_what_the_cloud_left(
         async with asyncio.timeout(STEP):
             while await cloud_pid(own_cloud) is not None:  # noqa: ASYNC110 (another process)
                 await asyncio.sleep(0.02)
-        assert await asyncio.to_thread(_sleeps, mark)  # the VMs' processes outlived it
+        assert await asyncio.to_thread(sleeps, mark)  # the VMs' processes outlived it
         assert await stop_cloud(own_cloud) is True
-        assert await asyncio.to_thread(_sleeps, mark) == []
+        assert await asyncio.to_thread(sleeps, mark) == []
         assert await asyncio.to_thread(lambda: sorted(p.name for p in own_cloud.iterdir())) == [
             "cloud.lock",
             "cloud.log",
