@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +21,8 @@ from .conftest import STEP
 
 
 @pytest_asyncio.fixture
-async def cloud(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cloud]:
-    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aiores-sim-in-"))
+async def cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> AsyncIterator[Cloud]:
+    directory = tmp_path / "sim"
     monkeypatch.setenv("AIORES_SIM_DIR", str(directory))
     async with Cloud(directory) as running:
         yield running
@@ -95,9 +94,8 @@ async def test_client_key_from_the_ssh_context(cloud: Cloud, tmp_path: Path) -> 
 
 
 @pytest.mark.asyncio
-async def test_idle_cloud_stops_by_itself(monkeypatch: pytest.MonkeyPatch) -> None:
-    directory = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="aiores-sim-idle-"))
-    cloud = Cloud(directory, idle_exit=0.2)
+async def test_idle_cloud_stops_by_itself(tmp_path: Path) -> None:
+    cloud = Cloud(tmp_path / "sim", idle_exit=0.2)
     await cloud.start()
     try:
         async with asyncio.timeout(STEP):
