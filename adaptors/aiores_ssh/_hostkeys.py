@@ -165,7 +165,11 @@ class HostKeyPolicy:
         async with self._lock:
             lines, self._unrecorded = self._unrecorded, []
             if lines:
-                await asyncio.to_thread(_append, self.record_file, lines)
+                try:
+                    await asyncio.to_thread(_append, self.record_file, lines)
+                except BaseException:
+                    self._unrecorded[:0] = lines  # tried again by the next connect
+                    raise
 
 
 def _import(text: str) -> asyncssh.SSHKey | None:
@@ -207,7 +211,7 @@ def _read_known_hosts(files: Sequence[str], pins: dict[str, Sequence[str]]) -> s
     for name in files:
         try:
             chunks.append(Path(name).read_text())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such file (yet)
             continue
     for spec, keys in pins.items():
         patterns = _pin_patterns(spec)

@@ -539,7 +539,16 @@ class Pool:
                 raise HostKeyError(
                     f"host key of {target.where} not trusted: {reason or exc.reason}"
                 ) from exc
-        await policy.flush()
+        try:
+            await policy.flush()
+        except BaseException as exc:
+            conn.close()  # nobody else holds it: it would stay open for good
+            if isinstance(exc, OSError):
+                raise NoSuccess(
+                    f"could not record the host key of {target.where}, accepted on first "
+                    f"use, in {policy.record_file}: {exc}"
+                ) from exc
+            raise
         assert client is not None
         state = self._targets.get(target)
         capacity = state.capacity if state is not None else target.context.max_sessions

@@ -11,7 +11,7 @@ import pytest
 import aiores
 from aiores_ssh import CommandTimeout, pool_for
 
-from .conftest import STEP, FakeEnv, opened
+from .conftest import STEP, FakeEnv, opened, wait_until
 from .servers import Sshd, fault_server, free_port
 
 
@@ -234,3 +234,17 @@ async def test_an_unreachable_host_does_not_hold_up_the_others(tmp_path: Path, s
             for task in waiting:
                 task.cancel()
             await asyncio.gather(*waiting, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_key_that_cannot_be_recorded_closes_its_connection(tmp_path: Path) -> None:
+    async with fault_server(tmp_path / "srv") as server:
+        (tmp_path / "a-file").write_text("")
+        unwritable = tmp_path / "a-file" / "known_hosts"  # its parent is no directory
+        ctx = server.context(known_hosts=[str(unwritable)], trust_on_first_use=True)
+        async with opened(FakeEnv(tmp_path, ctx)) as made:
+            runner = await made.runner(server.url())
+            with pytest.raises(aiores.NoSuccess, match="could not record the host key"):
+                await runner.run("true")
+            assert server.connections
+            await wait_until(lambda: all(c.is_closed() for c in server.connections), 5)
