@@ -279,13 +279,15 @@ class Cloud:
         """Move ``vm`` to a final state and queue its teardown; returns its ``gone`` event."""
         if vm.state.final:
             return vm.gone
-        vm.set_state(state, detail)
         current = asyncio.current_task()
         for task in list(vm.tasks):
             if task is not current:
                 task.cancel()
+        # Off the network before the end is announced: whoever hears of it finds the
+        # port closed.
         vm.close_server()
         vm.kill_processes()
+        vm.set_state(state, detail)
         self._doomed.append(vm)
         self._reap.set()
         self._ended.append(vm.id)

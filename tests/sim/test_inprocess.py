@@ -205,3 +205,24 @@ async def test_stopping_during_an_acquire_discards_what_it_made(
         await cloud.stop()
     assert [item.sock.fileno() for item in made] == [-1, -1, -1]  # ports let go of
     assert not any([await asyncio.to_thread(item.disk.exists) for item in made])
+
+
+@pytest.mark.asyncio
+async def test_a_vm_has_stopped_listening_when_its_end_is_announced(cloud: Cloud) -> None:
+    seen: list[tuple[str, bool]] = []
+    announce = cloud._changed
+
+    def changed(vm: Any) -> None:
+        seen.append((vm.state.name, vm.acceptor is None and vm.sock is None))
+        announce(vm)
+
+    cloud._changed = changed  # type: ignore[method-assign]
+    client = CloudClient(cloud.directory)
+    try:
+        made = await client.call("acquire", _acquire_args(2, duration=0.3))
+        await client.call("destroy", {"ids": [made[0]["id"]]})
+        async with asyncio.timeout(STEP):
+            await cloud.vms[made[1]["id"]].gone.wait()
+    finally:
+        await client.close()
+    assert [closed for state, closed in seen if state in ("CANCELED", "EXPIRED")] == [True, True]
