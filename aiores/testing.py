@@ -231,19 +231,30 @@ def _marked_processes(table: Mapping[int, Proc], directory: Path) -> set[int]:
     return pids
 
 
-def start_sim_cloud(directory: str | os.PathLike[str]) -> SimCloudProcess:
+def start_sim_cloud(
+    directory: str | os.PathLike[str],
+    *,
+    watch_pid: int | None = None,
+    idle_exit: float | None = None,
+) -> SimCloudProcess:
     """Start a sim cloud process serving ``directory`` (blocking; outside the loop).
+
+    Args:
+        directory: The cloud's directory (made 0700 if missing).
+        watch_pid: The cloud stops once this process has ended (e.g. ``os.getpid()``:
+            a test session that is killed does not leave its cloud behind).
+        idle_exit: The cloud stops after this many seconds with no VM and no client.
 
     Raises:
         RuntimeError: it did not start (with what it said).
     """
     path = Path(directory).absolute()
-    done = subprocess.run(
-        [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(path)],
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
+    argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(path)]
+    if watch_pid is not None:
+        argv += ["--watch-pid", str(watch_pid)]
+    if idle_exit is not None:
+        argv += ["--idle-exit", str(idle_exit)]
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).decode(errors="replace").strip()
         raise RuntimeError(f"the sim cloud in {path} did not start: {said}")
@@ -259,13 +270,19 @@ if pytest is not None:
     ) -> Iterator[SimCloudProcess]:
         """A sim cloud for the whole test session; ``sim://`` reaches it.
 
-        Use it from a conftest.py with ``pytest_plugins = ["aiores.testing"]``. It sets
-        ``$AIORES_SIM_DIR`` for the session, and at the end stops the cloud and fails
-        if anything of it is left (a process, a socket).
+        Use it from a conftest.py with ``pytest_plugins = ["aiores.testing"]``. For the
+        session it sets ``$AIORES_SIM_DIR`` to the cloud's directory and
+        ``$AIORES_STATE_DIR`` to a temporary one (so the aiores-managed key and the
+        journal stay out of the user's own state directory). At the end it stops the
+        cloud and fails if anything of it is left (a process, a socket). The cloud
+        also stops by itself once the test session's process has ended, even if it
+        was killed.
         """
+        state = tmp_path_factory.mktemp("aiores-state")
         directory = tmp_path_factory.mktemp("aiores-sim")
-        cloud = start_sim_cloud(directory)
+        cloud = start_sim_cloud(directory, watch_pid=os.getpid())
         with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("AIORES_STATE_DIR", str(state))
             patch.setenv("AIORES_SIM_DIR", str(cloud.directory))
             try:
                 yield cloud

@@ -74,6 +74,8 @@ class Cloud:
             every VM process stays a descendant of this one, stopping kills them all
             however they hid, and the cloud reaps the orphans it adopted. Leave it off
             in a process that has other children (an in-process cloud in tests).
+        watch_pid: Stop once the process with this pid has ended (a test session
+            that started this cloud for itself, even if it was killed).
     """
 
     def __init__(
@@ -83,9 +85,11 @@ class Cloud:
         idle_exit: float | None = None,
         keep_ended: int = 10000,
         subreaper: bool = False,
+        watch_pid: int | None = None,
     ) -> None:
         self.directory = directory.absolute()
         self.idle_exit = idle_exit
+        self.watch_pid = watch_pid
         self.keep_ended = keep_ended
         self.subreaper = subreaper
         self._table = ProcessTable()
@@ -127,6 +131,8 @@ class Cloud:
             self._adopt()
         if self.idle_exit is not None:
             self._spawn(self._idle_watch(self.idle_exit), "idle watch")
+        if self.watch_pid is not None:
+            self._spawn(self._pid_watch(self.watch_pid), "pid watch")
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
 
     def _claim(self) -> tuple[IO[bytes], Path]:
@@ -263,6 +269,11 @@ class Cloud:
                 log.info("sim cloud idle for %.0f s: stopping", idle_exit)
                 self._spawn(self.stop(), "stop")
                 return
+
+    async def _pid_watch(self, pid: int) -> None:
+        await _ended(pid)
+        log.info("sim cloud: process %d has ended: stopping", pid)
+        self._spawn(self.stop(), "stop")
 
     # -- VM lifecycles ----------------------------------------------------------------
     def _changed(self, vm: VM) -> None:
@@ -539,6 +550,31 @@ class Cloud:
 
     async def op_shutdown(self, args: Mapping[str, Any]) -> Any:
         return {"pid": os.getpid()}
+
+
+async def _ended(pid: int) -> None:
+    """Return once the process ``pid`` has ended (at once if there is none)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (OSError, AttributeError):  # no pidfd here: ask now and then
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                pass  # alive, someone else's
+            await asyncio.sleep(1.0)
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(fd, readable.set)  # a pidfd is readable once its process ends
+    try:
+        await readable.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def _close_sockets(work: asyncio.Future[list[Prepared]]) -> None:

@@ -45,8 +45,10 @@ def _raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-async def _serve(directory: Path, idle_exit: float | None, ready_fd: list[int]) -> int:
-    cloud = Cloud(directory, idle_exit=idle_exit, subreaper=True)
+async def _serve(
+    directory: Path, idle_exit: float | None, watch_pid: int | None, ready_fd: list[int]
+) -> int:
+    cloud = Cloud(directory, idle_exit=idle_exit, subreaper=True, watch_pid=watch_pid)
     try:
         await cloud.start()
     except CloudRunning:
@@ -69,7 +71,7 @@ async def _serve(directory: Path, idle_exit: float | None, ready_fd: list[int]) 
     return 0
 
 
-def _daemonize(directory: Path, idle_exit: float | None) -> int:
+def _daemonize(directory: Path, idle_exit: float | None, watch_pid: int | None) -> int:
     """Fork the cloud into its own session; report how its start went."""
     try:
         private_dir(directory)
@@ -105,7 +107,7 @@ def _daemonize(directory: Path, idle_exit: float | None) -> int:
         os.dup2(log_fd, 2)
         os.chdir("/")
         _logging()
-        code = asyncio.run(_serve(directory, idle_exit, ready))
+        code = asyncio.run(_serve(directory, idle_exit, watch_pid, ready))
     except BaseException as exc:
         _say(ready, f"error: {exc!r}")
         traceback.print_exc()
@@ -131,13 +133,19 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stop after this many seconds with no VM and no client",
     )
+    parser.add_argument(
+        "--watch-pid",
+        type=int,
+        default=None,
+        help="stop once the process with this pid has ended",
+    )
     args = parser.parse_args(argv)
     directory = (args.dir or cloud_dir(state_dir())).absolute()
     _raise_file_limit()
     if args.daemon:
-        return _daemonize(directory, args.idle_exit)
+        return _daemonize(directory, args.idle_exit, args.watch_pid)
     _logging()
-    return asyncio.run(_serve(directory, args.idle_exit, []))
+    return asyncio.run(_serve(directory, args.idle_exit, args.watch_pid, []))
 
 
 if __name__ == "__main__":
