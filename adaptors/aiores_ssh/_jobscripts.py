@@ -9,7 +9,9 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
     env          the job's environment (``export`` lines), until the wrapper read it
     stdin        the job's standard input
     run.sh       the wrapper: runs the program, then writes ``exit``
-    pid          pid of the wrapper, which leads the job's process group
+    pid          ``PID START BOOT`` of the wrapper, which leads the job's process
+                 group: its pid, start time and the boot it runs in (see
+                 :mod:`aiores_ssh._scripts`: a pid alone is never trusted)
     stdout, stderr     captured output (absent when the description names files)
     end          made (atomically, by ``mkdir``) by whichever comes first: the wrapper
                  when the program ended, or a cancel
@@ -32,7 +34,7 @@ from dataclasses import asdict
 
 from aiores import JobDescription
 
-from ._scripts import LIB, exports, read_stdin
+from ._scripts import LIB, exports, identify, read_stdin
 
 __all__ = [
     "JOBS_DIR",
@@ -112,8 +114,9 @@ def submit_script(
         "else\n"
         "  /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
         "fi\n"
-        'echo "$!" >pid.tmp && mv pid.tmp pid\n'
-        'echo "$!"\n'
+        # Its identity is read at once, with builtins only: nothing has reaped it yet.
+        "p=$!\n" + identify("$p") + 'set --\necho "$p $_is $_ib" >pid.tmp && mv pid.tmp pid\n'
+        'echo "$p"\n'
     )
     return script, env + (stdin or b"")
 
@@ -143,8 +146,8 @@ def describe_script(ids: Sequence[str] | None, output: bool) -> str:
         LIB + f"cd {_JOBS} 2>/dev/null || exit 0\n"
         f"for id in {names}; do\n"
         '  [ -d "$id" ] || continue\n'
-        '  p=$(cat "$id/pid" 2>/dev/null) || p=\n'
-        '  a=0; [ -n "$p" ] && alive "$p" && a=1\n'
+        '  p=; st=; bt=; { read -r p st bt <"$id/pid"; } 2>/dev/null\n'
+        '  a=0; [ -n "$p" ] && alive "$p" "$st" "$bt" && a=1\n'
         '  e=$(cat "$id/exit" 2>/dev/null) || e=\n'
         '  c=0; [ -e "$id/canceled" ] && c=1\n'
         '  s=0; [ -e "$id/suspended" ] && s=1\n'
@@ -169,7 +172,7 @@ def _job(job_id: str) -> str:
         LIB
         + f"d={_JOBS}/{shlex.quote(job_id)}\n"
         + f'[ -d "$d" ] || exit {MISSING}\n'
-        + 'p=$(cat "$d/pid" 2>/dev/null) || p=\n'
+        + 'p=; st=; bt=; { read -r p st bt <"$d/pid"; } 2>/dev/null\n'
     )
 
 
@@ -184,10 +187,10 @@ def cancel_script(job_id: str, grace: float) -> str:
     return (
         _job(job_id)
         + f'[ -e "$d/exit" ] && exit {FINISHED}\n'
-        + f'[ -n "$p" ] && ! alive "$p" && exit {FINISHED}\n'
+        + f'[ -n "$p" ] && ! alive "$p" "$st" "$bt" && exit {FINISHED}\n'
         + f'mkdir "$d/end" 2>/dev/null || exit {FINISHED}\n'
         + ': >"$d/canceled"\n'
-        + f'[ -n "$p" ] && stop "$p" {ticks}\n'
+        + f'[ -n "$p" ] && stop "$p" "$st" "$bt" {ticks}\n'
         + 'rm -f "$d/suspended"\nexit 0\n'
     )
 
@@ -196,8 +199,8 @@ def suspend_script(job_id: str) -> str:
     """SIGSTOP the job's group and mark it suspended."""
     return (
         _job(job_id)
-        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p"; }} && exit {FINISHED}\n'
-        + 'sig STOP "$p"\n: >"$d/suspended"\n'
+        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p" "$st" "$bt"; }} && exit {FINISHED}\n'
+        + 'sig STOP "$p" "$st" "$bt"\n: >"$d/suspended"\n'
     )
 
 
@@ -205,8 +208,8 @@ def resume_script(job_id: str) -> str:
     """SIGCONT the job's group and clear the suspended mark."""
     return (
         _job(job_id)
-        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p"; }} && exit {FINISHED}\n'
-        + 'sig CONT "$p"\nrm -f "$d/suspended"\n'
+        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p" "$st" "$bt"; }} && exit {FINISHED}\n'
+        + 'sig CONT "$p" "$st" "$bt"\nrm -f "$d/suspended"\n'
     )
 
 
@@ -214,6 +217,6 @@ def reap_script(job_id: str) -> str:
     """Remove a finished job's directory."""
     return (
         _job(job_id)
-        + f'[ -n "$p" ] && alive "$p" && [ ! -e "$d/exit" ] && exit {FINISHED}\n'
+        + f'[ -n "$p" ] && alive "$p" "$st" "$bt" && [ ! -e "$d/exit" ] && exit {FINISHED}\n'
         + 'rm -rf "$d"\n'
     )

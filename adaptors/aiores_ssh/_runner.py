@@ -33,7 +33,7 @@ from aiores.adaptor import CommandRunner
 from ._base import SSHBase
 from ._errors import translate
 from ._pool import Lease, Pool, Target
-from ._scripts import command_text, stop_script, wrap_command
+from ._scripts import command_text, parse_identity, stop_script, wrap_command
 
 __all__ = ["CommandTimeout", "Outcome", "SSHCommandRunner", "execute"]
 
@@ -78,13 +78,15 @@ class Outcome:
 class _Run(asyncssh.SSHClientSession[bytes]):
     """One command's channel callbacks: output collected as it arrives, no reader tasks.
 
-    The first stdout line is the pid of the command's process group leader.
+    The first stdout line is ``PID START BOOT`` of the command's process group
+    leader (see :mod:`aiores_ssh._scripts`).
     """
 
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.pid: int | None = None
+        self.start = self.boot = "-"
         self.pid_known: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[Exception | None] = loop.create_future()
         self.stdout = bytearray()
@@ -105,8 +107,9 @@ class _Run(asyncssh.SSHClientSession[bytes]):
             self._head.extend(data)
             line, newline, rest = self._head.partition(b"\n")
             if newline:
-                if line.isdigit():
-                    self.pid = int(line)
+                identity = parse_identity(bytes(line))
+                if identity is not None:
+                    self.pid, self.start, self.boot = identity
                 else:  # the wrapper did not run (an odd login shell): keep what came
                     self.stdout.extend(line + newline)
                 self.stdout.extend(rest)
@@ -254,7 +257,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> Non
             await asyncio.wait_for(asyncio.shield(run.pid_known), _PID_WAIT)
     if run.pid is None or run.closed.done():
         return
-    script = stop_script(run.pid, grace)
+    script = stop_script(run.pid, run.start, run.boot, grace)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
         return await _open(conn, script)

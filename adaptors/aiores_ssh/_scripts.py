@@ -1,8 +1,20 @@
 """POSIX sh snippets run on the remote side (dash, bash, busybox sh).
 
 Every value spliced into a script is quoted with :func:`shlex.quote` by the caller.
-Signals go to a process group as ``kill -SIG -PGID`` (dash's ``kill`` takes no
-``--``), falling back to the single pid where the process leads no group.
+
+A process is known by its pid together with its identity: its start time (field 22
+of ``/proc/PID/stat``) and the host's boot id, recorded when it starts. A pid alone
+may name another process by the time it is used (pids are reused), so nothing is
+reported alive, and nothing signalled, on the pid alone:
+
+- the recorded process itself (a zombie, too) is signalled through its group,
+  ``kill -SIG -PGID`` (dash's ``kill`` takes no ``--``), or alone if it leads none;
+- if its pid is free, its group may live on: Linux does not reuse a pid while a
+  group of that number has members, so the group is signalled, on the same boot;
+- if another process has its pid, or its identity was never recorded, nothing is.
+
+Without procfs identities are ``-`` and cannot be checked: liveness falls back to
+``kill -0`` and signals go to the group only.
 """
 
 from __future__ import annotations
@@ -13,27 +25,94 @@ from collections.abc import Mapping, Sequence
 
 from aiores import BadParameter
 
-__all__ = ["LIB", "command_text", "exports", "read_stdin", "stop_script", "wrap_command"]
+__all__ = [
+    "LIB",
+    "command_text",
+    "exports",
+    "identify",
+    "parse_identity",
+    "read_stdin",
+    "stop_script",
+    "wrap_command",
+]
 
-#: Shell functions shared by the scripts: ``alive PID`` ignores zombies (a reaped
-#: parent may never come for an orphan); ``sig SIG PID`` signals the group, else the
-#: pid; ``stop PID TICKS`` sends TERM (and CONT, so a stopped group sees it), waits up
-#: to TICKS tenths of a second for the leader to go, then KILLs what is left.
-LIB = r"""alive() {
-  kill -0 "$1" 2>/dev/null || return 1
-  case $(cat "/proc/$1/stat" 2>/dev/null) in *") Z "*) return 1 ;; esac
+
+def identify(pid: str) -> str:
+    """Shell lines that set ``_is`` and ``_ib`` to the start time and boot id of
+    process ``pid`` (a shell word such as ``$$``; ``-`` where unknown) and ``_iz`` to
+    its state letter: builtins only, no fork. The stat line's second field (the
+    name) may hold spaces and parentheses: fields are counted after its last ``)``,
+    so field 22 is the 20th. They change the positional arguments (``set --``).
+    """
+    return (
+        f"_is=; _ib=-; _iz=\n"
+        f'{{ read -r _is <"/proc/{pid}/stat"; '
+        "read -r _ib </proc/sys/kernel/random/boot_id; } 2>/dev/null || :\n"
+        "set -- ${_is##*) }\n"
+        "if [ $# -ge 20 ]; then _is=${20}; _iz=$1; else _is=-; fi\n"
+    )
+
+
+#: Shell functions shared by the scripts. ``pstart PID`` prints ``START BOOT STATE``
+#: (fails if there is no such process); ``alive PID START BOOT`` is true while that
+#: very process runs (not a zombie: a reaped parent may never come for an orphan);
+#: ``sig SIG PID START BOOT`` signals it as the module says; ``stop PID START BOOT
+#: TICKS`` sends TERM (and CONT, so a stopped group sees it), waits up to TICKS
+#: tenths of a second for the leader to go, then KILLs what is left.
+LIB = (
+    r"""pstart() {
+  if [ ! -e /proc/self/stat ]; then kill -0 "$1" 2>/dev/null && echo "- - ?"; return; fi
+"""
+    + identify("$1")
+    + r"""  [ "$_is" != - ] && echo "$_is $_ib $_iz"
+}
+alive() {
+  case $(pstart "$1") in
+    "$2 $3 Z") return 1 ;;
+    "$2 $3 "*) return 0 ;;
+  esac
+  return 1
+}
+sig() {
+  if [ ! -e /proc/self/stat ]; then kill "-$1" "-$2" 2>/dev/null; return 0; fi
+  [ "$3" = - ] && return 0
+  _ip=$(pstart "$2")
+  if [ -z "$_ip" ]; then
+    _ib=-; { read -r _ib </proc/sys/kernel/random/boot_id; } 2>/dev/null
+    [ "$_ib" = "$4" ] && kill "-$1" "-$2" 2>/dev/null
+  elif [ "${_ip% *}" = "$3 $4" ]; then
+    kill "-$1" "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null
+  fi
   return 0
 }
-sig() { kill "-$1" "-$2" 2>/dev/null || kill "-$1" "$2" 2>/dev/null; }
 nap() { sleep 0.1 2>/dev/null || sleep 1; }
 stop() {
-  sig TERM "$1"; sig CONT "$1"
+  sig TERM "$1" "$2" "$3"; sig CONT "$1" "$2" "$3"
   i=0
-  while alive "$1" && [ "$i" -lt "$2" ]; do nap; i=$((i + 1)); done
-  sig KILL "$1"
+  while alive "$1" "$2" "$3" && [ "$i" -lt "$4" ]; do nap; i=$((i + 1)); done
+  sig KILL "$1" "$2" "$3"
   return 0
 }
 """
+)
+
+#: What a start time and a boot id look like (``-``: unknown).
+_START = re.compile(r"-|[0-9]+", re.ASCII)
+_BOOT = re.compile(r"-|[0-9A-Fa-f-]+", re.ASCII)
+
+
+def parse_identity(line: bytes) -> tuple[int, str, str] | None:
+    """``PID START BOOT`` (as the scripts print it), or None if ``line`` is not that."""
+    fields = line.decode(errors="replace").split(" ")
+    if (
+        len(fields) == 3
+        and fields[0].isascii()
+        and fields[0].isdigit()
+        and _START.fullmatch(fields[1])
+        and _BOOT.fullmatch(fields[2])
+    ):
+        return int(fields[0]), fields[1], fields[2]
+    return None
 
 
 #: A name every POSIX shell takes for a variable (str.isalnum() would let "²" pass).
@@ -74,20 +153,22 @@ def read_stdin(nbytes: int) -> str:
 def wrap_command(command: str, env: Mapping[str, str] | None = None) -> tuple[str, bytes]:
     """The remote command line for ``command`` and what to send before its stdin.
 
-    The login shell execs ``/bin/sh``, which prints its pid (which leads the process
-    group: sshd starts each session with ``setsid``) and runs ``command``; signalling
+    The login shell execs ``/bin/sh``, which prints its pid and identity (it leads
+    the process group: sshd starts each session with ``setsid``) and runs
+    ``command``; signalling
     that group reaches everything the command started. ``env`` travels on standard
     input ahead of the command's own, never in the command line, which every user
     of the host can read with ``ps``.
     """
     preamble = exports(env).encode()
-    inner = 'echo "$$"\n'
+    inner = identify("$$") + 'set --\necho "$$ $_is $_ib"\n'
     if preamble:
         inner += f'eval "$({read_stdin(len(preamble))})"\n'
     return "exec /bin/sh -c " + shlex.quote(inner + command), preamble
 
 
-def stop_script(pid: int, grace: float) -> str:
-    """Stop process group ``pid``: TERM, up to ``grace`` seconds, then KILL."""
+def stop_script(pid: int, start: str, boot: str, grace: float) -> str:
+    """Stop the process group process ``pid`` (of that start time and boot) leads:
+    TERM, up to ``grace`` seconds, then KILL."""
     ticks = max(1, round(grace * 10))
-    return LIB + f"stop {int(pid)} {ticks}\n"
+    return LIB + f"stop {int(pid)} {shlex.quote(start)} {shlex.quote(boot)} {ticks}\n"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import signal
+import subprocess
 from collections.abc import Collection
 from pathlib import Path
 
@@ -17,7 +18,16 @@ from aiores import JobDescription, JobState
 from aiores.adaptor import JobInfo, truncation_marker
 from aiores_ssh import SSHJobAdaptor
 
-from .conftest import STEP, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
+from .conftest import (
+    STEP,
+    USER,
+    Adaptors,
+    FakeEnv,
+    gone,
+    opened,
+    record_commands,
+    wait_until,
+)
 from .servers import Sshd
 
 
@@ -253,3 +263,37 @@ async def test_cancelling_a_job_whose_wrapper_died_leaves_it_failed(
     assert (info.state, info.exit_code) == (JobState.FAILED, None)
     await jobs.cancel(job.id)
     assert (await jobs.describe([job.id]))[job.id].state is JobState.FAILED
+
+
+@pytest.mark.asyncio
+async def test_a_reused_pid_is_neither_alive_nor_signalled(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path
+) -> None:
+    """The job died; another process of the same user, leading its own group, now has
+    the pid on record (pids are reused). The job is not reported running, and neither
+    cancel nor suspend signals that process."""
+    jobs = await adaptors.jobs(sshd.url())
+    job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    os.killpg(job.extra["pid"], signal.SIGKILL)
+    other = await asyncio.to_thread(
+        subprocess.Popen, ["sleep", "60"], user=USER, start_new_session=True
+    )
+    try:
+        # The record keeps the dead job's start time and boot; only the pid is the
+        # other process's now, as after a reuse.
+        record = test_home / ".aiores" / "jobs" / job.id / "pid"
+        fields = record.read_text().split()
+        record.write_text(" ".join([str(other.pid), *fields[1:]]) + "\n")
+        info = (await jobs.describe([job.id]))[job.id]
+        assert (info.state, info.exit_code) == (JobState.FAILED, None)
+        await jobs.cancel(job.id)
+        with pytest.raises(aiores.IncorrectState):
+            await jobs.suspend(job.id)
+        await asyncio.sleep(0.2)
+        assert other.poll() is None
+        assert psutil.Process(other.pid).status() != psutil.STATUS_STOPPED
+        assert (await jobs.describe([job.id]))[job.id].state is JobState.FAILED
+    finally:
+        if other.poll() is None:
+            other.kill()
+        await asyncio.to_thread(other.wait)
