@@ -341,7 +341,12 @@ class Cloud:
         impostor = None
         if vm.rng.random() < faults.wrong_host_key:
             impostor = asyncssh.generate_private_key("ssh-ed25519")
-        await vm.listen(impostor)
+        try:
+            await vm.listen(impostor)
+        except Exception as exc:  # its port, its keys: the VM cannot come up
+            log.warning("sim cloud: the SSH server of %s did not start: %r", vm.id, exc)
+            self._end(vm, S.FAILED, f"its SSH server did not start: {exc}")
+            return
         if not vm.set_state(S.ACTIVE, "running"):
             return
         timeline: list[tuple[float, str]] = []

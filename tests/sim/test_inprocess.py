@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from aiores import ComputeDescription, ResourceState, SSHContext
 from aiores_sim import Cloud, CloudClient, CloudRunning, managed_key
 from aiores_sim._protocol import socket_path
 
-from .conftest import STEP
+from .conftest import STEP, until_none, until_sleeping
 
 
 @pytest_asyncio.fixture
@@ -226,3 +227,68 @@ async def test_a_vm_has_stopped_listening_when_its_end_is_announced(cloud: Cloud
     finally:
         await client.close()
     assert [closed for state, closed in seen if state in ("CANCELED", "EXPIRED")] == [True, True]
+
+
+async def _active(cloud: Cloud, vm_id: str) -> Any:
+    vm = cloud.vms[vm_id]
+    async with asyncio.timeout(STEP):
+        while vm.state is ResourceState.PENDING:  # noqa: ASYNC110 (the cloud's own record)
+            await asyncio.sleep(0.01)
+    return vm
+
+
+@pytest.mark.asyncio
+async def test_a_vm_whose_server_cannot_start_fails(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _vm
+
+    async def listen(self: Any, host_key: Any = None) -> None:
+        raise OSError("no port for you")
+
+    monkeypatch.setattr(_vm.VM, "listen", listen)
+    client = CloudClient(cloud.directory)
+    try:
+        [made] = await client.call("acquire", _acquire_args(1))
+        vm = cloud.vms[made["id"]]
+        async with asyncio.timeout(2):
+            await vm.gone.wait()
+    finally:
+        await client.close()
+    assert vm.state is ResourceState.FAILED
+    assert "no port for you" in vm.detail
+
+
+@pytest.mark.asyncio
+async def test_a_command_started_while_its_vm_ends_is_killed(
+    cloud: Cloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores_sim import _vm
+
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    client = CloudClient(cloud.directory)
+    try:
+        args = _acquire_args(1, authorized_keys=key.export_public_key().decode())
+        [made] = await client.call("acquire", args)
+    finally:
+        await client.close()
+    vm = await _active(cloud, made["id"])
+    spawn = _vm.VM._spawn
+
+    async def spawn_during_destroy(self: Any, argv: list[str], env: dict[str, str]) -> Any:
+        proc = await spawn(self, argv, env)
+        await until_sleeping("5151", 1)  # out of the VM's disk, without its marker
+        cloud._end(self, ResourceState.CANCELED, "terminated")  # a destroy meanwhile
+        await self.gone.wait()  # ... whose teardown did not see this command yet
+        return proc
+
+    monkeypatch.setattr(_vm.VM, "_spawn", spawn_during_destroy)
+    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{vm.port} {made['host_key']}\n")
+    async with asyncssh.connect(
+        "127.0.0.1", vm.port, username="tester", client_keys=[key], known_hosts=known, config=None
+    ) as conn:
+        # The VM goes away under it: the channel closes, with no exit status.
+        with contextlib.suppress(asyncssh.Error):
+            result = await conn.run("cd / && exec env -i sleep 300.5151")
+            assert result.exit_status is None
+    await until_none("5151")
