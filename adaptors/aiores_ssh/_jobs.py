@@ -13,11 +13,22 @@ makes itself (cancel, suspend, resume) are published at once.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from aiores import DoesNotExist, IncorrectState, JobDescription, JobState, NoSuccess
-from aiores.adaptor import JobAdaptor, JobInfo, PollPolicy, missing, truncation_marker
+from aiores.adaptor import (
+    URL,
+    AdaptorEnv,
+    JobAdaptor,
+    JobInfo,
+    PollPolicy,
+    missing,
+    truncation_marker,
+)
 
 from ._base import SSHBase
 from ._jobscripts import (
@@ -34,6 +45,9 @@ from ._jobscripts import (
 from ._runner import Outcome, execute
 
 __all__ = ["SSHJobAdaptor", "parse_describe"]
+
+#: What an ssh job id may look like (it is spliced into remote scripts).
+_ID = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 
 
 class SSHJobAdaptor(SSHBase, JobAdaptor):
@@ -52,6 +66,15 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
     cancel_grace: float = 5.0
     #: Seconds a control command (submit, describe, signal) may take.
     command_timeout: float = 60.0
+    #: Bytes of captured output one describe command may carry (one job's always goes).
+    output_budget: int = 16 * 1024 * 1024
+    #: Bytes of delivered output kept to answer describes of finished jobs again.
+    output_cache: int = 32 * 1024 * 1024
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        super().__init__(url, env)
+        #: Output of finished jobs delivered so far, least recently used first.
+        self._outputs: OrderedDict[str, tuple[bytes | None, bytes | None]] = OrderedDict()
 
     async def _sh(self, script: str, stdin: bytes | None = None) -> Outcome:
         pool, target = self._endpoint()
@@ -91,22 +114,53 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         )
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
-        """The state of each job in ``ids`` (one remote command); unknown ids are left out.
+        """The state of each job in ``ids``; unknown ids are left out.
 
         Finished jobs carry their captured output, cut at the description's
         ``capture_limit`` and then ending with :func:`aiores.adaptor.truncation_marker`.
+        A job's output is fetched from the host once, when it is first seen
+        finished, then answered from a cache of :attr:`output_cache` bytes (fetched
+        again only once evicted). One remote command carries at most
+        :attr:`output_budget` bytes of output (or one job's): what does not fit is
+        fetched by further commands.
 
         Raises:
             ConnectionLost, Timeout, NoSuccess: the host could not be asked.
         """
-        if not ids:
-            return {}
         for job_id in ids:
             _check_id(job_id)
-        outcome = await self._sh(describe_script(list(ids), output=True))
-        if outcome.exit_status != 0:
-            raise self._failed("describing jobs", outcome)
-        return parse_describe(outcome.stdout)
+        infos: dict[str, JobInfo] = {}
+        ask = list(dict.fromkeys(ids))
+        while ask:
+            want = [job_id for job_id in ask if job_id not in self._outputs]
+            outcome = await self._sh(describe_script(ask, want, self.output_budget))
+            if outcome.exit_status != 0:
+                raise self._failed("describing jobs", outcome)
+            found, again = parse_describe(outcome.stdout)
+            for job_id, info in found.items():
+                if job_id in again:
+                    continue  # its output did not fit: the next command brings it
+                if info.state.final:
+                    if job_id in want:
+                        self._keep_output(job_id, info)
+                    elif (kept := self._outputs.get(job_id)) is not None:
+                        self._outputs.move_to_end(job_id)
+                        info = dataclasses.replace(info, stdout=kept[0], stderr=kept[1])
+                    else:  # evicted since this command was made
+                        again.add(job_id)
+                        continue
+                infos[job_id] = info
+            ask = [job_id for job_id in ask if job_id in again]
+        return infos
+
+    def _keep_output(self, job_id: str, info: JobInfo) -> None:
+        outputs = self._outputs
+        outputs[job_id] = (info.stdout, info.stderr)
+        outputs.move_to_end(job_id)
+        size = sum(len(out or b"") + len(err or b"") for out, err in outputs.values())
+        while size > self.output_cache and len(outputs) > 1:
+            out, err = outputs.popitem(last=False)[1]
+            size -= len(out or b"") + len(err or b"")
 
     async def find(self, token: str) -> Sequence[JobInfo]:
         """Every job on this host submitted under ``token``."""
@@ -118,10 +172,10 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
 
     async def list(self) -> Sequence[JobInfo]:
         """Every job aiores keeps a directory for on this host (without output)."""
-        outcome = await self._sh(describe_script(None, output=False))
+        outcome = await self._sh(describe_script(None))
         if outcome.exit_status != 0:
             raise self._failed("listing jobs", outcome)
-        return list(parse_describe(outcome.stdout).values())
+        return list(parse_describe(outcome.stdout)[0].values())
 
     async def _control(self, job_id: str, script: str, what: str) -> Outcome:
         _check_id(job_id)
@@ -181,16 +235,19 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         outcome = await self._control(id, reap_script(id), "reaping a job")
         if outcome.exit_status == FINISHED:
             raise IncorrectState(f"job {id} on {self.target.where} is still running")
+        self._outputs.pop(id, None)
 
 
 def _check_id(job_id: str) -> None:
-    if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
+    if not _ID.fullmatch(job_id):
         raise DoesNotExist(f"{job_id!r} is not an ssh job id")
 
 
-def parse_describe(data: bytes) -> dict[str, JobInfo]:
-    """Read :func:`~aiores_ssh._jobscripts.describe_script` output."""
+def parse_describe(data: bytes) -> tuple[dict[str, JobInfo], set[str]]:
+    """Read :func:`~aiores_ssh._jobscripts.describe_script` output: the jobs, and the
+    ids of those whose output was left for another command."""
     infos: dict[str, JobInfo] = {}
+    postponed: set[str] = set()
     pos = 0
     current: dict[str, object] | None = None
 
@@ -214,6 +271,8 @@ def parse_describe(data: bytes) -> dict[str, JobInfo]:
                     strict=True,
                 )
             )
+        elif fields[0] == "P" and current is not None:
+            postponed.add(str(current["id"]))
         elif fields[0] == "O" and len(fields) == 4 and current is not None:
             size, sent = int(fields[2]), int(fields[3])
             chunk = data[pos : pos + sent]
@@ -222,7 +281,7 @@ def parse_describe(data: bytes) -> dict[str, JobInfo]:
                 chunk += truncation_marker(sent, size - sent)
             current[fields[1]] = chunk
     flush()
-    return infos
+    return infos, postponed
 
 
 def _info(fields: Mapping[str, object]) -> JobInfo:

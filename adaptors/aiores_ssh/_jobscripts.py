@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 
 from aiores import JobDescription
@@ -121,30 +121,42 @@ def submit_script(
     return script, env + (stdin or b"")
 
 
-def describe_script(ids: Sequence[str] | None, output: bool) -> str:
+def describe_script(
+    ids: Sequence[str] | None, output_for: Collection[str] = (), budget: int = 0
+) -> str:
     """One line per job (``J id pid alive exit canceled suspended token``).
 
-    With ``output``, each finished job's captured streams follow its line as
-    ``O stream size sent`` and then exactly ``sent`` bytes. ``ids=None``: every job.
+    Each finished job named in ``output_for`` has its captured streams follow its
+    line as ``O stream size sent`` and then exactly ``sent`` bytes, as long as the
+    output sent so far stays within ``budget`` bytes (the first job's always goes);
+    a job whose output would pass it gets a line ``P`` instead: ask again for it.
+    ``ids=None``: every job. The ids are checked (``[A-Za-z0-9_-]+``) by the caller.
     """
     names = " ".join(shlex.quote(i) for i in ids) if ids is not None else "*"
-    show = ""
-    if output:
+    setup = show = ""
+    if output_for:
+        setup = f"w={shlex.quote(' '.join(output_for))}\nb=0\n"
         show = (
-            '  if [ "$a" = 0 ] || [ -n "$e" ]; then\n'
-            '    l=$(cat "$id/limit" 2>/dev/null) || l=0\n'
-            "    for f in stdout stderr; do\n"
-            '      [ -f "$id/$f" ] || continue\n'
-            '      n=$(wc -c <"$id/$f"); n=$((n + 0))\n'
-            '      if [ "$n" -gt "$l" ]; then k=$l; else k=$n; fi\n'
-            '      printf \'O %s %s %s\\n\' "$f" "$n" "$k"\n'
-            '      head -c "$k" "$id/$f"\n'
-            "    done\n"
-            "  fi\n"
+            '  case " $w " in *" $id "*) ;; *) continue ;; esac\n'
+            '  [ -n "$e" ] || { [ "$a" = 0 ] && [ -n "$p" ]; } || continue\n'
+            '  l=$(cat "$id/limit" 2>/dev/null) || l=0\n'
+            "  k=0; m=\n"
+            "  for f in stdout stderr; do\n"
+            '    [ -f "$id/$f" ] || continue\n'
+            '    n=$(wc -c <"$id/$f"); n=$((n + 0))\n'
+            '    if [ "$n" -gt "$l" ]; then j=$l; else j=$n; fi\n'
+            '    k=$((k + j)); m="$m $f:$n:$j"\n'
+            "  done\n"
+            f'  if [ "$b" -gt 0 ] && [ $((b + k)) -gt {int(budget)} ]; then echo P; continue; fi\n'
+            "  b=$((b + k))\n"
+            "  for x in $m; do\n"
+            "    f=${x%%:*}; x=${x#*:}; n=${x%%:*}; j=${x#*:}\n"
+            '    printf \'O %s %s %s\\n\' "$f" "$n" "$j"\n'
+            '    head -c "$j" "$id/$f"\n'
+            "  done\n"
         )
     return (
-        LIB + f"cd {_JOBS} 2>/dev/null || exit 0\n"
-        f"for id in {names}; do\n"
+        LIB + f"cd {_JOBS} 2>/dev/null || exit 0\n" + setup + f"for id in {names}; do\n"
         '  [ -d "$id" ] || continue\n'
         '  p=; st=; bt=; { read -r p st bt <"$id/pid"; } 2>/dev/null\n'
         '  a=0; [ -n "$p" ] && alive "$p" "$st" "$bt" && a=1\n'

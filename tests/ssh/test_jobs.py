@@ -17,6 +17,7 @@ import aiores
 from aiores import JobDescription, JobState
 from aiores.adaptor import JobInfo, truncation_marker
 from aiores_ssh import SSHJobAdaptor
+from aiores_ssh._runner import Outcome
 
 from .conftest import (
     STEP,
@@ -275,6 +276,8 @@ async def test_a_reused_pid_is_neither_alive_nor_signalled(
     jobs = await adaptors.jobs(sshd.url())
     job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
     os.killpg(job.extra["pid"], signal.SIGKILL)
+    # Start times count clock ticks (10 ms): a pid reused later starts ticks later.
+    await asyncio.sleep(0.05)
     other = await asyncio.to_thread(
         subprocess.Popen, ["sleep", "60"], user=USER, start_new_session=True
     )
@@ -297,3 +300,54 @@ async def test_a_reused_pid_is_neither_alive_nor_signalled(
         if other.poll() is None:
             other.kill()
         await asyncio.to_thread(other.wait)
+
+
+def _describe_sizes(jobs: SSHJobAdaptor) -> list[int]:
+    """Bytes each later describe command of ``jobs`` brings back."""
+    sizes: list[int] = []
+    sh = jobs._sh
+
+    async def spy(script: str, stdin: bytes | None = None) -> Outcome:
+        outcome = await sh(script, stdin)
+        if "J %s" in script:
+            sizes.append(len(outcome.stdout))
+        return outcome
+
+    jobs._sh = spy  # type: ignore[method-assign]
+    return sizes
+
+
+def _xs(char: str, n: int) -> JobDescription:
+    return JobDescription.shell(f"head -c {n} /dev/zero | tr '\\0' {char}")
+
+
+@pytest.mark.asyncio
+async def test_output_of_a_finished_job_is_fetched_once(adaptors: Adaptors, sshd: Sshd) -> None:
+    jobs = await adaptors.jobs(sshd.url())
+    job_id = (await jobs.submit(_xs("x", 100_000), token(), hold=False)).id
+    assert (await settle(jobs, job_id)).stdout == b"x" * 100_000
+    sizes = _describe_sizes(jobs)
+    for _ in range(3):
+        assert (await jobs.describe([job_id]))[job_id].stdout == b"x" * 100_000
+    assert len(sizes) == 3
+    assert max(sizes) < 1000  # states only: the output came from the first describe
+    # Evicted by a later job's output: fetched again, never lost.
+    jobs.output_cache = 0
+    await settle(jobs, (await jobs.submit(_xs("y", 10), token(), hold=False)).id)
+    assert (await jobs.describe([job_id]))[job_id].stdout == b"x" * 100_000
+    assert sizes[-1] > 100_000
+
+
+@pytest.mark.asyncio
+async def test_describe_output_is_split_by_a_byte_budget(adaptors: Adaptors, sshd: Sshd) -> None:
+    watcher = await adaptors.jobs(sshd.url())
+    ids = [(await watcher.submit(_xs(char, 100_000), token(), hold=False)).id for char in "abc"]
+    for job_id in ids:
+        await settle(watcher, job_id)
+    jobs = await adaptors.jobs(sshd.url())  # has fetched no output yet
+    jobs.output_budget = 150_000
+    sizes = _describe_sizes(jobs)
+    infos = await jobs.describe([*ids, "unknownjob0000000000"])
+    assert [infos[i].stdout for i in ids] == [c.encode() * 100_000 for c in "abc"]
+    assert len(sizes) == 3  # one job's output a command
+    assert max(sizes) < 101_000
