@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -135,26 +136,35 @@ async def test_cancel_terminates_then_kills(adaptors: Adaptors, sshd: Sshd) -> N
         await jobs.cancel("0123456789abcdef0123")
 
 
+def _states(pid: int) -> list[str]:
+    """The state letter (/proc/PID/stat field 3) of ``pid`` and its descendants."""
+    states = []
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        with contextlib.suppress(FileNotFoundError):  # a child that just ended
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            states.append(stat.rpartition(")")[2].split()[0])
+    return states
+
+
 @pytest.mark.asyncio
-async def test_suspend_and_resume(adaptors: Adaptors, sshd: Sshd, test_home: Path) -> None:
+async def test_suspend_and_resume(adaptors: Adaptors, sshd: Sshd) -> None:
     jobs = await adaptors.jobs(sshd.url())
-    name = f"ticks-{secrets.token_hex(4)}"
-    # Appends a line every 0.05 s; stopped, the file stops growing.
-    desc = JobDescription.shell(f"while :; do echo t >> {name}; sleep 0.05; done")
-    job = await jobs.submit(desc, token(), hold=False)
-    await wait_until((test_home / name).exists)
+    job = await jobs.submit(
+        JobDescription.shell("while :; do sleep 0.05; done"), token(), hold=False
+    )
+    pid = job.extra["pid"]
+    await wait_until(lambda: len(_states(pid)) >= 3)  # wrapper, shell, a sleep
     await jobs.suspend(job.id)
     assert (await jobs.describe([job.id]))[job.id].state is JobState.SUSPENDED
-    size = (test_home / name).stat().st_size
-    await asyncio.sleep(0.3)  # long enough for six ticks, had it not stopped
-    assert (test_home / name).stat().st_size == size
+    # The whole group is stopped: every process of the job is in state T.
+    await wait_until(lambda: set(_states(pid)) == {"T"}, 5)
     await jobs.resume(job.id)
     assert (await jobs.describe([job.id]))[job.id].state is JobState.RUNNING
+    await wait_until(lambda: "T" not in _states(pid), 5)
     await jobs.cancel(job.id)
     assert (await settle(jobs, job.id)).state is JobState.CANCELED
     with pytest.raises(aiores.IncorrectState):
         await jobs.suspend(job.id)
-    (test_home / name).unlink()
 
 
 @pytest.mark.asyncio

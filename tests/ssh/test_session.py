@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 from pathlib import Path
 
 import pytest
@@ -43,16 +44,28 @@ async def test_jobs_through_a_session(sshd: Sshd) -> None:
 
 
 @pytest.mark.asyncio
-async def test_array_with_max_parallel(sshd: Sshd) -> None:
+async def test_array_with_max_parallel(sshd: Sshd, test_home: Path) -> None:
+    log = test_home / f"array-{secrets.token_hex(4)}.log"
+    # Each job logs its start and end (host clock, ns) to one file, appending lines.
+    script = (
+        f'echo "$(date +%s%N) 1" >>{log}; sleep 0.3; '
+        f'echo "$(date +%s%N) -1" >>{log}; echo "$AIORES_ARRAY_INDEX"'
+    )
     async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
         js = session.job_service(sshd.url())
-        array = await js.submit_array(
-            JobDescription.shell('echo "$AIORES_ARRAY_INDEX"'), count=6, max_parallel=2
-        )
+        array = await js.submit_array(JobDescription.shell(script), count=6, max_parallel=2)
         async with asyncio.timeout(STEP * 2):
             states = await array.wait()
         assert states == [JobState.DONE] * 6
         assert [job.stdout for job in array] == [f"{i}\n" for i in range(6)]
+    events = sorted(tuple(map(int, line.split())) for line in log.read_text().splitlines())
+    assert len(events) == 12
+    running = peak = 0
+    for _, change in events:  # at one instant, an end (-1) sorts before a start
+        running += change
+        peak = max(peak, running)
+    assert peak == 2  # never more than max_parallel, and that many did run at once
+    log.unlink()
 
 
 @pytest.mark.asyncio
