@@ -27,7 +27,7 @@ from ._exceptions import (
     PermissionDenied,
     Timeout,
 )
-from ._fleet import RunResult
+from ._fleet import Fleet, Group, GroupResult, Provision, RunResult
 from ._jobs import Job, JobArray, JobService, as_completed, wait_any
 from ._journal import Intent, Journal
 from ._registry import register_adaptor, unregister_adaptor
@@ -50,6 +50,9 @@ __all__ = [
     "Context",
     "DoesNotExist",
     "FanOutError",
+    "Fleet",
+    "Group",
+    "GroupResult",
     "HostKeyError",
     "IncorrectState",
     "IncorrectURL",
@@ -64,6 +67,7 @@ __all__ = [
     "NoSuccess",
     "NotSupported",
     "PermissionDenied",
+    "Provision",
     "Resource",
     "ResourceState",
     "RunResult",

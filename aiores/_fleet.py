@@ -1,50 +1,515 @@
-"""Results of commands run on resources (and, later, tagged fan-out over groups)."""
+"""Fleets: provision tagged machines on several clouds, wait for them, select groups.
+
+precip's experiment made concurrent and multi-cloud::
+
+    async with session.fleet() as fleet:
+        fleet.provision("sim://", ComputeDescription(template="small"), count=40, tags={"web"})
+        fleet.provision(other_cloud, ComputeDescription(template="large"), count=10, tags={"db"})
+        await fleet.add("ssh://me@login.example.org", tags={"login"})
+        await fleet.wait(timeout=300)
+        results = await fleet.select("web").run("systemctl is-active nginx", check=False)
+    # every machine the fleet provisioned is destroyed here, even if cancelled
+
+Each machine carries the tags it was provisioned with, plus two default tags: its
+manager's URL scheme (``"sim"``; ``"hosts"`` for machines added with :meth:`Fleet.add`)
+and its index in the fleet (``"0"``, ``"1"``, ...). Selection is by all given tags.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import logging
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from ._descriptions import ComputeDescription, _tags
+from ._exceptions import AioresError, BadParameter, FanOutError, IncorrectState, Timeout
+from ._group import Group
+from ._results import GroupResult, RunResult
+from ._states import ResourceState
 
 if TYPE_CHECKING:
-    from ._resource import Resource
+    from ._resource import Compute, Manager, Resource
+    from ._session import Session
+    from ._url import URL
 
-__all__ = ["RunResult"]
+__all__ = ["Fleet", "Group", "GroupResult", "Provision", "RunResult"]
+
+log = logging.getLogger("aiores")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RunResult:
-    """What one command on one resource produced.
+class Provision:
+    """Machines being acquired by :meth:`Fleet.provision`, in the background.
 
-    Attributes:
-        exit_status: The command's exit code; None if it did not exit normally
-            (killed by a signal, connection lost, or ``error`` set).
-        stdout: Its standard output, decoded as UTF-8 (undecodable bytes replaced).
-        stderr: Its standard error, likewise.
-        exit_signal: The signal's name if a signal ended it (``"TERM"``), else None.
-        resource: The resource it ran on, where there is one.
-        error: The aiores error that kept it from completing, else None.
-        elapsed: Seconds from start to end.
+    ``await provision`` returns its machines once the backend accepted them
+    (NEW or PENDING: :meth:`Fleet.wait` waits for ACTIVE), or raises what the
+    acquire raised. Cancelling that await changes nothing but the waiting.
     """
 
-    exit_status: int | None
-    stdout: str = ""
-    stderr: str = ""
-    exit_signal: str | None = None
-    resource: Resource | None = None
-    error: BaseException | None = None
-    elapsed: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        """True if the command ran and exited with status 0."""
-        return self.error is None and self.exit_status == 0
+    def __init__(
+        self,
+        manager: Manager,
+        description: ComputeDescription,
+        count: int,
+        tags: frozenset[str],
+        first: int,
+    ) -> None:
+        self.manager = manager
+        self.description = description
+        self.count = count
+        #: The tags asked for (the description's tags included).
+        self.tags = tags
+        #: The fleet indices its machines take.
+        self.indices = range(first, first + count)
+        self.resources: list[Compute] = []
+        self.error: BaseException | None = None
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[object] | None = None
+        self._stopped = False
 
     def __repr__(self) -> str:
-        parts: list[Any] = [f"exit_status={self.exit_status!r}"]
-        if self.exit_signal:
-            parts.append(f"exit_signal={self.exit_signal!r}")
+        state = "pending" if not self.done() else ("failed" if self.error else "done")
+        return f"<aiores.Provision {self.count} on {self.manager.url} {state}>"
+
+    def done(self) -> bool:
+        """True once the acquire has returned, failed or been cancelled."""
+        return self._done.is_set()
+
+    async def result(self) -> list[Compute]:
+        """The machines, once acquired (see the class docstring).
+
+        Raises:
+            AioresError: the acquire failed (what the manager raised).
+            IncorrectState: the fleet was closed before the acquire finished.
+        """
+        await self._done.wait()
         if self.error is not None:
-            parts.append(f"error={self.error!r}")
-        if self.resource is not None:
-            parts.append(f"resource={self.resource.id!r}")
-        return f"RunResult({', '.join(parts)})"
+            raise self.error
+        return list(self.resources)
+
+    def __await__(self) -> Generator[object, None, list[Compute]]:
+        return self.result().__await__()
+
+    def _may_have(self, wanted: frozenset[str]) -> bool:
+        """Whether some machine of this provision can carry all of ``wanted``."""
+        extra = wanted - self.tags - {self.manager.url.scheme}
+        return len(extra) <= 1 and all(t.isdigit() and int(t) in self.indices for t in extra)
+
+    async def _run(self, joined: Callable[[Provision], None]) -> None:
+        self._task = asyncio.current_task()
+        try:
+            if self._stopped:
+                raise IncorrectState("the fleet was closed before its provision began")
+            self.resources = await self.manager.acquire_many(self.description, self.count)
+            joined(self)
+        except asyncio.CancelledError:
+            self.error = IncorrectState(
+                f"provisioning {self.count} on {self.manager.url} was cancelled"
+            )
+            raise
+        except Exception as exc:  # kept for whoever awaits it, or Fleet.wait, to raise
+            self.error = exc
+        finally:
+            self._done.set()
+
+    async def _stop(self) -> None:
+        """Cancel the acquire if it still runs (it releases what it made) and wait."""
+        self._stopped = True
+        if self._task is not None and not self._done.is_set():
+            self._task.cancel()
+        await self._done.wait()
+
+
+@dataclass(slots=True)
+class _Member:
+    index: int
+    resource: Compute
+    tags: frozenset[str]
+    provision: Provision | None  # None: added with Fleet.add, never destroyed
+
+
+class Fleet:
+    """Tagged machines, provisioned on any clouds or added, as groups (``session.fleet()``).
+
+    Usable plainly, or as ``async with session.fleet() as fleet``: leaving the block
+    destroys every machine the fleet provisioned (shielded from cancellation,
+    bounded by ``Session.cleanup_timeout``); hosts added with :meth:`add` are only
+    forgotten. Used plainly, machines outlive the fleet until :meth:`deprovision`
+    or :meth:`aclose`.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._members: dict[int, _Member] = {}
+        self._provisions: list[Provision] = []
+        self._next = 0
+        self._retired: list[Resource] = []  # failed machines replaced, not yet destroyed
+        self._closed = False
+
+    def __repr__(self) -> str:
+        pending = sum(not p.done() for p in self._provisions)
+        return f"<aiores.Fleet {len(self._members)} machines, {pending} provisions pending>"
+
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Destroy every machine the fleet provisioned; forget added hosts.
+
+        Provisions still being acquired are cancelled (which releases what they
+        made). Runs shielded from cancellation and bounded by
+        ``Session.cleanup_timeout``; a failure is logged, not raised. Cancelling it
+        does not stop the teardown; the cancellation still propagates.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        await self.session.shielded(self._teardown, what="tearing down a fleet")
+
+    async def _teardown(self) -> None:
+        await asyncio.gather(*(p._stop() for p in self._provisions))
+        booted = [m.resource for m in self._members.values() if m.provision is not None]
+        self._members.clear()
+        retired, self._retired = self._retired, []
+        await _destroy([*booted, *retired])
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise IncorrectState(f"{self!r} is closed")
+
+    # -- adding machines ----------------------------------------------------------------
+    def provision(
+        self,
+        url_or_manager: str | URL | Manager,
+        description: ComputeDescription,
+        count: int = 1,
+        tags: Iterable[str] | str = (),
+    ) -> Provision:
+        """Start acquiring ``count`` machines; returns at once, without waiting.
+
+        One ``acquire_many`` (one backend call where the backend allows) runs in the
+        session's background; several provisions, on several clouds, run together.
+        Their machines join the fleet when the backend accepted them; use
+        :meth:`wait` to have them ACTIVE, or await the returned :class:`Provision`.
+
+        Args:
+            url_or_manager: The cloud (``"sim://"``), or a Manager.
+            description: What to boot; its tags are the machines' tags too.
+            count: How many.
+            tags: Tags to select them by (a str is one tag).
+
+        Raises:
+            BadParameter: a bad description, count or tag.
+            IncorrectURL: no adaptor for the URL.
+            IncorrectState: the fleet or session is closed.
+        """
+        from ._resource import MAX_COUNT, Manager
+
+        self._check_open()
+        if not isinstance(description, ComputeDescription):
+            raise BadParameter(
+                f"a fleet provisions machines: pass a ComputeDescription, not {description!r}"
+            )
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
+            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
+        wanted = _tags("Fleet.provision", tags) | description.tags
+        manager = (
+            url_or_manager
+            if isinstance(url_or_manager, Manager)
+            else self.session.manager(url_or_manager)
+        )
+        if manager.session is not self.session:
+            raise BadParameter(f"{manager!r} belongs to another session")
+        desc = description.replace(tags=wanted) if wanted != description.tags else description
+        provision = Provision(manager, desc, count, wanted, self._next)
+        self._next += count
+        self._provisions.append(provision)
+        self.session.spawn(
+            lambda: provision._run(self._joined),
+            name=f"aiores-provision {count} on {manager.url}",
+        )
+        return provision
+
+    def _joined(self, provision: Provision) -> None:
+        if self._closed:  # torn down meanwhile: _teardown destroys it via the provision
+            self._retired.extend(provision.resources)
+            return
+        scheme = provision.manager.url.scheme
+        for index, resource in zip(provision.indices, provision.resources, strict=True):
+            tags = provision.tags | {scheme, str(index)}
+            self._members[index] = _Member(index, resource, tags, provision)
+
+    async def add(self, access: str, tags: Iterable[str] | str = ()) -> Compute:
+        """Add an existing machine that aiores did not boot, ACTIVE at once.
+
+        It is reached through ``access`` (``"ssh://user@host:port"``) with the
+        session's contexts (its host key verified as for any ssh:// URL). Its
+        default tags are ``"hosts"`` and its index. Deprovisioning or closing the
+        fleet only forgets it. Adding a machine the fleet has adds the tags.
+
+        Raises:
+            IncorrectURL: ``access`` is not a machine's URL.
+            BadParameter: a bad tag.
+            IncorrectState: the fleet or session is closed.
+        """
+        from ._hosts import SCHEME, HostsResourceAdaptor, host_info
+        from ._resource import Compute
+
+        self._check_open()
+        wanted = _tags("Fleet.add", tags)
+        info = host_info(access, wanted)
+        for member in self._members.values():
+            if member.provision is None and member.resource.native_id == info.id:
+                member.tags |= wanted
+                return member.resource
+        manager = self.session.manager(f"{SCHEME}://")
+        adaptor, watcher = await manager._open()
+        assert isinstance(adaptor, HostsResourceAdaptor)
+        info = adaptor.adopt(access, wanted)
+        known = watcher.lookup(info.id)
+        if isinstance(known, Compute) and not known.state.final:
+            resource = known
+        else:
+            resource = Compute(manager, info, watcher, ComputeDescription(tags=wanted, ready=None))
+        index, self._next = self._next, self._next + 1
+        self._members[index] = _Member(index, resource, wanted | {SCHEME, str(index)}, None)
+        return resource
+
+    # -- selecting ----------------------------------------------------------------------
+    def select(self, *tags: str) -> Group:
+        """The machines carrying all ``tags`` (no tags: all), in fleet order.
+
+        Machines of provisions still being acquired are not there yet:
+        :meth:`wait` first.
+        """
+        return Group(m.resource for m in self._select(tags))
+
+    def list(self, *tags: str) -> builtins.list[Compute]:
+        """The machines carrying all ``tags`` (no tags: all), in fleet order."""
+        return [m.resource for m in self._select(tags)]
+
+    def tags_of(self, resource: Resource) -> frozenset[str]:
+        """The fleet tags of ``resource`` (its own, its scheme's and its index).
+
+        Raises:
+            BadParameter: it is not in the fleet.
+        """
+        for member in self._members.values():
+            if member.resource is resource:
+                return member.tags
+        raise BadParameter(f"{resource!r} is not in {self!r}")
+
+    def _select(self, tags: Sequence[str]) -> builtins.list[_Member]:
+        wanted = _wanted(tags)
+        return [m for _, m in sorted(self._members.items()) if wanted <= m.tags]
+
+    # -- waiting ------------------------------------------------------------------------
+    async def wait(
+        self, *tags: str, timeout: float | None = None, replace_failed: int = 0
+    ) -> Group:
+        """Wait until the machines carrying all ``tags`` (no tags: all) are ACTIVE.
+
+        First waits for provisions still being acquired, then for every selected
+        machine to be ACTIVE or to have failed.
+
+        Args:
+            tags: Which machines.
+            timeout: Seconds to wait at most, for everything (None: no limit).
+            replace_failed: Replace up to this many failed machines (in total) with
+                new ones of the same manager, description and tags (and index),
+                and wait for those too; the failed ones are destroyed.
+
+        Returns:
+            The selected machines, as a :class:`Group`.
+
+        Raises:
+            FanOutError: some machines failed to boot (or their provision failed)
+                beyond what ``replace_failed`` covered: one exception per failure,
+                the selected machines in its ``results``.
+            Timeout: ``timeout`` passed first (the message says how many are not
+                ACTIVE).
+            BadParameter: a bad tag, timeout or replace_failed.
+
+        Cancelling it changes nothing but the waiting (replacements being acquired
+        release what they made).
+        """
+        wanted = _wanted(tags)
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
+        ):
+            raise BadParameter(f"timeout must be seconds >= 0 or None, not {timeout!r}")
+        if isinstance(replace_failed, bool) or not isinstance(replace_failed, int):
+            raise BadParameter(f"replace_failed must be an int >= 0, not {replace_failed!r}")
+        if replace_failed < 0:
+            raise BadParameter(f"replace_failed must be an int >= 0, not {replace_failed!r}")
+        self._check_open()
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                errors = await self._barrier(wanted, replace_failed)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            raise self._timeout(wanted, timeout) from exc
+        selected = self._select(tuple(wanted))
+        if errors:
+            raise FanOutError(
+                f"{len(errors)} machine(s) of {len(selected) or 'the'} selected failed to boot: "
+                + "; ".join(str(e) for e in errors[:3])
+                + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""),
+                errors,
+                [m.resource for m in selected],
+            )
+        return Group(m.resource for m in selected)
+
+    async def _barrier(self, wanted: frozenset[str], budget: int) -> builtins.list[Exception]:
+        provisions = [p for p in self._provisions if p._may_have(wanted)]
+        await asyncio.gather(*(p._done.wait() for p in provisions))
+        errors: builtins.list[Exception] = [
+            p.error for p in provisions if isinstance(p.error, Exception)
+        ]
+        while True:
+            members = self._select(tuple(wanted))
+            outcomes = await asyncio.gather(*(_ready(m.resource) for m in members))
+            failed = [(m, e) for m, e in zip(members, outcomes, strict=True) if e is not None]
+            replaceable = [m for m, _ in failed if m.provision is not None][:budget]
+            if not replaceable:
+                return errors + [e for _, e in failed]
+            budget -= len(replaceable)
+            errors += await self._replace(replaceable)
+
+    async def _replace(self, failed: builtins.list[_Member]) -> builtins.list[Exception]:
+        """New machines in the places of ``failed`` (one acquire per provision)."""
+        by_provision: dict[int, builtins.list[_Member]] = {}
+        for member in failed:
+            by_provision.setdefault(id(member.provision), []).append(member)
+
+        async def renew(members: builtins.list[_Member]) -> None:
+            provision = members[0].provision
+            assert provision is not None
+            fresh = await provision.manager.acquire_many(provision.description, len(members))
+            for member, resource in zip(members, fresh, strict=True):
+                self._retired.append(member.resource)
+                member.resource = resource
+
+        outcomes = await asyncio.gather(
+            *(renew(ms) for ms in by_provision.values()), return_exceptions=True
+        )
+        errors = [o for o in outcomes if isinstance(o, Exception)]
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # a cancellation: the acquires released what they made
+        retired, self._retired = self._retired, []
+        try:
+            await _destroy(retired)
+        except AioresError as exc:
+            log.warning("destroying failed machines that were replaced failed: %r", exc)
+            self._retired.extend(retired)  # the teardown tries again
+        return errors
+
+    def _timeout(self, wanted: frozenset[str], timeout: float | None) -> Timeout:
+        members = self._select(tuple(wanted))
+        waiting = [m for m in members if m.resource.state is not ResourceState.ACTIVE]
+        pending = sum(p.count for p in self._provisions if not p.done() and p._may_have(wanted))
+        which = f" tagged {', '.join(sorted(wanted))}" if wanted else ""
+        counts: dict[str, int] = {}
+        for member in waiting:
+            counts[member.resource.state.name] = counts.get(member.resource.state.name, 0) + 1
+        if pending:
+            counts["not yet acquired"] = pending
+        states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        return Timeout(
+            f"{len(waiting) + pending} of {len(members) + pending} machines{which} "
+            f"not ACTIVE within {timeout} s ({states})"
+        )
+
+    # -- releasing ----------------------------------------------------------------------
+    async def deprovision(self, *tags: str) -> None:
+        """Destroy the machines carrying all ``tags`` (no tags: all); forget added hosts.
+
+        Waits for provisions still being acquired that may carry the tags first.
+        One destroy call per manager, the managers concurrently.
+
+        Raises:
+            FanOutError: some manager failed to destroy (one exception per manager);
+                its machines stay in the fleet.
+
+        Cancelling it abandons the wait; the machines stay in the fleet (destroying
+        them again, e.g. when the fleet closes, is not an error).
+        """
+        wanted = _wanted(tags)
+        provisions = [p for p in self._provisions if p._may_have(wanted)]
+        await asyncio.gather(*(p._done.wait() for p in provisions))
+        members = self._select(tuple(wanted))
+        for member in members:
+            if member.provision is None:
+                del self._members[member.index]
+        booted = [m for m in members if m.provision is not None]
+        errors = await _destroy_each(m.resource for m in booted)
+        failed = {id(r) for rs in errors.values() for r in rs}
+        for member in booted:
+            if id(member.resource) not in failed:
+                del self._members[member.index]
+        if not wanted:
+            retired, self._retired = self._retired, []
+            errors.update(await _destroy_each(retired))
+        if errors:
+            raise FanOutError(
+                f"destroying failed on {len(errors)} manager(s)", builtins.list(errors)
+            )
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _wanted(tags: Sequence[str]) -> frozenset[str]:
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise BadParameter(f"tags are non-empty str, not {tag!r}")
+    return frozenset(tags)
+
+
+async def _ready(resource: Resource) -> Exception | None:
+    """None once ``resource`` is ACTIVE; the error if it never can be."""
+    try:
+        await resource.wait(ResourceState.ACTIVE)
+    except AioresError as exc:
+        return exc
+    return None
+
+
+async def _destroy_each(resources: Iterable[Resource]) -> dict[Exception, builtins.list[Resource]]:
+    """Destroy, one call per manager, concurrently; each failure with its machines."""
+    by_manager: dict[str, tuple[Manager, builtins.list[Resource]]] = {}
+    for resource in resources:
+        key = str(resource.manager.url)
+        by_manager.setdefault(key, (resource.manager, []))[1].append(resource)
+    groups = builtins.list(by_manager.values())
+    outcomes = await asyncio.gather(
+        *(manager.destroy(rs) for manager, rs in groups), return_exceptions=True
+    )
+    failed: dict[Exception, builtins.list[Resource]] = {}
+    for (_, rs), outcome in zip(groups, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            failed[outcome] = rs
+        elif isinstance(outcome, BaseException):
+            raise outcome
+    return failed
+
+
+async def _destroy(resources: Iterable[Resource]) -> None:
+    """Destroy, one call per manager; raise the first failure after trying them all."""
+    failed = await _destroy_each(resources)
+    if failed:
+        raise next(iter(failed))

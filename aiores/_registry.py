@@ -35,6 +35,7 @@ _BUILT_IN: dict[str, _BuiltIn] = {
     "local": _BuiltIn("aiores_local", None),
     "ssh": _BuiltIn("aiores_ssh", None),
     "sim": _BuiltIn("aiores_sim", None),
+    "hosts": _BuiltIn("aiores._hosts", None),  # existing machines, for Fleet.add
 }
 
 

@@ -32,6 +32,7 @@ from .adaptor import (
 )
 
 if TYPE_CHECKING:
+    from ._fleet import Fleet
     from ._jobs import JobService
     from ._resource import Manager
 
@@ -230,6 +231,19 @@ class Session:
         self._check_open()
         parsed = URL.parse(url)
         return JobService(self, parsed, self._plugin(parsed, "jobs"))
+
+    def fleet(self) -> Fleet:
+        """A new, empty :class:`Fleet` of tagged machines on any clouds.
+
+        ``async with session.fleet() as fleet`` destroys what it provisioned on exit.
+
+        Raises:
+            IncorrectState: the session is not open.
+        """
+        from ._fleet import Fleet
+
+        self._check_open()
+        return Fleet(self)
 
     # -- adaptors ---------------------------------------------------------------------
     def _plugin(self, url: URL, kind: str) -> AdaptorPlugin:

@@ -1,0 +1,572 @@
+"""Groups of machines: run, put, get and copy_and_run on every member at once.
+
+Every member's work runs concurrently, each in a task of its own that the fan-out
+owns and awaits (nothing outlives the call). Concurrency is bounded by the SSH pool's
+admission control (handshakes and channels per host and per session) and, per call,
+by ``limit``. Each member's outcome becomes a :class:`~aiores.RunResult`, never
+dropped: a member that could not run at all gets one with ``error`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import re
+import shlex
+import time
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from pathlib import Path
+from typing import TYPE_CHECKING, overload
+
+from ._exceptions import AioresError, BadParameter, DoesNotExist, Timeout
+from ._results import GroupResult, RunResult
+from ._url import URL, split_id
+
+if TYPE_CHECKING:
+    from ._resource import Compute
+    from .adaptor import FileAdaptor
+
+__all__ = ["Group"]
+
+#: The remote side of copy_and_run: the script arrives on standard input, is written
+#: to a fresh 0700 file, run with its arguments, and removed however the run ends (a
+#: TERM from a cancelled or timed-out run included).
+_COPY_AND_RUN = (
+    "umask 077\n"
+    'f=$(mktemp "${TMPDIR:-/tmp}/aiores-script.XXXXXXXX") || exit 125\n'
+    "trap 'rm -f \"$f\"' EXIT\n"
+    "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n"
+    'cat >"$f" && chmod 700 "$f" && "$f"'
+)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+Op = Callable[["Compute", "float | None"], Awaitable[RunResult]]
+
+
+class Group(Sequence["Compute"]):
+    """Machines to fan out to, in a stable order (``fleet.select(*tags)``, or by hand).
+
+    A group may hold machines of several managers and clouds (and hosts added with
+    ``fleet.add``): one call reaches them all. It is a sequence of its
+    :class:`~aiores.Compute` resources.
+
+    Args:
+        resources: The machines (duplicates are dropped, the order is kept).
+
+    Raises:
+        BadParameter: something other than a Compute resource.
+    """
+
+    def __init__(self, resources: Iterable[Compute] = ()) -> None:
+        from ._resource import Compute
+
+        members: dict[int, Compute] = {}
+        for resource in resources:
+            if not isinstance(resource, Compute):
+                raise BadParameter(f"a Group holds Compute resources, not {resource!r}")
+            members.setdefault(id(resource), resource)
+        self._resources = tuple(members.values())
+
+    def __repr__(self) -> str:
+        return f"<aiores.Group of {len(self._resources)}>"
+
+    @overload
+    def __getitem__(self, index: int) -> Compute: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Compute]: ...
+    def __getitem__(self, index: int | slice) -> Compute | Sequence[Compute]:
+        return self._resources[index]
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+    def __iter__(self) -> Iterator[Compute]:
+        return iter(self._resources)
+
+    @property
+    def resources(self) -> list[Compute]:
+        """The machines, in the group's order."""
+        return list(self._resources)
+
+    @property
+    def public_hostnames(self) -> list[str | None]:
+        """Each machine's public address (else its access URL's host; None if unknown)."""
+        return [r.public_address or _access_host(r) for r in self._resources]
+
+    @property
+    def private_hostnames(self) -> list[str | None]:
+        """Each machine's private address (else its public one; None if unknown)."""
+        return [r.private_address or r.public_address or _access_host(r) for r in self._resources]
+
+    # -- run ----------------------------------------------------------------------------
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> GroupResult:
+        """Run ``command`` on every machine at once; one result per machine.
+
+        Args:
+            command: A shell command (str), or a program and its arguments (a
+                sequence, never interpreted by a shell).
+            user: Log in as this user instead of the access URL's (same host).
+            check: Raise :class:`~aiores.FanOutError` if any machine failed, once
+                every machine has finished.
+            timeout: Seconds each machine's run may take (connecting included);
+                past it the command is stopped and the machine's result carries a
+                :class:`~aiores.Timeout`.
+            env: Environment variables for the command.
+            limit: The most machines to run on at once (None: all; the SSH pool
+                still bounds handshakes and channels).
+            deadline: Seconds the whole fan-out may take; machines not done by then
+                are stopped and get a :class:`~aiores.Timeout` result.
+
+        Returns:
+            One :class:`~aiores.RunResult` per machine, in the group's order.
+
+        Raises:
+            FanOutError: ``check`` and some machine failed (non-zero exit, signal,
+                connection lost, timeout): one exception per failed machine, every
+                result in its ``results``.
+            BadParameter: a bad argument (nothing ran).
+
+        Cancelling it stops the command on every machine (the ssh adaptor signals
+        the remote process group), waits for that, and re-raises the cancellation.
+        """
+        op = self._run_op(command, user=user, env=env)
+        return await self._collect(op, "command", check, limit, timeout, deadline)
+
+    def run_stream(
+        self,
+        command: str | Sequence[str],
+        *,
+        user: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> AsyncGenerator[RunResult, None]:
+        """Like :meth:`run`, yielding each machine's result as it completes.
+
+        For progress displays and early decisions::
+
+            async with contextlib.aclosing(group.run_stream("make test")) as results:
+                async for result in results:
+                    if not result.ok:
+                        break  # the other machines' commands are stopped
+
+        Nothing is raised for failed machines: each result says how it went.
+
+        Raises:
+            BadParameter: a bad argument (raised at once; nothing ran).
+
+        Leaving the iteration early (``break``, an exception, cancellation) stops the
+        commands still running once the iterator is closed: use
+        :func:`contextlib.aclosing` to close it at once rather than when it is
+        garbage collected.
+        """
+        op = self._run_op(command, user=user, env=env)
+        return self._stream(op, "command", limit, timeout, deadline)
+
+    # -- files ---------------------------------------------------------------------------
+    async def put(
+        self,
+        local: str | os.PathLike[str],
+        remote: str,
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> GroupResult:
+        """Copy a local file or directory tree to ``remote`` on every machine.
+
+        A machine's result has ``exit_status`` 0 once its copy is complete.
+        ``user``, ``check``, ``timeout``, ``limit`` and ``deadline`` are as for
+        :meth:`run`.
+
+        Raises:
+            FanOutError: ``check`` and some copy failed (every result in ``results``).
+            DoesNotExist: ``local`` does not exist (nothing was copied).
+
+        Cancelling it stops every transfer (what was written so far stays) and
+        re-raises the cancellation.
+        """
+        path = Path(local)
+        if not await asyncio.to_thread(path.exists):
+            raise DoesNotExist(f"cannot put {os.fspath(local)!r}: no such file or directory")
+        _check_path("remote", remote)
+        user = _check_user(user)
+
+        async def op(resource: Compute, seconds: float | None) -> RunResult:
+            files = await _files(resource, user)
+            await _within(seconds, resource, "putting", files.put(path, remote))
+            return RunResult(exit_status=0)
+
+        return await self._collect(op, "put", check, limit, timeout, deadline)
+
+    async def get(
+        self,
+        remote: str,
+        local: str | os.PathLike[str],
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> GroupResult:
+        """Copy ``remote`` (a file or directory tree) from every machine.
+
+        With one machine the copy goes to ``local``; with more, each goes to
+        ``local`` suffixed with ``.`` and a filesystem-safe form of the machine's
+        id (:meth:`local_path` says which). Other arguments are as for :meth:`run`.
+
+        Raises:
+            FanOutError: ``check`` and some copy failed (every result in ``results``).
+
+        Cancelling it stops every transfer (partly written local files stay) and
+        re-raises the cancellation.
+        """
+        _check_path("remote", remote)
+        user = _check_user(user)
+        targets = self._local_paths(local)
+
+        async def op(resource: Compute, seconds: float | None) -> RunResult:
+            files = await _files(resource, user)
+            target = targets[id(resource)]
+            await _within(seconds, resource, "getting", files.get(remote, target))
+            return RunResult(exit_status=0)
+
+        return await self._collect(op, "get", check, limit, timeout, deadline)
+
+    def local_path(self, local: str | os.PathLike[str], resource: Compute) -> Path:
+        """Where :meth:`get` to ``local`` puts ``resource``'s copy.
+
+        Raises:
+            BadParameter: ``resource`` is not in the group.
+        """
+        paths = self._local_paths(local)
+        if id(resource) not in paths:
+            raise BadParameter(f"{resource!r} is not in {self!r}")
+        return paths[id(resource)]
+
+    def _local_paths(self, local: str | os.PathLike[str]) -> dict[int, Path]:
+        base = Path(local)
+        if len(self._resources) == 1:
+            return {id(self._resources[0]): base}
+        suffixes = [_safe_suffix(r.id) for r in self._resources]
+        if len(set(suffixes)) < len(suffixes):  # two ids alike once made safe
+            suffixes = [_UNSAFE.sub("_", r.id).strip("_") for r in self._resources]
+        if len(set(suffixes)) < len(suffixes):
+            suffixes = [f"{s}.{i}" for i, s in enumerate(suffixes)]
+        return {
+            id(r): base.with_name(f"{base.name}.{s}")
+            for r, s in zip(self._resources, suffixes, strict=True)
+        }
+
+    # -- scripts -------------------------------------------------------------------------
+    async def copy_and_run(
+        self,
+        script: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> GroupResult:
+        """Copy the local file ``script`` to every machine, run it with ``args``, remove it.
+
+        On each machine the script is written to a fresh file (mode 0700) in
+        ``$TMPDIR`` (else ``/tmp``), run with its arguments quoted, and removed
+        however the run ends (stopped by a timeout or cancellation, too). The
+        script travels on the command's standard input, so it costs one channel
+        per machine, not three; the script itself reads an empty standard input.
+        Other arguments are as for :meth:`run`.
+
+        Raises:
+            FanOutError: ``check`` and some machine failed (every result in ``results``).
+            DoesNotExist: ``script`` does not exist (nothing ran).
+            BadParameter: ``args`` is not a sequence of str.
+
+        Cancelling it stops the script on every machine and re-raises.
+        """
+        op = await self._script_op(script, args, user=user, env=env)
+        return await self._collect(op, "script", check, limit, timeout, deadline)
+
+    async def copy_and_run_stream(
+        self,
+        script: str | os.PathLike[str],
+        args: Sequence[str] = (),
+        *,
+        user: str | None = None,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        limit: int | None = None,
+        deadline: float | None = None,
+    ) -> AsyncGenerator[RunResult, None]:
+        """Like :meth:`copy_and_run`, yielding each machine's result as it completes.
+
+        Stops as :meth:`run_stream` does; a bad argument or a missing script raises
+        (BadParameter, DoesNotExist) at the first iteration.
+        """
+        op = await self._script_op(script, args, user=user, env=env)
+        stream = self._stream(op, "script", limit, timeout, deadline)
+        async with contextlib.aclosing(stream) as it:
+            async for result in it:
+                yield result
+
+    async def _script_op(
+        self,
+        script: str | os.PathLike[str],
+        args: Sequence[str],
+        *,
+        user: str | None,
+        env: Mapping[str, str] | None,
+    ) -> Op:
+        if isinstance(args, str) or not all(isinstance(a, str) for a in args):
+            raise BadParameter(f"args must be a sequence of str, not {args!r}")
+        path = Path(script)
+        try:
+            text = await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError as exc:
+            raise DoesNotExist(f"no script {os.fspath(script)!r}") from exc
+        except OSError as exc:
+            raise BadParameter(f"cannot read the script {os.fspath(script)!r}: {exc}") from exc
+        command = _COPY_AND_RUN + "".join(" " + shlex.quote(a) for a in args)
+        return self._run_op(command, user=user, env=env, stdin=text)
+
+    # -- the fan-out --------------------------------------------------------------------
+    def _run_op(
+        self,
+        command: str | Sequence[str],
+        *,
+        user: str | None,
+        env: Mapping[str, str] | None,
+        stdin: bytes | None = None,
+    ) -> Op:
+        if isinstance(command, str):
+            if not command.strip():
+                raise BadParameter("the command is empty")
+        elif not command or not all(isinstance(a, str) for a in command):
+            raise BadParameter(f"a command is a str or a non-empty sequence of str: {command!r}")
+        user = _check_user(user)
+
+        async def op(resource: Compute, seconds: float | None) -> RunResult:
+            if user is None:
+                return await resource.run(command, stdin=stdin, env=env, timeout=seconds)
+            session = resource.manager.session
+            runner = await session.command_runner(_access(resource, user))
+            result = await runner.run(command, stdin=stdin, env=env, timeout=seconds)
+            return dataclasses.replace(result, resource=resource)
+
+        return op
+
+    async def _collect(
+        self,
+        op: Op,
+        what: str,
+        check: bool,
+        limit: int | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> GroupResult:
+        _check_fan_out(limit, timeout, deadline)
+        results: list[RunResult | None] = [None] * len(self._resources)
+        async with contextlib.aclosing(self._fan_out(op, what, limit, timeout, deadline)) as it:
+            async for index, result in it:
+                results[index] = result
+        assert all(r is not None for r in results)
+        outcome = GroupResult([r for r in results if r is not None], what)
+        return outcome.check() if check else outcome
+
+    def _stream(
+        self,
+        op: Op,
+        what: str,
+        limit: int | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> AsyncGenerator[RunResult, None]:
+        _check_fan_out(limit, timeout, deadline)
+        return _results_only(self._fan_out(op, what, limit, timeout, deadline))
+
+    async def _fan_out(
+        self,
+        op: Op,
+        what: str,
+        limit: int | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> AsyncGenerator[tuple[int, RunResult], None]:
+        """Run ``op`` on every member; yield ``(index, result)`` as each completes.
+
+        Closing the iterator early (or cancelling it) cancels what still runs and
+        waits for it: a cancelled run stops its remote command before it ends.
+        """
+        if not self._resources:
+            return
+        loop = asyncio.get_running_loop()
+        due = None if deadline is None else loop.time() + deadline
+        gate = asyncio.Semaphore(limit) if limit is not None else None
+        done: asyncio.Queue[tuple[int, RunResult]] = asyncio.Queue()
+
+        async def one(index: int, resource: Compute) -> None:
+            result = await _on_host(resource, op, gate, timeout, due, deadline, what)
+            done.put_nowait((index, result))
+
+        tasks = [
+            loop.create_task(one(i, r), name=f"aiores-{what} {r.id}")
+            for i, r in enumerate(self._resources)
+        ]
+        try:
+            for _ in tasks:
+                yield await done.get()
+        finally:
+            for task in tasks:
+                task.cancel()
+            # Each run stops its remote command when cancelled (bounded by the
+            # adaptor's grace period); a second cancellation stops only this wait.
+            await asyncio.wait(tasks)
+
+
+async def _results_only(
+    fan_out: AsyncGenerator[tuple[int, RunResult], None],
+) -> AsyncGenerator[RunResult, None]:
+    async with contextlib.aclosing(fan_out) as it:
+        async for _, result in it:
+            yield result
+
+
+async def _on_host(
+    resource: Compute,
+    op: Op,
+    gate: asyncio.Semaphore | None,
+    timeout: float | None,
+    due: float | None,
+    deadline: float | None,
+    what: str,
+) -> RunResult:
+    """One member's result, whatever happens (only cancellation propagates)."""
+    loop = asyncio.get_running_loop()
+    started, t0 = time.time(), loop.time()
+    scope = asyncio.timeout_at(due)
+    try:
+        async with scope:
+            if gate is None:
+                result = await op(resource, timeout)
+            else:
+                async with gate:
+                    started, t0 = time.time(), loop.time()
+                    result = await op(resource, timeout)
+    except TimeoutError as exc:
+        error: Exception = exc
+        if scope.expired() and not isinstance(exc, AioresError):
+            error = Timeout(
+                f"{resource.id}: the {what} was not done when the fan-out's deadline of "
+                f"{deadline} s passed; it was stopped"
+            )
+        elif not isinstance(exc, AioresError):
+            error = Timeout(f"{resource.id}: {exc or 'timed out'}")
+        result = RunResult(
+            exit_status=None,
+            stdout=getattr(exc, "stdout", ""),
+            stderr=getattr(exc, "stderr", ""),
+            error=error,
+        )
+    except Exception as exc:  # this member's failure is its result: never dropped
+        result = RunResult(exit_status=None, error=exc)
+    return dataclasses.replace(
+        result,
+        resource=resource,
+        started=started,
+        finished=started + (loop.time() - t0),
+        elapsed=loop.time() - t0,
+    )
+
+
+async def _within(
+    seconds: float | None, resource: Compute, doing: str, work: Awaitable[None]
+) -> None:
+    """Await ``work``; past ``seconds`` it is cancelled and :class:`Timeout` raised."""
+    try:
+        async with asyncio.timeout(seconds) as scope:
+            await work
+    except TimeoutError as exc:
+        if isinstance(exc, AioresError) or not scope.expired():
+            raise
+        raise Timeout(
+            f"{resource.id}: {doing} did not finish in {seconds} s; it was stopped"
+        ) from None
+
+
+async def _files(resource: Compute, user: str | None) -> FileAdaptor:
+    session = resource.manager.session
+    return await session.file_adaptor(_access(resource, user))
+
+
+def _access(resource: Compute, user: str | None) -> str:
+    """The machine's access URL, with ``user`` as the login name if given."""
+    access = resource._require_access()
+    if user is None:
+        return access
+    return str(URL.parse(access).replace(user=user))
+
+
+def _access_host(resource: Compute) -> str | None:
+    if resource.access is None:
+        return None
+    return URL.parse(resource.access).host or None
+
+
+def _safe_suffix(rid: str) -> str:
+    """A filesystem-safe form of an aiores id: ``[sim://]-[vm-3]`` -> ``sim-vm-3``."""
+    parts = split_id(rid)
+    text = f"{URL.parse(parts[0]).scheme}-{parts[1]}" if parts else rid
+    return _UNSAFE.sub("_", text).strip("_") or "resource"
+
+
+def _check_user(user: str | None) -> str | None:
+    if user is not None and (not isinstance(user, str) or not user or "@" in user):
+        raise BadParameter(f"user must be a login name or None, not {user!r}")
+    return user
+
+
+def _check_path(name: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise BadParameter(f"{name} must be a non-empty str path, not {value!r}")
+
+
+def _check_fan_out(limit: int | None, timeout: float | None, deadline: float | None) -> None:
+    _check_seconds("timeout", timeout)
+    _check_seconds("deadline", deadline)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise BadParameter(f"limit must be an int >= 1 or None, not {limit!r}")
+
+
+def _check_seconds(name: str, value: float | None) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+    ):
+        raise BadParameter(f"{name} must be seconds > 0 or None, not {value!r}")
