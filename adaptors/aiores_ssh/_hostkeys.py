@@ -18,11 +18,12 @@ is accepted and appended to the first known_hosts file of the context.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import asyncssh
 from asyncssh.public_key import get_default_certificate_algs
@@ -66,13 +67,30 @@ class HostKeyPolicy:
     accepted: dict[tuple[str, int], asyncssh.SSHKey] = field(default_factory=dict)
     _unrecorded: list[str] = field(default_factory=list)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: known_hosts lookups (it never changes) and parsed published keys, by text.
+    _matches: dict[tuple[str, str, int | None], Any] = field(default_factory=dict)
+    _keys: dict[str, asyncssh.SSHKey | None] = field(default_factory=dict)
 
     def _vouched(self, host: str, addr: str, port: int) -> list[asyncssh.SSHKey]:
         texts = self.pinned(host, port) or (self.pinned(addr, port) if addr else ())
-        return [key for key in map(_import, texts) if key is not None]
+        keys = []
+        for text in texts:
+            if text not in self._keys:
+                self._keys[text] = _import(text)
+            if (key := self._keys[text]) is not None:
+                keys.append(key)
+        return keys
+
+    def _match(self, host: str, addr: str, port: int | None) -> Any:
+        """known_hosts' answer for ``host`` (port None: 22), remembered."""
+        found = self._matches.get((host, addr, port))
+        if found is None:
+            found = self._matches[(host, addr, port)] = self.known_hosts.match(host, addr, port)
+        return found
 
     def _recorded(self, host: str, addr: str, port: int) -> Sequence[asyncssh.SSHKey]:
-        return self.known_hosts.match(host, addr, None if port == 22 else port)[0]
+        keys: Sequence[asyncssh.SSHKey] = self._match(host, addr, None if port == 22 else port)[0]
+        return keys
 
     def decide(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> str | None:
         """None to accept ``key`` for ``host:port``, else why it is refused.
@@ -83,7 +101,6 @@ class HostKeyPolicy:
         changed), then keys accepted on first use in this session; only a host with
         no key on record at all is trusted on first use, and only when asked.
         """
-        fingerprint = f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
         vouched = self._vouched(host, addr, port)
         if vouched:
             # The backend that made this machine published its key: nothing else
@@ -92,7 +109,7 @@ class HostKeyPolicy:
             if key in vouched:
                 return None
             return (
-                f"it offered {fingerprint}, which is not the key its backend published "
+                f"it offered {_fingerprint(key)}, which is not the key its backend published "
                 "for it (possibly a machine-in-the-middle, or another machine on a "
                 "reused address)"
             )
@@ -101,7 +118,7 @@ class HostKeyPolicy:
             return None
         if recorded:
             return (
-                f"it offered {fingerprint}, which differs from its key in "
+                f"it offered {_fingerprint(key)}, which differs from its key in "
                 f"{self._where()} (the host key changed: possibly a machine-in-the-middle; "
                 "if the change is expected, update the known_hosts entry or the pinned key)"
             )
@@ -110,7 +127,7 @@ class HostKeyPolicy:
             if seen == key:
                 return None
             return (
-                f"it offered {fingerprint}, but a different key was accepted on first use "
+                f"it offered {_fingerprint(key)}, but a different key was accepted on first use "
                 "earlier in this session (the host key changed)"
             )
         if self.trust_on_first_use:
@@ -119,7 +136,7 @@ class HostKeyPolicy:
             self._unrecorded.append(line.strip())
             return None
         return (
-            f"it offered {fingerprint}, which is not in {self._where()}; add it to a "
+            f"it offered {_fingerprint(key)}, which is not in {self._where()}; add it to a "
             "known_hosts file, pin it in SSHContext.host_keys, or set "
             "SSHContext(trust_on_first_use=True)"
         )
@@ -130,7 +147,7 @@ class HostKeyPolicy:
         and nothing for a machine whose backend published its keys."""
         if self._vouched(host, addr, port or 22):
             return cast(Sequence[str], ((),) * 7)
-        _, ca_keys, revoked, certs, revoked_certs, _, _ = self.known_hosts.match(host, addr, port)
+        _, ca_keys, revoked, certs, revoked_certs, _, _ = self._match(host, addr, port)
         # (X.509 subject patterns are left out: asyncssh would parse them again.)
         return cast(Sequence[str], ((), ca_keys, revoked, certs, revoked_certs, (), ()))
 
@@ -138,10 +155,13 @@ class HostKeyPolicy:
         """The host key algorithms to ask ``host:port`` for: those of the keys
         :meth:`decide` would accept (as asyncssh does when it holds known_hosts, so a
         server with several host keys shows the one on record), or None for any."""
-        keys = self._vouched(host, "", port)
+        # Before connecting the address is known only if the host is one; the same
+        # lookup then serves decide() and match() for this connection.
+        addr = host if _is_address(host) else ""
+        keys = self._vouched(host, addr, port)
         ca_keys: Sequence[asyncssh.SSHKey] = ()
         if not keys:
-            found = self.known_hosts.match(host, "", None if port == 22 else port)
+            found = self._match(host, addr, None if port == 22 else port)
             keys, ca_keys = list(found[0]), found[1]
             seen = self.accepted.get((host, port))
             if seen is not None:
@@ -170,6 +190,18 @@ class HostKeyPolicy:
                 except BaseException:
                     self._unrecorded[:0] = lines  # tried again by the next connect
                     raise
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _fingerprint(key: asyncssh.SSHKey) -> str:
+    return f"{key.get_algorithm()} {key.get_fingerprint('sha256')}"
 
 
 def _import(text: str) -> asyncssh.SSHKey | None:
