@@ -468,24 +468,26 @@ async def _on_host(
     deadline: float | None,
     what: str,
 ) -> RunResult:
-    """One member's result, whatever happens (only cancellation propagates)."""
+    """One member's result, whatever happens (only cancellation propagates).
+
+    ``started`` is when its work began (None if the deadline came while it waited
+    for its turn under ``limit``).
+    """
     loop = asyncio.get_running_loop()
-    started, t0 = time.time(), loop.time()
+    started: float | None = None
+    t0 = loop.time()
     scope = asyncio.timeout_at(due)
     try:
-        async with scope:
-            if gate is None:
-                result = await op(resource, timeout)
-            else:
-                async with gate:
-                    started, t0 = time.time(), loop.time()
-                    result = await op(resource, timeout)
+        async with scope, gate or contextlib.nullcontext():
+            started, t0 = time.time(), loop.time()
+            result = await op(resource, timeout)
     except TimeoutError as exc:
         error: Exception = exc
         if scope.expired() and not isinstance(exc, AioresError):
+            done = "was not done" if started is not None else "had not started"
             error = Timeout(
-                f"{resource.id}: the {what} was not done when the fan-out's deadline of "
-                f"{deadline} s passed; it was stopped"
+                f"{resource.id}: the {what} {done} when the fan-out's deadline of "
+                f"{deadline} s passed" + ("; it was stopped" if started is not None else "")
             )
         elif not isinstance(exc, AioresError):
             error = Timeout(f"{resource.id}: {exc or 'timed out'}")
@@ -497,12 +499,11 @@ async def _on_host(
         )
     except Exception as exc:  # this member's failure is its result: never dropped
         result = RunResult(exit_status=None, error=exc)
+    now = loop.time()
+    if started is None:  # it never began: no time of its own
+        return dataclasses.replace(result, resource=resource, finished=time.time())
     return dataclasses.replace(
-        result,
-        resource=resource,
-        started=started,
-        finished=started + (loop.time() - t0),
-        elapsed=loop.time() - t0,
+        result, resource=resource, started=started, finished=started + (now - t0), elapsed=now - t0
     )
 
 
