@@ -28,16 +28,16 @@ MIXED = "exit $(( 0x${AIORES_SIM_VM#vm-} % 3 ))"
 @pytest.mark.asyncio
 async def test_fifty_vms_in_three_tagged_groups(session: aiores.Session, tmp_path: Path) -> None:
     async with session.fleet() as fleet:
-        web = fleet.provision(FAST, ComputeDescription(template="tiny"), count=20, tags="web")
+        webs = fleet.provision(FAST, ComputeDescription(template="tiny"), count=20, tags="web")
         db = fleet.provision(OTHER, ComputeDescription(tags={"db"}), count=20)
         cache = fleet.provision(
             session.manager(FAST), ComputeDescription(template="tiny"), 10, tags=["cache", "mem"]
         )
-        assert not web.done()  # provision returns before the backend is even asked
+        assert not webs.done()  # provision returns before the backend is even asked
         everything = await fleet.wait(timeout=STEP)
         assert len(everything) == 50
         assert all(vm.state is ResourceState.ACTIVE for vm in everything)
-        assert [len(await p) for p in (web, db, cache)] == [20, 20, 10]
+        assert [len(await p) for p in (webs, db, cache)] == [20, 20, 10]
 
         # Tags: the user's, the scheme and the index; selection is by all of them.
         assert [len(fleet.select(t)) for t in ("web", "db", "cache", "sim")] == [20, 20, 10, 50]
@@ -62,20 +62,22 @@ async def test_fifty_vms_in_three_tagged_groups(session: aiores.Session, tmp_pat
         assert [r.resource for r in mixed.failed] == [vm for vm in everything if _code(vm)]
         assert not mixed.ok
         assert mixed.by_resource[everything[3]].exit_status == _code(everything[3])
+        web = fleet.select("web")
         with pytest.raises(aiores.FanOutError) as caught:
-            await everything.run(MIXED)
-        failing = [vm for vm in everything if _code(vm)]
+            await web.run(MIXED)
+        failing = [vm for vm in web if _code(vm)]
         assert len(caught.value.exceptions) == len(failing)
-        assert len(caught.value.results) == 50
+        assert [r.resource for r in caught.value.results] == web.resources
         for exc, vm in zip(caught.value.exceptions, failing, strict=True):
             assert isinstance(exc, aiores.NoSuccess)
             assert vm.id in str(exc)
             assert f"status {_code(vm)}" in str(exc)
 
-        # Per group: put, run, get, copy_and_run.
+        # Per group, the groups at once: put, run, get, copy_and_run.
         script = tmp_path / "script.sh"
         script.write_text('#!/bin/sh\necho "$#|$1|$2|$(stat -c %a "$0")|$0"\n')
-        for tag in ("web", "db", "cache"):
+
+        async def per_group(tag: str) -> None:
             group = fleet.select(tag)
             payload = tmp_path / f"{tag}.txt"
             payload.write_text(f"for {tag}\n")
@@ -94,6 +96,8 @@ async def test_fifty_vms_in_three_tagged_groups(session: aiores.Session, tmp_pat
                 count, first, second, mode, path = r.stdout.rstrip("\n").split("|")
                 assert (count, first, second, mode) == ("2", "a b", "it's", "700")
                 assert not await asyncio.to_thread(os.path.exists, path)  # removed after it ran
+
+        await asyncio.gather(*(per_group(tag) for tag in ("web", "db", "cache")))
     # Leaving the block destroyed every machine.
     assert all(vm.state is ResourceState.CANCELED for vm in everything)
     assert await session.manager("sim://").list(tags="web") == []
