@@ -36,6 +36,8 @@ _BUILT_IN: dict[str, _BuiltIn] = {
     "ssh": _BuiltIn("aiores_ssh", None),
     "sim": _BuiltIn("aiores_sim", None),
     "hosts": _BuiltIn("aiores._hosts", None),  # existing machines, for Fleet.add
+    "ec2": _BuiltIn("aiores_ec2", "ec2"),
+    "s3": _BuiltIn("aiores_s3", "ec2"),
 }
 
 

@@ -1,0 +1,729 @@
+"""The ``ec2://`` resource manager: instances launched in batches, watched in batches.
+
+- **Acquire** is one ``RunInstances`` per batch (``MinCount = MaxCount = count``, at
+  most ``batch`` instances a call), with the core's idempotency token as
+  ``ClientToken`` and as the tag ``aiores:token``. The call runs in a task of its
+  own: cancelling the acquire does not cut the request off mid-air, and the cleanup
+  (:meth:`EC2ResourceAdaptor.find`) waits for its answer, then also asks EC2 for the
+  instances tagged with the token. A cancel or crash between the call and its answer
+  therefore leaks nothing.
+- **Tags.** Every instance carries ``aiores:managed=1``, ``aiores:session``,
+  ``aiores:token``, ``aiores:user`` (the login name), ``aiores:hostkey`` (the
+  published host key), ``aiores:expires`` when the description has a duration, and
+  one tag ``aiores:tag:<name>=1`` per description tag (select them in the console
+  with ``tag-key``).
+- **States.** ``pending`` is PENDING; ``running`` is ACTIVE (``state_detail`` keeps
+  ``running``; the core holds it PENDING until SSH answers when
+  ``ready="ssh"``). ``stopping``/``stopped`` stay ACTIVE with that detail: the
+  instance is still held (its disk, its id) and can be started again, and states
+  never go backwards. ``shutting-down``/``terminated`` are CANCELED, EXPIRED for a spot
+  interruption or a shutdown at the end of the description's duration, DONE for a
+  shutdown from inside the instance, FAILED for a launch that failed (capacity,
+  volume limits).
+- **Access** is ``ssh://<user>@<address>:22``: the public address, else the private
+  one (``address=private`` prefers the private one). The user is the ``user``
+  option, else the SSHContext's user, else ``ec2-user``.
+- **Watching.** :meth:`EC2ResourceAdaptor.describe` is one ``DescribeInstances`` for up
+  to 1000 ids; the session's watcher calls it once per tick for every watched
+  instance of the endpoint.
+
+See :mod:`aiores_ec2._setup` for the key pair, security group, host keys and user
+data, and :mod:`aiores_ec2._options` for the URL options.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import datetime
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiores import (
+    AioresError,
+    BadParameter,
+    ComputeDescription,
+    DoesNotExist,
+    IncorrectState,
+    IncorrectURL,
+    NoSuccess,
+    NotSupported,
+    ResourceState,
+    SSHContext,
+    StorageDescription,
+    Timeout,
+)
+from aiores._limits import Bucket
+from aiores.adaptor import (
+    URL,
+    AdaptorEnv,
+    Image,
+    PollPolicy,
+    ResourceAdaptor,
+    ResourceInfo,
+    Template,
+)
+
+from ._aws import Api, error_code, open_api, target
+from ._options import Options, parse_options
+from ._setup import MANAGED_KEY, key_pair_name, managed_key, new_host_key, user_data
+
+__all__ = ["BUCKETS", "EC2ResourceAdaptor", "ec2_cost", "native_state"]
+
+log = logging.getLogger("aiores.ec2")
+
+#: EC2's published default token buckets (per account and region): request buckets
+#: for non-mutating (Describe*) and mutating actions, and resource buckets counting
+#: instances launched and terminated.
+BUCKETS: Mapping[str, Bucket] = {
+    "describe": Bucket(capacity=100, refill=20),
+    "mutate": Bucket(capacity=50, refill=5),
+    "instances-launched": Bucket(capacity=1000, refill=2),
+    "instances-terminated": Bucket(capacity=1000, refill=20),
+}
+
+_STATES: Mapping[str, ResourceState] = {
+    "pending": ResourceState.PENDING,
+    "running": ResourceState.ACTIVE,
+    "stopping": ResourceState.ACTIVE,
+    "stopped": ResourceState.ACTIVE,
+}
+_ALIVE = ["pending", "running", "stopping", "stopped"]
+_SPOT_REASONS = {"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"}
+_FAILED_REASONS = {
+    "Server.InternalError",
+    "Server.InsufficientInstanceCapacity",
+    "Client.VolumeLimitExceeded",
+    "Client.InternalError",
+    "Client.InvalidSnapshot.NotFound",
+}
+#: Ids per filter value list in the fallback describe.
+FILTER_CHUNK = 200
+MAX_TAGS = 50
+SSH_PORT = 22
+RECONFIG_TIMEOUT = 600.0
+
+
+def ec2_cost(action: str) -> Mapping[str, float]:
+    """The request bucket an EC2 action takes a token from."""
+    if action.startswith(("Describe", "Get", "List", "Search")):
+        return {"describe": 1}
+    return {"mutate": 1}
+
+
+def native_state(name: str, reason: str, tags: Mapping[str, str]) -> ResourceState:
+    """The aiores state of an instance state name and state-reason code."""
+    state = _STATES.get(name)
+    if state is not None:
+        return state
+    if reason in _SPOT_REASONS:
+        return ResourceState.EXPIRED
+    if reason == "Client.InstanceInitiatedShutdown":
+        return ResourceState.EXPIRED if "aiores:expires" in tags else ResourceState.DONE
+    if reason in _FAILED_REASONS:
+        return ResourceState.FAILED
+    return ResourceState.CANCELED
+
+
+@dataclass(frozen=True, slots=True)
+class _Setup:
+    key_name: str
+    group_id: str
+
+
+class EC2ResourceAdaptor(ResourceAdaptor):
+    """Instances of one EC2 region and endpoint (see the module docstring)."""
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        super().__init__(url, env)
+        self.options: Options = parse_options(url)
+        self.poll = PollPolicy(floor=self.options.poll, ceiling=max(15.0, self.options.poll))
+        self._api: Api | None = None
+        self._user = "ec2-user"
+        self._managed: tuple[str, str] | None = None  # (key pair name, private key file)
+        self._setup: _Setup | None = None
+        self._setup_lock = asyncio.Lock()
+        self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
+        self._abandoned: set[str] = set()
+        self._templates: list[Template] | None = None
+
+    @property
+    def api(self) -> Api:
+        """The EC2 calls (open between :meth:`open` and :meth:`aclose`)."""
+        if self._api is None:
+            raise IncorrectState(f"the {self.url} resource manager is not open")
+        return self._api
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def open(self) -> None:
+        """Join the session's EC2 client for this region, endpoint and credentials.
+
+        Raises:
+            IncorrectURL: no region (in the URL or the AWSContext), or a bad endpoint.
+            AuthenticationFailed: the AWSContext's profile does not exist.
+        """
+        t = target(
+            "ec2",
+            self.url,
+            self.env,
+            region=self.options.region,
+            endpoint=self.options.endpoint,
+            max_connections=self.options.max_connections,
+        )
+        if t.region is None:
+            raise IncorrectURL(
+                f"{self.url}: name a region (ec2://us-east-1) or set AWSContext(region=...)"
+            )
+        ctx = self.env.context(SSHContext)
+        user = self.options.user or (ctx.user if ctx is not None else None)
+        self._user = user or "ec2-user"
+        self._managed = await asyncio.to_thread(self._existing_managed_key)
+        api = open_api(self.env, t, buckets=BUCKETS, cost=ec2_cost, enabled=self.options.limits)
+        await api.open()
+        self._api = api
+
+    def _existing_managed_key(self) -> tuple[str, str] | None:
+        path = self.env.state_dir / MANAGED_KEY
+        if not path.exists():
+            return None
+        file, public = managed_key(self.env.state_dir)
+        return key_pair_name(public), str(file)
+
+    async def aclose(self) -> None:
+        """Wait (bounded by the session) for launches under way, then leave the client."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        try:
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            api, self._api = self._api, None
+            if api is not None:
+                await api.close()
+
+    # -- set-up -----------------------------------------------------------------------
+    async def _ensure_setup(self) -> _Setup:
+        async with self._setup_lock:
+            if self._setup is None:
+                key_name = await self._key_pair()
+                group_id = await self._security_group()
+                self._setup = _Setup(key_name, group_id)
+            return self._setup
+
+    def _managed_tags(self, kind: str) -> list[dict[str, Any]]:
+        return [{"ResourceType": kind, "Tags": [{"Key": "aiores:managed", "Value": "1"}]}]
+
+    async def _key_pair(self) -> str:
+        if self.options.key_name:
+            return self.options.key_name
+        path, public = await asyncio.to_thread(managed_key, self.env.state_dir)
+        name = key_pair_name(public)
+        self._managed = (name, str(path))
+        try:
+            await self.api.call("DescribeKeyPairs", KeyNames=[name])
+            return name
+        except DoesNotExist:
+            pass
+        try:
+            await self.api.call(
+                "ImportKeyPair",
+                KeyName=name,
+                PublicKeyMaterial=public.encode(),
+                TagSpecifications=self._managed_tags("key-pair"),
+            )
+        except AioresError as exc:
+            if error_code(exc.__cause__ or exc) != "InvalidKeyPair.Duplicate":
+                raise
+        return name
+
+    async def _vpc(self) -> tuple[str, str]:
+        """(VPC id, its address range): the subnet's VPC, else the default VPC."""
+        if self.options.subnet:
+            subnets = await self.api.call("DescribeSubnets", SubnetIds=[self.options.subnet])
+            vpc_id = subnets["Subnets"][0]["VpcId"]
+            vpcs = await self.api.call("DescribeVpcs", VpcIds=[vpc_id])
+        else:
+            vpcs = await self.api.call(
+                "DescribeVpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}]
+            )
+        if not vpcs.get("Vpcs"):
+            raise NoSuccess(
+                f"{self.url}: the region has no default VPC; set the subnet or "
+                "security_group option"
+            )
+        vpc = vpcs["Vpcs"][0]
+        return str(vpc["VpcId"]), str(vpc["CidrBlock"])
+
+    async def _security_group(self) -> str:
+        named = self.options.security_group
+        if named and named.startswith("sg-"):
+            return named
+        if named:
+            found = await self.api.call(
+                "DescribeSecurityGroups", Filters=[{"Name": "group-name", "Values": [named]}]
+            )
+            if not found.get("SecurityGroups"):
+                raise DoesNotExist(f"{self.url}: no security group named {named!r}")
+            return str(found["SecurityGroups"][0]["GroupId"])
+        vpc_id, vpc_range = await self._vpc()
+        group = await self._aiores_group(vpc_id)
+        wanted = set(self.options.ssh_cidr or (vpc_range,))
+        have: set[str] = set()
+        for perm in group.get("IpPermissions", []):
+            if perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == SSH_PORT:
+                have.update(r["CidrIp"] for r in perm.get("IpRanges", []))
+                have.update(r["CidrIpv6"] for r in perm.get("Ipv6Ranges", []))
+        missing = sorted(wanted - have)
+        if missing:
+            v4 = [{"CidrIp": c, "Description": "aiores ssh"} for c in missing if ":" not in c]
+            v6 = [{"CidrIpv6": c, "Description": "aiores ssh"} for c in missing if ":" in c]
+            permission = {"IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT}
+            if v4:
+                permission["IpRanges"] = v4
+            if v6:
+                permission["Ipv6Ranges"] = v6
+            try:
+                await self.api.call(
+                    "AuthorizeSecurityGroupIngress",
+                    GroupId=group["GroupId"],
+                    IpPermissions=[permission],
+                )
+            except AioresError as exc:
+                if error_code(exc.__cause__ or exc) != "InvalidPermission.Duplicate":
+                    raise
+        return str(group["GroupId"])
+
+    async def _aiores_group(self, vpc_id: str) -> dict[str, Any]:
+        filters = [
+            {"Name": "group-name", "Values": ["aiores"]},
+            {"Name": "vpc-id", "Values": [vpc_id]},
+        ]
+        found = await self.api.call("DescribeSecurityGroups", Filters=filters)
+        if found.get("SecurityGroups"):
+            return dict(found["SecurityGroups"][0])
+        try:
+            await self.api.call(
+                "CreateSecurityGroup",
+                GroupName="aiores",
+                Description="aiores: SSH from the address ranges aiores was told",
+                VpcId=vpc_id,
+                TagSpecifications=self._managed_tags("security-group"),
+            )
+        except AioresError as exc:
+            if error_code(exc.__cause__ or exc) != "InvalidGroup.Duplicate":
+                raise
+        found = await self.api.call("DescribeSecurityGroups", Filters=filters)
+        if not found.get("SecurityGroups"):
+            raise NoSuccess(f"{self.url}: the security group 'aiores' vanished once made")
+        return dict(found["SecurityGroups"][0])
+
+    # -- instance records ------------------------------------------------------------------
+    def _info(
+        self, inst: Mapping[str, Any], known_tags: Mapping[str, str] | None = None
+    ) -> ResourceInfo:
+        tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])} or dict(known_tags or {})
+        name = inst.get("State", {}).get("Name", "pending")
+        reason = inst.get("StateReason", {}).get("Code", "")
+        state = native_state(name, reason, tags)
+        public = inst.get("PublicIpAddress") or None
+        private = inst.get("PrivateIpAddress") or None
+        address = public if self.options.address == "public" and public else private or public
+        user = tags.get("aiores:user") or self._user
+        access = f"ssh://{user}@{address}:{SSH_PORT}" if address else None
+        host_key = tags.get("aiores:hostkey")
+        login: tuple[str, ...] = ()
+        if self._managed is not None and inst.get("KeyName") == self._managed[0]:
+            login = (self._managed[1],)
+        extra: dict[str, Any] = {
+            "instance_type": inst.get("InstanceType"),
+            "image": inst.get("ImageId"),
+            "key_name": inst.get("KeyName"),
+            "zone": inst.get("Placement", {}).get("AvailabilityZone"),
+            "lifecycle": inst.get("InstanceLifecycle", "normal"),
+        }
+        if reason:
+            extra["state_reason"] = reason
+        launched = inst.get("LaunchTime")
+        if isinstance(launched, datetime.datetime):
+            extra["launch_time"] = launched.isoformat()
+        return ResourceInfo(
+            id=str(inst["InstanceId"]),
+            state=state,
+            state_detail=name,
+            rtype="compute",
+            access=access,
+            public_address=public,
+            private_address=private,
+            tags=frozenset(k[len("aiores:tag:") :] for k in tags if k.startswith("aiores:tag:")),
+            token=tags.get("aiores:token"),
+            host_keys=(host_key,) if host_key else (),
+            login_keys=login,
+            extra=extra,
+        )
+
+    # -- acquire ----------------------------------------------------------------------
+    async def _instance_type(self, description: ComputeDescription) -> str:
+        if description.template is not None:
+            return description.template
+        if description.cpus is None and description.memory is None:
+            return self.options.template
+        fitting = [
+            t
+            for t in await self.list_templates()
+            if (description.cpus is None or (t.cpus or 0) >= description.cpus)
+            and (description.memory is None or (t.memory or 0) >= description.memory)
+        ]
+        if not fitting:
+            raise BadParameter(
+                f"{self.url} has no instance type with {description.cpus} CPUs and "
+                f"{description.memory} MiB"
+            )
+        best = min(fitting, key=lambda t: ((t.cpus or 0), (t.memory or 0), t.name))
+        return best.name
+
+    def _tags(self, description: ComputeDescription, token: str, host_key: str) -> dict[str, str]:
+        tags = {
+            "Name": f"aiores {token}",
+            "aiores:managed": "1",
+            "aiores:session": str(getattr(self.env, "id", "")),
+            "aiores:token": token,
+            "aiores:user": self._user,
+            "aiores:hostkey": host_key,
+        }
+        if description.duration is not None:
+            ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
+                seconds=description.duration
+            )
+            tags["aiores:expires"] = ends.isoformat(timespec="seconds")
+        for tag in sorted(description.tags):
+            key = "aiores:tag:" + tag
+            if len(key) > 128:
+                raise BadParameter(f"ec2:// tags are 117 characters at most, not {tag!r}")
+            tags[key] = "1"
+        if len(tags) > MAX_TAGS:
+            raise BadParameter(
+                f"ec2:// instances carry {MAX_TAGS} tags at most; aiores uses "
+                f"{len(tags) - len(description.tags)}, so give "
+                f"{MAX_TAGS - len(tags) + len(description.tags)} tags at most"
+            )
+        return tags
+
+    async def acquire(
+        self,
+        description: ComputeDescription | StorageDescription,
+        count: int,
+        token: str,
+    ) -> Sequence[ResourceInfo]:
+        """Launch ``count`` instances: one RunInstances per batch of up to ``batch``.
+
+        The first acquire of the adaptor makes the key pair and security group if
+        they are missing (see :mod:`aiores_ec2._setup`).
+
+        Raises:
+            NotSupported: a StorageDescription (use ``s3://``).
+            BadParameter: no image, too many tags, bad user data, or EC2 refused a
+                parameter (``InvalidParameterValue``, ``InvalidAMIID.Malformed``...).
+            DoesNotExist: EC2 does not know the image or key pair (``*.NotFound``).
+            PermissionDenied, AuthenticationFailed: the credentials are refused.
+            NoSuccess: EC2 has no capacity, a limit was reached, or throttling
+                persisted past the retries.
+
+        Cancelling it leaves the request to finish in the background: the core's
+        cleanup (:meth:`find`) waits for it and releases what it made.
+        """
+        if not isinstance(description, ComputeDescription):
+            raise NotSupported("ec2:// acquires instances only; use s3:// for storage")
+        if description.image is None:
+            raise BadParameter(
+                "ec2:// needs ComputeDescription.image: an AMI id (list_images() names them)"
+            )
+        instance_type = await self._instance_type(description)
+        setup = await self._ensure_setup()
+        host_key = new_host_key()
+        data = user_data(host_key, description.user_data, description.duration)
+        tags = self._tags(description, token, host_key.public)
+        params: dict[str, Any] = {
+            "ImageId": description.image,
+            "InstanceType": instance_type,
+            "KeyName": setup.key_name,
+            "SecurityGroupIds": [setup.group_id],
+            "UserData": data,
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+                }
+            ],
+        }
+        if self.options.subnet:
+            params["SubnetId"] = self.options.subnet
+        if description.duration is not None:
+            params["InstanceInitiatedShutdownBehavior"] = "terminate"
+        if self.options.market == "spot":
+            params["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {
+                    "SpotInstanceType": "one-time",
+                    "InstanceInterruptionBehavior": "terminate",
+                },
+            }
+        size = self.options.batch
+        batches = [min(size, count - start) for start in range(0, count, size)]
+        task = asyncio.get_running_loop().create_task(
+            self._launch(params, batches, token, tags), name=f"aiores-ec2 launch {token}"
+        )
+        task.add_done_callback(_retrieve)
+        self._inflight[token] = task
+        try:
+            infos = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._abandoned.add(token)  # no more retries: find() takes over
+            raise
+        self._inflight.pop(token, None)
+        return infos
+
+    async def _launch(
+        self,
+        params: Mapping[str, Any],
+        batches: Sequence[int],
+        token: str,
+        tags: Mapping[str, str],
+    ) -> list[ResourceInfo]:
+        async def one(index: int, n: int) -> list[ResourceInfo]:
+            client_token = token if len(batches) == 1 else f"{token}-{index}"
+            answer = await self.api.call(
+                "RunInstances",
+                once={"instances-launched": n},
+                give_up=lambda: token in self._abandoned,
+                MinCount=n,
+                MaxCount=n,
+                ClientToken=client_token,
+                **params,
+            )
+            return [self._info(inst, tags) for inst in answer.get("Instances", [])]
+
+        results = await asyncio.gather(*(one(i, n) for i, n in enumerate(batches)))
+        return [info for batch in results for info in batch]
+
+    async def find(self, token: str) -> Sequence[ResourceInfo]:
+        """Instances launched under ``token`` that are not terminated.
+
+        Waits for a launch under ``token`` still under way in this process (its
+        answer names the instances even before EC2's describes show them), then asks
+        EC2 for the instances tagged ``aiores:token=<token>``.
+
+        Raises:
+            AioresError: EC2 failed to answer (the session logs it; the journal keeps
+                the intent pending, so a later recovery tries again).
+        """
+        found: dict[str, ResourceInfo] = {}
+        task = self._inflight.pop(token, None)
+        if task is not None:
+            self._abandoned.add(token)
+            await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is None:
+                found.update((i.id, i) for i in task.result())
+        self._abandoned.discard(token)
+        tagged = await self._filtered(
+            [
+                {"Name": "tag:aiores:token", "Values": [token]},
+                {"Name": "instance-state-name", "Values": _ALIVE},
+            ]
+        )
+        found.update((i.id, i) for i in tagged)
+        return [i for i in found.values() if not i.state.final]
+
+    async def _filtered(self, filters: list[dict[str, Any]]) -> list[ResourceInfo]:
+        infos: list[ResourceInfo] = []
+        params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
+        while True:
+            page = await self.api.call("DescribeInstances", **params)
+            for reservation in page.get("Reservations", []):
+                infos.extend(self._info(inst) for inst in reservation.get("Instances", []))
+            if not page.get("NextToken"):
+                return infos
+            params["NextToken"] = page["NextToken"]
+
+    # -- watch, list, destroy ---------------------------------------------------------
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
+        """One DescribeInstances for up to 1000 ids; ids EC2 does not know are left out.
+
+        If EC2 refuses the call for an unknown or malformed id, the ids are asked
+        again through an ``instance-id`` filter (which skips unknown ones), in chunks
+        of 200.
+
+        Raises:
+            AioresError: EC2 failed (transient failures were retried first).
+        """
+        if not ids:
+            return {}
+        try:
+            answer = await self.api.call("DescribeInstances", InstanceIds=list(ids))
+        except (DoesNotExist, BadParameter) as exc:
+            code = error_code(exc.__cause__ or exc) or ""
+            if not code.startswith("InvalidInstanceID."):
+                raise
+            infos: list[ResourceInfo] = []
+            for start in range(0, len(ids), FILTER_CHUNK):
+                chunk = list(ids[start : start + FILTER_CHUNK])
+                infos.extend(await self._filtered([{"Name": "instance-id", "Values": chunk}]))
+            return {i.id: i for i in infos}
+        return {
+            str(inst["InstanceId"]): self._info(inst)
+            for reservation in answer.get("Reservations", [])
+            for inst in reservation.get("Instances", [])
+        }
+
+    async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
+        """Instances aiores launched (any session) that are not terminated and carry ``tags``."""
+        filters = [
+            {"Name": "tag:aiores:managed", "Values": ["1"]},
+            {"Name": "instance-state-name", "Values": _ALIVE},
+        ]
+        filters.extend({"Name": f"tag:aiores:tag:{t}", "Values": ["1"]} for t in sorted(tags))
+        return await self._filtered(filters)
+
+    async def destroy(self, ids: Sequence[str]) -> None:
+        """Terminate the instances: one TerminateInstances per 1000 ids, concurrently.
+
+        Ids EC2 does not know (or that are malformed) are skipped: already gone.
+
+        Raises:
+            AioresError: EC2 refused (transient failures were retried first).
+
+        Cancelling it abandons the calls under way; EC2 may still carry them out.
+        """
+        chunks = [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
+        await asyncio.gather(*(self._terminate(chunk) for chunk in chunks))
+
+    async def _terminate(self, ids: builtins.list[str]) -> None:
+        try:
+            await self.api.call(
+                "TerminateInstances", once={"instances-terminated": len(ids)}, InstanceIds=ids
+            )
+            return
+        except (DoesNotExist, BadParameter) as exc:
+            code = error_code(exc.__cause__ or exc) or ""
+            if not code.startswith("InvalidInstanceID."):
+                raise
+        existing = [i.id for i in (await self.describe(ids)).values() if not i.state.final]
+        if existing:
+            await self.api.call("TerminateInstances", InstanceIds=existing)
+
+    # -- templates, images, reconfig --------------------------------------------------
+    async def list_templates(self) -> Sequence[Template]:
+        """The instance types of the region (DescribeInstanceTypes; asked once, kept)."""
+        if self._templates is None:
+            templates: list[Template] = []
+            params: dict[str, Any] = {"MaxResults": 100}
+            while True:
+                page = await self.api.call("DescribeInstanceTypes", **params)
+                for item in page.get("InstanceTypes", []):
+                    extra = {
+                        "architectures": item.get("ProcessorInfo", {}).get(
+                            "SupportedArchitectures", []
+                        ),
+                        "hypervisor": item.get("Hypervisor"),
+                    }
+                    templates.append(
+                        Template(
+                            name=str(item["InstanceType"]),
+                            cpus=item.get("VCpuInfo", {}).get("DefaultVCpus"),
+                            memory=item.get("MemoryInfo", {}).get("SizeInMiB"),
+                            extra=extra,
+                        )
+                    )
+                if not page.get("NextToken"):
+                    break
+                params["NextToken"] = page["NextToken"]
+            self._templates = sorted(templates, key=lambda t: t.name)
+        return list(self._templates)
+
+    async def list_images(self) -> Sequence[Image]:
+        """Available images of the ``owners`` option's owners (default ``self,amazon``).
+
+        Each image's ``name`` is its AMI id (what ``ComputeDescription.image`` takes);
+        its ``description`` is the image's name.
+        """
+        answer = await self.api.call(
+            "DescribeImages",
+            Owners=list(self.options.owners),
+            Filters=[{"Name": "state", "Values": ["available"]}],
+        )
+        images = [
+            Image(
+                name=str(item["ImageId"]),
+                description=str(item.get("Name") or item.get("Description") or ""),
+                extra={
+                    "owner": item.get("OwnerId"),
+                    "architecture": item.get("Architecture"),
+                    "platform": item.get("PlatformDetails"),
+                    "created": item.get("CreationDate"),
+                },
+            )
+            for item in answer.get("Images", [])
+        ]
+        return sorted(images, key=lambda i: i.name)
+
+    async def reconfig(
+        self, id: str, description: ComputeDescription | StorageDescription
+    ) -> ResourceInfo:
+        """Change the instance type (the description's ``template``): stop, modify, start.
+
+        Only the template can change; anything else is NotSupported (an instance
+        boots from its image and user data once). The instance keeps its id, disk and
+        host key; its public address may change.
+
+        Raises:
+            NotSupported: the description changes something but the template.
+            DoesNotExist: no such instance.
+            Timeout: it did not stop within 10 minutes.
+
+        Cancelling it may leave the instance stopped (state_detail ``stopped``);
+        reconfig again to start it.
+        """
+        if not isinstance(description, ComputeDescription) or description.template is None:
+            raise NotSupported("ec2:// reconfig changes the instance type (template) only")
+        current = (await self.describe([id])).get(id)
+        if current is None:
+            raise DoesNotExist(f"{self.url} has no instance {id!r}")
+        if current.state.final:
+            raise IncorrectState(f"instance {id} is {current.state_detail}")
+        if current.extra.get("instance_type") == description.template:
+            return current
+        if current.state_detail not in ("stopped",):
+            await self.api.call("StopInstances", InstanceIds=[id])
+            await self._until(id, "stopped")
+        await self.api.call(
+            "ModifyInstanceAttribute", InstanceId=id, InstanceType={"Value": description.template}
+        )
+        await self.api.call("StartInstances", InstanceIds=[id])
+        info = (await self.describe([id])).get(id)
+        if info is None:
+            raise DoesNotExist(f"{self.url}: instance {id!r} vanished during reconfig")
+        return info
+
+    async def _until(self, id: str, detail: str) -> None:
+        delay = 0.5
+        try:
+            async with asyncio.timeout(RECONFIG_TIMEOUT):
+                while True:
+                    info = (await self.describe([id])).get(id)
+                    if info is None or info.state.final:
+                        raise IncorrectState(f"instance {id} ended while being reconfigured")
+                    if info.state_detail == detail:
+                        return
+                    await self.env.clock.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        except TimeoutError as exc:
+            raise Timeout(f"instance {id} did not become {detail} in time") from exc
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # The launch's failure is raised to whoever awaits it (acquire or find); this only
+    # keeps asyncio from calling it "never retrieved" when nobody is left to.
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()

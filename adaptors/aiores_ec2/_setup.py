@@ -1,0 +1,179 @@
+"""First-use set-up (like precip, but safe): key pair, security group, host keys, user data.
+
+- **Login key.** An ed25519 key made locally on first use,
+  ``<state dir>/keys/ec2_ed25519`` (0600, directory 0700), imported once per region
+  as the key pair ``aiores-<fingerprint>`` (the name follows the key, so another
+  machine's key never collides) and reused by every later acquire and session.
+- **Security group.** ``aiores``, in the default VPC, admitting TCP 22 from the
+  ``ssh_cidr`` ranges only (default: the VPC's own range); rules missing are added,
+  none is ever removed or widened otherwise.
+- **Host key.** Every RunInstances call gets a fresh ed25519 host key, installed by
+  cloud-init (the ``ssh_keys`` section of the user data; the other key types are not
+  generated) and published as the instances' ``host_keys``: the first SSH
+  connection is verified against it, never trusted on first use. All instances of
+  one call share it. The private half travels in the user data, which the account's
+  users with ``DescribeInstanceAttribute`` and the instance's own processes can read.
+- **User data.** aiores sends MIME multipart user data: the description's
+  ``user_data`` as the first part, typed by its first line (``#cloud-config``,
+  ``#!`` script, ``#include``, ``#cloud-boothook``, ``## template: jinja``), then
+  aiores's cloud-config (host key; ``power_state`` when the description has a
+  ``duration``). cloud-init merges cloud-configs in order, so aiores's ``ssh_keys``
+  win over any in the user's part. User data that is already MIME is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+import stat
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from pathlib import Path
+
+import asyncssh
+
+from aiores import BadParameter, PermissionDenied
+
+__all__ = [
+    "MANAGED_KEY",
+    "HostKey",
+    "key_pair_name",
+    "managed_key",
+    "new_host_key",
+    "user_data",
+]
+
+#: Where the aiores-managed EC2 login key lives, relative to the state directory.
+MANAGED_KEY = Path("keys", "ec2_ed25519")
+#: The largest user data EC2 accepts (before base64).
+MAX_USER_DATA = 16 * 1024
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionDenied(f"{path} belongs to another user; aiores keeps its keys there")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
+
+
+def managed_key(state_dir: Path) -> tuple[Path, str]:
+    """Blocking: (private key file, public key text) of the managed key, made on first use.
+
+    Two processes making it at once end with one key (each links its own temp file
+    into place; the loser drops its own). A laxer mode found is tightened to 0600.
+
+    Raises:
+        PermissionDenied: the key directory belongs to another user.
+    """
+    path = state_dir / MANAGED_KEY
+    _private_dir(path.parent)
+    if not path.exists():
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="aiores ec2 key")
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(key.export_private_key())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o600)
+    key = asyncssh.read_private_key(path)
+    public = key.export_public_key().decode().strip()
+    pub = path.with_name(path.name + ".pub")
+    if not pub.exists():
+        pub.write_text(public + "\n")
+    return path, public
+
+
+def key_pair_name(public_key: str) -> str:
+    """The EC2 key pair name of a public key: ``aiores-`` and 16 hex digits of its hash."""
+    blob = base64.b64decode(public_key.split()[1])
+    return "aiores-" + hashlib.sha256(blob).hexdigest()[:16]
+
+
+class HostKey:
+    """A host key made for one RunInstances call."""
+
+    def __init__(self) -> None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        self.private = key.export_private_key("openssh").decode()
+        self.public = key.export_public_key().decode().strip()
+
+
+def new_host_key() -> HostKey:
+    """A fresh ed25519 host key."""
+    return HostKey()
+
+
+_TYPES = (
+    ("#cloud-config-archive", "cloud-config-archive"),
+    ("#cloud-config", "cloud-config"),
+    ("#cloud-boothook", "cloud-boothook"),
+    ("#include", "x-include-url"),
+    ("#part-handler", "part-handler"),
+    ("## template: jinja", "jinja2"),
+    ("#!", "x-shellscript"),
+)
+
+
+def _subtype(text: str) -> str:
+    head = text.lstrip()[:200]
+    if head.lower().startswith(("content-type:", "mime-version:")):
+        raise BadParameter(
+            "ComputeDescription.user_data is MIME already: ec2:// adds its own part (the "
+            "host key), so give the parts one by one (a #cloud-config or a #! script)"
+        )
+    for prefix, subtype in _TYPES:
+        if head.startswith(prefix):
+            return subtype
+    raise BadParameter(
+        "ComputeDescription.user_data must start with #cloud-config, #! (a script), "
+        "#include, #cloud-boothook or '## template: jinja' for ec2:// "
+        f"(it starts with {head[:30]!r})"
+    )
+
+
+def user_data(host_key: HostKey, user: str | None, duration: float | None) -> str:
+    """The MIME multipart user data for one RunInstances call (see the module docstring).
+
+    Raises:
+        BadParameter: the user's part is MIME, has no known type, or the whole is
+            larger than EC2 accepts.
+    """
+    config: dict[str, object] = {
+        "ssh_deletekeys": True,
+        "ssh_genkeytypes": [],
+        "ssh_keys": {
+            "ed25519_private": host_key.private,
+            "ed25519_public": host_key.public,
+        },
+    }
+    if duration is not None:
+        config["power_state"] = {
+            "mode": "poweroff",
+            "delay": f"+{max(1, math.ceil(duration / 60))}",
+            "message": "aiores: the description's duration has passed",
+        }
+    message = MIMEMultipart()
+    if user is not None:
+        message.attach(MIMEText(user, _subtype(user)))
+    # JSON is YAML: cloud-init reads it as cloud-config.
+    ours = "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
+    message.attach(MIMEText(ours, "cloud-config"))
+    text = message.as_string()
+    if len(text.encode()) > MAX_USER_DATA:
+        raise BadParameter(
+            f"the user data is {len(text.encode())} bytes with aiores's part; EC2 takes "
+            f"{MAX_USER_DATA} at most"
+        )
+    return text

@@ -1,0 +1,396 @@
+"""A moto server for tests of ``ec2://`` and ``s3://`` code: loopback only, own process.
+
+moto (``pip install 'moto[server]'``) answers the EC2 and S3 APIs in memory; its
+in-process mocking does not reach aiobotocore, so it runs as a server, here in a
+child process (no GIL shared with the tests) bound to 127.0.0.1 on a free port. A
+thin WSGI layer in front of it adds what moto lacks and tests need:
+
+- **call counts** per action (``RunInstances``; S3 calls as ``S3:PUT:object``...),
+  as the server saw them: retries included;
+- **faults**: a pending phase for new instances (moto's are running at once),
+  throttling (``RequestLimitExceeded``) or any error for the next n calls of an
+  action or with a probability, and delays before or after an action is carried out
+  (a request in flight; a request carried out whose answer has not arrived).
+
+    server = MotoServer()
+    server.start()                       # blocking: use it from a fixture
+    ...ec2://us-east-1?endpoint={server.url}...
+    await server.set_faults(pending=0.5, throttle={"RunInstances": 2})
+    print(await server.calls())
+    server.stop()
+
+The child exits by itself when its parent dies (it watches its standard input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+__all__ = ["MotoServer", "main"]
+
+#: Dummy credentials for a moto endpoint (moto accepts any).
+ACCESS_KEY = "testing"
+SECRET_KEY = "testing"
+
+#: Environment that turns on moto's validation of images, instance types and key pairs.
+VALIDATION_ENV = {
+    "MOTO_ENABLE_AMI_VALIDATION": "true",
+    "MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION": "true",
+    "MOTO_ENABLE_KEYPAIR_VALIDATION": "true",
+}
+
+StartResponse = Callable[..., Any]
+
+
+class MotoServer:
+    """A moto server process on 127.0.0.1 (see the module docstring).
+
+    Args:
+        validation: Turn on moto's validation of AMIs, instance types and key pairs.
+        env: More environment for the server process.
+    """
+
+    def __init__(self, *, validation: bool = False, env: Mapping[str, str] | None = None) -> None:
+        self._env = dict(os.environ)
+        self._env.update(env or {})
+        if validation:
+            self._env.update(VALIDATION_ENV)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL (``http://127.0.0.1:PORT``)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Blocking: start the server and wait until it listens.
+
+        Raises:
+            RuntimeError: it did not start within ``timeout`` seconds.
+        """
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiores_ec2.testing", "--port", "0"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=self._env,
+        )
+        self._proc = proc
+        assert proc.stdout is not None
+        ready: list[str] = []
+
+        def read() -> None:
+            assert proc.stdout is not None
+            ready.append(proc.stdout.readline().decode())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = ready[0] if ready else ""
+        if not line.startswith("port "):
+            self.stop()
+            raise RuntimeError(f"the moto server did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        """Blocking: end the server process."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+    # -- control (blocking forms, then awaitable ones that run in a thread) -----------
+    def _request(self, path: str, payload: Any = None) -> Any:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(
+            self.url + path, data=data, method="POST" if data else "GET"
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            body = answer.read()
+        return json.loads(body) if body.strip().startswith((b"{", b"[")) else None
+
+    def reset_sync(self) -> None:
+        """Blocking: forget every AWS resource, fault and count."""
+        self._request("/moto-api/reset", {})
+        self._request("/_aiores/reset", {})
+
+    def calls_sync(self) -> dict[str, int]:
+        """Blocking: calls per action since the last reset."""
+        return dict(self._request("/_aiores/calls"))
+
+    async def reset(self) -> None:
+        """Forget every AWS resource, fault and count."""
+        await asyncio.to_thread(self.reset_sync)
+
+    async def calls(self) -> dict[str, int]:
+        """Calls per action since the last reset (or :meth:`reset_calls`)."""
+        return await asyncio.to_thread(self.calls_sync)
+
+    async def reset_calls(self) -> None:
+        """Start counting calls from zero (faults stay)."""
+        await asyncio.to_thread(self._request, "/_aiores/reset_calls", {})
+
+    async def set_faults(self, **faults: Any) -> None:
+        """Add faults (see :class:`FaultApp`); ``clear=True`` first forgets the old ones."""
+        await asyncio.to_thread(self._request, "/_aiores/faults", faults)
+
+
+# -- the server process ---------------------------------------------------------------------
+class FaultApp:
+    """WSGI layer over moto: counts calls, injects faults.
+
+    Faults (a JSON object posted to ``/_aiores/faults``; each action is named as AWS
+    names it, or ``"*"`` for every EC2 action):
+
+    - ``pending``: seconds a new instance stays ``pending`` before ``running``;
+    - ``throttle``: ``{action: n}``, the next n calls answer ``RequestLimitExceeded``;
+    - ``throttle_rate``: ``{action: p}``, each call is throttled with probability p;
+    - ``error``: ``{action: [n, status, code]}``, the next n calls answer that error;
+    - ``delay_before`` / ``delay_after``: ``{action: seconds}``, sleep before carrying
+      the call out (in flight), or after (carried out, answer not yet sent);
+    - ``seed``: the seed of the throttle_rate coin.
+    """
+
+    def __init__(self, app: Callable[[dict[str, Any], StartResponse], Iterable[bytes]]) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.faults: dict[str, Any] = {}
+        self.rng = random.Random(0)
+        self.pending: list[tuple[float, Any]] = []
+
+    # moto's instances are running as soon as they exist: give them a pending phase.
+    def instance_created(self, instance: Any) -> None:
+        delay = float(self.faults.get("pending", 0) or 0)
+        if delay > 0:
+            instance._state.name = "pending"
+            instance._state.code = 0
+            with self.lock:
+                self.pending.append((time.monotonic() + delay, instance))
+
+    def _flip(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            due = [inst for at, inst in self.pending if at <= now]
+            self.pending = [(at, inst) for at, inst in self.pending if at > now]
+        for inst in due:
+            if inst._state.name == "pending":
+                inst._state.name = "running"
+                inst._state.code = 16
+
+    @staticmethod
+    def _s3_action(environ: dict[str, Any]) -> str:
+        path = environ.get("PATH_INFO", "")
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        kind = "object" if path.strip("/").count("/") >= 1 else "bucket"
+        if path.strip("/") == "":
+            kind = "service"
+        name = f"S3:{environ.get('REQUEST_METHOD', '')}:{kind}"
+        for key in ("uploads", "uploadId", "partNumber", "tagging", "list-type", "delete"):
+            if key in query:
+                name += f":{key}"
+                break
+        return name
+
+    def _action(self, environ: dict[str, Any]) -> tuple[str, bool]:
+        """(action, is_ec2); re-injects a form body it read."""
+        ctype = environ.get("CONTENT_TYPE", "")
+        if environ.get("REQUEST_METHOD") == "POST" and ctype.startswith(
+            "application/x-www-form-urlencoded"
+        ):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            form = urllib.parse.parse_qs(body.decode(errors="replace"))
+            if "Action" in form:
+                return form["Action"][0], True
+        return self._s3_action(environ), False
+
+    def _take(self, kind: str, action: str) -> Any:
+        table = self.faults.get(kind) or {}
+        for key in (action, "*"):
+            if key in table:
+                return key, table[key]
+        return None, None
+
+    def _fault(self, action: str) -> tuple[int, str] | None:
+        with self.lock:
+            key, left = self._take("throttle", action)
+            if key is not None and left > 0:
+                self.faults["throttle"][key] = left - 1
+                return 503, "RequestLimitExceeded"
+            key, rate = self._take("throttle_rate", action)
+            if key is not None and self.rng.random() < float(rate):
+                return 503, "RequestLimitExceeded"
+            key, spec = self._take("error", action)
+            if key is not None and spec[0] > 0:
+                spec[0] -= 1
+                return int(spec[1]), str(spec[2])
+        return None
+
+    @staticmethod
+    def _error(status: int, code: str, ec2: bool, start_response: StartResponse) -> list[bytes]:
+        if ec2:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+                f"<Code>{code}</Code><Message>injected by the test server</Message>"
+                "</Error></Errors><RequestID>aiores-fault</RequestID></Response>"
+            )
+        else:
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+                f"<Code>{code}</Code><Message>injected by the test server</Message>"
+                "<RequestId>aiores-fault</RequestId></Error>"
+            )
+        data = body.encode()
+        start_response(
+            f"{status} Injected",
+            [("Content-Type", "text/xml"), ("Content-Length", str(len(data)))],
+        )
+        return [data]
+
+    def _json(self, start_response: StartResponse, value: Any) -> list[bytes]:
+        data = json.dumps(value).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [data]
+
+    def _control(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        payload = json.loads(body) if body else {}
+        with self.lock:
+            if path == "/_aiores/calls":
+                return self._json(start_response, dict(self.calls))
+            if path == "/_aiores/reset":
+                self.calls.clear()
+                self.faults = {}
+                self.pending = []
+                self.rng = random.Random(0)
+                return self._json(start_response, {})
+            if path == "/_aiores/reset_calls":
+                self.calls.clear()
+                return self._json(start_response, {})
+            if path == "/_aiores/faults":
+                if payload.pop("clear", False):
+                    self.faults = {}
+                if "seed" in payload:
+                    self.rng = random.Random(payload.pop("seed"))
+                for key, value in payload.items():
+                    if isinstance(value, dict):
+                        self.faults.setdefault(key, {}).update(value)
+                    else:
+                        self.faults[key] = value
+                return self._json(start_response, self.faults)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"no such control path"]
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith("/_aiores/"):
+            return self._control(environ, start_response)
+        action, ec2 = self._action(environ)
+        self._flip()
+        with self.lock:
+            self.calls[action] += 1
+            _, before = self._take("delay_before", action)
+            _, after = self._take("delay_after", action)
+        if before:
+            time.sleep(float(before))
+        fault = self._fault(action)
+        if fault is not None:
+            return self._error(fault[0], fault[1], ec2, start_response)
+
+        def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
+            # moto sets a Server header of its own and werkzeug adds one: aiohttp
+            # refuses a response with two.
+            kept = [(k, v) for k, v in headers if k.lower() != "server"]
+            return start_response(status, kept, *args)
+
+        result = self.app(environ, respond)
+        try:
+            body = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        if after:
+            time.sleep(float(after))
+        return [body]
+
+
+def _patch_instances(app: FaultApp) -> None:
+    from moto.ec2.models import instances
+
+    original = instances.Instance.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        app.instance_created(self)
+
+    instances.Instance.__init__ = init  # type: ignore[method-assign]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The server process: ``python -m aiores_ec2.testing --port 0``.
+
+    Prints ``port N`` once it listens; exits when its standard input closes.
+    """
+    import logging
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    parser = argparse.ArgumentParser(prog="python -m aiores_ec2.testing")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app = FaultApp(DomainDispatcherApplication(create_backend_app))
+    _patch_instances(app)
+    server = make_server(
+        "127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler
+    )
+
+    def watch_parent() -> None:
+        sys.stdin.buffer.read()
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    print(f"port {server.server_port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

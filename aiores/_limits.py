@@ -1,0 +1,266 @@
+"""The rate governor: token buckets per action family, retries of transient errors.
+
+A cloud API limits how fast each account may call it (EC2 publishes token buckets per
+family of actions: non-mutating describes, mutating calls, and per-resource buckets
+such as instances launched). A :class:`Governor` keeps a client inside those limits
+instead of finding them by being refused: each call first takes tokens from the
+buckets of its family, waiting for the refill when they are empty, and a call the
+backend refused for a transient reason (throttling, a 5xx, a reset connection) is
+tried again after a jittered exponential backoff, a bounded number of times.
+
+The governor knows no backend: an adaptor tells it which buckets a call costs and
+which errors are transient (:data:`Classifier`). Time comes from an injectable
+:class:`~aiores._clock.Clock` and randomness from an injectable :class:`random.Random`,
+so tests run the backoff without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ._clock import Clock, LoopClock
+from ._exceptions import BadParameter
+
+__all__ = [
+    "Bucket",
+    "Classifier",
+    "Governor",
+    "RetryPolicy",
+    "TokenBucket",
+    "Transience",
+]
+
+log = logging.getLogger("aiores.limits")
+
+T = TypeVar("T")
+
+
+class Transience(enum.Enum):
+    """How a failed call may be retried."""
+
+    #: The backend said "too fast": back off, and empty the buckets the call used so
+    #: that concurrent callers slow down too.
+    THROTTLED = "throttled"
+    #: A transient failure (5xx, a reset or refused connection, a timeout): back off.
+    TRANSIENT = "transient"
+
+
+#: Says whether an error is worth retrying: a :class:`Transience`, or None (permanent).
+Classifier = Callable[[BaseException], Transience | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A token bucket's size: at most ``capacity`` tokens, ``refill`` more per second."""
+
+    capacity: float
+    refill: float
+
+    def __post_init__(self) -> None:
+        if not self.capacity > 0 or not self.refill > 0:
+            raise BadParameter(f"a bucket needs capacity > 0 and refill > 0, not {self!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently transient errors are retried.
+
+    ``attempts`` counts every try (the first included). Before retry ``n`` (from 0)
+    the governor sleeps a random time between half and all of
+    ``min(cap, base * 2**n)`` ("equal jitter": spread, but never zero).
+    """
+
+    attempts: int = 8
+    base: float = 0.2
+    cap: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base <= 0 or self.cap < self.base:
+            raise BadParameter(f"invalid retry policy {self!r}")
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        """Seconds to sleep before retry number ``retry`` (0 for the first retry)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(retry, 32))
+        return rng.uniform(ceiling / 2, ceiling)
+
+
+class TokenBucket:
+    """One bucket: callers take tokens, waiting (first come, first served) for the refill.
+
+    It starts full. Taking more than the capacity takes the whole capacity (a call
+    that costs more than the bucket holds still goes, once the bucket is full).
+    """
+
+    def __init__(self, spec: Bucket, clock: Clock) -> None:
+        self.spec = spec
+        self._clock = clock
+        self._tokens = spec.capacity
+        self._stamp: float | None = None
+        self._lock = asyncio.Lock()
+        #: Seconds callers waited for tokens, in all (for tests and benchmarks).
+        self.waited = 0.0
+
+    def _fill(self) -> None:
+        now = self._clock.now()
+        if self._stamp is not None:
+            gained = (now - self._stamp) * self.spec.refill
+            self._tokens = min(self.spec.capacity, self._tokens + gained)
+        self._stamp = now
+
+    @property
+    def tokens(self) -> float:
+        """Tokens in the bucket now."""
+        self._fill()
+        return self._tokens
+
+    async def take(self, n: float = 1.0) -> None:
+        """Take ``n`` tokens, waiting for them if the bucket holds fewer.
+
+        Cancelling it takes nothing (and lets the next caller in).
+        """
+        n = min(n, self.spec.capacity)
+        async with self._lock:
+            while True:
+                self._fill()
+                if self._tokens >= n:
+                    self._tokens -= n
+                    return
+                delay = (n - self._tokens) / self.spec.refill
+                self.waited += delay
+                await self._clock.sleep(delay)
+
+    def drain(self) -> None:
+        """Empty the bucket (the backend said we are too fast: believe it)."""
+        self._fill()
+        self._tokens = 0.0
+
+
+class Governor:
+    """Token buckets by family plus retries: every backend call of an endpoint goes through it.
+
+    Args:
+        buckets: The request buckets by family name (``"describe"``, ``"mutate"``...).
+        classify: Which errors are transient (see :data:`Classifier`).
+        retry: How transient errors are retried.
+        max_in_flight: Calls under way at once at most (the connection pool's size).
+        clock: Time source (tests inject a fake one).
+        rng: Randomness for the jitter (tests inject a seeded one).
+        enabled: False turns the buckets off (retries stay): for local test servers.
+    """
+
+    def __init__(
+        self,
+        buckets: Mapping[str, Bucket],
+        *,
+        classify: Classifier,
+        retry: RetryPolicy | None = None,
+        max_in_flight: int = 50,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        enabled: bool = True,
+    ) -> None:
+        if max_in_flight < 1:
+            raise BadParameter(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        self._clock: Clock = clock or LoopClock()
+        self._buckets = {name: TokenBucket(spec, self._clock) for name, spec in buckets.items()}
+        self._classify = classify
+        self.retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self.enabled = enabled
+        #: Attempts made per action (every try counts: what the backend saw).
+        self.calls: collections.Counter[str] = collections.Counter()
+        #: Retries made per action.
+        self.retries: collections.Counter[str] = collections.Counter()
+        #: Calls refused as throttled, per action.
+        self.throttled: collections.Counter[str] = collections.Counter()
+
+    def bucket(self, family: str) -> TokenBucket:
+        """The bucket of ``family``.
+
+        Raises:
+            BadParameter: no such family.
+        """
+        try:
+            return self._buckets[family]
+        except KeyError:
+            raise BadParameter(
+                f"no token bucket {family!r}; there are: {', '.join(sorted(self._buckets))}"
+            ) from None
+
+    async def _take(self, cost: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        for family, n in cost.items():
+            await self.bucket(family).take(n)
+
+    async def call(
+        self,
+        action: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        cost: Mapping[str, float],
+        once: Mapping[str, float] | None = None,
+        give_up: Callable[[], bool] | None = None,
+    ) -> T:
+        """Call ``fn()`` within the limits, retrying transient errors.
+
+        Args:
+            action: The backend's name for the call (counted in :attr:`calls`).
+            fn: Makes one attempt.
+            cost: Tokens per family that each attempt takes (request buckets).
+            once: Tokens per family taken once, before the first attempt (resource
+                buckets such as instances launched).
+            give_up: Asked before each retry; True stops retrying (the last error
+                is raised), for a caller that no longer wants the answer.
+
+        Returns:
+            What ``fn()`` returned.
+
+        Raises:
+            Exception: the last error of ``fn()``, unchanged, once it is permanent or
+            the retries are used up (the caller translates it).
+
+        Cancelling it cancels the attempt under way, or the wait before the next one.
+        """
+        for name in [*cost, *(once or {})]:
+            self.bucket(name)  # an unknown family is a bug: fail before calling
+        if once:
+            await self._take(once)
+        retry = 0
+        while True:
+            await self._take(cost)
+            async with self._slots:
+                self.calls[action] += 1
+                try:
+                    return await fn()
+                except Exception as exc:
+                    kind = self._classify(exc)
+                    if kind is None:
+                        raise
+                    if kind is Transience.THROTTLED:
+                        self.throttled[action] += 1
+                        if self.enabled:
+                            for family in cost:
+                                self.bucket(family).drain()
+                    if retry + 1 >= self.retry.attempts or (give_up is not None and give_up()):
+                        raise
+                    delay = self.retry.delay(retry, self._rng)
+                    log.debug(
+                        "%s failed (%s), retry %d in %.2f s: %r",
+                        action,
+                        kind.value,
+                        retry + 1,
+                        delay,
+                        exc,
+                    )
+            self.retries[action] += 1
+            retry += 1
+            await self._clock.sleep(delay)
