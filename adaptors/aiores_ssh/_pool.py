@@ -640,6 +640,19 @@ class Pool:
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._close()
+        finally:
+            # What a closed pool remembers goes, and so does the session's reference
+            # to it (the pool holds the session: the weak entry would never die).
+            self._targets.clear()
+            self._options.clear()
+            self._jump_contexts.clear()
+            with contextlib.suppress(TypeError):
+                if _pools.get(self._env) is self:
+                    del _pools[self._env]
+
+    async def _close(self) -> None:
         if self._cleanups:
             # Stops of cancelled commands still need their connections.
             await asyncio.shield(asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
+import weakref
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,15 @@ async def test_any_url_picks_ssh_for_a_remote_host(sshd: Sshd) -> None:
     async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
         runner = await session.command_runner(f"any://{sshd.user}@127.0.0.1:{sshd.port}")
         assert (await runner.run("echo any")).stdout == "any\n"
+
+
+@pytest.mark.asyncio
+async def test_a_closed_session_leaves_no_pool_behind(sshd: Sshd) -> None:
+    """The pool, its connections and per-host state go with the session."""
+    async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
+        runner = await session.command_runner(sshd.url())
+        assert (await runner.run("true")).ok
+        pool = weakref.ref(pool_for(session))
+    await asyncio.sleep(0)
+    gc.collect()
+    assert pool() is None
