@@ -88,13 +88,28 @@ class MotoServer:
         Raises:
             RuntimeError: it did not start within ``timeout`` seconds.
         """
-        proc = subprocess.Popen(
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the server process without waiting (see :meth:`wait_ready`)."""
+        self._proc = subprocess.Popen(
             [sys.executable, "-m", "aiores_ec2.testing", "--port", "0"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=self._env,
         )
-        self._proc = proc
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Blocking: wait until the launched server listens.
+
+        Raises:
+            RuntimeError: it did not start within ``timeout`` seconds.
+        """
+        if self.port:
+            return
+        proc = self._proc
+        assert proc is not None, "launch() first"
         assert proc.stdout is not None
         ready: list[str] = []
 

@@ -42,36 +42,34 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
+def moto_servers() -> Iterator[tuple[MotoServer, MotoServer]]:
+    """Two servers, started at once (each takes seconds to import moto): plain, validating."""
+    servers = (MotoServer(), MotoServer(validation=True))
     try:
-        yield server
+        for server in servers:
+            server.launch()
+        yield servers
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture
-def moto(moto_server: MotoServer) -> MotoServer:
+def moto(moto_servers: tuple[MotoServer, MotoServer]) -> MotoServer:
     """The session's moto server, with no resources, faults or counts left from before."""
-    moto_server.reset_sync()
-    return moto_server
-
-
-@pytest.fixture(scope="session")
-def moto_validating_server() -> Iterator[MotoServer]:
-    server = MotoServer(validation=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    server = moto_servers[0]
+    server.wait_ready()
+    server.reset_sync()
+    return server
 
 
 @pytest.fixture
-def moto_validating(moto_validating_server: MotoServer) -> MotoServer:
-    moto_validating_server.reset_sync()
-    return moto_validating_server
+def moto_validating(moto_servers: tuple[MotoServer, MotoServer]) -> MotoServer:
+    """A moto server that validates images, instance types and key pairs."""
+    server = moto_servers[1]
+    server.wait_ready()
+    server.reset_sync()
+    return server
 
 
 def ec2_url(server: MotoServer, **options: str) -> str:
