@@ -12,7 +12,8 @@ then for each N runs, in the same process and alternating:
   the session's pool (warm).
 
 Prints wall time and client CPU (``time.process_time``, all threads of this process)
-with the aiores/raw ratios, and client CPU per host. Run as root (it starts sshd and
+with the aiores/raw ratios, client CPU per host, and the load average at the start
+and end (other work on the machine moves the figures). Run as root (it starts sshd and
 logs in as the ``aiores-test`` user it makes if missing)::
 
     .venv/bin/python benchmarks/ssh_fanout.py [--sizes 100 300] [--repeat 3]
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -135,6 +137,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     directory = private_dir("aiores-bench-")
     keys = Keys.make(directory)
     rows = []
@@ -164,7 +167,9 @@ async def main() -> None:
     finally:
         remove_dir(directory)
 
+    load = " -> ".join(" ".join(f"{x:.2f}" for x in avg) for avg in (load_before, os.getloadavg()))
     print(f"ssh fan-out of `true`, median of {args.repeat} runs (one sshd per 16 ports)")
+    print(f"load average (1, 5, 15 min) at start -> end: {load}")
     head = (
         f"{'N':>4} {'mode':<5} {'raw wall':>9} {'aiores wall':>11} {'ratio':>6} "
         f"{'raw cpu':>8} {'aiores cpu':>10} {'ratio':>6} {'aiores cpu/host':>16}"
