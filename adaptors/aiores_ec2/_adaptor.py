@@ -614,10 +614,15 @@ class EC2ResourceAdaptor(ResourceAdaptor):
 
     # -- templates, images, reconfig --------------------------------------------------
     async def list_templates(self) -> Sequence[Template]:
-        """The instance types of the region (DescribeInstanceTypes; asked once, kept)."""
+        """The instance types of the region (DescribeInstanceTypes; asked once, kept).
+
+        The ``types`` option limits them (``t3.*,m5.large``).
+        """
         if self._templates is None:
             templates: list[Template] = []
             params: dict[str, Any] = {"MaxResults": 100}
+            if self.options.types:
+                params["Filters"] = [{"Name": "instance-type", "Values": list(self.options.types)}]
             while True:
                 page = await self.api.call("DescribeInstanceTypes", **params)
                 for item in page.get("InstanceTypes", []):

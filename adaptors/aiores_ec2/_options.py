@@ -22,6 +22,8 @@
 ``market``          ``on-demand`` (default) or ``spot`` (one-time spot instances, terminated
                     on interruption: they end EXPIRED).
 ``owners``          Comma-separated image owners ``list_images`` shows (``self,amazon``).
+``types``           Comma-separated instance types ``list_templates`` shows, wildcards
+                    allowed (``t3.*,m5.large``); default: every type of the region.
 ``limits``          ``aws`` (default: EC2's published request buckets) or ``off``.
 ``poll``            The watcher's first interval in seconds (default 2).
 ``max_connections`` Connections to the endpoint at most (default 50).
@@ -41,7 +43,7 @@ from aiores.adaptor import URL
 __all__ = ["Options", "parse_options"]
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_NAME = re.compile(r"^[\w.:/+=@-]{1,255}$")
+_NAME = re.compile(r"^[\w.:/+=@*?-]{1,255}$")
 KNOWN = frozenset(
     {
         "endpoint",
@@ -54,6 +56,7 @@ KNOWN = frozenset(
         "address",
         "market",
         "owners",
+        "types",
         "limits",
         "poll",
         "max_connections",
@@ -77,6 +80,7 @@ class Options:
     address: str = "public"
     market: str = "on-demand"
     owners: tuple[str, ...] = ("self", "amazon")
+    types: tuple[str, ...] = ()
     limits: bool = True
     poll: float = 2.0
     max_connections: int = 50
@@ -143,6 +147,8 @@ def parse_options(url: URL) -> Options:
     if "owners" in params:
         owners = tuple(_name(url, "owners", o.strip()) for o in params["owners"].split(","))
         kwargs["owners"] = owners
+    if "types" in params:
+        kwargs["types"] = tuple(_name(url, "types", t.strip()) for t in params["types"].split(","))
     limits = params.get("limits", "aws")
     if limits not in ("aws", "off"):
         raise _bad(url, f"limits must be 'aws' or 'off', not {limits!r}")
