@@ -243,6 +243,22 @@ async def test_job_environment_stays_out_of_command_lines(
     assert secret not in (job_dir / "description.json").read_text()
 
 
+async def running_program(pid: int, name: str = "sleep") -> psutil.Process:
+    """The job's program once it runs: its wrapper (``pid``) has made the job's process
+    group and started it. Right after submit neither may have happened yet."""
+    found: list[psutil.Process] = []
+
+    def started() -> bool:
+        for proc in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess):  # a child that just ended
+                if proc.name() == name and os.getpgid(proc.pid) == pid:
+                    found.append(proc)
+        return bool(found)
+
+    await wait_until(started)
+    return found[0]
+
+
 @pytest.mark.asyncio
 async def test_a_job_that_ended_first_is_not_marked_cancelled(
     adaptors: Adaptors, sshd: Sshd, test_home: Path
@@ -251,14 +267,14 @@ async def test_a_job_that_ended_first_is_not_marked_cancelled(
     the exit code, when the cancel comes: the exit code it then writes stands."""
     jobs = await adaptors.jobs(sshd.url())
     job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    program = await running_program(job.extra["pid"])
     job_dir = test_home / ".aiores" / "jobs" / job.id
     (job_dir / "end").mkdir()  # where the wrapper stands just before writing exit
     await jobs.cancel(job.id)
     assert not (job_dir / "canceled").exists()
     assert not gone(job.extra["pid"])  # the cancel left it alone
     # The program ends (killed by someone else), the wrapper records its status.
-    for child in psutil.Process(job.extra["pid"]).children(recursive=True):
-        child.kill()
+    program.kill()
     info = await settle(jobs, job.id)
     assert (info.state, info.exit_code) == (JobState.FAILED, 137)
 
@@ -269,6 +285,7 @@ async def test_cancelling_a_job_whose_wrapper_died_leaves_it_failed(
 ) -> None:
     jobs = await adaptors.jobs(sshd.url())
     job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    await running_program(job.extra["pid"])
     os.killpg(job.extra["pid"], signal.SIGKILL)  # the whole job, wrapper and all
     info = await settle(jobs, job.id)
     assert (info.state, info.exit_code) == (JobState.FAILED, None)
@@ -285,6 +302,7 @@ async def test_a_reused_pid_is_neither_alive_nor_signalled(
     cancel nor suspend signals that process."""
     jobs = await adaptors.jobs(sshd.url())
     job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
+    await running_program(job.extra["pid"])
     os.killpg(job.extra["pid"], signal.SIGKILL)
     # Start times count clock ticks (10 ms): a pid reused later starts ticks later.
     await asyncio.sleep(0.05)
