@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import builtins
 import contextlib
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -309,6 +310,12 @@ class Job(Tracked[JobState]):
         return self._info.extra
 
     def _on_info(self, info: JobInfo) -> None:
+        # Output is reported once by some backends: a later report without it does
+        # not erase what was captured.
+        if info.stdout is None and self._info.stdout is not None:
+            info = dataclasses.replace(info, stdout=self._info.stdout)
+        if info.stderr is None and self._info.stderr is not None:
+            info = dataclasses.replace(info, stderr=self._info.stderr)
         self._info = info
 
     def _detail(self) -> str:

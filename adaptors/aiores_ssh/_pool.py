@@ -37,7 +37,14 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from aiores import AioresError, HostKeyError, IncorrectState, NoSuccess, SSHContext
+from aiores import (
+    AioresError,
+    AuthenticationFailed,
+    HostKeyError,
+    IncorrectState,
+    NoSuccess,
+    SSHContext,
+)
 from aiores.adaptor import AdaptorEnv
 
 from ._errors import map_errors, translate
@@ -230,6 +237,7 @@ class Pool:
             int, tuple[SSHContext, asyncssh.SSHClientConnectionOptions, HostKeyPolicy]
         ] = {}
         self._options_lock = asyncio.Lock()
+        self._login_keys: dict[str, asyncssh.SSHKey] = {}
         self._jump_contexts: dict[int, SSHContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._cleanups: set[asyncio.Task[None]] = set()
@@ -514,6 +522,19 @@ class Pool:
             pending.done.set_result(error)
             state.wake()
 
+    async def _login_key(self, path: str) -> asyncssh.SSHKey:
+        """A private key named by a backend, read once (off the loop) and kept."""
+        key = self._login_keys.get(path)
+        if key is None:
+            try:
+                key = await asyncio.to_thread(asyncssh.read_private_key, path)
+            except (OSError, asyncssh.KeyImportError) as exc:
+                raise AuthenticationFailed(
+                    f"cannot read the login key {path} that the backend named: {exc}"
+                ) from exc
+            self._login_keys[path] = key
+        return key
+
     async def _handshake(self, target: Target, tunnel: Lease | None) -> _Conn:
         options, policy = await self._options_for(target.context)
         client: SSHClient | None = None
@@ -526,6 +547,11 @@ class Pool:
         kwargs: dict[str, Any] = {"options": options, "client_factory": factory}
         if target.user:
             kwargs["username"] = target.user
+        logins = self._env.login_keys(target.host, target.port)
+        if logins:
+            # The backend that made this machine authorized these keys for it: offer
+            # them (and the agent's), not the context's defaults.
+            kwargs["client_keys"] = [await self._login_key(path) for path in logins]
         algs = policy.host_key_algs(target.host, target.port)
         if algs:
             kwargs["server_host_key_algs"] = algs

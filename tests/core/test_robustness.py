@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,19 @@ async def test_member_cancelled_during_its_background_submission(
     # ... and then cancels the job at the backend: nothing is left running there.
     assert second.state is JobState.CANCELED
     assert [j.state for j in fake.cloud.jobs.values()] == [JobState.DONE, JobState.CANCELED]
+
+
+@pytest.mark.asyncio
+async def test_output_reported_once_is_kept(session: aiores.Session, fake: FakePlugin) -> None:
+    job = await session.job_service("fake://").submit(JobDescription(executable="x"))
+    adaptor = fake.job_adaptors[0]
+    native = job.native_id or ""
+    done = dataclasses.replace(
+        fake.cloud.jobs[native], state=JobState.DONE, exit_code=0, stdout=b"out", stderr=b"err"
+    )
+    adaptor.publish(done)
+    adaptor.publish(dataclasses.replace(done, stdout=None, stderr=None, state_detail="later"))
+    assert (job.stdout, job.stderr, job.state_detail) == ("out", "err", "later")
 
 
 @pytest.mark.asyncio

@@ -45,6 +45,7 @@ class FakeEnv:
         self.tasks: set[asyncio.Task[None]] = set()
         self.failures: list[BaseException] = []
         self.pins: dict[tuple[str, int | None], tuple[str, ...]] = {}
+        self.logins: dict[tuple[str, int | None], tuple[str, ...]] = {}
 
     @property
     def state_dir(self) -> Path:
@@ -57,6 +58,9 @@ class FakeEnv:
 
     def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:
         return self.pins.get((host, port), ())
+
+    def login_keys(self, host: str, port: int | None) -> tuple[str, ...]:
+        return self.logins.get((host, port), ())
 
     def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
         async def guarded() -> None:

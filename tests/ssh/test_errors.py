@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import asyncssh
@@ -248,3 +249,29 @@ async def test_a_key_that_cannot_be_recorded_closes_its_connection(tmp_path: Pat
                 await runner.run("true")
             assert server.connections
             await wait_until(lambda: all(c.is_closed() for c in server.connections), 5)
+
+
+@pytest.mark.asyncio
+async def test_login_keys_a_backend_named_are_offered(tmp_path: Path) -> None:
+    """A machine aiores booted accepts the key its backend authorized: no context keys needed."""
+    async with fault_server(tmp_path / "srv") as server:
+        ctx = server.context()
+        assert ctx.key_files
+        # A context without the authorized key cannot log in ...
+        stranger = asyncssh.generate_private_key("ssh-ed25519")
+        stranger_file = tmp_path / "stranger"
+        stranger.write_private_key(stranger_file)
+        without = FakeEnv(tmp_path, dataclasses.replace(ctx, key_files=[str(stranger_file)]))
+        async with opened(without) as made:
+            with pytest.raises(aiores.AuthenticationFailed):
+                await (await made.runner(server.url())).run("true")
+        # ... but the key the backend named for this address is offered first.
+        named = FakeEnv(tmp_path, dataclasses.replace(ctx, key_files=[str(stranger_file)]))
+        named.logins[("127.0.0.1", server.port)] = tuple(ctx.key_files)
+        async with opened(named) as made:
+            assert (await (await made.runner(server.url())).run("true")).ok
+        missing = FakeEnv(tmp_path, ctx)
+        missing.logins[("127.0.0.1", server.port)] = (str(tmp_path / "no-such-key"),)
+        async with opened(missing) as made:
+            with pytest.raises(aiores.AuthenticationFailed, match="cannot read the login key"):
+                await (await made.runner(server.url())).run("true")
