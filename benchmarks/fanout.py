@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import statistics
@@ -49,6 +50,8 @@ TAG = "fanout-bench"
 HANDSHAKES = 64
 #: The cold-run goal: aiores within this factor of raw asyncssh.
 GOAL = 1.10
+#: Seconds between two measurements, for the cloud to finish closing connections.
+SETTLE = 1.0
 
 
 @dataclass
@@ -169,6 +172,10 @@ async def main(count: int, repeat: int, hosts: int) -> int:
         await raw(key, targets)  # warm-up: page cache, first logins
         for i in range(repeat):
             for method in ("raw", "aiores") if i % 2 == 0 else ("aiores", "raw"):
+                # Each method starts from the same state: the previous one's garbage
+                # collected, its closed connections torn down on the cloud's side.
+                gc.collect()
+                await asyncio.sleep(SETTLE)
                 if method == "raw":
                     cold, warm = await raw(key, targets)
                 else:
@@ -202,11 +209,13 @@ async def main(count: int, repeat: int, hosts: int) -> int:
             f"| {mode:<4} | {rw:>6.2f} s | {aw:>9.2f} s | {ratio(aw, rw):>5} "
             f"| {rc:>5.2f} s | {ac:>8.2f} s | {ratio(ac, rc):>5} |"
         )
+    for name, which in (("raw cold", "rc"), ("aiores cold", "ac")):
+        print(f"{name} per round: " + ", ".join(f"{s.wall:.2f} s" for s in samples[which]))
     per_host = one_by_one.wall / hosts
     print(
         f"serial (precip-style, one host after another, new connection each): {hosts} hosts "
         f"in {one_by_one.wall:.2f} s = {per_host * 1000:.0f} ms/host; extrapolated to "
-        f"{count}: {per_host * count:.1f} s, {per_host * count / med('ac', 'wall'):.0f}x the "
+        f"{count}: {per_host * count:.1f} s, {per_host * count / med('ac', 'wall'):.1f}x the "
         "cold fan-out"
     )
     cold_ratio = med("ac", "wall") / med("rc", "wall")
