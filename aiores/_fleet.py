@@ -326,9 +326,12 @@ class Fleet:
         Args:
             tags: Which machines.
             timeout: Seconds to wait at most, for everything (None: no limit).
-            replace_failed: Replace up to this many failed machines (in total) with
-                new ones of the same manager, description and tags (and index),
-                and wait for those too; the failed ones are destroyed.
+            replace_failed: Replace up to this many machines that failed to boot
+                (ended FAILED, EXPIRED...; in total) with new ones of the same
+                manager, description and tags (and index), and wait for those too;
+                the failed ones are destroyed. A machine that runs but refuses the
+                session's key or shows an unexpected host key is reported, not
+                replaced.
 
         Returns:
             The selected machines, as a :class:`Group`.
@@ -383,7 +386,11 @@ class Fleet:
             members = self._select(tuple(wanted))
             outcomes = await asyncio.gather(*(_ready(m.resource) for m in members))
             failed = [(m, e) for m, e in zip(members, outcomes, strict=True) if e is not None]
-            replaceable = [m for m, _ in failed if m.provision is not None][:budget]
+            # Only machines that ended are replaced: one that runs but refuses the
+            # session's credentials or host keys would be refused again.
+            replaceable = [
+                m for m, _ in failed if m.provision is not None and m.resource.state.final
+            ][:budget]
             if not replaceable:
                 return errors + [e for _, e in failed]
             budget -= len(replaceable)

@@ -100,3 +100,18 @@ async def test_a_failed_provision_is_reported(session: aiores.Session) -> None:
         with pytest.raises(aiores.DoesNotExist, match="huge"):
             await bad
         assert fleet.list("bad") == []
+
+
+@pytest.mark.asyncio
+async def test_a_machine_with_a_wrong_host_key_is_reported_not_replaced(
+    session: aiores.Session,
+) -> None:
+    async with session.fleet() as fleet:
+        fleet.provision("sim://?boot_delay=0.02&wrong_host_key=1", ComputeDescription())
+        with pytest.raises(aiores.FanOutError) as caught:
+            await fleet.wait(timeout=STEP, replace_failed=3)
+        [error] = caught.value.exceptions
+        assert isinstance(error, aiores.HostKeyError)
+        [vm] = fleet.list()
+        assert caught.value.results == (vm,)  # the same machine: not replaced
+        assert not vm.state.final
