@@ -274,11 +274,14 @@ _BOTO_SESSIONS: dict[Target, Any] = {}
 
 def _config(t: Target) -> Config:
     # Retries are the governor's (counted and limited there), not botocore's.
+    # S3-compatible endpoints (moto, MinIO...) want path-style bucket addressing.
+    s3 = {"addressing_style": "path"} if t.service == "s3" and t.endpoint_url else None
     return Config(
         max_pool_connections=t.max_connections,
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=30,
         read_timeout=120,
+        s3=s3,
     )
 
 
@@ -307,6 +310,7 @@ def _prepare(t: Target) -> Any:
     async def warm() -> None:
         async with _client_context(boto, t):
             pass
+        await asyncio.sleep(0.01)  # let aiohttp's sockets close before the loop ends
 
     # Not in debug mode: this loop's one long step is the point, not a blocked loop.
     asyncio.run(warm(), debug=False)
@@ -376,6 +380,9 @@ class Api:
             if shared.users == 0 and shared.stack is not None:
                 stack, shared.stack, shared.client = shared.stack, None, None
                 await stack.aclose()
+                # aiohttp closes its sockets on the next loop iterations: let it, so
+                # that no transport outlives a loop that ends right after.
+                await asyncio.sleep(0.01)
 
     async def call(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import collections
 import contextlib
 import io
@@ -56,6 +57,8 @@ VALIDATION_ENV = {
 
 StartResponse = Callable[..., Any]
 
+_SHARED: dict[bool, MotoServer] = {}
+
 
 class MotoServer:
     """A moto server process on 127.0.0.1 (see the module docstring).
@@ -72,6 +75,19 @@ class MotoServer:
             self._env.update(VALIDATION_ENV)
         self._proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+
+    @classmethod
+    def shared(cls, *, validation: bool = False) -> MotoServer:
+        """One launched server per process and kind, stopped when the process exits.
+
+        Lets several test directories share a server (call :meth:`wait_ready`).
+        """
+        server = _SHARED.get(validation)
+        if server is None:
+            server = _SHARED[validation] = cls(validation=validation)
+            server.launch()
+            atexit.register(server.stop)
+        return server
 
     @property
     def url(self) -> str:
@@ -339,6 +355,11 @@ class FaultApp:
             _, before = self._take("delay_before", action)
             _, after = self._take("delay_after", action)
         if before:
+            # Take the whole request first (a client cut off mid-send would leave its
+            # socket waiting for us), then stall before carrying it out.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            if length and not isinstance(environ["wsgi.input"], io.BytesIO):
+                environ["wsgi.input"] = io.BytesIO(environ["wsgi.input"].read(length))
             time.sleep(float(before))
         fault = self._fault(action)
         if fault is not None:

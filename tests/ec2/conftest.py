@@ -8,12 +8,13 @@ sessions with dummy credentials for the endpoint; nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import email
 import json
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aioboto3
@@ -42,16 +43,12 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @pytest.fixture(scope="session")
-def moto_servers() -> Iterator[tuple[MotoServer, MotoServer]]:
-    """Two servers, started at once (each takes seconds to import moto): plain, validating."""
-    servers = (MotoServer(), MotoServer(validation=True))
-    try:
-        for server in servers:
-            server.launch()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+def moto_servers() -> tuple[MotoServer, MotoServer]:
+    """Two servers, launched at once (each takes seconds to import moto): plain, validating.
+
+    Shared with tests/s3 and stopped when the test process exits.
+    """
+    return MotoServer.shared(), MotoServer.shared(validation=True)
 
 
 @pytest.fixture
@@ -96,6 +93,7 @@ async def raw_client(server: MotoServer, service: str = "ec2") -> AsyncIterator[
     )
     async with boto.client(service, endpoint_url=server.url) as client:
         yield client
+    await asyncio.sleep(0.01)  # aiohttp closes its sockets on the next iterations
 
 
 async def alive(server: MotoServer) -> list[dict[str, Any]]:

@@ -1,0 +1,263 @@
+"""Files of one bucket (``s3://<bucket>``): put, get, list, remove; streamed.
+
+A remote path is an object key (a leading ``/`` is dropped); a "directory" is a key
+prefix ending in ``/``. Files up to ``part_size`` go in one PutObject; larger ones by
+multipart upload, ``concurrency`` parts in flight, each read from disk in a worker
+thread: a transfer holds at most ``part_size * concurrency`` bytes in memory, never
+the whole file. A failed or cancelled multipart upload is aborted (shielded from the
+cancellation, bounded), so no parts are left billed. Downloads stream the object in
+1 MiB chunks into a temporary file beside the target, renamed into place once
+complete (a cancelled download leaves no partial file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiores import BadParameter, DoesNotExist, IncorrectState, IncorrectURL
+from aiores.adaptor import URL, AdaptorEnv, FileAdaptor
+from aiores_ec2 import Api, aws_errors
+
+from ._common import MiB, S3Options, open_s3, parse_s3_options
+
+__all__ = ["S3FileAdaptor"]
+
+#: The most parts one multipart upload may have (S3's limit).
+MAX_PARTS = 10_000
+#: Bytes read from a download stream at a time.
+CHUNK = MiB
+#: Seconds an abort of a failed multipart upload may take.
+ABORT_TIMEOUT = 30.0
+
+
+def _key(remote: str) -> str:
+    key = remote.lstrip("/")
+    if not key:
+        raise BadParameter("an s3:// path must name an object key, not the bucket root")
+    return key
+
+
+class S3FileAdaptor(FileAdaptor):
+    """Objects of one bucket (see the module docstring)."""
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        super().__init__(url, env)
+        if not url.host:
+            raise IncorrectURL(f"{url}: name the bucket: s3://<bucket>")
+        self.bucket = url.host
+        self.options: S3Options = parse_s3_options(url)
+        self._api: Api | None = None
+        self._aborts: set[asyncio.Task[None]] = set()
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            raise IncorrectState(f"the {self.url} file adaptor is not open")
+        return self._api
+
+    async def open(self) -> None:
+        """Join the session's S3 client for this endpoint, region and credentials."""
+        api = open_s3(self.url, self.env, self.options)
+        await api.open()
+        self._api = api
+
+    async def aclose(self) -> None:
+        """Let aborts under way finish (bounded), then leave the client."""
+        try:
+            if self._aborts:
+                await asyncio.wait(set(self._aborts), timeout=ABORT_TIMEOUT)
+        finally:
+            api, self._api = self._api, None
+            if api is not None:
+                await api.close()
+
+    # -- put ----------------------------------------------------------------------------
+    async def put(self, local: str | Path, remote: str) -> None:
+        """Upload a file to key ``remote``, or a directory's files under prefix ``remote``.
+
+        Raises:
+            DoesNotExist: ``local`` does not exist, or the bucket does not.
+            AioresError: S3 refused (transient failures were retried first).
+
+        Cancelling it aborts a multipart upload under way.
+        """
+        path = Path(local)
+        is_dir = await asyncio.to_thread(path.is_dir)
+        if not is_dir:
+            await self._put_file(path, _key(remote))
+            return
+        files = await asyncio.to_thread(_walk, path)
+        prefix = remote.strip("/")
+        slots = asyncio.Semaphore(self.options.concurrency)
+
+        async def one(rel: str) -> None:
+            async with slots:
+                key = f"{prefix}/{rel}" if prefix else rel
+                await self._put_file(path / rel, key)
+
+        async with asyncio.TaskGroup() as tg:
+            for rel in files:
+                tg.create_task(one(rel))
+
+    async def _put_file(self, path: Path, key: str) -> None:
+        try:
+            fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DoesNotExist(f"no local file {str(path)!r}") from None
+        except OSError as exc:
+            raise BadParameter(f"cannot read {str(path)!r}: {exc}") from exc
+        try:
+            size = (await asyncio.to_thread(os.fstat, fd)).st_size
+            if size <= self.options.part_size:
+                body = await asyncio.to_thread(os.pread, fd, size, 0)
+                await self.api.call("PutObject", Bucket=self.bucket, Key=key, Body=body)
+            else:
+                await self._multipart(fd, size, key)
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    async def _multipart(self, fd: int, size: int, key: str) -> None:
+        part_size = max(self.options.part_size, math.ceil(size / MAX_PARTS))
+        parts = math.ceil(size / part_size)
+        answer = await self.api.call("CreateMultipartUpload", Bucket=self.bucket, Key=key)
+        upload_id = answer["UploadId"]
+        slots = asyncio.Semaphore(self.options.concurrency)
+        etags: dict[int, str] = {}
+
+        async def one(number: int) -> None:
+            async with slots:
+                offset = (number - 1) * part_size
+                body = await asyncio.to_thread(os.pread, fd, min(part_size, size - offset), offset)
+                done = await self.api.call(
+                    "UploadPart",
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+                etags[number] = done["ETag"]
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for number in range(1, parts + 1):
+                    tg.create_task(one(number))
+            await self.api.call(
+                "CompleteMultipartUpload",
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+                },
+            )
+        except BaseException:
+            await self._abort(key, upload_id)
+            raise
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        """Abort an upload, shielded from a cancellation and bounded."""
+
+        async def abort() -> None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(ABORT_TIMEOUT):
+                    await self.api.call(
+                        "AbortMultipartUpload", Bucket=self.bucket, Key=key, UploadId=upload_id
+                    )
+
+        task = asyncio.get_running_loop().create_task(abort(), name=f"aiores-s3 abort {key}")
+        self._aborts.add(task)
+        task.add_done_callback(self._aborts.discard)
+        await asyncio.shield(task)
+
+    # -- get ----------------------------------------------------------------------------
+    async def get(self, remote: str, local: str | Path) -> None:
+        """Download key ``remote`` (or every key under prefix ``remote/``) to ``local``.
+
+        A file lands at ``local``, or inside it if ``local`` is a directory; a prefix
+        lands as a directory tree at ``local``.
+
+        Raises:
+            DoesNotExist: no such key or prefix, or no such bucket.
+
+        Cancelling it leaves no partial file.
+        """
+        target = Path(local)
+        if not remote.endswith("/"):
+            try:
+                await self._get_file(_key(remote), target)
+                return
+            except DoesNotExist:
+                pass  # perhaps a prefix
+        prefix = remote.strip("/") + "/"
+        keys = [k for k in await self._keys(prefix) if not k.endswith("/")]
+        if not keys:
+            raise DoesNotExist(f"no object or prefix {remote!r} in s3://{self.bucket}")
+        for key in keys:
+            await self._get_file(key, target / key[len(prefix) :], into_dir=False)
+
+    async def _get_file(self, key: str, target: Path, *, into_dir: bool = True) -> None:
+        if into_dir and await asyncio.to_thread(target.is_dir):
+            target = target / key.rsplit("/", 1)[-1]
+        answer = await self.api.call("GetObject", Bucket=self.bucket, Key=key)
+        body = answer["Body"]
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.aiores-{secrets.token_hex(4)}")
+        handle = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            try:
+                with aws_errors("s3", "GetObject"):
+                    while chunk := await body.read(CHUNK):
+                        await asyncio.to_thread(handle.write, chunk)
+            finally:
+                body.close()
+                await asyncio.to_thread(handle.close)
+            await asyncio.to_thread(os.replace, tmp, target)
+        except BaseException:
+            await asyncio.to_thread(_unlink, tmp)
+            raise
+
+    # -- list, remove -------------------------------------------------------------------
+    async def _keys(self, prefix: str, delimiter: str | None = None) -> list[str]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            params["Delimiter"] = delimiter
+        names: list[str] = []
+        while True:
+            page = await self.api.call("ListObjectsV2", **params)
+            names.extend(o["Key"] for o in page.get("Contents", []))
+            names.extend(p["Prefix"] for p in page.get("CommonPrefixes", []))
+            if not page.get("IsTruncated"):
+                return names
+            params["ContinuationToken"] = page["NextContinuationToken"]
+
+    async def list(self, remote: str) -> Sequence[str]:
+        """Names under prefix ``remote`` (one level; sub-prefixes end with ``/``)."""
+        prefix = remote.strip("/")
+        prefix = prefix + "/" if prefix else ""
+        return sorted(k[len(prefix) :] for k in await self._keys(prefix, "/"))
+
+    async def remove(self, remote: str) -> None:
+        """Delete key ``remote`` (deleting a key that is not there is no error)."""
+        await self.api.call("DeleteObject", Bucket=self.bucket, Key=_key(remote))
+
+
+def _walk(root: Path) -> list[str]:
+    """Blocking: the files under ``root``, relative, with ``/`` separators."""
+    found = []
+    for base, _, files in os.walk(root):
+        for name in files:
+            found.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
+    return sorted(found)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
