@@ -88,9 +88,8 @@ class Tracked(Generic[S]):
             self._on_info(info)
             return False
         if not old.can_become(new):
-            log.warning(
-                "%s: ignoring illegal transition %s -> %s (%s)", self, old, new, info.state_detail
-            )
+            # Usually a stale answer (a poll overtaken by a push); never taken.
+            log.debug("%s: ignoring report of %s after %s (%s)", self, new, old, info.state_detail)
             return False
         self._state = new  # type: ignore[assignment]
         self._on_info(info)
