@@ -31,7 +31,6 @@ from . import (
     ResourceState,
     RunResult,
     Session,
-    SSHContext,
     __version__,
     state_dir,
 )
@@ -133,7 +132,7 @@ CLEANUP_TIMEOUT = 60.0
 async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
     """The demo; whatever happens (a failed acquire, Ctrl-C), its VMs are destroyed and a
     cloud it started is stopped."""
-    from aiores_sim import cloud_dir, cloud_pid, managed_key
+    from aiores_sim import cloud_dir, cloud_pid
 
     total_start = time.perf_counter()
     directory = cloud_dir(state_dir())
@@ -141,9 +140,8 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
     times: dict[str, float] = {}
     hosts: list[_Host] = []
     try:
-        # The sim cloud authorizes the aiores-managed client key; name it for ssh://.
-        key = await asyncio.to_thread(managed_key, state_dir())
-        async with Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
+        # No contexts needed: each sim VM names the aiores-managed key that logs in to it.
+        async with Session() as session:
             mgr = session.manager(f"sim://?boot_delay={boot_delay}")
             console.print(
                 f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "

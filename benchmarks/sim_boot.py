@@ -1,7 +1,7 @@
 """Boot N simulated VMs, run ``true`` on all, destroy them: wall time per phase, peak RSS.
 
 Starts a sim cloud process of its own (in a temporary directory), then in one
-``aiores.Session`` with an ``SSHContext`` naming the aiores-managed key:
+plain ``aiores.Session`` (each VM names the aiores-managed key as its login key):
 
 - acquire: one ``acquire_many(desc, N)`` (the cloud makes N host keys, disks, ports);
 - ACTIVE: ``wait(ACTIVE)`` on all N; each VM boots after ``--boot-delay`` seconds, then
@@ -35,8 +35,8 @@ from typing import TypeVar
 import asyncssh
 
 import aiores
-from aiores import Compute, ComputeDescription, ResourceState, SSHContext
-from aiores_sim import MANAGED_KEY, cloud_pid, managed_key, start_cloud, stop_cloud
+from aiores import Compute, ComputeDescription, ResourceState
+from aiores_sim import MANAGED_KEY, cloud_pid, start_cloud, stop_cloud
 
 T = TypeVar("T")
 
@@ -120,10 +120,9 @@ async def main(count: int, boot_delay: str) -> None:
     await timed(rows, "start the cloud process", lambda: start_cloud(directory))
     pid = await cloud_pid(directory)
     assert pid is not None
-    key = await asyncio.to_thread(managed_key, work / "state")
     cloud_rss = 0.0
     try:
-        async with aiores.Session(contexts=[SSHContext(key_files=[str(key)])]) as session:
+        async with aiores.Session() as session:
             mgr = session.manager(f"sim://?boot_delay={boot_delay}")
             desc = ComputeDescription(template="tiny", tags={"bench"})
             vms = await timed(

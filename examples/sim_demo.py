@@ -17,18 +17,17 @@ from pathlib import Path
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores_sim import cloud_dir, cloud_pid, managed_key, stop_cloud
+from aiores_sim import cloud_dir, cloud_pid, stop_cloud
 
 
 async def main() -> None:
     started = time.perf_counter()
     directory = cloud_dir(aiores.state_dir())
     cloud_was_running = await cloud_pid(directory) is not None
-    # The simulated cloud authorizes the aiores-managed client key (made on first use).
-    key = await asyncio.to_thread(managed_key, aiores.state_dir())
-    ssh = aiores.SSHContext(key_files=[str(key)])
     try:
-        async with aiores.Session(contexts=[ssh]) as session:
+        # No credentials to set up: each simulated VM authorizes an aiores-managed key
+        # (made on first use) and names it, with its host key, for ssh:// to use.
+        async with aiores.Session() as session:
             # One manager; boot delays of 0.5 to 2 s. The cloud process starts on demand.
             mgr = session.manager("sim://?boot_delay=0.5-2")
 

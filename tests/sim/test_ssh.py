@@ -244,3 +244,14 @@ async def test_files_cannot_leave_the_disk_through_a_symlink(
         assert os.readlink(tmp_path / "sub" / "link") == "f"
         await vm.put(local, "inside/g")
         assert (await vm.run("cat sub/g")).stdout == "planted\n"
+
+
+@pytest.mark.asyncio
+async def test_a_plain_session_reaches_a_vm(state_dir: Path) -> None:
+    async with aiores.Session() as session:  # no contexts: the VM names its login key
+        vm = await session.manager("sim://?boot_delay=0.05").acquire(ComputeDescription())
+        assert await vm.wait(ResourceState.ACTIVE, timeout=STEP) is ResourceState.ACTIVE
+        assert (await vm.run("echo hi")).stdout == "hi\n"
+        job = await vm.job_service().submit(JobDescription.shell("echo job"))
+        assert await job.wait(timeout=STEP) is JobState.DONE
+        await vm.destroy()
