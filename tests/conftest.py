@@ -16,7 +16,7 @@ import pytest
 
 os.environ["PYTHONASYNCIODEBUG"] = "1"
 
-SLOW_CALLBACK = 0.25
+SLOW_CALLBACK = 0.5
 _TOOK = re.compile(r"took (\d+\.\d+) seconds")
 
 
