@@ -39,7 +39,6 @@ import contextlib
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from aiores import (
@@ -49,7 +48,6 @@ from aiores import (
     DoesNotExist,
     IncorrectState,
     IncorrectURL,
-    NoSuccess,
     NotSupported,
     ResourceState,
     SSHContext,
@@ -68,8 +66,9 @@ from aiores.adaptor import (
 )
 
 from ._aws import Api, error_code, open_api, target
+from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._options import Options, parse_options
-from ._setup import MANAGED_KEY, key_pair_name, managed_key, new_host_key, user_data
+from ._setup import new_host_key, user_data
 
 __all__ = ["BUCKETS", "EC2ResourceAdaptor", "ec2_cost", "native_state"]
 
@@ -128,12 +127,6 @@ def native_state(name: str, reason: str, tags: Mapping[str, str]) -> ResourceSta
     return ResourceState.CANCELED
 
 
-@dataclass(frozen=True, slots=True)
-class _Setup:
-    key_name: str
-    group_id: str
-
-
 class EC2ResourceAdaptor(ResourceAdaptor):
     """Instances of one EC2 region and endpoint (see the module docstring)."""
 
@@ -143,9 +136,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self.poll = PollPolicy(floor=self.options.poll, ceiling=max(15.0, self.options.poll))
         self._api: Api | None = None
         self._user = "ec2-user"
-        self._managed: tuple[str, str] | None = None  # (key pair name, private key file)
-        self._setup: _Setup | None = None
-        self._setup_lock = asyncio.Lock()
+        self._first = FirstUse(lambda: self.api, self.options, env.state_dir, url)
         self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
         self._abandoned: set[str] = set()
         self._templates: list[Template] | None = None
@@ -180,17 +171,10 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         ctx = self.env.context(SSHContext)
         user = self.options.user or (ctx.user if ctx is not None else None)
         self._user = user or "ec2-user"
-        self._managed = await asyncio.to_thread(self._existing_managed_key)
         api = open_api(self.env, t, buckets=BUCKETS, cost=ec2_cost, enabled=self.options.limits)
         await api.open()
         self._api = api
-
-    def _existing_managed_key(self) -> tuple[str, str] | None:
-        path = self.env.state_dir / MANAGED_KEY
-        if not path.exists():
-            return None
-        file, public = managed_key(self.env.state_dir)
-        return key_pair_name(public), str(file)
+        await self._first.load()
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""
@@ -202,122 +186,6 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             api, self._api = self._api, None
             if api is not None:
                 await api.close()
-
-    # -- set-up -----------------------------------------------------------------------
-    async def _ensure_setup(self) -> _Setup:
-        async with self._setup_lock:
-            if self._setup is None:
-                key_name = await self._key_pair()
-                group_id = await self._security_group()
-                self._setup = _Setup(key_name, group_id)
-            return self._setup
-
-    def _managed_tags(self, kind: str) -> list[dict[str, Any]]:
-        return [{"ResourceType": kind, "Tags": [{"Key": "aiores:managed", "Value": "1"}]}]
-
-    async def _key_pair(self) -> str:
-        if self.options.key_name:
-            return self.options.key_name
-        path, public = await asyncio.to_thread(managed_key, self.env.state_dir)
-        name = key_pair_name(public)
-        self._managed = (name, str(path))
-        try:
-            await self.api.call("DescribeKeyPairs", KeyNames=[name])
-            return name
-        except DoesNotExist:
-            pass
-        try:
-            await self.api.call(
-                "ImportKeyPair",
-                KeyName=name,
-                PublicKeyMaterial=public.encode(),
-                TagSpecifications=self._managed_tags("key-pair"),
-            )
-        except AioresError as exc:
-            if error_code(exc.__cause__ or exc) != "InvalidKeyPair.Duplicate":
-                raise
-        return name
-
-    async def _vpc(self) -> tuple[str, str]:
-        """(VPC id, its address range): the subnet's VPC, else the default VPC."""
-        if self.options.subnet:
-            subnets = await self.api.call("DescribeSubnets", SubnetIds=[self.options.subnet])
-            vpc_id = subnets["Subnets"][0]["VpcId"]
-            vpcs = await self.api.call("DescribeVpcs", VpcIds=[vpc_id])
-        else:
-            vpcs = await self.api.call(
-                "DescribeVpcs", Filters=[{"Name": "isDefault", "Values": ["true"]}]
-            )
-        if not vpcs.get("Vpcs"):
-            raise NoSuccess(
-                f"{self.url}: the region has no default VPC; set the subnet or "
-                "security_group option"
-            )
-        vpc = vpcs["Vpcs"][0]
-        return str(vpc["VpcId"]), str(vpc["CidrBlock"])
-
-    async def _security_group(self) -> str:
-        named = self.options.security_group
-        if named and named.startswith("sg-"):
-            return named
-        if named:
-            found = await self.api.call(
-                "DescribeSecurityGroups", Filters=[{"Name": "group-name", "Values": [named]}]
-            )
-            if not found.get("SecurityGroups"):
-                raise DoesNotExist(f"{self.url}: no security group named {named!r}")
-            return str(found["SecurityGroups"][0]["GroupId"])
-        vpc_id, vpc_range = await self._vpc()
-        group = await self._aiores_group(vpc_id)
-        wanted = set(self.options.ssh_cidr or (vpc_range,))
-        have: set[str] = set()
-        for perm in group.get("IpPermissions", []):
-            if perm.get("IpProtocol") == "tcp" and perm.get("FromPort") == SSH_PORT:
-                have.update(r["CidrIp"] for r in perm.get("IpRanges", []))
-                have.update(r["CidrIpv6"] for r in perm.get("Ipv6Ranges", []))
-        missing = sorted(wanted - have)
-        if missing:
-            v4 = [{"CidrIp": c, "Description": "aiores ssh"} for c in missing if ":" not in c]
-            v6 = [{"CidrIpv6": c, "Description": "aiores ssh"} for c in missing if ":" in c]
-            permission = {"IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT}
-            if v4:
-                permission["IpRanges"] = v4
-            if v6:
-                permission["Ipv6Ranges"] = v6
-            try:
-                await self.api.call(
-                    "AuthorizeSecurityGroupIngress",
-                    GroupId=group["GroupId"],
-                    IpPermissions=[permission],
-                )
-            except AioresError as exc:
-                if error_code(exc.__cause__ or exc) != "InvalidPermission.Duplicate":
-                    raise
-        return str(group["GroupId"])
-
-    async def _aiores_group(self, vpc_id: str) -> dict[str, Any]:
-        filters = [
-            {"Name": "group-name", "Values": ["aiores"]},
-            {"Name": "vpc-id", "Values": [vpc_id]},
-        ]
-        found = await self.api.call("DescribeSecurityGroups", Filters=filters)
-        if found.get("SecurityGroups"):
-            return dict(found["SecurityGroups"][0])
-        try:
-            await self.api.call(
-                "CreateSecurityGroup",
-                GroupName="aiores",
-                Description="aiores: SSH from the address ranges aiores was told",
-                VpcId=vpc_id,
-                TagSpecifications=self._managed_tags("security-group"),
-            )
-        except AioresError as exc:
-            if error_code(exc.__cause__ or exc) != "InvalidGroup.Duplicate":
-                raise
-        found = await self.api.call("DescribeSecurityGroups", Filters=filters)
-        if not found.get("SecurityGroups"):
-            raise NoSuccess(f"{self.url}: the security group 'aiores' vanished once made")
-        return dict(found["SecurityGroups"][0])
 
     # -- instance records ------------------------------------------------------------------
     def _info(
@@ -334,8 +202,9 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         access = f"ssh://{user}@{address}:{SSH_PORT}" if address else None
         host_key = tags.get("aiores:hostkey")
         login: tuple[str, ...] = ()
-        if self._managed is not None and inst.get("KeyName") == self._managed[0]:
-            login = (self._managed[1],)
+        managed = self._first.managed
+        if managed is not None and inst.get("KeyName") == managed[0]:
+            login = (managed[1],)
         extra: dict[str, Any] = {
             "instance_type": inst.get("InstanceType"),
             "image": inst.get("ImageId"),
@@ -440,15 +309,13 @@ class EC2ResourceAdaptor(ResourceAdaptor):
                 "ec2:// needs ComputeDescription.image: an AMI id (list_images() names them)"
             )
         instance_type = await self._instance_type(description)
-        setup = await self._ensure_setup()
+        setup = await self._first.ensure()
         host_key = new_host_key()
         data = user_data(host_key, description.user_data, description.duration)
         tags = self._tags(description, token, host_key.public)
         params: dict[str, Any] = {
             "ImageId": description.image,
             "InstanceType": instance_type,
-            "KeyName": setup.key_name,
-            "SecurityGroupIds": [setup.group_id],
             "UserData": data,
             "TagSpecifications": [
                 {
@@ -472,7 +339,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         size = self.options.batch
         batches = [min(size, count - start) for start in range(0, count, size)]
         task = asyncio.get_running_loop().create_task(
-            self._launch(params, batches, token, tags), name=f"aiores-ec2 launch {token}"
+            self._launch(params, setup, batches, token, tags), name=f"aiores-ec2 launch {token}"
         )
         task.add_done_callback(_retrieve)
         self._inflight[token] = task
@@ -487,25 +354,47 @@ class EC2ResourceAdaptor(ResourceAdaptor):
     async def _launch(
         self,
         params: Mapping[str, Any],
+        setup: Setup,
         batches: Sequence[int],
         token: str,
         tags: Mapping[str, str],
     ) -> list[ResourceInfo]:
         async def one(index: int, n: int) -> list[ResourceInfo]:
             client_token = token if len(batches) == 1 else f"{token}-{index}"
-            answer = await self.api.call(
-                "RunInstances",
-                once={"instances-launched": n},
-                give_up=lambda: token in self._abandoned,
-                MinCount=n,
-                MaxCount=n,
-                ClientToken=client_token,
-                **params,
-            )
+            used = setup
+            try:
+                answer = await self._run(params, used, n, client_token, token)
+            except AioresError as exc:
+                # A key pair or group remembered from an earlier session is gone:
+                # find or make it again, and launch once more (a new client token:
+                # the refused request made nothing).
+                if (
+                    not self._first.remembered
+                    or (error_code(exc.__cause__ or exc) or "") not in STALE_CODES
+                ):
+                    raise
+                await self._first.forget(used)
+                used = await self._first.ensure()
+                answer = await self._run(params, used, n, client_token + "-r", token)
             return [self._info(inst, tags) for inst in answer.get("Instances", [])]
 
         results = await asyncio.gather(*(one(i, n) for i, n in enumerate(batches)))
         return [info for batch in results for info in batch]
+
+    async def _run(
+        self, params: Mapping[str, Any], setup: Setup, n: int, client_token: str, token: str
+    ) -> dict[str, Any]:
+        return await self.api.call(
+            "RunInstances",
+            once={"instances-launched": n},
+            give_up=lambda: token in self._abandoned,
+            MinCount=n,
+            MaxCount=n,
+            ClientToken=client_token,
+            KeyName=setup.key_name,
+            SecurityGroupIds=[setup.group_id],
+            **params,
+        )
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
         """Instances launched under ``token`` that are not terminated.

@@ -178,6 +178,10 @@ class MotoServer:
         """Blocking: calls per action since the last reset."""
         return dict(self._request("/_aiores/calls"))
 
+    def set_faults_sync(self, **faults: Any) -> None:
+        """Blocking: add faults (see :meth:`set_faults`)."""
+        self._request("/_aiores/faults", faults)
+
     async def reset(self) -> None:
         """Forget every AWS resource, fault and count."""
         await asyncio.to_thread(self.reset_sync)

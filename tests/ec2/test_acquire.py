@@ -79,17 +79,32 @@ async def test_watcher_makes_one_describe_per_tick(
 
 async def test_key_pair_and_group_made_once_and_reused(moto: MotoServer, state_dir: object) -> None:
     url = ec2_url(moto)
-    for _ in range(2):  # two sessions, two acquires each
+    setup = {
+        "DescribeKeyPairs",
+        "ImportKeyPair",
+        "DescribeVpcs",
+        "DescribeSecurityGroups",
+        "CreateSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+    }
+    made: dict[str, int] = {}
+    for first in (True, False):  # two sessions, two acquires each
+        await moto.reset_calls()
         async with aiores.Session(contexts=[aws_context()]) as session:
             mgr = session.manager(url)
             for _ in range(2):
                 vm = await mgr.acquire(vm_desc())
                 await vm.destroy()
-    calls = await moto.calls()
+        calls = await moto.calls()
+        if first:
+            made = calls
+        else:  # remembered in the state directory: no set-up call at all
+            assert not setup & set(calls)
+    calls = made
     assert calls["ImportKeyPair"] == 1
     assert calls["CreateSecurityGroup"] == 1
     assert calls["AuthorizeSecurityGroupIngress"] == 1
-    assert calls["RunInstances"] == 4
+    assert calls["RunInstances"] == 2
     key = aiores.state_dir() / MANAGED_KEY
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
@@ -105,6 +120,23 @@ async def test_key_pair_and_group_made_once_and_reused(moto: MotoServer, state_d
         n for n in [p["KeyName"] for p in pairs["KeyPairs"]] if n.startswith("aiores-")
     ]
     assert len(pairs["KeyPairs"]) == 1
+
+
+async def test_a_remembered_group_that_is_gone_is_made_again(
+    moto: MotoServer, state_dir: object
+) -> None:
+    url = ec2_url(moto)
+    for _ in range(2):
+        async with aiores.Session(contexts=[aws_context()]) as session:
+            vm = await session.manager(url).acquire(vm_desc())
+            await vm.destroy()
+        await moto.reset()  # the key pair and group are gone; the state dir remembers them
+    async with aiores.Session(contexts=[aws_context()]) as session:
+        vm = await session.manager(url).acquire(vm_desc())
+        await vm.destroy()
+    calls = await moto.calls()
+    assert calls["CreateSecurityGroup"] == 1
+    assert calls["RunInstances"] == 2  # refused for the gone group, then launched
 
 
 async def test_user_data_carries_the_host_key_after_the_users_part(
