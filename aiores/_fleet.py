@@ -115,6 +115,15 @@ class Provision:
         finally:
             self._done.set()
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The background task ended: also when cancelled before ``_run`` ever began."""
+        if not self._done.is_set():
+            self.error = IncorrectState(
+                f"provisioning {self.count} on {self.manager.url} was cancelled before it began "
+                "(the session closed)"
+            )
+            self._done.set()
+
     async def _stop(self) -> None:
         """Cancel the acquire if it still runs (it releases what it made) and wait."""
         self._stopped = True
@@ -178,11 +187,25 @@ class Fleet:
         await self.session.shielded(self._teardown, what="tearing down a fleet")
 
     async def _teardown(self) -> None:
-        await asyncio.gather(*(p._stop() for p in self._provisions))
         booted = [m.resource for m in self._members.values() if m.provision is not None]
         self._members.clear()
         retired, self._retired = self._retired, []
-        await _destroy([*booted, *retired])
+
+        async def stop_provisions() -> None:
+            await asyncio.gather(*(p._stop() for p in self._provisions))
+            late, self._retired = self._retired, []  # joined while being stopped
+            await _destroy(late)
+
+        # What is booted is destroyed now, alongside stopping the provisions: one
+        # cloud's stuck acquire must not use up the time the others need.
+        outcomes = await asyncio.gather(
+            _destroy([*booted, *retired]), stop_provisions(), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                log.error("tearing down a fleet: %r", outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     def _check_open(self) -> None:
         if self._closed:
@@ -223,7 +246,7 @@ class Fleet:
             )
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
             raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
-        wanted = _tags("Fleet.provision", tags) | description.tags
+        wanted = _fleet_tags("Fleet.provision", _tags("Fleet.provision", tags) | description.tags)
         manager = (
             url_or_manager
             if isinstance(url_or_manager, Manager)
@@ -235,10 +258,11 @@ class Fleet:
         provision = Provision(manager, desc, count, wanted, self._next)
         self._next += count
         self._provisions.append(provision)
-        self.session.spawn(
+        task = self.session.spawn(
             lambda: provision._run(self._joined),
             name=f"aiores-provision {count} on {manager.url}",
         )
+        task.add_done_callback(provision._ended)
         return provision
 
     def _joined(self, provision: Provision) -> None:
@@ -267,7 +291,7 @@ class Fleet:
         from ._resource import Compute
 
         self._check_open()
-        wanted = _tags("Fleet.add", tags)
+        wanted = _fleet_tags("Fleet.add", _tags("Fleet.add", tags))
         info = host_info(access, wanted)
         for member in self._members.values():
             if member.provision is None and member.resource.native_id == info.id:
@@ -364,7 +388,9 @@ class Fleet:
         except TimeoutError as exc:
             if not scope.expired():
                 raise
-            raise self._timeout(wanted, timeout) from exc
+            if not self._all_active(wanted):  # (timeout=0 asks "are they all up now?")
+                raise self._timeout(wanted, timeout) from exc
+            errors = []
         selected = self._select(tuple(wanted))
         if errors:
             raise FanOutError(
@@ -406,9 +432,17 @@ class Fleet:
             provision = members[0].provision
             assert provision is not None
             fresh = await provision.manager.acquire_many(provision.description, len(members))
+            orphans = []
             for member, resource in zip(members, fresh, strict=True):
+                if self._closed or self._members.get(member.index) is not member:
+                    orphans.append(resource)  # torn down or deprovisioned meanwhile
+                    continue
                 self._retired.append(member.resource)
                 member.resource = resource
+            if orphans:
+                await self.session.shielded(
+                    lambda: _destroy(orphans), what="destroying replacements nobody holds"
+                )
 
         outcomes = await asyncio.gather(
             *(renew(ms) for ms in by_provision.values()), return_exceptions=True
@@ -423,7 +457,15 @@ class Fleet:
         except AioresError as exc:
             log.warning("destroying failed machines that were replaced failed: %r", exc)
             self._retired.extend(retired)  # the teardown tries again
+        except BaseException:
+            self._retired.extend(retired)  # cancelled: the teardown destroys them
+            raise
         return errors
+
+    def _all_active(self, wanted: frozenset[str]) -> bool:
+        pending = any(not p.done() for p in self._provisions if p._may_have(wanted))
+        members = self._select(tuple(wanted))
+        return not pending and all(m.resource.state is ResourceState.ACTIVE for m in members)
 
     def _timeout(self, wanted: frozenset[str], timeout: float | None) -> Timeout:
         members = self._select(tuple(wanted))
@@ -478,6 +520,26 @@ class Fleet:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _fleet_tags(owner: str, tags: frozenset[str]) -> frozenset[str]:
+    """``tags``, refusing those that would mix with the fleet's default tags."""
+    from ._registry import registry
+
+    for tag in tags:
+        if tag.isdigit():
+            raise BadParameter(
+                f"{owner}: tag {tag!r} is all digits, like the index tags the fleet gives "
+                "every machine; choose another"
+            )
+    schemes = set(registry.known_schemes()) | {"hosts"}
+    taken = sorted(tags & schemes)
+    if taken:
+        raise BadParameter(
+            f"{owner}: tag {taken[0]!r} names a cloud, like the scheme tag the fleet gives "
+            f"every machine of {taken[0]}://; choose another"
+        )
+    return tags
 
 
 def _wanted(tags: Sequence[str]) -> frozenset[str]:

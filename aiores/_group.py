@@ -38,15 +38,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Group"]
 
-#: The remote side of copy_and_run: the script arrives on standard input, is written
-#: to a fresh 0700 file, run with its arguments, and removed however the run ends (a
-#: TERM from a cancelled or timed-out run included).
+#: The remote side of copy_and_run: the script arrives on standard input and is
+#: written to a fresh 0700 file, which is opened and removed BEFORE the script runs
+#: (it runs from the open descriptor), so nothing is left behind however the run ends,
+#: a KILL included. The script itself runs with the login's own umask.
 _COPY_AND_RUN = (
-    "umask 077\n"
-    'f=$(mktemp "${TMPDIR:-/tmp}/aiores-script.XXXXXXXX") || exit 125\n'
+    'm=$(umask); umask 077; f=$(mktemp "${TMPDIR:-/tmp}/aiores-script.XXXXXXXX") || exit 125\n'
     "trap 'rm -f \"$f\"' EXIT\n"
     "trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n"
-    'cat >"$f" && chmod 700 "$f" && "$f"'
+    'cat >"$f" && chmod 700 "$f" && exec 3<"$f" && rm -f "$f" && umask "$m" && /dev/fd/3'
 )
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

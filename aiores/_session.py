@@ -304,17 +304,18 @@ class Session:
                 return ctx
         return None
 
-    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
+    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> asyncio.Task[None]:
         """Run ``fn()`` in the session's task group until it returns or the session closes.
 
         An exception escaping ``fn`` is logged, never propagated into the task that
-        opened the session.
+        opened the session. Returns the task (it may be cancelled before ``fn`` starts).
         """
         self._check_open()
         assert self._tg is not None
         task = self._tg.create_task(self._guarded(fn, name), name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _guarded(self, fn: Callable[[], Awaitable[None]], name: str) -> None:
         try:

@@ -218,7 +218,7 @@ class Watcher:
         adaptor: Adaptor,
         *,
         clock: Clock,
-        spawn: Callable[..., None],
+        spawn: Callable[..., object],
         name: str,
         rng: random.Random | None = None,
     ) -> None:

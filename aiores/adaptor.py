@@ -154,8 +154,11 @@ class AdaptorEnv(Protocol):
         """The session's first context of ``kind`` that applies to ``host``."""
         ...
 
-    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> None:
-        """Run ``fn()`` in the session's task group; it is cancelled when the session closes."""
+    def spawn(self, fn: Callable[[], Awaitable[None]], *, name: str) -> object:
+        """Run ``fn()`` in the session's task group; it is cancelled when the session closes.
+
+        (The session returns the task; adaptors need not use it.)
+        """
         ...
 
     def pinned_host_keys(self, host: str, port: int | None) -> tuple[str, ...]:

@@ -75,7 +75,8 @@ async def test_fifty_vms_in_three_tagged_groups(session: aiores.Session, tmp_pat
 
         # Per group, the groups at once: put, run, get, copy_and_run.
         script = tmp_path / "script.sh"
-        script.write_text('#!/bin/sh\necho "$#|$1|$2|$(stat -c %a "$0")|$0"\n')
+        # The script reports its arguments, its umask and what its file has become.
+        script.write_text('#!/bin/sh\necho "$#|$1|$2|$(umask)|$(readlink "$0")"\n')
 
         async def per_group(tag: str) -> None:
             group = fleet.select(tag)
@@ -91,11 +92,17 @@ async def test_fifty_vms_in_three_tagged_groups(session: aiores.Session, tmp_pat
                 local = group.local_path(tmp_path / f"{tag}-mine.txt", vm)
                 assert local.name == f"{tag}-mine.txt.sim-{vm.native_id}"
                 assert local.read_text() == vm.native_id + "\n"
+            login_umask = (await group.run("umask"))[0].stdout.strip()
             scripted = await group.copy_and_run(script, ["a b", "it's"])
             for r in scripted:
-                count, first, second, mode, path = r.stdout.rstrip("\n").split("|")
-                assert (count, first, second, mode) == ("2", "a b", "it's", "700")
-                assert not await asyncio.to_thread(os.path.exists, path)  # removed after it ran
+                count, first, second, umask, target = r.stdout.rstrip("\n").split("|")
+                # Quoted arguments arrive whole; the script runs with the login's umask,
+                # from a file already removed before it started (nothing can be left).
+                assert (count, first, second, umask) == ("2", "a b", "it's", login_umask)
+                assert target.endswith(" (deleted)"), target
+                path = target.removesuffix(" (deleted)")
+                assert "/aiores-script." in path
+                assert not await asyncio.to_thread(os.path.exists, path)
 
         await asyncio.gather(*(per_group(tag) for tag in ("web", "db", "cache")))
     # Leaving the block destroyed every machine.
