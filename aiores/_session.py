@@ -34,6 +34,7 @@ from .adaptor import (
 if TYPE_CHECKING:
     from ._fleet import Fleet
     from ._jobs import JobService
+    from ._recover import Confirm, Reaped, Recovered
     from ._resource import Manager
 
 __all__ = ["Session", "state_dir"]
@@ -244,6 +245,61 @@ class Session:
 
         self._check_open()
         return Fleet(self)
+
+    async def recover(self, *, timeout: float | None = 60.0) -> Recovered:
+        """Reconnect to what earlier sessions left alive, according to the journal.
+
+        Reads the journal of every session, asks each endpoint once (one batched
+        describe) about the resources and jobs recorded there and not final, and
+        returns those the backends still know, with the states they report now (a
+        change that happened while nobody watched is applied and recorded). Resources
+        the backend no longer knows are recorded as ended and listed in ``gone``.
+        Endpoints whose adaptor cannot load or that do not answer within ``timeout``
+        are reported in ``problems``, not raised.
+
+        Returns:
+            A :class:`~aiores._recover.Recovered`: ``resources``, ``jobs``, ``gone``,
+            ``problems`` and the intents still ``in_flight``.
+
+        Raises:
+            IncorrectState: the session is not open, or has no journal.
+
+        Cancelling it stops the describes; nothing is changed at any backend.
+        """
+        from ._recover import recover
+
+        return await recover(self, timeout=timeout)
+
+    async def reap(self, *, confirm: Confirm | None = None, timeout: float | None = 60.0) -> Reaped:
+        """Find and release resources that earlier sessions leaked.
+
+        Leaked means: created under an acquire whose intent never completed (the
+        process died during the call; found at the backend by the intent's token), or
+        recorded by a session that died without closing (its process ended: killed,
+        crashed hard) and never destroyed. A session that closed normally left its
+        resources on purpose: they are kept. Pending intents of sessions that may
+        still run (another live process, another host) are skipped. Nothing the
+        journal does not name is touched.
+
+        Args:
+            confirm: Called with the leaks found (a plain or async callable); they are
+                released only if it returns true. None releases without asking.
+            timeout: Seconds each endpoint may take per call.
+
+        Returns:
+            A :class:`~aiores._recover.Reaped`: what was found, released, kept.
+            Released intents are recorded ``released`` in the journal, destroyed
+            resources CANCELED.
+
+        Raises:
+            IncorrectState: the session is not open, or has no journal.
+
+        Cancelling it stops between calls; what was not released yet stays in the
+        journal as it was, and a later reap finds it again.
+        """
+        from ._recover import reap
+
+        return await reap(self, confirm=confirm, timeout=timeout)
 
     # -- adaptors ---------------------------------------------------------------------
     def _plugin(self, url: URL, kind: str) -> AdaptorPlugin:

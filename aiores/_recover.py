@@ -1,0 +1,544 @@
+"""Recovery and leak reaping from the journal: ``Session.recover()`` and ``Session.reap()``.
+
+The journal names every resource and job a session acquired or submitted, and every
+backend call in flight (an intent with its idempotency token). From it a later session
+can:
+
+- **recover**: reconnect to what earlier sessions left alive (one batched describe per
+  endpoint), so that states that changed while nobody watched are reconciled and
+  recorded, and the objects can be used again;
+- **reap**: release what was leaked: resources created under intents that never
+  completed (their process died mid-call; found at the backend by the intent's token)
+  and resources whose session died without closing (killed, crashed hard) and that
+  were never destroyed. Nothing the journal does not name is ever touched.
+
+A session that closed normally hands its resources over on purpose (resources outlive
+their session): reap leaves them alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import AioresError, IncorrectState
+from ._journal import Intent, Journal
+from ._states import JobState, ResourceState
+from ._url import URL, join_id
+
+if TYPE_CHECKING:
+    from ._jobs import Job
+    from ._resource import Resource
+    from ._session import Session
+
+__all__ = ["Leak", "Problem", "Reaped", "Recovered", "SessionRecord", "reap", "recover"]
+
+log = logging.getLogger("aiores.recover")
+
+#: Seconds one endpoint may take to answer recovery's describe (or reap's find/destroy).
+ENDPOINT_TIMEOUT = 60.0
+#: The most ids in one destroy call made by reap.
+DESTROY_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something recovery or reaping could not do: which object or endpoint, and why."""
+
+    url: str
+    error: str
+    id: str | None = None
+    token: str | None = None
+
+    def __str__(self) -> str:
+        what = self.id or (f"intent {self.token} at {self.url}" if self.token else self.url)
+        return f"{what}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What :meth:`Session.recover` found.
+
+    Attributes:
+        resources: Resources earlier sessions recorded, alive at their backend, each
+            with the state the backend reports now.
+        jobs: Jobs earlier sessions recorded that are not final in the journal, with
+            the state their backend reports now (final ones included: they ended while
+            nobody watched).
+        gone: Ids the journal held as alive that their backend no longer knows (now
+            recorded as ended).
+        problems: Endpoints that could not be reached or whose adaptor cannot load,
+            and objects that could not be described.
+        in_flight: Intents still pending (calls whose outcome was never written):
+            :meth:`Session.reap` releases what they created once their session is gone.
+    """
+
+    resources: list[Resource] = field(default_factory=list)
+    jobs: list[Job] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    in_flight: list[Intent] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    """A resource :meth:`Session.reap` would release, and why.
+
+    Attributes:
+        id: Its aiores id (``[url]-[native id]``).
+        url: Its manager's URL.
+        native_id: The backend's id.
+        session: The journal id of the session that made it.
+        reason: ``"intent never completed"`` or ``"session gone"``.
+        token: The idempotency token it was acquired under, where known.
+        state: Its state at the backend now (a ResourceState name).
+        tags: Its tags.
+    """
+
+    id: str
+    url: str
+    native_id: str
+    session: str
+    reason: str
+    token: str | None
+    state: str
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """What :meth:`Session.reap` did.
+
+    Attributes:
+        leaks: Everything it found to release.
+        released: Ids released (a subset of the leaks' ids).
+        kept: Leaks not released (not confirmed, or their release failed).
+        closed: Tokens of pending intents now closed in the journal (``released``).
+        skipped: Pending intents left alone: their session may still be running.
+        problems: What failed (endpoints unreachable, destroys refused).
+    """
+
+    leaks: list[Leak] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    kept: list[Leak] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    skipped: list[Intent] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One row of the journal's sessions table."""
+
+    id: str
+    pid: int | None
+    host: str | None
+    started: float | None
+    ended: float | None
+
+
+def _is_final(kind: str, state: str | None) -> bool:
+    enum_type: Any = ResourceState if kind == "resource" else JobState
+    try:
+        return bool(enum_type[state].final)
+    except KeyError:
+        return False
+
+
+def _journal_of(session: Session) -> Journal:
+    session._check_open()
+    if session.journal is None:
+        raise IncorrectState(
+            "this session has no journal (journal=None): there is nothing to recover from"
+        )
+    return session.journal
+
+
+# -- recover ---------------------------------------------------------------------------------
+
+
+async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT) -> Recovered:
+    """Reconnect to every resource and job earlier sessions recorded and not final.
+
+    See :meth:`Session.recover`.
+    """
+    journal = _journal_of(session)
+    objects = await journal.objects()
+    result = Recovered(in_flight=await journal.in_flight())
+    by_endpoint: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in objects:
+        if not _is_final(row["kind"], row["state"]):
+            by_endpoint.setdefault((row["kind"], row["url"]), []).append(row)
+    # Resources first: they tell the session the host keys and login keys their
+    # machines' job services (ssh://) need.
+    resource_eps = [(url, rows) for (kind, url), rows in by_endpoint.items() if kind == "resource"]
+    job_eps = [(url, rows) for (kind, url), rows in by_endpoint.items() if kind == "job"]
+    outcomes = await asyncio.gather(
+        *(_recover_resources(session, url, rows, timeout) for url, rows in resource_eps)
+    )
+    for found, gone, problems in outcomes:
+        result.resources.extend(found)
+        result.gone.extend(gone)
+        result.problems.extend(problems)
+    job_outcomes = await asyncio.gather(
+        *(_recover_jobs(session, url, rows, timeout) for url, rows in job_eps)
+    )
+    for jobs, problems in job_outcomes:
+        result.jobs.extend(jobs)
+        result.problems.extend(problems)
+    return result
+
+
+async def _recover_resources(
+    session: Session, url: str, rows: list[dict[str, Any]], timeout: float | None
+) -> tuple[list[Resource], list[str], list[Problem]]:
+    try:
+        async with asyncio.timeout(timeout):
+            manager = session.manager(url)
+            adaptor, watcher = await manager._open()
+            natives = [row["native_id"] for row in rows]
+            infos = await adaptor.describe(natives)
+    except AioresError as exc:
+        return [], [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
+    except TimeoutError:
+        return [], [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
+    found: list[Resource] = []
+    gone: list[str] = []
+    for row in rows:
+        info = infos.get(row["native_id"])
+        if info is None:
+            # The backend no longer knows it (destroyed elsewhere, the cloud stopped).
+            gone.append(row["id"])
+            _journal_of(session).transition(
+                row["id"],
+                "resource",
+                row["state"],
+                "CANCELED",
+                "gone: the backend no longer knows it",
+            )
+            continue
+        if info.token is None and row["token"]:
+            info = dataclasses.replace(info, token=row["token"])
+        resource = manager._resource(info, watcher, None)
+        _reconciled(session, row, resource.state)
+        if not resource.state.final:
+            found.append(resource)
+    return found, gone, []
+
+
+def _reconciled(session: Session, row: dict[str, Any], state: ResourceState | JobState) -> None:
+    """Record a change that happened while nobody watched (as a transition)."""
+    enum_type: Any = ResourceState if row["kind"] == "resource" else JobState
+    try:
+        old = enum_type[row["state"]]
+    except KeyError:
+        return
+    if old is not state and old.reachable(state):
+        _journal_of(session).transition(row["id"], row["kind"], old.name, state.name, "recovered")
+
+
+async def _recover_jobs(
+    session: Session, url: str, rows: list[dict[str, Any]], timeout: float | None
+) -> tuple[list[Job], list[Problem]]:
+    try:
+        async with asyncio.timeout(timeout):
+            service = session.job_service(url)
+            adaptor, watcher = await service._open()
+            infos = await adaptor.describe([row["native_id"] for row in rows])
+    except AioresError as exc:
+        return [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
+    except TimeoutError:
+        return [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
+    jobs: list[Job] = []
+    problems: list[Problem] = []
+    for row in rows:
+        info = infos.get(row["native_id"])
+        if info is None:
+            # Not final and not known: a job of a backend that forgets (local:// jobs
+            # live in the process that submitted them), or one reaped elsewhere.
+            problems.append(Problem(url, f"{url} does not know this job", id=row["id"]))
+            continue
+        job = service._job(info, watcher, None)
+        _reconciled(session, row, job.state)
+        jobs.append(job)
+    return jobs, problems
+
+
+# -- reap -------------------------------------------------------------------------------------
+
+
+Confirm = Callable[[Sequence[Leak]], "bool | Awaitable[bool]"]
+
+
+async def sessions(session: Session) -> dict[str, SessionRecord]:
+    """Every session the journal knows, by id (read on the journal's thread)."""
+    journal = _journal_of(session)
+    rows = await journal._call(
+        lambda db: db.execute("SELECT id, pid, host, started, ended FROM sessions").fetchall()
+    )
+    return {row[0]: SessionRecord(*row) for row in rows}
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` of this host started (epoch seconds), None if it runs no more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith(b"btime "))
+    except (OSError, StopIteration, ValueError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return 0.0
+        return 0.0  # alive, start unknown (no /proc)
+    fields = stat.rsplit(b")", 1)[1].split()
+    if fields[0] == b"Z":
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return boot + int(fields[19]) / ticks
+
+
+def _gone_sessions(records: Iterable[SessionRecord], me: str) -> set[str]:
+    """Sessions that died without closing: on this host, and their process ended.
+
+    A session of another host that did not close may still run: never gone. A pid
+    reused by a later process counts as ended.
+    """
+    host = socket.gethostname()
+    gone = set()
+    for record in records:
+        if record.id == me or record.ended is not None:
+            continue
+        if record.host != host or record.pid is None:
+            continue
+        started = _process_started(record.pid)
+        if started is None or (
+            started > 0 and record.started is not None and started > record.started + 1.0
+        ):
+            gone.add(record.id)
+    return gone
+
+
+def _ended_sessions(records: Iterable[SessionRecord]) -> set[str]:
+    return {r.id for r in records if r.ended is not None}
+
+
+async def reap(
+    session: Session,
+    *,
+    confirm: Confirm | None = None,
+    timeout: float | None = ENDPOINT_TIMEOUT,
+) -> Reaped:
+    """Find and release leaked resources; see :meth:`Session.reap`."""
+    journal = _journal_of(session)
+    records = await sessions(session)
+    dead = await asyncio.to_thread(_gone_sessions, records.values(), session.id)
+    closed_ok = _ended_sessions(records.values())
+    result = Reaped()
+    intents_by_url: dict[str, list[Intent]] = {}
+    for intent in await journal.in_flight():
+        if intent.op != "acquire":
+            continue
+        if intent.session in dead or intent.session in closed_ok:
+            intents_by_url.setdefault(intent.url, []).append(intent)
+        else:
+            result.skipped.append(intent)
+    rows_by_url: dict[str, list[dict[str, Any]]] = {}
+    recorded = await journal.objects("resource")
+    for row in recorded:
+        if row["session"] in dead and not _is_final("resource", row["state"]):
+            rows_by_url.setdefault(row["url"], []).append(row)
+    # A process killed right after its acquire returned may not have recorded the
+    # resources yet: the completed intent names them.
+    known = {row["id"] for row in recorded}
+    for intent in await journal.intents("done"):
+        if intent.op != "acquire" or intent.session not in dead:
+            continue
+        for native in intent.ids:
+            rid = join_id(intent.url, native)
+            if rid not in known:
+                known.add(rid)
+                rows_by_url.setdefault(intent.url, []).append(
+                    {
+                        "id": rid,
+                        "native_id": native,
+                        "session": intent.session,
+                        "token": intent.token,
+                        "state": "NEW",
+                    }
+                )
+    urls = sorted(set(intents_by_url) | set(rows_by_url))
+    found = await asyncio.gather(
+        *(
+            _find_leaks(
+                session, url, intents_by_url.get(url, []), rows_by_url.get(url, []), timeout
+            )
+            for url in urls
+        )
+    )
+    empty_tokens: list[str] = []
+    token_ids: dict[str, list[str]] = {}
+    held: list[Resource] = []
+    for leaks, empties, problems, resources in found:
+        held.extend(resources)
+        result.leaks.extend(leaks)
+        empty_tokens.extend(empties)
+        result.problems.extend(problems)
+        for leak in leaks:
+            if leak.reason == "intent never completed" and leak.token:
+                token_ids.setdefault(leak.token, []).append(leak.native_id)
+    # Intents that created nothing (killed before the backend answered, or what they
+    # made has ended): nothing to release, they are closed at once.
+    why = f"reaped by {session.id}: its session is gone"
+    for token in empty_tokens:
+        journal.outcome(token, "released", (), why)
+        result.closed.append(token)
+    if result.leaks:
+        go = True
+        if confirm is not None:
+            answer = confirm(list(result.leaks))
+            go = bool(await answer) if inspect.isawaitable(answer) else bool(answer)
+        if not go:
+            result.kept.extend(result.leaks)
+        else:
+            await _release(session, result, timeout)
+            released = set(result.released)
+            for token, natives in token_ids.items():
+                url = next(leak.url for leak in result.leaks if leak.token == token)
+                ids = [join_id(url, n) for n in natives]
+                if all(i in released for i in ids):
+                    journal.outcome(token, "released", natives, why)
+                    result.closed.append(token)
+    await journal.flush()
+    del held
+    return result
+
+
+async def _find_leaks(
+    session: Session,
+    url: str,
+    intents: list[Intent],
+    rows: list[dict[str, Any]],
+    timeout: float | None,
+) -> tuple[list[Leak], list[str], list[Problem], list[Resource]]:
+    # The resource objects are held until released: the watcher holds them weakly, and
+    # the destroy records their end (CANCELED) in the journal through them.
+    held: list[Resource] = []
+    leaks: list[Leak] = []
+    empties: list[str] = []
+    try:
+        async with asyncio.timeout(timeout):
+            manager = session.manager(url)
+            adaptor, watcher = await manager._open()
+            finds = await asyncio.gather(*(adaptor.find(i.token) for i in intents))
+            infos = await adaptor.describe([r["native_id"] for r in rows]) if rows else {}
+    except AioresError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        return (
+            [],
+            [],
+            [Problem(url, problem, token=i.token) for i in intents]
+            + [Problem(url, problem, id=r["id"]) for r in rows],
+            [],
+        )
+    except TimeoutError:
+        problem = f"no answer within {timeout} s"
+        return [], [], [Problem(url, problem, token=i.token) for i in intents], []
+    seen: set[str] = set()
+    for intent, made in zip(intents, finds, strict=True):
+        live = [info for info in made if not info.state.final]
+        if not live:
+            empties.append(intent.token)
+        for info in live:
+            seen.add(info.id)
+            held.append(manager._resource(info, watcher, None))
+            leaks.append(
+                Leak(
+                    id=join_id(url, info.id),
+                    url=url,
+                    native_id=info.id,
+                    session=intent.session,
+                    reason="intent never completed",
+                    token=intent.token,
+                    state=info.state.name,
+                    tags=tuple(sorted(info.tags)),
+                )
+            )
+    for row in rows:
+        described = infos.get(row["native_id"])
+        if described is None or described.state.final or described.id in seen:
+            if described is None:
+                _journal_of(session).transition(
+                    row["id"],
+                    "resource",
+                    row["state"],
+                    "CANCELED",
+                    "gone: the backend no longer knows it",
+                )
+            continue
+        resource = manager._resource(described, watcher, None)
+        held.append(resource)
+        leaks.append(
+            Leak(
+                id=resource.id,
+                url=url,
+                native_id=described.id,
+                session=row["session"],
+                reason="session gone",
+                token=row["token"],
+                state=described.state.name,
+                tags=tuple(sorted(described.tags)),
+            )
+        )
+    return leaks, empties, [], held
+
+
+async def _release(session: Session, result: Reaped, timeout: float | None) -> None:
+    by_url: dict[str, list[Leak]] = {}
+    for leak in result.leaks:
+        by_url.setdefault(leak.url, []).append(leak)
+
+    async def release(url: str, leaks: list[Leak]) -> None:
+        manager = session.manager(url)
+        for start in range(0, len(leaks), DESTROY_BATCH):
+            batch = leaks[start : start + DESTROY_BATCH]
+            try:
+                async with asyncio.timeout(timeout):
+                    await manager.destroy([leak.native_id for leak in batch])
+            except AioresError as exc:
+                result.problems.append(Problem(url, f"destroy failed: {type(exc).__name__}: {exc}"))
+                result.kept.extend(batch)
+            except TimeoutError:
+                result.problems.append(Problem(url, f"destroy: no answer within {timeout} s"))
+                result.kept.extend(batch)
+            else:
+                result.released.extend(leak.id for leak in batch)
+
+    await asyncio.gather(*(release(url, leaks) for url, leaks in by_url.items()))
+
+
+def describe_age(created: float | None, now: float | None = None) -> str:
+    """``created`` as an age for listings: ``42s``, ``5m``, ``3h``, ``2d``."""
+    if created is None:
+        return "-"
+    seconds = max(0.0, (now if now is not None else time.time()) - created)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def endpoint_of(url: str) -> str:
+    """``url`` without options (for display)."""
+    return str(URL.parse(url).replace(query=()))

@@ -1,0 +1,105 @@
+"""Session.reap(): release what a killed program was acquiring; touch nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+import aiores
+from aiores import ComputeDescription
+from aiores._recover import Leak
+from aiores.testing import SimCloudProcess
+
+from .killed import kill_mid_acquire
+
+URL = "sim://?boot_delay=0.05-0.2"
+
+
+async def _live(tag: str) -> list[aiores.Resource]:
+    async with aiores.Session(journal=None) as session:
+        return await session.manager("sim://").list(tags=tag)
+
+
+@pytest.mark.asyncio
+async def test_reap_releases_every_vm_of_an_acquire_killed_midway(
+    aiores_sim_cloud: SimCloudProcess,
+) -> None:
+    # Someone else's VM, unknown to the journal: never touched.
+    async with aiores.Session(journal=None) as stranger:
+        foreign = await stranger.manager(URL).acquire(ComputeDescription(tags={"kill50"}))
+    await asyncio.to_thread(kill_mid_acquire, 50, "kill50", aiores_sim_cloud.directory)
+    async with aiores.Session() as session:
+        assert session.journal is not None
+        (pending,) = await session.journal.in_flight()
+        assert pending.count == 50
+        asked: list[list[Leak]] = []
+
+        def confirm(leaks: Sequence[Leak]) -> bool:
+            asked.append(list(leaks))
+            return False
+
+        declined = await session.reap(confirm=confirm)
+        assert len(asked[0]) == 50
+        assert {leak.token for leak in asked[0]} == {pending.token}
+        assert declined.released == []
+        assert len(declined.kept) == 50
+        assert len(await _live("kill50")) == 51
+
+        reaped = await session.reap()
+        assert len(reaped.released) == 50
+        assert reaped.closed == [pending.token]
+        assert reaped.problems == []
+        assert await session.journal.in_flight() == []
+        (done,) = [i for i in await session.journal.intents() if i.token == pending.token]
+        assert done.status == "released"
+        assert len(done.ids) == 50
+    assert [vm.native_id for vm in await _live("kill50")] == [foreign.native_id]
+    async with aiores.Session(journal=None) as stranger:
+        await stranger.manager("sim://").destroy(foreign.id)
+
+
+@pytest.mark.asyncio
+async def test_reap_releases_what_a_killed_session_recorded_but_keeps_closed_sessions(
+    state_dir: Path,
+) -> None:
+    async with aiores.Session() as closed:
+        kept = await closed.manager(URL).acquire(ComputeDescription(tags={"keep"}))
+    # A session whose process is gone without closing: fake its pid as ended.
+    async with aiores.Session() as crashed:
+        leaked = await crashed.manager(URL).acquire(ComputeDescription(tags={"leak"}))
+        assert crashed.journal is not None
+        await crashed.journal.flush()
+        dead_pid = await _dead_pid()
+        await crashed.journal._call(
+            lambda db: db.execute(
+                "UPDATE sessions SET pid = ? WHERE id = ?", (dead_pid, crashed.id)
+            )
+        )
+        # Closing writes 'ended': undo that below by reading the id now.
+        crashed_id = crashed.id
+    async with aiores.Session() as session:
+        assert session.journal is not None
+        await session.journal._call(
+            lambda db: db.execute("UPDATE sessions SET ended = NULL WHERE id = ?", (crashed_id,))
+        )
+        reaped = await session.reap()
+        assert reaped.released == [leaked.id]
+        assert [leak.reason for leak in reaped.leaks] == ["session gone"]
+        await session.journal.flush()
+        states = {o["id"]: o["state"] for o in await session.journal.objects("resource")}
+        assert states[leaked.id] == "CANCELED"
+    assert [vm.native_id for vm in await _live("keep")] == [kept.native_id]
+    assert await _live("leak") == []
+    async with aiores.Session() as session:
+        await session.manager("sim://").destroy(kept.id)
+
+
+async def _dead_pid() -> int:
+    proc = await asyncio.create_subprocess_exec("true")
+    await proc.wait()
+    assert proc.pid != os.getpid()
+    return proc.pid
