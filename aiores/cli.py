@@ -1,4 +1,8 @@
-"""The ``aiores`` command: ``aiores demo`` and ``aiores sim start|stop|status``.
+"""The ``aiores`` command: machines, jobs, recovery, ``aiores demo`` and ``aiores sim``.
+
+The machine commands (``provision``, ``ls``, ``run``, ``put``, ``get``,
+``deprovision``) live in :mod:`aiores._cli_machines`; ``jobs``, ``recover`` and ``gc``
+in :mod:`aiores._cli_admin`; this module holds the group, ``demo`` and ``sim``.
 
 ``aiores demo`` is the main job: it boots two tagged groups of simulated VMs at once
 with a live progress display, fans a file and a command out to each group, prints a
@@ -34,6 +38,8 @@ from . import (
     __version__,
     state_dir,
 )
+from ._cli_admin import gc, jobs, recover
+from ._cli_machines import deprovision, get, ls, provision, put, run_command
 
 __all__ = ["main"]
 
@@ -56,7 +62,32 @@ def _run(coro: Awaitable[T]) -> T:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="aiores")
 def main() -> None:
-    """Asyncio-native orchestration of compute."""
+    """Asyncio-native orchestration of compute.
+
+    State (the journal of what was acquired and submitted, keys, the simulated
+    cloud) lives in $AIORES_STATE_DIR, else the platform's user state directory.
+    Machines outlive the command that provisioned them; later commands find them
+    through the journal and select them by tag.
+
+    \b
+    Examples:
+      aiores provision sim:// --count 4 --tag web --wait
+      aiores ls --tag web
+      aiores run --tag web -- uname -n
+      aiores deprovision --tag web
+      aiores gc --yes
+    """
+
+
+main.add_command(provision)
+main.add_command(ls)
+main.add_command(run_command)
+main.add_command(put)
+main.add_command(get)
+main.add_command(deprovision)
+main.add_command(jobs)
+main.add_command(recover)
+main.add_command(gc)
 
 
 # -- aiores demo --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["CHILD", "kill_mid_acquire"]
@@ -21,7 +22,13 @@ def _disks(sim_dir: Path) -> set[str]:
         return set()
 
 
-def kill_mid_acquire(count: int, tag: str, sim_dir: Path, timeout: float = 30.0) -> None:
+def kill_mid_acquire(
+    count: int,
+    tag: str,
+    sim_dir: Path,
+    timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Start the acquiring child and SIGKILL it once the cloud makes its first VM disk.
 
     The journal's intent is durable before the backend call, so by then it is there
@@ -33,6 +40,7 @@ def kill_mid_acquire(count: int, tag: str, sim_dir: Path, timeout: float = 30.0)
         [sys.executable, str(CHILD), str(count), tag],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        env=None if env is None else dict(env),
     )
     deadline = time.monotonic() + timeout
     try:

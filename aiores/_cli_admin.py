@@ -1,0 +1,332 @@
+"""``aiores jobs ... | recover | gc``: jobs from the shell, and the journal's housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich import box
+from rich.table import Table
+
+from ._cli_common import console, emit_json, err, recovered, resource_json, run, show_problems
+from ._descriptions import JobDescription
+from ._exceptions import BadParameter, IncorrectState
+from ._jobs import Job
+from ._recover import Leak, Reaped, describe_age
+from ._session import Session
+from ._states import JobState
+from ._url import split_id
+
+__all__ = ["gc", "jobs", "recover"]
+
+
+def _job_json(job: Job, row: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "native_id": job.native_id,
+        "url": str(job.service.url),
+        "state": job.state.name,
+        "detail": job.state_detail,
+        "exit_code": job.exit_code,
+        "created": row.get("created") if row else None,
+    }
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+@click.group()
+def jobs() -> None:
+    """Submit, list, wait for and cancel jobs (local://, ssh://user@host, a VM's access URL)."""
+
+
+@jobs.command("submit")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for it; print its output.")
+@click.option("--timeout", type=float, help="Seconds --wait may take.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@click.argument("url")
+@click.argument("command", nargs=-1, required=True)
+def jobs_submit(
+    wait_: bool, timeout: float | None, as_json: bool, url: str, command: tuple[str, ...]
+) -> None:
+    """Submit COMMAND (a program and its arguments) as a job at URL; print its id.
+
+    The job runs on after the command ends (where the backend allows: local://
+    jobs are children of this process and end their journey with it, so use --wait
+    there). With --wait the exit status is the job's exit code (1 if it did not
+    end DONE).
+
+    \b
+    Examples:
+      aiores jobs submit --wait local:// -- /bin/echo hello
+      aiores jobs submit ssh://me@login.example.org -- ./simulate --steps 1000
+    """
+    desc = JobDescription(executable=command[0], arguments=list(command[1:]))
+
+    async def go() -> dict[str, Any]:
+        async with Session() as session:
+            await recovered(session)  # the host keys of machines aiores booted
+            job = await session.job_service(url).submit(desc)
+            if not wait_:
+                return _job_json(job)
+            try:
+                await job.wait(timeout=timeout)
+            except asyncio.CancelledError:
+                await session.shielded(job.cancel, what=f"cancelling {job.id}")
+                err.print(f"interrupted: cancelled {job.id}")
+                raise
+            data = _job_json(job)
+            data["stdout"], data["stderr"] = job.stdout, job.stderr
+            return data
+
+    data = run(go)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(data["id"])
+        if wait_:
+            if data.get("stdout"):
+                click.echo(data["stdout"], nl=False)
+            if data.get("stderr"):
+                click.echo(data["stderr"], nl=False, err=True)
+    if wait_:
+        err.print(f"{data['id']}: {data['state']}, exit code {data['exit_code']}")
+        if data["state"] != JobState.DONE.name:
+            raise SystemExit(data["exit_code"] or 1)
+
+
+@jobs.command("ls")
+@click.option("--all", "show_all", is_flag=True, help="Also jobs that ended.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+@click.argument("url", required=False)
+def jobs_ls(show_all: bool, as_json: bool, url: str | None) -> None:
+    """List the jobs recorded in the journal (at URL, if given), with their state now.
+
+    \b
+    Examples:
+      aiores jobs ls
+      aiores jobs ls --all ssh://me@login.example.org --json
+    """
+
+    async def go() -> list[dict[str, Any]]:
+        async with Session() as session:
+            found = await recovered(session)
+            assert session.journal is not None
+            rows = {o["id"]: o for o in await session.journal.objects("job")}
+            live = {job.id: _job_json(job, rows.get(job.id)) for job in found.jobs}
+            out = list(live.values())
+            if show_all:
+                for rid, row in rows.items():
+                    if rid not in live:
+                        out.append(
+                            {
+                                "id": rid,
+                                "native_id": row["native_id"],
+                                "url": row["url"],
+                                "state": row["state"],
+                                "detail": row["detail"],
+                                "exit_code": None,
+                                "created": row["created"],
+                            }
+                        )
+            return [j for j in out if url is None or j["url"] == url]
+
+    listed = run(go)
+    if as_json:
+        emit_json(listed)
+        return
+    table = Table(header_style="bold", box=box.SIMPLE)
+    for name in ("id", "state", "exit", "age"):
+        table.add_column(name, no_wrap=True)
+    for job in listed:
+        exit_code = "-" if job["exit_code"] is None else str(job["exit_code"])
+        table.add_row(job["id"], job["state"], exit_code, describe_age(job["created"]))
+    console.print(table)
+    err.print(f"{len(listed)} jobs")
+
+
+async def _find_jobs(session: Session, ids: Sequence[str]) -> list[Job]:
+    await recovered(session)  # the host keys of machines aiores booted
+    found = []
+    for job_id in ids:
+        parts = split_id(job_id)
+        if parts is None:
+            raise BadParameter(f"{job_id!r} is not a job id like '[local://]-[1234]'")
+        found.append(await session.job_service(parts[0]).get(job_id))
+    return found
+
+
+@jobs.command("wait")
+@click.option("--timeout", type=float, help="Seconds to wait at most.")
+@click.argument("ids", nargs=-1, required=True)
+def jobs_wait(timeout: float | None, ids: tuple[str, ...]) -> None:
+    """Wait until the jobs IDS end; print each one's state and exit code.
+
+    The exit status is 0 only if every job ended DONE. Ctrl-C stops waiting (the
+    jobs run on).
+
+    \b
+    Examples:
+      aiores jobs wait '[ssh://me@login]-[a1b2c3]'
+    """
+
+    async def go() -> list[dict[str, Any]]:
+        async with Session() as session:
+            found = await _find_jobs(session, ids)
+            await asyncio.gather(*(job.wait(timeout=timeout) for job in found))
+            return [_job_json(job) for job in found]
+
+    ended = run(go)
+    for job in ended:
+        click.echo(f"{job['id']} {job['state']} {job['exit_code']}")
+    if any(job["state"] != JobState.DONE.name for job in ended):
+        raise SystemExit(1)
+
+
+@jobs.command("cancel")
+@click.argument("ids", nargs=-1, required=True)
+def jobs_cancel(ids: tuple[str, ...]) -> None:
+    """Cancel the jobs IDS (TERM, then KILL after the backend's grace period).
+
+    \b
+    Examples:
+      aiores jobs cancel '[ssh://me@login]-[a1b2c3]'
+    """
+
+    async def go() -> list[str]:
+        async with Session() as session:
+            found = await _find_jobs(session, ids)
+            said = []
+            for job in found:
+                try:
+                    await job.cancel()
+                    said.append(f"{job.id} cancelled")
+                except IncorrectState as exc:
+                    said.append(f"{job.id}: {exc}")
+            return said
+
+    for line in run(go):
+        click.echo(line)
+
+
+# -- recover ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def recover(as_json: bool) -> None:
+    """Reconnect to what earlier programs left alive and say what it is now.
+
+    Reads the journal of the state directory, asks every cloud and job service
+    about what it recorded, records what changed meanwhile, and lists it, with what
+    could not be reached and the calls a killed program left unfinished (see gc).
+
+    \b
+    Examples:
+      aiores recover
+      aiores recover --json | jq '.jobs[] | select(.state == "DONE")'
+    """
+
+    async def go() -> dict[str, Any]:
+        async with Session() as session:
+            found = await session.recover()
+            return {
+                "resources": [resource_json(r) for r in found.resources],
+                "jobs": [_job_json(j) for j in found.jobs],
+                "gone": found.gone,
+                "problems": [dataclasses.asdict(p) for p in found.problems],
+                "in_flight": [
+                    {"token": i.token, "session": i.session, "op": i.op, "url": i.url}
+                    for i in found.in_flight
+                ],
+            }
+
+    data = run(go)
+    if as_json:
+        emit_json(data)
+        return
+    for r in data["resources"]:
+        click.echo(f"resource {r['id']} {r['state']} ({r['detail']}) {','.join(r['tags'])}")
+    for j in data["jobs"]:
+        click.echo(f"job {j['id']} {j['state']} exit {j['exit_code']}")
+    for rid in data["gone"]:
+        click.echo(f"gone {rid}")
+    for problem in data["problems"]:
+        err.print(f"problem {problem['id'] or problem['url']}: {problem['error']}", style="yellow")
+    for intent in data["in_flight"]:
+        click.echo(f"unfinished {intent['op']} at {intent['url']} ({intent['token']})")
+    err.print(
+        f"recovered {len(data['resources'])} resources and {len(data['jobs'])} jobs; "
+        f"{len(data['gone'])} gone, {len(data['in_flight'])} calls unfinished"
+    )
+
+
+# -- gc ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--yes", "-y", is_flag=True, help="Release without asking (for scripts).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON; without --yes, only list.")
+def gc(yes: bool, as_json: bool) -> None:
+    """Release resources that killed programs leaked, after confirmation.
+
+    Leaked: created by a call that never completed (the program died during it),
+    or acquired by a program that died without closing its session and never
+    released. Resources of programs that ended normally are theirs to keep; anything
+    the journal does not name is never touched.
+
+    \b
+    Examples:
+      aiores gc               # lists the leaks, asks, releases
+      aiores gc --yes         # releases without asking
+      aiores gc --json        # lists only (a dry run for scripts)
+    """
+
+    async def confirm(leaks: Sequence[Leak]) -> bool:
+        if not as_json:
+            table = Table(header_style="bold", box=box.SIMPLE, title="leaked")
+            for name in ("id", "state", "tags", "why"):
+                table.add_column(name, no_wrap=True)
+            for leak in leaks:
+                table.add_row(leak.id, leak.state, ",".join(leak.tags), leak.reason)
+            console.print(table)
+        if yes:
+            return True
+        if as_json:
+            return False
+        return await asyncio.to_thread(
+            click.confirm, f"release these {len(leaks)} resources?", default=False
+        )
+
+    async def go() -> Reaped:
+        async with Session() as session:
+            return await session.reap(confirm=confirm)
+
+    reaped = run(go)
+    show_problems(reaped.problems)
+    if as_json:
+        emit_json(
+            {
+                "leaks": [dataclasses.asdict(leak) for leak in reaped.leaks],
+                "released": reaped.released,
+                "kept": [leak.id for leak in reaped.kept],
+                "closed": reaped.closed,
+                "skipped": [i.token for i in reaped.skipped],
+                "problems": [dataclasses.asdict(p) for p in reaped.problems],
+            }
+        )
+    else:
+        for rid in reaped.released:
+            click.echo(f"released {rid}")
+        for leak in reaped.kept:
+            click.echo(f"kept {leak.id}")
+    err.print(
+        f"gc: {len(reaped.leaks)} leaked, {len(reaped.released)} released, "
+        f"{len(reaped.kept)} kept, {len(reaped.closed)} unfinished calls closed"
+        + (f", {len(reaped.skipped)} left to programs still running" if reaped.skipped else "")
+    )
+    if reaped.problems or (reaped.kept and yes):
+        raise SystemExit(1)
