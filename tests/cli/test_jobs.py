@@ -1,0 +1,59 @@
+"""``aiores jobs``: submit and wait on local://; a VM's job found again by later commands."""
+
+from __future__ import annotations
+
+import json
+
+from .conftest import Cli
+
+
+def test_jobs_submit_and_wait_on_local(cli: Cli) -> None:
+    ok = cli(
+        "jobs", "submit", "--wait", "local://", "--", "/bin/sh", "-c", "echo out; echo err >&2"
+    )
+    assert ok.returncode == 0, ok.stderr
+    job_id, out = ok.stdout.splitlines()
+    assert job_id.startswith("[local://]-[")
+    assert out == "out"
+    assert "err" in ok.stderr
+    assert f"{job_id}: DONE, exit code 0" in ok.stderr
+    failed = cli("jobs", "submit", "--wait", "--json", "local://", "--", "/bin/sh", "-c", "exit 4")
+    assert failed.returncode == 4
+    assert '"state": "FAILED"' in failed.stdout
+    missing = cli("jobs", "submit", "--wait", "local://", "--", "/no/such/program")
+    assert missing.returncode == 1
+    assert "DoesNotExist" in missing.stderr
+    # A local:// job lives in the process that submitted it: later commands say so.
+    lost = cli("jobs", "wait", job_id)
+    assert lost.returncode == 1
+    assert "DoesNotExist" in lost.stderr
+
+
+def test_a_job_on_a_vm_is_waited_for_and_cancelled_by_later_commands(cli: Cli) -> None:
+    made = cli("provision", "sim://?boot_delay=0.05", "-t", "jobs", "--wait")
+    assert made.returncode == 0, made.stderr
+    (vm,) = cli.json("ls", "-t", "jobs")
+    access = vm["access"]
+    submitted = cli("jobs", "submit", access, "--", "/bin/sh", "-c", "sleep 0.5; exit 0")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    long = cli("jobs", "submit", access, "--", "/bin/sleep", "300")
+    long_id = long.stdout.strip()
+    shown = cli("jobs", "ls", "--all", "--json")
+    listed = {j["id"]: j["state"] for j in json.loads(shown.stdout)}
+    assert job_id in listed, shown.stderr
+    assert listed[job_id] in ("QUEUED", "RUNNING", "DONE")
+    assert listed[long_id] in ("QUEUED", "RUNNING")
+    waited = cli("jobs", "wait", "--timeout", "30", job_id)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == f"{job_id} DONE 0"
+    cancelled = cli("jobs", "cancel", long_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert f"{long_id} cancelled" in cancelled.stdout
+    ended = cli("jobs", "wait", "--timeout", "30", long_id)
+    assert ended.returncode == 1
+    assert "CANCELED" in ended.stdout
+    every = {j["id"]: j["state"] for j in cli.json("jobs", "ls", "--all")}
+    assert every[job_id] == "DONE"
+    assert every[long_id] == "CANCELED"
+    assert cli("deprovision", "-t", "jobs").returncode == 0
