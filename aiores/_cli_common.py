@@ -110,8 +110,12 @@ def show_problems(problems: Sequence[Problem]) -> None:
         err.print(f"aiores: {problem}", style="yellow")
 
 
+#: Seconds each endpoint may take to answer a command's recovery.
+RECOVER_TIMEOUT = 20.0
+
+
 async def recovered(session: Session) -> Recovered:
     """``session.recover()``, its problems said on standard error."""
-    found = await session.recover()
+    found = await session.recover(timeout=RECOVER_TIMEOUT)
     show_problems(found.problems)
     return found

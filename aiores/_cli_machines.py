@@ -133,7 +133,20 @@ async def _wait_active(vms: list[Compute], timeout: float) -> None:
 
 
 async def _interrupted_provision(session: Session, vms: list[Compute]) -> None:
-    """Say what a cancelled provision released and kept (releasing what still boots)."""
+    """Say what a cancelled provision released and kept (releasing what still boots).
+
+    Cancelled during the acquire, the core has released what the call created (the
+    journal's intent, now ``released``, names it); cancelled while waiting, the
+    machines still booting are released here (shielded, bounded) and ACTIVE ones kept.
+    """
+    released = 0
+    if not vms and session.journal is not None:
+        for intent in await session.journal.intents("released"):
+            if intent.session == session.id:
+                released += len(intent.ids)
+                err.print(f"released {len(intent.ids)} machines being acquired at {intent.url}")
+                for native in intent.ids:
+                    err.print(f"released [{intent.url}]-[{native}]")
     booting = [vm for vm in vms if vm.state is not ResourceState.ACTIVE and not vm.state.final]
     kept = [vm for vm in vms if vm.state is ResourceState.ACTIVE]
     if booting:
@@ -141,19 +154,13 @@ async def _interrupted_provision(session: Session, vms: list[Compute]) -> None:
         await session.shielded(
             lambda: mgr.destroy(booting), what="releasing machines still booting"
         )
+        released += len(booting)
         for vm in booting:
             err.print(f"released {vm.id} (still booting)")
-    elif session.journal is not None:
-        # Cancelled during the acquire: the core released what its call created.
-        for intent in await session.journal.intents("released"):
-            if intent.session == session.id:
-                err.print(f"released {len(intent.ids)} machines being acquired at {intent.url}")
-                for native in intent.ids:
-                    err.print(f"released [{intent.url}]-[{native}]")
     for vm in kept:
         err.print(f"kept {vm.id} (ACTIVE)")
         click.echo(vm.id)
-    err.print(f"interrupted: released {len(booting)}, kept {len(kept)}")
+    err.print(f"interrupted: released {released}, kept {len(kept)}")
 
 
 # -- ls ---------------------------------------------------------------------------------------

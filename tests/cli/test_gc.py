@@ -94,3 +94,24 @@ def test_ctrl_c_during_run_stops_the_command_everywhere(cli: Cli) -> None:
     assert "interrupted: 0 hosts finished, stopped on 2" in errs
     _until(lambda: not _sleeping(), "the commands to end")
     assert cli("deprovision", "-t", "sleepy").returncode == 0
+
+
+def test_ctrl_c_during_the_acquire_releases_what_was_being_acquired(cli: Cli) -> None:
+    before = set(cli.sim.glob("vms/*"))
+    proc = subprocess.Popen(
+        cli.argv("provision", "sim://?boot_delay=60", "-n", "100", "-t", "cut"),
+        env=cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _until(lambda: set(cli.sim.glob("vms/*")) - before, "the cloud to make a VM")
+    proc.send_signal(signal.SIGINT)
+    out, errs = proc.communicate(timeout=COMMAND_TIMEOUT)
+    assert proc.returncode == 130, errs
+    assert "released 100 machines being acquired at sim://?boot_delay=60" in errs
+    assert "interrupted: released 100, kept 0" in errs
+    assert out == ""
+    assert cli.live("cut") == []
+    ((status,),) = cli.journal("SELECT status FROM intents WHERE payload LIKE '%cut%'")
+    assert status == "released"
