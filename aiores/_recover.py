@@ -99,8 +99,10 @@ class Leak:
         session: The journal id of the session that made it.
         reason: ``"intent never completed"`` or ``"session gone"``.
         token: The idempotency token it was acquired under, where known.
-        state: Its state at the backend now (a ResourceState name).
+        state: Its state at the backend now (a ResourceState or JobState name).
         tags: Its tags.
+        kind: ``"resource"`` (released by destroying it) or ``"job"`` (a job whose
+            submit never completed: released by cancelling it).
     """
 
     id: str
@@ -111,6 +113,7 @@ class Leak:
     token: str | None
     state: str
     tags: tuple[str, ...] = ()
+    kind: str = "resource"
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +350,13 @@ async def reap(
     closed_ok = _ended_sessions(records.values())
     result = Reaped()
     intents_by_url: dict[str, list[Intent]] = {}
+    submits_by_url: dict[str, list[Intent]] = {}
     for intent in await journal.in_flight():
-        if intent.op != "acquire":
+        if intent.op not in ("acquire", "submit"):
             continue
         if intent.session in dead or intent.session in closed_ok:
-            intents_by_url.setdefault(intent.url, []).append(intent)
+            table = intents_by_url if intent.op == "acquire" else submits_by_url
+            table.setdefault(intent.url, []).append(intent)
         else:
             result.skipped.append(intent)
     rows_by_url: dict[str, list[dict[str, Any]]] = {}
@@ -387,9 +392,20 @@ async def reap(
             for url in urls
         )
     )
+    if submits_by_url:
+        # Jobs on machines aiores booted need the host keys their clouds published.
+        await recover(session, timeout=timeout)
+    found_jobs = await asyncio.gather(
+        *(
+            _find_job_leaks(session, url, intents, timeout)
+            for url, intents in sorted(submits_by_url.items())
+        )
+    )
     empty_tokens: list[str] = []
     token_ids: dict[str, list[str]] = {}
     held: list[Resource] = []
+    for job_leaks, empties, problems in found_jobs:
+        found.append((job_leaks, empties, problems, []))
     for leaks, empties, problems, resources in found:
         held.extend(resources)
         result.leaks.extend(leaks)
@@ -423,6 +439,42 @@ async def reap(
     await journal.flush()
     del held
     return result
+
+
+async def _find_job_leaks(
+    session: Session, url: str, intents: list[Intent], timeout: float | None
+) -> tuple[list[Leak], list[str], list[Problem]]:
+    """Jobs submitted under ``intents`` (never completed) that have not ended."""
+    try:
+        async with asyncio.timeout(timeout):
+            adaptor, _ = await session.job_service(url)._open()
+            finds = await asyncio.gather(*(adaptor.find(i.token) for i in intents))
+    except AioresError as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        return [], [], [Problem(url, problem, token=i.token) for i in intents]
+    except TimeoutError:
+        problem = f"no answer within {timeout} s"
+        return [], [], [Problem(url, problem, token=i.token) for i in intents]
+    leaks: list[Leak] = []
+    empties: list[str] = []
+    for intent, made in zip(intents, finds, strict=True):
+        live = [info for info in made if not info.state.final]
+        if not live:
+            empties.append(intent.token)
+        leaks.extend(
+            Leak(
+                id=join_id(url, info.id),
+                url=url,
+                native_id=info.id,
+                session=intent.session,
+                reason="intent never completed",
+                token=intent.token,
+                state=info.state.name,
+                kind="job",
+            )
+            for info in live
+        )
+    return leaks, empties, []
 
 
 async def _find_leaks(
@@ -506,8 +558,28 @@ async def _find_leaks(
 
 async def _release(session: Session, result: Reaped, timeout: float | None) -> None:
     by_url: dict[str, list[Leak]] = {}
+    jobs: list[Leak] = []
     for leak in result.leaks:
-        by_url.setdefault(leak.url, []).append(leak)
+        if leak.kind == "job":
+            jobs.append(leak)
+        else:
+            by_url.setdefault(leak.url, []).append(leak)
+
+    async def cancel(leak: Leak) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                adaptor, _ = await session.job_service(leak.url)._open()
+                await adaptor.cancel(leak.native_id)
+        except AioresError as exc:
+            result.problems.append(
+                Problem(leak.url, f"cancel failed: {type(exc).__name__}: {exc}", id=leak.id)
+            )
+            result.kept.append(leak)
+        except TimeoutError:
+            result.problems.append(Problem(leak.url, "cancel: no answer", id=leak.id))
+            result.kept.append(leak)
+        else:
+            result.released.append(leak.id)
 
     async def release(url: str, leaks: list[Leak]) -> None:
         manager = session.manager(url)
@@ -525,7 +597,9 @@ async def _release(session: Session, result: Reaped, timeout: float | None) -> N
             else:
                 result.released.extend(leak.id for leak in batch)
 
-    await asyncio.gather(*(release(url, leaks) for url, leaks in by_url.items()))
+    await asyncio.gather(
+        *(release(url, leaks) for url, leaks in by_url.items()), *(cancel(j) for j in jobs)
+    )
 
 
 def describe_age(created: float | None, now: float | None = None) -> str:

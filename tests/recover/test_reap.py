@@ -103,3 +103,36 @@ async def _dead_pid() -> int:
     await proc.wait()
     assert proc.pid != os.getpid()
     return proc.pid
+
+
+@pytest.mark.asyncio
+async def test_reap_cancels_a_job_whose_submit_never_completed() -> None:
+    async with aiores.Session() as setup:
+        vm = await setup.manager(URL).acquire(ComputeDescription(tags={"jobleak"}))
+        await vm.wait(aiores.ResourceState.ACTIVE, timeout=30)
+        assert vm.access is not None
+        access = vm.access
+    # A program that died in the middle of a submit: its intent is pending, the job runs.
+    async with aiores.Session() as crashed:
+        await crashed.recover()  # the VM's host key
+        adaptor = await crashed.job_adaptor(access)
+        assert crashed.journal is not None
+        desc = aiores.JobDescription(executable="/bin/sleep", arguments=["300"])
+        await crashed.journal.intent("t-jobleak", "submit", access, desc)
+        info = await adaptor.submit(desc, "t-jobleak", hold=False)
+        crashed_id = crashed.id
+        dead_pid = await _dead_pid()
+    async with aiores.Session() as session:
+        assert session.journal is not None
+        await session.journal._call(
+            lambda db: db.execute(
+                "UPDATE sessions SET pid = ?, ended = NULL WHERE id = ?", (dead_pid, crashed_id)
+            )
+        )
+        reaped = await session.reap()
+        assert [(leak.kind, leak.native_id) for leak in reaped.leaks] == [("job", info.id)]
+        assert reaped.released == [f"[{access}]-[{info.id}]"]
+        assert reaped.closed == ["t-jobleak"]
+        job = await session.job_service(access).get(info.id)
+        assert await job.wait(timeout=30) is aiores.JobState.CANCELED
+        await session.manager(URL).destroy(vm.id)
