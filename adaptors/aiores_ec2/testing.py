@@ -182,6 +182,11 @@ class MotoServer:
         """Blocking: add faults (see :meth:`set_faults`)."""
         self._request("/_aiores/faults", faults)
 
+    def forget_terminated_sync(self) -> int:
+        """Blocking: make moto forget terminated instances (it keeps them forever, and
+        some of its calls slow down with their number); returns how many it forgot."""
+        return int(self._request("/_aiores/forget_terminated", {})["forgotten"])
+
     async def reset(self) -> None:
         """Forget every AWS resource, fault and count."""
         await asyncio.to_thread(self.reset_sync)
@@ -189,6 +194,10 @@ class MotoServer:
     async def calls(self) -> dict[str, int]:
         """Calls per action since the last reset (or :meth:`reset_calls`)."""
         return await asyncio.to_thread(self.calls_sync)
+
+    def reset_calls_sync(self) -> None:
+        """Blocking: start counting calls from zero (faults and resources stay)."""
+        self._request("/_aiores/reset_calls", {})
 
     async def reset_calls(self) -> None:
         """Start counting calls from zero (faults stay)."""
@@ -335,6 +344,8 @@ class FaultApp:
             if path == "/_aiores/reset_calls":
                 self.calls.clear()
                 return self._json(start_response, {})
+            if path == "/_aiores/forget_terminated":
+                return self._json(start_response, {"forgotten": _forget_terminated()})
             if path == "/_aiores/faults":
                 if payload.pop("clear", False):
                     self.faults = {}
@@ -385,6 +396,21 @@ class FaultApp:
         if after:
             time.sleep(float(after))
         return [body]
+
+
+def _forget_terminated() -> int:
+    """Drop reservations whose instances are all terminated (moto keeps them forever,
+    and some of its calls walk all of them)."""
+    from moto.ec2.models import ec2_backends
+
+    dropped = 0
+    for regions in ec2_backends.values():
+        for backend in regions.values():
+            for rid, reservation in list(backend.reservations.items()):
+                if all(i._state.name == "terminated" for i in reservation.instances):
+                    del backend.reservations[rid]
+                    dropped += len(reservation.instances)
+    return dropped
 
 
 def _patch_instances(app: FaultApp) -> None:
