@@ -275,8 +275,9 @@ def gc(yes: bool, as_json: bool) -> None:
 
     Leaked: created by a call that never completed (the program died during it),
     or acquired by a program that died without closing its session and never
-    released. Resources of programs that ended normally are theirs to keep; anything
-    the journal does not name is never touched.
+    released. Jobs whose submit never completed are cancelled likewise. Resources
+    of programs that ended normally are theirs to keep; anything the journal does
+    not name is never touched.
 
     \b
     Examples:

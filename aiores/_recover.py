@@ -74,7 +74,8 @@ class Recovered:
             the state their backend reports now (final ones included: they ended while
             nobody watched).
         gone: Ids the journal held as alive that their backend no longer knows (now
-            recorded as ended).
+            recorded as ended: resources CANCELED; jobs of sessions that are over
+            FAILED, as lost).
         problems: Endpoints that could not be reached or whose adaptor cannot load,
             and objects that could not be described.
         in_flight: Intents still pending (calls whose outcome was never written):
@@ -191,11 +192,17 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
         result.resources.extend(found)
         result.gone.extend(gone)
         result.problems.extend(problems)
+    finished: set[str] = set()
+    if job_eps:
+        records = await sessions(session)
+        dead = await asyncio.to_thread(_gone_sessions, records.values(), session.id)
+        finished = dead | _ended_sessions(records.values())
     job_outcomes = await asyncio.gather(
-        *(_recover_jobs(session, url, rows, timeout) for url, rows in job_eps)
+        *(_recover_jobs(session, url, rows, timeout, finished) for url, rows in job_eps)
     )
-    for jobs, problems in job_outcomes:
+    for jobs, lost, problems in job_outcomes:
         result.jobs.extend(jobs)
+        result.gone.extend(lost)
         result.problems.extend(problems)
     return result
 
@@ -237,7 +244,12 @@ async def _recover_resources(
     return found, gone, []
 
 
-def _reconciled(session: Session, row: dict[str, Any], state: ResourceState | JobState) -> None:
+def _reconciled(
+    session: Session,
+    row: dict[str, Any],
+    state: ResourceState | JobState,
+    detail: str = "recovered",
+) -> None:
     """Record a change that happened while nobody watched (as a transition)."""
     enum_type: Any = ResourceState if row["kind"] == "resource" else JobState
     try:
@@ -245,34 +257,45 @@ def _reconciled(session: Session, row: dict[str, Any], state: ResourceState | Jo
     except KeyError:
         return
     if old is not state and old.reachable(state):
-        _journal_of(session).transition(row["id"], row["kind"], old.name, state.name, "recovered")
+        _journal_of(session).transition(row["id"], row["kind"], old.name, state.name, detail)
 
 
 async def _recover_jobs(
-    session: Session, url: str, rows: list[dict[str, Any]], timeout: float | None
-) -> tuple[list[Job], list[Problem]]:
+    session: Session,
+    url: str,
+    rows: list[dict[str, Any]],
+    timeout: float | None,
+    finished: set[str],
+) -> tuple[list[Job], list[str], list[Problem]]:
     try:
         async with asyncio.timeout(timeout):
             service = session.job_service(url)
             adaptor, watcher = await service._open()
             infos = await adaptor.describe([row["native_id"] for row in rows])
     except AioresError as exc:
-        return [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
+        return [], [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
     except TimeoutError:
-        return [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
+        return [], [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
     jobs: list[Job] = []
+    lost: list[str] = []
     problems: list[Problem] = []
     for row in rows:
         info = infos.get(row["native_id"])
         if info is None:
             # Not final and not known: a job of a backend that forgets (local:// jobs
             # live in the process that submitted them), or one reaped elsewhere.
-            problems.append(Problem(url, f"{url} does not know this job", id=row["id"]))
+            if row["session"] in finished:
+                # Its session is over: nobody can reach it again. Recorded as lost
+                # (FAILED) so that later recoveries do not ask again.
+                lost.append(row["id"])
+                _reconciled(session, row, JobState.FAILED, f"lost: {url} does not know it")
+            else:
+                problems.append(Problem(url, f"{url} does not know this job", id=row["id"]))
             continue
         job = service._job(info, watcher, None)
         _reconciled(session, row, job.state)
         jobs.append(job)
-    return jobs, problems
+    return jobs, lost, problems
 
 
 # -- reap -------------------------------------------------------------------------------------

@@ -271,12 +271,13 @@ class Session:
         return await recover(self, timeout=timeout)
 
     async def reap(self, *, confirm: Confirm | None = None, timeout: float | None = 60.0) -> Reaped:
-        """Find and release resources that earlier sessions leaked.
+        """Find and release resources (and jobs) that earlier sessions leaked.
 
         Leaked means: created under an acquire whose intent never completed (the
         process died during the call; found at the backend by the intent's token), or
         recorded by a session that died without closing (its process ended: killed,
-        crashed hard) and never destroyed. A session that closed normally left its
+        crashed hard) and never destroyed. Jobs whose submit never completed are
+        found by token likewise and cancelled. A session that closed normally left its
         resources on purpose: they are kept. Pending intents of sessions that may
         still run (another live process, another host) are skipped. Nothing the
         journal does not name is touched.

@@ -27,6 +27,16 @@ def test_jobs_submit_and_wait_on_local(cli: Cli) -> None:
     lost = cli("jobs", "wait", job_id)
     assert lost.returncode == 1
     assert "DoesNotExist" in lost.stderr
+    left = cli("jobs", "submit", "local://", "--", "/bin/sleep", "0.1")
+    assert left.returncode == 0, left.stderr
+    left_id = left.stdout.strip()
+    first = cli.json("recover")
+    assert left_id in first["gone"]  # its program is over: nobody can reach it again
+    assert first["problems"] == []
+    again = cli.json("recover")
+    assert again["gone"] == []
+    every = {j["id"]: j["state"] for j in cli.json("jobs", "ls", "--all")}
+    assert every[left_id] == "FAILED"
 
 
 def test_a_job_on_a_vm_is_waited_for_and_cancelled_by_later_commands(cli: Cli) -> None:
