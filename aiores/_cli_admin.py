@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
@@ -286,27 +286,50 @@ def gc(yes: bool, as_json: bool) -> None:
       aiores gc --json        # lists only (a dry run for scripts)
     """
 
-    async def confirm(leaks: Sequence[Leak]) -> bool:
-        if not as_json:
-            table = Table(header_style="bold", box=box.SIMPLE, title="leaked")
-            for name in ("id", "state", "tags", "why"):
-                table.add_column(name, no_wrap=True)
-            for leak in leaks:
-                table.add_row(leak.id, leak.state, ",".join(leak.tags), leak.reason)
-            console.print(table)
-        if yes:
-            return True
-        if as_json:
-            return False
-        return await asyncio.to_thread(
-            click.confirm, f"release these {len(leaks)} resources?", default=False
-        )
+    def show(leaks: Sequence[Leak]) -> None:
+        table = Table(header_style="bold", box=box.SIMPLE, title="leaked")
+        for name in ("id", "state", "tags", "why"):
+            table.add_column(name, overflow="fold")
+        for leak in leaks:
+            table.add_row(leak.id, leak.state, ",".join(leak.tags), leak.reason)
+        console.print(table)
 
-    async def go() -> Reaped:
-        async with Session() as session:
-            return await session.reap(confirm=confirm)
+    def reap(confirm: Callable[[Sequence[Leak]], bool]) -> Reaped:
+        async def go() -> Reaped:
+            async with Session() as session:
+                return await session.reap(confirm=confirm)
 
-    reaped = run(go)
+        return run(go)
+
+    if yes or as_json:
+
+        def decided(leaks: Sequence[Leak]) -> bool:
+            if not as_json:
+                show(leaks)
+            return yes
+
+        reaped = reap(decided)
+    else:
+        # Asked between two runs, with no event loop waiting on the terminal (a
+        # prompt in a thread would outlive a Ctrl-C); the second run releases only
+        # if it finds exactly what was confirmed.
+        found = reap(lambda leaks: False)
+        if found.leaks:
+            show(found.leaks)
+            if not click.confirm(f"release these {len(found.leaks)} resources?", default=False):
+                reaped = found
+            else:
+                confirmed = {leak.id for leak in found.leaks}
+
+                def same(leaks: Sequence[Leak]) -> bool:
+                    if {leak.id for leak in leaks} <= confirmed:
+                        return True
+                    err.print("the leaks changed meanwhile: run aiores gc again", style="red")
+                    return False
+
+                reaped = reap(same)
+        else:
+            reaped = found
     show_problems(reaped.problems)
     if as_json:
         emit_json(

@@ -115,3 +115,13 @@ def test_ctrl_c_during_the_acquire_releases_what_was_being_acquired(cli: Cli) ->
     assert cli.live("cut") == []
     ((status,),) = cli.journal("SELECT status FROM intents WHERE payload LIKE '%cut%'")
     assert status == "released"
+
+
+def test_gc_asks_and_releases_once_confirmed(cli: Cli) -> None:
+    kill_mid_acquire(5, "asked", cli.sim, env=cli.env)
+    done = cli("gc", input="y\n")
+    assert done.returncode == 0, done.stderr
+    assert "release these 5 resources?" in done.stdout
+    assert done.stdout.count("released ") == 5
+    assert cli.live("asked") == []
+    assert cli.journal("SELECT token FROM intents WHERE status = 'pending'") == []
