@@ -30,6 +30,7 @@ from ._exceptions import (
 from ._fleet import Fleet, Group, GroupResult, Provision, RunResult
 from ._jobs import Job, JobArray, JobService, as_completed, wait_any
 from ._journal import Intent, Journal
+from ._recover import Leak, Problem, Reaped, Recovered
 from ._registry import register_adaptor, unregister_adaptor
 from ._resource import Compute, Manager, Resource, Storage
 from ._session import Session, state_dir
@@ -63,11 +64,15 @@ __all__ = [
     "JobService",
     "JobState",
     "Journal",
+    "Leak",
     "Manager",
     "NoSuccess",
     "NotSupported",
     "PermissionDenied",
+    "Problem",
     "Provision",
+    "Reaped",
+    "Recovered",
     "Resource",
     "ResourceState",
     "RunResult",

@@ -383,6 +383,15 @@ class Journal:
 
         return await self._call(read)
 
+    async def sessions(self) -> list[tuple[str, int, str, float, float | None]]:
+        """Every session recorded: (id, pid, host, started, ended or None), oldest first."""
+        rows = await self._call(
+            lambda db: db.execute(
+                "SELECT id, pid, host, started, ended FROM sessions ORDER BY started"
+            ).fetchall()
+        )
+        return [tuple(row) for row in rows]
+
     async def transitions(self, id: str) -> list[tuple[str, str]]:
         """The recorded (old, new) transitions of one object, in order."""
         rows = await self._call(

@@ -307,10 +307,7 @@ Confirm = Callable[[Sequence[Leak]], "bool | Awaitable[bool]"]
 async def sessions(session: Session) -> dict[str, SessionRecord]:
     """Every session the journal knows, by id (read on the journal's thread)."""
     journal = _journal_of(session)
-    rows = await journal._call(
-        lambda db: db.execute("SELECT id, pid, host, started, ended FROM sessions").fetchall()
-    )
-    return {row[0]: SessionRecord(*row) for row in rows}
+    return {row[0]: SessionRecord(*row) for row in await journal.sessions()}
 
 
 def _process_started(pid: int) -> float | None:
