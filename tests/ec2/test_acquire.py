@@ -62,7 +62,7 @@ async def test_hundred_instances_one_run_one_terminate(
 async def test_watcher_makes_one_describe_per_tick(
     moto: MotoServer, session: aiores.Session
 ) -> None:
-    await moto.set_faults(pending=3.0)
+    await moto.set_faults(pending=4.0)
     mgr = session.manager(ec2_url(moto))
     vms = await mgr.acquire_many(vm_desc(), 100)
     assert {vm.state for vm in vms} == {ResourceState.PENDING}
@@ -72,7 +72,7 @@ async def test_watcher_makes_one_describe_per_tick(
     watcher = vms[0]._watcher
     calls = await moto.calls()
     assert calls["DescribeInstances"] == watcher.describe_calls == watcher.ticks
-    # ~3 s of pending from a 0.2 s floor (backing off): a few ticks for all 100.
+    # ~4 s of pending from a 0.2 s floor (backing off): a few ticks for all 100.
     assert 2 <= watcher.ticks <= 15
     await mgr.destroy(vms)
 
