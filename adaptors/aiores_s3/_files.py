@@ -80,7 +80,8 @@ class S3FileAdaptor(FileAdaptor):
 
     # -- put ----------------------------------------------------------------------------
     async def put(self, local: str | Path, remote: str) -> None:
-        """Upload a file to key ``remote``, or a directory's files under prefix ``remote``.
+        """Upload a file to key ``remote`` (under it, keeping its name, if ``remote``
+        ends with ``/``), or a directory's files under prefix ``remote``.
 
         Raises:
             DoesNotExist: ``local`` does not exist, or the bucket does not.
@@ -91,7 +92,9 @@ class S3FileAdaptor(FileAdaptor):
         path = Path(local)
         is_dir = await asyncio.to_thread(path.is_dir)
         if not is_dir:
-            await self._put_file(path, _key(remote))
+            # "runs/" names a prefix: the file keeps its name under it.
+            key = remote + path.name if remote.endswith("/") else remote
+            await self._put_file(path, _key(key))
             return
         files = await asyncio.to_thread(_walk, path)
         prefix = remote.strip("/")
