@@ -269,7 +269,18 @@ class _Shared:
 # Per session (the env), per target: weakly keyed, so a session's clients go with it.
 _SHARED: weakref.WeakKeyDictionary[Any, dict[Target, _Shared]] = weakref.WeakKeyDictionary()
 # aioboto3 sessions (credentials and the client classes botocore built) per target.
-_BOTO_SESSIONS: dict[Target, Any] = {}
+# With static keys one serves every event loop of the process; credentials from the
+# chain may refresh under a lock bound to one loop, so those are kept per loop.
+_BOTO_STATIC: dict[Target, Any] = {}
+_BOTO_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Target, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _boto_cache(t: Target) -> dict[Target, Any]:
+    if t.access_key_id and t.secret_access_key:
+        return _BOTO_STATIC
+    return _BOTO_PER_LOOP.setdefault(asyncio.get_running_loop(), {})
 
 
 def _config(t: Target) -> Config:
@@ -355,13 +366,14 @@ class Api:
         async with shared.lock:
             if shared.client is None:
                 with aws_errors(self.target.service, "connect"):
-                    boto = _BOTO_SESSIONS.get(self.target)
+                    cache = _boto_cache(self.target)
+                    boto = cache.get(self.target)
                     if boto is None:
                         try:
                             boto = await asyncio.to_thread(_prepare, self.target)
                         except botocore.exceptions.ProfileNotFound as exc:
                             raise AuthenticationFailed(str(exc)) from exc
-                        _BOTO_SESSIONS[self.target] = boto
+                        cache[self.target] = boto
                     stack = contextlib.AsyncExitStack()
                     shared.client = await stack.enter_async_context(
                         _client_context(boto, self.target)

@@ -52,6 +52,9 @@ async def test_hundred_instances_one_run_one_terminate(
     assert tags["aiores:token"].startswith("t-")
     assert tags["aiores:tag:web"] == tags["aiores:tag:batch-7"] == "1"
     assert tags["aiores:hostkey"] == vm.host_keys[0]
+    # The session pins the host key for the access address and offers the managed key.
+    assert session.pinned_host_keys(vm.public_address, 22) == vm.host_keys
+    assert session.login_keys(vm.public_address, 22) == (str(aiores.state_dir() / MANAGED_KEY),)
     await moto.reset_calls()
     await mgr.destroy(vms)
     assert (await moto.calls()).get("TerminateInstances") == 1
