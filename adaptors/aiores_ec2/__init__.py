@@ -8,8 +8,10 @@ of each instance), verified against the host key aiores made for it.
         mgr = session.manager("ec2://eu-west-1?ssh_cidr=203.0.113.7/32")
         desc = aiores.ComputeDescription(image="ami-0abc...", template="t3.micro", tags={"web"})
         vms = await mgr.acquire_many(desc, count=100)      # one RunInstances call
-        await aiores.wait_any(vms, aiores.ResourceState.ACTIVE)
-        ...
+        # One DescribeInstances per tick for all 100; ACTIVE once SSH answers with
+        # the host key aiores made for them.
+        await asyncio.gather(*(vm.wait(aiores.ResourceState.ACTIVE) for vm in vms))
+        print(await vms[0].run("uname -a"))
         await mgr.destroy(vms)                             # one TerminateInstances call
 
 Install with ``pip install 'aiores[ec2]'``. Credentials come from the session's

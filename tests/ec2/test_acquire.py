@@ -194,3 +194,20 @@ async def test_reconnect_describe_list_and_unknown_ids(
     await mgr.destroy([*vms, *others])
     await adaptor.destroy([vms[0].native_id, "i-0123456789abcdef1"])
     assert await alive(moto) == []
+
+
+async def test_large_counts_launch_in_batches_under_one_token(
+    moto: MotoServer, session: aiores.Session
+) -> None:
+    mgr = session.manager(ec2_url(moto, batch="40"))
+    vms = await mgr.acquire_many(vm_desc(), 100)
+    assert len(vms) == 100
+    assert (await moto.calls())["RunInstances"] == 3  # 40 + 40 + 20
+    async with raw_client(moto) as client:
+        answer = await client.describe_instances(InstanceIds=[vm.native_id for vm in vms])
+    instances = [i for r in answer["Reservations"] for i in r["Instances"]]
+    tokens = {t["Value"] for i in instances for t in i["Tags"] if t["Key"] == "aiores:token"}
+    assert len(tokens) == 1  # one aiores token finds them all
+    assert len({i["ClientToken"] for i in instances}) == 3  # one ClientToken per call
+    await mgr.destroy(vms)
+    assert await alive(moto) == []

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import email
 
+import asyncssh
 import botocore.exceptions
 import pytest
+import yaml  # type: ignore[import-untyped]
 
 import aiores
 from aiores import ResourceState
@@ -47,6 +49,11 @@ def test_user_data_parts_and_limits() -> None:
     parts = [p for p in email.message_from_string(text).walk() if not p.is_multipart()]
     assert [p.get_content_type() for p in parts] == ["text/cloud-config", "text/cloud-config"]
     assert "power_state" not in text
+    # aiores's part is YAML (as cloud-init reads it) and carries a working key pair.
+    ours = yaml.safe_load(parts[1].get_payload(decode=True))
+    private = asyncssh.import_private_key(ours["ssh_keys"]["ed25519_private"])
+    assert private.export_public_key().decode().strip() == key.public
+    assert ours["ssh_keys"]["ed25519_public"] == key.public
     for bad in ("Content-Type: multipart/mixed\n\n", "echo hi"):
         with pytest.raises(aiores.BadParameter):
             user_data(key, bad, None)
