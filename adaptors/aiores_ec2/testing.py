@@ -7,6 +7,8 @@ thin WSGI layer in front of it adds what moto lacks and tests need:
 
 - **call counts** per action (``RunInstances``; S3 calls as ``S3:PUT:object``...),
   as the server saw them: retries included;
+- **loopback addresses**: instances' public addresses are in 127.0.0.0/8 (moto makes
+  up internet ones), so that nothing can reach off this machine by mistake;
 - **faults**: a pending phase for new instances (moto's are running at once),
   throttling (``RequestLimitExceeded``) or any error for the next n calls of an
   action or with a probability, and delays before or after an action is carried out
@@ -414,7 +416,17 @@ def _forget_terminated() -> int:
 
 
 def _patch_instances(app: FaultApp) -> None:
-    from moto.ec2.models import instances
+    from moto.ec2.models import elastic_network_interfaces, instances
+
+    # moto makes up public addresses anywhere on the internet. A test that waits for
+    # SSH by mistake must reach nothing but this machine: give out loopback ones.
+    counter = iter(range(1, 1 << 24))
+
+    def loopback_ip() -> str:
+        n = next(counter)
+        return f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{max(1, n & 255)}"
+
+    elastic_network_interfaces.random_public_ip = loopback_ip  # type: ignore[attr-defined]
 
     original = instances.Instance.__init__
 
