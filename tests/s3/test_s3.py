@@ -156,3 +156,26 @@ async def test_cancelled_acquire_leaves_no_bucket(
     with pytest.raises(asyncio.CancelledError):
         await acquire
     assert await mgr.list() == []
+
+
+async def test_slow_down_and_5xx_are_retried(
+    moto: MotoServer, session: aiores.Session, tmp_path: Path
+) -> None:
+    mgr = session.manager(s3_url(moto, empty="1"))
+    bucket = await mgr.acquire(StorageDescription())
+    files = await files_of(session, bucket.access)
+    data = tmp_path / "data.bin"
+    digest = await asyncio.to_thread(make_file, data, 12 * MiB)
+    await moto.set_faults(
+        error={
+            "S3:PUT:object:uploadId": [2, 503, "SlowDown"],
+            "S3:GET:object": [1, 500, "InternalError"],
+        }
+    )
+    async with asyncio.timeout(STEP):
+        await files.put(data, "data.bin")
+        await files.get("data.bin", tmp_path / "back.bin")
+    assert await asyncio.to_thread(sha256, tmp_path / "back.bin") == digest
+    calls = await moto.calls()
+    assert calls["S3:PUT:object:uploadId"] == 4  # 2 parts, 2 refused and tried again
+    await bucket.destroy()
