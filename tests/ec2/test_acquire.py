@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 
+import asyncssh
 import pytest
 
 import aiores
@@ -13,6 +15,7 @@ from aiores_ec2 import MANAGED_KEY, EC2ResourceAdaptor
 from aiores_ec2.testing import MotoServer
 
 from .conftest import IMAGE, STEP, alive, aws_context, cloud_config, ec2_url, raw_client
+from .fake_instance import serve_instance
 
 pytestmark = pytest.mark.asyncio
 
@@ -211,3 +214,41 @@ async def test_large_counts_launch_in_batches_under_one_token(
     assert len({i["ClientToken"] for i in instances}) == 3  # one ClientToken per call
     await mgr.destroy(vms)
     assert await alive(moto) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="serves SSH on port 22 of a loopback address")
+async def test_ssh_verifies_the_injected_host_key_and_logs_in_with_the_managed_key(
+    moto: MotoServer, session: aiores.Session
+) -> None:
+    """The whole chain, with a stand-in for cloud-init: ACTIVE once SSH answers."""
+    mgr = session.manager(ec2_url(moto))
+    desc = ComputeDescription(image=IMAGE, template="t3.micro")  # ready="ssh"
+    vm, impostor = await mgr.acquire_many(desc, 2)
+    assert vm.public_address is not None
+    assert vm.public_address.startswith("127.")  # the test server's loopback addresses
+    assert impostor.public_address is not None
+    authorized = (aiores.state_dir() / MANAGED_KEY).with_suffix(".pub").read_text()
+    async with raw_client(moto) as client:
+        attr = await client.describe_instance_attribute(
+            InstanceId=vm.native_id, Attribute="userData"
+        )
+    _, config = cloud_config(attr["UserData"]["Value"])
+    other = asyncssh.generate_private_key("ssh-ed25519").export_private_key().decode()
+    servers = [
+        await serve_instance(vm.public_address, config, authorized),
+        await serve_instance(impostor.public_address, config, authorized, host_key=other),
+    ]
+    try:
+        async with asyncio.timeout(STEP):
+            await vm.wait(ResourceState.ACTIVE)
+            result = await vm.run("echo hello from the instance")
+            assert result.exit_status == 0
+            assert result.stdout == "hello from the instance\n"
+            # Same batch, same published key, but the server shows another one.
+            with pytest.raises(aiores.HostKeyError):
+                await impostor.wait(ResourceState.ACTIVE)
+    finally:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        await mgr.destroy([vm, impostor])
