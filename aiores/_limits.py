@@ -146,7 +146,9 @@ class Governor:
     """Token buckets by family plus retries: every backend call of an endpoint goes through it.
 
     Args:
-        buckets: The request buckets by family name (``"describe"``, ``"mutate"``...).
+        buckets: The bucket sizes by family name (``"describe"``, ``"mutate"``...);
+            a cost naming ``family:action`` gets a bucket of that family's size
+            for the action alone.
         classify: Which errors are transient (see :data:`Classifier`).
         retry: How transient errors are retried.
         max_in_flight: Calls under way at once at most (the connection pool's size).
@@ -169,7 +171,8 @@ class Governor:
         if max_in_flight < 1:
             raise BadParameter(f"max_in_flight must be >= 1, not {max_in_flight!r}")
         self._clock: Clock = clock or LoopClock()
-        self._buckets = {name: TokenBucket(spec, self._clock) for name, spec in buckets.items()}
+        self._specs = dict(buckets)
+        self._buckets: dict[str, TokenBucket] = {}
         self._classify = classify
         self.retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
@@ -183,17 +186,23 @@ class Governor:
         self.throttled: collections.Counter[str] = collections.Counter()
 
     def bucket(self, family: str) -> TokenBucket:
-        """The bucket of ``family``.
+        """The bucket named ``family``, made (full) on first use.
+
+        ``"describe:DescribeInstances"`` is a bucket of its own sized like the
+        ``"describe"`` family: for backends that count each action apart (EC2 does).
 
         Raises:
             BadParameter: no such family.
         """
-        try:
-            return self._buckets[family]
-        except KeyError:
-            raise BadParameter(
-                f"no token bucket {family!r}; there are: {', '.join(sorted(self._buckets))}"
-            ) from None
+        bucket = self._buckets.get(family)
+        if bucket is None:
+            spec = self._specs.get(family) or self._specs.get(family.split(":", 1)[0])
+            if spec is None:
+                raise BadParameter(
+                    f"no token bucket {family!r}; there are: {', '.join(sorted(self._specs))}"
+                )
+            bucket = self._buckets[family] = TokenBucket(spec, self._clock)
+        return bucket
 
     async def _take(self, cost: Mapping[str, float]) -> None:
         if not self.enabled:

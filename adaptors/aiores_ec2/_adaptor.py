@@ -75,8 +75,9 @@ __all__ = ["BUCKETS", "EC2ResourceAdaptor", "ec2_cost", "native_state"]
 log = logging.getLogger("aiores.ec2")
 
 #: EC2's published default token buckets (per account and region): request buckets
-#: for non-mutating (Describe*) and mutating actions, and resource buckets counting
-#: instances launched and terminated.
+#: for non-mutating (Describe*: 100, refilled at 20 a second) and mutating actions
+#: (50, at 5 a second), one per action, and resource buckets counting instances
+#: launched (1000, at 2 a second) and terminated (1000, at 20 a second).
 BUCKETS: Mapping[str, Bucket] = {
     "describe": Bucket(capacity=100, refill=20),
     "mutate": Bucket(capacity=50, refill=5),
@@ -107,10 +108,14 @@ RECONFIG_TIMEOUT = 600.0
 
 
 def ec2_cost(action: str) -> Mapping[str, float]:
-    """The request bucket an EC2 action takes a token from."""
+    """The request bucket an EC2 action takes a token from: its own, of its family's size.
+
+    EC2 evaluates each API action apart (a burst of DescribeInstances does not
+    throttle DescribeKeyPairs), with bucket sizes by family.
+    """
     if action.startswith(("Describe", "Get", "List", "Search")):
-        return {"describe": 1}
-    return {"mutate": 1}
+        return {f"describe:{action}": 1}
+    return {f"mutate:{action}": 1}
 
 
 def native_state(name: str, reason: str, tags: Mapping[str, str]) -> ResourceState:

@@ -155,3 +155,7 @@ async def test_governor_cancelled_while_waiting_takes_nothing() -> None:
     assert await gov.call("A", ok, cost={"m": 1}) == 1
     with pytest.raises(BadParameter, match="no token bucket"):
         await gov.call("A", ok, cost={"nope": 1})
+    # A bucket per action, sized like its family, made on first use.
+    assert await gov.call("B", ok, cost={"m:B": 1}) == 1
+    assert gov.bucket("m:B").spec == Bucket(1, 1)
+    assert gov.bucket("m:B") is not gov.bucket("m:C")
