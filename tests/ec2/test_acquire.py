@@ -202,10 +202,10 @@ async def test_reconnect_describe_list_and_unknown_ids(
 async def test_large_counts_launch_in_batches_under_one_token(
     moto: MotoServer, session: aiores.Session
 ) -> None:
-    mgr = session.manager(ec2_url(moto, batch="40"))
-    vms = await mgr.acquire_many(vm_desc(), 100)
-    assert len(vms) == 100
-    assert (await moto.calls())["RunInstances"] == 3  # 40 + 40 + 20
+    mgr = session.manager(ec2_url(moto, batch="4"))
+    vms = await mgr.acquire_many(vm_desc(), 10)
+    assert len(vms) == 10
+    assert (await moto.calls())["RunInstances"] == 3  # 4 + 4 + 2
     async with raw_client(moto) as client:
         answer = await client.describe_instances(InstanceIds=[vm.native_id for vm in vms])
     instances = [i for r in answer["Reservations"] for i in r["Instances"]]
