@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 
 import asyncssh
@@ -216,7 +215,6 @@ async def test_large_counts_launch_in_batches_under_one_token(
     assert await alive(moto) == []
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="serves SSH on port 22 of a loopback address")
 async def test_ssh_verifies_the_injected_host_key_and_logs_in_with_the_managed_key(
     moto: MotoServer, session: aiores.Session
 ) -> None:
