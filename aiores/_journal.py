@@ -98,6 +98,9 @@ class Intent:
     finished: float | None
 
 
+#: Seconds opening the journal may wait for other processes opening it at once.
+OPEN_TIMEOUT = 30.0
+
 _Op = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any] | None"]
 _STOP = object()
 
@@ -157,12 +160,23 @@ class Journal:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        # WAL with synchronous=NORMAL survives any process crash; FULL would add an
-        # fsync per commit to survive power loss as well.
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
-        return db
+        # Switching a new file to WAL and creating the schema can meet another
+        # process doing the same at that moment, which sqlite reports at once
+        # rather than waiting: try again for a while (this is the writer thread).
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                # WAL with synchronous=NORMAL survives any process crash; FULL would
+                # add an fsync per commit to survive power loss as well.
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.05)
 
     def _run(self, ready: asyncio.Future[None]) -> None:
         assert self._loop is not None

@@ -154,3 +154,34 @@ def test_read_journal_is_read_only(tmp_path: Path) -> None:
     sqlite3.connect(path).close()
     with read_journal(path) as db, pytest.raises(sqlite3.OperationalError, match="readonly"):
         db.execute("CREATE TABLE t(x)")
+
+
+OPENER = """
+import asyncio, sys
+import aiores
+
+async def main() -> None:
+    async with aiores.Session(journal=sys.argv[1]) as session:
+        await session.journal.intent("t-" + sys.argv[2], "acquire", "x://", {}, 1)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.asyncio
+async def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", OPENER, str(path), str(n), stderr=asyncio.subprocess.PIPE
+        )
+        for n in range(8)
+    ]
+    outcomes = [await child.communicate() for child in children]
+    assert [child.returncode for child in children] == [0] * 8, [e for _, e in outcomes]
+
+    def tokens() -> list[str]:
+        with read_journal(path) as db:
+            return sorted(t for (t,) in db.execute("SELECT token FROM intents"))
+
+    assert await asyncio.to_thread(tokens) == sorted(f"t-{n}" for n in range(8))
