@@ -33,6 +33,7 @@ from ._contexts import Context
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import DoesNotExist, NotSupported
 from ._fleet import RunResult
+from ._limits import Bucket, Governor, RetryPolicy, Transience
 from ._states import JobState, ResourceState
 from ._url import URL
 
@@ -44,15 +45,19 @@ __all__ = [
     "Adaptor",
     "AdaptorEnv",
     "AdaptorPlugin",
+    "Bucket",
     "CommandRunner",
     "FileAdaptor",
+    "Governor",
     "Image",
     "JobAdaptor",
     "JobInfo",
     "PollPolicy",
     "ResourceAdaptor",
     "ResourceInfo",
+    "RetryPolicy",
     "Template",
+    "Transience",
     "missing",
     "truncation_marker",
 ]

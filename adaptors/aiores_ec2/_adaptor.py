@@ -54,10 +54,10 @@ from aiores import (
     StorageDescription,
     Timeout,
 )
-from aiores._limits import Bucket
 from aiores.adaptor import (
     URL,
     AdaptorEnv,
+    Bucket,
     Image,
     PollPolicy,
     ResourceAdaptor,

@@ -7,7 +7,7 @@ costly to make (botocore builds a method per operation from a multi-megabyte mod
 It is made off the event loop the first time, opened by the first adaptor that needs
 it and closed when the last one closes.
 
-Every call goes through an :class:`~aiores._limits.Governor` and leaves as an aiores
+Every call goes through an :class:`~aiores.adaptor.Governor` and leaves as an aiores
 error: no botocore exception ever reaches a user. The message names the AWS error
 code (``ec2 RunInstances: InvalidAMIID.NotFound: ...``).
 """
@@ -41,8 +41,7 @@ from aiores import (
     NotSupported,
     PermissionDenied,
 )
-from aiores._limits import Bucket, Governor, RetryPolicy, Transience
-from aiores.adaptor import URL, AdaptorEnv
+from aiores.adaptor import URL, AdaptorEnv, Bucket, Governor, RetryPolicy, Transience
 
 __all__ = [
     "Api",

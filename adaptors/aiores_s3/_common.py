@@ -22,8 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from aiores import IncorrectURL
-from aiores._limits import Bucket
-from aiores.adaptor import URL, AdaptorEnv
+from aiores.adaptor import URL, AdaptorEnv, Bucket
 from aiores_ec2 import Api, open_api, target
 
 __all__ = ["BUCKETS", "MiB", "S3Options", "open_s3", "parse_s3_options", "s3_cost"]
