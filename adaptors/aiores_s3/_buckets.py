@@ -36,49 +36,30 @@ from aiores import (
     StorageDescription,
 )
 from aiores.adaptor import URL, AdaptorEnv, PollPolicy, ResourceAdaptor, ResourceInfo
-from aiores_ec2 import Api, error_code
+from aiores_ec2 import error_code
 
-from ._common import S3Options, open_s3, parse_s3_options
+from ._common import S3Client, parse_s3_options
 
 __all__ = ["S3ResourceAdaptor"]
 
 _DELETE_BATCH = 1000
 
 
-class S3ResourceAdaptor(ResourceAdaptor):
+class S3ResourceAdaptor(S3Client, ResourceAdaptor):
     """Buckets of one S3 endpoint (see the module docstring)."""
 
     poll = PollPolicy(floor=5.0, ceiling=60.0, batch=1000)
+    _role = "resource manager"
 
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
-        self.options: S3Options = parse_s3_options(url)
-        self._api: Api | None = None
+        self.options = parse_s3_options(url)
         self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
         self._tags: dict[str, dict[str, str]] = {}  # bucket -> its tags, once learnt
 
-    @property
-    def api(self) -> Api:
-        if self._api is None:
-            raise IncorrectState(f"the {self.url} resource manager is not open")
-        return self._api
-
-    async def open(self) -> None:
-        """Join the session's S3 client for this endpoint, region and credentials."""
-        api = open_s3(self.url, self.env, self.options)
-        await api.open()
-        self._api = api
-
     async def aclose(self) -> None:
         """Wait for creations under way, then leave the client."""
-        pending = [t for t in self._inflight.values() if not t.done()]
-        try:
-            if pending:
-                await asyncio.wait(pending)
-        finally:
-            api, self._api = self._api, None
-            if api is not None:
-                await api.close()
+        await self._leave(self._inflight.values(), None)
 
     def _info(self, name: str, created: Any = None) -> ResourceInfo:
         tags = self._tags.get(name, {})

@@ -18,14 +18,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-from aiores import IncorrectURL
+from aiores import IncorrectState, IncorrectURL
 from aiores.adaptor import URL, AdaptorEnv, Bucket
 from aiores_ec2 import Api, open_api, target
 
-__all__ = ["BUCKETS", "MiB", "S3Options", "open_s3", "parse_s3_options", "s3_cost"]
+__all__ = ["BUCKETS", "MiB", "S3Client", "S3Options", "open_s3", "parse_s3_options", "s3_cost"]
 
 MiB = 1024 * 1024
 
@@ -124,3 +127,40 @@ def open_s3(url: URL, env: AdaptorEnv, options: S3Options) -> Api:
         # Signing needs a region; S3's global endpoint answers us-east-1.
         t = dataclasses.replace(t, region="us-east-1")
     return open_api(env, t, buckets=BUCKETS, cost=s3_cost, enabled=options.limits)
+
+
+class S3Client:
+    """The session's S3 client, as one ``s3://`` capability object holds it.
+
+    Mixed in before the capability base class: it provides ``open`` and the
+    ``api`` accessor; ``aclose`` of the capability calls :meth:`_leave`.
+    """
+
+    url: URL
+    env: AdaptorEnv
+    options: S3Options
+    _api: Api | None = None
+    _role = "adaptor"
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            raise IncorrectState(f"the {self.url} {self._role} is not open")
+        return self._api
+
+    async def open(self) -> None:
+        """Join the session's S3 client for this endpoint, region and credentials."""
+        api = open_s3(self.url, self.env, self.options)
+        await api.open()
+        self._api = api
+
+    async def _leave(self, pending: Iterable[asyncio.Task[Any]], timeout: float | None) -> None:
+        """Wait for ``pending`` work (bounded by ``timeout``), then leave the client."""
+        try:
+            waiting = [t for t in pending if not t.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=timeout)
+        finally:
+            api, self._api = self._api, None
+            if api is not None:
+                await api.close()

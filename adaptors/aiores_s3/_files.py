@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiores import BadParameter, DoesNotExist, IncorrectState, IncorrectURL
+from aiores import BadParameter, DoesNotExist, IncorrectURL
 from aiores.adaptor import URL, AdaptorEnv, FileAdaptor
-from aiores_ec2 import Api, aws_errors
+from aiores_ec2 import aws_errors
 
-from ._common import MiB, S3Options, open_s3, parse_s3_options
+from ._common import MiB, S3Client, parse_s3_options
 
 __all__ = ["S3FileAdaptor"]
 
@@ -44,39 +44,22 @@ def _key(remote: str) -> str:
     return key
 
 
-class S3FileAdaptor(FileAdaptor):
+class S3FileAdaptor(S3Client, FileAdaptor):
     """Objects of one bucket (see the module docstring)."""
+
+    _role = "file adaptor"
 
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
         if not url.host:
             raise IncorrectURL(f"{url}: name the bucket: s3://<bucket>")
         self.bucket = url.host
-        self.options: S3Options = parse_s3_options(url)
-        self._api: Api | None = None
+        self.options = parse_s3_options(url)
         self._aborts: set[asyncio.Task[None]] = set()
-
-    @property
-    def api(self) -> Api:
-        if self._api is None:
-            raise IncorrectState(f"the {self.url} file adaptor is not open")
-        return self._api
-
-    async def open(self) -> None:
-        """Join the session's S3 client for this endpoint, region and credentials."""
-        api = open_s3(self.url, self.env, self.options)
-        await api.open()
-        self._api = api
 
     async def aclose(self) -> None:
         """Let aborts under way finish (bounded), then leave the client."""
-        try:
-            if self._aborts:
-                await asyncio.wait(set(self._aborts), timeout=ABORT_TIMEOUT)
-        finally:
-            api, self._api = self._api, None
-            if api is not None:
-                await api.close()
+        await self._leave(self._aborts, ABORT_TIMEOUT)
 
     # -- put ----------------------------------------------------------------------------
     async def put(self, local: str | Path, remote: str) -> None:
