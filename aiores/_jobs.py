@@ -17,6 +17,7 @@ from ._watch import Tracked, Watcher
 from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo
 
 if TYPE_CHECKING:
+    from ._journal import Journal
     from ._session import Session
 
 __all__ = ["Job", "JobArray", "JobService", "as_completed", "wait_any"]
@@ -53,18 +54,8 @@ class JobService:
             known._apply(info)
             return known
         job = Job(self, watcher, description, info)
-        journal = self.session.journal
-        if journal is not None:  # a job found again: the journal learns of it too
-            journal.record_object(
-                id=job.id,
-                kind="job",
-                url=str(self.url),
-                native_id=info.id,
-                token=info.token,
-                state=info.state.name,
-                detail=info.state_detail,
-                data={"description": description},
-            )
+        # A job found again: the journal learns of it too.
+        job._remember(url=str(self.url), token=info.token, data={"description": description})
         return job
 
     async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
@@ -321,10 +312,12 @@ class Job(Tracked[JobState]):
     def _detail(self) -> str:
         return self._info.state_detail
 
-    def _record(self, old: JobState, new: JobState, detail: str) -> None:
-        journal = self._service.session.journal
-        if journal is not None and self._native_id is not None:
-            journal.transition(self.id, "job", old.name, new.name, detail)
+    def _journal(self) -> Journal | None:
+        return self._service.session.journal
+
+    @property
+    def _journal_id(self) -> str:
+        return self.id
 
     # -- submission -------------------------------------------------------------------
     async def _submit(self, adaptor: JobAdaptor, hold: bool) -> None:
@@ -357,19 +350,15 @@ class Job(Tracked[JobState]):
             call=call,
             release=release,
         )
-        if session.journal is not None:
-            session.journal.record_object(
-                id=join_id(str(self._service.url), info.id),
-                kind="job",
-                url=str(self._service.url),
-                native_id=info.id,
-                token=info.token,
-                state=JobState.NEW.name,
-                detail="",
-                data={"description": description, "index": self.index},
-            )
-        # The submit's answer first; then registering applies anything the backend
-        # pushed meanwhile (the job may have ended already).
+        # Named (so the journal records it, NEW, and then its first transition), then
+        # the submit's answer, then registered: registering applies anything the
+        # backend pushed meanwhile (the job may have ended already).
+        self._native_id = info.id
+        self._remember(
+            url=str(self._service.url),
+            token=info.token,
+            data={"description": description, "index": self.index},
+        )
         self._apply(info)
         self._set_native_id(info.id)
 

@@ -28,6 +28,7 @@ from .adaptor import AdaptorPlugin, Image, ResourceAdaptor, ResourceInfo, Templa
 
 if TYPE_CHECKING:
     from ._jobs import JobService
+    from ._journal import Journal
     from ._session import Session
 
 __all__ = ["Compute", "Manager", "Resource", "Storage"]
@@ -83,17 +84,11 @@ class Manager:
             return known
         cls: type[Resource] = Storage if info.rtype == "storage" else Compute
         resource = cls(self, info, watcher, description)
-        if self.session.journal is not None:
-            self.session.journal.record_object(
-                id=resource.id,
-                kind="resource",
-                url=str(self.url),
-                native_id=info.id,
-                token=info.token,
-                state=resource.state.name,  # as held (PENDING until SSH answers)
-                detail=info.state_detail,
-                data={"description": description, "tags": info.tags, "access": info.access},
-            )
+        resource._remember(  # its state as held (PENDING until SSH answers)
+            url=str(self.url),
+            token=info.token,
+            data={"description": description, "tags": info.tags, "access": info.access},
+        )
         return resource
 
     # -- acquiring --------------------------------------------------------------------
@@ -378,10 +373,12 @@ class Resource(Tracked[ResourceState]):
     def _detail(self) -> str:
         return self._info.state_detail
 
-    def _record(self, old: ResourceState, new: ResourceState, detail: str) -> None:
-        journal = self._manager.session.journal
-        if journal is not None:
-            journal.transition(self.id, "resource", old.name, new.name, detail)
+    def _journal(self) -> Journal | None:
+        return self._manager.session.journal
+
+    @property
+    def _journal_id(self) -> str:
+        return self.id
 
     def _destroyed(self) -> None:
         self._held = False

@@ -15,7 +15,7 @@ import math
 import random
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._clock import Clock
 from ._exceptions import (
@@ -27,6 +27,9 @@ from ._exceptions import (
     Timeout,
 )
 from ._states import JobState, ResourceState
+
+if TYPE_CHECKING:
+    from ._journal import Journal
 from .adaptor import Adaptor, JobInfo, PollPolicy, ResourceInfo
 
 __all__: list[str] = []
@@ -66,8 +69,35 @@ class Tracked(Generic[S]):
     def _on_info(self, info: Any) -> None:
         """Take the non-state fields of a fresh info (addresses, exit code...)."""
 
+    def _journal(self) -> Journal | None:
+        """The session's journal (None when journalling is off)."""
+        return None
+
+    @property
+    def _journal_id(self) -> str:
+        """The id the journal knows the object by."""
+        raise NotImplementedError
+
+    def _remember(self, *, url: str, token: str | None, data: Any) -> None:
+        """Record the object (its current state) in the journal."""
+        journal = self._journal()
+        if journal is not None and self._native_id is not None:
+            journal.record_object(
+                id=self._journal_id,
+                kind=self._kind,
+                url=url,
+                native_id=self._native_id,
+                token=token,
+                state=self._state.name,
+                detail=self._detail(),
+                data=data,
+            )
+
     def _record(self, old: S, new: S, detail: str) -> None:
         """Write a transition to the journal."""
+        journal = self._journal()
+        if journal is not None and self._native_id is not None:
+            journal.transition(self._journal_id, self._kind, old.name, new.name, detail)
 
     # -- state ------------------------------------------------------------------------
     @property

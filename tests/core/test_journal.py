@@ -185,3 +185,19 @@ async def test_processes_opening_a_new_journal_at_once_all_succeed(tmp_path: Pat
             return sorted(t for (t,) in db.execute("SELECT token FROM intents"))
 
     assert await asyncio.to_thread(tokens) == sorted(f"t-{n}" for n in range(8))
+
+
+@pytest.mark.asyncio
+async def test_every_transition_of_a_job_is_recorded(fake: FakePlugin, tmp_path: Path) -> None:
+    async with aiores.Session(journal=tmp_path / "j.sqlite") as session:
+        job = await session.job_service("fake://").submit(JobDescription(executable="x"))
+        fake.job_adaptors[0].finish(job.native_id or "", 0)
+        await job.wait()
+        assert session.journal is not None
+        await session.journal.flush()
+        assert await session.journal.transitions(job.id) == [
+            ("NEW", "RUNNING"),
+            ("RUNNING", "DONE"),
+        ]
+        (row,) = await session.journal.objects("job")
+    assert (row["state"], row["token"]) == ("DONE", job._info.token)
