@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import shlex
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -28,6 +27,7 @@ from collections.abc import (
 from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
+from . import _shell
 from ._exceptions import AioresError, BadParameter, DoesNotExist, Timeout
 from ._results import GroupResult, RunResult
 from ._url import URL, split_id
@@ -354,7 +354,7 @@ class Group(Sequence["Compute"]):
             raise DoesNotExist(f"no script {os.fspath(script)!r}") from exc
         except OSError as exc:
             raise BadParameter(f"cannot read the script {os.fspath(script)!r}: {exc}") from exc
-        command = _COPY_AND_RUN + "".join(" " + shlex.quote(a) for a in args)
+        command = _COPY_AND_RUN + "".join(" " + _shell.quote(a, "args") for a in args)
         return self._run_op(command, user=user, env=env, stdin=text)
 
     # -- the fan-out --------------------------------------------------------------------

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from . import _shell as shell
 from ._contexts import Context
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import DoesNotExist, NotSupported
@@ -59,6 +60,7 @@ __all__ = [
     "Template",
     "Transience",
     "missing",
+    "shell",
     "truncation_marker",
 ]
 

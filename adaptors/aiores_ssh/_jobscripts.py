@@ -28,11 +28,11 @@ the channel's input, never through a command line other users could read.
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Collection, Sequence
 from dataclasses import asdict
 
 from aiores import JobDescription
+from aiores.adaptor import shell
 
 from ._scripts import LIB, exports, identify, read_stdin
 
@@ -57,17 +57,28 @@ _JOBS = f'"$HOME"/{JOBS_DIR}'
 
 
 def _wrapper(desc: JobDescription) -> str:
-    """run.sh: run the program in the job's group, record its exit code."""
-    out = shlex.quote(desc.stdout) if desc.stdout else '"$d/stdout"'
-    err = shlex.quote(desc.stderr) if desc.stderr else '"$d/stderr"'
-    program = shlex.join([desc.executable, *desc.arguments])
-    # Like a command over SSH, a job starts in the login directory by default.
+    """run.sh: run the program in the job's group, record its exit code.
+
+    The description's paths become shell variables at the top (quoted once, by
+    :func:`aiores.adaptor.shell.assign`); the rest of the script refers to them only
+    as ``"$name"``. A relative working directory, like a command over SSH, starts
+    from the login directory.
+    """
+    owner = "JobDescription"
+    values: dict[str, tuple[str, str]] = {}
+    if desc.stdout:
+        values["o"] = (desc.stdout, f"{owner}.stdout")
+    if desc.stderr:
+        values["r"] = (desc.stderr, f"{owner}.stderr")
+    if desc.working_directory:
+        values["w"] = (desc.working_directory, f"{owner}.working_directory")
+    program = shell.join([desc.executable, *desc.arguments], f"{owner}.executable/arguments")
     cd = 'cd "$HOME" 2>/dev/null || cd /\n'
     if desc.working_directory:
-        wd = shlex.quote(desc.working_directory)
-        cd = (
-            f"cd {wd} 2>/dev/null || {{\n"
-            f'  echo "aiores: cannot enter working directory {wd}" >>{err}\n'
+        cd += (
+            'case $w in -*) w="./$w" ;; esac\n'
+            'cd "$w" 2>/dev/null || {\n'
+            '  printf \'aiores: cannot enter working directory %s\\n\' "$w" >>"$r"\n'
             '  mkdir "$d/end" 2>/dev/null\n'
             '  echo 126 >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 126\n'
             "}\n"
@@ -78,9 +89,12 @@ def _wrapper(desc: JobDescription) -> str:
     # program's subshell, where it cannot change the wrapper's own variables.
     return (
         "d=$(pwd)\n"
-        "trap ': > \"$d/terminated\"' TERM\n"
+        + shell.assign(values)
+        + ("" if desc.stdout else 'o="$d/stdout"\n')
+        + ("" if desc.stderr else 'r="$d/stderr"\n')
+        + "trap ': > \"$d/terminated\"' TERM\n"
         'e=$(cat "$d/env" 2>/dev/null) || e=\n'
-        'rm -f "$d/env"\n' + cd + f'(eval "$e"; exec {program}) <"$d/stdin" >{out} 2>{err}\n'
+        'rm -f "$d/env"\n' + cd + f'(eval "$e"; exec {program}) <"$d/stdin" >"$o" 2>"$r"\n'
         "rc=$?\n"
         # Claim the end: a cancel that comes later finds the job finished.
         'mkdir "$d/end" 2>/dev/null\n'
@@ -101,12 +115,12 @@ def submit_script(
     script = (
         "set -e\numask 077\n"
         f"mkdir -p {d}\ncd {d}\n"
-        f"printf '%s\\n' {shlex.quote(token)} >token\n"
+        f"printf '%s\\n' {shell.quote(token, 'token')} >token\n"
         f"printf '%s\\n' {desc.capture_limit} >limit\n"
-        f"printf '%s\\n' {shlex.quote(description)} >description.json\n"
+        f"printf '%s\\n' {shell.quote(description, 'JobDescription')} >description.json\n"
         + (f"{read_stdin(len(env))} >env\n" if env else "")
         + ("cat >stdin\n" if stdin is not None else ": >stdin\n")
-        + f"printf '%s' {shlex.quote(_wrapper(desc))} >run.sh\n"
+        + f"printf '%s' {shell.quote(_wrapper(desc), 'JobDescription')} >run.sh\n"
         "if command -v setsid >/dev/null 2>&1; then\n"
         "  setsid /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
         "elif command -v perl >/dev/null 2>&1; then\n"
@@ -132,10 +146,10 @@ def describe_script(
     a job whose output would pass it gets a line ``P`` instead: ask again for it.
     ``ids=None``: every job. The ids are checked (``[A-Za-z0-9_-]+``) by the caller.
     """
-    names = " ".join(shlex.quote(i) for i in ids) if ids is not None else "*"
+    names = shell.join(ids, "job id") if ids is not None else "*"
     setup = show = ""
     if output_for:
-        setup = f"w={shlex.quote(' '.join(output_for))}\nb=0\n"
+        setup = shell.assign({"w": (" ".join(output_for), "job id")}) + "b=0\n"
         show = (
             '  case " $w " in *" $id "*) ;; *) continue ;; esac\n'
             '  [ -n "$e" ] || { [ "$a" = 0 ] && [ -n "$p" ]; } || continue\n'
@@ -174,7 +188,7 @@ def find_script(token: str) -> str:
     return (
         f"cd {_JOBS} 2>/dev/null || exit 0\n"
         "for id in *; do\n"
-        f'  [ "$(cat "$id/token" 2>/dev/null)" = {shlex.quote(token)} ] && echo "$id"\n'
+        f'  [ "$(cat "$id/token" 2>/dev/null)" = {shell.quote(token, "token")} ] && echo "$id"\n'
         "done\nexit 0\n"
     )
 
@@ -182,7 +196,7 @@ def find_script(token: str) -> str:
 def _job(job_id: str) -> str:
     return (
         LIB
-        + f"d={_JOBS}/{shlex.quote(job_id)}\n"
+        + f"d={_JOBS}/{shell.quote(job_id, 'job id')}\n"
         + f'[ -d "$d" ] || exit {MISSING}\n'
         + 'p=; st=; bt=; { read -r p st bt <"$d/pid"; } 2>/dev/null\n'
     )

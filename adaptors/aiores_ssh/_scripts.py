@@ -1,6 +1,7 @@
 """POSIX sh snippets run on the remote side (dash, bash, busybox sh).
 
-Every value spliced into a script is quoted with :func:`shlex.quote` by the caller.
+Every value spliced into a script is quoted once, where it is used, with
+:mod:`aiores.adaptor.shell`.
 
 A process is known by its pid together with its identity: its start time (field 22
 of ``/proc/PID/stat``) and the host's boot id, recorded when it starts. A pid alone
@@ -20,10 +21,10 @@ Without procfs identities are ``-`` and cannot be checked: liveness falls back t
 from __future__ import annotations
 
 import re
-import shlex
 from collections.abc import Mapping, Sequence
 
 from aiores import BadParameter
+from aiores.adaptor import shell
 
 __all__ = [
     "LIB",
@@ -115,15 +116,11 @@ def parse_identity(line: bytes) -> tuple[int, str, str] | None:
     return None
 
 
-#: A name every POSIX shell takes for a variable (str.isalnum() would let "²" pass).
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
-
-
 def command_text(command: str | Sequence[str]) -> str:
     """A shell command line: a str as given, a sequence quoted argument by argument."""
     if isinstance(command, str):
-        return command
-    return shlex.join(command)
+        return shell.check_text(command, "command")
+    return shell.join(command, "command")
 
 
 def exports(env: Mapping[str, str] | None) -> str:
@@ -132,12 +129,12 @@ def exports(env: Mapping[str, str] | None) -> str:
         return ""
     lines = []
     for name, value in env.items():
-        if not _NAME.fullmatch(name):
+        if not shell.is_name(name):
             raise BadParameter(
                 f"not a valid environment variable name: {name!r} (a portable name is "
                 "ASCII letters, digits and _, not starting with a digit)"
             )
-        lines.append(f"export {name}={shlex.quote(value)}\n")
+        lines.append(f"export {name}={shell.quote(value, f'env[{name!r}]')}\n")
     return "".join(lines)
 
 
@@ -164,11 +161,11 @@ def wrap_command(command: str, env: Mapping[str, str] | None = None) -> tuple[st
     inner = identify("$$") + 'set --\necho "$$ $_is $_ib"\n'
     if preamble:
         inner += f'eval "$({read_stdin(len(preamble))})"\n'
-    return "exec /bin/sh -c " + shlex.quote(inner + command), preamble
+    return "exec /bin/sh -c " + shell.quote(inner + command, "command"), preamble
 
 
 def stop_script(pid: int, start: str, boot: str, grace: float) -> str:
     """Stop the process group process ``pid`` (of that start time and boot) leads:
     TERM, up to ``grace`` seconds, then KILL."""
     ticks = max(1, round(grace * 10))
-    return LIB + f"stop {int(pid)} {shlex.quote(start)} {shlex.quote(boot)} {ticks}\n"
+    return LIB + f"stop {int(pid)} {shell.join([start, boot], 'identity')} {ticks}\n"
