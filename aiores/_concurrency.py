@@ -1,0 +1,234 @@
+"""The hard parts of concurrency, written once for the core and every adaptor.
+
+- :class:`Cleanups`: shielded, bounded cleanup. A cleanup (releasing what a
+  cancelled acquire made, stopping a remote process, aborting an upload) runs to its
+  end or to its bound; cancelling the caller again does not cut it off; its owner (a
+  session, the simulated cloud) waits for what still runs when it closes; a failure
+  is logged, never raised into a caller that is already failing.
+
+  Why a task and :func:`asyncio.shield`, not anyio's ``CancelScope(shield=True)``:
+  on asyncio, a second native ``task.cancel()`` (what ``asyncio.timeout``,
+  ``TaskGroup`` and a user's own code send) reaches through anyio's shield into the
+  shielded code. A cleanup in a task of its own cannot be cancelled by anything
+  aimed at the task that awaits it; only its own bound ends it.
+- :func:`fail_after`: a deadline that raises :class:`~aiores.Timeout` only when *its
+  own* deadline passed (trio's ``fail_at``). An inner timeout, an inner
+  :class:`~aiores.Timeout` or a cancellation from outside passes through untouched.
+  :func:`move_on_after` is the same deadline that ends the block quietly.
+- :func:`settle`: run awaitables together and collect each one's outcome (its
+  result or its error), so one failure never hides the others; a cancellation (any
+  ``BaseException`` that is not an ``Exception``) is re-raised, never collected.
+- :class:`TaskSet`: tasks owned by one object that cancels and awaits them all when
+  it closes, for fan-outs that stream results through an async generator (where an
+  ``asyncio.TaskGroup`` must not stay open across ``yield``): no task outlives its
+  owner, and a task's failure is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from typing import Any, TypeVar
+
+from ._exceptions import Timeout
+
+__all__ = ["Cleanups", "Deadline", "TaskSet", "fail_after", "move_on_after", "settle"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("aiores")
+
+
+class Cleanups:
+    """Shielded, bounded cleanups, owned by one owner that waits for them on close.
+
+    Args:
+        timeout: The bound of each cleanup in seconds (None: unbounded), unless a
+            call names its own.
+        logger: Where a failed cleanup is reported.
+    """
+
+    def __init__(self, timeout: float | None, logger: logging.Logger = log) -> None:
+        self.timeout = timeout
+        self._log = logger
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start(
+        self, fn: Callable[[], Awaitable[None]], *, what: str, timeout: float | None = None
+    ) -> asyncio.Task[None]:
+        """Start cleanup ``fn()`` in a task of its own and return the task (not awaited)."""
+        bound = self.timeout if timeout is None else timeout
+
+        async def bounded() -> None:
+            try:
+                async with asyncio.timeout(bound):
+                    await fn()
+            except TimeoutError:
+                self._log.error("%s did not finish within %s s", what, bound)
+            except Exception as exc:
+                self._log.error("%s failed: %r", what, exc)
+
+        task = asyncio.get_running_loop().create_task(bounded(), name=f"aiores-cleanup {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def run(
+        self, fn: Callable[[], Awaitable[None]], *, what: str, timeout: float | None = None
+    ) -> None:
+        """Run cleanup ``fn()`` shielded from cancellation and bounded; wait for it.
+
+        Cancelling the caller (once or again) stops only the waiting: the cleanup runs
+        on to its end or bound, the owner waits for it on close, and the cancellation
+        propagates. A failure is logged, not raised.
+        """
+        await asyncio.shield(self.start(fn, what=what, timeout=timeout))
+
+    async def drain(self, timeout: float | None) -> None:
+        """Wait (up to ``timeout`` s) for every cleanup still running; cancel the rest."""
+        pending = set(self._tasks)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            self._log.error("%d cleanups did not finish in time; cancelled", len(late))
+            await asyncio.wait(late)
+
+
+class Deadline:
+    """The scope of :func:`fail_after` / :func:`move_on_after`."""
+
+    def __init__(self, scope: asyncio.Timeout, seconds: float | None) -> None:
+        self._scope = scope
+        self.seconds = seconds
+
+    @property
+    def expired(self) -> bool:
+        """Whether this deadline (not an inner one) ended the block."""
+        return self._scope.expired()
+
+    def reschedule(self, seconds: float | None) -> None:
+        """Move the deadline to ``seconds`` from now (None: no deadline)."""
+        loop = asyncio.get_running_loop()
+        self._scope.reschedule(None if seconds is None else loop.time() + seconds)
+        self.seconds = seconds
+
+
+def _mine(scope: asyncio.Timeout, exc: BaseException) -> bool:
+    """Whether ``exc`` is the TimeoutError ``scope`` made of its own cancellation."""
+    return (
+        scope.expired()
+        and type(exc) is TimeoutError
+        and isinstance(exc.__cause__, asyncio.CancelledError)
+    )
+
+
+@contextlib.asynccontextmanager
+async def fail_after(
+    seconds: float | None, what: str | Callable[[], str]
+) -> AsyncIterator[Deadline]:
+    """A deadline ``seconds`` from now (None: none) that raises Timeout when it passes.
+
+    ``what`` is the Timeout's message (or a function that makes it when needed).
+    Only this deadline's own expiry becomes :class:`~aiores.Timeout`; anything else
+    the block raises (an inner Timeout included) passes as it is.
+    """
+    scope = asyncio.timeout(seconds)
+    try:
+        async with scope:
+            yield Deadline(scope, seconds)
+    except TimeoutError as exc:
+        if not _mine(scope, exc):
+            raise
+        raise Timeout(what() if callable(what) else what) from None
+
+
+@contextlib.asynccontextmanager
+async def move_on_after(seconds: float | None) -> AsyncIterator[Deadline]:
+    """A deadline ``seconds`` from now that ends the block quietly when it passes.
+
+    Afterwards ``deadline.expired`` says whether it did. Anything else the block
+    raises passes as it is.
+    """
+    scope = asyncio.timeout(seconds)
+    deadline = Deadline(scope, seconds)
+    try:
+        async with scope:
+            yield deadline
+    except TimeoutError as exc:
+        if not _mine(scope, exc):
+            raise
+
+
+async def settle(aws: Iterable[Awaitable[T]]) -> list[T | Exception]:
+    """Await all of ``aws`` together; each one's result or error, in order.
+
+    A cancellation of the caller cancels them all and propagates; one of them ending
+    in a ``BaseException`` that is not an ``Exception`` (a cancellation from
+    elsewhere, ``KeyboardInterrupt``) is re-raised after all have ended.
+    """
+    outcomes = await asyncio.gather(*aws, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
+
+
+def errors(outcomes: Iterable[object]) -> list[Exception]:
+    """The errors among outcomes that :func:`settle` collected."""
+    return [o for o in outcomes if isinstance(o, Exception)]
+
+
+class TaskSet:
+    """Tasks owned by this set: :meth:`aclose` cancels and awaits every one.
+
+    For a fan-out that yields results as they come (an async generator cannot keep
+    an ``asyncio.TaskGroup`` open across ``yield``)::
+
+        async with TaskSet("run") as tasks:
+            for item in items:
+                tasks.spawn(work(item))
+            async for result in tasks.as_completed():
+                yield result
+
+    A task that fails with an error is re-raised by :meth:`as_completed` (the work
+    functions of a fan-out return their failure as a result instead).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._done: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+
+    async def __aenter__(self) -> TaskSet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name or f"aiores-{self.name}")
+        task.add_done_callback(self._done.put_nowait)
+        self._tasks.append(task)
+
+    async def as_completed(self) -> AsyncIterator[Any]:
+        """Each task's result as it completes (spawn everything first)."""
+        for _ in range(len(self._tasks)):
+            task = await self._done.get()
+            yield task.result()
+
+    async def aclose(self) -> None:
+        """Cancel what still runs and wait for all (each is bounded by its own work:
+        a cancelled run stops its remote command first); a second cancellation of
+        the caller stops only this wait."""
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)

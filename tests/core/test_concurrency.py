@@ -1,0 +1,192 @@
+"""The concurrency toolkit: shielded cleanups, own-deadline timeouts, outcomes, task sets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from aiores import Timeout
+from aiores._concurrency import Cleanups, TaskSet, errors, fail_after, move_on_after, settle
+
+pytestmark = pytest.mark.asyncio
+
+FOREVER = 3600.0
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_fail_after_raises_timeout_for_its_own_deadline() -> None:
+    with pytest.raises(Timeout, match="the thing took too long"):
+        async with fail_after(0.01, "the thing took too long") as deadline:
+            await asyncio.Event().wait()
+    assert deadline.expired
+
+
+async def test_fail_after_makes_its_message_only_when_needed() -> None:
+    made: list[int] = []
+
+    def message() -> str:
+        made.append(1)
+        return "late"
+
+    async with fail_after(FOREVER, message):
+        await asyncio.sleep(0)
+    assert made == []
+    with pytest.raises(Timeout, match="late"):
+        async with fail_after(0.01, message):
+            await asyncio.Event().wait()
+    assert made == [1]
+
+
+async def test_fail_after_lets_an_inner_timeout_pass_untouched() -> None:
+    inner = Timeout("the inner call's own deadline")
+    with pytest.raises(Timeout) as caught:
+        async with fail_after(FOREVER, "outer"):
+            raise inner
+    assert caught.value is inner
+
+    async def plain_inner() -> None:
+        async with fail_after(FOREVER, "outer"), asyncio.timeout(0.01):
+            await asyncio.Event().wait()
+
+    with pytest.raises(TimeoutError) as plain:
+        await plain_inner()
+    assert not isinstance(plain.value, Timeout)
+
+    # An inner deadline nested in an outer one: the inner's Timeout, not the outer's.
+    with pytest.raises(Timeout, match="inner"):
+        async with fail_after(FOREVER, "outer"), fail_after(0.01, "inner"):
+            await asyncio.Event().wait()
+
+
+async def test_fail_after_lets_a_cancellation_from_outside_pass() -> None:
+    started = asyncio.Event()
+
+    async def body() -> None:
+        async with fail_after(FOREVER, "outer"):
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(body())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_move_on_after_ends_quietly_and_says_so() -> None:
+    async with move_on_after(0.01) as deadline:
+        await asyncio.Event().wait()
+    assert deadline.expired
+    async with move_on_after(FOREVER) as deadline:
+        await asyncio.sleep(0)
+    assert not deadline.expired
+    with pytest.raises(ValueError, match="inner"):
+        async with move_on_after(FOREVER):
+            raise ValueError("inner")
+
+
+async def test_a_cleanup_runs_to_its_end_through_two_cancellations() -> None:
+    cleanups = Cleanups(timeout=FOREVER)
+    entered, release, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def cleanup() -> None:
+        entered.set()
+        await release.wait()
+        finished.set()
+
+    async def caller() -> None:
+        await cleanups.run(cleanup, what="releasing")
+
+    task = asyncio.create_task(caller())
+    await entered.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    task.cancel()  # a second cancellation does not cut the cleanup off
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(cleanups) == 1
+    assert not finished.is_set()
+    release.set()
+    await cleanups.drain(FOREVER)
+    assert finished.is_set()
+    assert len(cleanups) == 0
+
+
+async def test_a_cleanup_is_bounded_and_its_failure_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cleanups = Cleanups(timeout=0.01)
+    with caplog.at_level(logging.ERROR, logger="aiores"):
+        await cleanups.run(hang, what="a hanging release")
+
+        async def broken() -> None:
+            raise OSError("the backend said no")
+
+        await cleanups.run(broken, what="a failing release")
+    assert "a hanging release did not finish within 0.01 s" in caplog.text
+    assert "a failing release failed: OSError('the backend said no')" in caplog.text
+
+
+async def test_drain_cancels_what_outlives_its_bound(caplog: pytest.LogCaptureFixture) -> None:
+    cleanups = Cleanups(timeout=FOREVER)
+    task = cleanups.start(hang, what="stuck")
+    with caplog.at_level(logging.ERROR, logger="aiores"):
+        await cleanups.drain(0.01)
+    assert task.cancelled() or task.done()
+    assert "1 cleanups did not finish in time" in caplog.text
+
+
+async def test_settle_collects_each_outcome() -> None:
+    async def ok(n: int) -> int:
+        return n
+
+    async def bad() -> int:
+        raise KeyError("x")
+
+    outcomes = await settle([ok(1), bad(), ok(3)])
+    assert outcomes[0] == 1
+    assert outcomes[2] == 3
+    assert isinstance(outcomes[1], KeyError)
+    assert errors(outcomes) == [outcomes[1]]
+
+
+async def test_settle_reraises_a_cancellation_of_one_member() -> None:
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    finished: list[int] = []
+
+    async def slow() -> None:
+        await asyncio.sleep(0)
+        finished.append(1)
+
+    with pytest.raises(asyncio.CancelledError):
+        await settle([cancelled(), slow()])
+    assert finished == [1]  # the others ran to their end first
+
+
+async def test_a_task_set_cancels_and_awaits_what_still_runs() -> None:
+    cancelled: list[int] = []
+
+    async def work(n: int) -> int:
+        if n == 0:
+            return 0
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    async with TaskSet("test") as tasks:
+        for n in range(3):
+            tasks.spawn(work(n))
+        async for result in tasks.as_completed():
+            assert result == 0
+            break
+    assert sorted(cancelled) == [1, 2]
