@@ -10,11 +10,18 @@ backend may have created.
 All sqlite work runs on one writer thread, never on the event loop. Writes queued
 while a commit is under way are committed together (group commit), so a thousand
 concurrent submits cost a handful of commits, not a thousand.
+
+What may be a secret is not written: a job description is kept with the names of
+its environment variables but not their values, and without its standard input; a
+compute description without its user data (see :func:`dumps`). The file, and the
+``-wal`` and ``-shm`` files sqlite makes beside it with the same mode, are the
+user's alone (0600) whatever the directory and the umask.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
@@ -23,6 +30,7 @@ import os
 import queue
 import socket
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._descriptions import ComputeDescription, JobDescription
 from ._exceptions import IncorrectState, NoSuccess
 
 __all__ = ["Intent", "Journal"]
@@ -59,7 +68,8 @@ CREATE TABLE IF NOT EXISTS transitions (
 
 def _json_default(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return _without_secrets(value, fields)
     if isinstance(value, (set, frozenset)):
         return sorted(value)
     if isinstance(value, bytes):
@@ -71,8 +81,22 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+def _without_secrets(value: Any, fields: dict[str, Any]) -> dict[str, Any]:
+    """A description's fields as the journal keeps them: no value that may be a secret.
+
+    As in the ``description.json`` an SSH job leaves on its host: environment
+    variables by name (each None), no standard input, no user data.
+    """
+    if isinstance(value, JobDescription):
+        fields["environment"] = dict.fromkeys(value.environment)
+        fields["stdin"] = None
+    elif isinstance(value, ComputeDescription):
+        fields["user_data"] = None
+    return fields
+
+
 def dumps(value: Any) -> str:
-    """JSON for the journal (descriptions, tags, ids)."""
+    """JSON for the journal (descriptions, tags, ids), without secrets (see above)."""
     return json.dumps(value, default=_json_default, sort_keys=True)
 
 
@@ -159,6 +183,7 @@ class Journal:
     # -- the writer thread ----------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _private_files(self.path)
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         # Switching a new file to WAL and creating the schema can meet another
         # process doing the same at that moment, which sqlite reports at once
@@ -431,6 +456,21 @@ def _intent(row: tuple[Any, ...]) -> Intent:
         created=created,
         finished=finished,
     )
+
+
+def _private_files(path: Path) -> None:
+    """Blocking: make the journal file 0600 before sqlite opens it.
+
+    sqlite creates the ``-wal`` and ``-shm`` files with the database file's mode, so
+    those follow; ones left laxer (by an older aiores) are tightened, as is the file.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(FileNotFoundError):
+            info = name.stat()
+            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
+                name.chmod(0o600)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
