@@ -44,6 +44,7 @@ from ._protocol import (
     encode,
     encode_error,
     private_dir,
+    private_file,
     socket_path,
 )
 from ._vm import VM, Prepared, VMSpec, prepare
@@ -180,10 +181,7 @@ class Cloud:
     def _announce(self) -> None:
         assert self._socket is not None
         os.chmod(self._socket, 0o600)
-        pid_file = self.directory / "cloud.pid"
-        tmp = pid_file.with_suffix(".tmp")
-        tmp.write_text(f"{os.getpid()}\n")
-        tmp.replace(pid_file)
+        private_file(self.directory / "cloud.pid", f"{os.getpid()}\n")
 
     async def __aenter__(self) -> Cloud:
         await self.start()
@@ -597,7 +595,11 @@ def _discard(made: list[Prepared]) -> None:
 
 def _lock(directory: Path) -> IO[bytes] | None:
     """Blocking: the directory's cloud lock, taken; None if a cloud holds it."""
-    lock = open(directory / "cloud.lock", "ab")  # noqa: SIM115 (held by the caller)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    fd = os.open(directory / "cloud.lock", flags, 0o600)
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o600)  # one made laxer by an older version
+    lock = open(fd, "ab")  # noqa: SIM115 (held by the caller)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -28,7 +28,8 @@ MANAGED_KEY = Path("keys", "id_ed25519")
 
 
 def managed_key(state_dir: Path) -> Path:
-    """Blocking: the aiores-managed ed25519 key, made on first use (0600; directory 0700).
+    """Blocking: the aiores-managed ed25519 key, made on first use (0600 and its .pub too;
+    directory 0700).
 
     Two processes making it at once end with one key: each writes a private temp
     file and links it into place; the loser drops its own. A laxer mode found on the
@@ -39,9 +40,11 @@ def managed_key(state_dir: Path) -> Path:
     """
     path = state_dir / MANAGED_KEY
     private_dir(path.parent)
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
-            path.chmod(0o600)  # a private key only its user reads
+    if path.exists():
+        for name in (path, path.with_name(path.name + ".pub")):
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_IMODE(name.stat().st_mode) & 0o077:
+                    name.chmod(0o600)  # state files only their user reads
         return path
     key = asyncssh.generate_private_key("ssh-ed25519", comment="aiores managed key")
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
@@ -50,8 +53,9 @@ def managed_key(state_dir: Path) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(key.export_private_key())
         pub_tmp = tmp.with_name(tmp.name + ".pub")
-        pub_tmp.write_bytes(key.export_public_key())
-        os.chmod(pub_tmp, 0o644)
+        pub_fd = os.open(pub_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(pub_fd, "wb") as handle:
+            handle.write(key.export_public_key())
         try:
             os.link(tmp, path)
         except FileExistsError:

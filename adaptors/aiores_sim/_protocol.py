@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -54,6 +55,7 @@ __all__ = [
     "encode_error",
     "info_from_json",
     "private_dir",
+    "private_file",
     "socket_path",
 ]
 
@@ -94,6 +96,18 @@ def private_dir(path: Path) -> Path:
     if stat.S_IMODE(info.st_mode) & 0o077:
         path.chmod(0o700)
     return path
+
+
+def private_file(path: Path, data: str | bytes) -> None:
+    """Blocking: write ``path`` (0600 whatever the umask), replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def socket_path(directory: Path) -> Path:

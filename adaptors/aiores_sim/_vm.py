@@ -38,6 +38,7 @@ from aiores.adaptor import Image, Template
 
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
+from ._protocol import private_file
 
 __all__ = ["VM", "DiskSFTPServer", "Prepared", "VMSpec", "prepare"]
 
@@ -89,7 +90,8 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             disk.mkdir(mode=0o700, parents=True)
             meta = disk / ".sim"
             meta.mkdir(mode=0o700)
-            (meta / "vm.json").write_text(
+            private_file(
+                meta / "vm.json",
                 json.dumps(
                     {
                         "id": vm_id,
@@ -99,10 +101,10 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
                     },
                     indent=1,
                 )
-                + "\n"
+                + "\n",
             )
             if spec.user_data is not None:
-                (meta / "user-data").write_text(spec.user_data)
+                private_file(meta / "user-data", spec.user_data)
             key = asyncssh.generate_private_key("ssh-ed25519")
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
