@@ -342,7 +342,8 @@ class Resource(Tracked[ResourceState]):
             self._manager.session.spawn(self._probe, name=f"aiores-ready {self.id}")
 
     async def _probe(self) -> None:
-        """Run ``true`` over SSH until it answers; then the resource is ACTIVE."""
+        """Run ``true`` over SSH until it answers, then the adaptor's
+        :meth:`~aiores.adaptor.ResourceAdaptor.reached`; then the resource is ACTIVE."""
         session = self._manager.session
         delay = PROBE_FIRST_DELAY
         try:
@@ -352,6 +353,10 @@ class Resource(Tracked[ResourceState]):
                 try:
                     runner = await session.command_runner(access)
                     await runner.run("true", timeout=PROBE_TIMEOUT)
+                    # The backend's last step over that first connection (ec2://
+                    # rotates the host key it injected at boot).
+                    adaptor, _ = await self._manager._open()
+                    info = await adaptor.reached(self._info, runner)
                 except (NoSuccess, Timeout, OSError) as exc:  # not up yet: try again
                     log.debug("%s: not reachable yet: %r", self, exc)
                 except AioresError as exc:
@@ -363,7 +368,7 @@ class Resource(Tracked[ResourceState]):
                 else:  # SSH answered (whatever the exit status)
                     self._ready = True
                     self._held = False
-                    self._apply(dataclasses.replace(self._info, state=ResourceState.ACTIVE))
+                    self._apply(dataclasses.replace(info, state=ResourceState.ACTIVE))
                     return
                 await session.clock.sleep(delay)
                 delay = min(delay * 2, PROBE_MAX_DELAY)

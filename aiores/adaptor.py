@@ -273,6 +273,17 @@ class ResourceAdaptor(Adaptor):
         """Change a resource in place."""
         raise self._unsupported("reconfig")
 
+    async def reached(self, info: ResourceInfo, runner: CommandRunner) -> ResourceInfo:
+        """Called once a machine first answered through its access URL, before ACTIVE.
+
+        ``runner`` reaches it over a connection verified against ``info.host_keys``.
+        Returns its info, changed where this hook changed the machine (``ec2://``
+        rotates the host key it injected at boot, and returns the new one). A
+        transient error (NoSuccess, Timeout) makes the core try again; any other
+        reaches those waiting for the machine. The default changes nothing.
+        """
+        return info
+
 
 class JobAdaptor(Adaptor):
     """Submits and controls jobs on one backend endpoint."""
