@@ -9,7 +9,8 @@
   therefore leaks nothing.
 - **Tags.** Every instance carries ``aiores:managed=1``, ``aiores:session``,
   ``aiores:token``, ``aiores:user`` (the login name), ``aiores:hostkey`` (the
-  published host key), ``aiores:expires`` when the description has a duration, and
+  public half of the host key injected at boot), ``aiores:expires`` when the
+  description has a duration, and
   one tag ``aiores:tag:<name>=1`` per description tag (select them in the console
   with ``tag-key``).
 - **States.** ``pending`` is PENDING; ``running`` is ACTIVE (``state_detail`` keeps
@@ -23,6 +24,18 @@
 - **Access** is ``ssh://<user>@<address>:22``: the public address, else the private
   one (``address=private`` prefers the private one). The user is the ``user``
   option, else the SSHContext's user, else ``ec2-user``.
+- **Host keys.** The first connection is verified against the host key aiores made
+  and injected in the user data (never trusted on first use). Over that connection,
+  before the instance turns ACTIVE, the instance makes a new host key itself and
+  sshd switches to it; aiores pins its public half (in the session and in
+  ``<state dir>/ec2/hostkeys/``) and accepts the injected key no more, so the
+  private key in the user data (readable through ``DescribeInstanceAttribute``,
+  the metadata service, a DEBUG log of botocore) stops mattering once the instance
+  is ACTIVE. This needs ``sudo -n`` for the login user (as EC2 images give it),
+  ``ssh-keygen``, and sshd reloadable through systemd or its pid file (see
+  :mod:`aiores_ec2._hostkeys`). With ``ComputeDescription(ready=None)`` aiores does
+  not connect before ACTIVE, so the injected key stays until a session waits for
+  the instance with ``ready="ssh"``.
 - **Watching.** :meth:`EC2ResourceAdaptor.describe` is one ``DescribeInstances`` for up
   to 1000 ids; the session's watcher calls it once per tick for every watched
   instance of the endpoint.
@@ -36,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
@@ -58,6 +72,7 @@ from aiores.adaptor import (
     URL,
     AdaptorEnv,
     Bucket,
+    CommandRunner,
     Image,
     PollPolicy,
     ResourceAdaptor,
@@ -67,6 +82,7 @@ from aiores.adaptor import (
 
 from ._aws import Api, error_code, open_api, target
 from ._firstuse import STALE_CODES, FirstUse, Setup
+from ._hostkeys import HostKeys
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
 
@@ -145,6 +161,9 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
         self._abandoned: set[str] = set()
         self._templates: list[Template] | None = None
+        self._hostkeys = HostKeys(env.state_dir)
+        #: The injected (boot) host key of each instance seen, from its tag.
+        self._boot_keys: dict[str, str] = {}
 
     @property
     def api(self) -> Api:
@@ -180,6 +199,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         await api.open()
         self._api = api
         await self._first.load()
+        await self._hostkeys.refresh()
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""
@@ -206,6 +226,10 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         user = tags.get("aiores:user") or self._user
         access = f"ssh://{user}@{address}:{SSH_PORT}" if address else None
         host_key = tags.get("aiores:hostkey")
+        host_keys: tuple[str, ...] = ()
+        if host_key:
+            self._boot_keys[str(inst["InstanceId"])] = host_key
+            host_keys = self._hostkeys.keys(str(inst["InstanceId"]), host_key)
         login: tuple[str, ...] = ()
         managed = self._first.managed
         if managed is not None and inst.get("KeyName") == managed[0]:
@@ -232,7 +256,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             private_address=private,
             tags=frozenset(k[len("aiores:tag:") :] for k in tags if k.startswith("aiores:tag:")),
             token=tags.get("aiores:token"),
-            host_keys=(host_key,) if host_key else (),
+            host_keys=host_keys,
             login_keys=login,
             extra=extra,
         )
@@ -432,6 +456,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
     async def _filtered(self, filters: list[dict[str, Any]]) -> list[ResourceInfo]:
         infos: list[ResourceInfo] = []
         params: dict[str, Any] = {"Filters": filters, "MaxResults": 1000}
+        await self._hostkeys.refresh()
         while True:
             page = await self.api.call("DescribeInstances", **params)
             for reservation in page.get("Reservations", []):
@@ -453,6 +478,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         """
         if not ids:
             return {}
+        await self._hostkeys.refresh()
         try:
             answer = await self.api.call("DescribeInstances", InstanceIds=list(ids))
         except (DoesNotExist, BadParameter) as exc:
@@ -491,6 +517,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         """
         chunks = [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
         await asyncio.gather(*(self._terminate(chunk) for chunk in chunks))
+        await self._hostkeys.forget(list(ids))
 
     async def _terminate(self, ids: builtins.list[str]) -> None:
         try:
@@ -505,6 +532,24 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         existing = [i.id for i in (await self.describe(ids)).values() if not i.state.final]
         if existing:
             await self.api.call("TerminateInstances", InstanceIds=existing)
+
+    async def reached(self, info: ResourceInfo, runner: CommandRunner) -> ResourceInfo:
+        """Rotate the host key injected at boot; the info with the new key alone.
+
+        Runs over the first connection verified against the injected key, before the
+        instance turns ACTIVE (see :mod:`aiores_ec2._hostkeys`): the instance makes a
+        new key itself, and aiores records and pins its public half. An instance
+        whose host key aiores did not inject is left as it is.
+
+        Raises:
+            NoSuccess: a step failed on the instance (retried by the core).
+            AioresError: the connection failed.
+        """
+        boot = self._boot_keys.get(info.id)
+        if boot is None:
+            return info
+        new = await self._hostkeys.rotate(info.id, boot, runner)
+        return dataclasses.replace(info, host_keys=(new,))
 
     # -- templates, images, reconfig --------------------------------------------------
     async def list_templates(self) -> Sequence[Template]:

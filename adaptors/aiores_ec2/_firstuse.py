@@ -12,7 +12,6 @@ made again, and the launch tried once more.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -25,6 +24,7 @@ from aiores import AioresError, DoesNotExist, NoSuccess
 from aiores.adaptor import URL
 
 from ._aws import Api, Target, error_code
+from ._hostkeys import write_private
 from ._options import Options
 from ._setup import MANAGED_KEY, key_pair_name, managed_key
 
@@ -237,16 +237,11 @@ def _read_cache(state_dir: Path) -> dict[str, Any]:
 
 
 def _write_cache(state_dir: Path, key: str, entry: dict[str, str] | None) -> None:
-    """Blocking: set (or drop) one entry, replacing the file atomically."""
+    """Blocking: set (or drop) one entry, replacing the file atomically (0600)."""
     path = state_dir / CACHE
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = _read_cache(state_dir)
     if entry is None:
         data.pop(key, None)
     else:
         data[key] = entry
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o600)
+    write_private(path, json.dumps(data, indent=1, sort_keys=True))

@@ -1,7 +1,8 @@
 """First-use set-up (like precip, but safe): key pair, security group, host keys, user data.
 
 - **Login key.** An ed25519 key made locally on first use,
-  ``<state dir>/keys/ec2_ed25519`` (0600, directory 0700), imported once per region
+  ``<state dir>/keys/ec2_ed25519`` (0600, its ``.pub`` too, directory 0700),
+  imported once per region
   as the key pair ``aiores-<fingerprint>`` (the name follows the key, so another
   machine's key never collides) and reused by every later acquire and session.
 - **Security group.** ``aiores``, in the default VPC, admitting TCP 22 from the
@@ -12,7 +13,10 @@
   generated) and published as the instances' ``host_keys``: the first SSH
   connection is verified against it, never trusted on first use. All instances of
   one call share it. The private half travels in the user data, which the account's
-  users with ``DescribeInstanceAttribute`` and the instance's own processes can read.
+  users with ``DescribeInstanceAttribute``, the instance's own processes and a
+  DEBUG log of botocore can read: over that first connection each instance makes
+  a new host key itself, and the injected one is accepted no more once the
+  instance is ACTIVE (see :mod:`aiores_ec2._hostkeys`).
 - **User data.** aiores sends MIME multipart user data: the description's
   ``user_data`` as the first part, typed by its first line (``#cloud-config``,
   ``#!`` script, ``#include``, ``#cloud-boothook``, ``## template: jinja``), then
@@ -38,6 +42,8 @@ from pathlib import Path
 import asyncssh
 
 from aiores import BadParameter, PermissionDenied
+
+from ._hostkeys import write_private
 
 __all__ = [
     "MANAGED_KEY",
@@ -91,7 +97,9 @@ def managed_key(state_dir: Path) -> tuple[Path, str]:
     public = key.export_public_key().decode().strip()
     pub = path.with_name(path.name + ".pub")
     if not pub.exists():
-        pub.write_text(public + "\n")
+        write_private(pub, public + "\n")
+    elif stat.S_IMODE(pub.stat().st_mode) & 0o077:
+        pub.chmod(0o600)
     return path, public
 
 
