@@ -20,7 +20,7 @@ from ._exceptions import (
     NoSuccess,
     Timeout,
 )
-from ._fleet import RunResult
+from ._results import RunResult
 from ._states import ResourceState
 from ._url import URL, join_id, native_id
 from ._watch import Tracked, Watcher

@@ -33,8 +33,8 @@ from . import _shell as shell
 from ._contexts import Context
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import DoesNotExist, NotSupported
-from ._fleet import RunResult
 from ._limits import Bucket, Governor, RetryPolicy, Transience
+from ._results import RunResult
 from ._states import JobState, ResourceState
 from ._url import URL
 
