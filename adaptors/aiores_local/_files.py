@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from aiores._exceptions import (
+from aiores import (
     AioresError,
     BadParameter,
     DoesNotExist,

@@ -28,16 +28,16 @@ import signal
 from collections import deque
 from collections.abc import Mapping, Sequence
 
-from aiores._descriptions import JobDescription
-from aiores._exceptions import (
+from aiores import (
     AioresError,
     BadParameter,
     DoesNotExist,
     IncorrectState,
+    JobDescription,
+    JobState,
     NoSuccess,
     PermissionDenied,
 )
-from aiores._states import JobState
 from aiores.adaptor import URL, AdaptorEnv, JobAdaptor, JobInfo, missing
 
 from ._options import check_grace, check_max_running, parse_options

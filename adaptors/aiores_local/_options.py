@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from aiores._exceptions import BadParameter, IncorrectURL
-from aiores._url import URL
+from aiores import BadParameter, IncorrectURL
+from aiores.adaptor import URL
 
 __all__ = ["DEFAULT_GRACE", "LocalOptions", "check_grace", "check_max_running", "parse_options"]
 

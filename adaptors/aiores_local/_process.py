@@ -28,7 +28,7 @@ import subprocess
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-from aiores._exceptions import AioresError, DoesNotExist, NoSuccess, PermissionDenied
+from aiores import AioresError, DoesNotExist, NoSuccess, PermissionDenied
 from aiores.adaptor import truncation_marker
 
 __all__ = [

@@ -13,9 +13,15 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
-from aiores._descriptions import ComputeDescription, StorageDescription
-from aiores._exceptions import BadParameter, DoesNotExist, IncorrectState, NotSupported
-from aiores._states import ResourceState
+from aiores import (
+    BadParameter,
+    ComputeDescription,
+    DoesNotExist,
+    IncorrectState,
+    NotSupported,
+    ResourceState,
+    StorageDescription,
+)
 from aiores.adaptor import URL, AdaptorEnv, Image, ResourceAdaptor, ResourceInfo, Template
 
 from ._options import parse_options

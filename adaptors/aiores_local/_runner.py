@@ -7,8 +7,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from aiores._exceptions import BadParameter, Timeout
-from aiores._fleet import RunResult
+from aiores import BadParameter, RunResult, Timeout
 from aiores.adaptor import URL, AdaptorEnv, CommandRunner
 
 from ._options import check_grace, parse_options
