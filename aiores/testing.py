@@ -1,4 +1,4 @@
-"""Helpers for testing code that uses aiores: a fake clock and a simulated cloud.
+"""Aids for testing code that uses aiores: a fake clock and an in-memory backend.
 
 :class:`FakeClock` replaces the session's clock so that time-based logic (the watcher's
 poll interval and backoff) runs deterministically without sleeping::
@@ -9,49 +9,76 @@ poll interval and backoff) runs deterministically without sleeping::
         await clock.wait_for_sleepers()   # the watcher is waiting for its next tick
         clock.advance(1.0)                # ... which is now due
 
-A simulated cloud for a whole test session: in the suite's ``conftest.py``::
+:class:`FakePlugin` is a mock backend, as ``httpx.MockTransport`` is for httpx: register
+it and ``fake://`` URLs reach an in-memory :class:`FakeCloud` whose resources and jobs
+the test drives by hand, so code that uses aiores is tested with no cloud, no process
+and no network::
 
-    pytest_plugins = ["aiores.testing"]
-
-then use the ``aiores_sim_cloud`` fixture (session-scoped: one cloud process; every
-``sim://`` manager reaches it; it is stopped at the end and must leave nothing)::
-
-    @pytest.mark.asyncio
-    async def test_boot(aiores_sim_cloud):
-        async with aiores.Session() as session:
-            vm = await session.manager("sim://?boot_delay=0.1").acquire(desc)
+    fake = aiores.testing.FakePlugin()
+    aiores.register_adaptor(fake)
+    try:
+        async with aiores.Session(journal=None, clock=clock) as session:
+            vm = await session.manager("fake://").acquire(aiores.ComputeDescription())
+            fake.cloud.set_state(vm.native_id, aiores.ResourceState.ACTIVE)
+            job = await session.job_service("fake://").submit(desc)
+            fake.job_adaptors[0].finish(job.native_id, exit_code=0)
             ...
+    finally:
+        aiores.unregister_adaptor(fake.name)
 
-:func:`start_sim_cloud` and :class:`SimCloudProcess` do the same by hand.
+Resources start PENDING and change only when the test says so
+(:meth:`FakeCloud.set_state`); the session's watcher sees the change on its next poll
+(:data:`POLL_POLICY`, on the session's clock). Jobs start RUNNING (HELD if submitted
+held) and end with :meth:`FakeJobs.finish`; they push their changes, or are polled
+with ``fake://?mode=poll``. Every call is counted (:attr:`FakeCloud.calls`,
+``describe_calls``, ``destroy_calls``), and :meth:`FakeCloud.pause_at` stops calls at
+a named point until they are cancelled, to test cancellation at each step of a backend
+call. :class:`FakeSSHPlugin` (``fake-ssh://``) is a command runner that answers with
+scripted outcomes.
+
+For a simulated cloud of real SSH servers, see :mod:`aiores_sim.testing`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-try:
-    import pytest
-except ImportError:  # the fixtures need pytest; the rest does not
-    pytest = None  # type: ignore[assignment]
+from aiores import (
+    URL,
+    BadParameter,
+    ComputeDescription,
+    JobDescription,
+    JobState,
+    ResourceState,
+    RunResult,
+)
+from aiores.adaptor import (
+    AdaptorEnv,
+    AdaptorPlugin,
+    CommandRunner,
+    Image,
+    JobAdaptor,
+    JobInfo,
+    PollPolicy,
+    ResourceAdaptor,
+    ResourceInfo,
+    Template,
+)
 
-if TYPE_CHECKING:
-    from aiores_sim._procs import Proc
-
-__all__ = ["FakeClock", "SimCloudProcess", "start_sim_cloud"]
-if pytest is not None:
-    __all__ += ["aiores_sim_cloud"]
+__all__ = [
+    "POLL_POLICY",
+    "FakeClock",
+    "FakeCloud",
+    "FakeJobs",
+    "FakePlugin",
+    "FakeResources",
+    "FakeRunner",
+    "FakeSSHPlugin",
+]
 
 
 class FakeClock:
@@ -114,179 +141,260 @@ class FakeClock:
         return step
 
 
-# -- the simulated cloud for test suites -------------------------------------------------
+# -- an in-memory backend ----------------------------------------------------------------
+
+#: How the session's watcher polls fake:// resources (and jobs with ``?mode=poll``).
+POLL_POLICY = PollPolicy(floor=1.0, ceiling=8.0, backoff=2.0, jitter=0.0, batch=50)
 
 
-class SimCloudProcess:
-    """A sim cloud process serving ``directory`` (see :func:`start_sim_cloud`).
+@dataclass
+class FakeCloud:
+    """The backend's own truth, shared by every adaptor instance (and session).
 
-    Code under test reaches it while ``$AIORES_SIM_DIR`` names ``directory`` (the
-    :func:`aiores_sim_cloud` fixture sets it for the whole test session).
+    Attributes:
+        resources: Every resource by id, as the backend would describe it.
+        jobs: Every job by id.
+        describe_calls: How many ids each ``describe`` call asked for, in order.
+        destroy_calls: The ids of each ``destroy`` call, in order.
+        calls: The points calls reached, in order (``"acquire:before"``,
+            ``"acquire:after"``, ``"find"``, ``"destroy"``, ``"submit:before"``,
+            ``"submit:after"``).
+        paused: The points where calls stop (see :meth:`pause_at`).
+        describe_error: Raised by every resource ``describe`` while set.
+        destroy_delay: While set, ``destroy`` waits for this event.
+        running_jobs: Jobs RUNNING now.
+        max_running_jobs: The most jobs that were RUNNING at once.
     """
 
-    def __init__(self, directory: Path, pid: int) -> None:
-        self.directory = directory
-        self.pid = pid
-        #: (pid, start time) of every process that descended from the cloud when
-        #: :meth:`stop` began: VM processes, however they hid, orphaned once it exits.
-        self._descendants: set[tuple[int, int]] = set()
+    resources: dict[str, ResourceInfo] = field(default_factory=dict)
+    jobs: dict[str, JobInfo] = field(default_factory=dict)
+    describe_calls: list[int] = field(default_factory=list)  # ids per call
+    destroy_calls: list[list[str]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    paused: dict[str, asyncio.Event] = field(default_factory=dict)
+    describe_error: Exception | None = None
+    destroy_delay: asyncio.Event | None = None  # destroy waits for it when set
+    running_jobs: int = 0
+    max_running_jobs: int = 0
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    def __repr__(self) -> str:
-        return f"<aiores.testing.SimCloudProcess {self.directory} pid {self.pid}>"
+    async def arrivals(self, name: str, count: int) -> None:
+        """Return once ``count`` calls have reached point ``name``."""
+        async with self._arrived:
+            await self._arrived.wait_for(lambda: self.calls.count(name) >= count)
 
-    def alive(self) -> bool:
-        """True while the cloud process runs."""
-        return _alive(self.pid)
+    def pause_at(self, point: str) -> asyncio.Event:
+        """Make calls stop at ``point``; the returned event is set when one arrives."""
+        reached = asyncio.Event()
+        self.paused[point] = reached
+        return reached
 
-    def leftovers(self) -> list[str]:
-        """What is left of the cloud: its process, VM processes, its socket (ideally none).
+    async def point(self, name: str) -> None:
+        """A call reaches point ``name``: counted, and stopped there if paused."""
+        self.calls.append(name)
+        async with self._arrived:
+            self._arrived.notify_all()
+        reached = self.paused.get(name)
+        if reached is not None:
+            reached.set()
+            await asyncio.Event().wait()  # until cancelled
 
-        VM processes are the cloud's descendants (the cloud adopts orphans of VM
-        processes, so even a job that left its session and environment stays one),
-        those that descended from it when :meth:`stop` began, and any process marked
-        with its directory or working in a VM disk of it.
-        """
-        from aiores_sim._procs import descendants, scan
-        from aiores_sim._protocol import socket_path
+    def alive(self) -> list[str]:
+        """The ids of resources in no final state."""
+        return [i for i, r in self.resources.items() if not r.state.final]
 
-        found = []
-        table = scan()
-        if self.alive():
-            found.append(f"the cloud process {self.pid}")
-        vm_pids = descendants(table, self.pid) if self.alive() else set()
-        vm_pids |= {
-            pid for pid, start in self._descendants if pid in table and table[pid].start == start
-        }
-        vm_pids |= _marked_processes(table, self.directory)
-        found.extend(
-            f"VM process {pid}" for pid in sorted(vm_pids) if pid in table and not table[pid].zombie
+    def set_state(self, rid: str, state: ResourceState, detail: str = "") -> None:
+        """Change resource ``rid`` (its native id); the watcher sees it on its next poll."""
+        self.resources[rid] = replace(self.resources[rid], state=state, state_detail=detail)
+
+    def new_id(self, prefix: str) -> str:
+        """A fresh id: ``vm-0``, ``job-1``..."""
+        return f"{prefix}-{next(self._ids)}"
+
+
+class FakeResources(ResourceAdaptor):
+    """fake:// resources: compute that starts PENDING; polled (:data:`POLL_POLICY`)."""
+
+    poll = POLL_POLICY
+
+    def __init__(self, url: URL, env: AdaptorEnv, cloud: FakeCloud) -> None:
+        super().__init__(url, env)
+        self.cloud = cloud
+
+    async def acquire(self, description: object, count: int, token: str) -> Sequence[ResourceInfo]:
+        await self.cloud.point("acquire:before")
+        if not isinstance(description, ComputeDescription):
+            raise BadParameter("fake:// offers compute resources only")
+        infos = []
+        for _ in range(count):
+            info = ResourceInfo(
+                id=self.cloud.new_id("vm"),
+                state=ResourceState.PENDING,
+                state_detail="pending",
+                tags=description.tags,
+                token=token,
+                access="fake-ssh://vm",
+            )
+            self.cloud.resources[info.id] = info
+            infos.append(info)
+        await self.cloud.point("acquire:after")
+        return infos
+
+    async def find(self, token: str) -> Sequence[ResourceInfo]:
+        await self.cloud.point("find")
+        return [r for r in self.cloud.resources.values() if r.token == token and not r.state.final]
+
+    async def destroy(self, ids: Sequence[str]) -> None:
+        self.cloud.destroy_calls.append(list(ids))
+        await self.cloud.point("destroy")
+        if self.cloud.destroy_delay is not None:
+            await self.cloud.destroy_delay.wait()
+        for rid in ids:
+            if rid in self.cloud.resources:
+                self.cloud.set_state(rid, ResourceState.CANCELED, "terminated")
+
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
+        self.cloud.describe_calls.append(len(ids))
+        if self.cloud.describe_error is not None:
+            raise self.cloud.describe_error
+        return {i: self.cloud.resources[i] for i in ids if i in self.cloud.resources}
+
+    async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
+        return [r for r in self.cloud.resources.values() if tags <= r.tags]
+
+    async def list_templates(self) -> Sequence[Template]:
+        return [Template(name="small", cpus=1, memory=1024), Template(name="large", cpus=8)]
+
+    async def list_images(self) -> Sequence[Image]:
+        return [Image(name="fake-linux")]
+
+
+class FakeJobs(JobAdaptor):
+    """Jobs that run until the test finishes them (``finish``); pushes or is polled."""
+
+    supports_hold = True
+
+    def __init__(self, url: URL, env: AdaptorEnv, cloud: FakeCloud) -> None:
+        super().__init__(url, env)
+        self.cloud = cloud
+        if url.params.get("mode") == "poll":
+            self.poll = POLL_POLICY
+
+    async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
+        await self.cloud.point("submit:before")
+        state = JobState.HELD if hold else JobState.RUNNING
+        info = JobInfo(
+            id=self.cloud.new_id("job"),
+            state=state,
+            token=token,
+            extra={"environment": dict(description.environment)},
         )
-        if socket_path(self.directory).exists():
-            found.append(f"the control socket {socket_path(self.directory)}")
-        return found
+        self.cloud.jobs[info.id] = info
+        if state is JobState.RUNNING:
+            self._started()
+        await self.cloud.point("submit:after")
+        return info
 
-    def stop(self, timeout: float = 60.0) -> None:
-        """Stop it (every VM ends, its processes are killed, its disks removed).
+    def _started(self) -> None:
+        self.cloud.running_jobs += 1
+        self.cloud.max_running_jobs = max(self.cloud.max_running_jobs, self.cloud.running_jobs)
 
-        Blocking: call it outside the event loop (fixtures' teardown is).
+    def set(self, jid: str, state: JobState, exit_code: int | None = None) -> None:
+        """Change job ``jid`` (its native id); pushed at once unless polled."""
+        old = self.cloud.jobs[jid]
+        if old.state is JobState.RUNNING and state is not JobState.RUNNING:
+            self.cloud.running_jobs -= 1
+        info = replace(old, state=state, exit_code=exit_code)
+        self.cloud.jobs[jid] = info
+        if self.poll is None:
+            self.publish(info)
 
-        Raises:
-            TimeoutError: it did not exit within ``timeout`` seconds.
-        """
-        from aiores_sim._procs import descendants, scan
-        from aiores_sim._protocol import socket_path
+    def finish(self, jid: str, exit_code: int = 0) -> None:
+        """End job ``jid``: DONE with exit code 0, else FAILED."""
+        self.set(jid, JobState.DONE if exit_code == 0 else JobState.FAILED, exit_code)
 
-        if self.alive():
-            table = scan()
-            self._descendants |= {(pid, table[pid].start) for pid in descendants(table, self.pid)}
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(str(socket_path(self.directory)))
-                sock.sendall(b'{"id":1,"op":"shutdown","args":{}}\n')
-                with contextlib.suppress(OSError):
-                    while sock.recv(65536):
-                        pass  # until the cloud closes the connection
-        except OSError:
-            if self.alive():
-                os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.alive():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the sim cloud {self.pid} did not stop in {timeout} s")
-            time.sleep(0.02)
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
+        self.cloud.describe_calls.append(len(ids))
+        return {i: self.cloud.jobs[i] for i in ids if i in self.cloud.jobs}
 
+    async def find(self, token: str) -> Sequence[JobInfo]:
+        return [j for j in self.cloud.jobs.values() if j.token == token]
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return b") Z " not in handle.read()
-    except OSError:
-        return False
+    async def list(self) -> Sequence[JobInfo]:
+        return list(self.cloud.jobs.values())
+
+    async def cancel(self, id: str) -> None:
+        self.set(id, JobState.CANCELED)
+
+    async def release(self, id: str) -> None:
+        self.set(id, JobState.RUNNING)
+        self._started()
 
 
-def _marked_processes(table: Mapping[int, Proc], directory: Path) -> set[int]:
-    """Processes marked with the cloud ``directory``, or working in one of its VM disks."""
-    from aiores_sim._vm import CLOUD_MARKER
+class FakePlugin(AdaptorPlugin):
+    """The fake backend: ``fake://`` (and ``any://fakehost``) resources and jobs.
 
-    marker = f"{CLOUD_MARKER}={directory}".encode()
-    disks = os.path.realpath(directory / "vms") + "/"
-    pids = set()
-    for pid in table:
-        try:
-            cwd = os.readlink(f"/proc/{pid}/cwd").removesuffix(" (deleted)")
-            if cwd.startswith(disks):
-                pids.add(pid)
-                continue
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                entries = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if marker in entries:
-            pids.add(pid)
-    return pids
-
-
-def start_sim_cloud(
-    directory: str | os.PathLike[str],
-    *,
-    watch_pid: int | None = None,
-    idle_exit: float | None = None,
-) -> SimCloudProcess:
-    """Start a sim cloud process serving ``directory`` (blocking; outside the loop).
-
-    Args:
-        directory: The cloud's directory (made 0700 if missing).
-        watch_pid: The cloud stops once this process has ended (e.g. ``os.getpid()``:
-            a test session that is killed does not leave its cloud behind).
-        idle_exit: The cloud stops after this many seconds with no VM and no client.
-
-    Raises:
-        RuntimeError: it did not start (with what it said).
+    Register it with :func:`aiores.register_adaptor` for a test, and unregister it by
+    its :attr:`name` after. Every adaptor it opens shares one :attr:`cloud`;
+    :attr:`job_adaptors` lists the job adaptors opened, in order.
     """
-    path = Path(directory).absolute()
-    argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(path)]
-    if watch_pid is not None:
-        argv += ["--watch-pid", str(watch_pid)]
-    if idle_exit is not None:
-        argv += ["--idle-exit", str(idle_exit)]
-    done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
-    if done.returncode != 0:
-        said = (done.stderr or done.stdout).decode(errors="replace").strip()
-        raise RuntimeError(f"the sim cloud in {path} did not start: {said}")
-    pid = int((path / "cloud.pid").read_text().strip())
-    return SimCloudProcess(path, pid)
+
+    name = "fake"
+    schemes = frozenset({"fake"})
+
+    def __init__(self) -> None:
+        self.cloud = FakeCloud()
+        self.job_adaptors: list[FakeJobs] = []
+
+    def accepts(self, url: URL) -> bool:
+        return url.scheme == "fake" or (url.scheme == "any" and url.host == "fakehost")
+
+    def resource_adaptor(self, url: URL, env: AdaptorEnv) -> FakeResources:
+        return FakeResources(url, env, self.cloud)
+
+    def job_adaptor(self, url: URL, env: AdaptorEnv) -> FakeJobs:
+        adaptor = FakeJobs(url, env, self.cloud)
+        self.job_adaptors.append(adaptor)
+        return adaptor
 
 
-if pytest is not None:
+class FakeRunner(CommandRunner):
+    """Answers commands with the scripted outcomes, one per call (then success)."""
 
-    @pytest.fixture(scope="session")
-    def aiores_sim_cloud(
-        tmp_path_factory: pytest.TempPathFactory,
-    ) -> Iterator[SimCloudProcess]:
-        """A sim cloud for the whole test session; ``sim://`` reaches it.
+    def __init__(self, url: URL, env: AdaptorEnv, plugin: FakeSSHPlugin) -> None:
+        super().__init__(url, env)
+        self.plugin = plugin
 
-        Use it from a conftest.py with ``pytest_plugins = ["aiores.testing"]``. For the
-        session it sets ``$AIORES_SIM_DIR`` to the cloud's directory and
-        ``$AIORES_STATE_DIR`` to a temporary one (so the aiores-managed key and the
-        journal stay out of the user's own state directory). At the end it stops the
-        cloud and fails if anything of it is left (a process, a socket). The cloud
-        also stops by itself once the test session's process has ended, even if it
-        was killed.
-        """
-        state = tmp_path_factory.mktemp("aiores-state")
-        directory = tmp_path_factory.mktemp("aiores-sim")
-        cloud = start_sim_cloud(directory, watch_pid=os.getpid())
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("AIORES_STATE_DIR", str(state))
-            patch.setenv("AIORES_SIM_DIR", str(cloud.directory))
-            try:
-                yield cloud
-            finally:
-                cloud.stop()
-        left = cloud.leftovers()
-        assert not left, f"the sim cloud left: {left}"
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        self.plugin.commands.append((str(self.url), command))
+        if self.plugin.outcomes:
+            outcome = self.plugin.outcomes.pop(0)
+            if isinstance(outcome, Exception):
+                raise outcome
+        return RunResult(exit_status=0)
+
+
+class FakeSSHPlugin(AdaptorPlugin):
+    """fake-ssh://: a command runner that answers with the outcomes the test scripts.
+
+    Each command is recorded in :attr:`commands` as ``(url, command)``; each takes the
+    next of :attr:`outcomes` (an exception is raised, None succeeds), then all succeed.
+    """
+
+    name = "fake-ssh"
+    schemes = frozenset({"fake-ssh"})
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, object]] = []
+        self.outcomes: list[Exception | None] = []
+
+    def command_runner(self, url: URL, env: AdaptorEnv) -> FakeRunner:
+        return FakeRunner(url, env, self)

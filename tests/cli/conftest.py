@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from aiores._journal import read_journal
-from aiores.testing import start_sim_cloud
+from aiores_sim.testing import start_sim_cloud
 
 __all__ = ["Cli"]
 

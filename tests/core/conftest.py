@@ -6,9 +6,7 @@ import pytest
 import pytest_asyncio
 
 import aiores
-from aiores.testing import FakeClock
-
-from .fake import FakePlugin, FakeSSHPlugin
+from aiores.testing import FakeClock, FakePlugin, FakeSSHPlugin
 
 
 @pytest.fixture

@@ -7,8 +7,7 @@ import sys
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 
 async def main(path: str) -> None:

@@ -9,8 +9,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 DESC = ComputeDescription(image="fake-linux")
 

@@ -9,8 +9,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 DESC = ComputeDescription(image="fake-linux", ready=None)
 

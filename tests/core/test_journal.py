@@ -13,8 +13,7 @@ import pytest
 import aiores
 from aiores import ComputeDescription, JobDescription, ResourceState
 from aiores._journal import read_journal
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,9 +8,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores.testing import FakeClock
-
-from .fake import FakePlugin, FakeSSHPlugin
+from aiores.testing import FakeClock, FakePlugin, FakeSSHPlugin
 
 
 @pytest.mark.asyncio

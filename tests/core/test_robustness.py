@@ -11,8 +11,7 @@ import pytest
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
 from aiores.adaptor import JobAdaptor
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 DESC = ComputeDescription(image="fake-linux")
 

@@ -13,8 +13,7 @@ import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
 from aiores._registry import registry
 from aiores.adaptor import AdaptorPlugin
-
-from .fake import FakePlugin
+from aiores.testing import FakePlugin
 
 DESC = ComputeDescription(image="fake-linux", tags={"web"})
 

@@ -8,9 +8,8 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
-from aiores.testing import FakeClock
-
-from .fake import POLICY, FakePlugin
+from aiores.testing import POLL_POLICY as POLICY
+from aiores.testing import FakeClock, FakePlugin
 
 DESC = ComputeDescription(image="fake-linux", tags={"web"})
 

@@ -1,7 +1,7 @@
 """Fixtures for the fleet tests: the simulated cloud, real sshds, remote processes.
 
 Every test here reaches one sim cloud for the test session (``aiores_sim_cloud`` from
-:mod:`aiores.testing`, which fails the run if the cloud leaves anything behind). The
+:mod:`aiores_sim.testing`, which fails the run if the cloud leaves anything behind). The
 real OpenSSH sshd fixtures (``keys``, ``sshd``) are those of ``tests/ssh``.
 """
 
@@ -18,8 +18,8 @@ import pytest_asyncio
 
 import aiores
 from aiores import SSHContext
-from aiores.testing import SimCloudProcess, aiores_sim_cloud
 from aiores_sim import managed_key
+from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
 from tests.ssh.conftest import keys, sshd
 
 __all__ = [

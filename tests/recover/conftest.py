@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiores.testing import SimCloudProcess, aiores_sim_cloud
+from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
 
 __all__ = ["STEP", "aiores_sim_cloud"]
 

@@ -12,7 +12,7 @@ import pytest
 import aiores
 from aiores import ComputeDescription
 from aiores._recover import Leak
-from aiores.testing import SimCloudProcess
+from aiores_sim.testing import SimCloudProcess
 
 from .killed import kill_mid_acquire
 

@@ -1,7 +1,7 @@
 """Fixtures for the sim:// tests: one cloud process per test session, private clouds.
 
 Every test here runs against the session's cloud (``aiores_sim_cloud`` from
-:mod:`aiores.testing`, which fails the run if the cloud leaves anything behind),
+:mod:`aiores_sim.testing`, which fails the run if the cloud leaves anything behind),
 unless it asks for ``own_cloud``: a cloud directory of its own, whose cloud (started
 on demand by the code under test) is stopped and checked at the end of the test.
 """
@@ -22,8 +22,8 @@ import pytest
 
 import aiores
 from aiores import Compute, ComputeDescription, ResourceState, SSHContext
-from aiores.testing import SimCloudProcess, aiores_sim_cloud
 from aiores_sim import MANAGED_KEY
+from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
 
 __all__ = [
     "STEP",

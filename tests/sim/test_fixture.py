@@ -9,11 +9,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from aiores.testing import SimCloudProcess
+from aiores_sim.testing import SimCloudProcess
 
 from .conftest import STEP
 
-CONFTEST = 'pytest_plugins = ["aiores.testing"]\n'
+CONFTEST = 'pytest_plugins = ["aiores_sim.testing"]\n'
 
 USES_A_VM = textwrap.dedent(
     """

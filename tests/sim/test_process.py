@@ -16,9 +16,9 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
-from aiores.testing import SimCloudProcess
 from aiores_sim import MANAGED_KEY, Cloud, CloudClient, cloud_pid, managed_key, stop_cloud
 from aiores_sim._protocol import socket_path
+from aiores_sim.testing import SimCloudProcess
 
 from .conftest import (
     STEP,

@@ -10,8 +10,8 @@ import pytest
 
 import aiores
 from aiores import Compute, ComputeDescription, ResourceState
-from aiores.testing import SimCloudProcess
 from aiores_sim import cloud_pid, stop_cloud
+from aiores_sim.testing import SimCloudProcess
 
 from .conftest import STEP, booted, hide_jobs, pinned_context, sleeps, until_none, until_sleeping
 
