@@ -1,5 +1,5 @@
-"""``python -m aiores``: the ``aiores`` command (see :mod:`aiores.cli`)."""
+"""``python -m aiores``: the ``aiores`` command (see :mod:`aiores._cli`)."""
 
-from aiores.cli import main
+from aiores._cli import main
 
 main()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from aiores.cli import main
+from aiores._cli import main
 
 from .conftest import Cli
 

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 import aiores
-from aiores import cli
-from aiores.cli import main
+from aiores._cli import main
+from aiores_sim import _commands as cli
 from aiores_sim import cloud_pid
 
 from .conftest import STEP

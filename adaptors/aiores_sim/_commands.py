@@ -1,13 +1,10 @@
-"""The ``aiores`` command: machines, jobs, recovery, ``aiores demo`` and ``aiores sim``.
+"""The ``aiores`` commands of ``sim://``: ``aiores demo`` and ``aiores sim``.
 
-The machine commands (``provision``, ``ls``, ``run``, ``put``, ``get``,
-``deprovision``) live in :mod:`aiores._cli_machines`; ``jobs``, ``recover`` and ``gc``
-in :mod:`aiores._cli_admin`; this module holds the group, ``demo`` and ``sim``.
-
-``aiores demo`` is the main job: it boots two tagged groups of simulated VMs at once
-with a live progress display, fans a file and a command out to each group, prints a
-per-host table, tears everything down and sums up the times. ``aiores sim`` starts,
-stops and describes the simulated cloud of the state directory.
+They reach the ``aiores`` command through the entry point group ``aiores.commands``.
+``aiores demo`` boots two tagged groups of simulated VMs at once with a live progress
+display, fans a file and a command out to each group, prints a per-host table, tears
+everything down and sums up the times. ``aiores sim`` starts, stops and describes the
+simulated cloud of the state directory.
 """
 
 from __future__ import annotations
@@ -28,20 +25,20 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import (
+from aiores import (
     AioresError,
     Compute,
     ComputeDescription,
     ResourceState,
     RunResult,
     Session,
-    __version__,
     state_dir,
 )
-from ._cli_admin import gc, jobs, recover
-from ._cli_machines import deprovision, get, ls, provision, put, run_command
 
-__all__ = ["main"]
+from ._client import CloudClient, cloud_pid, start_cloud, stop_cloud
+from ._protocol import cloud_dir
+
+__all__ = ["demo", "sim"]
 
 T = TypeVar("T")
 
@@ -57,37 +54,6 @@ def _run(coro: Awaitable[T]) -> T:
     except AioresError as exc:
         console.print(f"[red]aiores: {type(exc).__name__}: {exc}[/]")
         sys.exit(1)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="aiores")
-def main() -> None:
-    """Asyncio-native orchestration of compute.
-
-    State (the journal of what was acquired and submitted, keys, the simulated
-    cloud) lives in $AIORES_STATE_DIR, else the platform's user state directory.
-    Machines outlive the command that provisioned them; later commands find them
-    through the journal and select them by tag.
-
-    \b
-    Examples:
-      aiores provision sim:// --count 4 --tag web --wait
-      aiores ls --tag web
-      aiores run --tag web -- uname -n
-      aiores deprovision --tag web
-      aiores gc --yes
-    """
-
-
-main.add_command(provision)
-main.add_command(ls)
-main.add_command(run_command)
-main.add_command(put)
-main.add_command(get)
-main.add_command(deprovision)
-main.add_command(jobs)
-main.add_command(recover)
-main.add_command(gc)
 
 
 # -- aiores demo --------------------------------------------------------------------------
@@ -132,7 +98,7 @@ GROUPS = (
 )
 
 
-@main.command()
+@click.command()
 @click.option("--web", "web_count", default=12, show_default=True, help="VMs tagged web")
 @click.option("--db", "db_count", default=8, show_default=True, help="VMs tagged db")
 @click.option(
@@ -163,8 +129,6 @@ CLEANUP_TIMEOUT = 60.0
 async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
     """The demo; whatever happens (a failed acquire, Ctrl-C), its VMs are destroyed and a
     cloud it started is stopped."""
-    from aiores_sim import cloud_dir, cloud_pid
-
     total_start = time.perf_counter()
     directory = cloud_dir(state_dir())
     was_running = await cloud_pid(directory) is not None
@@ -226,8 +190,6 @@ async def _bounded(work: Awaitable[T]) -> T:
 
 async def _stop_unused(directory: Path) -> float | None:
     """Stop the cloud of ``directory`` if no program has VMs there; seconds it took."""
-    from aiores_sim import stop_cloud
-
     if await _cloud_in_use(directory):
         return None
     _, took = await _timed(lambda: stop_cloud(directory))
@@ -235,8 +197,6 @@ async def _stop_unused(directory: Path) -> float | None:
 
 
 async def _cloud_in_use(directory: Path) -> bool:
-    from aiores_sim import CloudClient
-
     client = CloudClient(directory)
     try:
         hello = await client.call("hello", start=False)
@@ -339,22 +299,18 @@ def _summary(hosts: list[_Host], times: dict[str, float]) -> Table:
 # -- aiores sim ---------------------------------------------------------------------------
 
 
-@main.group()
+@click.group()
 def sim() -> None:
     """The simulated cloud (sim://) of the state directory."""
 
 
 def _cloud_dir() -> Path:
-    from aiores_sim import cloud_dir
-
     return cloud_dir(state_dir())
 
 
 @sim.command("start")
 def sim_start() -> None:
     """Start the simulated cloud (if it is not running)."""
-    from aiores_sim import cloud_pid, start_cloud
-
     async def start() -> int | None:
         await start_cloud(_cloud_dir())
         return await cloud_pid(_cloud_dir())
@@ -366,8 +322,6 @@ def sim_start() -> None:
 @sim.command("stop")
 def sim_stop() -> None:
     """Stop the simulated cloud: every VM ends, its processes and disks go."""
-    from aiores_sim import stop_cloud
-
     if _run(stop_cloud(_cloud_dir())):
         console.print(f"sim cloud in {_cloud_dir()} stopped")
     else:
@@ -377,8 +331,6 @@ def sim_stop() -> None:
 @sim.command("status")
 def sim_status() -> None:
     """Say whether the simulated cloud runs, and list its VMs."""
-    from aiores_sim import CloudClient
-
     async def status() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         client = CloudClient(_cloud_dir())
         try:

@@ -11,14 +11,14 @@ import click
 from rich import box
 from rich.table import Table
 
-from ._cli_common import console, emit_json, err, recovered, resource_json, run, show_problems
-from ._descriptions import JobDescription
-from ._exceptions import BadParameter, IncorrectState
-from ._jobs import Job
-from ._recover import Leak, Reaped, describe_age
-from ._session import Session
-from ._states import JobState
-from ._url import split_id
+from .._descriptions import JobDescription
+from .._exceptions import BadParameter, IncorrectState
+from .._jobs import Job
+from .._recover import Leak, Reaped, describe_age
+from .._session import Session
+from .._states import JobState
+from .._url import split_id
+from ._common import console, emit_json, err, recovered, resource_json, run, show_problems
 
 __all__ = ["gc", "jobs", "recover"]
 

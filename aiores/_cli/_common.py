@@ -17,10 +17,10 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from ._exceptions import AioresError
-from ._recover import Problem, Recovered
-from ._resource import Compute, Resource
-from ._session import Session
+from .._exceptions import AioresError
+from .._recover import Problem, Recovered
+from .._resource import Compute, Resource
+from .._session import Session
 
 __all__ = [
     "EXIT_INTERRUPTED",

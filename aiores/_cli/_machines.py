@@ -19,7 +19,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from ._cli_common import (
+from .._descriptions import ComputeDescription
+from .._exceptions import AioresError, BadParameter, DoesNotExist
+from .._group import Group
+from .._recover import describe_age, endpoint_of
+from .._resource import Compute, Resource
+from .._results import GroupResult, RunResult
+from .._session import Session
+from .._states import ResourceState
+from .._url import split_id
+from ._common import (
     console,
     emit_json,
     err,
@@ -30,15 +39,6 @@ from ._cli_common import (
     run,
     select,
 )
-from ._descriptions import ComputeDescription
-from ._exceptions import AioresError, BadParameter, DoesNotExist
-from ._group import Group
-from ._recover import describe_age, endpoint_of
-from ._resource import Compute, Resource
-from ._results import GroupResult, RunResult
-from ._session import Session
-from ._states import ResourceState
-from ._url import split_id
 
 __all__ = ["deprovision", "get", "ls", "provision", "put", "run_command"]
 
