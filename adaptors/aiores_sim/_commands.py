@@ -311,6 +311,7 @@ def _cloud_dir() -> Path:
 @sim.command("start")
 def sim_start() -> None:
     """Start the simulated cloud (if it is not running)."""
+
     async def start() -> int | None:
         await start_cloud(_cloud_dir())
         return await cloud_pid(_cloud_dir())
@@ -331,6 +332,7 @@ def sim_stop() -> None:
 @sim.command("status")
 def sim_status() -> None:
     """Say whether the simulated cloud runs, and list its VMs."""
+
     async def status() -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         client = CloudClient(_cloud_dir())
         try:
