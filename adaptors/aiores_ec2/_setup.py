@@ -5,9 +5,20 @@
   imported once per region
   as the key pair ``aiores-<fingerprint>`` (the name follows the key, so another
   machine's key never collides) and reused by every later acquire and session.
-- **Security group.** ``aiores``, in the default VPC, admitting TCP 22 from the
-  ``ssh_cidr`` ranges only (default: the VPC's own range); rules missing are added,
-  none is ever removed or widened otherwise.
+- **Security groups.** One group per ingress rule, never one shared group: the group
+  ``aiores-ssh-<16 hex digits>`` (:func:`ssh_group_name`) of the default VPC (or of
+  the ``subnet`` option's VPC) admits TCP 22 from exactly one set of ranges, the
+  ``ssh_cidr`` option's (default: the VPC's own range), and nothing else. The name
+  is a hash of that set, so asking for another range finds or makes another group
+  and never changes what instances launched with an earlier range allow; the same
+  set, in any order or spelling (``10.1.2.7/24`` is ``10.1.2.0/24``), finds the same
+  group again. Each carries the tags ``aiores:managed=1`` and ``aiores:ssh_cidr``
+  (its ranges, comma-separated) and says its ranges in its description. When aiores
+  finds or makes one, it adds the rule if missing and revokes every other ingress
+  rule it holds (one added by hand, say): the group's name promises its rule. The
+  groups are few (one per rule and VPC) and reused, so aiores never deletes them;
+  delete one yourself once no instance uses it. The ``security_group`` option
+  names a group of your own instead, used as it is.
 - **Host key.** Every RunInstances call gets a fresh ed25519 host key, installed by
   cloud-init (the ``ssh_keys`` section of the user data; the other key types are not
   generated) and published as the instances' ``host_keys``: the first SSH
@@ -30,11 +41,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import math
 import os
 import secrets
 import stat
+from collections.abc import Iterable
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -51,6 +64,8 @@ __all__ = [
     "key_pair_name",
     "managed_key",
     "new_host_key",
+    "ssh_group_name",
+    "ssh_ranges",
     "user_data",
 ]
 
@@ -107,6 +122,31 @@ def key_pair_name(public_key: str) -> str:
     """The EC2 key pair name of a public key: ``aiores-`` and 16 hex digits of its hash."""
     blob = base64.b64decode(public_key.split()[1])
     return "aiores-" + hashlib.sha256(blob).hexdigest()[:16]
+
+
+def ssh_ranges(ranges: Iterable[str]) -> tuple[str, ...]:
+    """Address ranges in one spelling: host bits cleared, duplicates dropped, sorted.
+
+    Raises:
+        BadParameter: a range that is not one.
+    """
+    canonical: set[str] = set()
+    for text in ranges:
+        try:
+            canonical.add(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise BadParameter(f"{text!r} is not an address range") from None
+    return tuple(sorted(canonical))
+
+
+def ssh_group_name(ranges: Iterable[str]) -> str:
+    """The security group admitting TCP 22 from exactly ``ranges`` (see the module docstring).
+
+    ``aiores-ssh-`` and 16 hex digits of a hash of the rule, so equal sets of ranges
+    (however written) name one group and different sets never share one.
+    """
+    rule = "tcp 22-22 from " + ",".join(ssh_ranges(ranges))
+    return "aiores-ssh-" + hashlib.sha256(rule.encode()).hexdigest()[:16]
 
 
 class HostKey:

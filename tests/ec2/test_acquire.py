@@ -115,10 +115,11 @@ async def test_key_pair_and_group_made_once_and_reused(moto: MotoServer, state_d
     assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
     async with raw_client(moto) as client:
         groups = await client.describe_security_groups(
-            Filters=[{"Name": "group-name", "Values": ["aiores"]}]
+            Filters=[{"Name": "tag:aiores:managed", "Values": ["1"]}]
         )
         pairs = await client.describe_key_pairs()
     (group,) = groups["SecurityGroups"]
+    assert group["GroupName"].startswith("aiores-ssh-")
     rules = [(p["FromPort"], r["CidrIp"]) for p in group["IpPermissions"] for r in p["IpRanges"]]
     assert rules == [(22, "127.0.0.1/32")]  # SSH from loopback, nothing else
     assert [p["KeyName"] for p in pairs["KeyPairs"]] == [
