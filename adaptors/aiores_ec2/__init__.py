@@ -19,7 +19,7 @@ Install with ``pip install 'aiores[ec2]'``. Credentials come from the session's
 credential chain. ``?endpoint=http://host:port`` (or ``AWSContext.endpoint_url``)
 points it at another EC2 API: OpenStack, Eucalyptus, moto. See
 :mod:`aiores_ec2._options` for every option, :mod:`aiores_ec2._adaptor` for the
-states and tags, :mod:`aiores_ec2._setup` for keys, security group and user data.
+states and tags, :mod:`aiores_ec2._setup` for keys, security groups and user data.
 """
 
 from __future__ import annotations

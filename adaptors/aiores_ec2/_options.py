@@ -9,11 +9,12 @@
                     SSHContext's user, else ``ec2-user`` (Amazon Linux; Ubuntu images use
                     ``ubuntu``, Debian ``admin``).
 ``template``        The instance type when the description names none (``t3.micro``).
-``ssh_cidr``        Comma-separated address ranges the ``aiores`` security group admits to
-                    port 22. Default: the default VPC's own range (machines inside the VPC);
-                    nothing on the internet is let in unless named here.
+``ssh_cidr``        Comma-separated address ranges admitted to port 22, by a security group
+                    ``aiores-ssh-<hash>`` of these ranges alone (another set of ranges gets
+                    another group). Default: the default VPC's own range (machines inside
+                    the VPC); nothing on the internet is let in unless named here.
 ``security_group``  Use this existing group (by id ``sg-...`` or name) as it is, instead of
-                    the ``aiores`` group; aiores then adds no rules.
+                    an ``aiores-ssh-`` group; aiores then adds no rules.
 ``key_name``        Use this existing key pair instead of the aiores-managed one (log in
                     with the SSHContext's key files then).
 ``subnet``          The subnet to launch in (default: the region's default).
