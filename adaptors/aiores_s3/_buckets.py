@@ -14,6 +14,9 @@
   IncorrectState, unless the manager URL says ``empty=1``: then its objects and
   unfinished multipart uploads are deleted first.
 - **Watching** is one ListBuckets per tick, whatever the number of buckets.
+- **Errors** of the calls made for several buckets at once never leave as an
+  ``ExceptionGroup``: one failure raises its error, several raise
+  :class:`~aiores.FanOutError` carrying each.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,7 +42,7 @@ from aiores import (
 from aiores.adaptor import URL, AdaptorEnv, PollPolicy, ResourceAdaptor, ResourceInfo
 from aiores_ec2 import error_code
 
-from ._common import S3Client, parse_s3_options
+from ._common import S3Client, parse_s3_options, together
 
 __all__ = ["S3ResourceAdaptor"]
 
@@ -148,7 +152,9 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
             self._tags[name] = dict(tags)
             return self._info(name)
 
-        return list(await asyncio.gather(*(one(n) for n in names)))
+        return await together(
+            [functools.partial(one, n) for n in names], several=f"creating {len(names)} buckets"
+        )
 
     async def _bucket_tags(self, name: str) -> dict[str, str] | None:
         """The bucket's tags (None if it does not exist)."""
@@ -199,7 +205,7 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
         """Buckets aiores made (any session) that carry ``tags`` (a tagging call per bucket)."""
         existing = await self._buckets()
         names = sorted(existing)
-        found = await asyncio.gather(*(self._bucket_tags(n) for n in names))
+        found = await together([functools.partial(self._bucket_tags, n) for n in names])
         wanted = {f"aiores:tag:{t}" for t in tags}
         return [
             self._info(name, existing[name])
@@ -215,7 +221,10 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
         Raises:
             IncorrectState: a bucket is not empty and the URL does not say ``empty=1``.
         """
-        await asyncio.gather(*(self._delete(name) for name in ids))
+        await together(
+            [functools.partial(self._delete, name) for name in ids],
+            several=f"destroying {len(ids)} buckets",
+        )
 
     async def _delete(self, name: str) -> None:
         try:

@@ -20,17 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from aiores import IncorrectState, IncorrectURL
+from aiores import AioresError, FanOutError, IncorrectState, IncorrectURL, NoSuccess
 from aiores.adaptor import URL, AdaptorEnv, Bucket
 from aiores_ec2 import Api, open_api, target
 
-__all__ = ["BUCKETS", "MiB", "S3Client", "S3Options", "open_s3", "parse_s3_options", "s3_cost"]
+__all__ = [
+    "BUCKETS",
+    "MiB",
+    "S3Client",
+    "S3Options",
+    "open_s3",
+    "parse_s3_options",
+    "s3_cost",
+    "together",
+]
 
 MiB = 1024 * 1024
+T = TypeVar("T")
 
 #: S3's published request rates per prefix: 3500 writes and 5500 reads a second.
 BUCKETS = {
@@ -164,3 +174,52 @@ class S3Client:
             api, self._api = self._api, None
             if api is not None:
                 await api.close()
+
+
+async def together(
+    calls: Sequence[Callable[[], Coroutine[Any, Any, T]]], *, several: str | None = None
+) -> list[T]:
+    """Run ``calls`` concurrently and return their results in order; the first
+    failure cancels the others (and waits for them to end).
+
+    No ``ExceptionGroup`` leaves: one failure raises that error;
+    failures of several calls raise FanOutError carrying each if ``several`` names
+    what the calls do (for its message), else the first. A failure that is not an
+    aiores error leaves as NoSuccess chained to it. If the caller is being
+    cancelled, CancelledError propagates, whatever the calls raised meanwhile.
+    """
+    # Not a TaskGroup: on Python 3.11 a task group that aborted leaves its parent's
+    # cancellation count raised, so a cancellation from outside cannot be told apart.
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(call()) for call in calls]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        try:
+            if pending:
+                await asyncio.wait(pending)
+        finally:
+            errors = [
+                _as_aiores(exc)
+                for t in tasks
+                if t.done() and not t.cancelled() and (exc := t.exception()) is not None
+            ]
+    if errors:
+        if len(errors) == 1 or several is None:
+            raise errors[0] from errors[0].__cause__
+        raise FanOutError(f"{several}: {len(errors)} of {len(calls)} failed", errors) from None
+    return [t.result() for t in tasks]
+
+
+def _as_aiores(exc: BaseException) -> AioresError:
+    if isinstance(exc, AioresError):
+        return exc
+    if not isinstance(exc, Exception):
+        raise exc  # KeyboardInterrupt, SystemExit: never wrapped
+    error = NoSuccess(f"s3:// failed: {exc!r}")
+    error.__cause__ = exc
+    return error

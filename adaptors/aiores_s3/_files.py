@@ -8,24 +8,40 @@ the whole file. A failed or cancelled multipart upload is aborted (shielded from
 cancellation, bounded), so no parts are left billed. Downloads stream the object in
 1 MiB chunks into a temporary file beside the target, renamed into place once
 complete (a cancelled download leaves no partial file).
+
+Errors: S3's are mapped by the shared client; this machine's file errors become
+DoesNotExist, PermissionDenied, BadParameter or NoSuccess naming the path. Parts and
+files go up concurrently, and never leave as an ``ExceptionGroup``: a failed multipart
+upload raises its first error; a directory put in which one file failed raises that
+file's error, and one in which several failed raises :class:`~aiores.FanOutError`
+carrying each (``except* DoesNotExist`` still matches it). Cancelling a transfer
+always raises ``CancelledError``, whatever its parts raised meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiores import BadParameter, DoesNotExist, IncorrectURL
+from aiores import (
+    AioresError,
+    BadParameter,
+    DoesNotExist,
+    IncorrectURL,
+    NoSuccess,
+    PermissionDenied,
+)
 from aiores.adaptor import URL, AdaptorEnv, FileAdaptor
 from aiores_ec2 import aws_errors
 
-from ._common import MiB, S3Client, parse_s3_options
+from ._common import MiB, S3Client, parse_s3_options, together
 
 __all__ = ["S3FileAdaptor"]
 
@@ -79,7 +95,8 @@ class S3FileAdaptor(S3Client, FileAdaptor):
             key = remote + path.name if remote.endswith("/") else remote
             await self._put_file(path, _key(key))
             return
-        files = await asyncio.to_thread(_walk, path)
+        with _local_errors(f"read the directory {str(path)!r}"):
+            files = await asyncio.to_thread(_walk, path)
         prefix = remote.strip("/")
         slots = asyncio.Semaphore(self.options.concurrency)
 
@@ -88,9 +105,10 @@ class S3FileAdaptor(S3Client, FileAdaptor):
                 key = f"{prefix}/{rel}" if prefix else rel
                 await self._put_file(path / rel, key)
 
-        async with asyncio.TaskGroup() as tg:
-            for rel in files:
-                tg.create_task(one(rel))
+        await together(
+            [functools.partial(one, rel) for rel in files],
+            several=f"putting {str(path)!r} to s3://{self.bucket}/{prefix}",
+        )
 
     async def _put_file(self, path: Path, key: str) -> None:
         try:
@@ -98,11 +116,13 @@ class S3FileAdaptor(S3Client, FileAdaptor):
         except FileNotFoundError:
             raise DoesNotExist(f"no local file {str(path)!r}") from None
         except OSError as exc:
-            raise BadParameter(f"cannot read {str(path)!r}: {exc}") from exc
+            raise _local_error(f"read {str(path)!r}", exc) from exc
         try:
-            size = (await asyncio.to_thread(os.fstat, fd)).st_size
+            with _local_errors(f"read {str(path)!r}"):
+                size = (await asyncio.to_thread(os.fstat, fd)).st_size
             if size <= self.options.part_size:
-                body = await asyncio.to_thread(os.pread, fd, size, 0)
+                with _local_errors(f"read {str(path)!r}"):
+                    body = await asyncio.to_thread(os.pread, fd, size, 0)
                 await self.api.call("PutObject", Bucket=self.bucket, Key=key, Body=body)
             else:
                 await self._multipart(fd, size, key)
@@ -120,7 +140,9 @@ class S3FileAdaptor(S3Client, FileAdaptor):
         async def one(number: int) -> None:
             async with slots:
                 offset = (number - 1) * part_size
-                body = await asyncio.to_thread(os.pread, fd, min(part_size, size - offset), offset)
+                with _local_errors(f"read part {number} of {key!r}"):
+                    length = min(part_size, size - offset)
+                    body = await asyncio.to_thread(os.pread, fd, length, offset)
                 done = await self.api.call(
                     "UploadPart",
                     Bucket=self.bucket,
@@ -132,9 +154,7 @@ class S3FileAdaptor(S3Client, FileAdaptor):
                 etags[number] = done["ETag"]
 
         try:
-            async with asyncio.TaskGroup() as tg:
-                for number in range(1, parts + 1):
-                    tg.create_task(one(number))
+            await together([functools.partial(one, n) for n in range(1, parts + 1)])
             await self.api.call(
                 "CompleteMultipartUpload",
                 Bucket=self.bucket,
@@ -194,18 +214,25 @@ class S3FileAdaptor(S3Client, FileAdaptor):
             target = target / key.rsplit("/", 1)[-1]
         answer = await self.api.call("GetObject", Bucket=self.bucket, Key=key)
         body = answer["Body"]
-        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.aiores-{secrets.token_hex(4)}")
-        handle = await asyncio.to_thread(open, tmp, "wb")
+        try:
+            with _local_errors(f"write {str(target)!r}"):
+                await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+                handle = await asyncio.to_thread(open, tmp, "wb")
+        except BaseException:
+            body.close()
+            raise
         try:
             try:
-                with aws_errors("s3", "GetObject"):
+                with aws_errors("s3", "GetObject"), _local_errors(f"write {str(target)!r}"):
                     while chunk := await body.read(CHUNK):
                         await asyncio.to_thread(handle.write, chunk)
             finally:
                 body.close()
-                await asyncio.to_thread(handle.close)
-            await asyncio.to_thread(os.replace, tmp, target)
+                with _local_errors(f"write {str(target)!r}"):
+                    await asyncio.to_thread(handle.close)
+            with _local_errors(f"write {str(target)!r}"):
+                await asyncio.to_thread(os.replace, tmp, target)
         except BaseException:
             await asyncio.to_thread(_unlink, tmp)
             raise
@@ -235,10 +262,39 @@ class S3FileAdaptor(S3Client, FileAdaptor):
         await self.api.call("DeleteObject", Bucket=self.bucket, Key=_key(remote))
 
 
+def _local_error(action: str, exc: OSError) -> AioresError:
+    """The aiores error for an OSError of this machine's files."""
+    text = f"cannot {action}: {exc.strerror or exc}"
+    if isinstance(exc, FileNotFoundError):
+        return DoesNotExist(text)
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(text)
+    if isinstance(exc, IsADirectoryError | NotADirectoryError | FileExistsError):
+        return BadParameter(text)
+    return NoSuccess(text)
+
+
+@contextlib.contextmanager
+def _local_errors(action: str) -> Iterator[None]:
+    """Map OSErrors of this machine's files inside to aiores errors."""
+    try:
+        yield
+    except OSError as exc:
+        raise _local_error(action, exc) from exc
+
+
+def _walk_error(exc: OSError) -> None:
+    raise exc
+
+
 def _walk(root: Path) -> list[str]:
-    """Blocking: the files under ``root``, relative, with ``/`` separators."""
+    """Blocking: the files under ``root``, relative, with ``/`` separators.
+
+    Raises:
+        OSError: a directory under it cannot be read (never skipped silently).
+    """
     found = []
-    for base, _, files in os.walk(root):
+    for base, _, files in os.walk(root, onerror=_walk_error):
         for name in files:
             found.append(os.path.relpath(os.path.join(base, name), root).replace(os.sep, "/"))
     return sorted(found)
