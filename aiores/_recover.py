@@ -14,6 +14,13 @@ can:
 
 A session that closed normally hands its resources over on purpose (resources outlive
 their session): reap leaves them alone.
+
+Backend answers are taken as the endpoint's watcher takes its own (``Watcher.take``):
+each object is made at the state the journal holds and the answer applied to it, so
+changes are recorded by the object like any other; an id the answer leaves out is
+asked about again, and counts as gone only after as many describes in a row as the
+watcher needs (backends are eventually consistent: an EC2 instance may be missing from
+a describe right after it was launched).
 """
 
 from __future__ import annotations
@@ -25,18 +32,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import AioresError, IncorrectState
+from ._jobs import Job, JobService
 from ._journal import Intent, Journal
+from ._resource import Compute, Manager, Resource
 from ._states import JobState, ResourceState
 from ._url import URL, join_id
+from ._watch import Info, Tracked, Watcher
+from .adaptor import JobAdaptor, JobInfo, ResourceAdaptor, ResourceInfo
 
 if TYPE_CHECKING:
-    from ._jobs import Job
-    from ._resource import Resource
     from ._session import Session
 
 __all__ = ["Leak", "Problem", "Reaped", "Recovered", "SessionRecord", "reap", "recover"]
@@ -73,11 +82,13 @@ class Recovered:
         jobs: Jobs earlier sessions recorded that are not final in the journal, with
             the state their backend reports now (final ones included: they ended while
             nobody watched).
-        gone: Ids the journal held as alive that their backend no longer knows (now
-            recorded as ended: resources CANCELED; jobs of sessions that are over
-            FAILED, as lost).
+        gone: Ids the journal held as alive that their backend no longer knows:
+            left out of as many describes in a row as the endpoint's watcher needs
+            to call an id gone (now recorded as ended: resources CANCELED; jobs of
+            sessions that are over FAILED, as lost).
         problems: Endpoints that could not be reached or whose adaptor cannot load,
-            and objects that could not be described.
+            and objects that could not be described (among them ids left out of
+            the describes made within the timeout, not yet counted gone).
         in_flight: Intents still pending (calls whose outcome was never written):
             :meth:`Session.reap` releases what they created once their session is gone.
     """
@@ -210,54 +221,35 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
 async def _recover_resources(
     session: Session, url: str, rows: list[dict[str, Any]], timeout: float | None
 ) -> tuple[list[Resource], list[str], list[Problem]]:
+    start = session.clock.now()
     try:
         async with asyncio.timeout(timeout):
             manager = session.manager(url)
             adaptor, watcher = await manager._open()
-            natives = [row["native_id"] for row in rows]
-            infos = await adaptor.describe(natives)
+        asked = await _ask(
+            session, adaptor, watcher, rows, _restorer(manager, watcher), start, timeout
+        )
     except AioresError as exc:
         return [], [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
     except TimeoutError:
         return [], [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
     found: list[Resource] = []
     gone: list[str] = []
+    problems: list[Problem] = []
     for row in rows:
-        info = infos.get(row["native_id"])
-        if info is None:
+        native = row["native_id"]
+        if native in asked.gone:
             # The backend no longer knows it (destroyed elsewhere, the cloud stopped).
             gone.append(row["id"])
-            _journal_of(session).transition(
-                row["id"],
-                "resource",
-                row["state"],
-                "CANCELED",
-                "gone: the backend no longer knows it",
-            )
-            continue
-        if info.token is None and row["token"]:
-            info = dataclasses.replace(info, token=row["token"])
-        resource = manager._resource(info, watcher, None)
-        _reconciled(session, row, resource.state)
-        if not resource.state.final:
-            found.append(resource)
-    return found, gone, []
-
-
-def _reconciled(
-    session: Session,
-    row: dict[str, Any],
-    state: ResourceState | JobState,
-    detail: str = "recovered",
-) -> None:
-    """Record a change that happened while nobody watched (as a transition)."""
-    enum_type: Any = ResourceState if row["kind"] == "resource" else JobState
-    try:
-        old = enum_type[row["state"]]
-    except KeyError:
-        return
-    if old is not state and old.reachable(state):
-        _journal_of(session).transition(row["id"], row["kind"], old.name, state.name, detail)
+            _end(_unanswered(manager, watcher, row), ResourceState.CANCELED, GONE)
+        elif native in asked.unsure:
+            problems.append(Problem(url, asked.unsure[native], id=row["id"]))
+        else:
+            resource = asked.objects[native]
+            assert isinstance(resource, Resource)
+            if not resource.state.final:
+                found.append(resource)
+    return found, gone, problems
 
 
 async def _recover_jobs(
@@ -267,11 +259,14 @@ async def _recover_jobs(
     timeout: float | None,
     finished: set[str],
 ) -> tuple[list[Job], list[str], list[Problem]]:
+    start = session.clock.now()
     try:
         async with asyncio.timeout(timeout):
             service = session.job_service(url)
             adaptor, watcher = await service._open()
-            infos = await adaptor.describe([row["native_id"] for row in rows])
+        asked = await _ask(
+            session, adaptor, watcher, rows, _restorer(service, watcher), start, timeout
+        )
     except AioresError as exc:
         return [], [], [Problem(url, f"{type(exc).__name__}: {exc}", id=r["id"]) for r in rows]
     except TimeoutError:
@@ -280,22 +275,182 @@ async def _recover_jobs(
     lost: list[str] = []
     problems: list[Problem] = []
     for row in rows:
-        info = infos.get(row["native_id"])
-        if info is None:
+        native = row["native_id"]
+        if native in asked.gone:
             # Not final and not known: a job of a backend that forgets (local:// jobs
             # live in the process that submitted them), or one reaped elsewhere.
             if row["session"] in finished:
                 # Its session is over: nobody can reach it again. Recorded as lost
                 # (FAILED) so that later recoveries do not ask again.
                 lost.append(row["id"])
-                _reconciled(session, row, JobState.FAILED, f"lost: {url} does not know it")
+                lost_job = _unanswered(service, watcher, row)
+                _end(lost_job, JobState.FAILED, f"lost: {url} does not know it")
             else:
                 problems.append(Problem(url, f"{url} does not know this job", id=row["id"]))
-            continue
-        job = service._job(info, watcher, None)
-        _reconciled(session, row, job.state)
-        jobs.append(job)
+        elif native in asked.unsure:
+            problems.append(Problem(url, asked.unsure[native], id=row["id"]))
+        else:
+            job = asked.objects[native]
+            assert isinstance(job, Job)
+            jobs.append(job)
     return jobs, lost, problems
+
+
+# -- asking the backends ---------------------------------------------------------------------
+
+#: The detail recorded for a resource its backend no longer knows.
+GONE = "gone: the backend no longer knows it"
+
+_Restore = Callable[[dict[str, Any], Info], Tracked[Any]]
+
+
+@dataclass(slots=True)
+class _Asked:
+    """What describing the recorded objects of one endpoint came to, by native id.
+
+    Attributes:
+        objects: The object each answered id's answers went to.
+        infos: Each answered id's last answer, as the backend gave it.
+        gone: Ids left out of as many describes in a row as the watcher needs.
+        unsure: Ids left out fewer times when asking stopped, and why it stopped.
+    """
+
+    objects: dict[str, Tracked[Any]] = field(default_factory=dict)
+    infos: dict[str, Info] = field(default_factory=dict)
+    gone: set[str] = field(default_factory=set)
+    unsure: dict[str, str] = field(default_factory=dict)
+
+
+async def _ask(
+    session: Session,
+    adaptor: ResourceAdaptor | JobAdaptor,
+    watcher: Watcher,
+    rows: list[dict[str, Any]],
+    restore: _Restore,
+    start: float,
+    timeout: float | None,
+) -> _Asked:
+    """Describe the ids of ``rows`` until each is answered or gone, as the watcher would.
+
+    One batched describe per round; each later round asks only about the ids the last
+    one left out, after the interval the watcher would wait while nothing changes,
+    until :meth:`Watcher.take` calls them gone. Asking stops once the next round would
+    start more than ``timeout`` seconds (on the session's clock) after ``start``. The
+    first answer about an id makes its object (``restore``); every answer goes to the
+    object through :meth:`Watcher.take`.
+
+    Raises:
+        AioresError: the first describe failed.
+        TimeoutError: the first describe did not answer in time.
+    """
+    clock = session.clock
+    recorded = {row["native_id"]: row for row in rows}
+    asked = _Asked()
+    asking = list(recorded)
+    rounds = 0
+    while asking:
+        remaining = None if timeout is None else start + timeout - clock.now()
+        try:
+            async with asyncio.timeout(remaining):
+                infos: Mapping[str, Info] = await adaptor.describe(asking)
+        except (AioresError, TimeoutError) as exc:
+            if not rounds:
+                raise
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else f"no answer within {timeout} s"
+            asked.unsure.update(dict.fromkeys(asking, why))
+            break
+        rounds += 1
+        for native in asking:
+            info = infos.get(native)
+            if info is not None:
+                asked.infos[native] = info
+                if native not in asked.objects:
+                    asked.objects[native] = restore(recorded[native], info)
+        answer = watcher.take(asking, infos)
+        asked.gone.update(answer.gone)
+        asking = answer.missed
+        if not asking:
+            break
+        delay = watcher.quiet_delay(rounds)
+        if timeout is not None and clock.now() + delay > start + timeout:
+            why = f"left out of {rounds} describes in a row; not counted gone yet"
+            asked.unsure.update(dict.fromkeys(asking, why))
+            break
+        if delay > 0:
+            await clock.sleep(delay)
+    watcher.forget_misses(list(asked.unsure))
+    return asked
+
+
+def _restorer(owner: Manager | JobService, watcher: Watcher) -> _Restore:
+    """Make a recorded object at the state the journal holds, with its first answer.
+
+    The answer is then applied to it (by ``Watcher.take``), so that a change that
+    happened while nobody watched is taken, and recorded, as any other. An object
+    this session holds already is the one answers go to.
+    """
+
+    def restore(row: dict[str, Any], info: Info) -> Tracked[Any]:
+        known = watcher.lookup(row["native_id"])
+        if known is not None:
+            return known
+        recorded: dict[str, Any] = {}
+        if info.token is None and row["token"]:
+            recorded["token"] = row["token"]
+        state = _recorded(row)
+        if state is not None:
+            recorded.update(state=state, state_detail=row.get("detail") or "")
+        info = dataclasses.replace(info, **recorded)
+        if isinstance(owner, Manager):
+            assert isinstance(info, ResourceInfo)
+            return owner._resource(info, watcher, None)
+        assert isinstance(info, JobInfo)
+        return owner._job(info, watcher, None)
+
+    return restore
+
+
+def _recorded(row: dict[str, Any]) -> ResourceState | JobState | None:
+    """The state the journal holds for ``row`` (None if it names none)."""
+    enum_type: Any = JobState if row.get("kind") == "job" else ResourceState
+    try:
+        return enum_type[row["state"]]  # type: ignore[no-any-return]
+    except KeyError:
+        return None
+
+
+def _unanswered(
+    owner: Manager | JobService, watcher: Watcher, row: dict[str, Any]
+) -> Resource | Job:
+    """The object of a recorded id no describe answered, at the state the journal holds.
+
+    Only its end is recorded through it: its record is left as it was.
+    """
+    known = watcher.lookup(row["native_id"])
+    if isinstance(known, (Resource, Job)):
+        return known
+    state = _recorded(row)
+    detail = row.get("detail") or ""
+    if isinstance(owner, Manager):
+        resource = ResourceInfo(
+            id=row["native_id"],
+            state=state if isinstance(state, ResourceState) else ResourceState.NEW,
+            state_detail=detail,
+            token=row["token"],
+        )
+        return Compute(owner, resource, watcher, None)
+    job = JobInfo(
+        id=row["native_id"],
+        state=state if isinstance(state, JobState) else JobState.NEW,
+        state_detail=detail,
+        token=row["token"],
+    )
+    return Job(owner, watcher, None, job)
+
+
+def _end(obj: Resource | Job, state: ResourceState | JobState, detail: str) -> None:
+    """Take an end the backend cannot report itself (it no longer knows the object)."""
+    obj._apply(dataclasses.replace(obj._info, state=state, state_detail=detail))  # type: ignore[arg-type]
 
 
 # -- reap -------------------------------------------------------------------------------------
@@ -509,12 +664,16 @@ async def _find_leaks(
     held: list[Resource] = []
     leaks: list[Leak] = []
     empties: list[str] = []
+    start = session.clock.now()
     try:
         async with asyncio.timeout(timeout):
             manager = session.manager(url)
             adaptor, watcher = await manager._open()
             finds = await asyncio.gather(*(adaptor.find(i.token) for i in intents))
-            infos = await adaptor.describe([r["native_id"] for r in rows]) if rows else {}
+        asked = _Asked()
+        if rows:
+            restore = _restorer(manager, watcher)
+            asked = await _ask(session, adaptor, watcher, rows, restore, start, timeout)
     except AioresError as exc:
         problem = f"{type(exc).__name__}: {exc}"
         return (
@@ -547,19 +706,22 @@ async def _find_leaks(
                     tags=tuple(sorted(info.tags)),
                 )
             )
+    problems: list[Problem] = []
     for row in rows:
-        described = infos.get(row["native_id"])
-        if described is None or described.state.final or described.id in seen:
-            if described is None:
-                _journal_of(session).transition(
-                    row["id"],
-                    "resource",
-                    row["state"],
-                    "CANCELED",
-                    "gone: the backend no longer knows it",
-                )
+        native = row["native_id"]
+        if native in asked.gone:
+            _end(_unanswered(manager, watcher, row), ResourceState.CANCELED, GONE)
             continue
-        resource = manager._resource(described, watcher, None)
+        if native in asked.unsure:
+            # Perhaps not visible yet: kept for a later reap, never recorded ended.
+            problems.append(Problem(url, asked.unsure[native], id=row["id"]))
+            continue
+        described = asked.infos[native]
+        assert isinstance(described, ResourceInfo)
+        if described.state.final or described.id in seen:
+            continue
+        resource = asked.objects[native]
+        assert isinstance(resource, Resource)
         held.append(resource)
         leaks.append(
             Leak(
@@ -573,7 +735,7 @@ async def _find_leaks(
                 tags=tuple(sorted(described.tags)),
             )
         )
-    return leaks, empties, [], held
+    return leaks, empties, problems, held
 
 
 async def _release(session: Session, result: Reaped, timeout: float | None) -> None:

@@ -249,13 +249,16 @@ class Session:
     async def recover(self, *, timeout: float | None = 60.0) -> Recovered:
         """Reconnect to what earlier sessions left alive, according to the journal.
 
-        Reads the journal of every session, asks each endpoint once (one batched
-        describe) about the resources and jobs recorded there and not final, and
-        returns those the backends still know, with the states they report now (a
-        change that happened while nobody watched is applied and recorded). Resources
-        the backend no longer knows are recorded as ended and listed in ``gone``.
-        Endpoints whose adaptor cannot load or that do not answer within ``timeout``
-        are reported in ``problems``, not raised.
+        Reads the journal of every session, asks each endpoint (one batched describe)
+        about the resources and jobs recorded there and not final, and returns those
+        the backends still know, with the states they report now (a change that
+        happened while nobody watched is applied and recorded). An id the answer
+        leaves out is asked about again, as the endpoint's watcher would, and counts
+        as gone only when as many describes in a row as the watcher needs left it out
+        (backends are eventually consistent): resources gone are recorded as ended and
+        listed in ``gone``. Endpoints whose adaptor cannot load or that do not answer
+        within ``timeout``, and ids not yet counted gone by then, are reported in
+        ``problems``, not raised.
 
         Returns:
             A :class:`~aiores._recover.Recovered`: ``resources``, ``jobs``, ``gone``,

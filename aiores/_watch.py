@@ -5,6 +5,10 @@ future that the watcher resolves when a new state arrives. Push-style adaptors d
 states through :meth:`Watcher.feed`; for polled adaptors one loop per endpoint calls
 ``describe`` for *all* watched ids in chunks of ``PollPolicy.batch`` per tick, at an
 adaptive interval (floor, backoff to a ceiling while nothing changes, jitter).
+
+Every describe answer, whoever asked (the polling loop, or recovery reconnecting to
+what earlier sessions left), is applied by :meth:`Watcher.take`: one rule for "an id
+left out of the answer" shared by all askers of an endpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import random
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._clock import Clock
@@ -46,6 +51,21 @@ MISSES_BEFORE_GONE = 3
 #: Pushed infos kept for ids no object has registered yet (the oldest go first).
 EARLY_INFOS_KEPT = 10_000
 Info = ResourceInfo | JobInfo
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one describe answer did (see :meth:`Watcher.take`).
+
+    Attributes:
+        changed: Some object's state changed.
+        missed: Ids left out, not (yet) counted gone.
+        gone: Ids left out of ``MISSES_BEFORE_GONE`` describes in a row: gone.
+    """
+
+    changed: bool = False
+    missed: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
 
 
 class Tracked(Generic[S]):
@@ -346,6 +366,18 @@ class Watcher:
         spread = self._policy.jitter
         return delay * (1.0 + self._rng.uniform(-spread, spread))
 
+    def quiet_delay(self, quiet: int) -> float:
+        """Seconds before the next describe after ``quiet`` describes in a row saw no change.
+
+        floor, floor, floor*backoff, ... up to the ceiling, jittered. An endpoint that
+        pushes has no interval: its describe answers from what it holds (0).
+        """
+        policy = self._policy
+        if policy is None:
+            return 0.0
+        grown = policy.floor * policy.backoff ** max(0, quiet - 1)
+        return self._jittered(min(policy.ceiling, grown))
+
     async def _sleep_or_wake(self, delay: float) -> bool:
         """Sleep ``delay`` seconds on the clock; True if woken early."""
         self._wake.clear()
@@ -375,10 +407,8 @@ class Watcher:
                 self._last_tick = self._clock.now()
                 self.ticks += 1
                 changed = await self._tick(list(self._interest), policy.batch)
-                # floor, floor, floor*backoff, ... up to the ceiling while quiet.
                 self._quiet = 0 if changed else self._quiet + 1
-                grown = policy.floor * policy.backoff ** max(0, self._quiet - 1)
-                self._delay = self._jittered(min(policy.ceiling, grown))
+                self._delay = self.quiet_delay(self._quiet)
         except Exception as exc:
             # A bug, not a backend error (those are handled per describe): fail the
             # waiters rather than leave them waiting on a loop that is gone.
@@ -423,20 +453,39 @@ class Watcher:
                     obj._wake(exc)
             return False
         self._failures = 0
-        changed = False
+        return self.take(ids, infos).changed
+
+    # -- describe answers -------------------------------------------------------------
+    def take(self, ids: Sequence[str], infos: Mapping[str, Info]) -> Answer:
+        """Apply one describe answer about ``ids``, whoever asked for it.
+
+        Each info goes to its object (which records any change in the journal). An id
+        left out counts a miss: backends are eventually consistent (an EC2 instance may
+        be missing from a describe right after RunInstances), so only an absence
+        ``MISSES_BEFORE_GONE`` describes in a row means gone; then its object's waiters
+        raise DoesNotExist. Ids with no object here count misses all the same.
+        """
+        answer = Answer()
         for native_id in ids:
             obj = self._objects.get(native_id)
-            if obj is None:
-                continue
             info = infos.get(native_id)
             if info is not None:
                 self._missing.pop(native_id, None)
-                changed = obj._apply(info) or changed
+                if obj is not None:
+                    answer.changed = obj._apply(info) or answer.changed
                 continue
-            # Backends are eventually consistent (an EC2 instance may be missing from
-            # a describe right after RunInstances): only a repeated absence counts.
             misses = self._missing[native_id] = self._missing.get(native_id, 0) + 1
-            if misses >= MISSES_BEFORE_GONE:
-                del self._missing[native_id]
+            if misses < MISSES_BEFORE_GONE:
+                answer.missed.append(native_id)
+                continue
+            del self._missing[native_id]
+            answer.gone.append(native_id)
+            if obj is not None:
                 obj._wake(DoesNotExist(f"{obj} is no longer known to {self._adaptor.url}"))
-        return changed
+        return answer
+
+    def forget_misses(self, ids: Sequence[str]) -> None:
+        """Stop counting misses of ``ids`` nobody watches (their asker gave up on them)."""
+        for native_id in ids:
+            if native_id not in self._interest:
+                self._missing.pop(native_id, None)
