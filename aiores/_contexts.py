@@ -11,7 +11,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from . import _validate as check
 from ._exceptions import BadParameter
+
+#: Fields whose value an error message must not show.
+_SECRETS = frozenset({"passphrase", "secret_access_key", "session_token"})
 
 __all__ = ["AWSContext", "Context", "SSHContext"]
 
@@ -22,19 +26,53 @@ class Context:
 
     scope: str | None = None
 
+    def __post_init__(self) -> None:
+        _opt_text(self, "scope")
+
     def applies_to(self, host: str) -> bool:
         """True if this context is meant for ``host``."""
         return self.scope is None or self.scope == host
 
 
-def _paths(owner: str, name: str, value: object) -> tuple[str, ...] | None:
+def _field(ctx: Context, name: str) -> str:
+    return f"{type(ctx).__name__}.{name}"
+
+
+def _opt_text(ctx: Context, name: str) -> None:
+    value = getattr(ctx, name)
     if value is None:
-        return None
+        return
+    if name in _SECRETS:
+        if not isinstance(value, str):
+            raise BadParameter(f"{_field(ctx, name)} must be a str, not {type(value).__name__}")
+        check.text(value, _field(ctx, name), empty=True)
+    else:
+        check.text(value, _field(ctx, name))
+
+
+def _paths(ctx: Context, name: str) -> None:
+    value = getattr(ctx, name)
+    if value is None:
+        return
     if isinstance(value, (str, os.PathLike)):
         value = (value,)
     if not isinstance(value, Sequence):
-        raise BadParameter(f"{owner}.{name} must be a path or a sequence of paths, not {value!r}")
-    return tuple(os.fspath(v) for v in value)
+        raise check.fail(_field(ctx, name), "a path or a sequence of paths", value)
+    paths = tuple(check.path(v, f"{_field(ctx, name)}[{i}]") for i, v in enumerate(value))
+    object.__setattr__(ctx, name, paths)
+
+
+def _host_keys(ctx: Context, value: object) -> dict[str, tuple[str, ...]]:
+    where = _field(ctx, "host_keys")
+    if not isinstance(value, Mapping):
+        raise check.fail(where, "a mapping of host to public keys", value)
+    keys: dict[str, tuple[str, ...]] = {}
+    for host, texts in value.items():
+        check.text(host, f"{where} key")
+        if isinstance(texts, str):
+            texts = (texts,)
+        keys[host] = check.str_seq(texts, f"{where}[{host!r}]", items_empty=False)
+    return keys
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -72,18 +110,18 @@ class SSHContext(Context):
     max_startups: int = 8
 
     def __post_init__(self) -> None:
-        owner = type(self).__name__
-        object.__setattr__(self, "key_files", _paths(owner, "key_files", self.key_files))
-        object.__setattr__(self, "known_hosts", _paths(owner, "known_hosts", self.known_hosts))
-        object.__setattr__(self, "config", _paths(owner, "config", self.config))
+        super().__post_init__()
+        _set = object.__setattr__
+        for name in ("user", "passphrase", "jump_host"):
+            _opt_text(self, name)
+        for name in ("key_files", "known_hosts", "config"):
+            _paths(self, name)
+        _set(self, "host_keys", _host_keys(self, self.host_keys))
+        check.flag(self.trust_on_first_use, _field(self, "trust_on_first_use"))
         for name in ("connect_timeout", "login_timeout", "keepalive_interval"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise BadParameter(f"{owner}.{name} must be a positive number, not {value!r}")
+            _set(self, name, check.seconds(getattr(self, name), _field(self, name)))
         for name in ("max_sessions", "max_startups"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BadParameter(f"{owner}.{name} must be an int >= 1, not {value!r}")
+            check.count(getattr(self, name), _field(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,3 +138,15 @@ class AWSContext(Context):
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     profile: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in (
+            "region",
+            "endpoint_url",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "profile",
+        ):
+            _opt_text(self, name)

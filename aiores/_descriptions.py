@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import _validate as check
 from ._exceptions import BadParameter
 
 __all__ = ["ComputeDescription", "JobDescription", "StorageDescription"]
@@ -20,38 +21,29 @@ __all__ = ["ComputeDescription", "JobDescription", "StorageDescription"]
 DEFAULT_CAPTURE_LIMIT = 8 * 1024 * 1024
 
 
-def _fail(owner: str, name: str, expected: str, value: object) -> BadParameter:
-    return BadParameter(f"{owner}.{name} must be {expected}, not {type(value).__name__} {value!r}")
-
-
 def _opt_str(owner: str, name: str, value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    raise _fail(owner, name, "a str or None", value)
-
-
-def _opt_positive(owner: str, name: str, value: object, kind: type = int) -> Any:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-        raise _fail(owner, name, f"a positive {kind.__name__} or None", value)
-    if value <= 0:
-        raise BadParameter(f"{owner}.{name} must be positive, not {value!r}")
-    return value
+    return check.text(value, f"{owner}.{name}", empty=True)
+
+
+def _opt_positive(owner: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    return check.count(value, f"{owner}.{name}")
 
 
 def _seconds(owner: str, name: str, value: object) -> float | None:
-    if isinstance(value, datetime.timedelta):
-        value = value.total_seconds()
-    result = _opt_positive(owner, name, value, float)
-    return None if result is None else float(result)
+    if value is None:
+        return None
+    return check.seconds(value, f"{owner}.{name}")
 
 
 def _tags(owner: str, value: object) -> frozenset[str]:
     if isinstance(value, str):
         value = (value,)
     if not isinstance(value, Iterable):
-        raise _fail(owner, "tags", "an iterable of str", value)
+        raise check.fail(f"{owner}.tags", "an iterable of str", value)
     tags = tuple(value)
     for tag in tags:
         if not isinstance(tag, str) or not tag or any(c.isspace() or c == "," for c in tag):
@@ -59,17 +51,14 @@ def _tags(owner: str, value: object) -> frozenset[str]:
                 f"{owner}.tags: each tag must be a non-empty str without spaces or commas, "
                 f"not {tag!r}"
             )
+        check.text(tag, f"{owner}.tags")
     return frozenset(tags)
 
 
 def _path(owner: str, name: str, value: object) -> str | None:
     if value is None:
         return None
-    if isinstance(value, os.PathLike):
-        value = os.fspath(value)
-    if not isinstance(value, str) or not value:
-        raise _fail(owner, name, "a non-empty path (str or os.PathLike) or None", value)
-    return value
+    return check.path(value, f"{owner}.{name}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -229,41 +218,26 @@ class JobDescription:
         """A job that runs ``command`` with ``/bin/sh -c`` (the caller asked for a shell)."""
         if not isinstance(command, str) or not command.strip():
             raise BadParameter(f"a shell command must be a non-empty str, not {command!r}")
+        check.text(command, "command")
         return cls(executable="/bin/sh", arguments=("-c", command), **fields)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
         _set = object.__setattr__
-        if not isinstance(self.executable, str) or not self.executable.strip():
-            raise _fail(owner, "executable", "a non-empty str", self.executable)
-        if isinstance(self.arguments, (str, bytes)) or not isinstance(self.arguments, Iterable):
-            raise _fail(owner, "arguments", "a sequence of str (not one str)", self.arguments)
-        args = tuple(self.arguments)
-        for arg in args:
-            if not isinstance(arg, str):
-                raise BadParameter(f"{owner}.arguments must all be str, found {arg!r}")
-        _set(self, "arguments", args)
-        if self.environment is None:
-            _set(self, "environment", {})
-        if not isinstance(self.environment, Mapping):
-            raise _fail(owner, "environment", "a mapping of str to str", self.environment)
-        for key, val in self.environment.items():
-            if not isinstance(key, str) or not isinstance(val, str) or not key or "=" in key:
-                raise BadParameter(
-                    f"{owner}.environment must map names to str values, found {key!r}: {val!r}"
-                )
-        _set(self, "environment", dict(self.environment))
+        check.text(self.executable, f"{owner}.executable")
+        if not self.executable.strip():
+            raise BadParameter(f"{owner}.executable must not be blank")
+        _set(self, "arguments", check.str_seq(self.arguments, f"{owner}.arguments"))
+        environment = {} if self.environment is None else self.environment
+        _set(self, "environment", check.env(environment, f"{owner}.environment"))
         _set(self, "working_directory", _path(owner, "working_directory", self.working_directory))
         if self.stdin is not None and not isinstance(self.stdin, (bytes, str)):
-            raise _fail(owner, "stdin", "bytes, str or None", self.stdin)
+            raise check.fail(f"{owner}.stdin", "bytes, str or None", self.stdin)
+        if isinstance(self.stdin, str):
+            check.text(self.stdin, f"{owner}.stdin", empty=True)
         _set(self, "stdout", _path(owner, "stdout", self.stdout))
         _set(self, "stderr", _path(owner, "stderr", self.stderr))
-        if (
-            isinstance(self.capture_limit, bool)
-            or not isinstance(self.capture_limit, int)
-            or self.capture_limit < 0
-        ):
-            raise _fail(owner, "capture_limit", "an int >= 0", self.capture_limit)
+        check.count(self.capture_limit, f"{owner}.capture_limit", min=0)
         for name in ("name", "queue", "project", "category"):
             _opt_str(owner, name, getattr(self, name))
         _set(self, "walltime", _seconds(owner, "walltime", self.walltime))

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from . import _validate as check
 from ._descriptions import ComputeDescription, _tags
 from ._exceptions import AioresError, BadParameter, FanOutError, IncorrectState, Timeout
 from ._group import Group
@@ -244,8 +245,7 @@ class Fleet:
             raise BadParameter(
                 f"a fleet provisions machines: pass a ComputeDescription, not {description!r}"
             )
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
-            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
+        check.count(count, "count", max=MAX_COUNT)
         wanted = _fleet_tags("Fleet.provision", _tags("Fleet.provision", tags) | description.tags)
         manager = (
             url_or_manager
@@ -372,14 +372,8 @@ class Fleet:
         release what they made).
         """
         wanted = _wanted(tags)
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise BadParameter(f"timeout must be seconds >= 0 or None, not {timeout!r}")
-        if isinstance(replace_failed, bool) or not isinstance(replace_failed, int):
-            raise BadParameter(f"replace_failed must be an int >= 0, not {replace_failed!r}")
-        if replace_failed < 0:
-            raise BadParameter(f"replace_failed must be an int >= 0, not {replace_failed!r}")
+        timeout = check.timeout(timeout)
+        check.count(replace_failed, "replace_failed", min=0)
         self._check_open()
         scope = asyncio.timeout(timeout)
         try:
@@ -543,10 +537,7 @@ def _fleet_tags(owner: str, tags: frozenset[str]) -> frozenset[str]:
 
 
 def _wanted(tags: Sequence[str]) -> frozenset[str]:
-    for tag in tags:
-        if not isinstance(tag, str) or not tag:
-            raise BadParameter(f"tags are non-empty str, not {tag!r}")
-    return frozenset(tags)
+    return frozenset(check.str_seq(tags, "tags", items_empty=False))
 
 
 async def _ready(resource: Resource) -> Exception | None:

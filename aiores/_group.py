@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, overload
 
 from . import _shell
+from . import _validate as validate
 from ._exceptions import AioresError, BadParameter, DoesNotExist, Timeout
 from ._results import GroupResult, RunResult
 from ._url import URL, split_id
@@ -71,6 +72,8 @@ class Group(Sequence["Compute"]):
     def __init__(self, resources: Iterable[Compute] = ()) -> None:
         from ._resource import Compute
 
+        if isinstance(resources, str | bytes) or not isinstance(resources, Iterable):
+            raise validate.fail("resources", "an iterable of Compute resources", resources)
         members: dict[int, Compute] = {}
         for resource in resources:
             if not isinstance(resource, Compute):
@@ -210,11 +213,12 @@ class Group(Sequence["Compute"]):
         Cancelling it stops every transfer (what was written so far stays) and
         re-raises the cancellation.
         """
-        path = Path(local)
-        if not await asyncio.to_thread(path.exists):
-            raise DoesNotExist(f"cannot put {os.fspath(local)!r}: no such file or directory")
+        path = Path(validate.path(local, "local"))
         _check_path("remote", remote)
         user = _check_user(user)
+        _check_fan_out(check, limit, timeout, deadline)  # before looking at the disk
+        if not await asyncio.to_thread(path.exists):
+            raise DoesNotExist(f"cannot put {os.fspath(local)!r}: no such file or directory")
 
         async def op(resource: Compute, seconds: float | None) -> RunResult:
             files = await _files(resource, user)
@@ -248,7 +252,7 @@ class Group(Sequence["Compute"]):
         """
         _check_path("remote", remote)
         user = _check_user(user)
-        targets = self._local_paths(local)
+        targets = self._local_paths(validate.path(local, "local"))
 
         async def op(resource: Compute, seconds: float | None) -> RunResult:
             files = await _files(resource, user)
@@ -345,9 +349,8 @@ class Group(Sequence["Compute"]):
         user: str | None,
         env: Mapping[str, str] | None,
     ) -> Op:
-        if isinstance(args, str) or not all(isinstance(a, str) for a in args):
-            raise BadParameter(f"args must be a sequence of str, not {args!r}")
-        path = Path(script)
+        args = validate.str_seq(args, "args")
+        path = Path(validate.path(script, "script"))
         try:
             text = await asyncio.to_thread(path.read_bytes)
         except FileNotFoundError as exc:
@@ -366,11 +369,7 @@ class Group(Sequence["Compute"]):
         env: Mapping[str, str] | None,
         stdin: bytes | None = None,
     ) -> Op:
-        if isinstance(command, str):
-            if not command.strip():
-                raise BadParameter("the command is empty")
-        elif not command or not all(isinstance(a, str) for a in command):
-            raise BadParameter(f"a command is a str or a non-empty sequence of str: {command!r}")
+        command, stdin, env, _ = validate.run_arguments(command, stdin, env, None)
         user = _check_user(user)
 
         async def op(resource: Compute, seconds: float | None) -> RunResult:
@@ -392,7 +391,7 @@ class Group(Sequence["Compute"]):
         timeout: float | None,
         deadline: float | None,
     ) -> GroupResult:
-        _check_fan_out(limit, timeout, deadline)
+        limit, timeout, deadline = _check_fan_out(check, limit, timeout, deadline)
         results: list[RunResult | None] = [None] * len(self._resources)
         async with contextlib.aclosing(self._fan_out(op, what, limit, timeout, deadline)) as it:
             async for index, result in it:
@@ -409,7 +408,7 @@ class Group(Sequence["Compute"]):
         timeout: float | None,
         deadline: float | None,
     ) -> AsyncGenerator[RunResult, None]:
-        _check_fan_out(limit, timeout, deadline)
+        limit, timeout, deadline = _check_fan_out(None, limit, timeout, deadline)
         return _results_only(self._fan_out(op, what, limit, timeout, deadline))
 
     async def _fan_out(
@@ -549,25 +548,23 @@ def _safe_suffix(rid: str) -> str:
 
 
 def _check_user(user: str | None) -> str | None:
-    if user is not None and (not isinstance(user, str) or not user or "@" in user):
-        raise BadParameter(f"user must be a login name or None, not {user!r}")
+    if user is None:
+        return None
+    if "@" in validate.text(user, "user"):
+        raise BadParameter(f"user must be a login name (no @), not {user!r}")
     return user
 
 
 def _check_path(name: str, value: object) -> None:
-    if not isinstance(value, str) or not value:
-        raise BadParameter(f"{name} must be a non-empty str path, not {value!r}")
+    validate.text(value, name)
 
 
-def _check_fan_out(limit: int | None, timeout: float | None, deadline: float | None) -> None:
-    _check_seconds("timeout", timeout)
-    _check_seconds("deadline", deadline)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise BadParameter(f"limit must be an int >= 1 or None, not {limit!r}")
-
-
-def _check_seconds(name: str, value: float | None) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
-    ):
-        raise BadParameter(f"{name} must be seconds > 0 or None, not {value!r}")
+def _check_fan_out(
+    check: object, limit: int | None, timeout: float | None, deadline: float | None
+) -> tuple[int | None, float | None, float | None]:
+    """The checks of every fan-out (``check`` None where there is none), normalised."""
+    if check is not None:
+        validate.flag(check, "check")
+    if limit is not None:
+        validate.count(limit, "limit")
+    return limit, validate.timeout(timeout, "timeout"), validate.timeout(deadline, "deadline")

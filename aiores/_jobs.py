@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import _validate as check
 from ._descriptions import JobDescription
 from ._exceptions import BadParameter, DoesNotExist, IncorrectState, NotSupported, Timeout
 from ._states import JobState, ResourceState
@@ -78,6 +79,7 @@ class JobService:
             raise BadParameter(
                 f"submit needs an aiores.JobDescription, not {type(description).__name__}"
             )
+        check.flag(hold, "hold")
         adaptor, watcher = await self._open()
         if hold and not adaptor.supports_hold:
             raise NotSupported(f"{self.url.scheme}:// cannot submit jobs on hold")
@@ -101,6 +103,9 @@ class JobService:
             max_parallel: At most this many of them unfinished at once; the rest are
                 submitted as earlier ones finish, in index order.
 
+        An array holds at most 1,000,000 jobs (``aiores.adaptor.validate.MAX_COUNT``),
+        checked before any is made; indices are ints >= 0.
+
         Returns once the first ``max_parallel`` (or all) jobs are accepted; the rest
         are submitted in the session's background. A later submission that fails
         leaves that job FAILED with the error in ``state_detail``.
@@ -112,22 +117,18 @@ class JobService:
         if (count is None) == (indices is None):
             raise BadParameter("submit_array needs exactly one of count= or indices=")
         if count is not None:
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise BadParameter(f"count must be an int >= 1, not {count!r}")
-            index_list = builtins.list(range(count))
+            index_list = builtins.list(range(check.count(count, "count", max=check.MAX_COUNT)))
         else:
             assert indices is not None
-            index_list = builtins.list(indices)
-            if not index_list or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in index_list
-            ):
-                raise BadParameter(f"indices must be a non-empty iterable of int: {indices!r}")
+            index_list = check.sized(indices, "indices")
+            if not index_list:
+                raise BadParameter("indices must not be empty")
+            for i in index_list:
+                check.count(i, "indices", min=0)
             if len(set(index_list)) != len(index_list):
                 raise BadParameter("indices must not repeat")
-        if max_parallel is not None and (
-            isinstance(max_parallel, bool) or not isinstance(max_parallel, int) or max_parallel < 1
-        ):
-            raise BadParameter(f"max_parallel must be an int >= 1 or None, not {max_parallel!r}")
+        if max_parallel is not None:
+            check.count(max_parallel, "max_parallel")
         adaptor, watcher = await self._open()
         jobs = [
             Job(
@@ -461,7 +462,9 @@ class JobArray(Sequence[Job]):
 
         Raises:
             Timeout: ``timeout`` passed first (the jobs go on).
+            BadParameter: ``timeout`` is not None or finite seconds >= 0.
         """
+        timeout = check.timeout(timeout)
         try:
             async with asyncio.timeout(timeout):
                 return list(await asyncio.gather(*(job.wait() for job in self.jobs)))
@@ -485,6 +488,15 @@ class JobArray(Sequence[Job]):
 T = TypeVar("T", bound=Tracked[Any])
 
 
+def _trackables(objects: Iterable[T], field: str) -> builtins.list[T]:
+    if isinstance(objects, str | bytes) or not isinstance(objects, Iterable):
+        raise check.fail(field, "an iterable of jobs or resources", objects)
+    items = builtins.list(objects)
+    for i, item in enumerate(items):
+        check.instance(item, Tracked, f"{field}[{i}]", "an aiores Job or Resource")
+    return items
+
+
 async def wait_any(
     objects: Iterable[T],
     state: JobState | ResourceState | None = None,
@@ -499,9 +511,12 @@ async def wait_any(
 
     Cancelling it changes nothing but the waiting.
     """
-    items = list(objects)
+    items = _trackables(objects, "objects")
     if not items:
         raise BadParameter("wait_any needs at least one job or resource")
+    if state is not None and not isinstance(state, JobState | ResourceState):
+        raise check.fail("state", "a JobState, a ResourceState or None", state)
+    timeout = check.timeout(timeout)
     tasks = {asyncio.ensure_future(obj.wait(state)): obj for obj in items}
     errors: list[BaseException] = []
     try:
@@ -529,7 +544,8 @@ async def as_completed(objects: Iterable[T], timeout: float | None = None) -> As
     Raises:
         Timeout: ``timeout`` seconds (for the whole iteration) passed first.
     """
-    items = list(objects)
+    items = _trackables(objects, "objects")
+    timeout = check.timeout(timeout)
     if not items:
         return
     loop = asyncio.get_running_loop()

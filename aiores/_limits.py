@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from . import _validate as check
 from ._clock import Clock, LoopClock
 from ._exceptions import BadParameter
 
@@ -64,8 +65,8 @@ class Bucket:
     refill: float
 
     def __post_init__(self) -> None:
-        if not self.capacity > 0 or not self.refill > 0:
-            raise BadParameter(f"a bucket needs capacity > 0 and refill > 0, not {self!r}")
+        check.number(self.capacity, "Bucket.capacity", above=0)
+        check.number(self.refill, "Bucket.refill", above=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +83,9 @@ class RetryPolicy:
     cap: float = 20.0
 
     def __post_init__(self) -> None:
-        if self.attempts < 1 or self.base <= 0 or self.cap < self.base:
-            raise BadParameter(f"invalid retry policy {self!r}")
+        check.count(self.attempts, "RetryPolicy.attempts")
+        check.number(self.base, "RetryPolicy.base", above=0)
+        check.number(self.cap, "RetryPolicy.cap", min=self.base)
 
     def delay(self, retry: int, rng: random.Random) -> float:
         """Seconds to sleep before retry number ``retry`` (0 for the first retry)."""
@@ -168,8 +170,7 @@ class Governor:
         rng: random.Random | None = None,
         enabled: bool = True,
     ) -> None:
-        if max_in_flight < 1:
-            raise BadParameter(f"max_in_flight must be >= 1, not {max_in_flight!r}")
+        check.count(max_in_flight, "max_in_flight")
         self._clock: Clock = clock or LoopClock()
         self._specs = dict(buckets)
         self._buckets: dict[str, TokenBucket] = {}

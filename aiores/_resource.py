@@ -11,6 +11,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from . import _validate as check
 from ._descriptions import ComputeDescription, StorageDescription
 from ._exceptions import (
     AioresError,
@@ -128,8 +129,7 @@ class Manager:
                 "acquire needs an aiores.ComputeDescription or aiores.StorageDescription, "
                 f"not {type(description).__name__}"
             )
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
-            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
+        check.count(count, "count", max=MAX_COUNT)
         adaptor, watcher = await self._open()
 
         async def call(token: str) -> Sequence[ResourceInfo]:
@@ -200,7 +200,11 @@ class Manager:
             raise BadParameter(
                 f"rtype must be 'compute', 'storage', 'network' or None, not {rtype!r}"
             )
-        wanted = frozenset([tags] if isinstance(tags, str) else (tags or ()))
+        wanted = frozenset(
+            [check.text(tags, "tags")]
+            if isinstance(tags, str)
+            else check.str_seq(tags or (), "tags", items_empty=False)
+        )
         adaptor, watcher = await self._open()
         infos = await adaptor.list(wanted)
         return [
@@ -235,11 +239,16 @@ class Manager:
         Already-released resources are not an error. Each resource object of this
         session becomes CANCELED.
         """
-        items: Iterable[str | Resource] = (
-            [target] if isinstance(target, (str, Resource)) else target
-        )
+        if isinstance(target, (str, Resource)):
+            items: builtins.list[str | Resource] = [target]
+        elif isinstance(target, bytes) or not isinstance(target, Iterable):
+            raise check.fail("target", "a resource, an id, or an iterable of them", target)
+        else:
+            items = check.sized(target, "target")
         natives: builtins.list[str] = []
-        for item in items:
+        for i, item in enumerate(items):
+            if not isinstance(item, (str, Resource)):
+                raise check.fail(f"target[{i}]", "a resource or an id (str)", item)
             if isinstance(item, Resource):
                 if item.manager.url != self.url:
                     raise BadParameter(
@@ -487,23 +496,30 @@ class Compute(Resource):
         interpreted by a shell.
 
         Raises:
+            BadParameter: an empty command, text holding NUL or a lone surrogate, an
+                environment name that is not portable, a negative or non-finite timeout
+                (nothing ran; the same rules on every backend).
             IncorrectState: it is not reachable (no access URL, or released).
             Timeout: ``timeout`` passed; the command was stopped.
 
         Cancelling it stops the command.
         """
+        command, data, env, timeout = check.run_arguments(command, stdin, env, timeout)
         runner = await self._manager.session.command_runner(self._require_access())
-        data = stdin.encode() if isinstance(stdin, str) else stdin
         result = await runner.run(command, stdin=data, env=env, timeout=timeout)
         return dataclasses.replace(result, resource=self)
 
     async def put(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a local file or directory to it."""
+        check.path(local, "local")
+        check.text(remote, "remote")
         files = await self._manager.session.file_adaptor(self._require_access())
         await files.put(Path(local), remote)
 
     async def get(self, remote: str, local: str | os.PathLike[str]) -> None:
         """Copy a file or directory from it."""
+        check.text(remote, "remote")
+        check.path(local, "local")
         files = await self._manager.session.file_adaptor(self._require_access())
         await files.get(remote, Path(local))
 

@@ -7,16 +7,17 @@ import enum
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import platformdirs
 
+from . import _validate as check
 from ._clock import Clock, LoopClock
 from ._contexts import Context
-from ._exceptions import AioresError, BadParameter, IncorrectState, NotSupported
+from ._exceptions import AioresError, IncorrectState, NotSupported
 from ._journal import Journal
 from ._registry import registry
 from ._url import URL
@@ -110,17 +111,20 @@ class Session:
         clock: Clock | None = None,
         cleanup_timeout: float = 60.0,
     ) -> None:
-        for ctx in contexts:
-            if not isinstance(ctx, Context):
-                raise BadParameter(f"contexts must be aiores contexts, not {ctx!r}")
+        if isinstance(contexts, (Context, str)) or not isinstance(contexts, Iterable):
+            raise check.fail("contexts", "a sequence of aiores contexts", contexts)
+        contexts = tuple(contexts)
+        for i, ctx in enumerate(contexts):
+            check.instance(ctx, Context, f"contexts[{i}]", "an aiores context (SSHContext...)")
         if journal is not None and not isinstance(journal, (str, os.PathLike, _Default)):
-            raise BadParameter(f"journal must be a path or None, not {journal!r}")
-        if (
-            isinstance(cleanup_timeout, bool)
-            or not isinstance(cleanup_timeout, (int, float))
-            or cleanup_timeout <= 0
+            raise check.fail("journal", "a path or None", journal)
+        if journal is not None and journal is not DEFAULT:
+            check.path(journal, "journal")
+        if clock is not None and not (
+            callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep", None))
         ):
-            raise BadParameter(f"cleanup_timeout must be seconds > 0, not {cleanup_timeout!r}")
+            raise check.fail("clock", "a Clock (with now() and sleep()) or None", clock)
+        cleanup_timeout = check.seconds(cleanup_timeout, "cleanup_timeout")
         self.id = "s-" + secrets.token_hex(6)
         self.contexts: tuple[Context, ...] = tuple(contexts)
         self._journal_path = journal

@@ -38,7 +38,13 @@ class URL:
             return value
         if not isinstance(value, str):
             raise IncorrectURL(f"a URL must be a str, not {type(value).__name__}: {value!r}")
-        text = value.strip()
+        text = value
+        if any(c.isspace() or not c.isprintable() for c in text):
+            raise IncorrectURL(f"{value!r} contains white space or a control character")
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise IncorrectURL(f"{value!r} holds a lone surrogate: not a URL") from None
         if "://" not in text:
             raise IncorrectURL(
                 f"{value!r} is not a URL: expected scheme://[user@]host[:port], "
@@ -52,8 +58,6 @@ class URL:
         scheme = parts.scheme.lower()
         if not _SCHEME.match(scheme):
             raise IncorrectURL(f"{value!r} has an invalid scheme {parts.scheme!r}")
-        if any(c.isspace() for c in text):
-            raise IncorrectURL(f"{value!r} contains white space")
         user = urllib.parse.unquote(parts.username) if parts.username else None
         if parts.password:
             raise IncorrectURL(

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from . import _validate as check
 from ._clock import Clock
 from ._exceptions import (
     AioresError,
@@ -210,10 +211,7 @@ class Tracked(Generic[S]):
         """
         if state is not None and not isinstance(state, type(self._state)):
             raise BadParameter(f"{self} has {type(self._state).__name__} states, not {state!r}")
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0
-        ):
-            raise BadParameter(f"timeout must be a number of seconds >= 0 or None, not {timeout!r}")
+        timeout = check.timeout(timeout)
         self._watcher.check_open()
         self._check_reachable(state)
         if self._reached(state):

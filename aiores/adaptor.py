@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from . import _shell as shell
+from . import _validate as validate
 from ._contexts import Context
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import DoesNotExist, NotSupported
@@ -62,6 +63,7 @@ __all__ = [
     "missing",
     "shell",
     "truncation_marker",
+    "validate",
 ]
 
 RType = Literal["compute", "storage", "network"]

@@ -80,11 +80,17 @@ def test_states_final_and_transitions() -> None:
         ({"executable": ""}, "executable must be a non-empty str"),
         ({"executable": 5}, "executable must be a non-empty str, not int 5"),
         ({"executable": "/bin/echo", "arguments": "hi there"}, "not one str"),
-        ({"executable": "/bin/echo", "arguments": ["a", 1]}, "must all be str, found 1"),
-        ({"executable": "/bin/echo", "environment": {"A": 1}}, "environment must map"),
+        (
+            {"executable": "/bin/echo", "arguments": ["a", 1]},
+            r"arguments\[1\] must be a str, not int 1",
+        ),
+        ({"executable": "/bin/echo", "environment": {"A": 1}}, r"environment\['A'\] must be a str"),
         ({"executable": "/bin/echo", "environment": ["A"]}, "environment must be a mapping"),
-        ({"executable": "/bin/echo", "walltime": -1}, "walltime must be positive"),
-        ({"executable": "/bin/echo", "cores": 1.5}, "cores must be a positive int"),
+        (
+            {"executable": "/bin/echo", "walltime": -1},
+            "walltime must be a finite number of seconds > 0",
+        ),
+        ({"executable": "/bin/echo", "cores": 1.5}, "cores must be an int >= 1, not float 1.5"),
         ({"executable": "/bin/echo", "stdin": 3}, "stdin must be bytes, str or None"),
         ({"executable": "/bin/echo", "capture_limit": -1}, "capture_limit must be an int"),
         ({"executable": "/bin/echo", "working_directory": 3}, "working_directory must be"),
@@ -107,19 +113,19 @@ def test_job_description_normalises() -> None:
     assert desc.stdin_bytes == b"data"
     shell = JobDescription.shell("echo $HOME", name="x")
     assert (shell.executable, shell.arguments, shell.name) == ("/bin/sh", ("-c", "echo $HOME"), "x")
-    with pytest.raises(aiores.BadParameter, match="must be positive"):
+    with pytest.raises(aiores.BadParameter, match="must be a finite number of seconds > 0"):
         desc.replace(walltime=0)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"image": 3}, "image must be a str or None"),
+        ({"image": 3}, "image must be a str, not int 3"),
         ({"tags": [""]}, "each tag must be a non-empty str"),
         ({"tags": ["a b"]}, "without spaces"),
         ({"tags": 7}, "tags must be an iterable"),
-        ({"cpus": 0}, "cpus must be positive"),
-        ({"cpus": True}, "cpus must be a positive int"),
+        ({"cpus": 0}, "cpus must be an int >= 1, not int 0"),
+        ({"cpus": True}, "cpus must be an int >= 1, not bool True"),
         ({"ready": "http"}, "ready must be 'ssh' or None"),
     ],
 )

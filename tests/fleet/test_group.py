@@ -145,4 +145,4 @@ async def test_stream_yields_each_host_as_it_completes(session: aiores.Session, 
         assert {r.resource for r in seen} == set(group)
         assert sorted(r.exit_status or 0 for r in seen) == [0, 0, 3]
         with pytest.raises(aiores.BadParameter):
-            group.run_stream("true", timeout=0)
+            group.run_stream("true", timeout=-1)
