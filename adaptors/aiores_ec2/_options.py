@@ -38,8 +38,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from aiores import IncorrectURL
-from aiores.adaptor import URL
+from aiores import BadParameter, IncorrectURL
+from aiores.adaptor import URL, validate
 
 __all__ = ["Options", "parse_options"]
 
@@ -94,12 +94,12 @@ def _bad(url: URL, what: str) -> IncorrectURL:
 
 def _positive(url: URL, name: str, value: str, kind: type[int] | type[float]) -> float:
     try:
-        number = kind(value)
-    except ValueError:
-        raise _bad(url, f"{name} must be a positive number, not {value!r}") from None
-    if number <= 0:
-        raise _bad(url, f"{name} must be positive, not {value!r}")
-    return number
+        number = validate.parse_number(value, name, kind)
+        if kind is int:
+            return validate.count(number, name)
+        return validate.number(number, name, above=0)
+    except BadParameter as exc:
+        raise _bad(url, str(exc)) from None
 
 
 def _name(url: URL, option: str, value: str) -> str:

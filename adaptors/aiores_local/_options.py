@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
-
 from aiores import BadParameter, IncorrectURL
-from aiores.adaptor import URL
+from aiores.adaptor import URL, validate
 
 __all__ = ["DEFAULT_GRACE", "LocalOptions", "check_grace", "check_max_running", "parse_options"]
 
@@ -32,31 +30,15 @@ class LocalOptions:
 
 
 def check_grace(value: object, where: str = "grace") -> float:
-    """``value`` as a grace period in seconds (a finite number >= 0)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}")
-    try:
-        grace = float(value)
-    except ValueError:
-        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}") from None
-    if not math.isfinite(grace) or grace < 0:
-        raise BadParameter(f"{where} must be a number of seconds >= 0, not {value!r}")
-    return grace
+    """``value`` (a number, or its text) as a grace period: finite seconds >= 0."""
+    return validate.seconds(validate.parse_number(value, where), where, zero=True)
 
 
 def check_max_running(value: object, where: str = "max_running") -> int | None:
-    """``value`` as a job limit (an int >= 1), or None for no limit."""
+    """``value`` (an int, or its text) as a job limit (>= 1), or None for no limit."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise BadParameter(f"{where} must be an int >= 1, not {value!r}")
-    try:
-        limit = int(value)
-    except ValueError:
-        raise BadParameter(f"{where} must be an int >= 1, not {value!r}") from None
-    if limit < 1:
-        raise BadParameter(f"{where} must be an int >= 1, not {value!r}")
-    return limit
+    return validate.count(validate.parse_number(value, where, int), where)
 
 
 def parse_options(url: URL) -> LocalOptions:

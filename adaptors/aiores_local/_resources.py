@@ -22,7 +22,15 @@ from aiores import (
     ResourceState,
     StorageDescription,
 )
-from aiores.adaptor import URL, AdaptorEnv, Image, ResourceAdaptor, ResourceInfo, Template
+from aiores.adaptor import (
+    URL,
+    AdaptorEnv,
+    Image,
+    ResourceAdaptor,
+    ResourceInfo,
+    Template,
+    validate,
+)
 
 from ._options import parse_options
 
@@ -94,8 +102,7 @@ class LocalResourceAdaptor(ResourceAdaptor):
             raise IncorrectState(f"{self.url} resource manager is closed")
         if not isinstance(description, ComputeDescription):
             raise NotSupported("local:// offers compute resources only (this host), no storage")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise BadParameter(f"count must be an int >= 1, not {count!r}")
+        validate.count(count, "count")
         host = await self._host()
         for kind, value in (("image", description.image), ("template", description.template)):
             if value not in (None, NAME):

@@ -7,8 +7,8 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from aiores import BadParameter, RunResult, Timeout
-from aiores.adaptor import URL, AdaptorEnv, CommandRunner
+from aiores import RunResult, Timeout
+from aiores.adaptor import URL, AdaptorEnv, CommandRunner, validate
 
 from ._options import check_grace, parse_options
 from ._process import (
@@ -79,12 +79,14 @@ class LocalCommandRunner(CommandRunner):
             Timeout: ``timeout`` passed; the command's process group was killed (SIGKILL).
             DoesNotExist: the program does not exist.
             PermissionDenied: the program is not executable.
-            BadParameter: ``command`` is empty or not str.
+            BadParameter: ``command`` is empty or not str, text holds a NUL or a lone
+                surrogate, an environment name is not portable, a bad ``timeout``.
 
         Cancelling it sends SIGTERM to the command's process group, then SIGKILL after
         the grace period, waits (bounded) for the process to go, and re-raises.
         """
-        argv = _argv(command)
+        command, stdin, env, timeout = validate.run_arguments(command, stdin, env, timeout)
+        argv = ("/bin/sh", "-c", command) if isinstance(command, str) else command
         loop = asyncio.get_running_loop()
         finished = asyncio.Event()
         started = loop.time()
@@ -130,21 +132,6 @@ class LocalCommandRunner(CommandRunner):
 
 def _text(capture: Capture | None) -> str:
     return "" if capture is None else capture.take().decode("utf-8", errors="replace")
-
-
-def _argv(command: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(command, str):
-        if not command.strip():
-            raise BadParameter("a shell command must be a non-empty str")
-        return ("/bin/sh", "-c", command)
-    if isinstance(command, bytes) or not isinstance(command, Sequence):
-        raise BadParameter(f"a command must be a str or a sequence of str, not {command!r}")
-    argv = tuple(command)
-    if not argv or not all(isinstance(arg, str) for arg in argv) or not argv[0]:
-        raise BadParameter(
-            f"a command sequence must be a program and its arguments, all str: {command!r}"
-        )
-    return argv
 
 
 def _shown(command: str | Sequence[str]) -> str:

@@ -35,6 +35,7 @@ import asyncssh
 
 from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSuccess
 from aiores import ResourceState as S
+from aiores.adaptor import validate
 
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
@@ -433,9 +434,7 @@ class Cloud:
     async def op_acquire(self, args: Mapping[str, Any]) -> Any:
         if self._stopping:
             raise IncorrectState("the sim cloud is stopping")
-        count = args.get("count")
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_COUNT:
-            raise BadParameter(f"count must be an int from 1 to {MAX_COUNT}, not {count!r}")
+        count = validate.count(args.get("count"), "count", max=MAX_COUNT)
         spec = _spec(args)
         seed = spec.faults.seed
         ids = [self._new_id() for _ in range(count)]

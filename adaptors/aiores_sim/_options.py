@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiores import BadParameter, DoesNotExist
-from aiores.adaptor import Image, Template
+from aiores.adaptor import Image, Template, validate
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -201,13 +201,8 @@ def parse_faults(
 
 
 def _number(name: str, text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise BadParameter(f"sim:// option {name}={text!r}: expected a number") from None
-    if not math.isfinite(value):
-        raise BadParameter(f"sim:// option {name}={text!r}: expected a finite number")
-    return value
+    field = f"sim:// option {name}"
+    return validate.number(validate.parse_number(text, field), field)
 
 
 def user_data_faults(user_data: str | None) -> list[tuple[str, str]]:

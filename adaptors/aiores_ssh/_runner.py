@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from aiores import AioresError, ConnectionLost, RunResult, Timeout
-from aiores.adaptor import CommandRunner
+from aiores.adaptor import CommandRunner, validate
 
 from ._base import SSHBase
 from ._errors import translate
@@ -315,6 +315,7 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         :attr:`kill_grace` seconds) over a fresh channel, closes the channel, then
         re-raises the cancellation.
         """
+        command, stdin, env, timeout = validate.run_arguments(command, stdin, env, timeout)
         pool, target = self._endpoint()
         outcome = await execute(
             pool,

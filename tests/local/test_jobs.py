@@ -221,7 +221,7 @@ def test_bad_url_options(env: FakeEnv) -> None:
     from aiores.adaptor import URL
 
     for url, match in [
-        ("local://?grace=-1", "grace must be a number of seconds >= 0"),
+        ("local://?grace=-1", "grace must be a finite number of seconds >= 0"),
         ("local://?max_running=0", "max_running must be an int >= 1"),
         ("local://?max_runing=2", "unknown option.*max_runing.*knows grace, max_running"),
         ("local://otherhost", "this host only"),

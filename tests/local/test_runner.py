@@ -62,7 +62,7 @@ async def test_bad_commands(runner: LocalCommandRunner, tmp_path: Path) -> None:
     data.write_text("not a program")
     with pytest.raises(PermissionDenied, match=r"data\.txt' is not an executable"):
         await runner.run([str(data)])
-    with pytest.raises(BadParameter, match="non-empty"):
+    with pytest.raises(BadParameter, match="non-blank"):
         await runner.run("  ")
     with pytest.raises(BadParameter, match="program and its arguments"):
         await runner.run([])
