@@ -275,6 +275,7 @@ class Session:
         """
         from ._recover import recover
 
+        timeout = check.timeout(timeout)
         return await recover(self, timeout=timeout)
 
     async def reap(self, *, confirm: Confirm | None = None, timeout: float | None = 60.0) -> Reaped:
@@ -307,6 +308,7 @@ class Session:
         """
         from ._recover import reap
 
+        timeout = check.timeout(timeout)
         return await reap(self, confirm=confirm, timeout=timeout)
 
     # -- adaptors ---------------------------------------------------------------------

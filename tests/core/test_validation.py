@@ -459,3 +459,12 @@ async def test_fleet_calls_refuse(session: aiores.Session, fake: FakePlugin) -> 
 async def test_fake_clock_session_still_opens(clock: FakeClock) -> None:
     async with aiores.Session(journal=None, clock=clock) as session:
         assert session.clock is clock
+
+
+@pytest.mark.asyncio
+async def test_recover_and_reap_refuse_bad_timeouts(session: aiores.Session) -> None:
+    for timeout in (NAN, INF, -1):
+        with raises("timeout must be"):
+            await session.recover(timeout=timeout)
+        with raises("timeout must be"):
+            await session.reap(timeout=timeout)
