@@ -34,6 +34,7 @@ from ._base import SSHBase
 from ._jobscripts import (
     FINISHED,
     MISSING,
+    UNSTOPPED,
     cancel_script,
     describe_script,
     find_script,
@@ -182,19 +183,27 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         outcome = await self._sh(script)
         if outcome.exit_status == MISSING:
             raise missing("job", job_id, self.url)
-        if outcome.exit_status not in (0, FINISHED):
+        if outcome.exit_status not in (0, FINISHED, UNSTOPPED):
             raise self._failed(what, outcome)
         return outcome
 
     async def cancel(self, id: str) -> None:
         """TERM the job's process group, KILL what is left after :attr:`cancel_grace`.
 
-        A job already finished is left as it is, also one that finishes while this
-        runs: an exit code recorded before the cancel stands (the job is DONE or
-        FAILED, not CANCELED). Raises :class:`~aiores.DoesNotExist` for an unknown id.
+        Returns once the job has ended, or will never start its program: a job still
+        starting up (its submit was cut off) is stopped, too. A job already finished
+        is left as it is, also one that finishes while this runs: an exit code
+        recorded before the cancel stands (the job is DONE or FAILED, not CANCELED).
+
+        Raises:
+            DoesNotExist: unknown id.
+            NoSuccess: the job's process was still there after the KILL.
+
         Cancelling the call may leave the job TERMed but not KILLed.
         """
         outcome = await self._control(id, cancel_script(id, self.cancel_grace), "cancelling a job")
+        if outcome.exit_status == UNSTOPPED:
+            raise NoSuccess(f"job {id} on {self.target.where} still runs after SIGKILL")
         if outcome.exit_status == FINISHED:
             return  # it ended first: its own state stands
         info = (await self.describe([id])).get(id)

@@ -8,16 +8,26 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
                  environment values left out)
     env          the job's environment (``export`` lines), until the wrapper read it
     stdin        the job's standard input
-    run.sh       the wrapper: runs the program, then writes ``exit``
+    run.sh       the wrapper: records its pid, runs the program unless a cancel
+                 came first, then writes ``exit``
     pid          ``PID START BOOT`` of the wrapper, which leads the job's process
                  group: its pid, start time and the boot it runs in (see
-                 :mod:`aiores_ssh._scripts`: a pid alone is never trusted)
+                 :mod:`aiores_ssh._scripts`: a pid alone is never trusted); written
+                 by the wrapper itself and by the submit command, whichever is first
     stdout, stderr     captured output (absent when the description names files)
     end          made (atomically, by ``mkdir``) by whichever comes first: the wrapper
                  when the program ended, or a cancel
     exit         the program's exit code, written when it ends
     canceled     present if a cancel came before the program ended
     suspended    present while the job is stopped (SIGSTOP)
+
+A cancel can come at any point of the start-up (a cancelled submit is undone by one),
+so the wrapper and a cancel meet as in Dekker's protocol: the wrapper records its pid,
+then looks for ``end``; a cancel makes ``end``, then reads the pid. Whichever comes
+second sees the other: either the cancel signals the wrapper, or the wrapper sees the
+cancel and never starts the program. A cancel that finds no pid is therefore final:
+a wrapper that starts later (its submit command was cut off, or is still running)
+exits at once.
 
 Everything aiores needs to control or reconnect to a job is in that directory, so a
 fresh client (another process, after a restart) finds it by id. The directory and
@@ -52,6 +62,7 @@ JOBS_DIR = ".aiores/jobs"
 #: Exit codes the control scripts use to report a condition.
 MISSING = 3
 FINISHED = 4
+UNSTOPPED = 5
 
 _JOBS = f'"$HOME"/{JOBS_DIR}'
 
@@ -83,18 +94,27 @@ def _wrapper(desc: JobDescription) -> str:
             '  echo 126 >"$d/exit.tmp"; mv "$d/exit.tmp" "$d/exit"; exit 126\n'
             "}\n"
         )
-    # The trap keeps the wrapper alive through a TERM sent to the whole group, so it
-    # can record the program's status; the program itself gets the default action.
-    # The environment is read and its file removed at once, and applied only in the
-    # program's subshell, where it cannot change the wrapper's own variables.
+    # First the pid, then the look for a cancel's claim (see the module): a cancel
+    # either finds the pid and signals this group, or is seen here. Until the trap is
+    # set a TERM ends the wrapper. The trap then keeps it alive through a TERM sent to
+    # the whole group, so it can record the program's status; the program's subshell
+    # gets the default action, and looks for the claim once more before it execs (a
+    # TERM the trap took before the fork). The environment is read and its file
+    # removed at once, and applied only in the program's subshell, where it cannot
+    # change the wrapper's own variables.
     return (
         "d=$(pwd)\n"
+        + identify("$$")
+        + 'set --\n{ echo "$$ $_is $_ib" >"$d/pid.w" && mv -f "$d/pid.w" "$d/pid"; } || exit 1\n'
+        '[ -d "$d/end" ] && exit 0\n'
         + shell.assign(values)
         + ("" if desc.stdout else 'o="$d/stdout"\n')
         + ("" if desc.stderr else 'r="$d/stderr"\n')
         + "trap ': > \"$d/terminated\"' TERM\n"
         'e=$(cat "$d/env" 2>/dev/null) || e=\n'
-        'rm -f "$d/env"\n' + cd + f'(eval "$e"; exec {program}) <"$d/stdin" >"$o" 2>"$r"\n'
+        'rm -f "$d/env"\n'
+        + cd
+        + f'([ -d "$d/end" ] && exit 143; eval "$e"; exec {program}) <"$d/stdin" >"$o" 2>"$r"\n'
         "rc=$?\n"
         # Claim the end: a cancel that comes later finds the job finished.
         'mkdir "$d/end" 2>/dev/null\n'
@@ -193,12 +213,15 @@ def find_script(token: str) -> str:
     )
 
 
+_READ_PID = 'p=; st=; bt=; { read -r p st bt <"$d/pid"; } 2>/dev/null\n'
+
+
 def _job(job_id: str) -> str:
     return (
         LIB
         + f"d={_JOBS}/{shell.quote(job_id, 'job id')}\n"
         + f'[ -d "$d" ] || exit {MISSING}\n'
-        + 'p=; st=; bt=; { read -r p st bt <"$d/pid"; } 2>/dev/null\n'
+        + _READ_PID
     )
 
 
@@ -208,6 +231,11 @@ def cancel_script(job_id: str, grace: float) -> str:
     A job that already ended is left as it is (exit ``FINISHED``): one whose wrapper
     is gone, or one whose wrapper claimed the end first. Only a cancel that claims
     it marks the job cancelled, so an exit code recorded before the cancel stands.
+
+    The pid is read again once the end is claimed: a wrapper that recorded it before
+    it could see the claim is signalled; one that had not will see the claim and
+    never start the program. Exits ``UNSTOPPED`` if the wrapper still runs after the
+    KILL.
     """
     ticks = max(1, round(grace * 10))
     return (
@@ -216,7 +244,8 @@ def cancel_script(job_id: str, grace: float) -> str:
         + f'[ -n "$p" ] && ! alive "$p" "$st" "$bt" && exit {FINISHED}\n'
         + f'mkdir "$d/end" 2>/dev/null || exit {FINISHED}\n'
         + ': >"$d/canceled"\n'
-        + f'[ -n "$p" ] && stop "$p" "$st" "$bt" {ticks}\n'
+        + _READ_PID
+        + f'[ -n "$p" ] && {{ stop "$p" "$st" "$bt" {ticks} || exit {UNSTOPPED}; }}\n'
         + 'rm -f "$d/suspended"\nexit 0\n'
     )
 

@@ -59,7 +59,8 @@ def identify(pid: str) -> str:
 #: very process runs (not a zombie: a reaped parent may never come for an orphan);
 #: ``sig SIG PID START BOOT`` signals it as the module says; ``stop PID START BOOT
 #: TICKS`` sends TERM (and CONT, so a stopped group sees it), waits up to TICKS
-#: tenths of a second for the leader to go, then KILLs what is left.
+#: tenths of a second for the leader to go, then KILLs what is left, and fails if
+#: the leader is still there five seconds later.
 LIB = (
     r"""pstart() {
   if [ ! -e /proc/self/stat ]; then kill -0 "$1" 2>/dev/null && echo "- - ?"; return; fi
@@ -92,6 +93,8 @@ stop() {
   i=0
   while alive "$1" "$2" "$3" && [ "$i" -lt "$4" ]; do nap; i=$((i + 1)); done
   sig KILL "$1" "$2" "$3"
+  i=0
+  while alive "$1" "$2" "$3"; do [ "$i" -lt 50 ] || return 1; nap; i=$((i + 1)); done
   return 0
 }
 """

@@ -12,9 +12,11 @@ import asyncssh
 import psutil
 import pytest
 
+import aiores
 from aiores_ssh import pool_for
 from aiores_ssh._runner import _Run
 
+from ..cancel_trials import cancel_submits
 from .conftest import STEP, FakeEnv, gone, opened, wait_until
 from .servers import Sshd, fault_server
 
@@ -143,3 +145,18 @@ async def test_cancelling_while_the_channel_opens(
         assert runner.pool.channels_in_use() == 0
         assert (await runner.run("true")).ok
         assert runner.pool.connects == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(180)
+async def test_cancelling_submits_at_random_points_leaves_no_job_running(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    """A submit cancelled anywhere (before the job directory, before the wrapper, between
+    the wrapper's start and its pid being recorded, after) leaves no job running, and
+    no submit intent stays open: each cancel was confirmed by the host."""
+    async with aiores.Session(journal=tmp_path / "journal.db", contexts=[sshd.context()]) as s:
+        found = await cancel_submits(s, s.job_service(sshd.url()), trials=40, seed=2024)
+    assert found.left_running == [], str(found)
+    assert "pending" not in found.statuses, str(found)
+    assert found.inside >= 10, str(found)  # most draws land inside the submit
