@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate as check
 from ._descriptions import JobDescription
-from ._exceptions import BadParameter, DoesNotExist, IncorrectState, NotSupported, Timeout
+from ._exceptions import (
+    BadParameter,
+    DoesNotExist,
+    IncorrectState,
+    NoSuccess,
+    NotSupported,
+    Timeout,
+)
 from ._states import JobState, ResourceState
 from ._url import URL, join_id, native_id
 from ._watch import Tracked, Watcher
@@ -337,10 +344,16 @@ class Job(Tracked[JobState]):
             return [await adaptor.submit(description, token, hold=hold)]
 
         async def release(token: str) -> Sequence[str]:
+            # Released only once the backend shows each job ended (or gone): a cancel
+            # that returned is not enough. Otherwise the intent stays pending.
             found = await adaptor.find(token)
-            for info in found:
-                if not info.state.final:
-                    await adaptor.cancel(info.id)
+            live = [info.id for info in found if not info.state.final]
+            for job_id in live:
+                await adaptor.cancel(job_id)
+            if live:
+                now = await adaptor.describe(live)
+                if running := [i for i in live if i in now and not now[i].state.final]:
+                    raise NoSuccess(f"jobs {running} still run after their cancel")
             return [info.id for info in found]
 
         (info,) = await session.guarded_call(

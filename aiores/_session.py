@@ -432,9 +432,12 @@ class Session:
 
         ``call(token)`` makes the backend call under a fresh idempotency token;
         ``release(token)`` finds and releases whatever the backend created under it and
-        returns the released ids. If ``call`` is cancelled or fails, ``release`` runs
-        shielded from cancellation and bounded by ``cleanup_timeout``, then the
-        cancellation or error propagates.
+        returns the released ids, once the backend has confirmed each one stopped or
+        gone; if it cannot confirm that, it raises. If ``call`` is cancelled or fails,
+        ``release`` runs shielded from cancellation and bounded by ``cleanup_timeout``,
+        then the cancellation or error propagates. The journal closes the intent as
+        ``released`` only when ``release`` returned: if it raised or ran out of time
+        the intent stays ``pending``, and recovery finds what it made by its token.
         """
         self._check_open()
         token = "t-" + secrets.token_hex(8)
@@ -466,11 +469,12 @@ class Session:
         error: str,
     ) -> None:
         async def cleanup() -> None:
-            ids = await release(token)
+            ids = await release(token)  # returns only what the backend confirmed released
             if self.journal is not None:
                 self.journal.outcome(token, "released", ids, error)
 
-        # If it fails or times out, the intent stays 'pending': recovery finds it by token.
+        # If it fails (could not confirm) or times out, the intent stays 'pending':
+        # recovery finds it by token.
         await self.shielded(cleanup, what=f"releasing what {token} created")
 
     async def shielded(self, fn: Callable[[], Awaitable[None]], *, what: str) -> None:

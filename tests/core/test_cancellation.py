@@ -189,3 +189,25 @@ async def test_cancelled_array_submission_leaves_nothing_running(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [j.state for j in fake.cloud.jobs.values()] == [JobState.CANCELED] * 5
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_submit_whose_job_did_not_stop_stays_pending(
+    session: aiores.Session, fake: FakePlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal says ``released`` only once the backend shows the job ended: a
+    cancel that returned while the job still runs leaves the intent pending, for
+    recovery to find by its token."""
+
+    async def ignored(self: object, id: str) -> None:
+        return None  # the backend took the request; the job runs on
+
+    monkeypatch.setattr("aiores.testing.FakeJobs.cancel", ignored)
+    js = session.job_service("fake://")
+    await cancel_at("submit:after", fake, js.submit(JobDescription(executable="/bin/true")))
+    (job,) = fake.cloud.jobs.values()
+    assert job.state is JobState.RUNNING
+    assert session.journal is not None
+    (intent,) = await session.journal.intents()
+    assert intent.status == "pending"
+    assert await session.journal.in_flight() == [intent]
