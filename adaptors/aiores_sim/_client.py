@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiores import ConnectionLost, NoSuccess, Timeout
+from aiores import ConnectionLost, NoSuccess, PermissionDenied, Timeout
 
 from ._cloud import is_locked, wipe_stale
 from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
@@ -42,8 +42,22 @@ _launchers: set[asyncio.Future[int]] = set()
 
 
 async def _open(directory: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the cloud's control socket.
+
+    Raises:
+        FileNotFoundError, ConnectionRefusedError: no cloud listens (start one).
+        PermissionDenied, NoSuccess: the socket cannot be reached at all (a directory
+            that is not one, or not ours).
+    """
     path = await asyncio.to_thread(socket_path, directory)
-    return await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+    try:
+        return await asyncio.open_unix_connection(str(path), limit=LINE_LIMIT)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise
+    except PermissionError as exc:
+        raise PermissionDenied(f"cannot reach the sim cloud at {path}: {exc.strerror}") from exc
+    except OSError as exc:
+        raise NoSuccess(f"cannot reach the sim cloud at {path}: {exc.strerror or exc}") from exc
 
 
 async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> None:
