@@ -135,10 +135,10 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
             # so perhaps release) a bucket that was there before.
             try:
                 await self.api.call("HeadBucket", Bucket=name)
-            except DoesNotExist:
+            except (DoesNotExist, PermissionDenied):
+                # 403: someone else's bucket, or no right to look. CreateBucket tells
+                # which: BucketAlreadyExists, or AccessDenied.
                 pass
-            except PermissionDenied as exc:
-                raise IncorrectState(f"bucket {name!r} exists already (not yours)") from exc
             else:
                 raise IncorrectState(f"bucket {name!r} exists already")
             try:
