@@ -152,9 +152,11 @@ async def remote_root(backend: Backend) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        async with backend.session() as session:
-            runner = await session.command_runner(backend.runner_url)
-            await runner.run(["rm", "-rf", backend.root])
+        # A test may have destroyed the machine (its disk went with it).
+        with contextlib.suppress(aiores.ConnectionLost, aiores.NoSuccess):
+            async with backend.session() as session:
+                runner = await session.command_runner(backend.runner_url)
+                await runner.run(["rm", "-rf", backend.root])
 
 
 # -- sim:// (the sim cloud of aiores_sim.testing; jobs, commands, files on a VM) ---------
@@ -299,7 +301,12 @@ def sleeping(mark: str) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if cmdline[-2:] == ["sleep", mark] and proc.info["status"] != psutil.STATUS_ZOMBIE:
+        if (
+            len(cmdline) >= 2
+            and os.path.basename(cmdline[-2]) == "sleep"
+            and cmdline[-1] == mark
+            and proc.info["status"] != psutil.STATUS_ZOMBIE
+        ):
             found.append(proc)
     return found
 
