@@ -16,6 +16,7 @@ import platformdirs
 
 from . import _validate as check
 from ._clock import Clock, LoopClock
+from ._concurrency import Cleanups
 from ._contexts import Context
 from ._exceptions import AioresError, IncorrectState, NotSupported
 from ._journal import Journal
@@ -134,7 +135,7 @@ class Session:
         self._lifecycle = _Lifecycle.UNOPENED
         self._tg: asyncio.TaskGroup | None = None
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
-        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanups = Cleanups(cleanup_timeout, log)
         self._background: set[asyncio.Task[None]] = set()
         self._pinned: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._login_keys: dict[tuple[str, int | None], tuple[str, ...]] = {}
@@ -184,8 +185,7 @@ class Session:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             # 3. ... then the cleanups of cancelled calls finish (bounded) ...
-            if self._cleanups:
-                await asyncio.wait(set(self._cleanups), timeout=self.cleanup_timeout)
+            await self._cleanups.drain(self.cleanup_timeout)
             # 4. ... while the adaptors they need are still open; then each closes.
             for endpoint in self._endpoints.values():
                 if endpoint.is_open:
@@ -485,14 +485,4 @@ class Session:
         failure of the cleanup is logged, not raised (the caller is already failing).
         """
 
-        async def bounded() -> None:
-            try:
-                async with asyncio.timeout(self.cleanup_timeout):
-                    await fn()
-            except Exception as exc:
-                log.error("%s failed: %r", what, exc)
-
-        task = asyncio.get_running_loop().create_task(bounded(), name=f"aiores-cleanup {what}")
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-        await asyncio.shield(task)
+        await self._cleanups.run(fn, what=what)

@@ -85,7 +85,7 @@ async def test_cancelled_again_during_cleanup_still_releases(
         await task
     assert len(fake.cloud.alive()) == 3
     gate.set()
-    await asyncio.wait(set(session._cleanups))
+    await session._cleanups.drain(None)
     assert fake.cloud.alive() == []
 
 
