@@ -18,6 +18,8 @@
 - :func:`settle`: run awaitables together and collect each one's outcome (its
   result or its error), so one failure never hides the others; a cancellation (any
   ``BaseException`` that is not an ``Exception``) is re-raised, never collected.
+- :class:`Shared`: values (a connection pool, an AWS client) shared by the adaptors
+  of one session and closed when it closes, instead of module-global registries.
 - :class:`TaskSet`: tasks owned by one object that cancels and awaits them all when
   it closes, for fan-outs that stream results through an async generator (where an
   ``asyncio.TaskGroup`` must not stay open across ``yield``): no task outlives its
@@ -29,12 +31,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
 from typing import Any, TypeVar
 
 from ._exceptions import Timeout
 
-__all__ = ["Cleanups", "Deadline", "TaskSet", "fail_after", "move_on_after", "settle"]
+__all__ = [
+    "Cleanups",
+    "Deadline",
+    "Shared",
+    "TaskSet",
+    "errors",
+    "fail_after",
+    "move_on_after",
+    "settle",
+]
 
 T = TypeVar("T")
 
@@ -232,3 +243,43 @@ class TaskSet:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+
+class Shared:
+    """Values shared by every adaptor of one owner (a session), closed with it.
+
+    ``get(key, make)`` returns the value under ``key``, made by ``make()`` on first
+    use. :meth:`aclose` closes every value that has an ``aclose`` coroutine method,
+    newest first, each bounded by ``timeout``; a failure is logged. After it, a
+    ``get`` makes a fresh value (a closed pool is never handed out again).
+    """
+
+    def __init__(self, timeout: float | None, logger: logging.Logger = log) -> None:
+        self.timeout = timeout
+        self._log = logger
+        self._values: dict[Hashable, Any] = {}
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._values
+
+    def get(self, key: Hashable, make: Callable[[], T]) -> T:
+        try:
+            value: T = self._values[key]
+        except KeyError:
+            value = self._values[key] = make()
+        return value
+
+    async def aclose(self) -> None:
+        values = list(self._values.values())
+        self._values.clear()
+        for value in reversed(values):
+            close = getattr(value, "aclose", None)
+            if close is None:
+                continue
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await close()
+            except TimeoutError:
+                self._log.error("closing %r did not finish within %s s", value, self.timeout)
+            except Exception as exc:
+                self._log.error("closing %r failed: %r", value, exc)

@@ -7,7 +7,7 @@ import enum
 import logging
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -16,7 +16,7 @@ import platformdirs
 
 from . import _validate as check
 from ._clock import Clock, LoopClock
-from ._concurrency import Cleanups
+from ._concurrency import Cleanups, Shared
 from ._contexts import Context
 from ._exceptions import AioresError, IncorrectState, NotSupported
 from ._journal import Journal
@@ -45,6 +45,7 @@ log = logging.getLogger("aiores")
 
 A = TypeVar("A", bound=Adaptor)
 C = TypeVar("C", bound=Context)
+T = TypeVar("T")
 
 
 class _Default(enum.Enum):
@@ -136,6 +137,7 @@ class Session:
         self._tg: asyncio.TaskGroup | None = None
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
         self._cleanups = Cleanups(cleanup_timeout, log)
+        self._shared = Shared(ADAPTOR_CLOSE_TIMEOUT, log)
         self._background: set[asyncio.Task[None]] = set()
         self._pinned: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._login_keys: dict[tuple[str, int | None], tuple[str, ...]] = {}
@@ -190,6 +192,8 @@ class Session:
             for endpoint in self._endpoints.values():
                 if endpoint.is_open:
                     await self._close_adaptor(endpoint.adaptor)
+            # 5. What they shared (connection pools, clients) closes last.
+            await self._shared.aclose()
         finally:
             assert self._tg is not None
             await self._tg.__aexit__(None, None, None)
@@ -363,6 +367,19 @@ class Session:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def session_id(self) -> str:
+        return self.id
+
+    @property
+    def cleanups(self) -> Cleanups:
+        return self._cleanups
+
+    def shared(self, key: Hashable, make: Callable[[], T]) -> T:
+        if key not in self._shared:
+            self._check_open()  # nothing new is made for a closing session
+        return self._shared.get(key, make)
 
     def context(self, kind: type[C], host: str = "") -> C | None:
         for ctx in self.contexts:

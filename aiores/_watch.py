@@ -30,13 +30,14 @@ from ._exceptions import (
     DoesNotExist,
     IncorrectState,
     NoSuccess,
+    NotSupported,
     Timeout,
 )
 from ._states import JobState, ResourceState
 
 if TYPE_CHECKING:
     from ._journal import Journal
-from .adaptor import Adaptor, JobInfo, PollPolicy, ResourceInfo
+from .adaptor import Adaptor, Describes, JobInfo, PollPolicy, ResourceInfo
 
 __all__: list[str] = []
 
@@ -430,7 +431,9 @@ class Watcher:
     async def _describe(self, ids: Sequence[str]) -> bool:
         self.describe_calls += 1
         try:
-            infos: Mapping[str, Info] = await self._adaptor.describe(ids)  # type: ignore[attr-defined]
+            if not isinstance(self._adaptor, Describes):
+                raise NotSupported(f"{self._adaptor.url} cannot describe what it made")
+            infos: Mapping[str, Info] = await self._adaptor.describe(ids)
         except (AioresError, OSError) as exc:
             transient = isinstance(exc, (NoSuccess, Timeout, OSError))
             self._failures += 1

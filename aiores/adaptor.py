@@ -24,13 +24,16 @@ whose value is an :class:`AdaptorPlugin` instance or class.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from . import _concurrency as concurrency
+from . import _private as private
 from . import _shell as shell
 from . import _validate as validate
+from ._concurrency import Cleanups
 from ._contexts import Context
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import DoesNotExist, NotSupported
@@ -49,6 +52,7 @@ __all__ = [
     "AdaptorPlugin",
     "Bucket",
     "CommandRunner",
+    "Describes",
     "FileAdaptor",
     "Governor",
     "Image",
@@ -60,7 +64,9 @@ __all__ = [
     "RetryPolicy",
     "Template",
     "Transience",
+    "concurrency",
     "missing",
+    "private",
     "shell",
     "truncation_marker",
     "validate",
@@ -68,6 +74,7 @@ __all__ = [
 
 RType = Literal["compute", "storage", "network"]
 C = TypeVar("C", bound=Context)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,6 +166,31 @@ class AdaptorEnv(Protocol):
         """The session's clock (injectable for tests)."""
         ...
 
+    @property
+    def session_id(self) -> str:
+        """The id of the session (``s-`` and 12 hex digits), unique per session."""
+        ...
+
+    @property
+    def cleanups(self) -> Cleanups:
+        """The session's shielded, bounded cleanups (:class:`aiores.adaptor.concurrency.Cleanups`).
+
+        ``await env.cleanups.run(fn, what=...)`` runs ``fn()`` to its end or the
+        session's ``cleanup_timeout`` whatever cancels the caller; the session waits for
+        what still runs when it closes, before it closes its adaptors.
+        """
+        ...
+
+    def shared(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The value under ``key`` shared by the session's adaptors, made by ``make()`` first.
+
+        For what several adaptors of one session share (a connection pool, an AWS
+        client): a value with an ``aclose`` coroutine method is closed when the
+        session closes, after its adaptors. Keys are the adaptor's own (a class, or a
+        tuple starting with one), so two adaptors never collide.
+        """
+        ...
+
     def context(self, kind: type[C], host: str = "") -> C | None:
         """The session's first context of ``kind`` that applies to ``host``."""
         ...
@@ -192,6 +224,22 @@ class AdaptorEnv(Protocol):
 
     async def file_adaptor(self, url: str | URL) -> FileAdaptor:
         """The session's (shared) file adaptor for ``url``."""
+        ...
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """An adaptor the shared watcher can poll: its endpoint and a batch ``describe``.
+
+    :class:`ResourceAdaptor` and :class:`JobAdaptor` are both; the watcher needs no
+    more of an adaptor than this.
+    """
+
+    url: URL
+    poll: PollPolicy | None
+
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo | JobInfo]:
+        """The current state of each id; unknown ids are left out."""
         ...
 
 

@@ -3,10 +3,11 @@
 The core's layers, lowest first; a module may import its own layer and those below::
 
     base         exceptions, states, URLs, the clock, descriptions, results, contexts,
-                 shell quoting, argument checks
+                 shell quoting, argument checks, the concurrency toolkit (shielded
+                 cleanups, deadlines, outcomes), private state files and the managed key
     contract     aiores.adaptor: what adaptors implement
     engine       sessions, the shared watcher, the journal, the rate governor, the
-                 registry, structured concurrency
+                 registry
     api          Manager and resources, JobService and jobs
     composition  fleets, groups, existing hosts, pools, recovery
     face         aiores (the public re-exports), aiores.testing
@@ -46,10 +47,12 @@ LAYERS: dict[str, frozenset[str]] = {
             "_contexts",
             "_shell",
             "_validate",
+            "_concurrency",
+            "_private",
         }
     ),
     "contract": frozenset({"adaptor"}),
-    "engine": frozenset({"_concurrency", "_session", "_watch", "_journal", "_limits", "_registry"}),
+    "engine": frozenset({"_session", "_watch", "_journal", "_limits", "_registry"}),
     "api": frozenset({"_resource", "_jobs"}),
     "composition": frozenset({"_fleet", "_group", "_hosts", "_pool", "_recover"}),
     "face": frozenset({"__init__", "testing"}),

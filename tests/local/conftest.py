@@ -12,7 +12,7 @@ import contextlib
 import os
 import signal
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,10 +21,11 @@ import pytest
 import pytest_asyncio
 
 from aiores._clock import LoopClock
-from aiores.adaptor import URL, CommandRunner, FileAdaptor, JobAdaptor, JobInfo
+from aiores.adaptor import URL, CommandRunner, FileAdaptor, JobAdaptor, JobInfo, concurrency
 from aiores_local import LocalJobAdaptor
 
 C = TypeVar("C")
+T = TypeVar("T")
 
 #: Seconds any one await in these tests may take before the test fails.
 STEP = 10.0
@@ -38,6 +39,12 @@ class FakeEnv:
         self._state_dir = state_dir
         self.clock = LoopClock()
         self.spawned = 0
+        self.session_id = "s-test"
+        self.cleanups = concurrency.Cleanups(20.0)
+        self._shared = concurrency.Shared(20.0)
+
+    def shared(self, key: Hashable, make: Callable[[], T]) -> T:
+        return self._shared.get(key, make)
 
     @property
     def state_dir(self) -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,12 +23,13 @@ import pytest_asyncio
 
 from aiores import JobDescription, SSHContext
 from aiores._clock import LoopClock
-from aiores.adaptor import URL, Adaptor, JobInfo
+from aiores.adaptor import URL, Adaptor, JobInfo, concurrency
 from aiores_ssh import SSHCommandRunner, SSHFileAdaptor, SSHJobAdaptor
 
 from .servers import OPENSSH_DEFAULTS, PERMISSIVE, USER, Keys, Sshd, ensure_user, private_dir
 
 C = TypeVar("C")
+T = TypeVar("T")
 A = TypeVar("A", bound=Adaptor)
 
 #: Seconds any one await in these tests may take before the test fails.
@@ -46,6 +47,12 @@ class FakeEnv:
         self.failures: list[BaseException] = []
         self.pins: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self.logins: dict[tuple[str, int | None], tuple[str, ...]] = {}
+        self.session_id = "s-test"
+        self.cleanups = concurrency.Cleanups(20.0)
+        self._shared = concurrency.Shared(20.0)
+
+    def shared(self, key: Hashable, make: Callable[[], T]) -> T:
+        return self._shared.get(key, make)
 
     @property
     def state_dir(self) -> Path:
@@ -82,6 +89,8 @@ class FakeEnv:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.cleanups.drain(20.0)
+        await self._shared.aclose()
 
 
 class TrackedJobs(SSHJobAdaptor):
