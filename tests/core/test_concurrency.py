@@ -7,8 +7,16 @@ import logging
 
 import pytest
 
-from aiores import Timeout
-from aiores._concurrency import Cleanups, TaskSet, errors, fail_after, move_on_after, settle
+from aiores import IncorrectState, Timeout
+from aiores._concurrency import (
+    Cleanups,
+    Shared,
+    TaskSet,
+    errors,
+    fail_after,
+    move_on_after,
+    settle,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -190,3 +198,81 @@ async def test_a_task_set_cancels_and_awaits_what_still_runs() -> None:
             assert result == 0
             break
     assert sorted(cancelled) == [1, 2]
+
+
+class Closable:
+    def __init__(self, name: str, closed: list[str], fail: bool = False) -> None:
+        self.name = name
+        self.closed = closed
+        self.fail = fail
+
+    async def aclose(self) -> None:
+        self.closed.append(self.name)
+        if self.fail:
+            raise RuntimeError(f"{self.name} would not close")
+
+
+async def test_shared_makes_each_value_once_and_closes_them_newest_first(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+    shared = Shared(1.0)
+    made: list[str] = []
+
+    def make(name: str, fail: bool = False) -> Closable:
+        made.append(name)
+        return Closable(name, closed, fail)
+
+    first = shared.get("a", lambda: make("a", fail=True))
+    assert shared.get("a", lambda: make("again")) is first
+    shared.get(("b", 1), lambda: make("b"))
+    shared.get("plain", object)  # a value without aclose is just dropped
+    assert made == ["a", "b"]
+    with caplog.at_level(logging.ERROR, logger="aiores"):
+        await shared.aclose()
+    assert closed == ["b", "a"]  # a failure of one does not keep the other open
+    assert "a would not close" in caplog.text
+    # A closed set hands out fresh values, never a closed one.
+    assert shared.get("a", lambda: make("fresh")).name == "fresh"
+
+
+async def test_shared_bounds_a_close_that_hangs(caplog: pytest.LogCaptureFixture) -> None:
+    class Hangs:
+        async def aclose(self) -> None:
+            await hang()
+
+    closed: list[str] = []
+    shared = Shared(0.05)
+    shared.get("first", lambda: Closable("first", closed))
+    shared.get("hangs", Hangs)
+    with caplog.at_level(logging.ERROR, logger="aiores"):
+        await shared.aclose()
+    assert closed == ["first"]
+    assert "did not finish within 0.05 s" in caplog.text
+
+
+async def test_a_session_closes_what_its_adaptors_share_after_the_adaptors() -> None:
+    from aiores import Session
+
+    order: list[str] = []
+
+    class Pool:
+        async def aclose(self) -> None:
+            order.append("pool")
+
+    async with Session(journal=None) as session:
+        pool = session.shared((Pool, "x"), Pool)
+        assert session.shared((Pool, "x"), Pool) is pool
+        assert session.session_id == session.id
+        assert session.cleanups is session._cleanups
+        runner = await session.command_runner("local://")
+        real_close = runner.aclose
+
+        async def close_runner() -> None:
+            order.append("adaptor")
+            await real_close()
+
+        runner.aclose = close_runner  # type: ignore[method-assign]
+    assert order == ["adaptor", "pool"]
+    with pytest.raises(IncorrectState):
+        session.shared((Pool, "y"), Pool)
