@@ -30,7 +30,6 @@ import os
 import queue
 import socket
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from typing import Any, TypeVar
 
 from ._descriptions import ComputeDescription, JobDescription
 from ._exceptions import IncorrectState, NoSuccess
+from ._private import tighten
 
 __all__ = ["Intent", "Journal"]
 
@@ -467,10 +467,7 @@ def _private_files(path: Path) -> None:
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
-        with contextlib.suppress(FileNotFoundError):
-            info = name.stat()
-            if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
-                name.chmod(0o600)
+        tighten(name)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

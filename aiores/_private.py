@@ -61,9 +61,10 @@ def private_file(path: Path, data: str | bytes) -> None:
 
 
 def tighten(path: Path) -> None:
-    """Make ``path`` 0600 if its mode lets others read it (missing: nothing to do)."""
+    """Make ``path`` 0600 if it is this user's and its mode lets others in (missing: nothing)."""
     with contextlib.suppress(FileNotFoundError):
-        if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        info = path.stat()
+        if info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) & 0o077:
             path.chmod(0o600)
 
 
