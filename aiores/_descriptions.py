@@ -169,8 +169,12 @@ class JobDescription:
             cut and ends with a truncation marker.
         name: A name for the job (batch systems show it).
         walltime: Seconds (or a timedelta) after which the backend may kill it.
-        queue, project, processes, cores, memory, category: batch-system fields
-            (memory in MiB; cores per process).
+        queue: The batch queue (partition) to submit to.
+        project: The account or project the job is charged to.
+        processes: How many processes the job starts.
+        cores: Cores per process.
+        memory: Memory in MiB.
+        category: A site-specific job category (DRMAA's job category).
     """
 
     executable: str

@@ -235,8 +235,8 @@ class Governor:
             What ``fn()`` returned.
 
         Raises:
-            Exception: the last error of ``fn()``, unchanged, once it is permanent or
-            the retries are used up (the caller translates it).
+            Exception: The last error of ``fn()``, unchanged, once it is permanent
+                or the retries are used up (the caller translates it).
 
         Cancelling it cancels the attempt under way, or the wait before the next one.
         """
