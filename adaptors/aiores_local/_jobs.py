@@ -239,7 +239,7 @@ class LocalJobAdaptor(JobAdaptor):
                 await self._gate.turn()
                 files: tuple[int | None, int | None] = (None, None)
                 if description.stdout is not None or description.stderr is not None:
-                    files = await _to_thread_closing(description)
+                    files = await self._open_files(description)
                 if self._closed:
                     _close_outputs(files)
                     raise IncorrectState(f"{self.url} job service closed during the submit")
@@ -299,6 +299,25 @@ class LocalJobAdaptor(JobAdaptor):
         if desc.walltime is not None:
             job.walltime_timer = child.loop.call_later(desc.walltime, self._walltime_expired, job)
 
+    async def _open_files(self, description: JobDescription) -> tuple[int | None, int | None]:
+        """Open the job's output files in a thread.
+
+        If the caller is cancelled meanwhile, the cancellation propagates at once and
+        closing what the thread opens (once it ends) is one of the session's cleanups,
+        which the session waits for when it closes.
+        """
+        opening = asyncio.ensure_future(asyncio.to_thread(_open_outputs, description))
+        try:
+            # Not a cleanup: a thread cannot be stopped, so the future that brings its
+            # result (the files to close) must outlive a cancelled wait.
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            self.env.cleanups.start(
+                functools.partial(_close_when_opened, opening),
+                what="closing the output files of a cancelled local job start",
+            )
+            raise
+
     # -- the watcher -----------------------------------------------------------------
     async def _watch(self, job: _Job) -> None:
         """Start a deferred job when its turn comes, then wait for its end."""
@@ -322,7 +341,7 @@ class LocalJobAdaptor(JobAdaptor):
             await self._gate.turn()
             files: tuple[int | None, int | None] = (None, None)
             if desc.stdout is not None or desc.stderr is not None:
-                files = await _to_thread_closing(desc)
+                files = await self._open_files(desc)
             if job.state.final:  # cancelled while waiting for a turn or the files
                 _close_outputs(files)
                 return
@@ -580,16 +599,16 @@ class LocalJobAdaptor(JobAdaptor):
             self._devnull = -1
 
 
-async def _to_thread_closing(description: JobDescription) -> tuple[int | None, int | None]:
-    """Open the output files in a thread; close them if the caller is cancelled meanwhile."""
-    task = asyncio.ensure_future(asyncio.to_thread(_open_outputs, description))
+async def _close_when_opened(opening: asyncio.Future[tuple[int | None, int | None]]) -> None:
+    """Wait for the opening thread to end, then close what it opened."""
     try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.add_done_callback(_close_if_opened)
+        await asyncio.wait({opening})  # waits without cancelling it
+    except asyncio.CancelledError:  # cut off by the cleanup's bound: close them later
+        opening.add_done_callback(_close_if_opened)
         raise
+    _close_if_opened(opening)
 
 
-def _close_if_opened(task: asyncio.Future[tuple[int | None, int | None]]) -> None:
-    if not task.cancelled() and task.exception() is None:  # exception() marks it retrieved
-        _close_outputs(task.result())
+def _close_if_opened(opening: asyncio.Future[tuple[int | None, int | None]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:  # exception() marks it retrieved
+        _close_outputs(opening.result())

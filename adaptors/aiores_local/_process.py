@@ -26,7 +26,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiores import AioresError, DoesNotExist, NoSuccess, PermissionDenied
 from aiores.adaptor import truncation_marker
@@ -37,7 +37,6 @@ __all__ = [
     "SpawnGate",
     "check_startable",
     "merged_environment",
-    "shielded",
     "signal_name",
     "spawn",
     "spawn_error",
@@ -468,23 +467,3 @@ def check_startable(
     if shutil.which(executable, path=search) is None:
         return DoesNotExist(_not_found(executable))
     return None
-
-
-async def shielded(cleanup: Awaitable[None]) -> None:
-    """Run ``cleanup`` to its end even if the caller is cancelled meanwhile.
-
-    The cleanup must bound its own duration. A cancellation that arrives while it
-    runs is delivered (CancelledError raised) once it is over.
-    """
-    task = asyncio.ensure_future(cleanup)
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                raise
-            cancelled = True
-    task.result()
-    if cancelled:
-        raise asyncio.CancelledError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,6 @@ from ._process import (
     Child,
     SpawnGate,
     merged_environment,
-    shielded,
     signal_name,
     spawn,
     spawn_error,
@@ -83,7 +83,9 @@ class LocalCommandRunner(CommandRunner):
                 surrogate, an environment name is not portable, a bad ``timeout``.
 
         Cancelling it sends SIGTERM to the command's process group, then SIGKILL after
-        the grace period, waits (bounded) for the process to go, and re-raises.
+        the grace period, waits (bounded) for the process to go, and re-raises. That
+        stop is one of the session's cleanups: cancelling again stops only the waiting,
+        the stop goes on and the session waits for it when it closes.
         """
         command, stdin, env, timeout = validate.run_arguments(command, stdin, env, timeout)
         argv = ("/bin/sh", "-c", command) if isinstance(command, str) else command
@@ -111,13 +113,13 @@ class LocalCommandRunner(CommandRunner):
             async with asyncio.timeout(timeout):
                 await finished.wait()
         except TimeoutError:
-            await shielded(_stop(child, finished, grace=0.0))
+            await self._stop(child, finished, grace=0.0)
             raise Timeout(
                 f"{_shown(command)} did not finish within {timeout:g} s; "
                 "its process group was killed"
             ) from None
         except asyncio.CancelledError:
-            await shielded(_stop(child, finished, grace=self.grace))
+            await self._stop(child, finished, grace=self.grace)
             raise
         rc = child.returncode
         assert rc is not None
@@ -127,6 +129,15 @@ class LocalCommandRunner(CommandRunner):
             stdout=_text(child.out),
             stderr=_text(child.err),
             elapsed=loop.time() - started,
+        )
+
+    async def _stop(self, child: Child, finished: asyncio.Event, *, grace: float) -> None:
+        """Stop ``child``'s group as one of the session's cleanups: a further cancellation
+        of the caller stops only the waiting, and the session waits for it on close."""
+        await self.env.cleanups.run(
+            functools.partial(_stop, child, finished, grace=grace),
+            what=f"stopping local command (pid {child.pid})",
+            timeout=grace + _KILL_WAIT + 1.0,  # _stop bounds itself; never cut it short
         )
 
 

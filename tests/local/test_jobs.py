@@ -17,7 +17,7 @@ from aiores._states import JobState
 from aiores.adaptor import JobInfo
 from aiores_local import LocalJobAdaptor
 
-from .conftest import Factory, FakeEnv, Fifo, Published, group_members, wait_until
+from .conftest import STEP, Factory, FakeEnv, Fifo, Published, group_members, wait_until
 
 S = JobState
 sh = JobDescription.shell
@@ -165,6 +165,37 @@ async def test_output_file_in_missing_directory(jobs: LocalJobAdaptor, tmp_path:
     with pytest.raises(DoesNotExist, match=r"stdout file .*nope.*directory does not exist"):
         await jobs.submit(sh("true", stdout=bad), "tok", hold=False)
     assert await jobs.list() == []
+
+
+def _opening_output_files() -> bool:
+    """Whether a job start is opening its output files (the thread's task exists)."""
+    coros = [task.get_coro() for task in asyncio.all_tasks()]
+    return any(getattr(coro, "__qualname__", "") == "to_thread" for coro in coros)
+
+
+@pytest.mark.asyncio
+async def test_files_of_a_cancelled_start_are_closed_by_a_cleanup_the_env_waits_for(
+    jobs: LocalJobAdaptor, env: FakeEnv, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)  # opening it to write blocks the opening thread until a reader comes
+    task = asyncio.ensure_future(jobs.submit(sh("true", stdout=str(fifo)), "tok", hold=False))
+    reader = -1
+    try:
+        await wait_until(_opening_output_files, "the start to open its output file")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task  # at once: the blocked thread does not hold the cancellation up
+        assert len(env.cleanups) == 1  # closing what the thread opens, once it ends
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the thread's open returns
+        async with asyncio.timeout(STEP):
+            await env.cleanups.drain(STEP)
+        assert os.read(reader, 1) == b""  # end of file: no writer holds it open
+        assert await jobs.list() == []
+    finally:
+        if reader < 0:
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # free a blocked thread
+        os.close(reader)
 
 
 @pytest.mark.asyncio

@@ -1,4 +1,4 @@
-"""The process plumbing under local://: the spawn gate and shielded cleanup."""
+"""The process plumbing under local://: the spawn gate and shielded cleanup through the env."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from aiores_local._process import SpawnGate, shielded
+from aiores_local._process import SpawnGate
+
+from .conftest import STEP, FakeEnv
 
 
 def iteration_counter(
@@ -76,7 +78,9 @@ async def test_spawn_gate_passes_on_a_turn_given_to_a_cancelled_waiter() -> None
 
 
 @pytest.mark.asyncio
-async def test_shielded_cleanup_finishes_despite_cancellation() -> None:
+async def test_shielded_cleanup_finishes_despite_cancellation(env: FakeEnv) -> None:
+    """The way local:// cleans up after a cancellation: ``env.cleanups.run`` in the
+    handler. A second cancellation stops only the waiting; the env waits for the rest."""
     steps: list[str] = []
     release = asyncio.Event()
 
@@ -85,13 +89,24 @@ async def test_shielded_cleanup_finishes_despite_cancellation() -> None:
         await release.wait()
         steps.append("finished")
 
-    task = asyncio.ensure_future(shielded(cleanup()))
+    async def cancelled_call() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await env.cleanups.run(cleanup, what="test cleanup")
+            raise
+
+    task = asyncio.ensure_future(cancelled_call())
     await asyncio.sleep(0)
     task.cancel()
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
     assert not task.done()  # still cleaning up
+    assert steps == ["started"]
     task.cancel()
     release.set()
     with pytest.raises(asyncio.CancelledError):
         await task
+    async with asyncio.timeout(STEP):
+        await env.cleanups.drain(STEP)
     assert steps == ["started", "finished"]

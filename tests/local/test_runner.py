@@ -13,7 +13,7 @@ from aiores._exceptions import BadParameter, DoesNotExist, PermissionDenied, Tim
 from aiores.adaptor import URL
 from aiores_local import LocalCommandRunner
 
-from .conftest import FakeEnv, Fifo, group_members, kill_group, wait_until
+from .conftest import STEP, FakeEnv, Fifo, group_members, kill_group, wait_until
 
 
 @pytest_asyncio.fixture
@@ -114,7 +114,7 @@ async def test_cancel_of_a_command_that_obeys_term_is_quick(
 
 @pytest.mark.asyncio
 async def test_cancellation_during_cleanup_still_cleans_up(
-    runner: LocalCommandRunner, fifo: Fifo
+    runner: LocalCommandRunner, fifo: Fifo, env: FakeEnv
 ) -> None:
     command = f"trap '' TERM; echo $$ > {fifo.path}; while :; do sleep 0.05; done"
     task = asyncio.ensure_future(runner.run(command))
@@ -125,6 +125,11 @@ async def test_cancellation_during_cleanup_still_cleans_up(
         task.cancel()  # a second cancellation must not cut the cleanup short
         with pytest.raises(asyncio.CancelledError):
             await task
+        # The second cancellation ended only the wait: the stop is one of the env's
+        # cleanups still, and the env (the session) waits for it on close.
+        assert len(env.cleanups) == 1
+        async with asyncio.timeout(STEP):
+            await env.cleanups.drain(STEP)
         # The leader is gone (the cleanup waited for it); the group's other members
         # die of the KILL a moment later, which nothing announces.
         await wait_until(lambda: group_members(leader) == [], "the group to be gone")
