@@ -5,7 +5,8 @@ number of adaptors (managers, buckets) that use it: a client owns a connection p
 (``max_pool_connections``, whose default of 10 would serialise a fan-out) and is
 costly to make (botocore builds a method per operation from a multi-megabyte model).
 It is made off the event loop the first time, opened by the first adaptor that needs
-it and closed when the last one closes.
+it, kept by the session (:meth:`~aiores.adaptor.AdaptorEnv.shared`) and closed by it
+when it closes, after its adaptors.
 
 Every call goes through an :class:`~aiores.adaptor.Governor` and leaves as an aiores
 error: no botocore exception ever reaches a user. The message names the AWS error
@@ -257,19 +258,55 @@ def target(
 
 
 # -- shared clients -----------------------------------------------------------------------
-class _Shared:
+class _Client:
+    """The session's client for one target: opened by the first adaptor that needs it,
+    closed by the session when it closes, after its adaptors (``aclose``)."""
+
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.client: Any = None
         self.stack: contextlib.AsyncExitStack | None = None
-        self.users = 0
+
+    async def open(self, t: Target) -> None:
+        """Make the client unless it is open.
+
+        Raises:
+            AuthenticationFailed: the named profile does not exist.
+            NoSuccess: the client cannot be made.
+        """
+        async with self.lock:
+            if self.client is not None:
+                return
+            with aws_errors(t.service, "connect"):
+                cache = _boto_cache(t)
+                boto = cache.get(t)
+                if boto is None:
+                    try:
+                        boto = await asyncio.to_thread(_prepare, t)
+                    except botocore.exceptions.ProfileNotFound as exc:
+                        raise AuthenticationFailed(str(exc)) from exc
+                    cache[t] = boto
+                stack = contextlib.AsyncExitStack()
+                self.client = await stack.enter_async_context(_client_context(boto, t))
+                self.stack = stack
+
+    async def aclose(self) -> None:
+        """Close the client (its connections); the session calls it once, last."""
+        async with self.lock:
+            stack, self.stack, self.client = self.stack, None, None
+            if stack is not None:
+                await stack.aclose()
+                # aiohttp closes its sockets on the next loop iterations: let it, so
+                # that no transport outlives a loop that ends right after.
+                await asyncio.sleep(0.01)
 
 
-# Per session (the env), per target: weakly keyed, so a session's clients go with it.
-_SHARED: weakref.WeakKeyDictionary[Any, dict[Target, _Shared]] = weakref.WeakKeyDictionary()
-# aioboto3 sessions (credentials and the client classes botocore built) per target.
-# With static keys one serves every event loop of the process; credentials from the
-# chain may refresh under a lock bound to one loop, so those are kept per loop.
+# aioboto3 sessions per target: credentials and the client classes botocore built from
+# the service model (half a second of CPU each). They hold no connection and no state
+# of an aiores session, so they are kept per process, not per session: every session
+# of the process makes its clients from them in milliseconds. With static keys one
+# serves every event loop; credentials from the chain may refresh under a lock bound
+# to one loop, so those are kept per loop (and go with it).
 _BOTO_STATIC: dict[Target, Any] = {}
 _BOTO_PER_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Target, Any]] = (
     weakref.WeakKeyDictionary()
@@ -341,15 +378,14 @@ class Api:
         self.target = t
         self.governor = governor
         self._cost = cost
-        self._shared: _Shared | None = None
-        self._closed = False
+        self._client: _Client | None = None
 
     @property
     def client(self) -> Any:
         """The aiobotocore client (open only between :meth:`open` and :meth:`close`)."""
-        if self._shared is None or self._shared.client is None:
+        if self._client is None or self._client.client is None:
             raise IncorrectState(f"the {self.target.service} client is not open")
-        return self._shared.client
+        return self._client.client
 
     async def open(self) -> None:
         """Open (or join) the session's client for this target.
@@ -358,42 +394,15 @@ class Api:
             AuthenticationFailed: the named profile does not exist.
             NoSuccess: the client cannot be made.
         """
-        if self._shared is not None:
+        if self._client is not None:
             return
-        per_session = _SHARED.setdefault(self.env, {})
-        shared = per_session.setdefault(self.target, _Shared())
-        async with shared.lock:
-            if shared.client is None:
-                with aws_errors(self.target.service, "connect"):
-                    cache = _boto_cache(self.target)
-                    boto = cache.get(self.target)
-                    if boto is None:
-                        try:
-                            boto = await asyncio.to_thread(_prepare, self.target)
-                        except botocore.exceptions.ProfileNotFound as exc:
-                            raise AuthenticationFailed(str(exc)) from exc
-                        cache[self.target] = boto
-                    stack = contextlib.AsyncExitStack()
-                    shared.client = await stack.enter_async_context(
-                        _client_context(boto, self.target)
-                    )
-                    shared.stack = stack
-            shared.users += 1
-        self._shared = shared
+        shared = self.env.shared((_Client, self.target), _Client)
+        await shared.open(self.target)
+        self._client = shared
 
     async def close(self) -> None:
-        """Leave the shared client; the last user closes it (its connections)."""
-        shared, self._shared = self._shared, None
-        if shared is None:
-            return
-        async with shared.lock:
-            shared.users -= 1
-            if shared.users == 0 and shared.stack is not None:
-                stack, shared.stack, shared.client = shared.stack, None, None
-                await stack.aclose()
-                # aiohttp closes its sockets on the next loop iterations: let it, so
-                # that no transport outlives a loop that ends right after.
-                await asyncio.sleep(0.01)
+        """Leave the session's client (the session closes it, after its adaptors)."""
+        self._client = None
 
     async def call(
         self,
