@@ -30,17 +30,14 @@ injected key, which such a session refuses once the instance shows its new one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 
 from aiores import NoSuccess
-from aiores.adaptor import CommandRunner
+from aiores.adaptor import CommandRunner, private
 
 __all__ = [
     "HOSTKEYS",
@@ -94,21 +91,12 @@ ssh-keygen -y -f "$k"
 
 
 def write_private(path: Path, text: str) -> None:
-    """Blocking: replace ``path`` with ``text`` atomically, 0600 (its directory 0700).
+    """Blocking: replace ``path`` with ``text`` atomically, 0600, its directory 0700.
 
-    Whatever the umask and the mode of the directories above: the file is made 0600
-    under a temporary name and renamed into place.
+    The core's private files (:mod:`aiores.adaptor.private`), whatever the umask.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    private.private_dir(path.parent)
+    private.private_file(path, text)
 
 
 def _public(text: str) -> str:

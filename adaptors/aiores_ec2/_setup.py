@@ -39,14 +39,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import ipaddress
 import json
 import math
-import os
-import secrets
-import stat
 from collections.abc import Iterable
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -54,9 +50,8 @@ from pathlib import Path
 
 import asyncssh
 
-from aiores import BadParameter, PermissionDenied
-
-from ._hostkeys import write_private
+from aiores import BadParameter
+from aiores.adaptor import private
 
 __all__ = [
     "MANAGED_KEY",
@@ -75,47 +70,17 @@ MANAGED_KEY = Path("keys", "ec2_ed25519")
 MAX_USER_DATA = 16 * 1024
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = path.stat()
-    if info.st_uid != os.getuid():
-        raise PermissionDenied(f"{path} belongs to another user; aiores keeps its keys there")
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(0o700)
-
-
 def managed_key(state_dir: Path) -> tuple[Path, str]:
     """Blocking: (private key file, public key text) of the managed key, made on first use.
 
-    Two processes making it at once end with one key (each links its own temp file
-    into place; the loser drops its own). A laxer mode found is tightened to 0600.
+    The core's managed key (:func:`aiores.adaptor.private.managed_key`) at
+    ``<state dir>/keys/ec2_ed25519``: 0600, its ``.pub`` too, its directory 0700; two
+    processes making it at once end with one key; a laxer mode is tightened.
 
     Raises:
         PermissionDenied: the key directory belongs to another user.
     """
-    path = state_dir / MANAGED_KEY
-    _private_dir(path.parent)
-    if not path.exists():
-        key = asyncssh.generate_private_key("ssh-ed25519", comment="aiores ec2 key")
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(key.export_private_key())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        path.chmod(0o600)
-    key = asyncssh.read_private_key(path)
-    public = key.export_public_key().decode().strip()
-    pub = path.with_name(path.name + ".pub")
-    if not pub.exists():
-        write_private(pub, public + "\n")
-    elif stat.S_IMODE(pub.stat().st_mode) & 0o077:
-        pub.chmod(0o600)
-    return path, public
+    return private.managed_key(state_dir / MANAGED_KEY, "aiores ec2 key")
 
 
 def key_pair_name(public_key: str) -> str:
