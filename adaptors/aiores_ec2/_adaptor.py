@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import dataclasses
 import datetime
 import logging
@@ -66,7 +65,6 @@ from aiores import (
     ResourceState,
     SSHContext,
     StorageDescription,
-    Timeout,
 )
 from aiores.adaptor import (
     URL,
@@ -78,11 +76,13 @@ from aiores.adaptor import (
     ResourceAdaptor,
     ResourceInfo,
     Template,
+    concurrency,
 )
 
 from ._aws import Api, error_code, open_api, target
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
+from ._inflight import InFlight, result_of
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
 
@@ -158,7 +158,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self._api: Api | None = None
         self._user = "ec2-user"
         self._first = FirstUse(lambda: self.api, self.options, env.state_dir, url)
-        self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
+        self._launches: InFlight[list[ResourceInfo]] = InFlight("aiores-ec2 launch")
         self._abandoned: set[str] = set()
         self._templates: list[Template] | None = None
         self._hostkeys = HostKeys(env.state_dir)
@@ -203,10 +203,8 @@ class EC2ResourceAdaptor(ResourceAdaptor):
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""
-        pending = [t for t in self._inflight.values() if not t.done()]
         try:
-            if pending:
-                await asyncio.wait(pending)
+            await self._launches.aclose()
         finally:
             api, self._api = self._api, None
             if api is not None:
@@ -285,7 +283,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         tags = {
             "Name": f"aiores {token}",
             "aiores:managed": "1",
-            "aiores:session": str(getattr(self.env, "id", "")),
+            "aiores:session": self.env.session_id,
             "aiores:token": token,
             "aiores:user": self._user,
             "aiores:hostkey": host_key,
@@ -367,18 +365,13 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             }
         size = self.options.batch
         batches = [min(size, count - start) for start in range(0, count, size)]
-        task = asyncio.get_running_loop().create_task(
-            self._launch(params, setup, batches, token, tags), name=f"aiores-ec2 launch {token}"
-        )
-        task.add_done_callback(_retrieve)
-        self._inflight[token] = task
         try:
-            infos = await asyncio.shield(task)
+            return await self._launches.run(
+                token, self._launch(params, setup, batches, token, tags)
+            )
         except asyncio.CancelledError:
             self._abandoned.add(token)  # no more retries: find() takes over
             raise
-        self._inflight.pop(token, None)
-        return infos
 
     async def _launch(
         self,
@@ -436,14 +429,10 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             AioresError: EC2 failed to answer (the session logs it; the journal keeps
                 the intent pending, so a later recovery tries again).
         """
-        found: dict[str, ResourceInfo] = {}
-        task = self._inflight.pop(token, None)
-        if task is not None:
-            self._abandoned.add(token)
-            await asyncio.wait({task})
-            if not task.cancelled() and task.exception() is None:
-                found.update((i.id, i) for i in task.result())
+        self._abandoned.add(token)  # a launch under way retries no more
+        launched = result_of(await self._launches.take(token))
         self._abandoned.discard(token)
+        found: dict[str, ResourceInfo] = {i.id: i for i in launched or ()}
         tagged = await self._filtered(
             [
                 {"Name": "tag:aiores:token", "Values": [token]},
@@ -651,23 +640,16 @@ class EC2ResourceAdaptor(ResourceAdaptor):
 
     async def _until(self, id: str, detail: str) -> None:
         delay = 0.5
-        try:
-            async with asyncio.timeout(RECONFIG_TIMEOUT):
-                while True:
-                    info = (await self.describe([id])).get(id)
-                    if info is None or info.state.final:
-                        raise IncorrectState(f"instance {id} ended while being reconfigured")
-                    if info.state_detail == detail:
-                        return
-                    await self.env.clock.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        except TimeoutError as exc:
-            raise Timeout(f"instance {id} did not become {detail} in time") from exc
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    # The launch's failure is raised to whoever awaits it (acquire or find); this only
-    # keeps asyncio from calling it "never retrieved" when nobody is left to.
-    if not task.cancelled():
-        with contextlib.suppress(BaseException):
-            task.exception()
+        # Only this deadline becomes "did not become ... in time": a Timeout from
+        # within (a describe's) keeps its own message.
+        async with concurrency.fail_after(
+            RECONFIG_TIMEOUT, f"instance {id} did not become {detail} in time"
+        ):
+            while True:
+                info = (await self.describe([id])).get(id)
+                if info is None or info.state.final:
+                    raise IncorrectState(f"instance {id} ended while being reconfigured")
+                if info.state_detail == detail:
+                    return
+                await self.env.clock.sleep(delay)
+                delay = min(delay * 2, 5.0)

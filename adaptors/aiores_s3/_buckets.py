@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import functools
@@ -40,7 +39,7 @@ from aiores import (
     StorageDescription,
 )
 from aiores.adaptor import URL, AdaptorEnv, PollPolicy, ResourceAdaptor, ResourceInfo
-from aiores_ec2 import error_code
+from aiores_ec2 import InFlight, error_code, result_of
 
 from ._common import S3Client, parse_s3_options, together
 
@@ -58,12 +57,15 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
         self.options = parse_s3_options(url)
-        self._inflight: dict[str, asyncio.Task[list[ResourceInfo]]] = {}
+        self._creations: InFlight[list[ResourceInfo]] = InFlight("aiores-s3 create")
         self._tags: dict[str, dict[str, str]] = {}  # bucket -> its tags, once learnt
 
     async def aclose(self) -> None:
         """Wait for creations under way, then leave the client."""
-        await self._leave(self._inflight.values(), None)
+        try:
+            await self._creations.aclose()
+        finally:
+            await self._leave()
 
     def _info(self, name: str, created: Any = None) -> ResourceInfo:
         tags = self._tags.get(name, {})
@@ -110,18 +112,11 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
             names = [f"aiores-{token}-{i}".lower() for i in range(count)]
         tags = {
             "aiores:managed": "1",
-            "aiores:session": str(getattr(self.env, "id", "")),
+            "aiores:session": self.env.session_id,
             "aiores:token": token,
             **{f"aiores:tag:{t}": "1" for t in sorted(description.tags)},
         }
-        task = asyncio.get_running_loop().create_task(
-            self._create(names, tags), name=f"aiores-s3 create {token}"
-        )
-        task.add_done_callback(_retrieve)
-        self._inflight[token] = task
-        infos = await asyncio.shield(task)
-        self._inflight.pop(token, None)
-        return infos
+        return await self._creations.run(token, self._create(names, tags))
 
     async def _create(self, names: list[str], tags: Mapping[str, str]) -> list[ResourceInfo]:
         config: dict[str, Any] = {}
@@ -174,14 +169,11 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
         """Buckets made under ``token``: waits for a creation under way, then checks tags."""
-        task = self._inflight.pop(token, None)
-        if task is not None:
-            await asyncio.wait({task})
+        created = result_of(await self._creations.take(token))
         prefix = f"aiores-{token}".lower()
         existing = await self._buckets()
         candidates = {n for n in existing if n == prefix or n.startswith(prefix + "-")}
-        if task is not None and not task.cancelled() and task.exception() is None:
-            candidates.update(i.id for i in task.result())
+        candidates.update(i.id for i in created or ())
         found = []
         for name in sorted(candidates):
             tags = await self._bucket_tags(name)
@@ -262,9 +254,3 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
                     Key=upload["Key"],
                     UploadId=upload["UploadId"],
                 )
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        with contextlib.suppress(BaseException):
-            task.exception()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -164,16 +164,11 @@ class S3Client:
         await api.open()
         self._api = api
 
-    async def _leave(self, pending: Iterable[asyncio.Task[Any]], timeout: float | None) -> None:
-        """Wait for ``pending`` work (bounded by ``timeout``), then leave the client."""
-        try:
-            waiting = [t for t in pending if not t.done()]
-            if waiting:
-                await asyncio.wait(waiting, timeout=timeout)
-        finally:
-            api, self._api = self._api, None
-            if api is not None:
-                await api.close()
+    async def _leave(self) -> None:
+        """Leave the session's client (the session closes it, after its adaptors)."""
+        api, self._api = self._api, None
+        if api is not None:
+            await api.close()
 
 
 async def together(

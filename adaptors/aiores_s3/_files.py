@@ -4,10 +4,11 @@ A remote path is an object key (a leading ``/`` is dropped); a "directory" is a 
 prefix ending in ``/``. Files up to ``part_size`` go in one PutObject; larger ones by
 multipart upload, ``concurrency`` parts in flight, each read from disk in a worker
 thread: a transfer holds at most ``part_size * concurrency`` bytes in memory, never
-the whole file. A failed or cancelled multipart upload is aborted (shielded from the
-cancellation, bounded), so no parts are left billed. Downloads stream the object in
-1 MiB chunks into a temporary file beside the target, renamed into place once
-complete (a cancelled download leaves no partial file).
+the whole file. A failed or cancelled multipart upload is aborted (one of the
+session's cleanups: shielded from the cancellation, bounded, waited for when the
+session closes), so no parts are left billed. Downloads stream the object in 1 MiB
+chunks into a temporary file beside the target, renamed into place once complete (a
+cancelled download leaves no partial file).
 
 Errors: S3's are mapped by the shared client; this machine's file errors become
 DoesNotExist, PermissionDenied, BadParameter or NoSuccess naming the path. Parts and
@@ -71,11 +72,10 @@ class S3FileAdaptor(S3Client, FileAdaptor):
             raise IncorrectURL(f"{url}: name the bucket: s3://<bucket>")
         self.bucket = url.host
         self.options = parse_s3_options(url)
-        self._aborts: set[asyncio.Task[None]] = set()
 
     async def aclose(self) -> None:
-        """Let aborts under way finish (bounded), then leave the client."""
-        await self._leave(self._aborts, ABORT_TIMEOUT)
+        """Leave the client (the session finishes aborts under way before it closes us)."""
+        await self._leave()
 
     # -- put ----------------------------------------------------------------------------
     async def put(self, local: str | Path, remote: str) -> None:
@@ -169,19 +169,22 @@ class S3FileAdaptor(S3Client, FileAdaptor):
             raise
 
     async def _abort(self, key: str, upload_id: str) -> None:
-        """Abort an upload, shielded from a cancellation and bounded."""
+        """Abort an upload: one of the session's cleanups (runs to its end or bound
+        whatever cancels the caller; the session waits for it; a failure is logged)."""
+
+        api = self.api
 
         async def abort() -> None:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(ABORT_TIMEOUT):
-                    await self.api.call(
-                        "AbortMultipartUpload", Bucket=self.bucket, Key=key, UploadId=upload_id
-                    )
+            with contextlib.suppress(DoesNotExist):  # aborted or completed already
+                await api.call(
+                    "AbortMultipartUpload", Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
 
-        task = asyncio.get_running_loop().create_task(abort(), name=f"aiores-s3 abort {key}")
-        self._aborts.add(task)
-        task.add_done_callback(self._aborts.discard)
-        await asyncio.shield(task)
+        await self.env.cleanups.run(
+            abort,
+            what=f"aborting the multipart upload of s3://{self.bucket}/{key}",
+            timeout=ABORT_TIMEOUT,
+        )
 
     # -- get ----------------------------------------------------------------------------
     async def get(self, remote: str, local: str | Path) -> None:
