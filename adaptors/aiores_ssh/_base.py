@@ -25,7 +25,6 @@ class SSHBase(Adaptor):
             ctx = self.env.context(SSHContext, self.url.host) or SSHContext()
             self._target = Target.make(self.url.host, self.url.port, self.url.user, ctx)
             self._pool = pool_for(self.env)
-            self._pool.retain()
         return self._pool, self._target
 
     @property
@@ -39,7 +38,5 @@ class SSHBase(Adaptor):
         return self._endpoint()[1]
 
     async def aclose(self) -> None:
-        """Leave the pool; the last ssh object of the session closes its connections."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.release()
+        """Let go of the pool: the session closes it once all its adaptors are closed."""
+        self._pool = None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import asyncssh
 
-from aiores.adaptor import FileAdaptor
+from aiores.adaptor import FileAdaptor, concurrency
 
 from ._base import SSHBase
 from ._errors import map_errors
@@ -41,8 +39,11 @@ class SSHFileAdaptor(SSHBase, FileAdaptor):
 
         async def close(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
             sftp.exit()
-            # A second cancellation ends the wait; the slot is given back once closed.
-            await asyncio.shield(pool.track(_release_when_closed(lease, sftp)))
+            # The slot is given back once the channel closed, even if this is cancelled.
+            await pool.cleanups.run(
+                lambda: _release_when_closed(lease, sftp),
+                what=f"closing an SFTP channel to {target.where}",
+            )
 
         lease, sftp = await pool.channel(target, opener, close)
         try:
@@ -112,7 +113,7 @@ async def _release_when_closed(lease: Lease, sftp: asyncssh.SFTPClient) -> None:
     """Give the slot back once the server has closed the SFTP channel (bounded): a slot
     given back earlier could be refused by the server, still counting the channel."""
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(sftp.wait_closed(), _CLOSE_WAIT)
+        async with concurrency.move_on_after(_CLOSE_WAIT):
+            await sftp.wait_closed()
     finally:
         lease.release()

@@ -21,17 +21,22 @@ slots on them:
 
 Connects run in tasks owned by the pool, so a request that is cancelled while a
 connection it waits for is being opened leaves that connect to finish for the others.
+
+The pool of a session is a value the session's ssh adaptors share
+(:meth:`~aiores.adaptor.AdaptorEnv.shared`, see :func:`pool_for`): the session closes
+it after its adaptors, once the cleanups of cancelled calls (stopping a command,
+closing a channel: run through the session's :attr:`~aiores.adaptor.AdaptorEnv.cleanups`,
+which it drains first) no longer need its connections.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import random
-import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,7 +50,7 @@ from aiores import (
     NoSuccess,
     SSHContext,
 )
-from aiores.adaptor import AdaptorEnv
+from aiores.adaptor import AdaptorEnv, concurrency
 
 from ._errors import map_errors, translate
 from ._hostkeys import HostKeyPolicy, SSHClient, build_options
@@ -213,7 +218,7 @@ class Pool:
     """SSH connections of one session, shared by its ssh adaptors.
 
     Args:
-        env: The session's adaptor environment (clock, spawn).
+        env: The session's adaptor environment (clock, spawn, cleanups).
         max_handshakes: New SSH handshakes in flight across the pool.
         max_connections: Connections per target; past it, requests wait for a channel.
         idle_timeout: Seconds after which an unused connection is closed.
@@ -240,10 +245,8 @@ class Pool:
         self._login_keys: dict[str, asyncssh.SSHKey] = {}
         self._jump_contexts: dict[int, SSHContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._cleanups: set[asyncio.Task[None]] = set()
         self._reaper_started = False
         self._closed = False
-        self._users = 0
         #: Connections opened so far (for tests and benchmarks).
         self.connects = 0
 
@@ -259,16 +262,16 @@ class Pool:
         self._max_handshakes = value
         self._handshakes = asyncio.Semaphore(value)
 
-    # -- sharing -------------------------------------------------------------------
-    def retain(self) -> None:
-        """One more adaptor uses this pool."""
-        self._users += 1
+    @property
+    def closed(self) -> bool:
+        """True once the pool is closed (its session is over)."""
+        return self._closed
 
-    async def release(self) -> None:
-        """One adaptor is done with the pool; the last one closes it."""
-        self._users -= 1
-        if self._users <= 0:
-            await self.aclose()
+    @property
+    def cleanups(self) -> concurrency.Cleanups:
+        """Where cleanups that need the pool's connections run: the session's cleanups,
+        which the session drains before it closes the pool."""
+        return self._env.cleanups
 
     # -- leasing channels -----------------------------------------------------------
     async def channel(
@@ -287,7 +290,8 @@ class Pool:
         Cancelling it while ``opener`` runs lets the opening finish (bounded: a server
         that does not answer loses its connection) and then undoes it with
         ``abandon(lease, result)``, which must close the channel and release the lease;
-        that cleanup is shielded and awaited before the cancellation propagates.
+        that cleanup runs in :attr:`cleanups` (shielded, bounded) and is awaited before
+        the cancellation propagates.
 
         Raises:
             HostKeyError, AuthenticationFailed, Timeout, NoSuccess, ConnectionLost:
@@ -300,10 +304,14 @@ class Pool:
             lease.pooled.opening += 1
             opening.add_done_callback(lease.pooled.opened_or_not)
             try:
+                # Shielded: a cancelled caller leaves the open to finish, for the
+                # cleanup to undo what it made (the open is not a cleanup itself).
                 result = await asyncio.shield(opening)
             except asyncio.CancelledError:
-                # A second cancellation ends the wait; the cleanup goes on.
-                await asyncio.shield(self.track(self._abandon(lease, opening, abandon)))
+                await self.cleanups.run(
+                    functools.partial(self._abandon, lease, opening, abandon),
+                    what=f"abandoning a channel being opened to {target.where}",
+                )
                 raise
             except (asyncssh.ChannelOpenError, asyncssh.DisconnectError, OSError) as exc:
                 pooled = lease.pooled
@@ -373,6 +381,7 @@ class Pool:
         if pending is None:
             pending = self._start_connect(target, state, state.capacity)
         pending.claims += 1
+        # Shielded: others wait on this connect, too (a shared future, not a cleanup).
         failed = await asyncio.shield(pending.done)
         if failed is not None:
             raise _fresh(failed)
@@ -410,13 +419,6 @@ class Pool:
         finally:
             lease.release()
 
-    def track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run cleanup ``work`` in a task the pool lets finish (bounded) when it closes."""
-        task = asyncio.ensure_future(work)
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-        return task
-
     def _state(self, target: Target) -> _TargetState:
         state = self._targets.get(target)
         if state is None:
@@ -436,6 +438,8 @@ class Pool:
                 pending = self._start_connect(target, state, state.capacity)
             if pending is not None:
                 pending.claims += 1
+                # Shielded: others wait on this connect, too (a shared future, not a
+                # cleanup); a cancelled waiter must not cancel it for them.
                 error = await asyncio.shield(pending.done)
                 if error is not None:
                     raise _fresh(error)
@@ -662,26 +666,23 @@ class Pool:
         return sum(pooled.in_use for state in states for pooled in state.live)
 
     async def aclose(self) -> None:
-        """Close every connection and stop connecting (bounded, shielded from cancel)."""
+        """Close every connection and stop connecting (waiting for them is bounded).
+
+        The session calls it when it closes, after its adaptors and after the
+        cleanups that needed the pool's connections.
+        """
         if self._closed:
             return
         self._closed = True
         try:
             await self._close()
         finally:
-            # What a closed pool remembers goes, and so does the session's reference
-            # to it (the pool holds the session: the weak entry would never die).
+            # What a closed pool remembers goes with it.
             self._targets.clear()
             self._options.clear()
             self._jump_contexts.clear()
-            with contextlib.suppress(TypeError):
-                if _pools.get(self._env) is self:
-                    del _pools[self._env]
 
     async def _close(self) -> None:
-        if self._cleanups:
-            # Stops of cancelled commands still need their connections.
-            await asyncio.shield(asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT))
         for task in list(self._tasks):
             task.cancel()
         conns: list[asyncssh.SSHClientConnection] = []
@@ -693,12 +694,10 @@ class Pool:
             state.live.clear()
         for conn in conns:
             conn.close()
-        pending = [asyncio.ensure_future(conn.wait_closed()) for conn in conns]
-        pending.extend(self._tasks)
-        if pending:
-            closing = asyncio.gather(*pending, return_exceptions=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.shield(asyncio.wait_for(closing, _CLOSE_TIMEOUT))
+        closing = [conn.wait_closed() for conn in conns]
+        if closing or self._tasks:
+            async with concurrency.move_on_after(_CLOSE_TIMEOUT):
+                await asyncio.gather(*closing, *self._tasks, return_exceptions=True)
 
 
 def _fresh(error: AioresError) -> AioresError:
@@ -711,15 +710,15 @@ def _fresh(error: AioresError) -> AioresError:
     return copy
 
 
-_pools: weakref.WeakKeyDictionary[Any, Pool] = weakref.WeakKeyDictionary()
-
-
 def pool_for(env: AdaptorEnv) -> Pool:
-    """The pool of ``env``'s session (made on first use)."""
-    try:
-        pool = _pools.get(env)
-    except TypeError:  # env cannot be weakly referenced: a pool of its own
-        return Pool(env)
-    if pool is None or pool._closed:
-        pool = _pools[env] = Pool(env)
+    """The connection pool of ``env``'s session, shared by its ssh adaptors.
+
+    Made on first use; the session closes it when it closes (after its adaptors).
+
+    Raises:
+        IncorrectState: the session's pool is closed (the session is over).
+    """
+    pool = env.shared(Pool, lambda: Pool(env))
+    if pool.closed:
+        raise IncorrectState("the SSH pool of this session is closed")
     return pool

@@ -14,7 +14,9 @@ period) instead of only closing the channel, which would leave the command runni
   the slots are all held by the commands being stopped, a stop that queued for a slot
   would wait for itself.
 
-A run's channel slot is given back only once its channel has closed.
+A run's channel slot is given back only once its channel has closed. The stop of a
+cancelled run is a cleanup of the session (:attr:`~aiores.adaptor.AdaptorEnv.cleanups`):
+cancelling the caller again does not cut it off, and the session waits for it on close.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 import asyncssh
 
 from aiores import AioresError, ConnectionLost, RunResult, Timeout
-from aiores.adaptor import CommandRunner, validate
+from aiores.adaptor import CommandRunner, concurrency, validate
 
 from ._base import SSHBase
 from ._errors import translate
@@ -166,32 +168,32 @@ async def execute(
     async def abandon(lease: Lease, run: _Run) -> None:
         await _stop_now(pool, lease, run, grace)
 
-    try:
-        async with asyncio.timeout(timeout):
-            lease, run = await pool.channel(target, opener, abandon)
-            started = run
-            try:
-                chan = run.channel()
-                if preamble:
-                    chan.write(preamble)
-                if stdin:
-                    chan.write(stdin)
-                chan.write_eof()
-                lost = await asyncio.shield(run.closed)
-            except BaseException:
-                await _stop(pool, lease, run, grace)
-                raise
-            lease.release()
-    except TimeoutError as exc:
-        if isinstance(exc, AioresError):
+    finished: _Run | None = None
+    async with concurrency.move_on_after(timeout):
+        lease, run = await pool.channel(target, opener, abandon)
+        started = run
+        try:
+            chan = run.channel()
+            if preamble:
+                chan.write(preamble)
+            if stdin:
+                chan.write(stdin)
+            chan.write_eof()
+            # Shielded: the stop below waits on this future, too (not a cleanup).
+            lost = await asyncio.shield(run.closed)
+        except BaseException:
+            await _stop(pool, lease, run, grace)
             raise
+        lease.release()
+        finished = run
+    if finished is None:  # the deadline ended the block (anything else raised)
         out = started.stdout if started is not None else b""
         err = started.stderr if started is not None else b""
         raise CommandTimeout(
             f"command on {target.where} did not finish in {timeout} s; it was stopped",
             stdout=out.decode(errors="replace"),
             stderr=err.decode(errors="replace"),
-        ) from None
+        )
     if lost is not None or (
         run.status is None and run.signal is None and chan.get_connection().is_closed()
     ):
@@ -217,9 +219,12 @@ async def _open(conn: asyncssh.SSHClientConnection, command: str) -> _Run:
 
 
 async def _stop(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
-    """Stop the remote command, close its channel, give back its slot: shielded, bounded."""
-    # A second cancellation ends the wait; the stop goes on in the background.
-    await asyncio.shield(pool.track(_stop_now(pool, lease, run, grace)))
+    """Stop the remote command, close its channel, give back its slot: a cleanup of the
+    session (a second cancellation ends only the wait; the session waits for it)."""
+    await pool.cleanups.run(
+        lambda: _stop_now(pool, lease, run, grace),
+        what=f"stopping a command on {lease.target.where}",
+    )
 
 
 async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
@@ -252,9 +257,8 @@ async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
 
 async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
     """TERM the run's process group by pid, KILL it after ``grace`` seconds."""
-    if not run.pid_known.done():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(run.pid_known), _PID_WAIT)
+    # asyncio.wait: a wait that ends leaves the future alone (others wait on it).
+    await asyncio.wait({run.pid_known}, timeout=_PID_WAIT)
     if run.pid is None or run.closed.done():
         return
     script = stop_script(run.pid, run.start, run.boot, grace)
@@ -265,6 +269,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> Non
     stop_lease, stopper = await pool.urgent(lease.target, opener, near=lease)
     try:
         stopper.channel().write_eof()
+        # Shielded: the future belongs to the stopper's channel (not a cleanup).
         await asyncio.shield(stopper.closed)
     finally:
         stopper.channel().close()
@@ -278,9 +283,8 @@ def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:
 
 async def _closes_within(run: _Run, seconds: float) -> bool:
     """Whether the run's channel closes within ``seconds``."""
-    if not run.closed.done():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(run.closed), seconds)
+    # asyncio.wait: a wait that ends leaves the future alone (others wait on it).
+    await asyncio.wait({run.closed}, timeout=seconds)
     return run.closed.done()
 
 

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import aiores
-from aiores_ssh import pool_for
+from aiores_ssh import SSHCommandRunner, pool_for
 from aiores_ssh._runner import _Run
 
 from ..cancel_trials import cancel_submits
@@ -85,6 +85,60 @@ async def test_cancelling_runs_on_a_full_server_that_ignores_signals(tmp_path: P
             await _cancel_all(tasks)
             assert [pid for pid in pids if not gone(pid)] == []
             assert runner.pool.connects == 2  # the one for the stops
+
+
+@pytest.mark.asyncio
+async def test_a_stop_outlives_a_second_cancel_and_the_session_waits_for_it(
+    sshd: Sshd, test_home: Path
+) -> None:
+    """Cancelling a run again while its command is being stopped ends only the wait:
+    the stop is the session's cleanup, and closing the session waits for it."""
+    pidfile = test_home / f"twice-{secrets.token_hex(4)}.pid"
+    async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
+        runner = await session.command_runner(sshd.url())
+        assert isinstance(runner, SSHCommandRunner)
+        runner.kill_grace = 1.0
+        # TERM is ignored (across exec, too): only the KILL after kill_grace ends it.
+        task = asyncio.create_task(runner.run(f"trap '' TERM; echo $$ > {pidfile}; exec sleep 60"))
+        await wait_until(lambda: len(_pids([pidfile])) == 1)
+        [pid] = _pids([pidfile])
+        task.cancel()
+        await wait_until(lambda: len(session.cleanups) == 1)  # the stop has begun
+        task.cancel()
+        async with asyncio.timeout(STEP):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert not gone(pid)  # the second cancel did not wait for the stop ...
+        assert len(session.cleanups) == 1  # ... nor cut it off
+    assert gone(pid)  # closing the session waited for the stop
+    assert len(session.cleanups) == 0
+    pidfile.unlink()
+
+
+@pytest.mark.asyncio
+async def test_stops_run_as_cleanups_of_the_env(
+    sshd: Sshd, tmp_path: Path, test_home: Path
+) -> None:
+    """The stop of a cancelled run is awaited by whoever drains the env's cleanups
+    (the session), before the pool closes its connections."""
+    pidfile = test_home / f"env-{secrets.token_hex(4)}.pid"
+    env = FakeEnv(tmp_path, sshd.context())
+    async with opened(env) as made:
+        runner = await made.runner(sshd.url())
+        runner.kill_grace = 1.0
+        task = asyncio.create_task(runner.run(f"trap '' TERM; echo $$ > {pidfile}; exec sleep 60"))
+        await wait_until(lambda: len(_pids([pidfile])) == 1)
+        [pid] = _pids([pidfile])
+        task.cancel()
+        await wait_until(lambda: len(env.cleanups) == 1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool = runner.pool
+    assert gone(pid)
+    assert pool.closed
+    assert pool.live_connections() == 0
+    pidfile.unlink()
 
 
 def _running(text: str) -> list[psutil.Process]:

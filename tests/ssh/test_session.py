@@ -8,13 +8,14 @@ import secrets
 import weakref
 from pathlib import Path
 
+import psutil
 import pytest
 
 import aiores
-from aiores import JobDescription, JobState
-from aiores_ssh import pool_for
+from aiores import IncorrectState, JobDescription, JobState
+from aiores_ssh import SSHCommandRunner, pool_for
 
-from .conftest import STEP, gone
+from .conftest import STEP, gone, wait_until
 from .servers import Sshd
 
 
@@ -104,3 +105,45 @@ async def test_a_closed_session_leaves_no_pool_behind(sshd: Sshd) -> None:
     await asyncio.sleep(0)
     gc.collect()
     assert pool() is None
+
+
+def _sshd_children(sshd: Sshd) -> set[int]:
+    """The processes sshd forked, one (or two) per client connection."""
+    assert sshd.process is not None
+    return {child.pid for child in psutil.Process(sshd.process.pid).children()}
+
+
+@pytest.mark.asyncio
+async def test_the_pool_is_the_sessions_and_closes_with_it(sshd: Sshd, tmp_path: Path) -> None:
+    """Runner, file and job adaptors of a session share one pool; closing the session
+    closes its connections (sshd sees them end); a new session has a pool of its own."""
+    before = _sshd_children(sshd)
+    async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
+        runner = await session.command_runner(sshd.url())
+        files = await session.file_adaptor(sshd.url())
+        jobs = await session.job_adaptor(sshd.url())
+        assert isinstance(runner, SSHCommandRunner)
+        assert (await runner.run("true")).ok
+        assert await files.list("/") != []
+        assert await jobs.list() is not None
+        pool = pool_for(session)
+        assert runner.pool is pool
+        assert getattr(files, "pool", None) is pool
+        assert getattr(jobs, "pool", None) is pool
+        assert pool.connects == 1
+        assert pool.live_connections() == 1
+        ours = _sshd_children(sshd) - before
+        assert ours  # sshd serves the pool's connection
+    assert pool.closed
+    assert pool.live_connections() == 0
+    await wait_until(lambda: not any(psutil.pid_exists(pid) for pid in ours))
+    with pytest.raises(IncorrectState):
+        pool_for(session)  # a closed session's pool is never handed out again
+
+    async with aiores.Session(journal=None, contexts=[sshd.context()]) as later:
+        fresh = pool_for(later)
+        assert fresh is not pool
+        assert not fresh.closed
+        runner = await later.command_runner(sshd.url())
+        assert (await runner.run("true")).ok
+        assert fresh.connects == 1
