@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from . import _validate as check
+from ._concurrency import errors, move_on_after, settle
 from ._descriptions import ComputeDescription, _tags
 from ._exceptions import AioresError, BadParameter, FanOutError, IncorrectState, Timeout
 from ._group import Group
@@ -199,14 +200,8 @@ class Fleet:
 
         # What is booted is destroyed now, alongside stopping the provisions: one
         # cloud's stuck acquire must not use up the time the others need.
-        outcomes = await asyncio.gather(
-            _destroy([*booted, *retired]), stop_provisions(), return_exceptions=True
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                log.error("tearing down a fleet: %r", outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
+        for error in errors(await settle([_destroy([*booted, *retired]), stop_provisions()])):
+            log.error("tearing down a fleet: %r", error)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -375,23 +370,19 @@ class Fleet:
         timeout = check.timeout(timeout)
         check.count(replace_failed, "replace_failed", min=0)
         self._check_open()
-        scope = asyncio.timeout(timeout)
-        try:
-            async with scope:
-                errors = await self._barrier(wanted, replace_failed)
-        except TimeoutError as exc:
-            if not scope.expired():
-                raise
-            if not self._all_active(wanted):  # (timeout=0 asks "are they all up now?")
-                raise self._timeout(wanted, timeout) from exc
-            errors = []
+        failed: builtins.list[Exception] = []
+        async with move_on_after(timeout) as deadline:
+            failed = await self._barrier(wanted, replace_failed)
+        # (timeout=0 asks "are they all up now?")
+        if deadline.expired and not self._all_active(wanted):
+            raise self._timeout(wanted, timeout)
         selected = self._select(tuple(wanted))
-        if errors:
+        if failed:
             raise FanOutError(
-                f"{len(errors)} machine(s) of {len(selected) or 'the'} selected failed to boot: "
-                + "; ".join(str(e) for e in errors[:3])
-                + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""),
-                errors,
+                f"{len(failed)} machine(s) of {len(selected) or 'the'} selected failed to boot: "
+                + "; ".join(str(e) for e in failed[:3])
+                + (f"; and {len(failed) - 3} more" if len(failed) > 3 else ""),
+                failed,
                 [m.resource for m in selected],
             )
         return Group(m.resource for m in selected)
@@ -399,7 +390,7 @@ class Fleet:
     async def _barrier(self, wanted: frozenset[str], budget: int) -> builtins.list[Exception]:
         provisions = [p for p in self._provisions if p._may_have(wanted)]
         await asyncio.gather(*(p._done.wait() for p in provisions))
-        errors: builtins.list[Exception] = [
+        failures: builtins.list[Exception] = [
             p.error for p in provisions if isinstance(p.error, Exception)
         ]
         while True:
@@ -412,9 +403,9 @@ class Fleet:
                 m for m, _ in failed if m.provision is not None and m.resource.state.final
             ][:budget]
             if not replaceable:
-                return errors + [e for _, e in failed]
+                return failures + [e for _, e in failed]
             budget -= len(replaceable)
-            errors += await self._replace(replaceable)
+            failures += await self._replace(replaceable)
 
     async def _replace(self, failed: builtins.list[_Member]) -> builtins.list[Exception]:
         """New machines in the places of ``failed`` (one acquire per provision)."""
@@ -438,13 +429,8 @@ class Fleet:
                     lambda: _destroy(orphans), what="destroying replacements nobody holds"
                 )
 
-        outcomes = await asyncio.gather(
-            *(renew(ms) for ms in by_provision.values()), return_exceptions=True
-        )
-        errors = [o for o in outcomes if isinstance(o, Exception)]
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-                raise outcome  # a cancellation: the acquires released what they made
+        # A cancellation propagates: the acquires released what they made.
+        failures = errors(await settle(renew(ms) for ms in by_provision.values()))
         retired, self._retired = self._retired, []
         try:
             await _destroy(retired)
@@ -454,7 +440,7 @@ class Fleet:
         except BaseException:
             self._retired.extend(retired)  # cancelled: the teardown destroys them
             raise
-        return errors
+        return failures
 
     def _all_active(self, wanted: frozenset[str]) -> bool:
         pending = any(not p.done() for p in self._provisions if p._may_have(wanted))
@@ -499,17 +485,17 @@ class Fleet:
             if member.provision is None:
                 del self._members[member.index]
         booted = [m for m in members if m.provision is not None]
-        errors = await _destroy_each(m.resource for m in booted)
-        failed = {id(r) for rs in errors.values() for r in rs}
+        failures = await _destroy_each(m.resource for m in booted)
+        failed = {id(r) for rs in failures.values() for r in rs}
         for member in booted:
             if id(member.resource) not in failed:
                 del self._members[member.index]
         if not wanted:
             retired, self._retired = self._retired, []
-            errors.update(await _destroy_each(retired))
-        if errors:
+            failures.update(await _destroy_each(retired))
+        if failures:
             raise FanOutError(
-                f"destroying failed on {len(errors)} manager(s)", builtins.list(errors)
+                f"destroying failed on {len(failures)} manager(s)", builtins.list(failures)
             )
 
 
@@ -556,16 +542,12 @@ async def _destroy_each(resources: Iterable[Resource]) -> dict[Exception, builti
         key = str(resource.manager.url)
         by_manager.setdefault(key, (resource.manager, []))[1].append(resource)
     groups = builtins.list(by_manager.values())
-    outcomes = await asyncio.gather(
-        *(manager.destroy(rs) for manager, rs in groups), return_exceptions=True
-    )
-    failed: dict[Exception, builtins.list[Resource]] = {}
-    for (_, rs), outcome in zip(groups, outcomes, strict=True):
-        if isinstance(outcome, Exception):
-            failed[outcome] = rs
-        elif isinstance(outcome, BaseException):
-            raise outcome
-    return failed
+    outcomes = await settle(manager.destroy(rs) for manager, rs in groups)
+    return {
+        outcome: rs
+        for (_, rs), outcome in zip(groups, outcomes, strict=True)
+        if isinstance(outcome, Exception)
+    }
 
 
 async def _destroy(resources: Iterable[Resource]) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, overload
 
 from . import _shell
 from . import _validate as validate
+from ._concurrency import TaskSet, fail_after
 from ._exceptions import AioresError, BadParameter, DoesNotExist, Timeout
 from ._results import GroupResult, RunResult
 from ._url import URL, split_id
@@ -429,25 +430,18 @@ class Group(Sequence["Compute"]):
         loop = asyncio.get_running_loop()
         due = None if deadline is None else loop.time() + deadline
         gate = asyncio.Semaphore(limit) if limit is not None else None
-        done: asyncio.Queue[tuple[int, RunResult]] = asyncio.Queue()
 
-        async def one(index: int, resource: Compute) -> None:
-            result = await _on_host(resource, op, gate, timeout, due, deadline, what)
-            done.put_nowait((index, result))
+        async def one(index: int, resource: Compute) -> tuple[int, RunResult]:
+            return index, await _on_host(resource, op, gate, timeout, due, deadline, what)
 
-        tasks = [
-            loop.create_task(one(i, r), name=f"aiores-{what} {r.id}")
-            for i, r in enumerate(self._resources)
-        ]
-        try:
-            for _ in tasks:
-                yield await done.get()
-        finally:
-            for task in tasks:
-                task.cancel()
-            # Each run stops its remote command when cancelled (bounded by the
-            # adaptor's grace period); a second cancellation stops only this wait.
-            await asyncio.wait(tasks)
+        # Leaving early (the consumer stops, or is cancelled) cancels what still runs
+        # and waits for it: each run stops its remote command when cancelled (bounded
+        # by the adaptor's grace period); a second cancellation stops only this wait.
+        async with TaskSet(what) as tasks:
+            for i, r in enumerate(self._resources):
+                tasks.spawn(one(i, r), name=f"aiores-{what} {r.id}")
+            async for done in tasks.as_completed():
+                yield done
 
 
 async def _results_only(
@@ -475,21 +469,25 @@ async def _on_host(
     loop = asyncio.get_running_loop()
     started: float | None = None
     t0 = loop.time()
-    scope = asyncio.timeout_at(due)
+
+    def late() -> str:
+        done = "was not done" if started is not None else "had not started"
+        return (
+            f"{resource.id}: the {what} {done} when the fan-out's deadline of "
+            f"{deadline} s passed" + ("; it was stopped" if started is not None else "")
+        )
+
     try:
-        async with scope, gate or contextlib.nullcontext():
+        async with (
+            fail_after(None if due is None else due - loop.time(), late),
+            gate or contextlib.nullcontext(),
+        ):
             started, t0 = time.time(), loop.time()
             result = await op(resource, timeout)
-    except TimeoutError as exc:
-        error: Exception = exc
-        if scope.expired() and not isinstance(exc, AioresError):
-            done = "was not done" if started is not None else "had not started"
-            error = Timeout(
-                f"{resource.id}: the {what} {done} when the fan-out's deadline of "
-                f"{deadline} s passed" + ("; it was stopped" if started is not None else "")
-            )
-        elif not isinstance(exc, AioresError):
-            error = Timeout(f"{resource.id}: {exc or 'timed out'}")
+    except TimeoutError as exc:  # the deadline's Timeout, or the run's own
+        error = (
+            exc if isinstance(exc, AioresError) else Timeout(f"{resource.id}: {exc or 'timed out'}")
+        )
         result = RunResult(
             exit_status=None,
             stdout=getattr(exc, "stdout", ""),
@@ -510,15 +508,10 @@ async def _within(
     seconds: float | None, resource: Compute, doing: str, work: Awaitable[None]
 ) -> None:
     """Await ``work``; past ``seconds`` it is cancelled and :class:`Timeout` raised."""
-    try:
-        async with asyncio.timeout(seconds) as scope:
-            await work
-    except TimeoutError as exc:
-        if isinstance(exc, AioresError) or not scope.expired():
-            raise
-        raise Timeout(
-            f"{resource.id}: {doing} did not finish in {seconds} s; it was stopped"
-        ) from None
+    async with fail_after(
+        seconds, f"{resource.id}: {doing} did not finish in {seconds} s; it was stopped"
+    ):
+        await work
 
 
 async def _files(resource: Compute, user: str | None) -> FileAdaptor:

@@ -6,10 +6,11 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate as check
+from ._concurrency import TaskSet, errors, fail_after, settle
 from ._descriptions import JobDescription
 from ._exceptions import (
     BadParameter,
@@ -162,15 +163,14 @@ class JobService:
             await job._submit(adaptor, False)
 
         first, rest = jobs[:limit], jobs[limit:]
-        outcomes = await asyncio.gather(*(start(job) for job in first), return_exceptions=True)
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        if errors:
+        failures = errors(await settle(start(job) for job in first))
+        if failures:
             # Nothing half-done: cancel the members that were accepted, then raise.
             await self.session.shielded(
                 lambda: JobArray([j for j in first if j.native_id]).cancel(),
                 what=f"cancelling a failed array at {self.url}",
             )
-            raise errors[0]
+            raise failures[0]
         if rest:
 
             async def feed() -> None:
@@ -411,6 +411,8 @@ class Job(Tracked[JobState]):
         if self._native_id is None and self._submitting is not None:
             # Being submitted right now (an array member): wait for its id, then
             # cancel it at the backend; marking it here would leave it running there.
+            # The future is shared (the submission sets it when it ends, however it
+            # ends): shielded, so that cancelling this cancel never cancels it.
             await asyncio.shield(self._submitting)
         if self._native_id is None:
             if not self._state.final:
@@ -478,13 +480,8 @@ class JobArray(Sequence[Job]):
             BadParameter: ``timeout`` is not None or finite seconds >= 0.
         """
         timeout = check.timeout(timeout)
-        try:
-            async with asyncio.timeout(timeout):
-                return list(await asyncio.gather(*(job.wait() for job in self.jobs)))
-        except TimeoutError as exc:
-            if isinstance(exc, Timeout):
-                raise
-            raise Timeout(f"{self!r} did not finish within {timeout} s") from exc
+        async with fail_after(timeout, lambda: f"{self!r} did not finish within {timeout} s"):
+            return list(await asyncio.gather(*(job.wait() for job in self.jobs)))
 
     async def cancel(self) -> None:
         """Cancel every job that is not final yet (unsubmitted ones never start)."""
@@ -530,28 +527,30 @@ async def wait_any(
     if state is not None and not isinstance(state, JobState | ResourceState):
         raise check.fail("state", "a JobState, a ResourceState or None", state)
     timeout = check.timeout(timeout)
-    tasks = {asyncio.ensure_future(obj.wait(state)): obj for obj in items}
-    errors: list[BaseException] = []
-    try:
-        async with asyncio.timeout(timeout):
-            pending = set(tasks)
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is None:
-                        return tasks[task]
-                    errors.append(task.exception())  # type: ignore[arg-type]
-    except TimeoutError as exc:
-        raise Timeout(
-            f"none of {len(items)} objects reached {state or 'a final state'} within {timeout} s"
-        ) from exc
-    finally:
-        for task in tasks:
-            task.cancel()
-    raise errors[0]
+
+    async def reach(obj: T) -> tuple[T, Exception | None]:
+        try:
+            await obj.wait(state)
+        except Exception as exc:
+            return obj, exc
+        return obj, None
+
+    failures: list[Exception] = []
+    late = f"none of {len(items)} objects reached {state or 'a final state'} within {timeout} s"
+    # Leaving the TaskSet cancels the waits still running and awaits them.
+    async with fail_after(timeout, late), TaskSet("wait_any") as waits:
+        for obj in items:
+            waits.spawn(reach(obj), name=f"aiores-wait_any {obj}")
+        async for obj, error in waits.as_completed():
+            if error is None:
+                return obj
+            failures.append(error)
+    raise failures[0]
 
 
-async def as_completed(objects: Iterable[T], timeout: float | None = None) -> AsyncIterator[T]:
+async def as_completed(
+    objects: Iterable[T], timeout: float | None = None
+) -> AsyncGenerator[T, None]:
     """Yield each of ``objects`` as it reaches a final state, first finished first.
 
     Raises:
@@ -563,21 +562,22 @@ async def as_completed(objects: Iterable[T], timeout: float | None = None) -> As
         return
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
-    tasks = {asyncio.ensure_future(obj.wait()): obj for obj in items}
-    pending = set(tasks)
-    try:
-        while pending:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            done, pending = await asyncio.wait(
-                pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                raise Timeout(
-                    f"{len(pending)} of {len(items)} objects not final within {timeout} s"
-                )
-            for task in done:
-                task.result()  # re-raise a failed wait
-                yield tasks[task]
-    finally:
-        for task in pending:
-            task.cancel()
+
+    async def final(obj: T) -> T:
+        await obj.wait()
+        return obj
+
+    # Leaving early (the consumer stops, a wait failed, the timeout) cancels the
+    # waits still running and awaits them.
+    async with TaskSet("as_completed") as waits:
+        for obj in items:
+            waits.spawn(final(obj), name=f"aiores-as_completed {obj}")
+        finished = waits.as_completed()
+        for count in range(len(items)):
+            remaining = None if deadline is None else deadline - loop.time()
+            left = len(items) - count
+            async with fail_after(
+                remaining, f"{left} of {len(items)} objects not final within {timeout} s"
+            ):
+                done: T = await anext(finished)
+            yield done

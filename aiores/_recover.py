@@ -450,7 +450,12 @@ def _unanswered(
 
 def _end(obj: Resource | Job, state: ResourceState | JobState, detail: str) -> None:
     """Take an end the backend cannot report itself (it no longer knows the object)."""
-    obj._apply(dataclasses.replace(obj._info, state=state, state_detail=detail))  # type: ignore[arg-type]
+    if isinstance(obj, Resource):
+        assert isinstance(state, ResourceState)
+        obj._apply(dataclasses.replace(obj._info, state=state, state_detail=detail))
+    else:
+        assert isinstance(state, JobState)
+        obj._apply(dataclasses.replace(obj._info, state=state, state_detail=detail))
 
 
 # -- reap -------------------------------------------------------------------------------------

@@ -20,10 +20,11 @@ import random
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
 from . import _validate as check
 from ._clock import Clock
+from ._concurrency import fail_after
 from ._exceptions import (
     AioresError,
     BadParameter,
@@ -68,6 +69,11 @@ class Answer:
     changed: bool = False
     missed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
+
+
+def _may_follow(new: ResourceState | JobState, old: S) -> TypeGuard[S]:
+    """Whether ``new`` is of the same kind as ``old`` and may directly follow it."""
+    return isinstance(new, type(old)) and old.can_become(new)
 
 
 class Tracked(Generic[S]):
@@ -139,11 +145,11 @@ class Tracked(Generic[S]):
         if new is old:
             self._on_info(info)
             return False
-        if not old.can_become(new):
+        if not _may_follow(new, old):
             # Usually a stale answer (a poll overtaken by a push); never taken.
             log.debug("%s: ignoring report of %s after %s (%s)", self, new, old, info.state_detail)
             return False
-        self._state = new  # type: ignore[assignment]
+        self._state = new
         self._on_info(info)
         self._record(old, self._state, info.state_detail)
         # Tell each waiter which state came, so that a state passed within one loop
@@ -218,30 +224,26 @@ class Tracked(Generic[S]):
         if self._reached(state):
             return self._state
         loop = asyncio.get_running_loop()
-        deadline = asyncio.timeout(timeout)
-        try:
-            async with deadline:
-                self._add_interest()
-                try:
-                    while not self._reached(state):
-                        fut: asyncio.Future[S | None] = loop.create_future()
-                        self._waiters[fut] = state
-                        try:
-                            came = await fut
-                        finally:
-                            del self._waiters[fut]
-                        if came is not None:
-                            return came
-                        self._check_reachable(state)
-                finally:
-                    self._drop_interest()
-        except TimeoutError as exc:
-            if not deadline.expired():
-                raise
+
+        def late() -> str:
             target = state.name if state is not None else "a final state"
-            raise Timeout(
-                f"{self} did not reach {target} within {timeout} s; it is {self._state.name}"
-            ) from exc
+            return f"{self} did not reach {target} within {timeout} s; it is {self._state.name}"
+
+        async with fail_after(timeout, late):
+            self._add_interest()
+            try:
+                while not self._reached(state):
+                    fut: asyncio.Future[S | None] = loop.create_future()
+                    self._waiters[fut] = state
+                    try:
+                        came = await fut
+                    finally:
+                        del self._waiters[fut]
+                    if came is not None:
+                        return came
+                    self._check_reachable(state)
+            finally:
+                self._drop_interest()
         return self._state
 
     def _add_interest(self) -> None:

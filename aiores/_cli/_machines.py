@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .._concurrency import move_on_after, settle
 from .._descriptions import ComputeDescription
 from .._exceptions import AioresError, BadParameter, DoesNotExist
 from .._group import Group
@@ -122,11 +123,9 @@ async def _wait_active(vms: list[Compute], timeout: float) -> None:
         progress.update(bar, advance=1)
 
     with progress:
-        outcomes = await asyncio.gather(*(one(vm) for vm in vms), return_exceptions=True)
-    failed = [(vm, o) for vm, o in zip(vms, outcomes, strict=True) if isinstance(o, BaseException)]
+        outcomes = await settle(one(vm) for vm in vms)
+    failed = [(vm, o) for vm, o in zip(vms, outcomes, strict=True) if isinstance(o, Exception)]
     for vm, outcome in failed:
-        if not isinstance(outcome, Exception):
-            raise outcome
         err.print(f"{vm.id}: {type(outcome).__name__}: {outcome}", style="red")
     if failed:
         raise AioresError(f"{len(failed)} of {len(vms)} machines did not become ACTIVE")
@@ -211,11 +210,8 @@ async def _ls(tags: Sequence[str], probe: bool, timeout: float) -> list[dict[str
         chosen = select(found, tags)
         if probe:
             running = [r for r in chosen if r.state is ResourceState.PENDING]
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await asyncio.gather(
-                        *(r.wait(ResourceState.ACTIVE) for r in running), return_exceptions=True
-                    )
+            async with move_on_after(timeout):
+                await settle(r.wait(ResourceState.ACTIVE) for r in running)
         assert session.journal is not None
         journal_rows = {o["id"]: o for o in await session.journal.objects("resource")}
         return [resource_json(r, journal_rows.get(r.id)) for r in chosen]

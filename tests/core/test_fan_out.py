@@ -1,0 +1,140 @@
+"""A group's streaming fan-out owns its tasks: none outlives the stream, however the
+consumer leaves it (a command runner of the test's own, on hosts added to a fleet)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+
+import pytest
+
+import aiores
+from aiores import RunResult
+from aiores.adaptor import URL, AdaptorEnv, AdaptorPlugin, CommandRunner
+
+HOSTS = 4
+
+
+class Hold(AdaptorPlugin):
+    """hold://: a command runs until cancelled, unless it is ``fast``.
+
+    ``running`` holds the hosts whose command runs now; ``stopped`` those whose
+    command was cancelled (the stand-in for a remote command being stopped).
+    """
+
+    name = "hold"
+    schemes = frozenset({"hold"})
+
+    def __init__(self) -> None:
+        self.running: set[str] = set()
+        self.stopped: list[str] = []
+        self.changed = asyncio.Event()
+
+    def command_runner(self, url: URL, env: AdaptorEnv) -> CommandRunner:
+        return HoldRunner(url, env, self)
+
+
+class HoldRunner(CommandRunner):
+    def __init__(self, url: URL, env: AdaptorEnv, plugin: Hold) -> None:
+        super().__init__(url, env)
+        self.plugin = plugin
+
+    async def run(
+        self,
+        command: str | Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
+        host = self.url.host
+        if command == "fast" and host == "h0":
+            return RunResult(exit_status=0, stdout="fast\n")
+        self.plugin.running.add(host)
+        self.plugin.changed.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.plugin.stopped.append(host)
+            raise
+        finally:
+            self.plugin.running.discard(host)
+        raise AssertionError("not reached")
+
+
+@pytest.fixture
+def hold() -> Iterator[Hold]:
+    plugin = Hold()
+    aiores.register_adaptor(plugin)
+    try:
+        yield plugin
+    finally:
+        aiores.unregister_adaptor(plugin.name)
+
+
+@contextlib.asynccontextmanager
+async def hosts(session: aiores.Session) -> AsyncIterator[aiores.Group]:
+    async with session.fleet() as fleet:
+        for i in range(HOSTS):
+            await fleet.add(f"hold://h{i}")
+        yield fleet.select()
+
+
+async def until_running(plugin: Hold, count: int) -> None:
+    async with asyncio.timeout(5):
+        while len(plugin.running) < count:
+            plugin.changed.clear()
+            await plugin.changed.wait()
+
+
+def fan_out_tasks() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("aiores-command ")]
+
+
+@pytest.mark.asyncio
+async def test_leaving_a_stream_early_stops_and_awaits_every_run(hold: Hold) -> None:
+    async with aiores.Session(journal=None) as session, hosts(session) as group:
+        async with contextlib.aclosing(group.run_stream("fast")) as results:
+            async for result in results:
+                assert result.stdout == "fast\n"
+                await until_running(hold, HOSTS - 1)
+                break
+        assert fan_out_tasks() == []
+        assert hold.running == set()
+        assert sorted(hold.stopped) == ["h1", "h2", "h3"]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_consumer_of_a_stream_stops_and_awaits_every_run(
+    hold: Hold,
+) -> None:
+    async with aiores.Session(journal=None) as session, hosts(session) as group:
+
+        async def consume() -> None:
+            async with contextlib.aclosing(group.run_stream("slow")) as results:
+                async for _ in results:
+                    raise AssertionError("no command ends by itself")
+
+        consumer = asyncio.create_task(consume())
+        await until_running(hold, HOSTS)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert fan_out_tasks() == []
+        assert hold.running == set()
+        assert sorted(hold.stopped) == ["h0", "h1", "h2", "h3"]
+
+
+@pytest.mark.asyncio
+async def test_a_fan_out_deadline_stops_what_runs_and_says_so(hold: Hold) -> None:
+    async with aiores.Session(journal=None) as session, hosts(session) as group:
+        result = await group.run("fast", deadline=0.2, check=False)
+        assert result[0].ok
+        for late in result[1:]:
+            assert isinstance(late.error, aiores.Timeout)
+            assert "the command was not done when the fan-out's deadline of 0.2 s passed" in str(
+                late.error
+            )
+        assert hold.running == set()
+        assert sorted(hold.stopped) == ["h1", "h2", "h3"]
