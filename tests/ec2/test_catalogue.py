@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import aiores
+import aiores_ec2._adaptor
 from aiores import ComputeDescription, ResourceState
+from aiores_ec2 import EC2ResourceAdaptor
 from aiores_ec2.testing import MotoServer
 
-from .conftest import IMAGE, alive, ec2_url, raw_client
+from .conftest import IMAGE, STEP, alive, aws_context, ec2_url, raw_client
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,6 +66,63 @@ async def test_reconfig_changes_the_type_by_stop_modify_start(
         await vm.reconfig(desc.replace(template=None))
     await vm.destroy()
     assert await alive(moto) == []
+
+
+async def test_reconfig_deadline_raises_timeout_naming_what_timed_out(
+    moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mgr = session.manager(ec2_url(moto))
+    desc = ComputeDescription(image=IMAGE, template="t3.micro", ready=None)
+    vm = await mgr.acquire(desc)
+    await vm.wait(ResourceState.ACTIVE, timeout=STEP)
+    # Every describe now takes 0.4 s: the one after StopInstances outlasts the deadline.
+    monkeypatch.setattr(aiores_ec2._adaptor, "RECONFIG_TIMEOUT", 0.1)
+    await moto.set_faults(delay_before={"DescribeInstances": 0.4})
+    async with asyncio.timeout(STEP):
+        with pytest.raises(aiores.Timeout, match=r"did not become stopped in time"):
+            await vm.reconfig(desc.replace(template="m5.large"))
+    await moto.set_faults(clear=True)
+    assert (await moto.calls())["StopInstances"] == 1
+    await vm.destroy()
+
+
+class StallingClock:
+    """The loop's clock, whose sleeps in one task raise an aiores.Timeout of their own
+    (a lower layer's deadline passing inside the adaptor's)."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[object] | None = None
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, seconds: float) -> None:
+        if self.task is not None and asyncio.current_task() is self.task:
+            raise aiores.Timeout("the probe's own deadline passed")
+        await asyncio.sleep(seconds)
+
+
+async def test_an_inner_timeout_under_the_reconfig_deadline_keeps_its_message(
+    moto: MotoServer,
+) -> None:
+    clock = StallingClock()
+    async with aiores.Session(contexts=[aws_context()], clock=clock) as session:
+        url = ec2_url(moto)
+        vm = await session.manager(url).acquire(ComputeDescription(image=IMAGE, ready=None))
+        await vm.wait(ResourceState.ACTIVE, timeout=STEP)
+        adaptor = await session.resource_adaptor(url)
+        assert isinstance(adaptor, EC2ResourceAdaptor)
+
+        async def wait_stopped() -> None:
+            # The instance runs: the wait for "stopped" sleeps, and the sleep times out.
+            await adaptor._until(vm.native_id, "stopped")
+
+        clock.task = asyncio.ensure_future(wait_stopped())
+        async with asyncio.timeout(STEP):
+            with pytest.raises(aiores.Timeout) as caught:
+                await clock.task
+        assert str(caught.value) == "the probe's own deadline passed"
+        await vm.destroy()
 
 
 async def test_spot_market(moto: MotoServer, session: aiores.Session) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aioboto3
 import pytest
 import pytest_asyncio
 
@@ -36,3 +40,14 @@ async def session() -> AsyncIterator[aiores.Session]:
     context = aiores.AWSContext(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
     async with aiores.Session(contexts=[context]) as s:
         yield s
+
+
+@contextlib.asynccontextmanager
+async def raw_s3(server: MotoServer) -> AsyncIterator[Any]:
+    """A plain aioboto3 S3 client of ``server``, to check what is really there."""
+    boto = aioboto3.Session(
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1"
+    )
+    async with boto.client("s3", endpoint_url=server.url) as client:
+        yield client
+    await asyncio.sleep(0.01)  # aiohttp closes its sockets on the next iterations

@@ -6,15 +6,16 @@ import asyncio
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import aiores
 from aiores import ResourceState, StorageDescription
-from aiores_ec2.testing import MotoServer
+from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 from aiores_s3 import S3FileAdaptor, S3ResourceAdaptor
 
-from .conftest import STEP, s3_url
+from .conftest import STEP, raw_s3, s3_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -141,6 +142,69 @@ async def test_cancelled_upload_is_aborted(
     assert calls["S3:DELETE:object:uploadId"] == 1  # AbortMultipartUpload
     assert await files.list("") == []
     await bucket.destroy()
+
+
+async def test_an_abort_runs_on_through_a_second_cancel_and_the_session_waits_for_it(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    context = aiores.AWSContext(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    session = aiores.Session(contexts=[context])
+    async with session:
+        bucket = await session.manager(s3_url(moto)).acquire(StorageDescription())
+        files = await files_of(session, bucket.access)
+        big = tmp_path / "big.bin"
+        await asyncio.to_thread(make_file, big, 9 * MiB)  # 2 parts
+        await moto.set_faults(
+            delay_before={"S3:PUT:object:uploadId": 0.3, "S3:DELETE:object:uploadId": 0.5}
+        )
+        put = asyncio.ensure_future(files.put(big, "big.bin"))
+        async with asyncio.timeout(STEP):
+            while not (await moto.calls()).get("S3:PUT:object:uploadId"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            put.cancel()
+            # The abort is under way (the server holds it 0.5 s): cancel the put again.
+            while not (await moto.calls()).get("S3:DELETE:object:uploadId"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+            put.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await put
+    # Closing the session waited for the abort, which the second cancel did not cut off.
+    assert (await moto.calls())["S3:DELETE:object:uploadId"] == 1
+    async with raw_s3(moto) as client:
+        uploads = await client.list_multipart_uploads(Bucket=bucket.native_id)
+    assert uploads.get("Uploads", []) == []
+
+
+async def test_adaptors_of_a_session_share_one_client_closed_with_the_session(
+    moto: MotoServer,
+) -> None:
+    context = aiores.AWSContext(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    async with aiores.Session(contexts=[context]) as other:
+        async with aiores.Session(contexts=[context]) as session:
+            bucket = await session.manager(s3_url(moto, empty="1")).acquire(StorageDescription())
+            buckets = await session.resource_adaptor(s3_url(moto, empty="1"))
+            files = await files_of(session, bucket.access)
+            assert isinstance(buckets, S3ResourceAdaptor)
+            client = files.api.client
+            assert buckets.api.client is client  # one client for the endpoint
+            elsewhere = await files_of(other, bucket.access)
+            assert elsewhere.api.client is not client  # each session its own
+            connections = http_sessions(client)
+            assert connections
+            assert not any(c.closed for c in connections)
+        # The session closed its adaptors, then the client (its connections).
+        with pytest.raises(aiores.IncorrectState):
+            files.api  # noqa: B018
+        assert all(c.closed for c in connections)
+        # The other session's client is still open.
+        assert await elsewhere.list("") == []
+        mgr = other.manager(s3_url(moto))
+        await mgr.destroy(await mgr.list())
+
+
+def http_sessions(client: Any) -> list[Any]:
+    """The aiohttp sessions (connection pools) an aiobotocore client holds open."""
+    return list(client._endpoint.http_session._sessions.values())
 
 
 async def test_cancelled_acquire_leaves_no_bucket(
