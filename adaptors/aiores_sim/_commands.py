@@ -1,10 +1,10 @@
 """The ``aiores`` commands of ``sim://``: ``aiores demo`` and ``aiores sim``.
 
 They reach the ``aiores`` command through the entry point group ``aiores.commands``.
-``aiores demo`` boots two tagged groups of simulated VMs at once with a live progress
-display, fans a file and a command out to each group, prints a per-host table, tears
-everything down and sums up the times. ``aiores sim`` starts, stops and describes the
-simulated cloud of the state directory.
+``aiores demo`` boots two tagged groups of simulated VMs at once in a fleet
+(``session.fleet()``) with a live progress display, fans a file and a command out to
+each group, prints a per-host table, tears everything down and sums up the times.
+``aiores sim`` starts, stops and describes the simulated cloud of the state directory.
 """
 
 from __future__ import annotations
@@ -29,11 +29,16 @@ from aiores import (
     AioresError,
     Compute,
     ComputeDescription,
+    FanOutError,
+    Fleet,
+    Group,
     ResourceState,
     RunResult,
     Session,
+    Timeout,
     state_dir,
 )
+from aiores.adaptor import concurrency
 
 from ._client import CloudClient, cloud_pid, start_cloud, stop_cloud
 from ._protocol import cloud_dir
@@ -137,7 +142,7 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
     try:
         # No contexts needed: each sim VM names the aiores-managed key that logs in to it.
         async with Session() as session:
-            mgr = session.manager(f"sim://?boot_delay={boot_delay}")
+            fleet = session.fleet()
             console.print(
                 f"[bold]aiores demo[/]: {sum(g.count for g in groups)} simulated VMs in "
                 f"{len(groups)} tagged groups ("
@@ -145,47 +150,45 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
                 + ")"
             )
             start = time.perf_counter()
-            # Every group's acquire runs to its end, so none is left unaccounted for.
-            acquired = await asyncio.gather(
-                *(
-                    mgr.acquire_many(ComputeDescription(template=g.template, tags={g.tag}), g.count)
-                    for g in groups
-                ),
-                return_exceptions=True,
-            )
-            times["acquire"] = time.perf_counter() - start
-            for group, vms in zip(groups, acquired, strict=True):
-                if not isinstance(vms, BaseException):
-                    hosts.extend(_Host(group.tag, vm) for vm in vms)
             try:
-                for outcome in acquired:
-                    if isinstance(outcome, BaseException):
-                        raise outcome
+                url = f"sim://?boot_delay={boot_delay}"
+                provisions = [
+                    fleet.provision(
+                        url, ComputeDescription(template=g.template, tags={g.tag}), g.count
+                    )
+                    for g in groups
+                ]
+                # Every group's acquire runs to its end, so none is left unaccounted for.
+                acquired = await concurrency.settle(p.result() for p in provisions)
+                times["acquire"] = time.perf_counter() - start
+                for group, vms in zip(groups, acquired, strict=True):
+                    if not isinstance(vms, Exception):
+                        hosts.extend(_Host(group.tag, vm) for vm in vms)
+                for error in concurrency.errors(acquired):
+                    raise error
                 _, times["boot (until SSH answers)"] = await _timed(
-                    lambda: _boot(groups, hosts, start)
+                    lambda: _boot(fleet, groups, hosts, start)
                 )
-                _, times["fan-out (file + command)"] = await _timed(lambda: _fan_out(groups, hosts))
+                _, times["fan-out (file + command)"] = await _timed(
+                    lambda: _fan_out(fleet, groups, hosts)
+                )
                 console.print()
                 console.print(_table(hosts))
             finally:
+                # The fleet destroys what it provisioned (shielded, bounded).
                 if hosts:
-                    _, times["teardown"] = await _timed(
-                        lambda: _bounded(mgr.destroy([h.vm for h in hosts]))
-                    )
+                    _, times["teardown"] = await _timed(fleet.aclose)
+                else:
+                    await fleet.aclose()
     finally:
         # A cloud this demo started goes too, unless another program has VMs there now.
         if not was_running:
-            stopped = await _bounded(_stop_unused(directory))
+            async with concurrency.fail_after(CLEANUP_TIMEOUT, "stopping the sim cloud"):
+                stopped = await _stop_unused(directory)
             if stopped is not None:
                 times["stopping the sim cloud"] = stopped
     times["total"] = time.perf_counter() - total_start
     console.print(_summary(hosts, times))
-
-
-async def _bounded(work: Awaitable[T]) -> T:
-    """Cleanup that runs to its end even if the demo is being cancelled, within bounds."""
-    async with asyncio.timeout(CLEANUP_TIMEOUT):
-        return await work
 
 
 async def _stop_unused(directory: Path) -> float | None:
@@ -207,7 +210,12 @@ async def _cloud_in_use(directory: Path) -> bool:
     return bool(hello.get("vms"))
 
 
-async def _boot(groups: tuple[_Group, ...], hosts: list[_Host], start: float) -> None:
+#: Seconds the VMs may take to boot (until SSH answers).
+BOOT_TIMEOUT = 120.0
+
+
+async def _boot(fleet: Fleet, groups: tuple[_Group, ...], hosts: list[_Host], start: float) -> None:
+    """``fleet.wait`` for every VM, showing each group's progress as its VMs come up."""
     progress = Progress(
         TextColumn("{task.description:>4}"),
         BarColumn(),
@@ -219,12 +227,8 @@ async def _boot(groups: tuple[_Group, ...], hosts: list[_Host], start: float) ->
     bars = {g.tag: progress.add_task(g.tag, total=g.count, note="booting") for g in groups}
     failed = dict.fromkeys(bars, 0)
 
-    async def one(host: _Host) -> None:
-        try:
-            await host.vm.wait(ResourceState.ACTIVE, timeout=120)
-            host.booted = time.perf_counter() - start
-        except AioresError as exc:
-            host.error = f"{type(exc).__name__}: {exc}"
+    def show(host: _Host) -> None:
+        if host.error is not None:
             failed[host.group] += 1
         progress.update(bars[host.group], advance=1)
         done = progress.tasks[bars[host.group]].completed
@@ -234,29 +238,62 @@ async def _boot(groups: tuple[_Group, ...], hosts: list[_Host], start: float) ->
             note += f" [red]({failed[host.group]} failed)[/]"
         progress.update(bars[host.group], note=note)
 
+    async def watch(host: _Host) -> None:
+        # The display only (when this VM came up): the fleet's wait is the wait.
+        try:
+            await host.vm.wait(ResourceState.ACTIVE)
+            host.booted = time.perf_counter() - start
+        except AioresError as exc:
+            host.error = f"{type(exc).__name__}: {exc}"
+        show(host)
+
     with Live(progress, console=console, refresh_per_second=12, transient=False):
-        await asyncio.gather(*(one(host) for host in hosts))
+        async with concurrency.TaskSet("demo-boot") as watching:
+            for host in hosts:
+                watching.spawn(watch(host), name=f"aiores-demo-boot {host.vm.id}")
+            try:
+                await fleet.wait(timeout=BOOT_TIMEOUT)
+            except Timeout as exc:  # the VMs still booting fail; the others go on
+                for host in hosts:
+                    if host.vm.state is not ResourceState.ACTIVE and host.error is None:
+                        host.error = f"Timeout: {exc}"
+                        show(host)
+                return  # (leaving the TaskSet stops the watches)
+            except FanOutError:
+                pass  # each VM that failed says so (watch)
+            # Every VM is ACTIVE or failed now: every watch ends at once.
+            async for _ in watching.as_completed():
+                pass
 
 
-async def _fan_out(groups: tuple[_Group, ...], hosts: list[_Host]) -> None:
+async def _fan_out(fleet: Fleet, groups: tuple[_Group, ...], hosts: list[_Host]) -> None:
+    """Each group's file, then its command, on the group's VMs that came up."""
+    by_vm = {id(host.vm): host for host in hosts}
+
+    def failed(result: RunResult) -> bool:
+        host = by_vm[id(result.resource)]
+        if result.error is not None:
+            host.error = f"{type(result.error).__name__}: {result.error}"
+        return result.error is not None
+
     with tempfile.TemporaryDirectory(prefix="aiores-demo-") as tmp:
-        files = {}
-        for group in groups:
+
+        async def one(group: _Group) -> None:
             path = Path(tmp) / group.file_name
             await asyncio.to_thread(path.write_text, group.file_text)
-            files[group.tag] = (path, group)
-
-        async def one(host: _Host) -> None:
-            if host.error is not None:
+            up = Group(vm for vm in fleet.select(group.tag) if by_vm[id(vm)].error is None)
+            if not up:
                 return
-            path, group = files[host.group]
-            try:
-                await host.vm.put(path, group.file_name)
-                host.result = await host.vm.run(group.command, timeout=60)
-            except AioresError as exc:
-                host.error = f"{type(exc).__name__}: {exc}"
+            put = await up.put(path, group.file_name, check=False)
+            copied = {id(r.resource) for r in put if not failed(r)}
+            ready = Group(vm for vm in up if id(vm) in copied)
+            if not ready:
+                return
+            for result in await ready.run(group.command, timeout=60, check=False):
+                if not failed(result):
+                    by_vm[id(result.resource)].result = result
 
-        await asyncio.gather(*(one(host) for host in hosts))
+        await asyncio.gather(*(one(group) for group in groups))
 
 
 def _table(hosts: list[_Host]) -> Table:
