@@ -51,3 +51,10 @@ async def raw_s3(server: MotoServer) -> AsyncIterator[Any]:
     async with boto.client("s3", endpoint_url=server.url) as client:
         yield client
     await asyncio.sleep(0.01)  # aiohttp closes its sockets on the next iterations
+
+
+async def called(server: MotoServer, action: str) -> None:
+    """Return once the server has seen ``action`` (it counts a call as it arrives)."""
+    async with asyncio.timeout(STEP):
+        while not (await server.calls()).get(action):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)

@@ -19,7 +19,7 @@ from aiores_ec2.testing import MotoServer
 from aiores_s3 import S3FileAdaptor
 from aiores_s3._common import together
 
-from .conftest import STEP, s3_url
+from .conftest import STEP, called, s3_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -174,9 +174,7 @@ async def test_cancelled_directory_put_raises_cancelled_error(
     src = await asyncio.to_thread(tree, tmp_path / "src", 6)
     await moto.set_faults(delay_before={"S3:PUT:object": 0.3})
     put = asyncio.ensure_future(files.put(src, "tree"))
-    async with asyncio.timeout(STEP):
-        while not (await moto.calls()).get("S3:PUT:object"):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await called(moto, "S3:PUT:object")
     put.cancel()
     with pytest.raises(asyncio.CancelledError):
         await put

@@ -15,7 +15,7 @@ from aiores import ResourceState, StorageDescription
 from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 from aiores_s3 import S3FileAdaptor, S3ResourceAdaptor
 
-from .conftest import STEP, raw_s3, s3_url
+from .conftest import STEP, called, raw_s3, s3_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,9 +132,7 @@ async def test_cancelled_upload_is_aborted(
     await asyncio.to_thread(make_file, big, 20 * MiB)
     await moto.set_faults(delay_before={"S3:PUT:object:uploadId": 0.5})
     put = asyncio.ensure_future(files.put(big, "big.bin"))
-    async with asyncio.timeout(STEP):
-        while not (await moto.calls()).get("S3:PUT:object:uploadId"):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await called(moto, "S3:PUT:object:uploadId")
     put.cancel()
     with pytest.raises(asyncio.CancelledError):
         await put
@@ -158,14 +156,12 @@ async def test_an_abort_runs_on_through_a_second_cancel_and_the_session_waits_fo
             delay_before={"S3:PUT:object:uploadId": 0.3, "S3:DELETE:object:uploadId": 0.5}
         )
         put = asyncio.ensure_future(files.put(big, "big.bin"))
+        await called(moto, "S3:PUT:object:uploadId")
+        put.cancel()
+        # The abort is under way (the server holds it 0.5 s): cancel the put again.
+        await called(moto, "S3:DELETE:object:uploadId")
+        put.cancel()
         async with asyncio.timeout(STEP):
-            while not (await moto.calls()).get("S3:PUT:object:uploadId"):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            put.cancel()
-            # The abort is under way (the server holds it 0.5 s): cancel the put again.
-            while not (await moto.calls()).get("S3:DELETE:object:uploadId"):  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            put.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await put
     # Closing the session waited for the abort, which the second cancel did not cut off.
@@ -213,9 +209,7 @@ async def test_cancelled_acquire_leaves_no_bucket(
     await moto.set_faults(delay_after={"S3:PUT:bucket": 0.5})
     mgr = session.manager(s3_url(moto))
     acquire = asyncio.ensure_future(mgr.acquire_many(StorageDescription(), 3))
-    async with asyncio.timeout(STEP):
-        while not (await moto.calls()).get("S3:PUT:bucket"):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+    await called(moto, "S3:PUT:bucket")
     acquire.cancel()
     with pytest.raises(asyncio.CancelledError):
         await acquire
