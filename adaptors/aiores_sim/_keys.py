@@ -8,18 +8,13 @@ VM authorizes exactly those. They are the session's :class:`~aiores.SSHContext`
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import asyncssh
 
 from aiores import AuthenticationFailed, DoesNotExist
-
-from ._protocol import private_dir
+from aiores.adaptor import private
 
 __all__ = ["MANAGED_KEY", "authorized_keys", "managed_key"]
 
@@ -29,42 +24,15 @@ MANAGED_KEY = Path("keys", "id_ed25519")
 
 def managed_key(state_dir: Path) -> Path:
     """Blocking: the aiores-managed ed25519 key, made on first use (0600 and its .pub too;
-    directory 0700).
+    directory 0700): :func:`aiores.adaptor.private.managed_key` at ``keys/id_ed25519``.
 
-    Two processes making it at once end with one key: each writes a private temp
-    file and links it into place; the loser drops its own. A laxer mode found on the
-    key or its directory is tightened.
+    Two processes making it at once end with one key. A laxer mode found on the key
+    or its directory is tightened.
 
     Raises:
         PermissionDenied: its directory is not this user's.
     """
-    path = state_dir / MANAGED_KEY
-    private_dir(path.parent)
-    if path.exists():
-        for name in (path, path.with_name(path.name + ".pub")):
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_IMODE(name.stat().st_mode) & 0o077:
-                    name.chmod(0o600)  # state files only their user reads
-        return path
-    key = asyncssh.generate_private_key("ssh-ed25519", comment="aiores managed key")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key.export_private_key())
-        pub_tmp = tmp.with_name(tmp.name + ".pub")
-        pub_fd = os.open(pub_tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(pub_fd, "wb") as handle:
-            handle.write(key.export_public_key())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pub_tmp.unlink()
-            return path  # another process made it first
-        pub_tmp.replace(path.with_name(path.name + ".pub"))
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    path, _ = private.managed_key(state_dir / MANAGED_KEY)
     return path
 
 
@@ -94,6 +62,10 @@ def authorized_keys(
         DoesNotExist: a named key file is missing.
         AuthenticationFailed: a named key cannot be read.
     """
-    files = list(key_files) if key_files else [str(managed_key(state_dir))]
-    lines = [_public_text(name, passphrase) for name in files]
+    if key_files:
+        files = list(key_files)
+        lines = [_public_text(name, passphrase) for name in files]
+    else:
+        path, public = private.managed_key(state_dir / MANAGED_KEY)
+        files, lines = [str(path)], [public]
     return "".join(line + "\n" for line in lines), files

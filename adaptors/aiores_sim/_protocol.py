@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -42,7 +41,6 @@ from aiores import (
     IncorrectState,
     NoSuccess,
     NotSupported,
-    PermissionDenied,
     ResourceState,
 )
 from aiores.adaptor import ResourceInfo
@@ -54,8 +52,6 @@ __all__ = [
     "encode",
     "encode_error",
     "info_from_json",
-    "private_dir",
-    "private_file",
     "socket_path",
 ]
 
@@ -74,40 +70,6 @@ def cloud_dir(state_dir: Path) -> Path:
     """Where the simulated cloud lives: ``$AIORES_SIM_DIR``, else ``state_dir/sim``."""
     configured = os.environ.get("AIORES_SIM_DIR")
     return Path(configured) if configured else state_dir / "sim"
-
-
-def private_dir(path: Path) -> Path:
-    """Blocking: ``path`` as a directory only its user can enter (0700), made if missing.
-
-    One this user owns with a laxer mode (made under someone's umask) is tightened.
-
-    Raises:
-        PermissionDenied: it is not a directory, or not this user's.
-    """
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise PermissionDenied(f"{path} is not a directory")
-    if info.st_uid != os.getuid():
-        raise PermissionDenied(
-            f"{path} is not this user's (uid {info.st_uid}): the simulated cloud keeps "
-            "its socket, keys and VM disks only in a directory of its own user"
-        )
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(0o700)
-    return path
-
-
-def private_file(path: Path, data: str | bytes) -> None:
-    """Blocking: write ``path`` (0600 whatever the umask), replacing it atomically."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def socket_path(directory: Path) -> Path:

@@ -34,11 +34,10 @@ from typing import Any
 import asyncssh
 
 from aiores import ResourceState
-from aiores.adaptor import Image, Template
+from aiores.adaptor import Image, Template, private
 
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
-from ._protocol import private_file
 
 __all__ = ["VM", "DiskSFTPServer", "Prepared", "VMSpec", "prepare"]
 
@@ -90,7 +89,7 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             disk.mkdir(mode=0o700, parents=True)
             meta = disk / ".sim"
             meta.mkdir(mode=0o700)
-            private_file(
+            private.private_file(
                 meta / "vm.json",
                 json.dumps(
                     {
@@ -104,7 +103,7 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
                 + "\n",
             )
             if spec.user_data is not None:
-                private_file(meta / "user-data", spec.user_data)
+                private.private_file(meta / "user-data", spec.user_data)
             key = asyncssh.generate_private_key("ssh-ed25519")
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -438,4 +437,5 @@ class VM:
             return await proc.wait()
         finally:
             feeder.cancel()
+            # Wait for the cancelled feeder to end; its outcome is not wanted.
             await asyncio.gather(feeder, return_exceptions=True)

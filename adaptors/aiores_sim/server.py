@@ -20,9 +20,10 @@ import traceback
 from pathlib import Path
 
 from aiores import AioresError, state_dir
+from aiores.adaptor import private
 
 from ._cloud import Cloud, CloudRunning
-from ._protocol import cloud_dir, private_dir
+from ._protocol import cloud_dir
 
 __all__ = ["main"]
 
@@ -74,7 +75,7 @@ async def _serve(
 def _daemonize(directory: Path, idle_exit: float | None, watch_pid: int | None) -> int:
     """Fork the cloud into its own session; report how its start went."""
     try:
-        private_dir(directory)
+        private.private_dir(directory)
     except (OSError, AioresError) as exc:
         print(f"the sim cloud cannot use {directory}: {exc}", file=sys.stderr)
         return 1
