@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiores import ConnectionLost, NoSuccess, PermissionDenied, Timeout
+from aiores.adaptor import concurrency
 
 from ._cloud import is_locked, wipe_stale
 from ._protocol import LINE_LIMIT, decode_error, encode, socket_path
@@ -37,8 +39,6 @@ CONNECT_PATIENCE = 10.0
 IDLE_EXIT = 600.0
 
 Spawner = Callable[[Callable[[], Awaitable[None]], str], None]
-#: Launchers whose start was cancelled, reaped in the background.
-_launchers: set[asyncio.Future[int]] = set()
 
 
 async def _open(directory: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -60,7 +60,12 @@ async def _open(directory: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWr
         raise NoSuccess(f"cannot reach the sim cloud at {path}: {exc.strerror or exc}") from exc
 
 
-async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> None:
+async def start_cloud(
+    directory: Path,
+    *,
+    idle_exit: float | None = None,
+    cleanups: concurrency.Cleanups | None = None,
+) -> None:
     """Start the cloud process of ``directory`` (returns once it listens).
 
     Another process starting it at the same time is not an error: one of them wins.
@@ -69,7 +74,11 @@ async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> Non
         NoSuccess: it did not start (the message carries what it said).
         Timeout: it took longer than :data:`START_TIMEOUT`.
 
-    Cancelling it leaves the launcher to finish on its own (the cloud may still come up).
+    Cancelling it leaves the launcher to finish on its own (the cloud may still come
+    up): waiting for it to end is a cleanup in ``cleanups``, which their owner (a
+    :class:`CloudClient`) waits for when it closes. Without ``cleanups`` the
+    cancellation waits for the launcher (bounded by :data:`START_TIMEOUT`; a second
+    cancellation stops the wait).
     """
     argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(directory)]
     if idle_exit is not None:
@@ -89,14 +98,21 @@ async def start_cloud(directory: Path, *, idle_exit: float | None = None) -> Non
         await proc.wait()
         raise Timeout(f"the sim cloud in {directory} did not start in {START_TIMEOUT} s") from None
     except asyncio.CancelledError:
-        # The launcher finishes on its own (the cloud may still come up); reap it then.
-        task = asyncio.ensure_future(proc.wait())
-        _launchers.add(task)
-        task.add_done_callback(_launchers.discard)
+        reap = functools.partial(_reap, proc)
+        what = f"reaping the launcher of the sim cloud in {directory}"
+        if cleanups is not None:
+            cleanups.start(reap, what=what)
+        else:
+            await concurrency.Cleanups(START_TIMEOUT, log).run(reap, what=what)
         raise
     if proc.returncode != 0:
         said = (err or out).decode(errors="replace").strip()
         raise NoSuccess(f"the sim cloud in {directory} did not start: {said}")
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a launcher to end (it does once the cloud listens or has failed)."""
+    await proc.wait()
 
 
 async def cloud_pid(directory: Path) -> int | None:
@@ -184,6 +200,9 @@ class CloudClient:
         spawn: Runs the connection's reader in the caller's task group (default: a
             task this object owns).
         subscribe: Ask for VM events on every connection (``on_event`` gets them).
+
+    A start of the cloud that was cancelled leaves its launcher running; the client
+    reaps it and :meth:`close` waits for that (bounded).
     """
 
     def __init__(
@@ -202,6 +221,7 @@ class CloudClient:
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cleanups = concurrency.Cleanups(START_TIMEOUT, log)
         self._subscribe = subscribe
         self._closed = False
 
@@ -225,12 +245,15 @@ class CloudClient:
             except (FileNotFoundError, ConnectionRefusedError):
                 if not start:
                     raise NoSuccess(f"no sim cloud runs in {self.directory}") from None
-                await start_cloud(self.directory, idle_exit=IDLE_EXIT)
+                await self._start_cloud()
                 reader, writer = await self._patient_open()
             self._writer = writer
             self._run_reader(reader, writer)
             if self._subscribe:
                 await self._request("subscribe", {})
+
+    async def _start_cloud(self) -> None:
+        await start_cloud(self.directory, idle_exit=IDLE_EXIT, cleanups=self._cleanups)
 
     async def _patient_open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Connect once the cloud listens; start it again if one that was stopping is gone.
@@ -248,7 +271,7 @@ class CloudClient:
                         pass
                     if not await asyncio.to_thread(is_locked, self.directory):
                         # No cloud holds the directory (the one there was has stopped).
-                        await start_cloud(self.directory, idle_exit=IDLE_EXIT)
+                        await self._start_cloud()
                         continue
                     # A cloud holds it: about to listen, or stopping.
                     await asyncio.sleep(delay)
@@ -328,12 +351,14 @@ class CloudClient:
             self._pending.pop(request_id, None)
 
     async def close(self) -> None:
-        """Close the connection (the cloud and its VMs go on)."""
+        """Close the connection (the cloud and its VMs go on); wait for its cleanups."""
         self._closed = True
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Wait for the reader to end (it does at the connection's end), not for an
+        # outcome: what broke the connection it has logged.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._cleanups.drain(START_TIMEOUT)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import asyncssh
 
 from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSuccess
 from aiores import ResourceState as S
-from aiores.adaptor import validate
+from aiores.adaptor import concurrency, private, validate
 
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
@@ -44,8 +45,6 @@ from ._protocol import (
     PROTOCOL_VERSION,
     encode,
     encode_error,
-    private_dir,
-    private_file,
     socket_path,
 )
 from ._vm import VM, Prepared, VMSpec, prepare
@@ -104,6 +103,7 @@ class Cloud:
         self._clients: set[asyncio.StreamWriter] = set()
         self._subscribers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._cleanups = concurrency.Cleanups(CLEANUP_TIMEOUT, log)
         self._doomed: list[VM] = []
         self._acquiring: dict[str, asyncio.Event] = {}
         self._reap = asyncio.Event()
@@ -138,8 +138,8 @@ class Cloud:
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
 
     def _claim(self) -> tuple[IO[bytes], Path]:
-        private_dir(self.directory)
-        private_dir(self.directory / "vms")
+        private.private_dir(self.directory)
+        private.private_dir(self.directory / "vms")
         lock = _lock(self.directory)
         if lock is None:
             raise CloudRunning(f"a sim cloud already serves {self.directory}")
@@ -181,8 +181,8 @@ class Cloud:
 
     def _announce(self) -> None:
         assert self._socket is not None
-        os.chmod(self._socket, 0o600)
-        private_file(self.directory / "cloud.pid", f"{os.getpid()}\n")
+        private.tighten(self._socket)
+        private.private_file(self.directory / "cloud.pid", f"{os.getpid()}\n")
 
     async def __aenter__(self) -> Cloud:
         await self.start()
@@ -196,7 +196,11 @@ class Cloud:
         await self.stopped.wait()
 
     async def stop(self) -> None:
-        """End every VM (CANCELED), tear them all down, close clients, release the lock."""
+        """End every VM (CANCELED), tear them all down, close clients, release the lock.
+
+        Requests still being answered are cancelled; the cleanups they leave (removing
+        what a cancelled acquire made) are waited for (bounded) before the lock goes.
+        """
         if self._stopping:
             await self.stopped.wait()
             return
@@ -223,7 +227,9 @@ class Cloud:
                 others = self._tasks - {asyncio.current_task()}
                 for task in others:
                     task.cancel()
-                await asyncio.gather(*others, return_exceptions=True)
+                if others:  # wait for the cancelled tasks to end (_spawn logs failures)
+                    await asyncio.wait(others)
+                await self._cleanups.drain(CLEANUP_TIMEOUT)
                 await self._release()
             finally:
                 # Whatever failed above, the process must be able to end.
@@ -478,22 +484,23 @@ class Cloud:
     async def _prepare(self, specs: list[tuple[VMSpec, str]]) -> list[Prepared]:
         """Make VMs' disks, host keys and ports in a thread.
 
-        The thread cannot be stopped: if cancelled (the cloud is stopping), this waits
-        for it, shielded and bounded, removes what it made, then re-raises. Should that
-        wait be cut short too, the ports are still let go of when the thread ends, and
-        the disks are wiped by the next cloud to start in this directory.
+        The thread cannot be stopped: if cancelled (the cloud is stopping), removing
+        what it made once it ends is one of the cloud's cleanups, which :meth:`stop`
+        waits for (bounded by :data:`CLEANUP_TIMEOUT`). Should that be cut short, the
+        ports are still let go of when the thread ends, and the disks are wiped by the
+        next cloud to start in this directory.
         """
         work = asyncio.ensure_future(asyncio.to_thread(prepare, self.directory / "vms", specs))
         try:
+            # Not a cleanup: a thread cannot be stopped, so the future that brings what
+            # it made (to remove) must outlive a cancelled wait.
             return await asyncio.shield(work)
         except asyncio.CancelledError:
             work.add_done_callback(_close_sockets)
-            try:
-                async with asyncio.timeout(CLEANUP_TIMEOUT):
-                    made = await asyncio.shield(work)
-                    await asyncio.to_thread(_discard, made)
-            except Exception as exc:  # not CancelledError: that goes on up
-                log.warning("sim cloud: discarding a cancelled acquire's VMs: %r", exc)
+            self._cleanups.start(
+                functools.partial(_discard_when_made, work),
+                what="sim cloud: discarding a cancelled acquire's VMs",
+            )
             raise
 
     def _new_id(self) -> str:
@@ -583,6 +590,13 @@ def _close_sockets(work: asyncio.Future[list[Prepared]]) -> None:
     if not work.cancelled() and work.exception() is None:
         for item in work.result():
             item.sock.close()
+
+
+async def _discard_when_made(work: asyncio.Future[list[Prepared]]) -> None:
+    """Wait for the preparing thread to end, then remove what it made."""
+    await asyncio.wait({work})  # waits without cancelling it
+    if not work.cancelled() and work.exception() is None:
+        await asyncio.to_thread(_discard, work.result())
 
 
 def _discard(made: list[Prepared]) -> None:

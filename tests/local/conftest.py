@@ -113,7 +113,9 @@ class Published:
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[FakeEnv]:
     async with asyncio.TaskGroup() as tg:
-        yield FakeEnv(tg, tmp_path)
+        fake = FakeEnv(tg, tmp_path)
+        yield fake
+        await fake.cleanups.drain(STEP)  # as a session does when it closes
 
 
 @pytest.fixture

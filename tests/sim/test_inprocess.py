@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import aiores
 from aiores import ComputeDescription, ResourceState, SSHContext
 from aiores_sim import Cloud, CloudClient, CloudRunning, managed_key
 from aiores_sim._protocol import socket_path
+from aiores_sim._vm import Prepared, prepare
 
 from .conftest import STEP, until_none, until_sleeping
 
@@ -137,6 +138,31 @@ async def test_acquire_cancelled_while_the_cloud_makes_vms_leaves_none(
     assert all(vm.state is ResourceState.CANCELED for vm in cloud.vms.values())
 
 
+class SlowPrepare:
+    """The cloud's VM making, held in its thread until ``go_on`` (what it made: ``made``)."""
+
+    def __init__(self) -> None:
+        self.started, self.go_on = threading.Event(), threading.Event()
+        self.made: list[Prepared] = []
+
+    def __call__(self, *args: Any) -> list[Prepared]:
+        self.started.set()
+        self.go_on.wait(STEP)
+        result = prepare(*args)
+        self.made.extend(result)
+        return result
+
+
+@pytest.fixture
+def slow_prepare(monkeypatch: pytest.MonkeyPatch) -> Iterator[SlowPrepare]:
+    from aiores_sim import _cloud
+
+    slow = SlowPrepare()
+    monkeypatch.setattr(_cloud, "prepare", slow)
+    yield slow
+    slow.go_on.set()  # never leave the thread waiting
+
+
 def _acquire_args(count: int, **more: Any) -> dict[str, Any]:
     """An acquire request as the adaptor sends it (a throwaway client key)."""
     key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
@@ -170,21 +196,9 @@ async def test_stop_ends_every_vm_when_more_ended_than_are_kept(tmp_path: Path) 
 
 @pytest.mark.asyncio
 async def test_stopping_during_an_acquire_discards_what_it_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, slow_prepare: SlowPrepare
 ) -> None:
-    from aiores_sim import _cloud, _vm
-
-    started, go_on = threading.Event(), threading.Event()
-    made: list[_vm.Prepared] = []
-
-    def slow_prepare(*args: Any) -> list[_vm.Prepared]:
-        started.set()
-        go_on.wait(STEP)
-        result = _vm.prepare(*args)
-        made.extend(result)
-        return result
-
-    monkeypatch.setattr(_cloud, "prepare", slow_prepare)
+    started, go_on, made = slow_prepare.started, slow_prepare.go_on, slow_prepare.made
     cloud = Cloud(tmp_path / "sim")
     await cloud.start()
     client = CloudClient(cloud.directory)
@@ -192,14 +206,15 @@ async def test_stopping_during_an_acquire_discards_what_it_made(
         acquire = asyncio.ensure_future(client.call("acquire", _acquire_args(3)))
         await asyncio.to_thread(started.wait, STEP)  # the cloud is making the VMs now
         stopping = asyncio.ensure_future(cloud.stop())
-        await asyncio.sleep(0.1)  # the stop has cancelled the acquire
+        # The stop closes the connection as it cancels the requests being answered.
+        with pytest.raises(aiores.AioresError):
+            async with asyncio.timeout(STEP):
+                await acquire
+        assert not stopping.done()  # it waits for the cancelled acquire's cleanup
         go_on.set()
         async with asyncio.timeout(STEP):
             await stopping
-            while len(made) < 3:  # noqa: ASYNC110 (a thread's work)
-                await asyncio.sleep(0.01)
-        with pytest.raises(aiores.AioresError):
-            await acquire
+        assert len(made) == 3  # the cleanup ended before the stop: nothing to poll for
     finally:
         go_on.set()
         await client.close()

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
 import stat
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import IO
 
+import asyncssh
+import psutil
 import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
 from aiores_sim import MANAGED_KEY, Cloud, CloudClient, cloud_pid, managed_key, stop_cloud
+from aiores_sim._keys import authorized_keys
 from aiores_sim._protocol import socket_path
 from aiores_sim.testing import SimCloudProcess
 
@@ -259,3 +264,65 @@ async def test_a_sim_directory_of_another_user_is_refused(own_cloud: Path) -> No
             await cloud.start()
     finally:
         await cloud.stop()  # had it started
+
+
+@pytest.mark.asyncio
+async def test_concurrent_makers_of_the_managed_key_end_with_one_key(tmp_path: Path) -> None:
+    for round in range(5):
+        state_dir = tmp_path / str(round)
+        barrier = threading.Barrier(3)
+
+        def make(state_dir: Path = state_dir, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait(STEP)  # all three make the key at once
+            text, files = authorized_keys(state_dir, None)
+            assert files == [str(state_dir / MANAGED_KEY)]
+            return text
+
+        texts = await asyncio.gather(*(asyncio.to_thread(make) for _ in range(3)))
+        key = state_dir / MANAGED_KEY
+        private = await asyncio.to_thread(asyncssh.read_private_key, key)
+        public = private.export_public_key().decode().strip() + "\n"
+        assert texts == [public] * 3  # each maker authorizes the one key that stayed
+        assert await asyncio.to_thread((state_dir / "keys" / "id_ed25519.pub").read_text) == public
+        assert await asyncio.to_thread(sorted, (p.name for p in key.parent.iterdir())) == [
+            "id_ed25519",
+            "id_ed25519.pub",
+        ]  # no temp file left
+        pub = key.with_name(key.name + ".pub")
+        modes = [await asyncio.to_thread(_mode, path) for path in (key, pub, key.parent)]
+        assert modes == [0o600, 0o600, 0o700]
+
+
+def _launchers(directory: Path) -> list[psutil.Process]:
+    """Children of this process launching the cloud of ``directory`` (zombies left out)."""
+    found = []
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            cmdline = child.cmdline()
+            if (
+                "--daemon" in cmdline
+                and str(directory) in cmdline
+                and child.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(child)
+    return found
+
+
+@pytest.mark.asyncio
+async def test_a_client_waits_on_close_for_the_launcher_of_a_cancelled_start(
+    own_cloud: Path,
+) -> None:
+    client = CloudClient(own_cloud)
+    connecting = asyncio.ensure_future(client.connect())
+    try:
+        async with asyncio.timeout(STEP):
+            # A process we did not start: nothing announces it.
+            while not await asyncio.to_thread(_launchers, own_cloud):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        connecting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await connecting
+    finally:
+        async with asyncio.timeout(STEP):
+            await client.close()
+    assert await asyncio.to_thread(_launchers, own_cloud) == []  # close waited for it
