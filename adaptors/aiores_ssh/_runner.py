@@ -155,7 +155,8 @@ async def execute(
         HostKeyError, AuthenticationFailed, Timeout, NoSuccess: connecting failed.
 
     Cancelling it stops the remote command (TERM to its process group, KILL after
-    ``grace`` seconds), bounded and shielded, then re-raises.
+    ``grace`` seconds) as a cleanup of the pool's session (bounded, not cut off by
+    a second cancellation, awaited when the session closes), then re-raises.
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -179,7 +180,8 @@ async def execute(
             if stdin:
                 chan.write(stdin)
             chan.write_eof()
-            # Shielded: the stop below waits on this future, too (not a cleanup).
+            # Shielded: a cancelled wait leaves the future to the stop below, which
+            # waits on it too (a shared future, not a cleanup).
             lost = await asyncio.shield(run.closed)
         except BaseException:
             await _stop(pool, lease, run, grace)
@@ -269,8 +271,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> Non
     stop_lease, stopper = await pool.urgent(lease.target, opener, near=lease)
     try:
         stopper.channel().write_eof()
-        # Shielded: the future belongs to the stopper's channel (not a cleanup).
-        await asyncio.shield(stopper.closed)
+        await stopper.closed
     finally:
         stopper.channel().close()
         stop_lease.release()

@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 import aiores
+from aiores import IncorrectState, NoSuccess
 from aiores_ssh import CommandTimeout, pool_for
 
 from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
@@ -42,6 +43,22 @@ async def test_connection_is_reused(adaptors: Adaptors, sshd: Sshd) -> None:
     assert (await other.run("true")).ok
     assert runner.pool is other.pool
     assert runner.pool.connects == 1
+
+
+@pytest.mark.asyncio
+async def test_a_closed_pool_is_never_handed_out(sshd: Sshd, tmp_path: Path) -> None:
+    env = FakeEnv(tmp_path, sshd.context())
+    async with opened(env) as made:
+        runner = await made.runner(sshd.url())
+        assert (await runner.run("true")).ok
+        pool = pool_for(env)
+        assert runner.pool is pool
+        await pool.aclose()
+        assert pool.live_connections() == 0
+        with pytest.raises(IncorrectState):
+            pool_for(env)
+        with pytest.raises(NoSuccess, match="closed"):
+            await runner.run("true")  # an adaptor holding it is refused, too
 
 
 @pytest.mark.asyncio
