@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import logging
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -282,7 +283,7 @@ class Fleet:
             BadParameter: a bad tag.
             IncorrectState: the fleet or session is closed.
         """
-        from ._hosts import SCHEME, HostsResourceAdaptor, host_info
+        from ._hosts import SCHEME, host_info
         from ._resource import Compute
 
         self._check_open()
@@ -294,8 +295,11 @@ class Fleet:
                 return member.resource
         manager = self.session.manager(f"{SCHEME}://")
         adaptor, watcher = await manager._open()
-        assert isinstance(adaptor, HostsResourceAdaptor)
-        info = adaptor.adopt(access, wanted)
+        # hosts:// knows every machine it is asked about (ACTIVE): the adaptor contract's
+        # describe, no downcast. The fleet's tags are the machine's.
+        described = (await adaptor.describe([info.id])).get(info.id)
+        if described is not None:
+            info = dataclasses.replace(described, tags=wanted)
         known = watcher.lookup(info.id)
         if isinstance(known, Compute) and not known.state.final:
             resource = known
