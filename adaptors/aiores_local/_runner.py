@@ -9,7 +9,7 @@ import signal
 from collections.abc import Mapping, Sequence
 
 from aiores import RunResult, Timeout
-from aiores.adaptor import URL, AdaptorEnv, CommandRunner, validate
+from aiores.adaptor import URL, AdaptorEnv, CommandRunner, concurrency, validate
 
 from ._options import check_grace, parse_options
 from ._process import (
@@ -110,14 +110,17 @@ class LocalCommandRunner(CommandRunner):
         except OSError as exc:
             raise spawn_error(exc, argv[0], None) from exc
         try:
-            async with asyncio.timeout(timeout):
+            async with concurrency.fail_after(
+                timeout,
+                lambda: (
+                    f"{_shown(command)} did not finish within {timeout:g} s; "
+                    "its process group was killed"
+                ),
+            ):
                 await finished.wait()
-        except TimeoutError:
+        except Timeout:
             await self._stop(child, finished, grace=0.0)
-            raise Timeout(
-                f"{_shown(command)} did not finish within {timeout:g} s; "
-                "its process group was killed"
-            ) from None
+            raise
         except asyncio.CancelledError:
             await self._stop(child, finished, grace=self.grace)
             raise
@@ -156,16 +159,10 @@ async def _stop(child: Child, finished: asyncio.Event, *, grace: float) -> None:
         if grace > 0 and not finished.is_set():
             child.signal(signal.SIGTERM)
             child.signal(signal.SIGCONT)
-            try:
-                async with asyncio.timeout(grace):
-                    await finished.wait()
-            except TimeoutError:
-                pass
-        child.signal(signal.SIGKILL)  # also members that outlived the leader
-        try:
-            async with asyncio.timeout(_KILL_WAIT):
+            async with concurrency.move_on_after(grace):
                 await finished.wait()
-        except TimeoutError:
-            pass  # unkillable (uninterruptible sleep): stop watching it
+        child.signal(signal.SIGKILL)  # also members that outlived the leader
+        async with concurrency.move_on_after(_KILL_WAIT):  # unkillable: stop watching it
+            await finished.wait()
     finally:
         child.detach()

@@ -90,13 +90,15 @@ async def start_cloud(
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with asyncio.timeout(START_TIMEOUT):
+        async with concurrency.fail_after(
+            START_TIMEOUT, f"the sim cloud in {directory} did not start in {START_TIMEOUT} s"
+        ):
             out, err = await proc.communicate()
-    except TimeoutError:
+    except Timeout:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        raise Timeout(f"the sim cloud in {directory} did not start in {START_TIMEOUT} s") from None
+        raise
     except asyncio.CancelledError:
         reap = functools.partial(_reap, proc)
         what = f"reaping the launcher of the sim cloud in {directory}"
@@ -138,11 +140,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-async def _gone(pid: int, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        # A process we did not start ends: there is no event to await for it.
-        while await asyncio.to_thread(_running, pid):  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+async def _gone(pid: int) -> None:
+    # A process we did not start ends: there is no event to await for it.
+    while await asyncio.to_thread(_running, pid):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
 
 
 async def stop_cloud(directory: Path, *, timeout: float = 60.0) -> bool:
@@ -156,25 +157,24 @@ async def stop_cloud(directory: Path, *, timeout: float = 60.0) -> bool:
     Raises:
         Timeout: it did not exit within ``timeout`` seconds.
     """
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                pid = await _shutdown(directory)
-                if pid is not None:
-                    break
-                # No answer. If no cloud holds the directory, remove what a crashed one left.
-                wiped = await asyncio.to_thread(wipe_stale, directory)
-                if wiped is not None:
-                    return wiped
-                pid = await cloud_pid(directory)
-                if pid is not None:  # it holds the lock but does not answer
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGTERM)
-                    break
-                await asyncio.sleep(0.05)  # it is starting (not announced yet): ask again
-        await _gone(pid, timeout)
-    except TimeoutError:
-        raise Timeout(f"the sim cloud in {directory} did not stop within {timeout} s") from None
+    late = f"the sim cloud in {directory} did not stop within {timeout} s"
+    async with concurrency.fail_after(timeout, late):
+        while True:
+            pid = await _shutdown(directory)
+            if pid is not None:
+                break
+            # No answer. If no cloud holds the directory, remove what a crashed one left.
+            wiped = await asyncio.to_thread(wipe_stale, directory)
+            if wiped is not None:
+                return wiped
+            pid = await cloud_pid(directory)
+            if pid is not None:  # it holds the lock but does not answer
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+                break
+            await asyncio.sleep(0.05)  # it is starting (not announced yet): ask again
+    async with concurrency.fail_after(timeout, late):
+        await _gone(pid)
     return True
 
 
@@ -262,26 +262,24 @@ class CloudClient:
             Timeout: no cloud listened within :data:`CONNECT_PATIENCE` seconds.
         """
         delay = 0.01
-        try:
-            async with asyncio.timeout(CONNECT_PATIENCE):
-                while True:
-                    try:
-                        return await _open(self.directory)
-                    except (FileNotFoundError, ConnectionRefusedError):
-                        pass
-                    if not await asyncio.to_thread(is_locked, self.directory):
-                        # No cloud holds the directory (the one there was has stopped).
-                        await self._start_cloud()
-                        continue
-                    # A cloud holds it: about to listen, or stopping.
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
-        except TimeoutError:
-            raise Timeout(
-                f"the sim cloud in {self.directory} did not answer within {CONNECT_PATIENCE:g} s "
-                f"(it is starting or stopping; see {self.directory / 'cloud.log'}). Try again; "
-                "if it hangs, `aiores sim stop` ends it."
-            ) from None
+        async with concurrency.fail_after(
+            CONNECT_PATIENCE,
+            f"the sim cloud in {self.directory} did not answer within {CONNECT_PATIENCE:g} s "
+            f"(it is starting or stopping; see {self.directory / 'cloud.log'}). Try again; "
+            "if it hangs, `aiores sim stop` ends it.",
+        ):
+            while True:
+                try:
+                    return await _open(self.directory)
+                except (FileNotFoundError, ConnectionRefusedError):
+                    pass
+                if not await asyncio.to_thread(is_locked, self.directory):
+                    # No cloud holds the directory (the one there was has stopped).
+                    await self._start_cloud()
+                    continue
+                # A cloud holds it: about to listen, or stopping.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _run_reader(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def read() -> None:
