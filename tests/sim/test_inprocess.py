@@ -108,19 +108,9 @@ async def test_idle_cloud_stops_by_itself(tmp_path: Path) -> None:
 
 @pytest.mark.asyncio
 async def test_acquire_cancelled_while_the_cloud_makes_vms_leaves_none(
-    cloud: Cloud, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    cloud: Cloud, state_dir: Path, slow_prepare: SlowPrepare
 ) -> None:
-    from aiores_sim import _cloud, _vm
-
-    started, go_on = threading.Event(), threading.Event()
-    real_prepare = _vm.prepare
-
-    def slow_prepare(*args: Any) -> Any:
-        started.set()
-        go_on.wait(STEP)
-        return real_prepare(*args)
-
-    monkeypatch.setattr(_cloud, "prepare", slow_prepare)
+    started, go_on = slow_prepare.started, slow_prepare.go_on
     async with aiores.Session() as session:
         mgr = session.manager("sim://?boot_delay=30")
         task = asyncio.ensure_future(mgr.acquire_many(ComputeDescription(tags={"t-race"}), 5))
