@@ -18,6 +18,11 @@
 - :func:`settle`: run awaitables together and collect each one's outcome (its
   result or its error), so one failure never hides the others; a cancellation (any
   ``BaseException`` that is not an ``Exception``) is re-raised, never collected.
+- :class:`InFlight`: requests that must not be cut off mid-air (a cloud's launch call
+  under an idempotency token): each runs in a task of its own, its result and error
+  are its caller's, a cancelled caller leaves it running, and whoever cleans up after
+  that caller (``find`` by token) waits for its answer. Not a cleanup: it is not
+  bounded, and its error is raised, not logged.
 - :class:`Shared`: values (a connection pool, an AWS client) shared by the adaptors
   of one session and closed when it closes, instead of module-global registries.
 - :class:`TaskSet`: tasks owned by one object that cancels and awaits them all when
@@ -32,18 +37,20 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._exceptions import Timeout
 
 __all__ = [
     "Cleanups",
     "Deadline",
+    "InFlight",
     "Shared",
     "TaskSet",
     "errors",
     "fail_after",
     "move_on_after",
+    "result_of",
     "settle",
 ]
 
@@ -283,3 +290,61 @@ class Shared:
                 self._log.error("closing %r did not finish within %s s", value, self.timeout)
             except Exception as exc:
                 self._log.error("closing %r failed: %r", value, exc)
+
+
+class InFlight(Generic[T]):
+    """Requests of one owner (an adaptor's acquires) under way, by idempotency token.
+
+    Cancelling the caller of :meth:`run` stops only its waiting: the request goes on,
+    and :meth:`take` (from the adaptor's ``find``, the core's cleanup of a cancelled
+    acquire) waits for its answer, which names what it made even before the
+    backend's listings show it. The owner's close waits for what is under way.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+
+    async def run(self, token: str, request: Coroutine[Any, Any, T]) -> T:
+        """Run ``request`` in a task of its own kept under ``token``; its result.
+
+        A cancelled caller leaves it running (and kept, for :meth:`take`); so does a
+        failed one (its error is raised here, and again by :meth:`take`'s task).
+        """
+        task = asyncio.get_running_loop().create_task(request, name=f"{self.what} {token}")
+        task.add_done_callback(_retrieve)
+        self._tasks[token] = task
+        # Shielded: this task is a shared future awaited by several (this caller,
+        # ``take`` from find, ``aclose``), not a cleanup; cancelling the caller stops
+        # only its waiting.
+        result = await asyncio.shield(task)
+        self._tasks.pop(token, None)
+        return result
+
+    async def take(self, token: str) -> asyncio.Task[T] | None:
+        """The request kept under ``token``, once it ended (None: there is none)."""
+        task = self._tasks.pop(token, None)
+        if task is not None:
+            await asyncio.wait({task})
+        return task
+
+    async def aclose(self) -> None:
+        """Wait for the requests under way (the session bounds an adaptor's close)."""
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+
+def result_of(task: asyncio.Task[T] | None) -> T | None:
+    """The result of a request :meth:`InFlight.take` gave (None if none, failed or cancelled)."""
+    if task is None or task.cancelled() or task.exception() is not None:
+        return None
+    return task.result()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    # The request's failure is raised to whoever awaits it (acquire or find); this only
+    # keeps asyncio from calling it "never retrieved" when nobody is left to.
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()

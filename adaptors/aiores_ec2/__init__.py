@@ -28,7 +28,6 @@ from aiores.adaptor import URL, AdaptorEnv, AdaptorPlugin
 
 from ._adaptor import BUCKETS, EC2ResourceAdaptor, ec2_cost, native_state
 from ._aws import Api, Target, aws_errors, classify, error_code, open_api, target, translate
-from ._inflight import InFlight, result_of
 from ._options import Options, parse_options
 from ._setup import MANAGED_KEY, key_pair_name, managed_key, user_data
 
@@ -38,7 +37,6 @@ __all__ = [
     "Api",
     "EC2Plugin",
     "EC2ResourceAdaptor",
-    "InFlight",
     "Options",
     "Target",
     "aws_errors",
@@ -51,7 +49,6 @@ __all__ = [
     "open_api",
     "parse_options",
     "plugin",
-    "result_of",
     "target",
     "translate",
     "user_data",

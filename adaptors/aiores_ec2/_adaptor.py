@@ -82,7 +82,6 @@ from aiores.adaptor import (
 from ._aws import Api, error_code, open_api, target
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
-from ._inflight import InFlight, result_of
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
 
@@ -158,7 +157,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self._api: Api | None = None
         self._user = "ec2-user"
         self._first = FirstUse(lambda: self.api, self.options, env.state_dir, url)
-        self._launches: InFlight[list[ResourceInfo]] = InFlight("aiores-ec2 launch")
+        self._launches = concurrency.InFlight[list[ResourceInfo]]("aiores-ec2 launch")
         self._abandoned: set[str] = set()
         self._templates: list[Template] | None = None
         self._hostkeys = HostKeys(env.state_dir)
@@ -430,7 +429,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
                 the intent pending, so a later recovery tries again).
         """
         self._abandoned.add(token)  # a launch under way retries no more
-        launched = result_of(await self._launches.take(token))
+        launched = concurrency.result_of(await self._launches.take(token))
         self._abandoned.discard(token)
         found: dict[str, ResourceInfo] = {i.id: i for i in launched or ()}
         tagged = await self._filtered(

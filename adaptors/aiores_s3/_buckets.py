@@ -38,8 +38,8 @@ from aiores import (
     ResourceState,
     StorageDescription,
 )
-from aiores.adaptor import URL, AdaptorEnv, PollPolicy, ResourceAdaptor, ResourceInfo
-from aiores_ec2 import InFlight, error_code, result_of
+from aiores.adaptor import URL, AdaptorEnv, PollPolicy, ResourceAdaptor, ResourceInfo, concurrency
+from aiores_ec2 import error_code
 
 from ._common import S3Client, parse_s3_options, together
 
@@ -57,7 +57,7 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
         self.options = parse_s3_options(url)
-        self._creations: InFlight[list[ResourceInfo]] = InFlight("aiores-s3 create")
+        self._creations = concurrency.InFlight[list[ResourceInfo]]("aiores-s3 create")
         self._tags: dict[str, dict[str, str]] = {}  # bucket -> its tags, once learnt
 
     async def aclose(self) -> None:
@@ -169,7 +169,7 @@ class S3ResourceAdaptor(S3Client, ResourceAdaptor):
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
         """Buckets made under ``token``: waits for a creation under way, then checks tags."""
-        created = result_of(await self._creations.take(token))
+        created = concurrency.result_of(await self._creations.take(token))
         prefix = f"aiores-{token}".lower()
         existing = await self._buckets()
         candidates = {n for n in existing if n == prefix or n.startswith(prefix + "-")}

@@ -10,11 +10,13 @@ import pytest
 from aiores import IncorrectState, Timeout
 from aiores._concurrency import (
     Cleanups,
+    InFlight,
     Shared,
     TaskSet,
     errors,
     fail_after,
     move_on_after,
+    result_of,
     settle,
 )
 
@@ -276,3 +278,52 @@ async def test_a_session_closes_what_its_adaptors_share_after_the_adaptors() -> 
     assert order == ["adaptor", "pool"]
     with pytest.raises(IncorrectState):
         session.shared((Pool, "y"), Pool)
+
+
+async def test_in_flight_request_outlives_its_cancelled_caller_and_is_taken_by_token() -> None:
+    flights: InFlight[str] = InFlight("launch")
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def request() -> str:
+        started.set()
+        await release.wait()
+        return "i-1"
+
+    caller = asyncio.create_task(flights.run("t-1", request()))
+    await started.wait()
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    taking = asyncio.create_task(flights.take("t-1"))
+    await asyncio.sleep(0)
+    assert not taking.done()  # find waits for the request's answer
+    release.set()
+    assert result_of(await taking) == "i-1"
+    assert await flights.take("t-1") is None  # taken once
+    assert result_of(None) is None
+
+
+async def test_in_flight_failure_is_the_callers_and_close_waits_for_what_runs() -> None:
+    flights: InFlight[str] = InFlight("launch")
+
+    async def refused() -> str:
+        raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await flights.run("t-2", refused())
+    release = asyncio.Event()
+
+    async def slow() -> str:
+        await release.wait()
+        return "late"
+
+    caller = asyncio.create_task(flights.run("t-3", slow()))
+    await asyncio.sleep(0)
+    caller.cancel()
+    closing = asyncio.create_task(flights.aclose())
+    await asyncio.sleep(0)
+    assert not closing.done()
+    release.set()
+    await closing
+    assert result_of(await flights.take("t-3")) == "late"
