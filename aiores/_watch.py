@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
 from . import _validate as check
 from ._clock import Clock
-from ._concurrency import fail_after
+from ._concurrency import TaskSet, fail_after
 from ._exceptions import (
     AioresError,
     BadParameter,
@@ -382,14 +382,21 @@ class Watcher:
     async def _sleep_or_wake(self, delay: float) -> bool:
         """Sleep ``delay`` seconds on the clock; True if woken early."""
         self._wake.clear()
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-        return waker.done() and not waker.cancelled()
+
+        async def sleep() -> bool:
+            await self._clock.sleep(delay)
+            return False
+
+        async def woken() -> bool:
+            return await self._wake.wait()
+
+        # The first to end decides; leaving the set cancels the other and awaits it.
+        async with TaskSet(f"watch {self._name}") as race:
+            race.spawn(sleep())
+            race.spawn(woken())
+            async for early in race.as_completed():
+                return bool(early)
+        return False
 
     async def _loop(self) -> None:
         assert self._policy is not None
