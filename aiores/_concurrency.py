@@ -36,7 +36,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Hashable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+)
 from typing import Any, Generic, TypeVar
 
 from ._exceptions import Timeout
@@ -236,7 +244,7 @@ class TaskSet:
         task.add_done_callback(self._done.put_nowait)
         self._tasks.append(task)
 
-    async def as_completed(self) -> AsyncIterator[Any]:
+    async def as_completed(self) -> AsyncGenerator[Any, None]:
         """Each task's result as it completes (spawn everything first)."""
         for _ in range(len(self._tasks)):
             task = await self._done.get()
