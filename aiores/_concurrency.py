@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import (
     AsyncGenerator,
@@ -115,6 +116,27 @@ class Cleanups:
         """
         await asyncio.shield(self.start(fn, what=what, timeout=timeout))
 
+    async def to_thread(
+        self, fn: Callable[..., T], *args: Any, dispose: Callable[[T], object], what: str
+    ) -> T:
+        """Blocking ``fn(*args)`` in a thread; its result, or disposed of if cancelled.
+
+        A thread cannot be stopped: if the caller is cancelled, the cancellation
+        propagates at once and disposing of what the thread makes (``dispose(result)``,
+        also blocking, run in a thread: closing the files it opened, removing the disks
+        it made) is one of these cleanups, so the owner waits for it on close. Should
+        the cleanup's bound end first, the result is disposed of when the thread ends.
+        A thread that failed made nothing to dispose of.
+        """
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        try:
+            # Not a cleanup: the future that brings the thread's result (to dispose of)
+            # must outlive a cancelled wait.
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self.start(functools.partial(_dispose_when_done, work, dispose), what=what)
+            raise
+
     async def drain(self, timeout: float | None) -> None:
         """Wait (up to ``timeout`` s) for every cleanup still running; cancel the rest."""
         pending = set(self._tasks)
@@ -126,6 +148,21 @@ class Cleanups:
         if late:
             self._log.error("%d cleanups did not finish in time; cancelled", len(late))
             await asyncio.wait(late)
+
+
+async def _dispose_when_done(work: asyncio.Future[T], dispose: Callable[[T], object]) -> None:
+    try:
+        await asyncio.wait({work})  # waits without cancelling it
+    except asyncio.CancelledError:  # cut off by the cleanup's bound: dispose of it later
+        work.add_done_callback(functools.partial(_dispose_later, dispose=dispose))
+        raise
+    if not work.cancelled() and work.exception() is None:  # exception() marks it retrieved
+        await asyncio.to_thread(dispose, work.result())
+
+
+def _dispose_later(work: asyncio.Future[T], dispose: Callable[[T], object]) -> None:
+    if not work.cancelled() and work.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, dispose, work.result())
 
 
 class Deadline:

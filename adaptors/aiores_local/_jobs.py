@@ -306,17 +306,12 @@ class LocalJobAdaptor(JobAdaptor):
         closing what the thread opens (once it ends) is one of the session's cleanups,
         which the session waits for when it closes.
         """
-        opening = asyncio.ensure_future(asyncio.to_thread(_open_outputs, description))
-        try:
-            # Not a cleanup: a thread cannot be stopped, so the future that brings its
-            # result (the files to close) must outlive a cancelled wait.
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            self.env.cleanups.start(
-                functools.partial(_close_when_opened, opening),
-                what="closing the output files of a cancelled local job start",
-            )
-            raise
+        return await self.env.cleanups.to_thread(
+            _open_outputs,
+            description,
+            dispose=_close_outputs,
+            what="closing the output files of a cancelled local job start",
+        )
 
     # -- the watcher -----------------------------------------------------------------
     async def _watch(self, job: _Job) -> None:
@@ -597,18 +592,3 @@ class LocalJobAdaptor(JobAdaptor):
         if self._devnull >= 0:
             os.close(self._devnull)
             self._devnull = -1
-
-
-async def _close_when_opened(opening: asyncio.Future[tuple[int | None, int | None]]) -> None:
-    """Wait for the opening thread to end, then close what it opened."""
-    try:
-        await asyncio.wait({opening})  # waits without cancelling it
-    except asyncio.CancelledError:  # cut off by the cleanup's bound: close them later
-        opening.add_done_callback(_close_if_opened)
-        raise
-    _close_if_opened(opening)
-
-
-def _close_if_opened(opening: asyncio.Future[tuple[int | None, int | None]]) -> None:
-    if not opening.cancelled() and opening.exception() is None:  # exception() marks it retrieved
-        _close_outputs(opening.result())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import os
@@ -486,22 +485,16 @@ class Cloud:
 
         The thread cannot be stopped: if cancelled (the cloud is stopping), removing
         what it made once it ends is one of the cloud's cleanups, which :meth:`stop`
-        waits for (bounded by :data:`CLEANUP_TIMEOUT`). Should that be cut short, the
-        ports are still let go of when the thread ends, and the disks are wiped by the
-        next cloud to start in this directory.
+        waits for (bounded by :data:`CLEANUP_TIMEOUT`). Should that be cut short, what
+        it made is removed when the thread ends.
         """
-        work = asyncio.ensure_future(asyncio.to_thread(prepare, self.directory / "vms", specs))
-        try:
-            # Not a cleanup: a thread cannot be stopped, so the future that brings what
-            # it made (to remove) must outlive a cancelled wait.
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            work.add_done_callback(_close_sockets)
-            self._cleanups.start(
-                functools.partial(_discard_when_made, work),
-                what="sim cloud: discarding a cancelled acquire's VMs",
-            )
-            raise
+        return await self._cleanups.to_thread(
+            prepare,
+            self.directory / "vms",
+            specs,
+            dispose=_discard,
+            what="sim cloud: discarding a cancelled acquire's VMs",
+        )
 
     def _new_id(self) -> str:
         while True:
@@ -584,19 +577,6 @@ async def _ended(pid: int) -> None:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
-
-
-def _close_sockets(work: asyncio.Future[list[Prepared]]) -> None:
-    if not work.cancelled() and work.exception() is None:
-        for item in work.result():
-            item.sock.close()
-
-
-async def _discard_when_made(work: asyncio.Future[list[Prepared]]) -> None:
-    """Wait for the preparing thread to end, then remove what it made."""
-    await asyncio.wait({work})  # waits without cancelling it
-    if not work.cancelled() and work.exception() is None:
-        await asyncio.to_thread(_discard, work.result())
 
 
 def _discard(made: list[Prepared]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
@@ -327,3 +328,62 @@ async def test_in_flight_failure_is_the_callers_and_close_waits_for_what_runs() 
     release.set()
     await closing
     assert result_of(await flights.take("t-3")) == "late"
+
+
+async def test_to_thread_returns_the_threads_result() -> None:
+    cleanups = Cleanups(5.0)
+    disposed: list[int] = []
+    assert await cleanups.to_thread(sum, [1, 2], dispose=disposed.append, what="w") == 3
+    assert disposed == []
+    assert len(cleanups) == 0
+
+
+async def test_to_thread_disposes_of_what_a_cancelled_callers_thread_made() -> None:
+    cleanups = Cleanups(5.0)
+    entered = threading.Event()
+    go_on = threading.Event()
+    disposed: list[str] = []
+
+    def make() -> str:
+        entered.set()
+        go_on.wait(10)
+        return "made"
+
+    caller = asyncio.create_task(cleanups.to_thread(make, dispose=disposed.append, what="w"))
+    await asyncio.to_thread(entered.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller  # at once, while the thread still runs
+    assert disposed == []
+    assert len(cleanups) == 1
+    go_on.set()
+    await cleanups.drain(5.0)  # the owner waits for the disposal
+    assert disposed == ["made"]
+
+
+async def test_to_thread_disposes_later_when_the_cleanup_bound_ends_first() -> None:
+    cleanups = Cleanups(0.05)
+    entered = threading.Event()
+    go_on = threading.Event()
+    disposed = asyncio.Event()
+
+    def make() -> str:
+        entered.set()
+        go_on.wait(10)
+        return "made"
+
+    loop = asyncio.get_running_loop()
+    caller = asyncio.create_task(
+        cleanups.to_thread(
+            make, dispose=lambda _: loop.call_soon_threadsafe(disposed.set), what="w"
+        )
+    )
+    await asyncio.to_thread(entered.wait, 10)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await cleanups.drain(5.0)  # the bound (0.05 s) ends the wait for the thread
+    assert not disposed.is_set()
+    go_on.set()
+    async with asyncio.timeout(5):
+        await disposed.wait()
