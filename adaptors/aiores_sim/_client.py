@@ -325,8 +325,9 @@ class CloudClient:
         """Send one request and await its answer (connecting first if needed).
 
         Raises:
-            The aiores error the cloud answered with; ConnectionLost if the connection
-            broke first; NoSuccess if no cloud runs and ``start`` is false.
+            AioresError: The error the cloud answered with.
+            ConnectionLost: The connection broke first.
+            NoSuccess: No cloud runs and ``start`` is false.
 
         Cancelling it abandons the answer; what the cloud does with the request goes on.
         """
