@@ -62,11 +62,14 @@ class Answer:
 
     Attributes:
         changed: Some object's state changed.
+        news: Some object's state detail changed while its state stayed (the
+            backend says "preempting", "shutting-down": what comes next may come soon).
         missed: Ids left out, not (yet) counted gone.
         gone: Ids left out of ``MISSES_BEFORE_GONE`` describes in a row: gone.
     """
 
     changed: bool = False
+    news: bool = False
     missed: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
 
@@ -143,6 +146,8 @@ class Tracked(Generic[S]):
         """Take a reported info; returns True if the state changed."""
         old, new = self._state, info.state
         if new is old:
+            # Every answer refreshes what it says beside the state (a countdown in
+            # ``extra``, a detail such as "preempting"), whether or not the state moved.
             self._on_info(info)
             return False
         if not _may_follow(new, old):
@@ -463,13 +468,16 @@ class Watcher:
                     obj._wake(exc)
             return False
         self._failures = 0
-        return self.take(ids, infos).changed
+        answer = self.take(ids, infos)
+        # A new detail counts as a change for the interval: back to the floor.
+        return answer.changed or answer.news
 
     # -- describe answers -------------------------------------------------------------
     def take(self, ids: Sequence[str], infos: Mapping[str, Info]) -> Answer:
         """Apply one describe answer about ``ids``, whoever asked for it.
 
-        Each info goes to its object (which records any change in the journal). An id
+        Each info goes to its object (which records any change in the journal), and
+        refreshes its state detail and extras even when the state stays. An id
         left out counts a miss: backends are eventually consistent (an EC2 instance may
         be missing from a describe right after RunInstances), so only an absence
         ``MISSES_BEFORE_GONE`` describes in a row means gone; then its object's waiters
@@ -482,7 +490,9 @@ class Watcher:
             if info is not None:
                 self._missing.pop(native_id, None)
                 if obj is not None:
+                    before = obj._detail()
                     answer.changed = obj._apply(info) or answer.changed
+                    answer.news = answer.news or obj._detail() != before
                 continue
             misses = self._missing[native_id] = self._missing.get(native_id, 0) + 1
             if misses < MISSES_BEFORE_GONE:

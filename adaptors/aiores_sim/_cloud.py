@@ -56,6 +56,13 @@ log = logging.getLogger("aiores.sim")
 MAX_COUNT = 10000
 #: Seconds a cancelled acquire may spend removing what it made.
 CLEANUP_TIMEOUT = 60.0
+#: Most seconds between two reports of a preemption countdown.
+COUNTDOWN_STEP = 1.0
+
+
+def countdown_step(notice: float) -> float:
+    """Seconds between reports of a countdown of ``notice`` seconds (at least 4 of them)."""
+    return max(0.05, min(COUNTDOWN_STEP, notice / 4))
 
 
 class CloudRunning(NoSuccess):
@@ -368,15 +375,29 @@ class Cloud:
                 return
             if what == "notice":
                 notice = faults.preempt_notice
-                vm.set_state(
+                if vm.set_state(
                     S.ACTIVE,
                     "preempting",
                     preempt_at=time.time() + notice,
                     preempt_notice=notice,
-                )
+                ):
+                    vm.tasks.add(self._spawn(self._count_down(vm), f"countdown of {vm.id}"))
             else:
                 self._end(vm, S.EXPIRED, "preempted")
                 return
+
+    async def _count_down(self, vm: VM) -> None:
+        """Tell subscribers the VM's record every few moments of a preemption notice.
+
+        Its ``extra["preempt_in"]`` shrinks all along, as a cloud's metadata would
+        say; whoever follows the VM's changes sees a fresh countdown without asking.
+        Ends when the VM does (its tasks are cancelled then).
+        """
+        step = countdown_step(vm.spec.faults.preempt_notice)
+        while not vm.state.final:
+            await asyncio.sleep(step)
+            if not vm.state.final:
+                self._changed(vm)
 
     async def _expire(self, vm: VM, duration: float) -> None:
         await asyncio.sleep(duration)

@@ -14,7 +14,8 @@ boot_failure       probability that a VM fails to boot (-> FAILED)
 die_after          seconds after ACTIVE at which the VM dies (-> FAILED)
 preempt_after      seconds after ACTIVE at which a preemption notice comes: the VM stays
                    ACTIVE with state_detail "preempting" and ``extra["preempt_at"]``
-                   (epoch seconds), ``extra["preempt_in"]`` (seconds left)
+                   (epoch seconds), ``extra["preempt_in"]`` (seconds left, pushed
+                   afresh at least 4 times in the notice, at most 1 s apart)
 preempt_notice     seconds of that notice before the VM goes (-> EXPIRED, "preempted");
                    default 2
 ssh_delay          seconds each SSH login is held before authentication goes on

@@ -40,6 +40,13 @@ class Events:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.close()
 
+    async def more(self, seen: int) -> None:
+        """Return once more than ``seen`` changes have come."""
+        async with asyncio.timeout(STEP):
+            while len(self.seen) <= seen:
+                self._changed.clear()
+                await self._changed.wait()
+
     async def until(self, vm_id: str, detail: str) -> Mapping[str, Any]:
         async with asyncio.timeout(STEP):
             while True:
@@ -172,6 +179,29 @@ async def test_preemption_notice_then_gone() -> None:
         assert await vm.wait(timeout=STEP) is ResourceState.EXPIRED
         assert vm.state_detail == "preempted"
         assert vm.extra["preempt_notice"] == 0.4
+
+
+@pytest.mark.asyncio
+async def test_preemption_countdown_is_fresh_without_waiting() -> None:
+    async with Events() as events, aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=0.05&preempt_after=0.05&preempt_notice=1")
+        vm = await mgr.acquire(D)
+        # Nobody waits on it (no polling): the session hears what the cloud pushes.
+        countdown: list[float] = []
+        while not any(e["id"] == vm.native_id and e["detail"] == "preempted" for e in events.seen):
+            await events.more(len(events.seen))
+            again = await mgr.get(vm.id)
+            assert again is vm
+            if again.state_detail == "preempting":
+                assert again.state is ResourceState.ACTIVE
+                left = again.extra["preempt_in"]
+                if left not in countdown:
+                    countdown.append(left)
+        # The notice, then the countdown every quarter of it (one may be missed here).
+        assert len(countdown) >= 3, countdown
+        assert countdown == sorted(countdown, reverse=True)
+        assert all(0 <= left <= 1 for left in countdown)
+        assert vm.extra["preempt_notice"] == 1
 
 
 @pytest.mark.asyncio
