@@ -24,7 +24,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, overload
 
 from . import _shell
@@ -241,9 +241,14 @@ class Group(Sequence["Compute"]):
     ) -> GroupResult:
         """Copy ``remote`` (a file or directory tree) from every machine.
 
-        With one machine the copy goes to ``local``; with more, each goes to
-        ``local`` suffixed with ``.`` and a filesystem-safe form of the machine's
-        id (:meth:`local_path` says which). Other arguments are as for :meth:`run`.
+        Into an existing directory ``local``, each machine's copy goes to
+        ``local/<machine>/<name>``, whatever the number of machines (as Ansible's
+        fetch does): ``<machine>`` is a filesystem-safe form of its id (``sim-vm-3``
+        for ``[sim://]-[vm-3]``), ``<name>`` the last part of ``remote`` (a
+        ``remote`` without one, such as ``.``, becomes ``local/<machine>`` itself).
+        Otherwise, with one machine the copy goes to ``local``; with more, each
+        goes to ``local`` suffixed with ``.`` and the machine's safe id.
+        :meth:`local_path` says where. Other arguments are as for :meth:`run`.
 
         Raises:
             FanOutError: ``check`` and some copy failed (every result in ``results``).
@@ -253,40 +258,65 @@ class Group(Sequence["Compute"]):
         """
         _check_path("remote", remote)
         user = _check_user(user)
-        targets = self._local_paths(validate.path(local, "local"))
+        base = validate.path(local, "local")
+        _check_fan_out(check, limit, timeout, deadline)  # before looking at the disk
+        targets, into = await asyncio.to_thread(self._local_paths, base, remote)
 
         async def op(resource: Compute, seconds: float | None) -> RunResult:
             files = await _files(resource, user)
             target = targets[id(resource)]
+            if into and target.parent != Path(base):  # local/<machine>/, made once asked
+                await asyncio.to_thread(target.parent.mkdir, exist_ok=True)
             await _within(seconds, resource, "getting", files.get(remote, target))
             return RunResult(exit_status=0)
 
         return await self._collect(op, "get", check, limit, timeout, deadline)
 
-    def local_path(self, local: str | os.PathLike[str], resource: Compute) -> Path:
-        """Where :meth:`get` to ``local`` puts ``resource``'s copy.
+    def local_path(
+        self, local: str | os.PathLike[str], resource: Compute, remote: str | None = None
+    ) -> Path:
+        """Where :meth:`get` of ``remote`` to ``local`` puts ``resource``'s copy.
+
+        It looks at the disk (is ``local`` a directory?): in a coroutine, call it
+        through :func:`asyncio.to_thread`. Without ``remote``, in a directory, it
+        is the machine's directory there.
 
         Raises:
             BadParameter: ``resource`` is not in the group.
         """
-        paths = self._local_paths(local)
+        paths, _ = self._local_paths(local, remote)
         if id(resource) not in paths:
             raise BadParameter(f"{resource!r} is not in {self!r}")
         return paths[id(resource)]
 
-    def _local_paths(self, local: str | os.PathLike[str]) -> dict[int, Path]:
+    def local_paths(self, local: str | os.PathLike[str], remote: str | None = None) -> list[Path]:
+        """:meth:`local_path` of every machine, in the group's order (blocking likewise)."""
+        paths, _ = self._local_paths(local, remote)
+        return [paths[id(r)] for r in self._resources]
+
+    def _local_paths(
+        self, local: str | os.PathLike[str], remote: str | None
+    ) -> tuple[dict[int, Path], bool]:
+        """Blocking: each member's target, and whether they go into a directory."""
         base = Path(local)
-        if len(self._resources) == 1:
-            return {id(self._resources[0]): base}
+        into = base.is_dir()
+        if len(self._resources) == 1 and not into:
+            return {id(self._resources[0]): base}, False
         suffixes = [_safe_suffix(r.id) for r in self._resources]
         if len(set(suffixes)) < len(suffixes):  # two ids alike once made safe
             suffixes = [_UNSAFE.sub("_", r.id).strip("_") for r in self._resources]
         if len(set(suffixes)) < len(suffixes):
             suffixes = [f"{s}.{i}" for i, s in enumerate(suffixes)]
+        if not into:
+            return {
+                id(r): base.with_name(f"{base.name}.{s}")
+                for r, s in zip(self._resources, suffixes, strict=True)
+            }, False
+        name = PurePosixPath(remote).name if remote is not None else ""
         return {
-            id(r): base.with_name(f"{base.name}.{s}")
+            id(r): base / s / name if name not in ("", ".", "..") else base / s
             for r, s in zip(self._resources, suffixes, strict=True)
-        }
+        }, True
 
     # -- scripts -------------------------------------------------------------------------
     async def copy_and_run(

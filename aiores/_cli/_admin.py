@@ -18,12 +18,22 @@ from .._recover import Leak, Reaped, describe_age
 from .._session import Session
 from .._states import JobState
 from .._url import split_id
-from ._common import console, emit_json, err, recovered, resource_json, run, show_problems
+from ._common import (
+    EXIT_FAILED,
+    console,
+    emit_json,
+    err,
+    recovered,
+    resource_json,
+    run,
+    show_problems,
+)
 
 __all__ = ["gc", "jobs", "recover"]
 
 
 def _job_json(job: Job, row: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as JSON (``row``: its journal record, for when it was submitted)."""
     return {
         "id": job.id,
         "native_id": job.native_id,
@@ -32,6 +42,26 @@ def _job_json(job: Job, row: dict[str, Any] | None = None) -> dict[str, Any]:
         "detail": job.state_detail,
         "exit_code": job.exit_code,
         "created": row.get("created") if row else None,
+    }
+
+
+def _row_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A job no service answers for any more, as JSON, from its journal record.
+
+    DONE means exit code 0 on every backend; another final state's exit code is
+    shown where the journal recorded one.
+    """
+    exit_code = row.get("exit_code")
+    if exit_code is None and row["state"] == JobState.DONE.name:
+        exit_code = 0
+    return {
+        "id": row["id"],
+        "native_id": row["native_id"],
+        "url": row["url"],
+        "state": row["state"],
+        "detail": row["detail"],
+        "exit_code": exit_code,
+        "created": row["created"],
     }
 
 
@@ -119,19 +149,7 @@ def jobs_ls(show_all: bool, as_json: bool, url: str | None) -> None:
             live = {job.id: _job_json(job, rows.get(job.id)) for job in found.jobs}
             out = list(live.values())
             if show_all:
-                for rid, row in rows.items():
-                    if rid not in live:
-                        out.append(
-                            {
-                                "id": rid,
-                                "native_id": row["native_id"],
-                                "url": row["url"],
-                                "state": row["state"],
-                                "detail": row["detail"],
-                                "exit_code": None,
-                                "created": row["created"],
-                            }
-                        )
+                out.extend(_row_json(row) for rid, row in rows.items() if rid not in live)
             return [j for j in out if url is None or j["url"] == url]
 
     listed = run(go)
@@ -191,25 +209,33 @@ def jobs_wait(timeout: float | None, ids: tuple[str, ...]) -> None:
 def jobs_cancel(ids: tuple[str, ...]) -> None:
     """Cancel the jobs IDS (TERM, then KILL after the backend's grace period).
 
+    The exit status is 0 only if every job was cancelled: a job that had already
+    ended cannot be, and is said so (exit status 1).
+
     \b
     Examples:
       aiores jobs cancel '[ssh://me@login]-[a1b2c3]'
     """
 
-    async def go() -> list[str]:
+    async def go() -> tuple[list[str], list[str]]:
         async with Session() as session:
             found = await _find_jobs(session, ids)
-            said = []
+            cancelled, refused = [], []
             for job in found:
                 try:
                     await job.cancel()
-                    said.append(f"{job.id} cancelled")
+                    cancelled.append(job.id)
                 except IncorrectState as exc:
-                    said.append(f"{job.id}: {exc}")
-            return said
+                    refused.append(f"{job.id}: {exc}")
+            return cancelled, refused
 
-    for line in run(go):
-        click.echo(line)
+    cancelled, refused = run(go)
+    for job_id in cancelled:
+        click.echo(f"{job_id} cancelled")
+    for line in refused:
+        err.print(f"aiores: {line}", style="red", soft_wrap=True)
+    if refused:
+        raise SystemExit(EXIT_FAILED)
 
 
 # -- recover ----------------------------------------------------------------------------------
@@ -233,9 +259,11 @@ def recover(as_json: bool) -> None:
     async def go() -> dict[str, Any]:
         async with Session() as session:
             found = await session.recover()
+            assert session.journal is not None
+            rows = {o["id"]: o for o in await session.journal.objects()}
             return {
-                "resources": [resource_json(r) for r in found.resources],
-                "jobs": [_job_json(j) for j in found.jobs],
+                "resources": [resource_json(r, rows.get(r.id)) for r in found.resources],
+                "jobs": [_job_json(j, rows.get(j.id)) for j in found.jobs],
                 "gone": found.gone,
                 "problems": [dataclasses.asdict(p) for p in found.problems],
                 "in_flight": [

@@ -1,8 +1,18 @@
 """What the ``aiores`` subcommands share: consoles, running a coroutine, JSON, selection.
 
-Every subcommand runs one coroutine with :func:`run`: an aiores error becomes a red
-message and exit status 1; Ctrl-C cancels the coroutine (which cleans up and says what
-it released and what it kept) and the command exits with status 130.
+Every subcommand runs one coroutine with :func:`run`. Exit statuses, for every command:
+
+- 0: done;
+- 1: the operation failed (a backend's error, a host that failed, a timeout, an id
+  nobody knows);
+- 2: bad input (:class:`~aiores.BadParameter`, as click's own usage errors): nothing
+  was acquired, submitted or changed;
+- 130: Ctrl-C, which cancels the coroutine (it cleans up and says what it released and
+  what it kept).
+
+An aiores error reaching a command, from its coroutine or from building its
+arguments, is one line on standard error (:func:`fail`, which the ``aiores`` group
+also applies to every command): never a traceback.
 """
 
 from __future__ import annotations
@@ -12,21 +22,24 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
-from .._exceptions import AioresError
+from .._exceptions import AioresError, BadParameter
 from .._recover import Problem, Recovered
 from .._resource import Compute, Resource
 from .._session import Session
 
 __all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "console",
     "emit_json",
     "err",
+    "fail",
     "host_label",
     "resource_json",
     "run",
@@ -36,11 +49,15 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: The exit status of a command whose operation failed.
+EXIT_FAILED = 1
+#: The exit status of a command given bad input (as click's usage errors): nothing done.
+EXIT_BAD_INPUT = 2
 #: The exit status of a command stopped by Ctrl-C (128 + SIGINT), as shells use.
 EXIT_INTERRUPTED = 130
 
 console = Console(highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 
 def run(fn: Callable[[], Awaitable[T]]) -> T:
@@ -52,11 +69,17 @@ def run(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except AioresError as exc:
-        err.print(f"aiores: {type(exc).__name__}: {exc}", style="red")
-        sys.exit(1)
+        fail(exc)
     except KeyboardInterrupt:
         err.print("aiores: interrupted", style="yellow")
         sys.exit(EXIT_INTERRUPTED)
+
+
+def fail(exc: AioresError) -> NoReturn:
+    """Say ``exc`` in one line on standard error; exit 2 for bad input, else 1."""
+    message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    err.print(f"aiores: {type(exc).__name__}: {message}", style="red", soft_wrap=True)
+    sys.exit(EXIT_BAD_INPUT if isinstance(exc, BadParameter) else EXIT_FAILED)
 
 
 def emit_json(data: Any) -> None:

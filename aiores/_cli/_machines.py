@@ -19,9 +19,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from .. import _shell
+from .. import _validate as validate
 from .._concurrency import move_on_after, settle
 from .._descriptions import ComputeDescription
-from .._exceptions import AioresError, BadParameter, DoesNotExist
+from .._exceptions import BadParameter, DoesNotExist, NoSuccess
 from .._group import Group
 from .._recover import describe_age, endpoint_of
 from .._resource import Compute, Resource
@@ -30,6 +32,7 @@ from .._session import Session
 from .._states import ResourceState
 from .._url import split_id
 from ._common import (
+    EXIT_FAILED,
     console,
     emit_json,
     err,
@@ -76,11 +79,17 @@ def provision(
       aiores provision 'sim://?boot_delay=0.5-2' -n 4 -t db --template medium --wait
       aiores provision ec2://us-east-1 --image ami-0abc --template t3.micro -t batch
 
+    Every option is checked before anything is acquired (exit status 2 if one is
+    wrong). With --wait, the machines that did not become ACTIVE within --timeout
+    (or failed to boot) are released and those ACTIVE are kept: their ids are
+    printed, the command says how to release them, and it exits with status 1.
     Ctrl-C while acquiring releases what was being acquired; with --wait, Ctrl-C
     releases the machines still booting and keeps those already ACTIVE, and says which.
     """
     desc = ComputeDescription(image=image, template=template, tags=frozenset(tags))
-    vms = run(lambda: _provision(url, desc, count, wait, timeout))
+    count = validate.count(count, "count")
+    seconds = validate.timeout(timeout, "timeout")
+    vms = run(lambda: _provision(url, desc, count, wait, seconds))
     if as_json:
         emit_json([resource_json(vm) for vm in vms])
     else:
@@ -92,7 +101,7 @@ def provision(
 
 
 async def _provision(
-    url: str, desc: ComputeDescription, count: int, wait: bool, timeout: float
+    url: str, desc: ComputeDescription, count: int, wait: bool, timeout: float | None
 ) -> list[Compute]:
     async with Session() as session:
         mgr = session.manager(url)
@@ -100,23 +109,34 @@ async def _provision(
         try:
             vms = await mgr.acquire_many(desc, count)
             if wait:
-                await _wait_active(vms, timeout)
+                failed = await _wait_active(vms, timeout)
+                for vm, exc in failed:
+                    err.print(f"{vm.id}: did not become ACTIVE: {_error(exc)}", style="red")
+                if failed:
+                    await _failed_provision(session, vms, [vm for vm, _ in failed])
         except asyncio.CancelledError:
             await _interrupted_provision(session, vms)
             raise
         return vms
 
 
-async def _wait_active(vms: list[Compute], timeout: float) -> None:
+async def _wait_active(
+    vms: Sequence[Compute], timeout: float | None, label: str = "booting"
+) -> list[tuple[Compute, Exception]]:
+    """Wait for every machine to be ACTIVE (a progress bar on a terminal).
+
+    Returns each machine that did not become ACTIVE with why (a failed boot, a
+    timeout).
+    """
     progress = Progress(
-        TextColumn("booting"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=err,
         transient=True,
     )
-    bar = progress.add_task("boot", total=len(vms))
+    bar = progress.add_task(label, total=len(vms))
 
     async def one(vm: Compute) -> None:
         await vm.wait(ResourceState.ACTIVE, timeout=timeout)
@@ -124,11 +144,50 @@ async def _wait_active(vms: list[Compute], timeout: float) -> None:
 
     with progress:
         outcomes = await settle(one(vm) for vm in vms)
-    failed = [(vm, o) for vm, o in zip(vms, outcomes, strict=True) if isinstance(o, Exception)]
-    for vm, outcome in failed:
-        err.print(f"{vm.id}: {type(outcome).__name__}: {outcome}", style="red")
-    if failed:
-        raise AioresError(f"{len(failed)} of {len(vms)} machines did not become ACTIVE")
+    return [(vm, o) for vm, o in zip(vms, outcomes, strict=True) if isinstance(o, Exception)]
+
+
+async def _failed_provision(session: Session, vms: list[Compute], failed: list[Compute]) -> None:
+    """Release the machines that did not become ACTIVE, keep the others; raise NoSuccess."""
+    left = await _release(session, failed, "did not become ACTIVE")
+    kept = [vm for vm in vms if vm not in failed]
+    for vm in kept:
+        err.print(f"kept {vm.id} (ACTIVE)")
+        click.echo(vm.id)
+    _how_to_release(kept + left)
+    raise NoSuccess(
+        f"{len(failed)} of {len(vms)} machines did not become ACTIVE: released "
+        f"{len(failed) - len(left)}, kept {len(kept)} ACTIVE"
+    )
+
+
+async def _release(session: Session, vms: Sequence[Compute], why: str) -> list[Compute]:
+    """Release ``vms`` (shielded, bounded) and say so; those that could not be."""
+    if not vms:
+        return []
+    mgr = vms[0].manager
+    problem: list[BaseException] = []
+
+    async def destroy() -> None:
+        try:
+            await mgr.destroy(vms)
+        except Exception as exc:  # said below, with how to release them by hand
+            problem.append(exc)
+
+    await session.shielded(destroy, what=f"releasing machines that {why}")
+    if not problem:
+        for vm in vms:
+            err.print(f"released {vm.id} ({why})")
+        return []
+    err.print(f"could not release them: {_error(problem[0])}", style="red")
+    return list(vms)
+
+
+def _how_to_release(vms: Sequence[Compute]) -> None:
+    """Say which machines are left and the command that releases them."""
+    if vms:
+        ids = _shell.join((vm.id for vm in vms), "id")
+        err.print(f"left {len(vms)} machines: release them with: aiores deprovision {ids}")
 
 
 async def _interrupted_provision(session: Session, vms: list[Compute]) -> None:
@@ -148,17 +207,12 @@ async def _interrupted_provision(session: Session, vms: list[Compute]) -> None:
                     err.print(f"released [{intent.url}]-[{native}]")
     booting = [vm for vm in vms if vm.state is not ResourceState.ACTIVE and not vm.state.final]
     kept = [vm for vm in vms if vm.state is ResourceState.ACTIVE]
-    if booting:
-        mgr = booting[0].manager
-        await session.shielded(
-            lambda: mgr.destroy(booting), what="releasing machines still booting"
-        )
-        released += len(booting)
-        for vm in booting:
-            err.print(f"released {vm.id} (still booting)")
+    left = await _release(session, booting, "still booting")
+    released += len(booting) - len(left)
     for vm in kept:
         err.print(f"kept {vm.id} (ACTIVE)")
         click.echo(vm.id)
+    _how_to_release(left)
     err.print(f"interrupted: released {released}, kept {len(kept)}")
 
 
@@ -183,7 +237,8 @@ def ls(tags: tuple[str, ...], probe: bool, timeout: float, as_json: bool) -> Non
       aiores ls --tag web --probe
       aiores ls --json | jq -r '.[].id'
     """
-    rows = run(lambda: _ls(tags, probe, timeout))
+    seconds = validate.timeout(timeout, "timeout")
+    rows = run(lambda: _ls(tags, probe, seconds))
     if as_json:
         emit_json(rows)
         return
@@ -204,7 +259,7 @@ def ls(tags: tuple[str, ...], probe: bool, timeout: float, as_json: bool) -> Non
     err.print(f"{len(rows)} machines")
 
 
-async def _ls(tags: Sequence[str], probe: bool, timeout: float) -> list[dict[str, Any]]:
+async def _ls(tags: Sequence[str], probe: bool, timeout: float | None) -> list[dict[str, Any]]:
     async with Session() as session:
         found = await recovered(session)
         chosen = select(found, tags)
@@ -223,7 +278,9 @@ async def _ls(tags: Sequence[str], probe: bool, timeout: float) -> list[dict[str
 @click.command("run")
 @click.option("--tag", "-t", "tags", multiple=True, required=True, help=TAG_HELP)
 @click.option("--grouped", is_flag=True, help="Each host's output together under a header.")
-@click.option("--timeout", type=float, help="Seconds each host's command may take.")
+@click.option(
+    "--timeout", type=float, help="Seconds each host's command (and the boot wait) may take."
+)
 @click.option("--limit", type=int, help="The most hosts to run on at once.")
 @click.option("--json", "as_json", is_flag=True, help="Print every host's result as JSON.")
 @click.argument("command", nargs=-1, required=True)
@@ -248,23 +305,75 @@ def run_command(
       aiores run -t web -t eu --grouped -- 'df -h /; uptime'
       aiores run -t db --json -- systemctl is-active postgresql
 
+    Machines still booting (provisioned without --wait) are waited for first, up to
+    --timeout seconds (300 without it), with a line saying how many; one that does
+    not boot is reported as failed, and the command runs on the others. --timeout
+    then bounds each host's command.
+
     Ctrl-C stops the command on every host still running it and says where.
     """
     cmd: str | list[str] = command[0] if len(command) == 1 else list(command)
-    results = run(lambda: _run(tags, cmd, grouped, timeout, limit, as_json))
+    seconds, limit = _fan_out_options(timeout, limit)
+    results = run(lambda: _run(tags, cmd, grouped, seconds, limit, as_json))
     if as_json:
         emit_json([_result_json(r) for r in results])
     _summary(results, "command")
     if not results.ok:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
-async def _group(session: Session, tags: Sequence[str]) -> Group:
+def _fan_out_options(timeout: float | None, limit: int | None) -> tuple[float | None, int | None]:
+    """--timeout and --limit of run, put and get, checked before anything is done."""
+    return validate.timeout(timeout, "timeout"), (
+        None if limit is None else validate.count(limit, "limit")
+    )
+
+
+#: Seconds run, put and get wait for machines still booting, unless --timeout says.
+BOOT_TIMEOUT = 300.0
+#: Seconds to find out quietly whether machines the cloud runs answer SSH already
+#: (a later command sees them PENDING until they do) before saying "waiting".
+BOOT_GRACE = 1.0
+
+
+async def _ready_group(
+    session: Session, tags: Sequence[str], timeout: float | None
+) -> tuple[Group, list[RunResult]]:
+    """The tagged machines once ACTIVE, and a failed result for each that did not boot.
+
+    Machines still coming up (provisioned without --wait) are waited for, up to
+    ``timeout`` (else :data:`BOOT_TIMEOUT`) seconds, saying so on standard error.
+    """
     found = await recovered(session)
     chosen = machines(found, tags)
     if not chosen:
         raise DoesNotExist(f"no live machine carries the tags {', '.join(tags)}")
-    return Group(chosen)
+    bound = BOOT_TIMEOUT if timeout is None else timeout
+    loop = asyncio.get_running_loop()
+    due = loop.time() + bound
+    coming = [vm for vm in chosen if vm.state in (ResourceState.NEW, ResourceState.PENDING)]
+    if coming:  # cancelling a wait changes nothing: those not ACTIVE yet are waited for below
+        async with move_on_after(min(BOOT_GRACE, bound)):
+            await settle(vm.wait(ResourceState.ACTIVE) for vm in coming)
+    booting = [vm for vm in coming if vm.state is not ResourceState.ACTIVE]
+    failed: dict[int, Exception] = {}
+    if booting:
+        err.print(f"waiting for {len(booting)} machines to boot")
+        left = max(0.0, due - loop.time())
+        failed = {id(vm): exc for vm, exc in await _wait_active(booting, left)}
+    for vm in chosen:
+        if vm.state.final:  # a failed boot another command waited for, or a machine that died
+            failed[id(vm)] = NoSuccess(f"it is {vm.state.name} ({vm.state_detail})")
+    results = [
+        RunResult(
+            exit_status=None,
+            resource=vm,
+            error=NoSuccess(f"{vm.id} did not boot: {_error(failed[id(vm)])}"),
+        )
+        for vm in chosen
+        if id(vm) in failed
+    ]
+    return Group(vm for vm in chosen if id(vm) not in failed), results
 
 
 async def _run(
@@ -276,8 +385,10 @@ async def _run(
     quiet: bool,
 ) -> GroupResult:
     async with Session() as session:
-        group = await _group(session, tags)
-        done: list[RunResult] = []
+        group, done = await _ready_group(session, tags, timeout)
+        if not quiet:
+            for result in done:
+                _print_result(result, grouped)
         try:
             async with contextlib.aclosing(
                 group.run_stream(cmd, timeout=timeout, limit=limit)
@@ -293,8 +404,13 @@ async def _run(
                 err.print(f"stopped the command on {host_label(vm)}")
             err.print(f"interrupted: {len(done)} hosts finished, stopped on {len(stopped)}")
             raise
-        order = {id(vm): i for i, vm in enumerate(group)}
-        return GroupResult(sorted(done, key=lambda r: order.get(id(r.resource), 0)))
+        return _in_order(done, group)
+
+
+def _in_order(results: Sequence[RunResult], group: Group, what: str = "command") -> GroupResult:
+    """``results`` as a GroupResult: machines that did not boot first, then the group's order."""
+    order = {id(vm): i for i, vm in enumerate(group)}
+    return GroupResult(sorted(results, key=lambda r: order.get(id(r.resource), -1)), what)
 
 
 def _print_result(result: RunResult, grouped: bool) -> None:
@@ -316,9 +432,13 @@ def _print_result(result: RunResult, grouped: bool) -> None:
         click.echo(f"[{host}] {_status(result)}", err=True)
 
 
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def _status(result: RunResult) -> str:
     if result.error is not None:
-        return f"{type(result.error).__name__}: {result.error}"
+        return _error(result.error)
     if result.exit_signal is not None:
         return f"killed by signal {result.exit_signal}"
     return f"exit {result.exit_status}"
@@ -352,7 +472,9 @@ def _summary(results: GroupResult, what: str) -> None:
 
 @click.command()
 @click.option("--tag", "-t", "tags", multiple=True, required=True, help=TAG_HELP)
-@click.option("--timeout", type=float, help="Seconds each host's copy may take.")
+@click.option(
+    "--timeout", type=float, help="Seconds each host's copy (and the boot wait) may take."
+)
 @click.argument("local", type=click.Path(exists=True, path_type=Path))
 @click.argument("remote")
 def put(tags: tuple[str, ...], timeout: float | None, local: Path, remote: str) -> None:
@@ -366,52 +488,65 @@ def put(tags: tuple[str, ...], timeout: float | None, local: Path, remote: str) 
     The exit status is 0 only if every copy completed. Ctrl-C stops every transfer.
     """
 
+    seconds, _ = _fan_out_options(timeout, None)
+
     async def go() -> GroupResult:
         async with Session() as session:
-            group = await _group(session, tags)
-            return await group.put(local, remote, check=False, timeout=timeout)
+            group, failed = await _ready_group(session, tags, seconds)
+            done = await group.put(local, remote, check=False, timeout=seconds)
+            return _in_order([*failed, *done], group, "put")
 
     results = run(go)
     for result in results:
         click.echo(f"[{host_label(result.resource)}] {'ok' if result.ok else _status(result)}")
     _summary(results, "put")
     if not results.ok:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
 @click.command()
 @click.option("--tag", "-t", "tags", multiple=True, required=True, help=TAG_HELP)
-@click.option("--timeout", type=float, help="Seconds each host's copy may take.")
+@click.option(
+    "--timeout", type=float, help="Seconds each host's copy (and the boot wait) may take."
+)
 @click.argument("remote")
 @click.argument("local", type=click.Path(path_type=Path))
 def get(tags: tuple[str, ...], timeout: float | None, remote: str, local: Path) -> None:
     """Copy REMOTE from every tagged machine to LOCAL.
 
-    With one machine the copy goes to LOCAL; with several, to LOCAL.<cloud>-<id>
-    for each (the output says where each went).
+    Into an existing directory LOCAL, each machine's copy goes to
+    LOCAL/<cloud>-<id>/<name of REMOTE>, however many machines (as Ansible's fetch
+    does). Otherwise, with one machine the copy goes to LOCAL; with several, to
+    LOCAL.<cloud>-<id> for each. The output says where each went.
 
     \b
     Examples:
       aiores get --tag web /var/log/syslog logs/syslog
-      aiores get -t batch results results
+      mkdir results && aiores get -t batch out.csv results   # results/sim-vm-.../out.csv
 
-    The exit status is 0 only if every copy completed. Ctrl-C stops every transfer.
+    Machines still booting are waited for first, as for run. The exit status is 0
+    only if every copy completed. Ctrl-C stops every transfer.
     """
+    seconds, _ = _fan_out_options(timeout, None)
 
-    async def go() -> tuple[GroupResult, dict[str, Path]]:
+    async def go() -> tuple[GroupResult, dict[int, Path]]:
         async with Session() as session:
-            group = await _group(session, tags)
-            where = {vm.id: group.local_path(local, vm) for vm in group}
-            return await group.get(remote, local, check=False, timeout=timeout), where
+            group, failed = await _ready_group(session, tags, seconds)
+            paths = await asyncio.to_thread(group.local_paths, local, remote)
+            where = {id(vm): path for vm, path in zip(group, paths, strict=True)}
+            done = await group.get(remote, local, check=False, timeout=seconds)
+            return _in_order([*failed, *done], group, "get"), where
 
     results, where = run(go)
     for result in results:
-        host = host_label(result.resource)
-        target = where.get(result.resource.id) if result.resource is not None else None
-        click.echo(f"[{host}] " + (f"-> {target}" if result.ok else _status(result)))
+        target = where.get(id(result.resource))
+        ok = result.ok and target is not None
+        click.echo(
+            f"[{host_label(result.resource)}] " + (f"-> {target}" if ok else _status(result))
+        )
     _summary(results, "get")
     if not results.ok:
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
 
 
 # -- deprovision ------------------------------------------------------------------------------
@@ -432,31 +567,54 @@ def deprovision(tags: tuple[str, ...], as_json: bool, ids: tuple[str, ...]) -> N
     """
     if not tags and not ids:
         raise click.UsageError("name the machines: --tag TAG or their ids")
-    released = run(lambda: _deprovision(tags, ids))
+    released, missing = run(lambda: _deprovision(tags, ids))
     if as_json:
         emit_json(released)
     else:
         for rid in released:
             click.echo(rid)
-    err.print(f"released {len(released)} machines")
+    for rid, why in missing:
+        err.print(f"aiores: {rid}: {why}", style="red", soft_wrap=True)
+    err.print(
+        f"released {len(released)} machines" + (f"; {len(missing)} not found" if missing else "")
+    )
+    if missing:
+        raise SystemExit(EXIT_FAILED)
 
 
-async def _deprovision(tags: Sequence[str], ids: Sequence[str]) -> list[str]:
+async def _deprovision(
+    tags: Sequence[str], ids: Sequence[str]
+) -> tuple[list[str], list[tuple[str, str]]]:
+    """The ids released, and the ids named that were not live machines (with why)."""
+    for rid in ids:
+        if split_id(rid) is None:
+            raise BadParameter(f"{rid!r} is not a machine id like '[sim://]-[vm-4f2a0c1d9e]'")
     async with Session() as session:
         found = await recovered(session)
         chosen: list[Resource] = select(found, tags, ids)
         known = {r.id for r in chosen} | {r.native_id for r in chosen}
-        unknown = [i for i in ids if i not in known]
-        by_url: dict[str, list[Resource | str]] = {}
+        missing: list[tuple[str, str]] = []
+        for rid in ids:
+            if rid in known:
+                continue
+            # Not live in the journal: another program's machine, or none at all.
+            url, _ = split_id(rid) or ("", "")
+            try:
+                resource = await session.manager(url).get(rid)
+            except DoesNotExist:
+                missing.append((rid, f"{url} has no such machine"))
+                continue
+            if resource.state.final:
+                missing.append((rid, f"already ended ({resource.state.name})"))
+            elif tags and not set(tags) <= resource.tags:
+                missing.append((rid, f"does not carry the tags {', '.join(tags)}"))
+            else:
+                chosen.append(resource)
+        by_url: dict[str, list[Resource]] = {}
         for resource in chosen:
             by_url.setdefault(str(resource.manager.url), []).append(resource)
-        for rid in unknown:  # not recorded: an explicit id of another program's resource
-            parts = split_id(rid)
-            if parts is None:
-                raise BadParameter(f"no live machine has the id {rid!r} in the journal")
-            by_url.setdefault(parts[0], []).append(rid)
         released: list[str] = []
         for url, targets in by_url.items():
             await session.manager(url).destroy(targets)
-            released.extend(t.id if isinstance(t, Resource) else t for t in targets)
-        return released
+            released.extend(t.id for t in targets)
+        return released, missing

@@ -17,8 +17,9 @@ from typing import Any
 import click
 
 from .. import __version__
+from .._exceptions import AioresError
 from ._admin import gc, jobs, recover
-from ._common import err
+from ._common import err, fail
 from ._machines import deprovision, get, ls, provision, put, run_command
 
 __all__ = ["COMMANDS_GROUP", "main"]
@@ -42,6 +43,14 @@ class _AioresGroup(click.Group):
             if entry.name not in self.commands and entry.value not in {e.value for e in claims}:
                 claims.append(entry)
         return {name: claims for name, claims in found.items() if claims}
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # Every command's aiores errors (also those raised building its arguments,
+        # outside its coroutine) are one line and an exit status, never a traceback.
+        try:
+            return super().invoke(ctx)
+        except AioresError as exc:
+            fail(exc)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._entry_points()})
@@ -89,6 +98,9 @@ def main() -> None:
     cloud) lives in $AIORES_STATE_DIR, else the platform's user state directory.
     Machines outlive the command that provisioned them; later commands find them
     through the journal and select them by tag.
+
+    Exit statuses: 0 done, 1 the operation failed (a host, a backend, a timeout,
+    an unknown id), 2 bad input (nothing was done), 130 interrupted by Ctrl-C.
 
     \b
     Examples:

@@ -60,10 +60,18 @@ def test_a_job_on_a_vm_is_waited_for_and_cancelled_by_later_commands(cli: Cli) -
     cancelled = cli("jobs", "cancel", long_id)
     assert cancelled.returncode == 0, cancelled.stderr
     assert f"{long_id} cancelled" in cancelled.stdout
+    finished = cli("jobs", "cancel", job_id)  # it ended DONE: it cannot be cancelled
+    assert finished.returncode == 1, finished.stderr
+    assert finished.stdout == ""
+    assert f"aiores: {job_id}: " in finished.stderr
     ended = cli("jobs", "wait", "--timeout", "30", long_id)
     assert ended.returncode == 1
     assert "CANCELED" in ended.stdout
-    every = {j["id"]: j["state"] for j in cli.json("jobs", "ls", "--all")}
-    assert every[job_id] == "DONE"
-    assert every[long_id] == "CANCELED"
+    every = {j["id"]: j for j in cli.json("jobs", "ls", "--all")}
+    assert (every[job_id]["state"], every[job_id]["exit_code"]) == ("DONE", 0)
+    assert every[job_id]["created"] is not None
+    assert every[long_id]["state"] == "CANCELED"
+    table = cli("jobs", "ls", "--all")
+    (row,) = [line for line in table.stdout.splitlines() if job_id in line]
+    assert row.split()[1:3] == ["DONE", "0"]
     assert cli("deprovision", "-t", "jobs").returncode == 0
