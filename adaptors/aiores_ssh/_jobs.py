@@ -8,11 +8,23 @@ channel, so they work after the submitting channel or client is gone, and
 
 State is polled: the session's watcher calls :meth:`SSHJobAdaptor.describe` with
 every watched job of the host, answered by one remote command. Changes this adaptor
-makes itself (cancel, suspend, resume) are published at once.
+makes itself (cancel, suspend, resume, release) are published at once.
+
+A job submitted held waits, in its wrapper on the host, for
+:meth:`SSHJobAdaptor.release`: being held lives in its directory, so another program
+finds it HELD and can release or cancel it.
+
+A submit that was cut off (cancelled, timed out, its connection lost) may leave its
+command running on the host, still making the job: its stop is confirmed only when
+the host showed the command gone (see :func:`aiores_ssh._runner.execute`). Until then
+:meth:`SSHJobAdaptor.find` does not trust an empty answer for its token: it claims
+the job's end in the directory the submit would make (the job id is chosen here),
+so that job can never start its program, and reports it CANCELED.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 import uuid
@@ -34,11 +46,14 @@ from ._base import SSHBase
 from ._jobscripts import (
     FINISHED,
     MISSING,
+    NOT_HELD,
     UNSTOPPED,
     cancel_script,
+    claim_script,
     describe_script,
     find_script,
     reap_script,
+    release_script,
     resume_script,
     submit_script,
     suspend_script,
@@ -55,14 +70,14 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
     """Jobs on one ``ssh://`` endpoint.
 
     A job starts in the login directory unless ``working_directory`` names another;
-    relative ``stdout``/``stderr`` paths are relative to where it starts. ``hold`` is
-    not supported (there is no queue to hold a job in): submitting with
-    ``hold=True`` raises :class:`~aiores.NotSupported`. ``walltime``, ``queue``,
+    relative ``stdout``/``stderr`` paths are relative to where it starts. Submitted
+    with ``hold=True``, a job is HELD until :meth:`release` (there is no queue: a job
+    that has started cannot be held, suspend it instead). ``walltime``, ``queue``,
     ``project``, ``processes``, ``cores``, ``memory`` and ``category`` are ignored.
     """
 
     poll = PollPolicy(floor=0.5, ceiling=10.0, backoff=1.5, jitter=0.1, batch=500)
-    supports_hold = False
+    supports_hold = True
     #: Seconds between TERM and KILL when a job is cancelled.
     cancel_grace: float = 5.0
     #: Seconds a control command (submit, describe, signal) may take.
@@ -76,10 +91,20 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         super().__init__(url, env)
         #: Output of finished jobs delivered so far, least recently used first.
         self._outputs: OrderedDict[str, tuple[bytes | None, bytes | None]] = OrderedDict()
+        #: Submits cut off whose command was not (yet) seen to end, by token: the job
+        #: id it was making, and whether its command ended (see :meth:`find`).
+        self._unsure: dict[str, tuple[str, asyncio.Future[bool]]] = {}
 
-    async def _sh(self, script: str, stdin: bytes | None = None) -> Outcome:
+    async def _sh(
+        self,
+        script: str,
+        stdin: bytes | None = None,
+        ended: asyncio.Future[bool] | None = None,
+    ) -> Outcome:
         pool, target = self._endpoint()
-        return await execute(pool, target, script, stdin=stdin, timeout=self.command_timeout)
+        return await execute(
+            pool, target, script, stdin=stdin, timeout=self.command_timeout, ended=ended
+        )
 
     def _failed(self, what: str, outcome: Outcome) -> NoSuccess:
         detail = outcome.stderr.decode(errors="replace").strip()
@@ -88,31 +113,39 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         )
 
     async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
-        """Start the job detached on the remote host; returns it RUNNING.
+        """Start the job detached on the remote host; returns it RUNNING, or HELD if
+        ``hold`` (its program starts once the job is released: :meth:`release`).
 
         Raises:
-            NotSupported: ``hold=True``.
             NoSuccess: the job directory could not be made or the job not started.
             ConnectionLost, Timeout, HostKeyError, AuthenticationFailed: transport errors.
 
-        If cancelled, the job may or may not have started; :meth:`find` with
-        ``token`` finds it.
+        If cancelled (or cut off by an error), the job may or may not have started;
+        :meth:`find` with ``token`` finds it, and does not answer "nothing" before
+        the submit command is known to have ended.
         """
-        if hold:
-            raise self._unsupported("holding jobs (submit with hold=True)")
         job_id = uuid.uuid4().hex[:20]
-        script, stdin = submit_script(job_id, token, description, description.stdin_bytes)
-        outcome = await self._sh(script, stdin=stdin)
+        script, stdin = submit_script(
+            job_id, token, description, description.stdin_bytes, hold=hold
+        )
+        ended: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._unsure[token] = (job_id, ended)
+        ended.add_done_callback(lambda _: self._forget_if_ended(token, ended))
+        outcome = await self._sh(script, stdin=stdin, ended=ended)
         pid = outcome.stdout.strip()
         if outcome.exit_status != 0 or not pid.isdigit():
             raise self._failed("submitting a job", outcome)
-        return JobInfo(
-            id=job_id,
-            state=JobState.RUNNING,
-            state_detail="running",
-            token=token,
-            extra={"pid": int(pid)},
+        state, detail = (
+            (JobState.HELD, "held: waiting for release") if hold else (JobState.RUNNING, "running")
         )
+        return JobInfo(
+            id=job_id, state=state, state_detail=detail, token=token, extra={"pid": int(pid)}
+        )
+
+    def _forget_if_ended(self, token: str, ended: asyncio.Future[bool]) -> None:
+        entry = self._unsure.get(token)
+        if entry is not None and entry[1] is ended and ended.result():
+            del self._unsure[token]
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
         """The state of each job in ``ids``; unknown ids are left out.
@@ -164,7 +197,25 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
             size -= len(out or b"") + len(err or b"")
 
     async def find(self, token: str) -> Sequence[JobInfo]:
-        """Every job on this host submitted under ``token``."""
+        """Every job on this host submitted under ``token``.
+
+        For a submit of this adaptor that was cut off, it first waits (up to
+        :attr:`command_timeout`) for the submit command to be seen ending; if it is
+        not, the job that command was making is claimed cancelled (its directory
+        made if need be), so it never starts its program, and found CANCELED.
+
+        Raises:
+            NoSuccess, ConnectionLost, Timeout: the host could not be asked, or the
+                claim could not be made (the token stays unsure for another find).
+        """
+        unsure = self._unsure.get(token)
+        if unsure is not None:
+            job_id, ended = unsure
+            # asyncio.wait: the future belongs to the submit's stop; leave it alone.
+            await asyncio.wait({ended}, timeout=self.command_timeout)
+            if not (ended.done() and ended.result()):
+                await self._claim(job_id, token)
+            self._unsure.pop(token, None)
         outcome = await self._sh(find_script(token))
         if outcome.exit_status != 0:
             raise self._failed("finding jobs", outcome)
@@ -178,12 +229,19 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
             raise self._failed("listing jobs", outcome)
         return list(parse_describe(outcome.stdout)[0].values())
 
+    async def _claim(self, job_id: str, token: str) -> None:
+        outcome = await self._sh(claim_script(job_id, token, self.cancel_grace))
+        if outcome.exit_status == UNSTOPPED:
+            raise NoSuccess(f"job {job_id} on {self.target.where} still runs after SIGKILL")
+        if outcome.exit_status not in (0, FINISHED):
+            raise self._failed("claiming the job of a submit that was cut off", outcome)
+
     async def _control(self, job_id: str, script: str, what: str) -> Outcome:
         _check_id(job_id)
         outcome = await self._sh(script)
         if outcome.exit_status == MISSING:
             raise missing("job", job_id, self.url)
-        if outcome.exit_status not in (0, FINISHED, UNSTOPPED):
+        if outcome.exit_status not in (0, FINISHED, UNSTOPPED, NOT_HELD):
             raise self._failed(what, outcome)
         return outcome
 
@@ -209,6 +267,39 @@ class SSHJobAdaptor(SSHBase, JobAdaptor):
         info = (await self.describe([id])).get(id)
         if info is not None:
             self.publish(info)
+
+    async def hold(self, id: str) -> None:
+        """Keep a HELD job held (nothing to do); only a job submitted held can be.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not HELD (it was released or has started:
+                suspend a running job instead).
+        """
+        _check_id(id)
+        info = (await self.describe([id])).get(id)
+        if info is None:
+            raise missing("job", id, self.url)
+        if info.state is not JobState.HELD:
+            raise IncorrectState(
+                f"cannot hold job {id} on {self.target.where}: it is {info.state}; only a "
+                "job submitted held and not yet released is held (suspend a running job)"
+            )
+
+    async def release(self, id: str) -> None:
+        """Let a HELD job start its program.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not HELD (never held, released already, or
+                ended: a cancelled held job never starts).
+        """
+        outcome = await self._control(id, release_script(id), "releasing a job")
+        if outcome.exit_status == NOT_HELD:
+            raise IncorrectState(f"job {id} on {self.target.where} is not held")
+        if outcome.exit_status == FINISHED:
+            raise IncorrectState(f"job {id} on {self.target.where} has ended")
+        self.publish(JobInfo(id=id, state=JobState.QUEUED, state_detail="released: starting"))
 
     async def suspend(self, id: str) -> None:
         """SIGSTOP the job's process group.
@@ -269,13 +360,13 @@ def parse_describe(data: bytes) -> tuple[dict[str, JobInfo], set[str]]:
         end = data.find(b"\n", pos)
         if end < 0:
             break
-        fields = data[pos:end].decode(errors="replace").split(" ", 7)
+        fields = data[pos:end].decode(errors="replace").split(" ", 8)
         pos = end + 1
-        if fields[0] == "J" and len(fields) == 8:
+        if fields[0] == "J" and len(fields) == 9:
             flush()
             current = dict(
                 zip(
-                    ("id", "pid", "alive", "exit", "canceled", "suspended", "token"),
+                    ("id", "pid", "alive", "exit", "canceled", "suspended", "held", "token"),
                     fields[1:],
                     strict=True,
                 )
@@ -312,15 +403,12 @@ def _info(fields: Mapping[str, object]) -> JobInfo:
             state, detail = JobState.FAILED, f"exited {exit_code}"
         else:
             state, detail = JobState.FAILED, "its process ended without an exit code (killed)"
+    elif pid == "-" and canceled:
+        state, detail = JobState.CANCELED, "canceled"
+    elif fields["held"] == "1":
+        state, detail = JobState.HELD, "held: waiting for release"
     elif pid == "-":
-        state, detail = (
-            (JobState.CANCELED, "canceled")
-            if canceled
-            else (
-                JobState.QUEUED,
-                "being submitted",
-            )
-        )
+        state, detail = JobState.QUEUED, "being submitted"
     elif fields["suspended"] == "1":
         state, detail = JobState.SUSPENDED, "stopped"
     else:

@@ -8,8 +8,13 @@ Each job lives in ``$HOME/.aiores/jobs/<id>/``::
                  environment values left out)
     env          the job's environment (``export`` lines), until the wrapper read it
     stdin        the job's standard input
-    run.sh       the wrapper: records its pid, runs the program unless a cancel
-                 came first, then writes ``exit``
+    run.sh       the wrapper: records its pid, waits for ``release`` if the job is
+                 held, runs the program unless a cancel came first, then writes ``exit``
+    held         present if the job was submitted held
+    gate         a FIFO a held job's wrapper blocks on (absent where ``mkfifo``
+                 failed: the wrapper then looks for ``release`` once a second)
+    release      made by a release: a held job's wrapper goes on once it exists (a
+                 release then writes a line into ``gate`` to wake it)
     pid          ``PID START BOOT`` of the wrapper, which leads the job's process
                  group: its pid, start time and the boot it runs in (see
                  :mod:`aiores_ssh._scripts`: a pid alone is never trusted); written
@@ -28,6 +33,19 @@ second sees the other: either the cancel signals the wrapper, or the wrapper see
 cancel and never starts the program. A cancel that finds no pid is therefore final:
 a wrapper that starts later (its submit command was cut off, or is still running)
 exits at once.
+
+A held job's wrapper opens ``gate`` for reading and writing (so neither it nor a
+release blocks in ``open``), then looks for ``release`` and reads a line from the
+gate until it exists: a release makes the marker first and writes into the gate
+second, so a wrapper that looked too early is woken, and one that opens the gate
+later sees the marker. A cancel ends a held wrapper like any other (its TERM comes
+before the wrapper sets its trap), and a cancel that claimed ``end`` first keeps it
+from ever starting the program, as above.
+
+A submit command whose end could not be confirmed (its stop failed, its connection
+broke) may still make the job directory: :func:`claim_script` makes the directory
+itself and claims ``end`` in it, like a cancel, so the job never starts its program
+whatever the submit command still does (the wrapper, when it starts, sees the claim).
 
 Everything aiores needs to control or reconnect to a job is in that directory, so a
 fresh client (another process, after a restart) finds it by id. The directory and
@@ -49,9 +67,11 @@ from ._scripts import LIB, exports, identify, read_stdin
 __all__ = [
     "JOBS_DIR",
     "cancel_script",
+    "claim_script",
     "describe_script",
     "find_script",
     "reap_script",
+    "release_script",
     "resume_script",
     "submit_script",
     "suspend_script",
@@ -63,11 +83,23 @@ JOBS_DIR = ".aiores/jobs"
 MISSING = 3
 FINISHED = 4
 UNSTOPPED = 5
+NOT_HELD = 6
 
 _JOBS = f'"$HOME"/{JOBS_DIR}'
 
 
-def _wrapper(desc: JobDescription) -> str:
+#: Where a held job's wrapper waits for its release (see the module).
+_HOLD = (
+    'if [ -p "$d/gate" ]; then exec 3<>"$d/gate"; fi\n'
+    'while [ ! -e "$d/release" ]; do\n'
+    '  [ -d "$d/end" ] && exit 0\n'
+    '  if [ -p "$d/gate" ]; then read -r _g <&3 || sleep 1; else sleep 1; fi\n'
+    "done\n"
+    "exec 3<&-\n"
+)
+
+
+def _wrapper(desc: JobDescription, hold: bool = False) -> str:
     """run.sh: run the program in the job's group, record its exit code.
 
     The description's paths become shell variables at the top (quoted once, by
@@ -107,6 +139,7 @@ def _wrapper(desc: JobDescription) -> str:
         + identify("$$")
         + 'set --\n{ echo "$$ $_is $_ib" >"$d/pid.w" && mv -f "$d/pid.w" "$d/pid"; } || exit 1\n'
         '[ -d "$d/end" ] && exit 0\n'
+        + (_HOLD if hold else "")
         + shell.assign(values)
         + ("" if desc.stdout else 'o="$d/stdout"\n')
         + ("" if desc.stderr else 'r="$d/stderr"\n')
@@ -123,11 +156,11 @@ def _wrapper(desc: JobDescription) -> str:
 
 
 def submit_script(
-    job_id: str, token: str, desc: JobDescription, stdin: bytes | None
+    job_id: str, token: str, desc: JobDescription, stdin: bytes | None, hold: bool = False
 ) -> tuple[str, bytes]:
     """The script that makes the job directory and starts the job detached (it prints
     the job's pid), and what to send on its input: the job's environment, then the
-    job's standard input."""
+    job's standard input. A ``hold`` job's wrapper waits for its release."""
     d = f"{_JOBS}/{job_id}"
     env = exports(desc.environment).encode()
     shown = asdict(desc) | {"stdin": None, "environment": dict.fromkeys(desc.environment)}
@@ -140,7 +173,8 @@ def submit_script(
         f"printf '%s\\n' {shell.quote(description, 'JobDescription')} >description.json\n"
         + (f"{read_stdin(len(env))} >env\n" if env else "")
         + ("cat >stdin\n" if stdin is not None else ": >stdin\n")
-        + f"printf '%s' {shell.quote(_wrapper(desc), 'JobDescription')} >run.sh\n"
+        + (": >held\nmkfifo gate 2>/dev/null || :\n" if hold else "")
+        + f"printf '%s' {shell.quote(_wrapper(desc, hold), 'JobDescription')} >run.sh\n"
         "if command -v setsid >/dev/null 2>&1; then\n"
         "  setsid /bin/sh run.sh </dev/null >/dev/null 2>&1 &\n"
         "elif command -v perl >/dev/null 2>&1; then\n"
@@ -158,7 +192,8 @@ def submit_script(
 def describe_script(
     ids: Sequence[str] | None, output_for: Collection[str] = (), budget: int = 0
 ) -> str:
-    """One line per job (``J id pid alive exit canceled suspended token``).
+    """One line per job (``J id pid alive exit canceled suspended held token``;
+    ``held``: submitted held and not released).
 
     Each finished job named in ``output_for`` has its captured streams follow its
     line as ``O stream size sent`` and then exactly ``sent`` bytes, as long as the
@@ -197,9 +232,10 @@ def describe_script(
         '  e=$(cat "$id/exit" 2>/dev/null) || e=\n'
         '  c=0; [ -e "$id/canceled" ] && c=1\n'
         '  s=0; [ -e "$id/suspended" ] && s=1\n'
+        '  h=0; [ -e "$id/held" ] && [ ! -e "$id/release" ] && h=1\n'
         '  t=$(cat "$id/token" 2>/dev/null) || t=\n'
-        '  printf \'J %s %s %s %s %s %s %s\\n\' "$id" "${p:--}" "$a" "${e:--}" '
-        '"$c" "$s" "${t:--}"\n' + show + "done\n"
+        '  printf \'J %s %s %s %s %s %s %s %s\\n\' "$id" "${p:--}" "$a" "${e:--}" '
+        '"$c" "$s" "$h" "${t:--}"\n' + show + "done\n"
     )
 
 
@@ -237,10 +273,31 @@ def cancel_script(job_id: str, grace: float) -> str:
     never start the program. Exits ``UNSTOPPED`` if the wrapper still runs after the
     KILL.
     """
+    return _job(job_id) + _cancel(grace)
+
+
+def claim_script(job_id: str, token: str, grace: float) -> str:
+    """Cancel job ``job_id`` of ``token`` whether or not its directory exists yet.
+
+    For a submit command that may still be running (see the module): the directory
+    is made (with the token, so ``find`` names it) if it is not there, and its end
+    claimed as :func:`cancel_script` does. Exits as that does (never ``MISSING``).
+    """
+    return (
+        LIB
+        + "umask 077\n"
+        + f"d={_JOBS}/{shell.quote(job_id, 'job id')}\n"
+        + 'mkdir -p "$d" || exit 1\n'
+        + f'[ -s "$d/token" ] || printf \'%s\\n\' {shell.quote(token, "token")} >"$d/token"\n'
+        + _READ_PID
+        + _cancel(grace)
+    )
+
+
+def _cancel(grace: float) -> str:
     ticks = max(1, round(grace * 10))
     return (
-        _job(job_id)
-        + f'[ -e "$d/exit" ] && exit {FINISHED}\n'
+        f'[ -e "$d/exit" ] && exit {FINISHED}\n'
         + f'[ -n "$p" ] && ! alive "$p" "$st" "$bt" && exit {FINISHED}\n'
         + f'mkdir "$d/end" 2>/dev/null || exit {FINISHED}\n'
         + ': >"$d/canceled"\n'
@@ -250,22 +307,38 @@ def cancel_script(job_id: str, grace: float) -> str:
     )
 
 
-def suspend_script(job_id: str) -> str:
-    """SIGSTOP the job's group and mark it suspended."""
+def release_script(job_id: str) -> str:
+    """Let a held job start: make ``release``, then wake the wrapper through ``gate``.
+
+    Exits ``NOT_HELD`` if the job was not submitted held or is released already,
+    ``FINISHED`` if it ended (or was cancelled) first.
+    """
     return (
         _job(job_id)
-        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p" "$st" "$bt"; }} && exit {FINISHED}\n'
-        + 'sig STOP "$p" "$st" "$bt"\n: >"$d/suspended"\n'
+        + f'{{ [ -e "$d/held" ] && [ ! -e "$d/release" ]; }} || exit {NOT_HELD}\n'
+        + f'[ -d "$d/end" ] && exit {FINISHED}\n'
+        + f'[ -n "$p" ] && ! alive "$p" "$st" "$bt" && exit {FINISHED}\n'
+        + ': >"$d/release"\n'
+        + 'if [ -p "$d/gate" ]; then { echo >&3; } 3<>"$d/gate" 2>/dev/null || :; fi\n'
+        + "exit 0\n"
     )
+
+
+#: Exit ``FINISHED`` unless the job's program may be running (started, not ended, not held).
+_NOT_RUNNING = (
+    f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p" "$st" "$bt"; }} && exit {FINISHED}\n'
+    f'[ -e "$d/held" ] && [ ! -e "$d/release" ] && exit {FINISHED}\n'
+)
+
+
+def suspend_script(job_id: str) -> str:
+    """SIGSTOP the job's group and mark it suspended."""
+    return _job(job_id) + _NOT_RUNNING + 'sig STOP "$p" "$st" "$bt"\n: >"$d/suspended"\n'
 
 
 def resume_script(job_id: str) -> str:
     """SIGCONT the job's group and clear the suspended mark."""
-    return (
-        _job(job_id)
-        + f'{{ [ -e "$d/exit" ] || [ -z "$p" ] || ! alive "$p" "$st" "$bt"; }} && exit {FINISHED}\n'
-        + 'sig CONT "$p" "$st" "$bt"\nrm -f "$d/suspended"\n'
-    )
+    return _job(job_id) + _NOT_RUNNING + 'sig CONT "$p" "$st" "$bt"\nrm -f "$d/suspended"\n'
 
 
 def reap_script(job_id: str) -> str:

@@ -17,6 +17,11 @@ period) instead of only closing the channel, which would leave the command runni
 A run's channel slot is given back only once its channel has closed. The stop of a
 cancelled run is a cleanup of the session (:attr:`~aiores.adaptor.AdaptorEnv.cleanups`):
 cancelling the caller again does not cut it off, and the session waits for it on close.
+
+A stop is confirmed only when the host showed the command gone: its channel closed
+with an exit status or signal, or the stop by pid saw its group leader end. A caller
+that must know whether a command it gave up on can still act on the host (a job
+submit: it may still make the job) passes ``ended`` to :func:`execute`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import asyncssh
@@ -95,7 +100,24 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         self.stderr = bytearray()
         self.status: int | None = None
         self.signal: str | None = None
+        #: The server refused the command (its channel or its exec request).
+        self.refused = False
         self._head = bytearray()
+
+    @property
+    def exec_sent(self) -> bool:
+        """Whether the command may have reached the server (its channel opened and
+        the server did not refuse it): no channel, no command."""
+        return self.chan is not None and not self.refused
+
+    def ended(self) -> bool:
+        """Whether the server closed the channel after the command ended (an exit
+        status or signal came); a connection that broke shows nothing."""
+        return (
+            self.closed.done()
+            and self.closed.result() is None
+            and (self.status is not None or self.signal is not None)
+        )
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
@@ -146,8 +168,16 @@ async def execute(
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
     grace: float = 2.0,
+    ended: asyncio.Future[bool] | None = None,
 ) -> Outcome:
     """Run shell ``command`` on ``target`` to completion.
+
+    ``ended``, if given, is resolved once the command's fate on the host is known:
+    True if it ended there or never started (it completed; it was stopped and the
+    host showed it gone; no channel was opened for it), False if that could not be
+    confirmed (the connection broke, the stop failed or ran out of time): the
+    command may still run, and act, on the host. A stop that a second cancellation
+    cut off from the caller resolves it when it ends, after this has raised.
 
     Raises:
         CommandTimeout: ``timeout`` passed (connecting included); the command was stopped.
@@ -162,16 +192,33 @@ async def execute(
     start = loop.time()
     remote, preamble = wrap_command(command, env)
     started: _Run | None = None  # for the partial output of a run that timed out
+    tried: list[_Run] = []  # every channel opened for it (the pool may retry)
+
+    def settle(gone: bool) -> None:
+        if ended is not None and not ended.done():
+            ended.set_result(gone)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
-        return await _open(conn, remote)
+        run = _Run()
+        tried.append(run)
+        return await _open(conn, remote, run)
 
     async def abandon(lease: Lease, run: _Run) -> None:
-        await _stop_now(pool, lease, run, grace)
+        gone = False
+        try:
+            gone = await _stop_now(pool, lease, run, grace)
+        finally:
+            settle(gone)
 
     finished: _Run | None = None
     async with concurrency.move_on_after(timeout):
-        lease, run = await pool.channel(target, opener, abandon)
+        try:
+            lease, run = await pool.channel(target, opener, abandon)
+        except BaseException:
+            # An abandoned channel's stop has settled it, unless a second cancel cut
+            # the wait for that stop short: then it is not known yet.
+            settle(not any(r.exec_sent for r in tried))
+            raise
         started = run
         try:
             chan = run.channel()
@@ -184,7 +231,7 @@ async def execute(
             # waits on it too (a shared future, not a cleanup).
             lost = await asyncio.shield(run.closed)
         except BaseException:
-            await _stop(pool, lease, run, grace)
+            await _stop(pool, lease, run, grace, settle)
             raise
         lease.release()
         finished = run
@@ -199,20 +246,27 @@ async def execute(
     if lost is not None or (
         run.status is None and run.signal is None and chan.get_connection().is_closed()
     ):
+        settle(False)
         error = translate(lost, target.where, "running a command") if lost else lost
         if not isinstance(error, ConnectionLost):
             error = ConnectionLost(f"connection to {target.where} lost while a command ran")
         raise error from lost
+    settle(True)
     status = None if run.signal is not None else run.status
     return Outcome(status, run.signal, bytes(run.stdout), bytes(run.stderr), loop.time() - start)
 
 
-async def _open(conn: asyncssh.SSHClientConnection, command: str) -> _Run:
-    """Start ``command`` on a new channel of ``conn``."""
-    session = _Run()
+async def _open(
+    conn: asyncssh.SSHClientConnection, command: str, session: _Run | None = None
+) -> _Run:
+    """Start ``command`` on a new channel of ``conn`` (with ``session``'s callbacks)."""
+    if session is None:
+        session = _Run()
     try:
         await conn.create_session(lambda: session, command, encoding=None)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, asyncssh.ChannelOpenError) and not conn.is_closed():
+            session.refused = True  # the server answered: it runs nothing
         if session.chan is not None:  # opened, then the command was refused
             session.chan.close()
             await _closes_within(session, _CLOSE_WAIT)
@@ -220,33 +274,31 @@ async def _open(conn: asyncssh.SSHClientConnection, command: str) -> _Run:
     return session
 
 
-async def _stop(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
+async def _stop(
+    pool: Pool, lease: Lease, run: _Run, grace: float, settle: Callable[[bool], None]
+) -> None:
     """Stop the remote command, close its channel, give back its slot: a cleanup of the
-    session (a second cancellation ends only the wait; the session waits for it)."""
-    await pool.cleanups.run(
-        lambda: _stop_now(pool, lease, run, grace),
-        what=f"stopping a command on {lease.target.where}",
-    )
+    session (a second cancellation ends only the wait; the session waits for it).
+    ``settle`` learns whether the stop was confirmed (see :func:`execute`)."""
+
+    async def stop() -> None:
+        gone = False
+        try:
+            gone = await _stop_now(pool, lease, run, grace)
+        finally:
+            settle(gone)
+
+    await pool.cleanups.run(stop, what=f"stopping a command on {lease.target.where}")
 
 
-async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
+async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
+    """Stop the run; whether the host showed its command gone (see the module)."""
     where = lease.target.where
     chan = run.channel()
+    gone = False
     try:
         async with asyncio.timeout(grace + _SIGNAL_WAIT + _STOP_SLACK):
-            if run.closed.done():
-                return
-            _signal(chan, "TERM")
-            _signal(chan, "CONT")  # a stopped group sees the TERM, too
-            if await _closes_within(run, min(grace, _SIGNAL_WAIT)):
-                return
-            # Still open: the command takes its time over TERM, or the server does not
-            # act on signal requests. Stop the group by pid as well.
-            try:
-                await _stop_by_pid(pool, lease, run, grace)
-            finally:
-                if not await _closes_within(run, _SIGNAL_WAIT):
-                    _signal(chan, "KILL")
+            gone = await _terminate(pool, lease, run, grace)
     except (AioresError, TimeoutError, asyncssh.Error, OSError) as exc:
         log.warning("could not stop a command on %s: %s", where, exc)
     finally:
@@ -255,14 +307,39 @@ async def _stop_now(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
             await _closes_within(run, _CLOSE_WAIT)
         finally:
             lease.release()
+    if not gone:
+        log.debug("a command stopped on %s was not seen to end", where)
+    return gone
 
 
-async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> None:
-    """TERM the run's process group by pid, KILL it after ``grace`` seconds."""
+async def _terminate(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
+    chan = run.channel()
+    if run.closed.done():
+        return run.ended()
+    _signal(chan, "TERM")
+    _signal(chan, "CONT")  # a stopped group sees the TERM, too
+    if await _closes_within(run, min(grace, _SIGNAL_WAIT)):
+        return run.ended()
+    # Still open: the command takes its time over TERM, or the server does not act on
+    # signal requests. Stop the group by pid as well.
+    gone = False
+    try:
+        gone = await _stop_by_pid(pool, lease, run, grace)
+    finally:
+        if not await _closes_within(run, _SIGNAL_WAIT):
+            _signal(chan, "KILL")
+    return gone or run.ended()
+
+
+async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
+    """TERM the run's process group by pid, KILL it after ``grace`` seconds; whether
+    its leader is seen gone."""
     # asyncio.wait: a wait that ends leaves the future alone (others wait on it).
     await asyncio.wait({run.pid_known}, timeout=_PID_WAIT)
-    if run.pid is None or run.closed.done():
-        return
+    if run.closed.done():
+        return run.ended()
+    if run.pid is None:
+        return False  # not known to have started, nor to have ended
     script = stop_script(run.pid, run.start, run.boot, grace)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
@@ -275,6 +352,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> Non
     finally:
         stopper.channel().close()
         stop_lease.release()
+    return stopper.ended() and stopper.status == 0
 
 
 def _signal(chan: asyncssh.SSHClientChannel[bytes], name: str) -> None:

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 
 import aiores
 from aiores import JobDescription, JobState, RunResult
 
-from ..injection import SETTINGS, STEP, Canary, check_job, check_run
+from ..injection import SETTINGS, STEP, Canary, carried, check_job, check_run
+from .conftest import FakeEnv, opened
 from .servers import USER, Sshd
 
 #: The texts name the canary, so it exists before the tests are collected.
@@ -33,6 +36,51 @@ def _remove_box() -> Iterator[None]:
 async def test_job_fields(sshd: Sshd, text: str) -> None:
     async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
         await check_job(session.job_service(sshd.url()), BOX, text)
+
+
+class _HeldThenReleased:
+    """A job service whose jobs are submitted held, then released."""
+
+    def __init__(self, js: aiores.JobService) -> None:
+        self.js = js
+
+    async def submit(self, desc: JobDescription) -> aiores.Job:
+        job = await self.js.submit(desc, hold=True)
+        assert job.state is JobState.HELD
+        await job.release()
+        return job
+
+
+@pytest.mark.asyncio
+@settings(SETTINGS, max_examples=8)  # the same wrapper, with a wait before the program
+@given(text=BOX.texts())
+async def test_held_job_fields(sshd: Sshd, text: str) -> None:
+    async with aiores.Session(journal=None, contexts=[sshd.context()]) as session:
+        held = _HeldThenReleased(session.job_service(sshd.url()))
+        await check_job(cast(aiores.JobService, held), BOX, text)
+
+
+@pytest.mark.asyncio
+@SETTINGS
+@given(text=BOX.texts())
+async def test_token_of_a_claimed_job(sshd: Sshd, tmp_path: Path, text: str) -> None:
+    """The token of a submit cut off, as the claim of its job writes it and find reads it."""
+    job_id = uuid.uuid4().hex[:20]
+    async with opened(FakeEnv(tmp_path, sshd.context())) as made:
+        jobs = await made.jobs(sshd.url())
+        try:
+            await jobs._claim(job_id, text)
+        except aiores.BadParameter:
+            assert not carried(text), f"{text!r} was refused"
+        else:
+            assert carried(text), f"{text!r} was accepted, but cannot reach the host"
+            if "\n" not in text:  # a token is one line
+                found = {info.id: info for info in await jobs.find(text)}
+                assert found[job_id].state is JobState.CANCELED
+                if text not in ("", "-"):  # no token, as describe reports it
+                    assert found[job_id].token == text
+            await jobs.reap(job_id)
+    BOX.assert_untouched(text)
 
 
 @pytest.mark.asyncio

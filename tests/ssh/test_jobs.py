@@ -218,13 +218,6 @@ async def test_describe_many_jobs_in_one_command(adaptors: Adaptors, sshd: Sshd)
 
 
 @pytest.mark.asyncio
-async def test_hold_is_not_supported(adaptors: Adaptors, sshd: Sshd) -> None:
-    jobs = await adaptors.jobs(sshd.url())
-    with pytest.raises(aiores.NotSupported):
-        await jobs.submit(JobDescription.shell("true"), token(), hold=True)
-
-
-@pytest.mark.asyncio
 async def test_job_environment_stays_out_of_command_lines(
     adaptors: Adaptors, sshd: Sshd, test_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -335,8 +328,10 @@ def _describe_sizes(jobs: SSHJobAdaptor) -> list[int]:
     sizes: list[int] = []
     sh = jobs._sh
 
-    async def spy(script: str, stdin: bytes | None = None) -> Outcome:
-        outcome = await sh(script, stdin)
+    async def spy(
+        script: str, stdin: bytes | None = None, ended: asyncio.Future[bool] | None = None
+    ) -> Outcome:
+        outcome = await sh(script, stdin, ended)
         if "J %s" in script:
             sizes.append(len(outcome.stdout))
         return outcome
