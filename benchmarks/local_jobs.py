@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import sys
@@ -93,6 +94,8 @@ def raise_fd_limit(n: int) -> None:
 async def main(n: int, rounds: int) -> int:
     raise_fd_limit(n)
     with tempfile.TemporaryDirectory(prefix="aiores-bench-") as tmp:
+        # Job records (one directory a job, kept until reaped) go there too.
+        os.environ["AIORES_STATE_DIR"] = tmp
         methods: dict[str, Callable[[int], Awaitable[None]]] = {
             "raw": raw,
             "aiores": aiores_run(Path(tmp) / "journal.sqlite"),

@@ -1,32 +1,52 @@
 """Jobs as local processes: the ``local://`` job service.
 
 Each job is one process in its own session (process group), started without a shell
-unless the description is a shell command. Its exit is pushed to the core the moment
-it happens (a pidfd on the event loop; nothing polls), along with its captured output.
-Per job there is one watcher task in the session's task group and no thread.
+unless the description is a shell command. Jobs are started by the adaptor's
+*keeper* (:mod:`._keeper`): a small standard-library process, started at the
+adaptor's first job, which is the parent of every job it starts. The keeper records
+each job in ``<state dir>/local/jobs/<id>/`` (0700: its token, its leader's pid, start
+time and boot, its exit status, its captured output) and tells the adaptor the
+moment a job ends, with its output (nothing polls; no thread or task per job).
+
+Why a keeper: a job must outlive the program that submitted it, and the exit status
+of a process reaches only its parent. The keeper outlives the program (it ends once
+its last job ended), so a job's end is recorded even if the program was killed; and
+forking moves off the program's event loop into the keeper, so the fast path stays
+fast.
+
+Found again: :meth:`LocalJobAdaptor.describe` of an id this adaptor does not know,
+:meth:`~LocalJobAdaptor.find` by token and :meth:`~LocalJobAdaptor.list` read the
+records (in a thread), from any program of the same user and state directory. A
+running job found again is followed through a pidfd on its leader (opened only
+after the leader's start time is checked: a reused pid is never taken for the job);
+when it ends, its recorded exit status and output are published. Cancel (SIGTERM
+to its group, SIGKILL after the grace period), suspend and resume work on it too.
+
+Output: a stream the description names no file for goes to a file in the job's
+directory; the submitting program gets it (up to ``capture_limit``) with the job's
+end, and later programs read it from there until the job is reaped (all of it is
+kept on disk until then). Reaping a job removes its directory.
 
 With ``local://?max_running=N`` at most N jobs run at once; the others wait QUEUED and
 start, in submission order, as soon as a slot frees. ``submit(..., hold=True)`` makes a
 HELD job that starts only when released. A job that runs past its description's
-``walltime`` is stopped as a cancel would stop it and ends FAILED.
-
-Lifetimes: a running job outlives the session, as DESIGN.md asks. When the session
-closes, :meth:`LocalJobAdaptor.aclose` stops watching running jobs without signalling
-them (a daemon thread reaps each when it ends). Their captured output is dropped and the
-pipes closed, so a job that writes to a captured stream afterwards gets EPIPE/SIGPIPE:
-give jobs that must outlive the session ``stdout``/``stderr`` files. Held and queued
-jobs exist only in this process, so closing the session ends them CANCELED.
+``walltime`` is stopped as a cancel would stop it and ends FAILED (the walltime is
+kept by the submitting program only). Held and queued jobs exist only in this
+process: closing the session ends them CANCELED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import builtins
 import functools
 import logging
 import os
 import signal
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiores import (
     AioresError,
@@ -40,31 +60,31 @@ from aiores import (
 )
 from aiores.adaptor import URL, AdaptorEnv, JobAdaptor, JobInfo, missing
 
+from . import _records as records
+from ._client import KeeperClient, launch, stop
+from ._keeper import CANCELED, SUSPENDED
 from ._options import check_grace, check_max_running, parse_options
-from ._process import (
-    Child,
-    SpawnGate,
-    check_startable,
-    merged_environment,
-    signal_name,
-    spawn,
-    spawn_error,
-)
+from ._process import check_startable, merged_environment, signal_name, spawn_error
 
 __all__ = ["LocalJobAdaptor"]
 
 log = logging.getLogger("aiores.local")
 
 _R = JobState.RUNNING
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+#: Seconds between looks at the record of a job found again while its exit status is
+#: being recorded (or its start is under way): the first, and the longest.
+FOLLOW_FIRST = 0.005
+FOLLOW_LONGEST = 1.0
+#: Seconds between looks at a followed leader where pidfds are missing.
+POLL_WITHOUT_PIDFD = 0.25
 
 
 class _Job:
     """One job's record (slots: thousands of these may exist at once)."""
 
     __slots__ = (
+        "abandoned",
         "cancel_requested",
-        "child",
         "description",
         "finished",
         "go",
@@ -73,20 +93,26 @@ class _Job:
         "info",
         "kill_timer",
         "killed",
+        "leader",
         "overtime",
+        "own",
+        "pid",
         "token",
         "walltime_timer",
     )
 
-    def __init__(self, id: str, description: JobDescription, token: str) -> None:
+    def __init__(self, id: str, description: JobDescription | None, token: str) -> None:
         self.id = id
         self.description = description
         self.token = token
-        self.child: Child | None = None
-        self.info: JobInfo
+        self.pid: int | None = None
+        self.own = True  # started by this adaptor's keeper (else: found again, followed)
+        self.leader: records.Identity | None = None  # the recorded leader of a followed job
+        self.info = JobInfo(id=id, state=JobState.NEW, token=token)
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.go: asyncio.Future[None] | None = None  # set for jobs that start later
         self.holds_slot = False
+        self.abandoned = False  # its submit was cancelled while the keeper started it
         self.cancel_requested = False
         self.killed = False
         self.overtime = False
@@ -113,32 +139,9 @@ class _Job:
             stdout=stdout,
             stderr=stderr,
             token=self.token,
-            extra={} if self.child is None else {"pid": self.child.pid},
+            extra={} if self.pid is None else {"pid": self.pid},
         )
         return self.info
-
-
-def _open_outputs(description: JobDescription) -> tuple[int | None, int | None]:
-    """Blocking: open the job's output files (relative to its working directory)."""
-    opened: dict[str, int] = {}
-    fds: list[int | None] = []
-    try:
-        for which, path in (("stdout", description.stdout), ("stderr", description.stderr)):
-            if path is None:
-                fds.append(None)
-                continue
-            full = os.path.join(description.working_directory or "", path)
-            if full not in opened:
-                try:
-                    opened[full] = os.open(full, _FILE_FLAGS, 0o666)
-                except OSError as exc:
-                    raise _output_error(which, path, exc) from exc
-            fds.append(opened[full])
-    except BaseException:
-        for fd in opened.values():
-            os.close(fd)
-        raise
-    return fds[0], fds[1]
 
 
 def _output_error(which: str, path: str, exc: OSError) -> AioresError:
@@ -151,9 +154,25 @@ def _output_error(which: str, path: str, exc: OSError) -> AioresError:
     return NoSuccess(f"{which} file {path!r} cannot be opened: {exc.strerror}")
 
 
-def _close_outputs(fds: tuple[int | None, int | None]) -> None:
-    for fd in {fd for fd in fds if fd is not None}:
-        os.close(fd)
+def _start_error(description: JobDescription, error: Mapping[str, Any]) -> AioresError:
+    """The aiores error for a start the keeper reported failed."""
+    number = error.get("errno") or 0
+    if not number:
+        return NoSuccess(f"cannot start {description.executable!r}: {error.get('strerror')}")
+    exc = OSError(number, error.get("strerror"), error.get("filename"))
+    if error.get("which"):
+        return _output_error(error["which"], error["path"], exc)
+    return spawn_error(exc, description.executable, description.working_directory)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalJobAdaptor(JobAdaptor):
@@ -183,25 +202,82 @@ class LocalJobAdaptor(JobAdaptor):
         self.max_running = (
             options.max_running if max_running is None else check_max_running(max_running)
         )
+        #: Where job records live (shared by every local:// endpoint of this state dir).
+        self.jobs_dir = env.state_dir / "local" / "jobs"
         self._jobs: dict[str, _Job] = {}
         self._by_token: dict[str, list[str]] = {}
         self._queue: deque[_Job] = deque()
         self._active = 0  # jobs holding a slot (running, suspended or starting)
-        self._devnull = -1
         self._closed = False
-        self._gate = SpawnGate()
+        self._keeper: KeeperClient | None = None
+        self._keeper_lock = asyncio.Lock()
 
-    async def open(self) -> None:
-        """Open ``/dev/null`` once for the standard input of every job."""
-        if self._devnull < 0:
-            self._devnull = await asyncio.to_thread(os.open, os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    # -- the keeper --------------------------------------------------------------------
+    async def _keeper_up(self) -> KeeperClient:
+        """This adaptor's keeper, started (and waited for) on first use."""
+        keeper = self._keeper
+        if keeper is not None and not keeper.gone:
+            return keeper
+        async with self._keeper_lock:
+            keeper = self._keeper
+            if keeper is not None and not keeper.gone:
+                return keeper
+            if self._closed:
+                raise IncorrectState(f"{self.url} job service is closed")
+            popen = await self.env.cleanups.to_thread(
+                launch,
+                self.jobs_dir,
+                dispose=stop,
+                what="ending a local job keeper whose start was cancelled",
+            )
+            keeper = KeeperClient(popen, self._exited)
+            try:
+                await keeper.connect()
+            except BaseException:
+                keeper.close()
+                popen.kill()  # it has started no job
+                raise
+            keeper.on_gone = self._keeper_gone
+            keeper.on_detached = self._keeper_detached
+            self._keeper = keeper
+            self.env.spawn(keeper.read, name=f"aiores-local-keeper-{keeper.pid}")
+            return keeper
+
+    def _keeper_gone(self) -> None:
+        """The keeper died: follow its jobs through their records, as found again."""
+        log.warning("%s: the job keeper ended unexpectedly; following its jobs", self.url)
+        for job in list(self._jobs.values()):
+            if job.own and job.pid is not None and not job.state.final:
+                job.own = False
+                self._follow_soon(job)
+
+    def _start_request(self, job: _Job, keeper: KeeperClient) -> dict[str, Any]:
+        desc = job.description
+        assert desc is not None
+        env = merged_environment(desc.environment)
+        if env is None and os.environ != keeper.environ:
+            env = dict(os.environ)  # changed since the keeper started: pass it on
+        stdin = desc.stdin_bytes
+        return {
+            "op": "start",
+            "id": job.id,
+            "token": job.token,
+            "argv": [desc.executable, *desc.arguments],
+            "cwd": desc.working_directory,
+            "env": env,
+            "stdin": None if stdin is None else base64.b64encode(stdin).decode(),
+            "stdout": desc.stdout,
+            "stderr": desc.stderr,
+            "limit": desc.capture_limit,
+        }
 
     # -- submit ------------------------------------------------------------------------
     async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
         """Start the job now, or queue it (HELD if ``hold``, QUEUED if no slot is free).
 
         Returns:
-            Its first state: RUNNING, QUEUED or HELD.
+            Its first state: RUNNING, QUEUED or HELD (a job that ended at once may
+            already be final).
 
         Raises:
             DoesNotExist: the executable, the working directory or an output file's
@@ -210,16 +286,15 @@ class LocalJobAdaptor(JobAdaptor):
                 cannot be entered, or an output file cannot be written.
             BadParameter: an output file is a directory.
             NoSuccess: the process could not start for another reason (such as too
-                many open files).
+                many open files), or the keeper could not start.
             IncorrectState: the adaptor is closed.
 
-        Cancelling it before the process starts leaves nothing behind; once the process
-        has started (the last step), the job exists and :meth:`find` returns it.
+        Cancelling it before the keeper was asked leaves nothing behind; after that,
+        the job is stopped (SIGKILL, CANCELED) once the keeper started it, and
+        :meth:`find` waits for that and returns it ended.
         """
         if self._closed:
             raise IncorrectState(f"{self.url} job service is closed")
-        if self._devnull < 0:
-            await self.open()
         job = _Job(self._new_id(), description, token)
         free = self.max_running is None or (self._active < self.max_running and not self._queue)
         if hold or not free:
@@ -232,29 +307,82 @@ class LocalJobAdaptor(JobAdaptor):
             else:
                 job.set(JobState.QUEUED, self._queued_detail())
                 self._queue.append(job)
-        else:
-            job.holds_slot = True  # taken before any await, so no other submit takes it
-            self._active += 1
-            try:
-                await self._gate.turn()
-                files: tuple[int | None, int | None] = (None, None)
-                if description.stdout is not None or description.stderr is not None:
-                    files = await self._open_files(description)
-                if self._closed:
-                    _close_outputs(files)
-                    raise IncorrectState(f"{self.url} job service closed during the submit")
-                self._start(job, files)  # raises a mapped error if the process cannot start
-            except BaseException:
+            self._register(job)
+            self.env.spawn(functools.partial(self._later, job), name=f"aiores-local-job-{job.id}")
+            self._admit()  # a slot may have freed while the checks ran
+            return job.info
+        job.holds_slot = True  # taken before any await, so no other submit takes it
+        self._active += 1
+        try:
+            await self._launch(job)
+        except BaseException:
+            if job.holds_slot and job.pid is None:
                 job.holds_slot = False
                 self._active -= 1
                 self._admit()
-                raise
+            raise
+        # Its first state, even if its end (announced since, and published) came first.
+        return JobInfo(
+            id=job.id, state=_R, state_detail="running", token=token, extra={"pid": job.pid}
+        )
+
+    def _register(self, job: _Job) -> None:
         self._jobs[job.id] = job
-        self._by_token.setdefault(token, []).append(job.id)
-        self.env.spawn(functools.partial(self._watch, job), name=f"aiores-local-job-{job.id}")
-        if job.go is not None:
-            self._admit()  # a slot may have freed while the checks ran
-        return job.info
+        self._by_token.setdefault(job.token, []).append(job.id)
+
+    def _forget(self, job: _Job) -> None:
+        self._jobs.pop(job.id, None)
+        ids = self._by_token.get(job.token)
+        if ids is not None and job.id in ids:
+            ids.remove(job.id)
+            if not ids:
+                del self._by_token[job.token]
+
+    async def _launch(self, job: _Job) -> None:
+        """Have the keeper start ``job`` now; raises the mapped error if it cannot."""
+        keeper = await self._keeper_up()
+        if self._closed:
+            raise IncorrectState(f"{self.url} job service closed during the submit")
+        assert job.description is not None
+        self._register(job)  # hidden (NEW) until the keeper answers
+        answer = keeper.request(
+            self._start_request(job, keeper), functools.partial(self._answered, job)
+        )
+        try:
+            # Shielded: the answer is the keeper's, whoever stops waiting for it.
+            reply = await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            job.abandoned = True
+            if job.pid is not None:
+                self._abandon(job)  # started in the same turn: stop it now
+            raise
+        if "error" in reply:
+            raise _start_error(job.description, reply["error"])
+
+    def _answered(self, job: _Job, reply: Mapping[str, Any]) -> None:
+        """The keeper's answer to a start (a loop callback, before any end it announces)."""
+        if "error" in reply:
+            if job.go is None:
+                self._forget(job)  # a submit that fails leaves nothing
+                if not job.finished.done():
+                    job.finished.set_result(None)
+            return
+        job.pid = reply["pid"]
+        if job.abandoned or job.state.final:  # cancelled while it was being started
+            job.set(_R, "running")
+            self._abandon(job)
+            return
+        job.set(_R, "running")
+        desc = job.description
+        if desc is not None and desc.walltime is not None:
+            loop = job.finished.get_loop()
+            job.walltime_timer = loop.call_later(desc.walltime, self._walltime_expired, job)
+
+    def _abandon(self, job: _Job) -> None:
+        """Stop a job whose submit was cancelled: SIGKILL at once, CANCELED."""
+        job.cancel_requested = True
+        job.killed = True
+        self._signal_soon(job, [signal.SIGKILL], mark=CANCELED, ended=True)
 
     def _new_id(self) -> str:
         while True:
@@ -275,105 +403,53 @@ class LocalJobAdaptor(JobAdaptor):
         if error is not None:
             raise error
 
-    def _start(self, job: _Job, files: tuple[int | None, int | None]) -> None:
-        """Start the job's process now (sync; it holds a slot); raises a mapped error."""
-        desc = job.description
+    async def _later(self, job: _Job) -> None:
+        """Start a deferred (held or queued) job when its turn comes."""
+        assert job.go is not None
+        assert job.description is not None
+        await job.go
+        if job.state.final:
+            return
         try:
-            child = spawn(
-                (desc.executable, *desc.arguments),
-                cwd=desc.working_directory,
-                env=merged_environment(desc.environment),
-                stdin=desc.stdin_bytes,
-                stdout=files[0],
-                stderr=files[1],
-                limit=desc.capture_limit,
-                devnull=self._devnull,
-                on_done=functools.partial(self._exited, job),
-            )
-        except OSError as exc:
-            raise spawn_error(exc, desc.executable, desc.working_directory) from exc
-        finally:
-            _close_outputs(files)
-        job.child = child
-        job.set(_R, "running")
-        if desc.walltime is not None:
-            job.walltime_timer = child.loop.call_later(desc.walltime, self._walltime_expired, job)
-
-    async def _open_files(self, description: JobDescription) -> tuple[int | None, int | None]:
-        """Open the job's output files in a thread.
-
-        If the caller is cancelled meanwhile, the cancellation propagates at once and
-        closing what the thread opens (once it ends) is one of the session's cleanups,
-        which the session waits for when it closes.
-        """
-        return await self.env.cleanups.to_thread(
-            _open_outputs,
-            description,
-            dispose=_close_outputs,
-            what="closing the output files of a cancelled local job start",
-        )
-
-    # -- the watcher -----------------------------------------------------------------
-    async def _watch(self, job: _Job) -> None:
-        """Start a deferred job when its turn comes, then wait for its end."""
-        try:
-            if job.go is not None:
-                await job.go
-                if job.state.final:
-                    return
-                await self._start_later(job)
-            await job.finished
-        except asyncio.CancelledError:
-            self._detach(job)
-            raise
-        except Exception as exc:  # a bug here must not break the session's task group
-            log.exception("local job %s: watcher failed", job.id)
-            self._finish(job, JobState.FAILED, f"aiores-local internal error: {exc!r}")
-
-    async def _start_later(self, job: _Job) -> None:
-        desc = job.description
-        try:
-            await self._gate.turn()
-            files: tuple[int | None, int | None] = (None, None)
-            if desc.stdout is not None or desc.stderr is not None:
-                files = await self._open_files(desc)
-            if job.state.final:  # cancelled while waiting for a turn or the files
-                _close_outputs(files)
+            keeper = await self._keeper_up()
+            if job.state.final:  # cancelled while the keeper started
                 return
-            self._start(job, files)
+            answer = keeper.request(
+                self._start_request(job, keeper), functools.partial(self._answered, job)
+            )
+            reply = await answer
         except AioresError as exc:
             self._finish(job, JobState.FAILED, f"could not start: {exc}")
             return
-        self.publish(job.info)
+        if "error" in reply:
+            error = _start_error(job.description, reply["error"])
+            self._finish(job, JobState.FAILED, f"could not start: {error}")
+        elif job.state is _R:
+            self.publish(job.info)
 
-    def _exited(self, job: _Job, child: Child) -> None:
-        """The process ended and its pipes closed (a loop callback)."""
-        rc = child.returncode
-        assert rc is not None
-        how = f"exited {rc}" if rc >= 0 else f"killed by {signal_name(-rc)}"
+    # -- ends --------------------------------------------------------------------------
+    def _exited(self, id: str, rc: int, stdout: bytes | None, stderr: bytes | None) -> None:
+        """The keeper says a job it started ended (a loop callback)."""
+        job = self._jobs.get(id)
+        if job is None or job.state.final or not job.own:
+            return
+        how = records.exit_detail(rc)
         if job.killed:
-            how += f" after the {self.grace:g} s grace period"
+            how += f" after the {self.grace:g} s grace period" if self.grace else ""
         elif rc >= 0 and (job.cancel_requested or job.overtime):
             how += " after SIGTERM"
         if job.cancel_requested:
             state, detail = JobState.CANCELED, f"canceled: {how}"
         elif job.overtime:
-            walltime = job.description.walltime
+            walltime = job.description.walltime if job.description else None
             state, detail = JobState.FAILED, f"walltime of {walltime:g} s exceeded: {how}"
         else:
             state = JobState.DONE if rc == 0 else JobState.FAILED
             detail = how
-        if job.kill_timer is not None and not child.group_alive():
+        if job.kill_timer is not None and job.pid is not None and not _group_alive(job.pid):
             job.kill_timer.cancel()
             job.kill_timer = None
-        self._finish(
-            job,
-            state,
-            detail,
-            exit_code=rc,
-            stdout=None if child.out is None else child.out.take(),
-            stderr=None if child.err is None else child.err.take(),
-        )
+        self._finish(job, state, detail, exit_code=rc, stdout=stdout, stderr=stderr)
 
     def _finish(
         self,
@@ -410,34 +486,128 @@ class LocalJobAdaptor(JobAdaptor):
             self._active += 1
             job.go.set_result(None)
 
-    def _detach(self, job: _Job) -> None:
-        """Stop watching ``job`` without touching its process."""
-        if job.child is not None and not job.child.done:
-            if job.kill_timer is not None:  # a cancel is under way: finish it now
-                job.kill_timer.cancel()
-                job.kill_timer = None
-                job.child.signal(signal.SIGKILL)
-            if job.walltime_timer is not None:
-                job.walltime_timer.cancel()
-                job.walltime_timer = None
-            job.child.detach()
-            job.set(job.state, f"{job.info.state_detail}; no longer watched (session closed)")
-        if not job.finished.done():
+    # -- jobs found again ----------------------------------------------------------------
+    def _adopt(self, record: records.Record) -> _Job:
+        """Know a job from its record (submitted elsewhere); follow it until it ends."""
+        job = _Job(record.id, None, record.token or "")
+        job.own = False
+        job.leader = record.leader
+        job.pid = None if record.leader is None else record.leader.pid
+        job.info = record.info()
+        self._register(job)
+        if not job.state.final:
+            self._follow_soon(job)
+        elif not job.finished.done():
             job.finished.set_result(None)
+        return job
+
+    def _follow_soon(self, job: _Job) -> None:
+        self.env.spawn(functools.partial(self._follow, job), name=f"aiores-local-follow-{job.id}")
+
+    async def _follow(self, job: _Job) -> None:
+        """Wait for a followed job's leader to end, then publish what its record says."""
+        delay = FOLLOW_FIRST
+        try:
+            while not job.finished.done():
+                record = await asyncio.to_thread(records.read, self.jobs_dir, job.id)
+                if record is None or job.finished.done():
+                    return  # reaped meanwhile, or no longer followed
+                job.leader = record.leader
+                info = record.info()
+                if info.state.final:
+                    job.pid = None if record.leader is None else record.leader.pid
+                    self._finish(
+                        job, info.state, info.state_detail, info.exit_code, info.stdout, info.stderr
+                    )
+                    return
+                if record.leader_alive and record.leader is not None:
+                    await self._leader_ended(job, record.leader)
+                    delay = FOLLOW_FIRST
+                else:  # being started, or its end is being recorded: soon
+                    await asyncio.wait([job.finished], timeout=delay)
+                    delay = min(FOLLOW_LONGEST, delay * 2)
+        except Exception as exc:  # a bug here must not break the session's task group
+            log.exception("local job %s: following it failed", job.id)
+            self._finish(job, JobState.FAILED, f"aiores-local internal error: {exc!r}")
+
+    async def _leader_ended(self, job: _Job, leader: records.Identity) -> None:
+        """Return once ``leader`` has ended (or the job is no longer followed)."""
+        try:
+            fd = await asyncio.to_thread(records.open_pidfd, leader)
+        except (AttributeError, OSError):  # no pidfds here: look now and then
+            while not job.finished.done() and await asyncio.to_thread(leader.alive):
+                await asyncio.wait([job.finished], timeout=POLL_WITHOUT_PIDFD)
+            return
+        if fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            await asyncio.wait([ended, job.finished], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+            ended.cancel()
 
     # -- queries -----------------------------------------------------------------------
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
-        """The current state of each known id (unknown ids are left out)."""
+        """The current state of each id; unknown ids are left out.
+
+        Ids this adaptor does not know are looked up in the job records (a job
+        submitted by another program, or another endpoint): found, they are known
+        from then on and followed until they end.
+        """
         jobs = self._jobs
-        return {id: jobs[id].info for id in ids if id in jobs}
+        unknown = [id for id in ids if id not in jobs and records.ID.fullmatch(id)]
+        if unknown:
+            for record in await asyncio.to_thread(records.read_many, self.jobs_dir, unknown):
+                if record.id not in jobs:
+                    self._adopt(record)
+        return {
+            id: job.info
+            for id in ids
+            if (job := jobs.get(id)) is not None and job.state is not JobState.NEW
+        }
 
     async def find(self, token: str) -> Sequence[JobInfo]:
-        """Every job submitted under ``token`` and not reaped."""
-        return [self._jobs[id].info for id in self._by_token.get(token, ())]
+        """Every job submitted under ``token`` and not reaped, by any program.
+
+        A job whose submit was cancelled while it started is waited for: it is
+        returned once stopped (CANCELED).
+        """
+        for id in list(self._by_token.get(token, ())):
+            job = self._jobs.get(id)
+            if job is not None and job.abandoned:
+                await asyncio.shield(job.finished)
+        for record in await asyncio.to_thread(records.find, self.jobs_dir, token):
+            if record.id not in self._jobs:
+                self._adopt(record)
+        return [
+            job.info
+            for id in self._by_token.get(token, ())
+            if (job := self._jobs[id]).state is not JobState.NEW
+        ]
 
     async def list(self) -> Sequence[JobInfo]:
-        """Every job this adaptor knows (until reaped)."""
-        return [job.info for job in self._jobs.values()]
+        """Every job not reaped: this adaptor's, and every recorded one (without output)."""
+        ids = await asyncio.to_thread(records.list_ids, self.jobs_dir)
+        unknown = [id for id in ids if id not in self._jobs]
+        found = await asyncio.to_thread(records.read_many, self.jobs_dir, unknown, output=False)
+        ended: builtins.list[JobInfo] = []
+        for record in found:
+            info = record.info()
+            if info.state.final:
+                ended.append(info)
+            elif record.id not in self._jobs:
+                self._adopt(record)
+        known = [job.info for job in self._jobs.values() if job.state is not JobState.NEW]
+        return known + ended
 
     def _get(self, id: str) -> _Job:
         try:
@@ -445,52 +615,109 @@ class LocalJobAdaptor(JobAdaptor):
         except KeyError:
             raise missing("job", id, self.url) from None
 
+    async def _known(self, id: str) -> _Job:
+        """The job ``id``, looked up in the records if this adaptor does not know it."""
+        if id not in self._jobs:
+            await self.describe([id])
+        return self._get(id)
+
+    # -- signals -----------------------------------------------------------------------
+    async def _signal(
+        self, job: _Job, signals: Sequence[int], *, mark: str | None, ended: bool = False
+    ) -> bool:
+        """Signal the job's group (marking its record first); False if it has ended.
+
+        A job this adaptor's keeper started is signalled by the keeper, its parent:
+        while the keeper has not reaped it, its pid cannot be another's. A followed
+        job is signalled only while its leader is the recorded process.
+        """
+        if job.own:
+            keeper = self._keeper
+            if keeper is None:
+                return False
+            answer = await keeper.request(
+                {
+                    "op": "signal",
+                    "id": job.id,
+                    "signals": list(signals),
+                    "mark": mark,
+                    "ended": ended,
+                }
+            )
+            return bool(answer.get("sent"))
+        if job.leader is None:
+            return False
+        return await asyncio.to_thread(
+            records.signal_group, self.jobs_dir, job.id, job.leader, signals, mark
+        )
+
+    def _signal_soon(
+        self, job: _Job, signals: Sequence[int], *, mark: str | None, ended: bool = False
+    ) -> None:
+        """:meth:`_signal`, from a loop callback."""
+        if job.own and self._keeper is not None:
+            self._keeper.request(
+                {
+                    "op": "signal",
+                    "id": job.id,
+                    "signals": list(signals),
+                    "mark": mark,
+                    "ended": ended,
+                }
+            )
+            return
+
+        async def send() -> None:
+            await self._signal(job, signals, mark=mark, ended=ended)
+
+        self.env.spawn(send, name=f"aiores-local-signal-{job.id}")
+
+    def _terminate(self, job: _Job) -> builtins.list[int]:
+        """Arm the SIGKILL after the grace period; the signals to send now."""
+        if self.grace == 0:
+            job.killed = True
+            return [signal.SIGKILL]
+        job.kill_timer = job.finished.get_loop().call_later(self.grace, self._kill, job)
+        if job.state is JobState.SUSPENDED:
+            return [signal.SIGTERM, signal.SIGCONT]  # a stopped process acts on TERM once continued
+        return [signal.SIGTERM]
+
+    def _walltime_expired(self, job: _Job) -> None:
+        job.walltime_timer = None
+        if not job.state.final and job.kill_timer is None and not job.killed:
+            job.overtime = True
+            self._signal_soon(job, self._terminate(job), mark=None)
+
+    def _kill(self, job: _Job) -> None:
+        # The group may outlive its leader (children that ignore SIGTERM): kill it all.
+        job.kill_timer = None
+        job.killed = not job.state.final
+        self._signal_soon(job, [signal.SIGKILL], mark=None, ended=True)
+
     # -- control -----------------------------------------------------------------------
     async def cancel(self, id: str) -> None:
         """Stop the job: SIGTERM to its process group, SIGKILL after the grace period.
 
         A held or queued job ends CANCELED at once; a running one ends CANCELED when
-        its process exits (this returns once the signal is sent).
+        its process exits (this returns once the signal is sent). A job submitted by
+        another program is found by its record and stopped the same way (the SIGKILL
+        comes from this program: it must run through the grace period).
 
         Raises:
             DoesNotExist: no such job.
             IncorrectState: the job has already ended.
         """
-        job = self._get(id)
+        job = await self._known(id)
         if job.state.final:
             raise IncorrectState(f"job {id} has already ended ({job.state}): nothing to cancel")
         job.cancel_requested = True
-        if job.child is None:
+        if job.pid is None and job.own:
             self._finish(job, JobState.CANCELED, f"canceled before it started ({job.state})")
             return
-        self._terminate(job)
-
-    def _terminate(self, job: _Job) -> None:
-        """SIGTERM the job's group now and SIGKILL it after the grace period."""
-        child = job.child
-        assert child is not None
         if job.kill_timer is not None or job.killed:
             return  # already terminating
-        if self.grace == 0:
-            self._kill(job)
-            return
-        child.signal(signal.SIGTERM)
-        if job.state is JobState.SUSPENDED:
-            child.signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
-        job.kill_timer = child.loop.call_later(self.grace, self._kill, job)
-
-    def _walltime_expired(self, job: _Job) -> None:
-        job.walltime_timer = None
-        if not job.state.final and job.child is not None and not job.child.done:
-            job.overtime = True
-            self._terminate(job)
-
-    def _kill(self, job: _Job) -> None:
-        # The group may outlive its leader (children that ignore SIGTERM): kill it all.
-        job.kill_timer = None
-        if job.child is not None and not job.child.detached:
-            job.killed = not job.state.final
-            job.child.signal(signal.SIGKILL)
+        signals = self._terminate(job)
+        await self._signal(job, signals, mark=CANCELED, ended=signals == [signal.SIGKILL])
 
     async def suspend(self, id: str) -> None:
         """Stop the running job's process group with SIGSTOP (state SUSPENDED).
@@ -499,7 +726,7 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job is not RUNNING.
         """
-        self._signal_running(id, "suspend", signal.SIGSTOP, _R, JobState.SUSPENDED)
+        await self._signal_running(id, "suspend", signal.SIGSTOP, _R, JobState.SUSPENDED)
 
     async def resume(self, id: str) -> None:
         """Continue the suspended job's process group with SIGCONT (state RUNNING).
@@ -508,15 +735,18 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job is not SUSPENDED.
         """
-        self._signal_running(id, "resume", signal.SIGCONT, JobState.SUSPENDED, _R)
+        await self._signal_running(id, "resume", signal.SIGCONT, JobState.SUSPENDED, _R)
 
-    def _signal_running(
+    async def _signal_running(
         self, id: str, what: str, signum: int, before: JobState, after: JobState
     ) -> None:
-        job = self._get(id)
-        if job.state is not before or job.child is None or job.child.done:
+        job = await self._known(id)
+        if job.state is not before or job.pid is None:
             raise IncorrectState(f"cannot {what} job {id}: it is {job.state}, not {before}")
-        job.child.signal(signum)
+        mark = SUSPENDED if after is JobState.SUSPENDED else "resumed"
+        sent = await self._signal(job, [signum], mark=mark)
+        if job.state.final or not sent:
+            raise IncorrectState(f"cannot {what} job {id}: it has ended")
         self.publish(job.set(after, f"{after.name.lower()} ({signal_name(signum)})"))
 
     async def hold(self, id: str) -> None:
@@ -526,7 +756,7 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job has started or ended (suspend a running job instead).
         """
-        job = self._get(id)
+        job = await self._known(id)
         if job.state is JobState.HELD:
             return
         if job.state is not JobState.QUEUED or job.go is None or job.go.done():
@@ -543,7 +773,7 @@ class LocalJobAdaptor(JobAdaptor):
             DoesNotExist: no such job.
             IncorrectState: the job is not HELD (a QUEUED job is left as it is).
         """
-        job = self._get(id)
+        job = await self._known(id)
         if job.state is JobState.QUEUED:
             return
         if job.state is not JobState.HELD:
@@ -553,42 +783,64 @@ class LocalJobAdaptor(JobAdaptor):
         self._admit()
 
     async def reap(self, id: str) -> None:
-        """Forget an ended job and its captured output.
+        """Forget an ended job: its record, its captured output.
 
         Raises:
             DoesNotExist: no such job.
             IncorrectState: the job has not ended.
         """
-        job = self._get(id)
+        job = await self._known(id)
         if not job.state.final:
             raise IncorrectState(f"cannot reap job {id}: it is still {job.state}")
-        del self._jobs[id]
-        ids = self._by_token.get(job.token)
-        if ids is not None:
-            ids.remove(id)
-            if not ids:
-                del self._by_token[job.token]
+        self._forget(job)
+        if job.pid is not None:
+            await asyncio.to_thread(records.remove, self.jobs_dir, id)
 
     # -- lifetime ----------------------------------------------------------------------
     async def aclose(self) -> None:
         """Stop watching jobs; running jobs keep running, held and queued ones are canceled.
 
         Running jobs are not signalled (a cancel already under way is finished with
-        SIGKILL). Their captured output is dropped, see the module docstring. Every
-        watcher task returns, so the session's task group can end.
+        SIGKILL). The keeper records how they end; a later program finds them. Every
+        task of this adaptor returns, so the session's task group can end.
         """
         self._closed = True
         for job in list(self._jobs.values()):
-            if job.state.final:
+            if job.state.final or job.state is JobState.NEW:
                 continue
-            if job.child is None:
+            if job.pid is None and job.own:
                 job.cancel_requested = True
                 self._finish(
                     job, JobState.CANCELED, "canceled: the session closed before it started"
                 )
-            else:
-                self._detach(job)
+                continue
+            if job.kill_timer is not None and not job.own:  # a cancel under way: finish it now
+                job.kill_timer.cancel()
+                job.kill_timer = None
+                await self._signal(job, [signal.SIGKILL], mark=None)
+            self._detach(job)
         self._queue.clear()
-        if self._devnull >= 0:
-            os.close(self._devnull)
-            self._devnull = -1
+        if self._keeper is not None:
+            self._keeper.close()
+
+    def _detach(self, job: _Job) -> None:
+        """Stop watching a running job (a cancel under way is finished with SIGKILL)."""
+        if job.state.final or job.state is JobState.NEW or job.pid is None:
+            return
+        if job.kill_timer is not None:
+            job.kill_timer.cancel()
+            job.kill_timer = None
+            if job.own:
+                self._signal_soon(job, [signal.SIGKILL], mark=None, ended=True)
+        if job.walltime_timer is not None:
+            job.walltime_timer.cancel()
+            job.walltime_timer = None
+        job.set(job.state, f"{job.info.state_detail}; no longer watched (session closed)")
+        if not job.finished.done():
+            job.finished.set_result(None)  # followers return
+
+    def _keeper_detached(self) -> None:
+        """The session stopped this adaptor's listening: its jobs run on, unwatched."""
+        for job in list(self._jobs.values()):
+            if job.own:
+                self._detach(job)

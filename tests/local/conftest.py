@@ -113,7 +113,7 @@ class Published:
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[FakeEnv]:
     async with asyncio.TaskGroup() as tg:
-        fake = FakeEnv(tg, tmp_path)
+        fake = FakeEnv(tg, tmp_path / "aiores-state")
         yield fake
         await fake.cleanups.drain(STEP)  # as a session does when it closes
 

@@ -12,12 +12,18 @@ import psutil
 import pytest
 
 from aiores._descriptions import JobDescription
-from aiores._exceptions import DoesNotExist, IncorrectState, IncorrectURL, PermissionDenied
+from aiores._exceptions import (
+    DoesNotExist,
+    IncorrectState,
+    IncorrectURL,
+    NoSuccess,
+    PermissionDenied,
+)
 from aiores._states import JobState
 from aiores.adaptor import JobInfo
 from aiores_local import LocalJobAdaptor
 
-from .conftest import STEP, Factory, FakeEnv, Fifo, Published, group_members, wait_until
+from .conftest import Factory, FakeEnv, Fifo, Published, group_members, wait_until
 
 S = JobState
 sh = JobDescription.shell
@@ -128,9 +134,11 @@ async def test_environment_is_added(jobs: LocalJobAdaptor, published: Published)
 async def test_working_directory(
     jobs: LocalJobAdaptor, published: Published, tmp_path: Path
 ) -> None:
-    (tmp_path / "here.txt").write_text("x")
-    _, final = await run_to_end(jobs, published, sh("pwd; ls", working_directory=str(tmp_path)))
-    assert (final.stdout or b"").decode().split() == [str(tmp_path), "here.txt"]
+    here = tmp_path / "wd"
+    here.mkdir()
+    (here / "here.txt").write_text("x")
+    _, final = await run_to_end(jobs, published, sh("pwd; ls", working_directory=str(here)))
+    assert (final.stdout or b"").decode().split() == [str(here), "here.txt"]
 
 
 @pytest.mark.asyncio
@@ -167,35 +175,17 @@ async def test_output_file_in_missing_directory(jobs: LocalJobAdaptor, tmp_path:
     assert await jobs.list() == []
 
 
-def _opening_output_files() -> bool:
-    """Whether a job start is opening its output files (the thread's task exists)."""
-    coros = [task.get_coro() for task in asyncio.all_tasks()]
-    return any(getattr(coro, "__qualname__", "") == "to_thread" for coro in coros)
-
-
 @pytest.mark.asyncio
-async def test_files_of_a_cancelled_start_are_closed_by_a_cleanup_the_env_waits_for(
-    jobs: LocalJobAdaptor, env: FakeEnv, tmp_path: Path
+async def test_output_fifo_without_reader_fails_at_once_and_blocks_nothing(
+    jobs: LocalJobAdaptor, published: Published, tmp_path: Path
 ) -> None:
     fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)  # opening it to write blocks the opening thread until a reader comes
-    task = asyncio.ensure_future(jobs.submit(sh("true", stdout=str(fifo)), "tok", hold=False))
-    reader = -1
-    try:
-        await wait_until(_opening_output_files, "the start to open its output file")
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task  # at once: the blocked thread does not hold the cancellation up
-        assert len(env.cleanups) == 1  # closing what the thread opens, once it ends
-        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the thread's open returns
-        async with asyncio.timeout(STEP):
-            await env.cleanups.drain(STEP)
-        assert os.read(reader, 1) == b""  # end of file: no writer holds it open
-        assert await jobs.list() == []
-    finally:
-        if reader < 0:
-            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # free a blocked thread
-        os.close(reader)
+    os.mkfifo(fifo)  # opening it to write would wait for a reader
+    with pytest.raises(NoSuccess, match=r"stdout file .*out\.fifo.* cannot be opened"):
+        await jobs.submit(sh("true", stdout=str(fifo)), "tok", hold=False)
+    assert await jobs.list() == []
+    _, final = await run_to_end(jobs, published, sh("echo next"))  # the keeper goes on
+    assert final.stdout == b"next\n"
 
 
 @pytest.mark.asyncio
@@ -548,7 +538,7 @@ async def test_session_task_group_cancellation_detaches(
     pid = 0
     with pytest.raises(ExceptionGroup):  # noqa: PT012 - the group closes with the error
         async with asyncio.TaskGroup() as tg:
-            env = FakeEnv(tg, tmp_path)
+            env = FakeEnv(tg, tmp_path / "aiores-state")
             jobs = LocalJobAdaptor(URL.parse("local://"), env)
             jobs.set_listener(published)
             info = await jobs.submit(

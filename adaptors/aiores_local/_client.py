@@ -1,0 +1,182 @@
+"""The adaptor's side of the keeper (see :mod:`._keeper`): starting it and talking to it.
+
+One keeper serves one job adaptor. Requests are written to its input without
+waiting; each gets a future for its answer (answers come in request order), and an
+optional callback that runs on the loop, in order with the keeper's announcements of
+ended jobs, before the future is set. The futures never fail: a keeper that is gone
+answers ``{"error": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiores import NoSuccess
+from aiores.adaptor import concurrency, private, truncation_marker
+
+__all__ = ["KeeperClient", "launch", "stop"]
+
+#: The keeper's program (standard library only: it starts in milliseconds).
+SCRIPT = Path(__file__).with_name("_keeper.py")
+#: Seconds a new keeper may take to say it is ready.
+READY_TIMEOUT = 30.0
+
+Answer = dict[str, Any]
+OnExit = Callable[[str, int, bytes | None, bytes | None], None]
+
+
+def launch(jobs_dir: Path) -> subprocess.Popen[bytes]:
+    """Blocking: make the jobs directory (0700) and start a keeper for it.
+
+    The keeper runs in a session of its own (a Ctrl-C meant for this program does not
+    reach it or its jobs); what it says on standard error goes to ``keeper.log`` beside
+    the jobs directory.
+    """
+    private.private_dir(jobs_dir.parent)
+    private.private_dir(jobs_dir)
+    log = jobs_dir.parent / "keeper.log"
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", str(SCRIPT), str(jobs_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log_fd,
+            start_new_session=True,
+        )
+    finally:
+        os.close(log_fd)
+
+
+def stop(popen: subprocess.Popen[bytes]) -> None:
+    """Blocking: end a keeper that has started no job (closing its input ends it)."""
+    for pipe in (popen.stdin, popen.stdout):
+        if pipe is not None:
+            pipe.close()
+    popen.wait()
+
+
+class KeeperClient:
+    """Requests to one keeper process, and its announcements of ended jobs."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], on_exit: OnExit) -> None:
+        self._popen = popen
+        self._on_exit = on_exit
+        self._waiting: deque[tuple[asyncio.Future[Answer], Callable[[Answer], None] | None]] = (
+            deque()
+        )
+        self._reader = asyncio.StreamReader(limit=1 << 20)
+        self._writer: asyncio.WriteTransport | None = None
+        self._read_transport: asyncio.BaseTransport | None = None
+        self.gone = False
+        #: Called once if the keeper goes away while this client listens.
+        self.on_gone: Callable[[], None] = lambda: None
+        #: Called once if this client stops listening because its reader was cancelled.
+        self.on_detached: Callable[[], None] = lambda: None
+        self.environ: dict[str, str] = {}
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    async def connect(self) -> None:
+        """Attach its pipes to the loop and wait until it says it is ready.
+
+        Raises:
+            NoSuccess: it ended, or said nothing within :data:`READY_TIMEOUT` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        popen = self._popen
+        assert popen.stdin is not None
+        assert popen.stdout is not None
+        self.environ = dict(os.environ)  # what its jobs inherit
+        self._read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(self._reader), popen.stdout
+        )
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, popen.stdin)
+        self._writer = writer
+        # Reaped whenever it ends (it outlives this program if jobs still run).
+        threading.Thread(target=popen.wait, name="aiores-local-keeper", daemon=True).start()
+        async with concurrency.fail_after(READY_TIMEOUT, "the local job keeper did not start"):
+            line = await self._reader.readline()
+        if not line or "ready" not in json.loads(line):
+            raise NoSuccess(f"the local job keeper did not start (it said {line!r})")
+
+    def request(
+        self, message: dict[str, Any], then: Callable[[Answer], None] | None = None
+    ) -> asyncio.Future[Answer]:
+        """Send ``message``; its answer (``then(answer)`` runs first, on the loop)."""
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        if self.gone or self._writer is None or self._writer.is_closing():
+            reply: Answer = {"error": {"errno": 0, "strerror": "the local job keeper is gone"}}
+            if then is not None:
+                then(reply)
+            answer.set_result(reply)
+            return answer
+        self._waiting.append((answer, then))
+        self._writer.write(json.dumps(message).encode() + b"\n")
+        return answer
+
+    async def read(self) -> None:
+        """Deliver answers and ended jobs until the keeper's output ends."""
+        reader = self._reader
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if "x" in message:
+                    out = await self._output(message.get("out"))
+                    err = await self._output(message.get("err"))
+                    self._on_exit(message["x"], message["rc"], out, err)
+                elif self._waiting:
+                    answer, then = self._waiting.popleft()
+                    if then is not None:
+                        then(message)
+                    answer.set_result(message)
+        except (OSError, ValueError, asyncio.IncompleteReadError):
+            pass  # the keeper died mid-line: as gone as at end of file
+        except asyncio.CancelledError:  # the session ends: stop listening, the keeper goes on
+            self.on_detached()
+            self.close()
+            raise
+        self._gone()
+
+    async def _output(self, sizes: list[int] | None) -> bytes | None:
+        if sizes is None:
+            return None
+        size, sent = sizes
+        data = await self._reader.readexactly(sent)
+        return data if size <= sent else data + truncation_marker(sent, size - sent)
+
+    def _gone(self) -> None:
+        if not self.gone:
+            self._unanswered("the local job keeper ended")
+            self.on_gone()
+
+    def _unanswered(self, why: str) -> None:
+        self.gone = True
+        while self._waiting:
+            answer, then = self._waiting.popleft()
+            reply: Answer = {"error": {"errno": 0, "strerror": why}}
+            if then is not None:
+                then(reply)
+            answer.set_result(reply)
+
+    def close(self) -> None:
+        """Stop talking: the keeper goes on recording its jobs, then ends.
+
+        What was sent is still delivered; answers not yet read are answered
+        ``{"error": ...}`` here.
+        """
+        self._unanswered("the local job service closed")
+        for transport in (self._writer, self._read_transport):
+            if transport is not None:
+                transport.close()

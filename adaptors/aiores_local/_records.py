@@ -1,0 +1,250 @@
+"""Reading the records the keeper leaves, for jobs found again (see :mod:`._keeper`).
+
+A job directory says all a later program needs: whose token the job was submitted
+under, its leader's identity (pid, start time, boot), its exit status once it ended,
+and its captured output. The leader counts as alive only while a process with its
+pid *and* its start time runs in this boot: a pid reused by another process is never
+taken for the job, nor signalled.
+
+Everything here blocks (it reads files and ``/proc``): call it in a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiores import JobState
+from aiores.adaptor import JobInfo, truncation_marker
+
+from ._keeper import CANCELED, EXIT, JOB, PID, STREAMS, SUSPENDED, boot_id, record, start_time
+
+__all__ = [
+    "ID",
+    "Identity",
+    "Record",
+    "exit_detail",
+    "find",
+    "list_ids",
+    "open_pidfd",
+    "read",
+    "read_many",
+    "remove",
+    "signal_group",
+]
+
+#: What a local job id looks like (ids are directory names: nothing else is read).
+ID = re.compile(r"j-[0-9a-f]{12}", re.ASCII)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A process as recorded: its pid, its start time and the boot it runs in."""
+
+    pid: int
+    start: str
+    boot: str
+
+    def alive(self) -> bool:
+        """True while this very process runs (not a zombie, not a reuse of its pid)."""
+        return self.boot == boot_id() and start_time(self.pid) == self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One job directory, read at one moment, with the liveness of what it names."""
+
+    id: str
+    token: str | None
+    leader: Identity | None
+    leader_alive: bool
+    keeper_alive: bool
+    exit_code: int | None
+    canceled: bool
+    suspended: bool
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+
+    def info(self) -> JobInfo:
+        """What the record says, as the adaptor reports it."""
+        if self.exit_code is not None:
+            how = exit_detail(self.exit_code)
+            if self.canceled:
+                state, detail = JobState.CANCELED, f"canceled: {how}"
+            else:
+                state, detail = (JobState.DONE if self.exit_code == 0 else JobState.FAILED), how
+        elif self.leader is None:
+            if self.keeper_alive:
+                state, detail = JobState.QUEUED, "being started"
+            else:
+                state, detail = JobState.FAILED, "its start was cut off: no process recorded"
+        elif self.leader_alive:
+            if self.suspended:
+                state, detail = JobState.SUSPENDED, "suspended (SIGSTOP)"
+            else:
+                state, detail = JobState.RUNNING, "running"
+        elif self.keeper_alive:
+            state, detail = JobState.RUNNING, "ended: its exit status is being recorded"
+        else:
+            state = JobState.CANCELED if self.canceled else JobState.FAILED
+            detail = "ended while nothing recorded its exit status (its keeper process is gone)"
+        return JobInfo(
+            id=self.id,
+            state=state,
+            state_detail=detail,
+            exit_code=self.exit_code,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            token=self.token,
+            extra={} if self.leader is None else {"pid": self.leader.pid},
+        )
+
+
+def exit_detail(rc: int) -> str:
+    """``"exited 3"``, or ``"killed by SIGTERM"`` for a negative status."""
+    if rc >= 0:
+        return f"exited {rc}"
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    return f"killed by {name}"
+
+
+def _identity(text: str) -> Identity | None:
+    fields = text.split()
+    if len(fields) == 3 and fields[0].isdigit():
+        return Identity(int(fields[0]), fields[1], fields[2])
+    return None
+
+
+def _text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _output(path: Path, limit: int) -> bytes | None:
+    try:
+        with path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            data = stream.read(limit)
+    except FileNotFoundError:
+        return None
+    return data if size <= len(data) else data + truncation_marker(len(data), size - len(data))
+
+
+def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
+    """The record of ``job_id``, or None if there is none (with its captured output
+    once it ended, if ``output``)."""
+    if not ID.fullmatch(job_id):
+        return None
+    directory = jobs_dir / job_id
+    job = _text(directory / JOB)
+    if job is None:
+        return None
+    lines = job.split("\n")
+    token = lines[0] if lines[0] else None
+    limit = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
+    keeper = _identity(lines[2]) if len(lines) > 2 else None
+    pid = _text(directory / PID)
+    leader = None if pid is None else _identity(pid)
+    exit_text = _text(directory / EXIT)
+    exit_code = int(exit_text) if exit_text and exit_text.strip().lstrip("-").isdigit() else None
+    leader_alive = exit_code is None and leader is not None and leader.alive()
+    stdout = stderr = None
+    if output and exit_code is not None:
+        stdout, stderr = (_output(directory / which, limit) for which in STREAMS)
+    return Record(
+        id=job_id,
+        token=token,
+        leader=leader,
+        leader_alive=leader_alive,
+        keeper_alive=(
+            exit_code is None and not leader_alive and keeper is not None and keeper.alive()
+        ),
+        exit_code=exit_code,
+        canceled=(directory / CANCELED).exists(),
+        suspended=(directory / SUSPENDED).exists(),
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def read_many(jobs_dir: Path, ids: Iterable[str], *, output: bool = True) -> list[Record]:
+    """The records of ``ids`` that exist."""
+    found = (read(jobs_dir, job_id, output=output) for job_id in ids)
+    return [r for r in found if r is not None]
+
+
+def list_ids(jobs_dir: Path) -> list[str]:
+    """Every job id with a directory."""
+    try:
+        names = os.listdir(jobs_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in names if ID.fullmatch(name))
+
+
+def find(jobs_dir: Path, token: str) -> list[Record]:
+    """The records of the jobs submitted under ``token``."""
+    matching = []
+    for job_id in list_ids(jobs_dir):
+        job = _text(jobs_dir / job_id / JOB)
+        if job is not None and job.split("\n", 1)[0] == token:
+            matching.append(job_id)
+    return read_many(jobs_dir, matching)
+
+
+def signal_group(
+    jobs_dir: Path, job_id: str, leader: Identity, signals: Sequence[int], mark: str | None
+) -> bool:
+    """Signal the job's process group if its leader is still that process; True if sent.
+
+    ``mark`` (``canceled``, ``suspended`` or ``resumed``) is recorded first, so that
+    whoever reads the record next knows why the job ended or stopped.
+    """
+    if not leader.alive():
+        return False
+    directory = str(jobs_dir / job_id)
+    if mark in (CANCELED, SUSPENDED):
+        record(directory, mark, b"")
+    elif mark == "resumed":
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(directory, SUSPENDED))
+    sent = True
+    for signum in signals:
+        try:
+            os.killpg(leader.pid, signum)
+        except ProcessLookupError:
+            sent = False
+    return sent
+
+
+def open_pidfd(leader: Identity) -> int | None:
+    """A pidfd on the leader if it is still that process (None: it has ended).
+
+    Raises:
+        OSError: pidfds are not available here.
+    """
+    try:
+        fd = os.pidfd_open(leader.pid)
+    except ProcessLookupError:
+        return None
+    if leader.alive():  # checked after opening: the fd is the recorded process
+        return fd
+    os.close(fd)
+    return None
+
+
+def remove(jobs_dir: Path, job_id: str) -> None:
+    """Forget a job: remove its directory."""
+    if ID.fullmatch(job_id):
+        shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
