@@ -15,6 +15,11 @@ them; ``aiores sim stop`` ends it and all its VMs.
         print(await vm.run("hostname; pwd"))
         await vm.destroy()
 
+Each VM is named by its id (``hostname``, ``uname -n``) and knows its users: root,
+the acquiring user, and those of the ``users`` option (``sim://?users=wf,ops``), each
+with a home and uid of its own (``whoami``, ``id``); it refuses logins of anyone else
+as sshd does (AuthenticationFailed). Commands all run as this machine's user.
+
 Fault injection (boot delay distribution and failures, VMs that die or are
 preempted, slow SSH, a wrong host key) is set per manager URL or per description:
 see :mod:`aiores_sim._options`.

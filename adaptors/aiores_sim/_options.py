@@ -22,6 +22,10 @@ ssh_delay          seconds each SSH login is held before authentication goes on
 wrong_host_key     probability that a VM boots with a host key other than the one
                    it published (a machine-in-the-middle; clients refuse it)
 seed               seed of the random draws (same seed, same cloud behaviour)
+users              login names the VM knows besides ``root`` and the acquiring user
+                   (``users=wf,ops``); each has a home of its own (``/home/<name>``)
+                   and a uid (1001, 1002, ... in that order); a login as anyone else
+                   is refused, as sshd does
 =================  =====================================================================
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +145,7 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class Faults:
-    """How a VM behaves (see the module docstring for each field)."""
+    """How a VM behaves, and whom it lets in (see the module docstring for each field)."""
 
     boot_delay: Delay = Delay(0.5, 1.5)
     boot_failure: float = 0.0
@@ -150,10 +155,12 @@ class Faults:
     ssh_delay: float = 0.0
     wrong_host_key: float = 0.0
     seed: int | None = None
+    users: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["boot_delay"] = str(self.boot_delay)
+        data["users"] = ",".join(self.users)
         return data
 
     @classmethod
@@ -163,7 +170,9 @@ class Faults:
 
 _PROBABILITIES = ("boot_failure", "wrong_host_key")
 _SECONDS = ("die_after", "preempt_after", "preempt_notice", "ssh_delay")
-OPTIONS = ("boot_delay", *_PROBABILITIES, *_SECONDS, "seed")
+OPTIONS = ("boot_delay", *_PROBABILITIES, *_SECONDS, "seed", "users")
+#: A login name a VM can know (as useradd's default rule has it).
+LOGIN_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
 def parse_faults(
@@ -194,11 +203,31 @@ def parse_faults(
                 changes[name] = int(text)
             except ValueError:
                 raise BadParameter(f"sim:// option seed={text!r}: an integer") from None
+        elif name == "users":
+            changes[name] = parse_users(text)
         else:
             raise BadParameter(
                 f"sim:// has no option {name!r}; it has: {', '.join(sorted(OPTIONS))}"
             )
     return dataclasses.replace(base, **changes)
+
+
+def parse_users(text: str) -> tuple[str, ...]:
+    """Login names from ``wf,ops`` (in order, each once; empty: none).
+
+    Raises:
+        BadParameter: a name that is no login name.
+    """
+    names: list[str] = []
+    for name in text.split(",") if text else ():
+        if not LOGIN_NAME.fullmatch(name):
+            raise BadParameter(
+                f"sim:// option users={text!r}: {name!r} is no login name "
+                "(a-z, 0-9, _ and -, at most 32, not starting with a digit or -)"
+            )
+        if name not in names:
+            names.append(name)
+    return tuple(names)
 
 
 def _number(name: str, text: str) -> float:

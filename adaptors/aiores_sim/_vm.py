@@ -9,6 +9,16 @@ Each command starts in a session of its own whose id the VM records, and carries
 ``AIORES_SIM_VM=<id>`` in its environment, so tearing the VM down finds and kills
 detached jobs too (see :mod:`aiores_sim._procs`).
 
+A VM knows its users (:class:`Login`): ``root``, the user that acquired it, and those
+of the ``users`` option; it refuses logins of anyone else as sshd does (no
+authentication method succeeds). The acquiring user's home is the disk's top
+(``/``); root's is ``/root`` (unless root acquired it), the others' ``/home/<name>``.
+Commands start in the login's home with its ``HOME``, ``USER`` and ``LOGNAME``, and
+SFTP resolves relative paths from there. Commands still run as the cloud's own OS
+user: a uid is a label that the VM's ``id`` reports. Small stand-ins for
+``hostname``, ``uname``, ``whoami`` and ``id`` come first on ``PATH``
+(:data:`TOOLS`), so a VM names itself by its id and its users by their names.
+
 The port is reserved (bound, not listening) when the VM is created, so its access
 URL and host key are known while it boots; connections are refused until it is
 ACTIVE.
@@ -39,13 +49,29 @@ from aiores.adaptor import Image, Template, private
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
 
-__all__ = ["VM", "DiskSFTPServer", "Prepared", "VMSpec", "prepare"]
+__all__ = [
+    "TOOLS",
+    "VM",
+    "DiskSFTPServer",
+    "Login",
+    "Prepared",
+    "VMSpec",
+    "logins",
+    "prepare",
+]
 
 log = logging.getLogger("aiores.sim")
 
 #: Names the directory of the cloud a VM process belongs to (for leftover checks).
 CLOUD_MARKER = "AIORES_SIM_CLOUD"
-_OURS = (MARKER, CLOUD_MARKER)
+#: The login a command runs for, and its uid (what the VM's whoami and id say).
+USER_MARKER = "AIORES_SIM_USER"
+UID_MARKER = "AIORES_SIM_UID"
+_OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER)
+#: The uid of the acquiring user (unless root); the others' follow it.
+FIRST_UID = 1000
+#: The stand-ins for hostname, uname, whoami and id, first on every command's PATH.
+TOOLS = Path(__file__).parent / "tools"
 _READ = 65536
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _SIGNALS = {
@@ -67,6 +93,32 @@ class VMSpec:
     user_data: str | None
     authorized_keys: str
     faults: Faults
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """A user a VM knows: its name, uid and home (as the VM sees it, ``/...``)."""
+
+    name: str
+    uid: int
+    home: str
+
+    def home_on(self, disk: Path) -> Path:
+        """Where its home is on the VM's disk."""
+        return disk / self.home.lstrip("/")
+
+
+def logins(spec: VMSpec) -> dict[str, Login]:
+    """The users a VM of ``spec`` knows, by name (root and the acquiring user first)."""
+    known = {spec.user: Login(spec.user, 0 if spec.user == "root" else FIRST_UID, "/")}
+    if "root" not in known:
+        known["root"] = Login("root", 0, "/root")
+    uid = FIRST_UID
+    for name in spec.faults.users:
+        if name not in known:
+            uid += 1
+            known[name] = Login(name, uid, f"/home/{name}")
+    return known
 
 
 @dataclass(slots=True)
@@ -104,6 +156,9 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             )
             if spec.user_data is not None:
                 private.private_file(meta / "user-data", spec.user_data)
+            for login in logins(spec).values():
+                if login.home != "/":
+                    login.home_on(disk).mkdir(mode=0o700, parents=True, exist_ok=True)
             key = asyncssh.generate_private_key("ssh-ed25519")
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -129,11 +184,17 @@ class DiskSFTPServer(asyncssh.SFTPServer):
     cloud's event loop; resolving adds a few lstat calls per request.)
     """
 
-    def __init__(self, chan: asyncssh.SSHServerChannel[bytes], disk: bytes) -> None:
+    def __init__(
+        self, chan: asyncssh.SSHServerChannel[bytes], disk: bytes, home: bytes = b"/"
+    ) -> None:
         super().__init__(chan, chroot=disk)
         self._root = os.path.realpath(disk)
+        self._home = home
 
     def map_path(self, path: bytes) -> bytes:
+        """The path on the disk: relative paths start at the login's home."""
+        if not path.startswith(b"/"):
+            path = self._home.rstrip(b"/") + b"/" + path
         mapped = super().map_path(path)
         real = os.path.realpath(mapped)
         if real != self._root and not real.startswith(self._root + b"/"):
@@ -180,6 +241,11 @@ class VM:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: Set once the VM is torn down (processes killed, disk removed).
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The users it knows, by name.
+    users: dict[str, Login] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.users = logins(self.spec)
 
     @property
     def public_key(self) -> str:
@@ -209,6 +275,7 @@ class VM:
                 "port": self.port,
                 "disk": str(self.disk),
                 "created": self.created,
+                "users": list(self.users),
                 **self.extra,
                 **self._countdown(),
             },
@@ -253,6 +320,9 @@ class VM:
             async def begin_auth(self, username: str) -> bool:
                 if vm.spec.faults.ssh_delay:
                     await asyncio.sleep(vm.spec.faults.ssh_delay)
+                if username not in vm.users and self._conn is not None:
+                    # As sshd does: no method can succeed, and nothing says why.
+                    self._conn.set_authorized_keys(None)
                 return True
 
         disk = os.fsencode(self.disk)
@@ -261,7 +331,9 @@ class VM:
             "server_host_keys": [key],
             "authorized_client_keys": authorized,
             "process_factory": self._process,
-            "sftp_factory": lambda chan: DiskSFTPServer(chan, disk),
+            "sftp_factory": lambda chan: DiskSFTPServer(
+                chan, disk, os.fsencode(self._login(chan).home)
+            ),
             "allow_scp": True,
             "encoding": None,
             "login_timeout": 30,
@@ -299,17 +371,26 @@ class VM:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
 
-    def environment(self, requested: object) -> dict[str, str]:
+    def _login(self, chan: asyncssh.SSHServerChannel[bytes]) -> Login:
+        """The user a channel's connection logged in as (refused logins never get one)."""
+        return self.users[chan.get_extra_info("username")]
+
+    def environment(self, requested: object, login: Login | None = None) -> dict[str, str]:
+        """A command's environment: the login's, then the client's requests but ours."""
+        login = login or self.users[self.spec.user]
+        cloud = self.disk.parent.parent
         env = {
-            "HOME": str(self.disk),
+            "HOME": str(login.home_on(self.disk)),
             "HOSTNAME": self.id,
-            "USER": self.spec.user,
-            "LOGNAME": self.spec.user,
+            "USER": login.name,
+            "LOGNAME": login.name,
             "SHELL": "/bin/sh",
-            "PATH": os.environ.get("PATH", _PATH),
+            "PATH": f"{TOOLS}:{os.environ.get('PATH', _PATH)}",
             "LANG": "C.UTF-8",
             MARKER: self.id,
-            CLOUD_MARKER: str(self.disk.parent.parent),
+            CLOUD_MARKER: str(cloud),
+            USER_MARKER: login.name,
+            UID_MARKER: str(login.uid),
         }
         if isinstance(requested, dict):
             for name, value in requested.items():
@@ -325,9 +406,11 @@ class VM:
             process.stderr.write(f"sim: VM {self.id} is {self.state.name}\n".encode())
             process.exit(255)
             return
+        login = self._login(process.channel)
         self.table.spawning += 1
         try:
-            proc = await self._spawn(argv, self.environment(process.env))
+            env = self.environment(process.env, login)
+            proc = await self._spawn(argv, env, login.home_on(self.disk))
             self.table.managed.add(proc.pid)
         except OSError as exc:
             process.stderr.write(f"sim: cannot start the command: {exc}\n".encode())
@@ -368,11 +451,13 @@ class VM:
         else:
             process.exit(status)
 
-    async def _spawn(self, argv: list[str], env: dict[str, str]) -> asyncio.subprocess.Process:
-        """Start ``argv`` in the VM's disk, in a session of its own."""
+    async def _spawn(
+        self, argv: list[str], env: dict[str, str], cwd: Path
+    ) -> asyncio.subprocess.Process:
+        """Start ``argv`` in ``cwd`` (a home on the VM's disk), in a session of its own."""
         return await asyncio.create_subprocess_exec(
             *argv,
-            cwd=self.disk,
+            cwd=cwd,
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

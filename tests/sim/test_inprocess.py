@@ -280,8 +280,10 @@ async def test_a_command_started_while_its_vm_ends_is_killed(
     vm = await _active(cloud, made["id"])
     spawn = _vm.VM._spawn
 
-    async def spawn_during_destroy(self: Any, argv: list[str], env: dict[str, str]) -> Any:
-        proc = await spawn(self, argv, env)
+    async def spawn_during_destroy(
+        self: Any, argv: list[str], env: dict[str, str], cwd: Path
+    ) -> Any:
+        proc = await spawn(self, argv, env, cwd)
         await until_sleeping("5151", 1)  # out of the VM's disk, without its marker
         cloud._end(self, ResourceState.CANCELED, "terminated")  # a destroy meanwhile
         await self.gone.wait()  # ... whose teardown did not see this command yet

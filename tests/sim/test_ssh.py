@@ -14,6 +14,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
+from aiores.adaptor import URL
 from aiores_sim import MANAGED_KEY
 
 from .conftest import STEP, booted, pinned_context, port_of
@@ -134,7 +135,7 @@ async def test_ssh_signals_reach_the_process_group(state_dir: Path) -> None:
         async with asyncssh.connect(
             "127.0.0.1",
             port,
-            username="tester",
+            username=URL.parse(vm.access or "").user,  # a user the VM knows: its owner
             client_keys=[str(state_dir / MANAGED_KEY)],
             known_hosts=known,
             config=None,
