@@ -256,3 +256,21 @@ class JobDescription:
     def replace(self, **changes: Any) -> JobDescription:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def from_record(
+    kind: type[ComputeDescription] | type[StorageDescription], record: object
+) -> ComputeDescription | StorageDescription | None:
+    """A resource's description as the journal recorded it, or None if it holds none.
+
+    Fields the record lacks take their defaults; fields it has that ``kind`` does not
+    know (written by another aiores version) are left out. What the journal never
+    holds stays unset: a compute description comes back without its user data.
+    """
+    if not isinstance(record, Mapping):
+        return None
+    names = {f.name for f in dataclasses.fields(kind)}
+    try:
+        return kind(**{k: v for k, v in record.items() if k in names})
+    except (BadParameter, TypeError):
+        return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import dataclasses
 import logging
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -293,18 +292,10 @@ class Fleet:
             if member.provision is None and member.resource.native_id == info.id:
                 member.tags |= wanted
                 return member.resource
-        manager = self.session.manager(f"{SCHEME}://")
-        adaptor, watcher = await manager._open()
-        # hosts:// knows every machine it is asked about (ACTIVE): the adaptor contract's
-        # describe, no downcast. The fleet's tags are the machine's.
-        described = (await adaptor.describe([info.id])).get(info.id)
-        if described is not None:
-            info = dataclasses.replace(described, tags=wanted)
-        known = watcher.lookup(info.id)
-        if isinstance(known, Compute) and not known.state.final:
-            resource = known
-        else:
-            resource = Compute(manager, info, watcher, ComputeDescription(tags=wanted, ready=None))
+        # The public path: hosts:// knows every machine it is asked about, ACTIVE at
+        # once (an existing machine: no readiness probe, no journal record).
+        resource = await self.session.manager(f"{SCHEME}://").get(info.id)
+        assert isinstance(resource, Compute)
         index, self._next = self._next, self._next + 1
         self._members[index] = _Member(index, resource, wanted | {SCHEME, str(index)}, None)
         return resource

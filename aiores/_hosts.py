@@ -1,8 +1,9 @@
 """``hosts://``: machines that exist already (aiores did not boot them), for ``fleet.add``.
 
 A host's native id is its access URL (``ssh://user@host:port``); it is ACTIVE from
-the start, with no readiness probe (its host key is verified by the access URL's
-adaptor as usual, from the session's contexts). Nothing is ever booted or
+the start, with no readiness probe and no journal record (its infos say ``existing``;
+its host key is verified by the access URL's adaptor as usual, from the session's
+contexts). Nothing is ever booted or
 destroyed: ``acquire`` is not supported and ``destroy`` only forgets.
 """
 
@@ -43,6 +44,7 @@ def host_info(access: str, tags: frozenset[str] = frozenset()) -> ResourceInfo:
         access=text,
         public_address=url.host or None,
         tags=tags,
+        existing=True,
     )
 
 

@@ -6,7 +6,15 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate as check
@@ -15,13 +23,14 @@ from ._descriptions import JobDescription
 from ._exceptions import (
     BadParameter,
     DoesNotExist,
+    FanOutError,
     IncorrectState,
     NoSuccess,
     NotSupported,
     Timeout,
 )
 from ._states import JobState, ResourceState
-from ._url import URL, join_id, native_id
+from ._url import URL, join_id, native_id, same_endpoint
 from ._watch import Tracked, Watcher
 from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo
 
@@ -63,9 +72,19 @@ class JobService:
             known._apply(info)
             return known
         job = Job(self, watcher, description, info)
-        # A job found again: the journal learns of it too.
+        # A job found again: the journal learns of it too (keeping what it holds).
         job._remember(url=str(self.url), token=info.token, data={"description": description})
         return job
+
+    async def _reaped(self, native: str) -> bool:
+        """Whether the journal records the job ``native`` of this endpoint as reaped."""
+        journal = self.session.journal
+        if journal is None:
+            return False
+        return any(
+            row["data"].get("reaped") is True and same_endpoint(row["url"], self.url)
+            for row in await journal.records("job", [native])
+        )
 
     async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
         """Submit one job; returns once the backend accepted it.
@@ -117,6 +136,16 @@ class JobService:
         Returns once the first ``max_parallel`` (or all) jobs are accepted; the rest
         are submitted in the session's background. A later submission that fails
         leaves that job FAILED with the error in ``state_detail``.
+
+        Raises:
+            BadParameter: a bad description, count, indices or max_parallel (nothing
+                was submitted).
+            AioresError: a job of the first batch was refused; the ones accepted were
+                cancelled (shielded, bounded).
+
+        Cancelling it while the first batch is being submitted cancels the jobs
+        already accepted (shielded, bounded by ``Session.cleanup_timeout``; the
+        session waits for that on close) and those being submitted, then re-raises.
         """
         if not isinstance(description, JobDescription):
             raise BadParameter(
@@ -160,15 +189,25 @@ class JobService:
                 slots.release()
                 return
             job._on_final(slots.release)
-            await job._submit(adaptor, False)
+            await job._submit(adaptor, job._hold_on_submit)
+
+        async def cancel_accepted() -> None:
+            await JobArray([j for j in first if j.native_id and not j.state.final]).cancel()
 
         first, rest = jobs[:limit], jobs[limit:]
-        failures = errors(await settle(start(job) for job in first))
+        try:
+            failures = errors(await settle(start(job) for job in first))
+        except asyncio.CancelledError:
+            # The caller never gets the array: nothing it made may run on. Those
+            # being submitted are released by their own submission's cleanup.
+            await self.session.shielded(
+                cancel_accepted, what=f"cancelling a cancelled array at {self.url}"
+            )
+            raise
         if failures:
             # Nothing half-done: cancel the members that were accepted, then raise.
             await self.session.shielded(
-                lambda: JobArray([j for j in first if j.native_id]).cancel(),
-                what=f"cancelling a failed array at {self.url}",
+                cancel_accepted, what=f"cancelling a failed array at {self.url}"
             )
             raise failures[0]
         if rest:
@@ -194,14 +233,17 @@ class JobService:
         """Reconnect to a job by ``job.id`` (or native id).
 
         Raises:
-            DoesNotExist: the backend does not know it.
+            DoesNotExist: the backend does not know it, or it was reaped (here or,
+                as the journal says, by another program): a reaped job is forgotten.
             BadParameter: the id belongs to another service's URL.
         """
         native = self._native(job_id)
         adaptor, watcher = await self._open()
         known = watcher.lookup(native)
-        if isinstance(known, Job):
+        if isinstance(known, Job) and not known._is_reaped:
             return known
+        if isinstance(known, Job) or await self._reaped(native):
+            raise DoesNotExist(f"job {job_id!r} at {self.url} was reaped")
         infos = await adaptor.describe([native])
         if native not in infos:
             raise DoesNotExist(f"{self.url} has no job {job_id!r}")
@@ -244,6 +286,9 @@ class Job(Tracked[JobState]):
         self.index = index
         # Set while a submission is under way, done when it ended (either way).
         self._submitting: asyncio.Future[None] | None = None
+        # An array member held before it was submitted: submitted HELD.
+        self._hold_on_submit = False
+        self._is_reaped = False
         super().__init__(self._info.state, watcher, info.id if info else None)
 
     def __repr__(self) -> str:
@@ -327,6 +372,16 @@ class Job(Tracked[JobState]):
     def _journal_id(self) -> str:
         return self.id
 
+    def _record(self, old: JobState, new: JobState, detail: str) -> None:
+        super()._record(old, new, detail)
+        if new.final and self._info.exit_code is not None:
+            # Listings show it for finished jobs, in any later program.
+            self._remember(
+                url=str(self._service.url),
+                token=self._info.token,
+                data={"exit_code": self._info.exit_code},
+            )
+
     # -- submission -------------------------------------------------------------------
     async def _submit(self, adaptor: JobAdaptor, hold: bool) -> None:
         self._submitting = asyncio.get_running_loop().create_future()
@@ -391,6 +446,15 @@ class Job(Tracked[JobState]):
         self._service.session.spawn(watch, name=f"aiores-job-watch {self}")
 
     # -- control ----------------------------------------------------------------------
+    async def _submitted(self) -> None:
+        """If it is being submitted right now (an array member), wait until it is.
+
+        The future is shared (the submission sets it when it ends, however it ends):
+        shielded, so that cancelling this wait never cancels it.
+        """
+        if self._native_id is None and self._submitting is not None:
+            await asyncio.shield(self._submitting)
+
     async def _control(self, what: str) -> None:
         if self._state.final:
             raise IncorrectState(f"cannot {what} {self}: it is {self._state.name}")
@@ -408,12 +472,9 @@ class Job(Tracked[JobState]):
         Raises:
             IncorrectState: it is already final.
         """
-        if self._native_id is None and self._submitting is not None:
-            # Being submitted right now (an array member): wait for its id, then
-            # cancel it at the backend; marking it here would leave it running there.
-            # The future is shared (the submission sets it when it ends, however it
-            # ends): shielded, so that cancelling this cancel never cancels it.
-            await asyncio.shield(self._submitting)
+        # Being submitted right now (an array member): wait for its id, then cancel
+        # it at the backend; marking it here would leave it running there.
+        await self._submitted()
         if self._native_id is None:
             if not self._state.final:
                 self._apply(JobInfo(id="", state=JobState.CANCELED, state_detail="never submitted"))
@@ -438,12 +499,26 @@ class Job(Tracked[JobState]):
         await self._control("resume")
 
     async def reap(self) -> None:
-        """Let the backend forget a finished job (IncorrectState if not final)."""
+        """Let the backend forget a finished job (DRMAA2's ``reap``).
+
+        From then on it is forgotten: ``JobService.get`` and ``Session.job`` raise
+        DoesNotExist for its id, in this program and (through the journal) in others.
+
+        Raises:
+            IncorrectState: it is not final.
+            NotSupported: the backend cannot forget jobs.
+        """
         if not self._state.final:
             raise IncorrectState(f"cannot reap {self}: it is {self._state.name}, not final")
         if self._native_id is not None:
             adaptor, _ = await self._service._open()
             await adaptor.reap(self._native_id)
+            self._is_reaped = True
+            self._remember(
+                url=str(self._service.url),
+                token=self._info.token,
+                data={"reaped": True},
+            )
 
 
 class JobArray(Sequence[Job]):
@@ -484,15 +559,112 @@ class JobArray(Sequence[Job]):
             return list(await asyncio.gather(*(job.wait() for job in self.jobs)))
 
     async def cancel(self) -> None:
-        """Cancel every job that is not final yet (unsubmitted ones never start)."""
+        """Cancel every job that is not final yet (unsubmitted ones never start).
+
+        Members already final are left as they are (an array whose jobs partly
+        finished is cancelled without error).
+
+        Raises:
+            IncorrectState, NotSupported, FanOutError: as :meth:`hold`.
+        """
         pending = [job for job in self.jobs if not job.state.final]
         # Unsubmitted ones first, so the feeder never starts them.
         for job in pending:
-            if job.native_id is None:
+            if job.native_id is None and job._submitting is None:
                 await job.cancel()
-        await asyncio.gather(
-            *(job.cancel() for job in pending if job.native_id is not None and not job.state.final)
+        await self._each(
+            "cancel", [j for j in pending if not j.state.final], lambda job: job.cancel()
         )
+
+    async def hold(self) -> None:
+        """Hold every member (DRMAA2's ``ArrayJob.hold``): queued ones stay queued,
+        ones not submitted yet are submitted HELD.
+
+        Every member is acted on; those in a wrong state (running, final) are
+        reported together after.
+
+        Raises:
+            IncorrectState: some members could not be held (running, final): the
+                message names them; the others are held.
+            NotSupported: the backend cannot hold jobs.
+            FanOutError: members failed in different ways (every error in it).
+
+        Cancelling it stops the acting; members already acted on stay so.
+        """
+
+        async def hold(job: Job) -> None:
+            if job.native_id is None and job._submitting is None and not job.state.final:
+                adaptor, _ = await job.service._open()
+                if not adaptor.supports_hold:
+                    raise NotSupported(f"{job.service.url.scheme}:// cannot hold jobs")
+                job._hold_on_submit = True
+                return
+            await job._submitted()
+            await job.hold()
+
+        await self._each("hold", self.jobs, hold)
+
+    async def release(self) -> None:
+        """Release every held member (ones not submitted yet are submitted as usual).
+
+        Raises:
+            IncorrectState, NotSupported, FanOutError: as :meth:`hold`.
+        """
+
+        async def release(job: Job) -> None:
+            if job.native_id is None and job._hold_on_submit and job._submitting is None:
+                job._hold_on_submit = False
+                return
+            await job._submitted()
+            await job.release()
+
+        await self._each("release", self.jobs, release)
+
+    async def suspend(self) -> None:
+        """Suspend every running member.
+
+        Raises:
+            IncorrectState, NotSupported, FanOutError: as :meth:`hold` (a member not
+            submitted yet is in a wrong state).
+        """
+        await self._each("suspend", self.jobs, _after_submission(Job.suspend))
+
+    async def resume(self) -> None:
+        """Resume every suspended member.
+
+        Raises:
+            IncorrectState, NotSupported, FanOutError: as :meth:`hold`.
+        """
+        await self._each("resume", self.jobs, _after_submission(Job.resume))
+
+    async def _each(
+        self, what: str, members: Sequence[Job], act: Callable[[Job], Awaitable[None]]
+    ) -> None:
+        """``act`` on every member together; then one error for those that failed."""
+        outcomes = await settle(act(job) for job in members)
+        failed = [
+            (job, outcome)
+            for job, outcome in zip(members, outcomes, strict=True)
+            if isinstance(outcome, Exception)
+        ]
+        if not failed:
+            return
+        names = ", ".join(f"{job.id or job.index} ({job.state.name})" for job, _ in failed)
+        message = f"could not {what} {len(failed)} of {len(self.jobs)} jobs of the array: {names}"
+        kinds = {type(error) for _, error in failed}
+        if len(kinds) == 1:
+            (kind,) = kinds
+            if kind in (IncorrectState, NotSupported):
+                raise kind(message) from failed[0][1]
+        raise FanOutError(message, [error for _, error in failed])
+
+
+def _after_submission(act: Callable[[Job], Awaitable[None]]) -> Callable[[Job], Awaitable[None]]:
+    async def after(job: Job) -> None:
+        await job._submitted()
+        await act(job)
+
+    return after
 
 
 T = TypeVar("T", bound=Tracked[Any])

@@ -364,20 +364,42 @@ class Journal:
         token: str | None,
         state: str,
         detail: str,
-        data: Any,
+        data: dict[str, Any],
     ) -> None:
-        """Record a resource or job (insert, or update its state and data)."""
+        """Record a resource or job (insert, or update its state and data).
+
+        ``data`` is merged into what was recorded: a key it leaves out, or whose value
+        is None, keeps its recorded value. A program that found the object again
+        without knowing its description (or whether its readiness was confirmed) does
+        not erase what another recorded.
+        """
         now = time.time()
-        row = (id, kind, url, native_id, self.session_id, token, state, detail, dumps(data))
-        self._post(
-            lambda db: db.execute(
+
+        def write(db: sqlite3.Connection) -> None:
+            found = db.execute("SELECT data FROM objects WHERE id = ?", (id,)).fetchone()
+            merged = loads_data(found[0]) if found else {}
+            merged.update((key, value) for key, value in data.items() if value is not None)
+            db.execute(
                 "INSERT INTO objects(id, kind, url, native_id, session, token, state, detail,"
                 " data, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET state = excluded.state,"
                 " detail = excluded.detail, data = excluded.data, updated = excluded.updated",
-                (*row, now, now),
+                (
+                    id,
+                    kind,
+                    url,
+                    native_id,
+                    self.session_id,
+                    token,
+                    state,
+                    detail,
+                    dumps(merged),
+                    now,
+                    now,
+                ),
             )
-        )
+
+        self._post(write)
 
     def transition(self, id: str, kind: str, old: str, new: str, detail: str) -> None:
         """Record one legal state transition (and the object's current state)."""
@@ -422,6 +444,29 @@ class Journal:
 
         return await self._call(read)
 
+    async def records(self, kind: str | None, native_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The recorded objects (of ``kind``, if given) with these native ids (at any
+        endpoint), as :meth:`objects` gives them with ``data`` decoded; latest first."""
+        wanted = list(dict.fromkeys(native_ids))
+
+        def read(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows: list[dict[str, Any]] = []
+            for start in range(0, len(wanted), 500):  # sqlite's limit on parameters
+                chunk = wanted[start : start + 500]
+                cursor = db.execute(
+                    "SELECT * FROM objects WHERE (? IS NULL OR kind = ?) AND native_id IN"
+                    f" ({', '.join('?' * len(chunk))}) ORDER BY updated DESC",
+                    (kind, kind, *chunk),
+                )
+                names = [d[0] for d in cursor.description]
+                rows.extend(dict(zip(names, row, strict=True)) for row in cursor.fetchall())
+            return rows
+
+        rows = await self._call(read)
+        for row in rows:
+            row["data"] = loads_data(row["data"])
+        return rows
+
     async def sessions(self) -> list[tuple[str, int, str, float, float | None]]:
         """Every session recorded: (id, pid, host, started, ended or None), oldest first."""
         rows = await self._call(
@@ -456,6 +501,15 @@ def _intent(row: tuple[Any, ...]) -> Intent:
         created=created,
         finished=finished,
     )
+
+
+def loads_data(text: str | None) -> dict[str, Any]:
+    """A recorded ``data`` column as a dict (empty if absent or unreadable)."""
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _private_files(path: Path) -> None:

@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._exceptions import AioresError, IncorrectState
 from ._jobs import Job, JobService
-from ._journal import Intent, Journal
-from ._resource import Compute, Manager, Resource
+from ._journal import Intent, Journal, loads_data
+from ._resource import Compute, Manager, Resource, restored
 from ._states import JobState, ResourceState
 from ._url import URL, join_id
 from ._watch import Info, Tracked, Watcher
@@ -403,7 +403,9 @@ def _restorer(owner: Manager | JobService, watcher: Watcher) -> _Restore:
         info = dataclasses.replace(info, **recorded)
         if isinstance(owner, Manager):
             assert isinstance(info, ResourceInfo)
-            return owner._resource(info, watcher, None)
+            # Its description and confirmed readiness, as the journal holds them.
+            description, ready = restored(loads_data(row.get("data")), info.rtype)
+            return owner._resource(info, watcher, description, ready=ready)
         assert isinstance(info, JobInfo)
         return owner._job(info, watcher, None)
 

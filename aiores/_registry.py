@@ -85,8 +85,30 @@ class Registry:
         return sorted(set(_BUILT_IN) | set(self._schemes))
 
     def plugin_for(self, url: URL) -> AdaptorPlugin:
-        """The plugin for ``url``'s scheme (``any://`` is resolved by :meth:`candidates`)."""
-        name = url.adaptor
+        """The plugin for ``url``'s scheme (``any://`` is resolved by :meth:`candidates`).
+
+        Raises:
+            IncorrectURL: no plugin handles the scheme; a compound scheme its adaptor
+                does not declare (``local+ssh://``); no host where the plugin needs one.
+            NotSupported: the built-in adaptor of the scheme cannot load.
+        """
+        plugin = self._by_scheme(url.scheme) or self._by_scheme(url.adaptor)
+        if plugin is None:
+            raise IncorrectURL(
+                f"no adaptor for {url.scheme}:// (in {str(url)!r}); known schemes: "
+                + ", ".join(f"{s}://" for s in self.known_schemes())
+                + ", any://"
+            )
+        if url.scheme not in plugin.schemes:
+            raise IncorrectURL(
+                f"{url.scheme}:// means nothing: {url.adaptor}:// does not run over "
+                f"{url.transport}; the {plugin.name!r} adaptor handles "
+                + ", ".join(f"{s}://" for s in sorted(plugin.schemes))
+            )
+        check_host(plugin, url)
+        return plugin
+
+    def _by_scheme(self, name: str) -> AdaptorPlugin | None:
         if name in self._schemes:
             return self._plugins[self._schemes[name]]
         if name in _BUILT_IN:
@@ -94,11 +116,7 @@ class Registry:
         self._load_entry_points()
         if name in self._schemes:
             return self._plugins[self._schemes[name]]
-        raise IncorrectURL(
-            f"no adaptor for {url.scheme}:// (in {str(url)!r}); known schemes: "
-            + ", ".join(f"{s}://" for s in self.known_schemes())
-            + ", any://"
-        )
+        return None
 
     def candidates(self, url: URL) -> Iterator[AdaptorPlugin]:
         """Plugins that accept ``url``, in order: built-ins, then the others."""
@@ -143,6 +161,14 @@ class Registry:
                     f"adaptor name {ep.name!r}; rename it"
                 )
             self.register(ep.load())
+
+
+def check_host(plugin: AdaptorPlugin, url: URL) -> None:
+    """Raise IncorrectURL if ``plugin`` needs a host and ``url`` names none."""
+    if plugin.needs_host and not url.host:
+        raise IncorrectURL(
+            f"{str(url)!r} names no host: expected {url.scheme}://[user@]host[:port]"
+        )
 
 
 registry = Registry()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate as check
-from ._descriptions import ComputeDescription, StorageDescription
+from ._descriptions import ComputeDescription, StorageDescription, from_record
 from ._exceptions import (
     AioresError,
     BadParameter,
@@ -23,7 +23,7 @@ from ._exceptions import (
 )
 from ._results import RunResult
 from ._states import ResourceState
-from ._url import URL, join_id, native_id
+from ._url import URL, join_id, native_id, same_endpoint
 from ._watch import Tracked, Watcher
 from .adaptor import AdaptorPlugin, Image, ResourceAdaptor, ResourceInfo, Template
 
@@ -77,20 +77,37 @@ class Manager:
         return endpoint.adaptor, endpoint.watcher
 
     def _resource(
-        self, info: ResourceInfo, watcher: Watcher, description: Description | None
+        self,
+        info: ResourceInfo,
+        watcher: Watcher,
+        description: Description | None,
+        *,
+        ready: bool = False,
     ) -> Resource:
+        """The object of ``info`` (this session's, if it has one); ``description`` and
+        ``ready`` (its readiness was confirmed once) as known or journalled."""
         known = watcher.lookup(info.id)
-        if isinstance(known, Resource):
+        if isinstance(known, Resource) and not (known.state.final and info.existing):
             known._apply(info)
             return known
         cls: type[Resource] = Storage if info.rtype == "storage" else Compute
-        resource = cls(self, info, watcher, description)
-        resource._remember(  # its state as held (PENDING until SSH answers)
-            url=str(self.url),
-            token=info.token,
-            data={"description": description, "tags": info.tags, "access": info.access},
-        )
+        resource = cls(self, info, watcher, description, ready=ready)
+        resource._journal_it()  # its state as held (PENDING until SSH answers)
         return resource
+
+    async def _recorded(self, natives: Sequence[str]) -> dict[str, tuple[Description | None, bool]]:
+        """What the journal holds of these resources of this endpoint, by native id:
+        their description and whether their readiness was confirmed once."""
+        journal = self.session.journal
+        if journal is None or not natives:
+            return {}
+        found: dict[str, tuple[Description | None, bool]] = {}
+        for row in await journal.records("resource", natives):  # latest first
+            if row["native_id"] in found or not same_endpoint(row["url"], self.url):
+                continue
+            data = row["data"]
+            found[row["native_id"]] = restored(data, data.get("rtype"))
+        return found
 
     # -- acquiring --------------------------------------------------------------------
     @overload
@@ -172,22 +189,55 @@ class Manager:
             await self.session.shielded(resource.destroy, what=f"destroying {resource.id}")
 
     # -- finding ----------------------------------------------------------------------
-    async def get(self, rid: str) -> Resource:
+    async def get(self, rid: str, *, probe: bool = False) -> Resource:
         """Reconnect to a resource by its id (``resource.id``), e.g. from another process.
+
+        Its description comes back from the journal (without what the journal never
+        holds, such as user data), and so does whether its readiness was confirmed
+        once: a machine that answered SSH in an earlier program is ACTIVE while its
+        backend says it runs. One that never answered is PENDING until a ``wait``
+        probes it, or at once with ``probe=True``.
+
+        Args:
+            rid: Its id (or its backend's native id).
+            probe: If the backend says it runs but its readiness was never confirmed,
+                try to reach it once now (bounded); it is ACTIVE if that answered.
+
+        Raises:
+            DoesNotExist: the backend does not know it.
+            BadParameter: the id belongs to another manager's URL.
+            AuthenticationFailed: ``probe`` was refused (credentials, host key): retrying
+                cannot help.
+
+        Cancelling it changes nothing at the backend.
+        """
+        check.flag(probe, "probe")
+        native = self._native(rid)
+        adaptor, watcher = await self._open()
+        known = watcher.lookup(native)
+        if isinstance(known, Resource) and not (known.state.final and known._existing):
+            resource = known
+        else:
+            infos = await adaptor.describe([native])
+            if native not in infos:
+                raise DoesNotExist(f"{self.url} has no resource {rid!r}")
+            description, ready = (await self._recorded([native])).get(native, (None, False))
+            resource = self._resource(infos[native], watcher, description, ready=ready)
+        if probe:
+            await resource._probe_once()
+        return resource
+
+    async def get_description(self, rid: str) -> Description | None:
+        """The description a resource was acquired with (SAGA's ``get_description``).
+
+        It is the one the resource holds, restored from the journal where it was
+        acquired by another program; None if no journal this session reads recorded it.
 
         Raises:
             DoesNotExist: the backend does not know it.
             BadParameter: the id belongs to another manager's URL.
         """
-        native = self._native(rid)
-        adaptor, watcher = await self._open()
-        known = watcher.lookup(native)
-        if isinstance(known, Resource):
-            return known
-        infos = await adaptor.describe([native])
-        if native not in infos:
-            raise DoesNotExist(f"{self.url} has no resource {rid!r}")
-        return self._resource(infos[native], watcher, None)
+        return (await self.get(rid)).description
 
     def _native(self, rid: str) -> str:
         return native_id(rid, self.url, "resource")
@@ -206,12 +256,19 @@ class Manager:
             else check.str_seq(tags or (), "tags", items_empty=False)
         )
         adaptor, watcher = await self._open()
-        infos = await adaptor.list(wanted)
-        return [
-            self._resource(i, watcher, None)
-            for i in infos
+        infos = [
+            i
+            for i in await adaptor.list(wanted)
             if (rtype is None or i.rtype == rtype) and wanted <= i.tags
         ]
+        recorded = await self._recorded(
+            [i.id for i in infos if not isinstance(watcher.lookup(i.id), Resource)]
+        )
+        resources = []
+        for info in infos:
+            description, ready = recorded.get(info.id, (None, False))
+            resources.append(self._resource(info, watcher, description, ready=ready))
+        return resources
 
     async def list_templates(self) -> builtins.list[Template]:
         """The sizes the backend offers."""
@@ -268,6 +325,12 @@ class Manager:
                 obj._destroyed()
 
 
+def restored(data: Mapping[str, Any], rtype: object) -> tuple[Description | None, bool]:
+    """A resource's journalled ``data``: its description and whether it was ready once."""
+    kind = StorageDescription if rtype == "storage" else ComputeDescription
+    return from_record(kind, data.get("description")), data.get("ready") is True
+
+
 def _named(items: Sequence[N], name: str, what: str, url: URL) -> N:
     for item in items:
         if item.name == name:
@@ -290,10 +353,13 @@ class Resource(Tracked[ResourceState]):
         info: ResourceInfo,
         watcher: Watcher,
         description: Description | None,
+        *,
+        ready: bool = False,
     ) -> None:
         self._manager = manager
         self._description = description
-        self._ready = False  # SSH has answered (see _needs_probe)
+        self._existing = info.existing  # a machine aiores does not own (hosts://)
+        self._ready = ready  # SSH has answered, here or in an earlier program
         self._held = False  # the backend says running; SSH has not answered yet
         self._probing = False
         self.id = join_id(str(manager.url), info.id)
@@ -314,6 +380,27 @@ class Resource(Tracked[ResourceState]):
     def _pin(self, info: ResourceInfo) -> None:
         self._manager.session.learn_access(info)
 
+    def _journal_it(self) -> None:
+        """Record it (its state, description, tags, access, confirmed readiness).
+
+        A machine aiores does not own is not recorded: it is nobody's leak. What
+        this object does not know (a description, readiness) keeps what the journal
+        holds (see :meth:`Journal.record_object`).
+        """
+        if self._existing:
+            return
+        self._remember(
+            url=str(self._manager.url),
+            token=self._info.token,
+            data={
+                "description": self._description,
+                "rtype": self._info.rtype,
+                "tags": self._info.tags,
+                "access": self._info.access,
+                "ready": True if self._ready else None,
+            },
+        )
+
     def _apply(self, info: ResourceInfo) -> bool:  # type: ignore[override]
         return super()._apply(self._hold_until_ready(info))
 
@@ -323,6 +410,7 @@ class Resource(Tracked[ResourceState]):
         ready = "ssh" if self._description is None else getattr(self._description, "ready", None)
         return (
             not self._ready
+            and not info.existing
             and ready == "ssh"
             and info.rtype == "compute"
             and info.state is ResourceState.ACTIVE
@@ -351,38 +439,59 @@ class Resource(Tracked[ResourceState]):
             self._manager.session.spawn(self._probe, name=f"aiores-ready {self.id}")
 
     async def _probe(self) -> None:
-        """Run ``true`` over SSH until it answers, then the adaptor's
-        :meth:`~aiores.adaptor.ResourceAdaptor.reached`; then the resource is ACTIVE."""
+        """Probe (:meth:`_reach`) until it answers, while someone waits."""
         session = self._manager.session
         delay = PROBE_FIRST_DELAY
         try:
             while self._held and self._interest and not self._state.final:
-                access = self._info.access
-                assert access is not None
                 try:
-                    runner = await session.command_runner(access)
-                    await runner.run("true", timeout=PROBE_TIMEOUT)
-                    # The backend's last step over that first connection (ec2://
-                    # rotates the host key it injected at boot).
-                    adaptor, _ = await self._manager._open()
-                    info = await adaptor.reached(self._info, runner)
-                except (NoSuccess, Timeout, OSError) as exc:  # not up yet: try again
-                    log.debug("%s: not reachable yet: %r", self, exc)
+                    if await self._reach():
+                        return
                 except AioresError as exc:
                     # Refused credentials or host key, a bad URL: retrying cannot help,
                     # and the machine is not at fault. The waiters hear of it; the next
                     # wait() probes again (after, say, the known_hosts file is fixed).
                     self._wake(exc)
                     return
-                else:  # SSH answered (whatever the exit status)
-                    self._ready = True
-                    self._held = False
-                    self._apply(dataclasses.replace(info, state=ResourceState.ACTIVE))
-                    return
                 await session.clock.sleep(delay)
                 delay = min(delay * 2, PROBE_MAX_DELAY)
         finally:
             self._probing = False
+
+    async def _probe_once(self) -> None:
+        """One probe now if it is held (``Manager.get(probe=True)``); raises what
+        retrying cannot help."""
+        if self._held and not self._state.final:
+            await self._reach()
+
+    async def _reach(self) -> bool:
+        """Run ``true`` over SSH, then the adaptor's
+        :meth:`~aiores.adaptor.ResourceAdaptor.reached`; True (and ACTIVE, journalled as
+        ready for later programs) if it answered, False if it is not up yet.
+
+        Raises:
+            AioresError: not transient (refused credentials or host key).
+        """
+        access = self._info.access
+        assert access is not None
+        try:
+            runner = await self._manager.session.command_runner(access)
+            await runner.run("true", timeout=PROBE_TIMEOUT)
+            # The backend's last step over that first connection (ec2://
+            # rotates the host key it injected at boot).
+            adaptor, _ = await self._manager._open()
+            info = await adaptor.reached(self._info, runner)
+        except (NoSuccess, Timeout, OSError) as exc:  # not up yet
+            log.debug("%s: not reachable yet: %r", self, exc)
+            return False
+        if not self._held:  # another probe got there first
+            return True
+        # SSH answered (whatever the exit status).
+        self._ready = True
+        self._held = False
+        self._apply(dataclasses.replace(info, state=ResourceState.ACTIVE))
+        self._journal_it()
+        return True
 
     def _detail(self) -> str:
         return self._info.state_detail
@@ -464,6 +573,7 @@ class Resource(Tracked[ResourceState]):
         adaptor, _ = await self._manager._open()
         self._apply(await adaptor.reconfig(self.native_id, description))
         self._description = description
+        self._journal_it()
 
 
 class Compute(Resource):
@@ -482,6 +592,20 @@ class Compute(Resource):
         """A job service on this machine (through its access URL)."""
         return self._manager.session.job_service(self._require_access())
 
+    def access_as(self, user: str | None) -> str:
+        """Its access URL, logging in as ``user`` (None: the URL's own user).
+
+        Raises:
+            BadParameter: ``user`` is not a login name (empty, or holding ``@``).
+            IncorrectState: it is not reachable (no access URL, or released).
+        """
+        access = self._require_access()
+        if user is None:
+            return access
+        if "@" in check.text(user, "user"):
+            raise BadParameter(f"user must be a login name (no @), not {user!r}")
+        return str(URL.parse(access).replace(user=user))
+
     async def run(
         self,
         command: str | Sequence[str],
@@ -489,23 +613,35 @@ class Compute(Resource):
         stdin: bytes | str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        user: str | None = None,
     ) -> RunResult:
         """Run a command on it and return its result (a non-zero exit is a result).
 
         A str is a shell command; a sequence is a program and its arguments, never
         interpreted by a shell.
 
+        Args:
+            command: What to run.
+            stdin: Its standard input.
+            env: Environment variables to set for it.
+            timeout: Seconds it may take (0 allowed: a command that cannot finish at
+                once is stopped); None: no limit.
+            user: Log in as this user instead of the access URL's (same host), as
+                ``Group.run(user=...)`` does.
+
         Raises:
             BadParameter: an empty command, text holding NUL or a lone surrogate, an
-                environment name that is not portable, a negative or non-finite timeout
-                (nothing ran; the same rules on every backend).
+                environment name that is not portable, a negative or non-finite timeout,
+                a ``user`` that is not a login name (nothing ran; the same rules on
+                every backend).
             IncorrectState: it is not reachable (no access URL, or released).
             Timeout: ``timeout`` passed; the command was stopped.
+            AuthenticationFailed: ``user`` may not log in.
 
         Cancelling it stops the command.
         """
         command, data, env, timeout = check.run_arguments(command, stdin, env, timeout)
-        runner = await self._manager.session.command_runner(self._require_access())
+        runner = await self._manager.session.command_runner(self.access_as(user))
         result = await runner.run(command, stdin=data, env=env, timeout=timeout)
         return dataclasses.replace(result, resource=self)
 

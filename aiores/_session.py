@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import os
 import secrets
@@ -18,10 +19,19 @@ from . import _validate as check
 from ._clock import Clock, LoopClock
 from ._concurrency import Cleanups, Shared
 from ._contexts import Context
-from ._exceptions import AioresError, IncorrectState, NotSupported
+from ._exceptions import (
+    AioresError,
+    AuthenticationFailed,
+    BadParameter,
+    DoesNotExist,
+    IncorrectState,
+    NotSupported,
+    PermissionDenied,
+)
 from ._journal import Journal
 from ._registry import registry
-from ._url import URL
+from ._states import ResourceState
+from ._url import URL, same_endpoint, split_id
 from ._watch import Watcher
 from .adaptor import (
     Adaptor,
@@ -35,9 +45,9 @@ from .adaptor import (
 
 if TYPE_CHECKING:
     from ._fleet import Fleet
-    from ._jobs import JobService
+    from ._jobs import Job, JobService
     from ._recover import Confirm, Reaped, Recovered
-    from ._resource import Manager
+    from ._resource import Manager, Resource
 
 __all__ = ["Session", "state_dir"]
 
@@ -56,6 +66,13 @@ DEFAULT: Final = _Default.DEFAULT
 
 #: Seconds an adaptor may take to close when the session closes.
 ADAPTOR_CLOSE_TIMEOUT = 10.0
+
+_ENDED = frozenset(state.name for state in ResourceState if state.final)
+
+#: Errors with which a backend refuses a call before it creates anything (the adaptor
+#: contract: an acquire or submit raises one of these only then). The call's intent
+#: is closed as ``failed``; nothing is left for recovery to find.
+REFUSALS = (AuthenticationFailed, PermissionDenied, BadParameter, NotSupported)
 
 
 def state_dir() -> Path:
@@ -240,6 +257,105 @@ class Session:
         self._check_open()
         parsed = URL.parse(url)
         return JobService(self, parsed, self._plugin(parsed, "jobs"))
+
+    async def get(self, id: str, *, probe: bool = False) -> Resource | Job:
+        """The resource or job ``id`` names, found through the id's own URL (SAGA's
+        ``Compute(id=...)``): no manager or job service needed, from any program.
+
+        ``[sim://]-[vm-3]`` reconnects as ``session.manager("sim://").get(...)`` would
+        (its description and confirmed readiness restored from the journal); a job id
+        as :meth:`job` does. Whether an id is a resource's or a job's is what the
+        journal recorded; an id it does not know is looked for among the resources
+        of its URL, then among its jobs.
+
+        Args:
+            id: A ``resource.id`` or ``job.id`` (``[url]-[native id]``).
+            probe: For a machine whose readiness was never confirmed: try to reach it
+                once now (see :meth:`Manager.get`).
+
+        Raises:
+            BadParameter: ``id`` is not an aiores id (a bare native id names no URL).
+            IncorrectURL: its URL names no adaptor.
+            DoesNotExist: its backend knows no such resource or job (or the job was
+                reaped).
+
+        Cancelling it changes nothing at the backend.
+        """
+        url, native = self._owner(id)
+        kinds = await self._recorded_kinds(url, native)
+        if "job" in kinds and "resource" not in kinds:
+            return await self.job(id)
+        try:
+            manager = self.manager(url)
+        except NotSupported:  # its URL offers jobs only (ssh://)
+            return await self.job(id)
+        try:
+            return await manager.get(id, probe=probe)
+        except DoesNotExist:
+            if "resource" in kinds:
+                raise
+            try:
+                return await self.job(id)
+            except (DoesNotExist, NotSupported):
+                raise DoesNotExist(f"{url} has no resource or job {id!r}") from None
+
+    async def job(self, id: str) -> Job:
+        """The job ``id`` names, found through the id's own URL (DRMAA2's ``get_job``).
+
+        As ``session.job_service(url).get(id)`` with the URL the id holds.
+
+        Raises:
+            BadParameter: ``id`` is not an aiores id (a bare native id names no URL).
+            IncorrectURL: its URL names no adaptor.
+            NotSupported: its URL has no job service.
+            DoesNotExist: its backend knows no such job, or it was reaped.
+
+        Cancelling it changes nothing at the backend.
+        """
+        url, _ = self._owner(id)
+        service = self.job_service(url)
+        await self._learn_machine(service.url)
+        return await service.get(id)
+
+    async def _learn_machine(self, url: URL) -> None:
+        """Reconnect to the journalled machine whose access URL ``url`` is, if any:
+        a job on a machine aiores booted is reached with the host keys (and login
+        keys) that machine's backend vouches for."""
+        if self.journal is None or not url.host or self.pinned_host_keys(url.host, url.port):
+            return
+        for row in reversed(await self.journal.objects("resource")):  # latest first
+            if row["state"] in _ENDED:
+                continue
+            try:
+                data = json.loads(row["data"] or "{}")
+                access = URL.parse(data["access"])
+            except (ValueError, KeyError, TypeError, AioresError):
+                continue
+            if (access.host, access.port) != (url.host, url.port):
+                continue
+            try:
+                await self.manager(row["url"]).get(row["id"])
+            except AioresError as exc:
+                log.debug("%s: its machine %s is not found again: %r", url, row["id"], exc)
+                continue
+            return
+
+    def _owner(self, id: str) -> tuple[str, str]:
+        self._check_open()
+        parsed = split_id(check.text(id, "id"))
+        if parsed is None:
+            raise BadParameter(
+                f"{id!r} is not an aiores id ([url]-[native id]): a bare native id names "
+                "no backend; use session.manager(url).get() or session.job_service(url).get()"
+            )
+        return parsed
+
+    async def _recorded_kinds(self, url: str, native: str) -> set[str]:
+        """What the journal recorded under ``native`` at ``url``'s endpoint."""
+        if self.journal is None:
+            return set()
+        rows = await self.journal.records(None, [native])
+        return {row["kind"] for row in rows if same_endpoint(row["url"], url)}
 
     def fleet(self) -> Fleet:
         """A new, empty :class:`Fleet` of tagged machines on any clouds.
@@ -473,9 +589,11 @@ class Session:
                 # would use to reap what the caller was given.
                 ids = [getattr(r, "id", str(r)) for r in result]
                 await self.journal.outcome_durable(token, "done", ids)
+        except asyncio.CancelledError:
+            await self._shielded_release(token, release, "cancelled", failed=None)
+            raise
         except BaseException as exc:
-            error = "cancelled" if isinstance(exc, asyncio.CancelledError) else repr(exc)
-            await self._shielded_release(token, release, error)
+            await self._shielded_release(token, release, repr(exc), failed=exc)
             raise
         return result
 
@@ -484,11 +602,37 @@ class Session:
         token: str,
         release: Callable[[str], Awaitable[Sequence[str]]],
         error: str,
+        failed: BaseException | None,
     ) -> None:
+        """Release what ``token`` created, after a call cancelled (``failed`` None) or
+        failed with ``failed``.
+
+        After a cancellation nobody else hears of a release that fails: it is logged
+        as an error. After a failure the caller hears of that failure; the release's
+        own is logged at debug level (an unreachable host fails both alike, and most
+        often nothing was created). Either way the intent stays ``pending`` for
+        recovery to find by token, unless the backend refused the call (one of
+        :data:`REFUSALS`): then nothing was created, and the intent is closed
+        ``failed`` whatever the release found out.
+        """
+        refused = isinstance(failed, REFUSALS)
+
         async def cleanup() -> None:
-            ids = await release(token)  # returns only what the backend confirmed released
+            try:
+                # Returns only what the backend confirmed released.
+                ids = await release(token)
+            except (AioresError, OSError) as exc:
+                if failed is None:
+                    raise  # logged by the session's cleanups
+                log.debug("releasing what %s created failed (after %s): %r", token, error, exc)
+                if refused and self.journal is not None:
+                    self.journal.outcome(token, "failed", (), error)
+                return
             if self.journal is not None:
-                self.journal.outcome(token, "released", ids, error)
+                if refused and not ids:
+                    self.journal.outcome(token, "failed", (), error)
+                else:
+                    self.journal.outcome(token, "released", ids, error)
 
         # If it fails (could not confirm) or times out, the intent stays 'pending':
         # recovery finds it by token.

@@ -9,7 +9,7 @@ from typing import Any
 
 from ._exceptions import BadParameter, IncorrectURL
 
-__all__ = ["URL", "join_id", "native_id", "split_id"]
+__all__ = ["URL", "join_id", "native_id", "same_endpoint", "split_id"]
 
 _ID = re.compile(r"^\[(?P<url>[^\]]+)\]-\[(?P<native>.+)\]$")
 
@@ -142,8 +142,17 @@ def native_id(value: str, url: URL, kind: str) -> str:
     if parsed is None:
         return value
     owner, native = parsed
-    # Options in the query (fault injection, limits) do not change where an object
-    # lives: [sim://?boot_delay=30]-[vm-1] is found through sim:// too.
-    if URL.parse(owner).replace(path="", query=()) != url.replace(path="", query=()):
+    if not same_endpoint(URL.parse(owner), url):
         raise BadParameter(f"{kind} {value!r} belongs to {owner}, not to {url}")
     return native
+
+
+def same_endpoint(one: str | URL, other: str | URL) -> bool:
+    """Whether two URLs name one endpoint: options in the query (fault injection,
+    limits) and the path do not change where an object lives (``[sim://?boot_delay=30]-
+    [vm-1]`` is found through ``sim://`` too). A malformed URL names no endpoint."""
+    try:
+        first, second = URL.parse(one), URL.parse(other)
+    except IncorrectURL:
+        return False
+    return first.replace(path="", query=()) == second.replace(path="", query=())

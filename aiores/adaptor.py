@@ -87,6 +87,9 @@ class ResourceInfo:
     first use). ``login_keys`` are private key files that log in to it (the key the
     backend authorized at boot: an aiores-managed key, a cloud key pair), offered
     before the context's keys. ``token`` is the idempotency token it was created under.
+    ``existing`` marks a machine aiores did not make and does not own (``hosts://``):
+    the core takes it as ACTIVE when the backend says so, with no readiness probe, and
+    does not journal it (it is never a leak to reap).
     """
 
     id: str
@@ -100,6 +103,7 @@ class ResourceInfo:
     token: str | None = None
     host_keys: tuple[str, ...] = ()
     login_keys: tuple[str, ...] = ()
+    existing: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -437,12 +441,17 @@ class AdaptorPlugin:
 
     #: A unique name (the registry refuses two plugins with one name).
     name: str = ""
-    #: URL schemes handled (``"sim"``, ``"ssh"``); compound schemes use their first part.
+    #: URL schemes handled (``"sim"``, ``"ssh"``). A compound scheme ("adaptor over
+    #: transport") is declared in full (``{"slurm", "slurm+ssh"}``): the core refuses
+    #: one its plugin does not declare (``local+ssh://`` means nothing) with IncorrectURL.
     schemes: frozenset[str] = frozenset()
+    #: True if its URLs must name a host (``ssh://host``): the core refuses one that
+    #: does not with IncorrectURL, before anything is opened.
+    needs_host: bool = False
 
     def accepts(self, url: URL) -> bool:
         """True if this plugin handles ``url`` (used by ``any://``)."""
-        return url.adaptor in self.schemes
+        return url.scheme in self.schemes
 
     def endpoint(self, url: URL) -> str:
         """A key naming the backend endpoint; objects with one key share adaptors."""

@@ -19,6 +19,7 @@ class SSHPlugin(AdaptorPlugin):
 
     name = "ssh"
     schemes = frozenset({"ssh"})
+    needs_host = True
 
     def accepts(self, url: URL) -> bool:
         if url.adaptor in self.schemes:

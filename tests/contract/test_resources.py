@@ -56,21 +56,11 @@ async def test_acquire_list_destroy(backend: Backend) -> None:
         assert res.id not in [r.id for r in await mgr.list(tags=[tag])]
 
 
-async def test_found_again_by_id_from_a_new_session(
-    backend: Backend, request: pytest.FixtureRequest
-) -> None:
+async def test_found_again_by_id_from_a_new_session(backend: Backend) -> None:
+    """The description comes back from the journal: a machine acquired with
+    ``ready=None`` (moto's, with no SSH) is ACTIVE again once the backend says running."""
     if await refused(backend):
         return
-    if backend.has("no_ssh"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                raises=aiores.Timeout,
-                reason="Manager.get in a new Session does not restore the journalled "
-                "description: a machine acquired with ready=None is held PENDING until SSH "
-                "answers, which never happens where the backend has no SSH (moto)",
-            )
-        )
     tag, desc = tagged(backend)
     async with backend.session() as first:
         res = await first.manager(backend.resources_url).acquire(desc)
@@ -85,6 +75,7 @@ async def test_found_again_by_id_from_a_new_session(
             found = await mgr.get(res.id)
             assert found.id == res.id
             assert found.tags >= {tag}
+            assert found.description == desc
             assert await found.wait(ResourceState.ACTIVE, timeout=5) is ResourceState.ACTIVE
     finally:
         async with backend.session() as third:
