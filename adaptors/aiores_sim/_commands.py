@@ -389,14 +389,19 @@ def sim_status() -> None:
     console.print(f"sim cloud running in {_cloud_dir()} (pid {hello['pid']}): {len(vms)} VMs")
     if vms:
         table = Table(header_style="bold")
-        for name in ("vm", "state", "detail", "access", "template", "tags"):
-            table.add_column(name)
+        # Ids and access URLs are copied into other commands: never cut, never wrapped;
+        # the other columns fold when the terminal is narrow.
+        for name, key in (("vm", "id"), ("access", "access")):
+            width = max(len(name), *(len(str(vm[key])) for vm in vms))
+            table.add_column(name, no_wrap=True, min_width=width)
+        for name in ("state", "detail", "template", "tags"):
+            table.add_column(name, overflow="fold")
         for vm in vms:
             table.add_row(
                 vm["id"],
+                vm["access"],
                 vm["state"],
                 vm["detail"],
-                vm["access"],
                 vm["extra"]["template"],
                 ",".join(vm["tags"]),
             )

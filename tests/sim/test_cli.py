@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,24 @@ def test_sim_start_status_stop(own_cloud: Path) -> None:
     assert stopped.exit_code == 0, stopped.output
     assert "stopped" in stopped.output
     assert "no sim cloud runs" in runner.invoke(main, ["sim", "stop"]).output
+
+
+def test_sim_status_shows_whole_ids_and_access_urls_on_a_narrow_terminal(
+    own_cloud: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIORES_STATE_DIR", str(tmp_path / "state"))
+    runner = CliRunner()
+    made = runner.invoke(main, ["provision", "sim://", "--count", "2", "--json"])
+    assert made.exit_code == 0, made.output
+    vms = json.loads(made.stdout)
+    assert len(vms) == 2
+    try:
+        status = runner.invoke(main, ["sim", "status"], env={"COLUMNS": "80"})
+        assert status.exit_code == 0, status.output
+        for vm in vms:
+            assert vm["access"].startswith("ssh://")
+            assert vm["access"] in status.output  # the port included, nothing cut
+            assert vm["native_id"] in status.output
+    finally:
+        gone = runner.invoke(main, ["deprovision", *(vm["id"] for vm in vms)])
+        assert gone.exit_code == 0, gone.output
