@@ -117,8 +117,10 @@ async def main(url, context, released, cancelled):
 
 
 def context_fields(ctx: SSHContext) -> str:
+    fields = ("key_files", "known_hosts", "config")
     return json.dumps(
-        {"key_files": ctx.key_files, "known_hosts": ctx.known_hosts, "config": ctx.config}
+        {name: getattr(ctx, name) for name in fields}
+        | {"host_keys": {host: list(keys) for host, keys in ctx.host_keys.items()}}
     )
 
 
