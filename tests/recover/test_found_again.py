@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +163,29 @@ async def test_ids_that_name_no_url_or_nothing() -> None:
             await session.get("[nope://]-[vm-1]")
         with pytest.raises(aiores.DoesNotExist):
             await session.get("[sim://]-[vm-nope]")
+
+
+async def test_an_acquire_refused_for_want_of_credentials_leaves_no_intent_behind(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    desc = ComputeDescription(image="ami-12c6146b", template="t2.micro", ready=None)
+    async with aiores.Session() as first:
+        mgr = first.manager("ec2://us-east-1?endpoint=http://127.0.0.1:1")  # never reached
+        with (
+            caplog.at_level(logging.WARNING, logger="aiores"),
+            pytest.raises(aiores.AuthenticationFailed),
+        ):
+            await mgr.acquire(desc)
+    assert not caplog.records, caplog.text
+    seen = await in_another_program("""
+        found = await session.recover()
+        reaped = await session.reap()
+        return [len(found.in_flight), len(reaped.leaks), len(reaped.skipped),
+                [i.status for i in await session.journal.intents()]]
+    """)
+    assert seen == [0, 0, 0, ["failed"]]
