@@ -373,6 +373,8 @@ class LocalJobAdaptor(JobAdaptor):
             self._abandon(job)
             return
         job.set(_R, "running")
+        if job.go is not None:
+            self.publish(job.info)  # a deferred job: before the end the keeper may announce next
         desc = job.description
         if desc is not None and desc.walltime is not None:
             loop = job.finished.get_loop()
@@ -424,8 +426,6 @@ class LocalJobAdaptor(JobAdaptor):
         if "error" in reply:
             error = _start_error(job.description, reply["error"])
             self._finish(job, JobState.FAILED, f"could not start: {error}")
-        elif job.state is _R:
-            self.publish(job.info)
 
     # -- ends --------------------------------------------------------------------------
     def _exited(self, id: str, rc: int, stdout: bytes | None, stderr: bytes | None) -> None:
