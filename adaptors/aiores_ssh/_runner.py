@@ -215,8 +215,9 @@ async def execute(
         try:
             lease, run = await pool.channel(target, opener, abandon)
         except BaseException:
-            # An abandoned channel's stop has settled it, unless a second cancel cut
-            # the wait for that stop short: then it is not known yet.
+            # An abandoned channel's stop has settled it already, unless a second
+            # cancel cut the wait for that stop short: a command that may have
+            # reached the host then counts as unconfirmed (its stop's answer is late).
             settle(not any(r.exec_sent for r in tried))
             raise
         started = run
