@@ -69,6 +69,37 @@ async def test_a_held_job_waits_for_its_release(
     flag.unlink()
 
 
+async def test_without_a_fifo_a_held_job_looks_for_its_release_each_second(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``mkfifo`` fails the wrapper sleeps a second between looks (no gate)."""
+    import aiores_ssh._jobs as jobs_module
+    import aiores_ssh._jobscripts as jobscripts
+
+    def no_fifo(*args: object, **kwargs: object) -> tuple[str, bytes]:
+        script, stdin = jobscripts.submit_script(*args, **kwargs)  # type: ignore[arg-type]
+        assert "mkfifo gate" in script
+        return script.replace("mkfifo gate", "false"), stdin
+
+    monkeypatch.setattr(jobs_module, "submit_script", no_fifo)
+    jobs = await adaptors.jobs(sshd.url())
+    job = await jobs.submit(JobDescription.shell("echo out"), token(), hold=True)
+    job_dir = test_home / ".aiores" / "jobs" / job.id
+    pid = job.extra["pid"]
+
+    def sleeping() -> bool:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return [c.name() for c in psutil.Process(pid).children()] == ["sleep"]
+        return False
+
+    await wait_until(sleeping)
+    assert not (job_dir / "gate").exists()
+    assert (await jobs.describe([job.id]))[job.id].state is JobState.HELD
+    await jobs.release(job.id)
+    info = await settle(jobs, job.id)
+    assert (info.state, info.stdout) == (JobState.DONE, b"out\n")
+
+
 async def test_release_and_hold_of_a_job_not_held(adaptors: Adaptors, sshd: Sshd) -> None:
     jobs = await adaptors.jobs(sshd.url())
     job = await jobs.submit(JobDescription.shell("exec sleep 60"), token(), hold=False)
