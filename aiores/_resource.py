@@ -535,7 +535,8 @@ class Resource(Tracked[ResourceState]):
 
     @property
     def description(self) -> Description | None:
-        """What it was acquired with (None when reconnected from another process)."""
+        """What it was acquired with; found again from another program, as the journal
+        recorded it (without user data, never journalled), or None if no journal did."""
         return self._description
 
     @property
