@@ -114,7 +114,10 @@ async def make_local(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator
     root.mkdir()
     yield Backend(
         name="local",
-        caps=frozenset({"jobs", "hold", "runner", "files", "modes", "directories", "resources"}),
+        caps=frozenset(
+            {"jobs", "hold", "job_reconnect", "runner", "files", "modes", "directories"}
+            | {"resources"}
+        ),
         jobs_url="local://?grace=0.5",
         runner_url="local://",
         files_url="local://",
@@ -130,7 +133,9 @@ async def make_ssh(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[B
     server: Sshd = request.getfixturevalue("sshd")
     backend = Backend(
         name="ssh",
-        caps=frozenset({"jobs", "job_reconnect", "runner", "files", "modes", "directories"}),
+        caps=frozenset(
+            {"jobs", "hold", "job_reconnect", "runner", "files", "modes", "directories"}
+        ),
         contexts=[server.context()],
         jobs_url=server.url(),
         runner_url=server.url(),
@@ -182,6 +187,7 @@ async def make_sim(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[B
         caps=frozenset(
             {
                 "jobs",
+                "hold",
                 "job_reconnect",
                 "runner",
                 "files",

@@ -104,6 +104,7 @@ async def broken_local(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterat
         js = session.job_service("local://")
         job = await js.submit(JobDescription(executable="/bin/true"))
         await job.wait(timeout=STEP)
+        await job.reap()  # forgotten: every later use of it fails
         runner = await session.command_runner("local://")
         files = await session.file_adaptor("local://")
         mgr = session.manager("local://")
@@ -122,7 +123,7 @@ async def broken_local(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterat
                 *resource_ops(mgr, ComputeDescription(image="no-such"), "localhost-0"),
             ],
             {
-                "jobs.list": "this process's job table: nothing to fail",
+                "jobs.list": "the job records on this host: nothing to fail",
                 "resources.list": "this process's leases: nothing to fail",
                 "resources.destroy": "an unknown id is gone already: no error",
             },

@@ -156,9 +156,9 @@ async def test_found_again_by_id_from_a_new_session(
             pytest.mark.xfail(
                 strict=True,
                 raises=aiores.DoesNotExist,
-                reason="local:// keeps its jobs in the submitting Session's adaptor: a new "
-                "Session cannot find a running job by id (DESIGN: local jobs outlive their "
-                "program like SSH jobs, found again from anywhere)",
+                reason="this backend keeps its jobs in the submitting Session's adaptor: a "
+                "new Session cannot find a running job by id (DESIGN: jobs outlive their "
+                "program, found again from anywhere)",
             )
         )
     async with backend.session() as first:

@@ -158,7 +158,9 @@ async def test_ssh_signals_reach_the_process_group(state_dir: Path) -> None:
 @pytest.mark.asyncio
 async def test_a_vm_showing_another_host_key_fails(state_dir: Path) -> None:
     url = "sim://?boot_delay=0.05&wrong_host_key=1"
-    async with aiores.Session() as first:
+    # Not journalled: the second session knows nothing of how it was acquired, so
+    # its get holds the VM PENDING until SSH answers (a journalled ready=None would not).
+    async with aiores.Session(journal=None) as first:
         vm = await first.manager(url).acquire(ComputeDescription(ready=None))
         await vm.wait(ResourceState.ACTIVE, timeout=STEP)
     async with aiores.Session(contexts=[pinned_context(state_dir, [vm])]) as session:
@@ -199,7 +201,9 @@ async def test_a_host_key_that_changes_is_refused(state_dir: Path) -> None:
 @pytest.mark.asyncio
 async def test_slow_ssh(state_dir: Path) -> None:
     url = "sim://?boot_delay=0.05&ssh_delay=0.4"
-    async with aiores.Session() as first:
+    # Not journalled: the second session knows nothing of how it was acquired, so
+    # its get holds the VM PENDING until SSH answers (a journalled ready=None would not).
+    async with aiores.Session(journal=None) as first:
         vm = await first.manager(url).acquire(ComputeDescription(ready=None))
         await vm.wait(ResourceState.ACTIVE, timeout=STEP)
     async with aiores.Session(contexts=[pinned_context(state_dir, [vm])]) as session:
