@@ -51,7 +51,7 @@ def _row_json(row: dict[str, Any]) -> dict[str, Any]:
     DONE means exit code 0 on every backend; another final state's exit code is
     shown where the journal recorded one.
     """
-    exit_code = row.get("exit_code")
+    exit_code = (row.get("data") or {}).get("exit_code")
     if exit_code is None and row["state"] == JobState.DONE.name:
         exit_code = 0
     return {
