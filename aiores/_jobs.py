@@ -624,8 +624,10 @@ class JobArray(Sequence[Job]):
         """Suspend every running member.
 
         Raises:
-            IncorrectState, NotSupported, FanOutError: as :meth:`hold` (a member not
-            submitted yet is in a wrong state).
+            IncorrectState: As :meth:`hold` (a member not submitted yet is in a wrong
+                state).
+            NotSupported: As :meth:`hold`.
+            FanOutError: As :meth:`hold`.
         """
         await self._each("suspend", self.jobs, _after_submission(Job.suspend))
 
