@@ -66,14 +66,25 @@ def merged_environment(extra: Mapping[str, str] | None) -> dict[str, str] | None
 
 
 class Capture:
-    """One captured pipe: keeps at most ``limit`` bytes (None: all), counts the rest."""
+    """One captured pipe: keeps at most ``limit`` bytes (None: all), counts the rest.
 
-    __slots__ = ("_child", "_fd", "_limit", "data", "total")
+    ``on_chunk``, if given, is called on the loop with each chunk read (all of it,
+    whatever ``limit`` keeps); it must not raise.
+    """
 
-    def __init__(self, child: Child, fd: int, limit: int | None) -> None:
+    __slots__ = ("_child", "_fd", "_limit", "_on_chunk", "data", "total")
+
+    def __init__(
+        self,
+        child: Child,
+        fd: int,
+        limit: int | None,
+        on_chunk: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._child = child
         self._fd = fd
         self._limit = limit
+        self._on_chunk = on_chunk
         self.data = bytearray()
         self.total = 0
         os.set_blocking(fd, False)
@@ -92,6 +103,8 @@ class Capture:
                 self.data += chunk
             elif len(self.data) < self._limit:
                 self.data += chunk[: self._limit - len(self.data)]
+            if self._on_chunk is not None:
+                self._on_chunk(chunk)
             return
         self.close()
         self._child._pipe_closed()
@@ -152,6 +165,7 @@ class Child:
         stdin_fd: int | None,
         stdin: bytes | None,
         on_done: Callable[[Child], None],
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self._popen = popen
@@ -161,8 +175,12 @@ class Child:
         self.detached = False
         self._on_done = on_done
         self._drain: asyncio.TimerHandle | None = None
-        self.out = None if out_fd is None else Capture(self, out_fd, limit)
-        self.err = None if err_fd is None else Capture(self, err_fd, limit)
+        self.out = (
+            None if out_fd is None else Capture(self, out_fd, limit, _tag(on_output, "stdout"))
+        )
+        self.err = (
+            None if err_fd is None else Capture(self, err_fd, limit, _tag(on_output, "stderr"))
+        )
         self._open = (out_fd is not None) + (err_fd is not None)
         self._stdin_fd = -1 if stdin_fd is None else stdin_fd
         self._stdin = memoryview(stdin or b"")
@@ -349,6 +367,7 @@ def spawn(
     limit: int | None,
     devnull: int,
     on_done: Callable[[Child], None],
+    on_output: Callable[[str, bytes], None] | None = None,
 ) -> Child:
     """Start ``argv`` in a new session and watch it.
 
@@ -362,6 +381,9 @@ def spawn(
         limit: Bytes kept per captured stream (None: all).
         devnull: An open file descriptor on ``/dev/null``.
         on_done: Called on the loop once the process exited and its pipes closed.
+        on_output: Called on the loop with ``"stdout"`` or ``"stderr"`` and each chunk
+            read from a captured pipe, as it arrives (before ``on_done``); it must
+            not raise.
 
     Raises:
         OSError: The process could not start (see :func:`spawn_error`).
@@ -407,7 +429,17 @@ def spawn(
         stdin_fd=in_w,
         stdin=stdin,
         on_done=on_done,
+        on_output=on_output,
     )
+
+
+def _tag(
+    on_output: Callable[[str, bytes], None] | None, stream: str
+) -> Callable[[bytes], None] | None:
+    """``on_output`` for one stream's chunks (None stays None)."""
+    if on_output is None:
+        return None
+    return lambda chunk: on_output(stream, chunk)
 
 
 def _not_found(executable: str) -> str:
