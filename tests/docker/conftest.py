@@ -1,0 +1,160 @@
+"""A real podman for the docker:// tests: its Docker-compatible service on a private socket.
+
+The session fixture :func:`podman` starts ``podman system service`` with a storage
+root, run root and tmp dir of its own (``--root``, ``--runroot``, ``--tmpdir``), the
+runc runtime and a ``CONTAINERS_CONF`` with ``default_ulimits = []`` and no network
+(see TESTING.md), builds the test image ``localhost/aiores-test:1`` from a
+busybox-static rootfs tarball (no registry), and points ``DOCKER_HOST`` at the socket
+for the tests (and the programs they start). At the end it removes every container,
+stops the service, resets the storage and checks that none of its processes is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+__all__ = ["IMAGE", "Podman", "podman"]
+
+#: The test image: busybox with every applet, /tmp, and a passwd file.
+IMAGE = "localhost/aiores-test:1"
+#: Seconds the service may take to answer its socket.
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Podman:
+    """The running service: its socket, and podman's command line for its storage."""
+
+    socket: Path
+    root: Path
+    env: dict[str, str]
+    argv: list[str]
+
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.argv, *args], env=self.env, capture_output=True, text=True, check=check
+        )
+
+    def containers(self) -> list[str]:
+        """Ids of every container the service holds."""
+        return self.cli("ps", "-aq", "--no-trunc").stdout.split()
+
+
+def _rootfs(where: Path) -> Path:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        pytest.fail("busybox is missing: apt-get install busybox-static (./scripts/test does)")
+    root = where / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    (root / "tmp").mkdir(mode=0o1777)
+    (root / "etc").mkdir()
+    (root / "work").mkdir()
+    (root / "etc" / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"
+    )
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    shutil.copy(busybox, root / "bin" / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True)
+    for name in applets.stdout.split():
+        if name != "busybox":
+            (root / "bin" / name).symlink_to("busybox")
+    tarball = where / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(root, arcname=".")
+    return tarball
+
+
+def _answers(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            return b"200" in sock.recv(64)
+        except OSError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
+    if shutil.which("podman") is None or shutil.which("runc") is None:
+        pytest.fail(
+            "podman and runc are missing: apt-get install podman runc (./scripts/test does)"
+        )
+    base = tmp_path_factory.mktemp("podman")
+    conf = base / "containers.conf"
+    conf.write_text('[containers]\ndefault_ulimits = []\nnetns = "none"\n')
+    env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+    env.pop("DOCKER_HOST", None)
+    argv = [
+        "podman",
+        "--runtime",
+        "runc",
+        "--root",
+        str(base / "storage"),
+        "--runroot",
+        str(base / "run"),
+        "--tmpdir",
+        str(base / "tmp"),
+    ]
+    sock = base / "podman.sock"
+    server = Podman(socket=sock, root=base, env=env, argv=argv)
+    log = (base / "service.log").open("w")
+    service = subprocess.Popen(
+        [*argv, "system", "service", "--time=0", f"unix://{sock}"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    old_host = os.environ.get("DOCKER_HOST")
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _answers(sock):  # readiness: the socket answers /_ping
+            if service.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"podman system service did not start: {(base / 'service.log').read_text()}"
+                )
+            time.sleep(0.05)
+        server.cli("import", str(_rootfs(base)), IMAGE)
+        os.environ["DOCKER_HOST"] = server.docker_host
+        yield server
+    finally:
+        if old_host is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = old_host
+        with contextlib.suppress(subprocess.CalledProcessError):
+            server.cli("rm", "-af", "-t", "0")
+        service.terminate()
+        try:
+            service.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait()
+        log.close()
+        server.cli("system", "reset", "--force", check=False)
+        shutil.rmtree(base / "storage", ignore_errors=True)
+        left = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if any(str(base) in part for part in (p.info["cmdline"] or ()))
+        ]
+        assert not left, f"podman processes left behind: {left}"
