@@ -421,6 +421,7 @@ class CommandRunner(Adaptor):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         """Run ``command`` and return its result.
 
@@ -428,6 +429,15 @@ class CommandRunner(Adaptor):
         and its arguments, quoted wherever a shell is unavoidable. A non-zero exit is a
         result, not an error. Cancelling it stops the command. Raises
         :class:`~aiores.Timeout` after ``timeout`` seconds, having stopped the command.
+
+        ``on_output``, if given, is called on the event loop with ``"stdout"`` or
+        ``"stderr"`` and each chunk of output (undecoded; chunks are not lines) as it
+        arrives, and never after ``run`` has returned or raised; the result still
+        carries the whole captured output. An adaptor that cannot stream calls it once
+        per stream with everything, before returning. It must not raise: if it does,
+        the command is stopped as a cancelled one is and ``run`` raises that error.
+        The core passes ``on_output`` only when a caller asked for it, so a runner
+        written before it existed still runs commands.
         """
 
 

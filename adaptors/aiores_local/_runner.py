@@ -6,7 +6,7 @@ import asyncio
 import functools
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from aiores import RunResult, Timeout
 from aiores.adaptor import URL, AdaptorEnv, CommandRunner, concurrency, validate
@@ -61,6 +61,7 @@ class LocalCommandRunner(CommandRunner):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         """Run ``command`` and return its exit status and output.
 
@@ -71,6 +72,9 @@ class LocalCommandRunner(CommandRunner):
                 ``/dev/null``).
             env: Variables added to this process's environment for the command.
             timeout: Seconds before the command is killed.
+            on_output: Called with ``"stdout"`` or ``"stderr"`` and each chunk as the
+                command writes it (see :meth:`CommandRunner.run
+                <aiores.adaptor.CommandRunner.run>`); not after the run is over.
 
         Returns:
             The result; a non-zero exit or a signal is a result, not an error.
@@ -81,6 +85,8 @@ class LocalCommandRunner(CommandRunner):
             PermissionDenied: the program is not executable.
             BadParameter: ``command`` is empty or not str, text holds a NUL or a lone
                 surrogate, an environment name is not portable, a bad ``timeout``.
+            Exception: what ``on_output`` raised; the command was stopped as a
+                cancelled one is.
 
         Cancelling it sends SIGTERM to the command's process group, then SIGKILL after
         the grace period, waits (bounded) for the process to go, and re-raises. That
@@ -90,11 +96,18 @@ class LocalCommandRunner(CommandRunner):
         command, stdin, env, timeout = validate.run_arguments(command, stdin, env, timeout)
         argv = ("/bin/sh", "-c", command) if isinstance(command, str) else command
         loop = asyncio.get_running_loop()
-        finished = asyncio.Event()
+        finished = asyncio.Event()  # the process ended and its pipes closed
+        woken = asyncio.Event()  # that, or on_output failed
+        output = None if on_output is None else _Output(on_output, woken)
         started = loop.time()
         if self._devnull < 0:
             await self.open()
         await self._gate.turn()
+
+        def done(_: Child) -> None:
+            finished.set()
+            woken.set()
+
         try:
             child = spawn(
                 argv,
@@ -105,7 +118,8 @@ class LocalCommandRunner(CommandRunner):
                 stderr=None,
                 limit=None,
                 devnull=self._devnull,
-                on_done=lambda _: finished.set(),
+                on_done=done,
+                on_output=output,
             )
         except OSError as exc:
             raise spawn_error(exc, argv[0], None) from exc
@@ -117,13 +131,20 @@ class LocalCommandRunner(CommandRunner):
                     "its process group was killed"
                 ),
             ):
-                await finished.wait()
+                await woken.wait()
         except Timeout:
             await self._stop(child, finished, grace=0.0)
             raise
         except asyncio.CancelledError:
             await self._stop(child, finished, grace=self.grace)
             raise
+        finally:
+            if output is not None:
+                output.over = True  # a stop that outlives the caller reports nothing
+        if output is not None and output.error is not None:
+            if not finished.is_set():
+                await self._stop(child, finished, grace=self.grace)
+            raise output.error
         rc = child.returncode
         assert rc is not None
         return RunResult(
@@ -142,6 +163,29 @@ class LocalCommandRunner(CommandRunner):
             what=f"stopping local command (pid {child.pid})",
             timeout=grace + _KILL_WAIT + 1.0,  # _stop bounds itself; never cut it short
         )
+
+
+class _Output:
+    """A run's ``on_output``, guarded: the first error it raises is kept and wakes the
+    run (which stops the command and raises it); nothing is passed on after that, nor
+    once the run is over."""
+
+    __slots__ = ("error", "on_output", "over", "woken")
+
+    def __init__(self, on_output: Callable[[str, bytes], None], woken: asyncio.Event) -> None:
+        self.on_output = on_output
+        self.woken = woken
+        self.error: Exception | None = None
+        self.over = False
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        if self.over or self.error is not None:
+            return
+        try:
+            self.on_output(stream, chunk)
+        except Exception as exc:  # the caller's: raised by run, not by a loop callback
+            self.error = exc
+            self.woken.set()
 
 
 def _text(capture: Capture | None) -> str:

@@ -86,10 +86,12 @@ class _Run(asyncssh.SSHClientSession[bytes]):
     """One command's channel callbacks: output collected as it arrives, no reader tasks.
 
     The first stdout line is ``PID START BOOT`` of the command's process group
-    leader (see :mod:`aiores_ssh._scripts`).
+    leader (see :mod:`aiores_ssh._scripts`). The output after it also goes to
+    ``on_output`` as it arrives, until that raises (its error is kept in ``error``
+    and ``broken`` resolved) or the run is ``over``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_output: Callable[[str, bytes], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self.pid: int | None = None
@@ -103,6 +105,11 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         #: The server refused the command (its channel or its exec request).
         self.refused = False
         self._head = bytearray()
+        self.on_output = on_output
+        self.error: Exception | None = None
+        self.broken: asyncio.Future[Exception | None] = loop.create_future()
+        #: Set once the caller's run is over: nothing more goes to ``on_output``.
+        self.over = False
 
     @property
     def exec_sent(self) -> bool:
@@ -125,8 +132,9 @@ class _Run(asyncssh.SSHClientSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self.stderr.extend(data)
+            self._tell("stderr", data)
         elif self.pid_known.done():
-            self.stdout.extend(data)
+            self._out(data)
         else:
             self._head.extend(data)
             line, newline, rest = self._head.partition(b"\n")
@@ -134,11 +142,24 @@ class _Run(asyncssh.SSHClientSession[bytes]):
                 identity = parse_identity(bytes(line))
                 if identity is not None:
                     self.pid, self.start, self.boot = identity
+                    self._out(bytes(rest))
                 else:  # the wrapper did not run (an odd login shell): keep what came
-                    self.stdout.extend(line + newline)
-                self.stdout.extend(rest)
+                    self._out(bytes(self._head))
                 self._head.clear()
                 self.pid_known.set_result(None)
+
+    def _out(self, data: bytes) -> None:
+        self.stdout.extend(data)
+        self._tell("stdout", data)
+
+    def _tell(self, stream: str, data: bytes) -> None:
+        if self.on_output is None or self.over or self.error is not None or not data:
+            return
+        try:
+            self.on_output(stream, data)
+        except Exception as exc:  # the caller's: raised by execute, never into asyncssh
+            self.error = exc
+            self.broken.set_result(exc)
 
     def exit_status_received(self, status: int) -> None:
         self.status = status
@@ -153,7 +174,7 @@ class _Run(asyncssh.SSHClientSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.pid_known.done():
-            self.stdout.extend(self._head)
+            self._out(bytes(self._head))
             self.pid_known.set_result(None)
         if not self.closed.done():
             self.closed.set_result(exc)
@@ -169,8 +190,12 @@ async def execute(
     timeout: float | None = None,
     grace: float = 2.0,
     ended: asyncio.Future[bool] | None = None,
+    on_output: Callable[[str, bytes], None] | None = None,
 ) -> Outcome:
     """Run shell ``command`` on ``target`` to completion.
+
+    ``on_output``, if given, gets each chunk of the command's output as it arrives
+    (``"stdout"`` or ``"stderr"``, bytes), never after this has returned or raised.
 
     ``ended``, if given, is resolved once the command's fate on the host is known:
     True if it ended there or never started (it completed; it was stopped and the
@@ -183,6 +208,7 @@ async def execute(
         CommandTimeout: ``timeout`` passed (connecting included); the command was stopped.
         ConnectionLost: the connection broke while the command ran.
         HostKeyError, AuthenticationFailed, Timeout, NoSuccess: connecting failed.
+        Exception: what ``on_output`` raised; the command was stopped as on a cancel.
 
     Cancelling it stops the remote command (TERM to its process group, KILL after
     ``grace`` seconds) as a cleanup of the pool's session (bounded, not cut off by
@@ -199,7 +225,7 @@ async def execute(
             ended.set_result(gone)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
-        run = _Run()
+        run = _Run(on_output)
         tried.append(run)
         return await _open(conn, remote, run)
 
@@ -210,51 +236,59 @@ async def execute(
         finally:
             settle(gone)
 
-    finished: _Run | None = None
-    async with concurrency.move_on_after(timeout):
-        try:
-            lease, run = await pool.channel(target, opener, abandon)
-        except BaseException:
-            # An abandoned channel's stop has settled it already, unless a second
-            # cancel cut the wait for that stop short: a command that may have
-            # reached the host then counts as unconfirmed (its stop's answer is late).
-            settle(not any(r.exec_sent for r in tried))
-            raise
-        started = run
-        try:
-            chan = run.channel()
-            if preamble:
-                chan.write(preamble)
-            if stdin:
-                chan.write(stdin)
-            chan.write_eof()
-            # Shielded: a cancelled wait leaves the future to the stop below, which
-            # waits on it too (a shared future, not a cleanup).
-            lost = await asyncio.shield(run.closed)
-        except BaseException:
-            await _stop(pool, lease, run, grace, settle)
-            raise
-        lease.release()
-        finished = run
-    if finished is None:  # the deadline ended the block (anything else raised)
-        out = started.stdout if started is not None else b""
-        err = started.stderr if started is not None else b""
-        raise CommandTimeout(
-            f"command on {target.where} did not finish in {timeout} s; it was stopped",
-            stdout=out.decode(errors="replace"),
-            stderr=err.decode(errors="replace"),
-        )
-    if lost is not None or (
-        run.status is None and run.signal is None and chan.get_connection().is_closed()
-    ):
-        settle(False)
-        error = translate(lost, target.where, "running a command") if lost else lost
-        if not isinstance(error, ConnectionLost):
-            error = ConnectionLost(f"connection to {target.where} lost while a command ran")
-        raise error from lost
-    settle(True)
-    status = None if run.signal is not None else run.status
-    return Outcome(status, run.signal, bytes(run.stdout), bytes(run.stderr), loop.time() - start)
+    try:
+        finished: _Run | None = None
+        async with concurrency.move_on_after(timeout):
+            try:
+                lease, run = await pool.channel(target, opener, abandon)
+            except BaseException:
+                # An abandoned channel's stop has settled it already, unless a second
+                # cancel cut the wait for that stop short: a command that may have
+                # reached the host then counts as unconfirmed (its stop's answer is late).
+                settle(not any(r.exec_sent for r in tried))
+                raise
+            started = run
+            try:
+                chan = run.channel()
+                if preamble:
+                    chan.write(preamble)
+                if stdin:
+                    chan.write(stdin)
+                chan.write_eof()
+                # asyncio.wait: a cancelled wait leaves the future to the stop below,
+                # which waits on it too (a shared future, not a cleanup).
+                await asyncio.wait({run.closed, run.broken}, return_when=asyncio.FIRST_COMPLETED)
+                if run.error is not None:  # on_output raised: stop the command
+                    raise run.error
+                lost = run.closed.result()
+            except BaseException:
+                await _stop(pool, lease, run, grace, settle)
+                raise
+            lease.release()
+            finished = run
+        if finished is None:  # the deadline ended the block (anything else raised)
+            out = started.stdout if started is not None else b""
+            err = started.stderr if started is not None else b""
+            raise CommandTimeout(
+                f"command on {target.where} did not finish in {timeout} s; it was stopped",
+                stdout=out.decode(errors="replace"),
+                stderr=err.decode(errors="replace"),
+            )
+        if lost is not None or (
+            run.status is None and run.signal is None and chan.get_connection().is_closed()
+        ):
+            settle(False)
+            error = translate(lost, target.where, "running a command") if lost else lost
+            if not isinstance(error, ConnectionLost):
+                error = ConnectionLost(f"connection to {target.where} lost while a command ran")
+            raise error from lost
+        settle(True)
+        status = None if run.signal is not None else run.status
+        elapsed = loop.time() - start
+        return Outcome(status, run.signal, bytes(run.stdout), bytes(run.stderr), elapsed)
+    finally:
+        for tried_run in tried:  # a stop that outlives the caller reports nothing
+            tried_run.over = True
 
 
 async def _open(
@@ -381,6 +415,7 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         """Run ``command`` on the remote host and return its result.
 
@@ -388,12 +423,16 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         is exported by the remote shell (sshd accepts few variables otherwise); the
         values travel on the channel's input, never in a command line other users
         of the host could read. A non-zero exit is a result, not an error.
+        ``on_output`` gets each chunk of output as the channel delivers it
+        (``"stdout"`` or ``"stderr"``, bytes), never after this returns or raises.
 
         Raises:
             CommandTimeout: after ``timeout`` seconds (connecting included), having
                 stopped the remote command; carries the partial output.
             ConnectionLost: the connection broke while the command ran.
             HostKeyError, AuthenticationFailed, Timeout, NoSuccess: connecting failed.
+            Exception: what ``on_output`` raised; the command was stopped as when
+                cancelled.
 
         Cancelling it sends TERM to the remote process group (KILL after
         :attr:`kill_grace` seconds) over a fresh channel, closes the channel, then
@@ -409,6 +448,7 @@ class SSHCommandRunner(SSHBase, CommandRunner):
             env=env,
             timeout=timeout,
             grace=self.kill_grace,
+            on_output=on_output,
         )
         return RunResult(
             exit_status=outcome.exit_status,

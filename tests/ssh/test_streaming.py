@@ -1,0 +1,74 @@
+"""SSHCommandRunner hands output over as the channel delivers it (on_output)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from .conftest import STEP, Adaptors, gone, wait_until
+from .servers import Sshd
+
+
+class Chunks:
+    """What on_output was given, awaitable chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bytes]] = []
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        self.seen.append((stream, chunk))
+        self.queue.put_nowait((stream, chunk))
+
+    async def until(self, stream: str, data: bytes) -> None:
+        """Wait (bounded) until ``stream`` has carried ``data`` so far."""
+        got = b""
+        async with asyncio.timeout(STEP):
+            while got != data:
+                name, chunk = await self.queue.get()
+                if name == stream:
+                    got += chunk
+                assert data.startswith(got), got
+
+    def joined(self, stream: str) -> bytes:
+        return b"".join(chunk for name, chunk in self.seen if name == stream)
+
+
+@pytest.mark.asyncio
+async def test_output_arrives_while_the_command_runs(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    fifo = f"$HOME/stream-{secrets.token_hex(4)}"
+    command = (
+        f"mkfifo {fifo} || exit 9; echo first; echo warn >&2; "
+        f"read go < {fifo}; rm -f {fifo}; echo second"
+    )
+    chunks = Chunks()
+    task = asyncio.create_task(runner.run(command, on_output=chunks))
+    await chunks.until("stdout", b"first\n")  # the pid line the runner reads is not shown
+    await chunks.until("stderr", b"warn\n")
+    assert not task.done()  # it waits on the fifo until the test writes to it
+    released = await runner.run(f"echo go > {fifo}", timeout=STEP)
+    assert released.ok, released
+    result = await asyncio.wait_for(task, STEP)
+    assert (result.exit_status, result.stdout, result.stderr) == (0, "first\nsecond\n", "warn\n")
+    assert chunks.joined("stdout") == b"first\nsecond\n"
+    assert chunks.joined("stderr") == b"warn\n"
+
+
+@pytest.mark.asyncio
+async def test_a_failing_on_output_stops_the_command(adaptors: Adaptors, sshd: Sshd) -> None:
+    runner = await adaptors.runner(sshd.url())
+    runner.kill_grace = 0.5
+    given: list[bytes] = []
+
+    def broken(stream: str, chunk: bytes) -> None:
+        given.append(chunk)
+        raise ValueError("the caller's bug")
+
+    with pytest.raises(ValueError, match="the caller's bug"):
+        await asyncio.wait_for(runner.run("echo $$; exec sleep 30", on_output=broken), STEP)
+    assert len(given) == 1  # not called again once it raised
+    pid = int(given[0].split()[0])
+    await wait_until(lambda: gone(pid))
