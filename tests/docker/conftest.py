@@ -150,11 +150,24 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
             service.kill()
             service.wait()
         log.close()
+        # podman 4.3 keeps the conmon of each exec session after its container is
+        # removed (they would live on forever): they are this service's, end them.
+        lingering = _processes_of(base)
+        for proc in lingering:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        psutil.wait_procs(lingering, timeout=10)
         server.cli("system", "reset", "--force", check=False)
         shutil.rmtree(base / "storage", ignore_errors=True)
-        left = [
-            p
-            for p in psutil.process_iter(["cmdline"])
-            if any(str(base) in part for part in (p.info["cmdline"] or ()))
-        ]
+        left = _processes_of(base)
         assert not left, f"podman processes left behind: {left}"
+
+
+def _processes_of(base: Path) -> list[psutil.Process]:
+    """Live processes whose command line names the service's directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or ()
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(base) in a for a in cmdline):
+            found.append(proc)
+    return found
