@@ -54,6 +54,8 @@ _COPY_AND_RUN = (
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 Op = Callable[["Compute", "float | None"], Awaitable[RunResult]]
+#: ``on_line(resource, stream, line)``: one line of a machine's output as it arrives.
+OnLine = Callable[["Compute", str, str], None]
 
 
 class Group(Sequence["Compute"]):
@@ -124,6 +126,7 @@ class Group(Sequence["Compute"]):
         env: Mapping[str, str] | None = None,
         limit: int | None = None,
         deadline: float | None = None,
+        on_line: OnLine | None = None,
     ) -> GroupResult:
         """Run ``command`` on every machine at once; one result per machine.
 
@@ -141,6 +144,14 @@ class Group(Sequence["Compute"]):
                 still bounds handshakes and channels).
             deadline: Seconds the whole fan-out may take; machines not done by then
                 are stopped and get a :class:`~aiores.Timeout` result.
+            on_line: Called on the event loop as output arrives, with the machine,
+                ``"stdout"`` or ``"stderr"`` and one line of that stream (decoded as
+                UTF-8, bad bytes replaced, without its newline); a last line with no
+                newline comes when that machine's run ends (however it ends: a
+                timeout, a cancellation too). Lines of one machine's stream come in
+                order; machines interleave. It must not raise: an error it raises
+                stops that machine's command and becomes its result's ``error``.
+                The results still carry the whole output.
 
         Returns:
             One :class:`~aiores.RunResult` per machine, in the group's order.
@@ -154,7 +165,7 @@ class Group(Sequence["Compute"]):
         Cancelling it stops the command on every machine (the ssh adaptor signals
         the remote process group), waits for that, and re-raises the cancellation.
         """
-        op = self._run_op(command, user=user, env=env)
+        op = self._run_op(command, user=user, env=env, on_line=on_line)
         return await self._collect(op, "command", check, limit, timeout, deadline)
 
     def run_stream(
@@ -166,6 +177,7 @@ class Group(Sequence["Compute"]):
         env: Mapping[str, str] | None = None,
         limit: int | None = None,
         deadline: float | None = None,
+        on_line: OnLine | None = None,
     ) -> AsyncGenerator[RunResult, None]:
         """Like :meth:`run`, yielding each machine's result as it completes.
 
@@ -176,7 +188,17 @@ class Group(Sequence["Compute"]):
                     if not result.ok:
                         break  # the other machines' commands are stopped
 
-        Nothing is raised for failed machines: each result says how it went.
+        Nothing is raised for failed machines: each result says how it went. With
+        ``on_line`` (as for :meth:`run`) lines come as they arrive, a machine's
+        last ones before its result is yielded::
+
+            def show(vm: Compute, stream: str, line: str) -> None:
+                out = sys.stderr if stream == "stderr" else sys.stdout
+                print(f"[{vm.native_id}] {line}", file=out)
+
+            async with contextlib.aclosing(group.run_stream(cmd, on_line=show)) as results:
+                async for result in results:
+                    print(f"{result.resource.native_id}: exit {result.exit_status}")
 
         Raises:
             BadParameter: a bad argument (raised at once; nothing ran).
@@ -186,7 +208,7 @@ class Group(Sequence["Compute"]):
         :func:`contextlib.aclosing` to close it at once rather than when it is
         garbage collected.
         """
-        op = self._run_op(command, user=user, env=env)
+        op = self._run_op(command, user=user, env=env, on_line=on_line)
         return self._stream(op, "command", limit, timeout, deadline)
 
     # -- files ---------------------------------------------------------------------------
@@ -216,7 +238,7 @@ class Group(Sequence["Compute"]):
         """
         path = Path(validate.path(local, "local"))
         _check_path("remote", remote)
-        user = _check_user(user)
+        self._check_login(user)
         _check_fan_out(check, limit, timeout, deadline)  # before looking at the disk
         if not await asyncio.to_thread(path.exists):
             raise DoesNotExist(f"cannot put {os.fspath(local)!r}: no such file or directory")
@@ -257,7 +279,7 @@ class Group(Sequence["Compute"]):
         re-raises the cancellation.
         """
         _check_path("remote", remote)
-        user = _check_user(user)
+        self._check_login(user)
         base = validate.path(local, "local")
         _check_fan_out(check, limit, timeout, deadline)  # before looking at the disk
         targets, into = await asyncio.to_thread(self._local_paths, base, remote)
@@ -330,6 +352,7 @@ class Group(Sequence["Compute"]):
         env: Mapping[str, str] | None = None,
         limit: int | None = None,
         deadline: float | None = None,
+        on_line: OnLine | None = None,
     ) -> GroupResult:
         """Copy the local file ``script`` to every machine, run it with ``args``, remove it.
 
@@ -347,7 +370,7 @@ class Group(Sequence["Compute"]):
 
         Cancelling it stops the script on every machine and re-raises.
         """
-        op = await self._script_op(script, args, user=user, env=env)
+        op = await self._script_op(script, args, user=user, env=env, on_line=on_line)
         return await self._collect(op, "script", check, limit, timeout, deadline)
 
     async def copy_and_run_stream(
@@ -360,13 +383,14 @@ class Group(Sequence["Compute"]):
         env: Mapping[str, str] | None = None,
         limit: int | None = None,
         deadline: float | None = None,
+        on_line: OnLine | None = None,
     ) -> AsyncGenerator[RunResult, None]:
         """Like :meth:`copy_and_run`, yielding each machine's result as it completes.
 
         Stops as :meth:`run_stream` does; a bad argument or a missing script raises
         (BadParameter, DoesNotExist) at the first iteration.
         """
-        op = await self._script_op(script, args, user=user, env=env)
+        op = await self._script_op(script, args, user=user, env=env, on_line=on_line)
         stream = self._stream(op, "script", limit, timeout, deadline)
         async with contextlib.aclosing(stream) as it:
             async for result in it:
@@ -379,6 +403,7 @@ class Group(Sequence["Compute"]):
         *,
         user: str | None,
         env: Mapping[str, str] | None,
+        on_line: OnLine | None,
     ) -> Op:
         args = validate.str_seq(args, "args")
         path = Path(validate.path(script, "script"))
@@ -389,7 +414,7 @@ class Group(Sequence["Compute"]):
         except OSError as exc:
             raise BadParameter(f"cannot read the script {os.fspath(script)!r}: {exc}") from exc
         command = _COPY_AND_RUN + "".join(" " + _shell.quote(a, "args") for a in args)
-        return self._run_op(command, user=user, env=env, stdin=text)
+        return self._run_op(command, user=user, env=env, stdin=text, on_line=on_line)
 
     # -- the fan-out --------------------------------------------------------------------
     def _run_op(
@@ -399,19 +424,45 @@ class Group(Sequence["Compute"]):
         user: str | None,
         env: Mapping[str, str] | None,
         stdin: bytes | None = None,
+        on_line: OnLine | None = None,
     ) -> Op:
         command, stdin, env, _ = validate.run_arguments(command, stdin, env, None)
-        user = _check_user(user)
+        self._check_login(user)
+        if on_line is not None and not callable(on_line):
+            raise validate.fail("on_line", "a callable or None", on_line)
 
         async def op(resource: Compute, seconds: float | None) -> RunResult:
-            if user is None:
-                return await resource.run(command, stdin=stdin, env=env, timeout=seconds)
-            session = resource.manager.session
-            runner = await session.command_runner(_access(resource, user))
-            result = await runner.run(command, stdin=stdin, env=env, timeout=seconds)
-            return dataclasses.replace(result, resource=resource)
+            if on_line is None:
+                return await resource.run(command, stdin=stdin, env=env, timeout=seconds, user=user)
+            lines = _Lines(resource, on_line)
+            try:
+                result = await resource.run(
+                    command, stdin=stdin, env=env, timeout=seconds, user=user, on_output=lines
+                )
+            except BaseException:
+                # What came stays shown; the run's own exception is what counts.
+                with contextlib.suppress(Exception):
+                    lines.flush()
+                raise
+            lines.flush()
+            return result
 
         return op
+
+    def _check_login(self, user: str | None) -> None:
+        """Raise BadParameter at once for a ``user`` that is no login name (the rule
+        of :meth:`Compute.access_as`); a member it cannot be asked of (not reachable)
+        says so in its own result."""
+        if user is None:
+            return
+        for resource in self._resources:
+            try:
+                resource.access_as(user)
+            except BadParameter:
+                raise
+            except AioresError:
+                continue  # no access URL: the rule is checked on the next one
+            return
 
     async def _collect(
         self,
@@ -546,15 +597,39 @@ async def _within(
 
 async def _files(resource: Compute, user: str | None) -> FileAdaptor:
     session = resource.manager.session
-    return await session.file_adaptor(_access(resource, user))
+    return await session.file_adaptor(resource.access_as(user))
 
 
-def _access(resource: Compute, user: str | None) -> str:
-    """The machine's access URL, with ``user`` as the login name if given."""
-    access = resource._require_access()
-    if user is None:
-        return access
-    return str(URL.parse(access).replace(user=user))
+class _Lines:
+    """One machine's output, as lines for ``on_line`` (it is the run's ``on_output``).
+
+    Chunks are split at newlines per stream; what follows the last newline waits
+    for the next chunk of its stream, or for :meth:`flush` when the run ends.
+    Splitting bytes before decoding is safe: no UTF-8 sequence holds a newline byte.
+    """
+
+    __slots__ = ("_on_line", "_partial", "_resource")
+
+    def __init__(self, resource: Compute, on_line: OnLine) -> None:
+        self._resource = resource
+        self._on_line = on_line
+        self._partial: dict[str, bytes] = {}
+
+    def __call__(self, stream: str, chunk: bytes) -> None:
+        if b"\n" not in chunk:
+            self._partial[stream] = self._partial.get(stream, b"") + chunk
+            return
+        *lines, rest = (self._partial.pop(stream, b"") + chunk).split(b"\n")
+        if rest:
+            self._partial[stream] = rest
+        for line in lines:
+            self._on_line(self._resource, stream, line.decode(errors="replace"))
+
+    def flush(self) -> None:
+        """Hand over the last line of each stream that ended with no newline."""
+        partial, self._partial = self._partial, {}
+        for stream, rest in partial.items():
+            self._on_line(self._resource, stream, rest.decode(errors="replace"))
 
 
 def _access_host(resource: Compute) -> str | None:
@@ -568,14 +643,6 @@ def _safe_suffix(rid: str) -> str:
     parts = split_id(rid)
     text = f"{URL.parse(parts[0]).scheme}-{parts[1]}" if parts else rid
     return _UNSAFE.sub("_", text).strip("_") or "resource"
-
-
-def _check_user(user: str | None) -> str | None:
-    if user is None:
-        return None
-    if "@" in validate.text(user, "user"):
-        raise BadParameter(f"user must be a login name (no @), not {user!r}")
-    return user
 
 
 def _check_path(name: str, value: object) -> None:

@@ -6,7 +6,7 @@ import builtins
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -615,6 +615,7 @@ class Compute(Resource):
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         user: str | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         """Run a command on it and return its result (a non-zero exit is a result).
 
@@ -629,12 +630,18 @@ class Compute(Resource):
                 once is stopped); None: no limit.
             user: Log in as this user instead of the access URL's (same host), as
                 ``Group.run(user=...)`` does.
+            on_output: Called on the event loop with ``"stdout"`` or ``"stderr"`` and
+                each chunk of output (bytes, not split into lines) as it arrives, never
+                after ``run`` returns; the result still holds all the output. A
+                backend that cannot stream calls it once per stream at the end. It
+                must not raise: if it does, the command is stopped and ``run`` raises
+                that error. (``Group.run(on_line=...)`` gives whole lines.)
 
         Raises:
             BadParameter: an empty command, text holding NUL or a lone surrogate, an
                 environment name that is not portable, a negative or non-finite timeout,
-                a ``user`` that is not a login name (nothing ran; the same rules on
-                every backend).
+                a ``user`` that is not a login name, an ``on_output`` that is not
+                callable (nothing ran; the same rules on every backend).
             IncorrectState: it is not reachable (no access URL, or released).
             Timeout: ``timeout`` passed; the command was stopped.
             AuthenticationFailed: ``user`` may not log in.
@@ -642,8 +649,15 @@ class Compute(Resource):
         Cancelling it stops the command.
         """
         command, data, env, timeout = check.run_arguments(command, stdin, env, timeout)
+        if on_output is not None and not callable(on_output):
+            raise check.fail("on_output", "a callable or None", on_output)
         runner = await self._manager.session.command_runner(self.access_as(user))
-        result = await runner.run(command, stdin=data, env=env, timeout=timeout)
+        if on_output is None:  # a runner that predates on_output still runs commands
+            result = await runner.run(command, stdin=data, env=env, timeout=timeout)
+        else:
+            result = await runner.run(
+                command, stdin=data, env=env, timeout=timeout, on_output=on_output
+            )
         return dataclasses.replace(result, resource=self)
 
     async def put(self, local: str | os.PathLike[str], remote: str) -> None:

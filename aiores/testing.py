@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aiores import (
@@ -360,7 +360,12 @@ class FakePlugin(AdaptorPlugin):
 
 
 class FakeRunner(CommandRunner):
-    """Answers commands with the scripted outcomes, one per call (then success)."""
+    """Answers commands with the scripted outcomes, one per call (then success).
+
+    A scripted :class:`~aiores.RunResult` is returned as it is, its output first
+    handed to ``on_output`` in chunks of the plugin's :attr:`~FakeSSHPlugin.chunk_size`
+    bytes, stdout's before stderr's.
+    """
 
     def __init__(self, url: URL, env: AdaptorEnv, plugin: FakeSSHPlugin) -> None:
         super().__init__(url, env)
@@ -373,20 +378,32 @@ class FakeRunner(CommandRunner):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         self.plugin.commands.append((str(self.url), command))
+        result = RunResult(exit_status=0)
         if self.plugin.outcomes:
             outcome = self.plugin.outcomes.pop(0)
             if isinstance(outcome, Exception):
                 raise outcome
-        return RunResult(exit_status=0)
+            if outcome is not None:
+                result = outcome
+        if on_output is not None:
+            size = self.plugin.chunk_size
+            for stream, text in (("stdout", result.stdout), ("stderr", result.stderr)):
+                data = text.encode()
+                for at in range(0, len(data), size or len(data) or 1):
+                    on_output(stream, data[at : at + size] if size else data)
+        return result
 
 
 class FakeSSHPlugin(AdaptorPlugin):
     """fake-ssh://: a command runner that answers with the outcomes the test scripts.
 
     Each command is recorded in :attr:`commands` as ``(url, command)``; each takes the
-    next of :attr:`outcomes` (an exception is raised, None succeeds), then all succeed.
+    next of :attr:`outcomes` (an exception is raised, None succeeds, a RunResult is
+    the result), then all succeed. :attr:`chunk_size` (None: all at once) is how a
+    result's output is cut for ``on_output``.
     """
 
     name = "fake-ssh"
@@ -394,7 +411,8 @@ class FakeSSHPlugin(AdaptorPlugin):
 
     def __init__(self) -> None:
         self.commands: list[tuple[str, object]] = []
-        self.outcomes: list[Exception | None] = []
+        self.outcomes: list[Exception | RunResult | None] = []
+        self.chunk_size: int | None = None
 
     def command_runner(self, url: URL, env: AdaptorEnv) -> FakeRunner:
         return FakeRunner(url, env, self)
