@@ -106,6 +106,8 @@ class TokenBucket:
         self._tokens = spec.capacity
         self._stamp: float | None = None
         self._lock = asyncio.Lock()
+        #: Set when tokens come back (:meth:`give_back`): the waiter looks again.
+        self._returned = asyncio.Event()
         #: Seconds callers waited for tokens, in all (for tests and benchmarks).
         self.waited = 0.0
 
@@ -135,8 +137,30 @@ class TokenBucket:
                     self._tokens -= n
                     return
                 delay = (n - self._tokens) / self.spec.refill
-                self.waited += delay
-                await self._clock.sleep(delay)
+                started = self._clock.now()
+                await self._refill_or_return(delay)
+                self.waited += self._clock.now() - started
+
+    async def _refill_or_return(self, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if tokens are given back meanwhile."""
+        self._returned.clear()
+        sleep = asyncio.ensure_future(self._clock.sleep(delay))
+        returned = asyncio.ensure_future(self._returned.wait())
+        try:
+            await asyncio.wait((sleep, returned), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleep, returned):
+                task.cancel()
+            await asyncio.gather(sleep, returned, return_exceptions=True)
+
+    def give_back(self, n: float) -> None:
+        """Put back ``n`` tokens taken for a call that used none (never above capacity).
+
+        A caller waiting for tokens looks again at once.
+        """
+        self._fill()
+        self._tokens = min(self.spec.capacity, self._tokens + min(n, self.spec.capacity))
+        self._returned.set()
 
     def drain(self) -> None:
         """Empty the bucket (the backend said we are too fast: believe it)."""
@@ -211,6 +235,11 @@ class Governor:
         for family, n in cost.items():
             await self.bucket(family).take(n)
 
+    def _give_back(self, once: Mapping[str, float] | None) -> None:
+        if self.enabled and once:
+            for family, n in once.items():
+                self.bucket(family).give_back(n)
+
     async def call(
         self,
         action: str,
@@ -227,7 +256,12 @@ class Governor:
             fn: Makes one attempt.
             cost: Tokens per family that each attempt takes (request buckets).
             once: Tokens per family taken once, before the first attempt (resource
-                buckets such as instances launched).
+                buckets such as instances launched). A call that ends refused, by
+                a permanent error or by throttling past the retries, used none of
+                them: they go back to their buckets, so a caller that tries again
+                (a launch with a key pair made anew) does not pay twice. After a
+                transient error (5xx, timeout) or a cancellation the backend may
+                have acted: they stay spent.
             give_up: Asked before each retry; True stops retrying (the last error
                 is raised), for a caller that no longer wants the answer.
 
@@ -254,6 +288,7 @@ class Governor:
                 except Exception as exc:
                     kind = self._classify(exc)
                     if kind is None:
+                        self._give_back(once)  # refused: it launched nothing
                         raise
                     if kind is Transience.THROTTLED:
                         self.throttled[action] += 1
@@ -261,6 +296,8 @@ class Governor:
                             for family in cost:
                                 self.bucket(family).drain()
                     if retry + 1 >= self.retry.attempts or (give_up is not None and give_up()):
+                        if kind is Transience.THROTTLED:
+                            self._give_back(once)
                         raise
                     delay = self.retry.delay(retry, self._rng)
                     log.debug(

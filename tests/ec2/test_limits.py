@@ -1,4 +1,5 @@
-"""The rate governor on a fake clock: buckets, refill, retries, give-up, cancellation."""
+"""The rate governor on a fake clock: buckets, refill, retries, give-up, cancellation;
+a launch refused once is not charged twice."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import random
 
 import pytest
 
+import aiores
 from aiores import BadParameter
 from aiores._limits import Bucket, Governor, RetryPolicy, TokenBucket, Transience
 from aiores.testing import FakeClock
+from aiores_ec2 import EC2ResourceAdaptor
+from aiores_ec2._adaptor import BUCKETS
+from aiores_ec2.testing import MotoServer
+
+from .conftest import STEP, aws_context, ec2_url
+from .test_acquire import vm_desc
 
 pytestmark = pytest.mark.asyncio
 
@@ -159,3 +167,33 @@ async def test_governor_cancelled_while_waiting_takes_nothing() -> None:
     assert await gov.call("B", ok, cost={"m:B": 1}) == 1
     assert gov.bucket("m:B").spec == Bucket(1, 1)
     assert gov.bucket("m:B") is not gov.bucket("m:C")
+
+
+async def test_a_launch_refused_for_a_gone_group_is_not_charged_twice(
+    moto: MotoServer, state_dir: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A resource bucket of 100 instances (refill 2 a second) on a clock that never
+    # moves: had the refused RunInstances kept its 60 tokens, the second one would
+    # wait 10 s for the refill, forever here.
+    buckets = {**BUCKETS, "instances-launched": Bucket(100, 2)}
+    monkeypatch.setattr("aiores_ec2._adaptor.BUCKETS", buckets)
+    url = ec2_url(moto)
+    async with aiores.Session(contexts=[aws_context()]) as session:
+        vm = await session.manager(url).acquire(vm_desc())
+        await vm.destroy()
+    await moto.reset()  # the key pair and group are gone; the state dir remembers them
+    clock = FakeClock()
+    async with aiores.Session(contexts=[aws_context()], clock=clock) as session:
+        mgr = session.manager(url)
+        async with asyncio.timeout(STEP):
+            vms = await mgr.acquire_many(vm_desc(), 60)
+        adaptor = await session.resource_adaptor(url)
+        assert isinstance(adaptor, EC2ResourceAdaptor)
+        bucket = adaptor.api.governor.bucket("instances-launched")
+        assert bucket.waited == 0.0
+        assert clock.now() == 0.0
+        assert bucket.tokens == 40  # the 60 launched, once
+        async with asyncio.timeout(STEP):
+            await mgr.destroy(vms)
+    calls = await moto.calls()
+    assert calls["RunInstances"] == 2  # refused for the gone group, then launched
