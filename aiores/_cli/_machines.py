@@ -294,10 +294,11 @@ def run_command(
 ) -> None:
     """Run COMMAND on every machine carrying the tags, at once.
 
-    Output lines carry a [host] prefix (pssh style), or come per host with --grouped;
-    a summary of exit statuses follows on standard error. The exit status is 0 only
-    if the command exited 0 on every host. One word is a shell command; several are a
-    program and its arguments.
+    Output lines are printed as they arrive with a [host] prefix (pssh style), a
+    host's standard error lines on standard error; with --grouped, each host's output
+    comes together under a header once that host is done. A summary of exit statuses
+    follows on standard error. The exit status is 0 only if the command exited 0 on
+    every host. One word is a shell command; several are a program and its arguments.
 
     \b
     Examples:
@@ -310,7 +311,8 @@ def run_command(
     not boot is reported as failed, and the command runs on the others. --timeout
     then bounds each host's command.
 
-    Ctrl-C stops the command on every host still running it and says where.
+    Ctrl-C stops the command on every host still running it and says where; the
+    lines printed so far stay (a last line with no newline yet included).
     """
     cmd: str | list[str] = command[0] if len(command) == 1 else list(command)
     seconds, limit = _fan_out_options(timeout, limit)
@@ -384,14 +386,17 @@ async def _run(
     limit: int | None,
     quiet: bool,
 ) -> GroupResult:
+    """Run ``cmd`` on the tagged machines; unless ``quiet``, print as it goes: each
+    line as it arrives (not ``grouped``), or each host's output once it is done."""
     async with Session() as session:
         group, done = await _ready_group(session, tags, timeout)
         if not quiet:
             for result in done:
                 _print_result(result, grouped)
+        on_line = None if quiet or grouped else _print_line
         try:
             async with contextlib.aclosing(
-                group.run_stream(cmd, timeout=timeout, limit=limit)
+                group.run_stream(cmd, timeout=timeout, limit=limit, on_line=on_line)
             ) as stream:
                 async for result in stream:
                     done.append(result)
@@ -413,7 +418,14 @@ def _in_order(results: Sequence[RunResult], group: Group, what: str = "command")
     return GroupResult(sorted(results, key=lambda r: order.get(id(r.resource), -1)), what)
 
 
+def _print_line(resource: Compute, stream: str, line: str) -> None:
+    """One line of a host's output as it arrives, prefixed with the host."""
+    click.echo(f"[{host_label(resource)}] {line}", err=stream == "stderr")
+
+
 def _print_result(result: RunResult, grouped: bool) -> None:
+    """A host's end: its status if it failed (its lines came as they arrived), or,
+    ``grouped``, its output under a header."""
     host = host_label(result.resource)
     if grouped:
         status = _status(result)
@@ -424,10 +436,6 @@ def _print_result(result: RunResult, grouped: bool) -> None:
         if result.stderr:
             click.echo(result.stderr, nl=not result.stderr.endswith("\n"), err=True)
         return
-    for line in result.stdout.splitlines():
-        click.echo(f"[{host}] {line}")
-    for line in result.stderr.splitlines():
-        click.echo(f"[{host}] {line}", err=True)
     if not result.ok:
         click.echo(f"[{host}] {_status(result)}", err=True)
 
