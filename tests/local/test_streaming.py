@@ -23,7 +23,7 @@ async def runner(env: FakeEnv) -> AsyncIterator[LocalCommandRunner]:
 
 
 class Chunks:
-    """What on_output was given, awaitable chunk by chunk."""
+    """What on_output was given, awaitable chunk by chunk (the ssh:// tests use it too)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, bytes]] = []

@@ -7,33 +7,10 @@ import secrets
 
 import pytest
 
+from tests.local.test_streaming import Chunks
+
 from .conftest import STEP, Adaptors, gone, wait_until
 from .servers import Sshd
-
-
-class Chunks:
-    """What on_output was given, awaitable chunk by chunk."""
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, bytes]] = []
-        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-
-    def __call__(self, stream: str, chunk: bytes) -> None:
-        self.seen.append((stream, chunk))
-        self.queue.put_nowait((stream, chunk))
-
-    async def until(self, stream: str, data: bytes) -> None:
-        """Wait (bounded) until ``stream`` has carried ``data`` so far."""
-        got = b""
-        async with asyncio.timeout(STEP):
-            while got != data:
-                name, chunk = await self.queue.get()
-                if name == stream:
-                    got += chunk
-                assert data.startswith(got), got
-
-    def joined(self, stream: str) -> bytes:
-        return b"".join(chunk for name, chunk in self.seen if name == stream)
 
 
 @pytest.mark.asyncio
