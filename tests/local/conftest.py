@@ -160,7 +160,7 @@ def group_members(pgid: int) -> list[psutil.Process]:
     """Live processes of process group ``pgid`` (zombies left out)."""
     members = []
     for proc in psutil.process_iter(["pid", "status"]):
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # it ended meanwhile
             if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
                 members.append(proc)
     return members
