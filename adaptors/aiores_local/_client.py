@@ -1,9 +1,10 @@
 """The adaptor's side of the keeper (see :mod:`._keeper`): starting it and talking to it.
 
 One keeper serves one job adaptor. Requests are written to its input without
-waiting; each gets a future for its answer (answers come in request order), and an
-optional callback that runs on the loop, in order with the keeper's announcements of
-ended jobs, before the future is set. The futures never fail: a keeper that is gone
+waiting (those of one turn of the event loop in one write); each gets a future for
+its answer (answers come in request order), and an optional callback that runs on
+the loop, in order with the keeper's announcements of ended jobs, before the future
+is set. The futures never fail: a keeper that is gone
 answers ``{"error": ...}``.
 """
 
@@ -76,13 +77,14 @@ class KeeperClient:
         )
         self._reader = asyncio.StreamReader(limit=1 << 20)
         self._writer: asyncio.WriteTransport | None = None
+        self._outbox = bytearray()
         self._read_transport: asyncio.BaseTransport | None = None
         self.gone = False
         #: Called once if the keeper goes away while this client listens.
         self.on_gone: Callable[[], None] = lambda: None
         #: Called once if this client stops listening because its reader was cancelled.
         self.on_detached: Callable[[], None] = lambda: None
-        self.environ: dict[str, str] = {}
+        self._environ: dict[Any, Any] = {}
 
     @property
     def pid(self) -> int:
@@ -98,7 +100,7 @@ class KeeperClient:
         popen = self._popen
         assert popen.stdin is not None
         assert popen.stdout is not None
-        self.environ = dict(os.environ)  # what its jobs inherit
+        self._environ = _environ_now()  # what its jobs inherit
         self._read_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(self._reader), popen.stdout
         )
@@ -110,6 +112,10 @@ class KeeperClient:
             line = await self._reader.readline()
         if not line or "ready" not in json.loads(line):
             raise NoSuccess(f"the local job keeper did not start (it said {line!r})")
+
+    def environ_changed(self) -> bool:
+        """True if ``os.environ`` is no longer what the keeper inherited."""
+        return _environ_now(copy=False) != self._environ
 
     def request(
         self, message: dict[str, Any], then: Callable[[Answer], None] | None = None
@@ -123,8 +129,17 @@ class KeeperClient:
             answer.set_result(reply)
             return answer
         self._waiting.append((answer, then))
-        self._writer.write(json.dumps(message).encode() + b"\n")
+        if not self._outbox:  # the first this turn: sent with the rest once it is over
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox += json.dumps(message).encode() + b"\n"
         return answer
+
+    def _flush(self) -> None:
+        """Send what was requested this turn of the loop, in one write (the keeper
+        reads it in one go and handles it together)."""
+        data, self._outbox = self._outbox, bytearray()
+        if data and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
 
     async def read(self) -> None:
         """Deliver answers and ended jobs until the keeper's output ends."""
@@ -173,10 +188,23 @@ class KeeperClient:
     def close(self) -> None:
         """Stop talking: the keeper goes on recording its jobs, then ends.
 
-        What was sent is still delivered; answers not yet read are answered
-        ``{"error": ...}`` here.
+        What was sent (or requested before this) is still delivered; answers not yet
+        read are answered ``{"error": ...}`` here.
         """
+        self._flush()
         self._unanswered("the local job service closed")
         for transport in (self._writer, self._read_transport):
             if transport is not None:
                 transport.close()
+
+
+def _environ_now(*, copy: bool = True) -> dict[Any, Any]:
+    """``os.environ`` as a dict, cheap to compare (once per job submitted).
+
+    ``os.environ`` encodes every key and value when iterated; the dict of bytes it
+    keeps them in (CPython's) is compared in C.
+    """
+    data = getattr(os.environ, "_data", None)
+    if not isinstance(data, dict):
+        return dict(os.environ)
+    return dict(data) if copy else data

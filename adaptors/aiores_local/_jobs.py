@@ -4,15 +4,17 @@ Each job is one process in its own session (process group), started without a sh
 unless the description is a shell command. Jobs are started by the adaptor's
 *keeper* (:mod:`._keeper`): a small standard-library process, started at the
 adaptor's first job, which is the parent of every job it starts. The keeper records
-each job in ``<state dir>/local/jobs/<id>/`` (0700: its token, its leader's pid, start
-time and boot, its exit status, its captured output) and tells the adaptor the
-moment a job ends, with its output (nothing polls; no thread or task per job).
+each job in one file, ``<state dir>/local/jobs/<id>`` (in a 0700 directory: its token,
+its leader's pid, start time and boot, its exit status; its captured output beside
+it when there is some) and tells the adaptor the moment a job ends, with its output
+(nothing polls; no thread or task per job).
 
 Why a keeper: a job must outlive the program that submitted it, and the exit status
 of a process reaches only its parent. The keeper outlives the program (it ends once
 its last job ended), so a job's end is recorded even if the program was killed; and
-forking moves off the program's event loop into the keeper, so the fast path stays
-fast.
+forking, and every file the records take, move off the program's event loop into
+the keeper, so the fast path stays fast (the keeper creates one file per job, and
+handles the starts of many jobs submitted at once together).
 
 Found again: :meth:`LocalJobAdaptor.describe` of an id this adaptor does not know,
 :meth:`~LocalJobAdaptor.find` by token and :meth:`~LocalJobAdaptor.list` read the
@@ -22,10 +24,11 @@ after the leader's start time is checked: a reused pid is never taken for the jo
 when it ends, its recorded exit status and output are published. Cancel (SIGTERM
 to its group, SIGKILL after the grace period), suspend and resume work on it too.
 
-Output: a stream the description names no file for goes to a file in the job's
-directory; the submitting program gets it (up to ``capture_limit``) with the job's
-end, and later programs read it from there until the job is reaped (all of it is
-kept on disk until then). Reaping a job removes its directory.
+Output: a stream the description names no file for goes through a pipe to the
+keeper; the submitting program gets it (up to ``capture_limit``) with the job's end,
+and later programs read it from the file beside the record (``<id>.stdout``,
+``<id>.stderr``: all of it, written only if not empty) until the job is reaped.
+Reaping a job removes its record and those files.
 
 With ``local://?max_running=N`` at most N jobs run at once; the others wait QUEUED and
 start, in submission order, as soon as a slot frees. ``submit(..., hold=True)`` makes a
@@ -62,7 +65,7 @@ from aiores.adaptor import URL, AdaptorEnv, JobAdaptor, JobInfo, missing
 
 from . import _records as records
 from ._client import KeeperClient, launch, stop
-from ._keeper import CANCELED, SUSPENDED
+from ._keeper import CANCELED, RESUMED, SUSPENDED
 from ._options import check_grace, check_max_running, parse_options
 from ._process import check_startable, merged_environment, signal_name, spawn_error
 
@@ -255,7 +258,7 @@ class LocalJobAdaptor(JobAdaptor):
         desc = job.description
         assert desc is not None
         env = merged_environment(desc.environment)
-        if env is None and os.environ != keeper.environ:
+        if env is None and keeper.environ_changed():
             env = dict(os.environ)  # changed since the keeper started: pass it on
         stdin = desc.stdin_bytes
         return {
@@ -743,7 +746,7 @@ class LocalJobAdaptor(JobAdaptor):
         job = await self._known(id)
         if job.state is not before or job.pid is None:
             raise IncorrectState(f"cannot {what} job {id}: it is {job.state}, not {before}")
-        mark = SUSPENDED if after is JobState.SUSPENDED else "resumed"
+        mark = SUSPENDED if after is JobState.SUSPENDED else RESUMED
         sent = await self._signal(job, [signum], mark=mark)
         if job.state.final or not sent:
             raise IncorrectState(f"cannot {what} job {id}: it has ended")

@@ -4,29 +4,54 @@ A job adaptor starts one keeper, at its first job, as ``python -I -S _keeper.py
 JOBS_DIR`` in a session of its own. The keeper is the parent of every job it starts,
 so it, and not the program that asked, learns each job's exit status; it outlives
 that program and records the status of every job it started before it exits (once
-its input is closed and its last job ended). It imports only the standard library:
-it starts in a few milliseconds.
+its input is closed, its last job ended and the processes those jobs left behind
+closed their output). It imports only the standard library: it starts in a few
+milliseconds.
 
-Each job has a directory ``JOBS_DIR/<id>/`` (the adaptor made ``JOBS_DIR`` 0700;
-files here are 0600, written whole and renamed into place)::
+Each job has one record file, ``JOBS_DIR/<id>`` (the adaptor made ``JOBS_DIR`` 0700;
+files here are 0600). Creating a file costs far more than appending to one, so the
+record is created once, whole, as soon as the job started (and before the adaptor
+is told it did: whoever knows the id finds the record), and what happens later is
+appended to it, one line each::
 
-    job        the token it was submitted under, the capture limit, and the
-               keeper's ``PID START BOOT`` (written before the job starts)
-    stdin      its standard input, when it was given some
-    stdout, stderr   its output, when the description names no file for it
-    pid        ``PID START BOOT`` of the job's leader (also its process group
-               id): a pid is never trusted without its start time and boot
-    exit       its exit status (negative: the signal that ended it), written
-               by the keeper when it reaped the leader
-    canceled   present once a cancel signalled it
-    suspended  present while it is stopped (SIGSTOP)
+    token TOKEN               what it was submitted under          } written
+    limit BYTES               its capture limit                    } when it
+    keeper PID START BOOT     the keeper's identity                } started
+    capture [stdout] [stderr] the streams it captures              }
+    leader PID START BOOT     its leader (also its process group   }
+                              id): a pid is never trusted without its start
+                              time and boot
+    canceled                  a cancel signalled it
+    suspended / resumed       it was stopped (SIGSTOP) / continued; the last counts
+    exit RC                   its exit status (negative: the signal that ended it),
+                              once the keeper reaped the leader
+
+A line counts only once its newline is there. Each line is one ``write`` to a file
+opened ``O_APPEND``: the kernel moves to the end and writes under the file's lock,
+so lines of the keeper and of programs that mark the record (a cancel from another
+program) never interleave or overwrite each other, and a line of a few dozen bytes is
+never split by a concurrent append; a reader that sees a line still being copied in
+sees no newline yet and ignores it.
+
+Captured output comes to the keeper through a pipe per stream. Up to
+:data:`SPILL` bytes are kept in memory; past that, all of it goes to
+``JOBS_DIR/<id>.stdout`` (``.stderr``) as it comes. At the end a stream that was kept
+in memory is written out only if it is not empty, before the ``exit`` line: a
+reader that sees ``exit`` finds the output complete, and a captured stream without
+a file is empty. (Where the keeper is short of file descriptors it lets the job
+write straight to that file instead, and removes it at the end if empty.) Output
+written after the leader ended, by processes it left behind, is read and dropped, so
+they never block or get SIGPIPE; the keeper stays until they close it. Standard
+input, when given, is an anonymous in-memory file.
 
 The adaptor talks to the keeper over its standard input and output. Requests are
 JSON lines, answered in order, one JSON line each: ``start`` (answer ``{"pid": ...}``
 or ``{"error": ...}``) and ``signal`` (answer ``{"sent": bool}``). An ended job is
 announced between answers as ``{"x": id, "rc": ..., "out": [size, n], "err": [size,
 n]}`` followed by the first ``n`` bytes of its stdout, then of its stderr (the
-captured ones; at most the capture limit). Once its output is closed the keeper
+captured ones; at most the capture limit). Requests that arrive together are handled
+together: the main thread starts the jobs while a second thread writes their records
+(the two overlap), then sends the answers in one write. Once its output is closed the keeper
 announces nothing, but records on.
 """
 
@@ -34,24 +59,33 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
+import functools
 import json
 import os
+import queue
+import resource
 import select
-import shutil
 import signal
 import subprocess
 import sys
+import threading
+import traceback
+from collections.abc import Callable
 from typing import Any
 
-JOB = "job"
-PID = "pid"
-EXIT = "exit"
 CANCELED = "canceled"
 SUSPENDED = "suspended"
-STDIN = "stdin"
+RESUMED = "resumed"
 STREAMS = ("stdout", "stderr")
+#: Bytes of one stream kept in memory before it goes to its file.
+SPILL = 16 * 1024
+#: File descriptors the keeper keeps free for records, requests and starts.
+SPARE_FDS = 64
 
 _OUTPUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_SPILL_FLAGS = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_RECORD_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
 
 
 def start_time(pid: int) -> str | None:
@@ -75,65 +109,197 @@ def boot_id() -> str:
         return "-"
 
 
-def record(directory: str, name: str, data: bytes) -> None:
-    """Write ``directory/name`` whole (0600): readers see the old file or the new one."""
-    tmp = os.path.join(directory, f".{name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+def append(path: str, line: str) -> None:
+    """Append one line to an existing record, in one write (see the module docstring).
+
+    Raises:
+        FileNotFoundError: there is no such record (it was reaped).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
-        os.write(fd, data)
+        os.write(fd, f"{line}\n".encode())
     finally:
         os.close(fd)
-    os.rename(tmp, os.path.join(directory, name))
+
+
+def output_path(record: str, which: str) -> str:
+    """The file that holds a record's captured ``which`` (``stdout`` or ``stderr``)."""
+    return f"{record}.{which}"
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class Capture:
+    """One captured stream of a job: through a pipe (kept in memory, spilled to its file
+    past :data:`SPILL`), or, short of descriptors, written by the job to its file."""
+
+    __slots__ = ("data", "file", "keeper_fd", "path", "piped", "size")
+
+    def __init__(self, path: str, piped: bool) -> None:
+        self.path = path
+        self.piped = piped
+        self.data = bytearray()
+        self.size = 0
+        self.file: int | None = None  # the output file, once spilled
+        self.keeper_fd: int | None = None  # the pipe's read end while it is open
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.file is None:
+            if len(self.data) + len(chunk) <= SPILL:
+                self.data += chunk
+                return
+            self.file = os.open(self.path, _SPILL_FLAGS, 0o600)
+            _write_all(self.file, self.data)
+            self.data = bytearray()
+        _write_all(self.file, chunk)
+
+    def finish(self, limit: int) -> tuple[int, bytes]:
+        """Write what is kept in memory, if anything; its size and its first ``limit`` bytes."""
+        if not self.piped:
+            try:
+                with open(self.path, "rb") as stream:
+                    size = os.fstat(stream.fileno()).st_size
+                    head = stream.read(limit)
+            except OSError:
+                return 0, b""
+            if size == 0:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            return size, head
+        if self.file is not None:
+            fd, self.file = self.file, None
+            try:
+                return self.size, os.pread(fd, limit, 0)
+            finally:
+                os.close(fd)
+        data, self.data = self.data, bytearray()
+        if data:
+            fd = os.open(self.path, _OUTPUT_FLAGS, 0o600)
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
+        return self.size, bytes(data[:limit])
+
+
+class Job:
+    """A job the keeper started and has not yet reaped."""
+
+    __slots__ = ("captures", "id", "limit", "pid", "popen", "record", "recorded")
+
+    def __init__(self, job_id: str, record: str, limit: int) -> None:
+        self.id = job_id
+        self.record = record
+        self.limit = limit
+        self.pid = 0
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.captures: dict[str, Capture] = {}
+        self.recorded = False  # its record was written (by the writer)
+
+
+class Writer:
+    """The keeper's second thread: it writes records and talks to the adaptor.
+
+    The main thread queues work here (each a callable returning what to tell the
+    adaptor, if anything) and goes back to starting and reaping jobs at once: creating
+    a record file costs about as much as starting a process, and the two overlap.
+    Work is done in the order it was queued, so answers keep the order of their
+    requests and a job's end follows its start, on disk and on the wire; what a run
+    of queued work says goes to the adaptor in one write.
+    """
+
+    def __init__(self) -> None:
+        self.work: queue.SimpleQueue[Callable[[], bytes] | None] = queue.SimpleQueue()
+        self.listening = True
+        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self.thread.start()
+
+    def later(self, work: Callable[[], bytes]) -> None:
+        self.work.put(work)
+
+    def close(self) -> None:
+        """Do what is queued, then stop."""
+        self.work.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            out = bytearray()
+            work = self.work.get()
+            while work is not None:
+                try:
+                    out += work()
+                except Exception:  # logged in keeper.log; the keeper must go on
+                    traceback.print_exc()
+                try:
+                    work = self.work.get_nowait()
+                except queue.Empty:
+                    break
+            self._send(out)
+            if work is None:
+                return
+
+    def _send(self, data: bytearray) -> None:
+        if not data or not self.listening:
+            return
+        try:
+            _write_all(1, data)
+        except OSError:  # the adaptor is gone: record on, announce nothing
+            self.listening = False
+
+
+def _line(message: dict[str, Any], payload: bytes = b"") -> bytes:
+    return json.dumps(message).encode() + b"\n" + payload
 
 
 class Keeper:
-    """The keeper's state: its jobs, and whether the adaptor still listens."""
+    """The keeper's state: its jobs, and the pipes it reads their output from."""
 
     def __init__(self, jobs_dir: str) -> None:
         self.jobs_dir = jobs_dir
         self.boot = boot_id()
         self.me = f"{os.getpid()} {start_time(os.getpid())} {self.boot}"
-        self.children: dict[int, tuple[str, subprocess.Popen[bytes]]] = {}
-        self.jobs: dict[str, tuple[int, int]] = {}  # id -> (process group, capture limit)
-        self.listening = True
+        self.children: dict[int, Job] = {}  # leader pid -> job, until reaped
+        self.groups: dict[str, int] = {}  # job id -> process group, for signals
+        self.pipes: dict[int, tuple[Job | None, Capture]] = {}  # read end -> owner
+        self.poller = select.poll()
+        self.writer = Writer()
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.max_pipes = (1 << 30) if soft == resource.RLIM_INFINITY else soft - SPARE_FDS
 
-    # -- talking --------------------------------------------------------------------------
-    def send(self, line: dict[str, Any], payload: bytes = b"") -> None:
-        if not self.listening:
-            return
-        data = json.dumps(line).encode() + b"\n" + payload
-        try:
-            while data:
-                data = data[os.write(1, data) :]
-        except OSError:  # the adaptor is gone: record on, announce nothing
-            self.listening = False
+    def answer(self, message: dict[str, Any]) -> None:
+        """Answer a request (after what was queued before it)."""
+        data = _line(message)
+        self.writer.later(lambda: data)
 
     def handle(self, request: dict[str, Any]) -> None:
         op = request.get("op")
         if op == "start":
-            self.send(self.start(request))
+            self.start(request)
         elif op == "signal":
-            self.send(self.signal(request))
+            self.answer(self.signal(request))
         else:
-            self.send({"error": {"errno": 0, "strerror": f"unknown request {op!r}"}})
+            self.answer({"error": {"errno": 0, "strerror": f"unknown request {op!r}"}})
 
     # -- starting -------------------------------------------------------------------------
-    def start(self, request: dict[str, Any]) -> dict[str, Any]:
+    def start(self, request: dict[str, Any]) -> None:
+        """Start a job; the writer records it, then answers."""
         job_id = request["id"]
-        directory = os.path.join(self.jobs_dir, job_id)
+        job = Job(job_id, os.path.join(self.jobs_dir, job_id), request["limit"])
         opened: list[int] = []
         try:
-            os.mkdir(directory, 0o700)
-            limit = request["limit"]
-            record(directory, JOB, f"{request['token']}\n{limit}\n{self.me}\n".encode())
             stdin = self.devnull
             if request["stdin"] is not None:
-                record(directory, STDIN, base64.b64decode(request["stdin"]))
-                stdin = os.open(os.path.join(directory, STDIN), os.O_RDONLY | os.O_CLOEXEC)
+                stdin = _memory_file(base64.b64decode(request["stdin"]))
                 opened.append(stdin)
-            fds = self._outputs(request, directory, opened)
-            popen = subprocess.Popen(
+            fds = self._outputs(request, job, opened)
+            job.popen = subprocess.Popen(
                 request["argv"],
                 stdin=stdin,
                 stdout=fds[0],
@@ -142,63 +308,134 @@ class Keeper:
                 env=request["env"],
                 start_new_session=True,
             )
-        except _OutputError as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            return {"error": exc.args[0]}
-        except (OSError, ValueError) as exc:
-            shutil.rmtree(directory, ignore_errors=True)
-            return {"error": _error(exc)}
+        except (_OutputError, OSError, ValueError) as exc:
+            for capture in job.captures.values():
+                if capture.keeper_fd is not None:
+                    os.close(capture.keeper_fd)
+                if not capture.piped:
+                    with contextlib.suppress(OSError):
+                        os.unlink(capture.path)
+            self.answer({"error": exc.args[0] if isinstance(exc, _OutputError) else _error(exc)})
+            return
         finally:
             for fd in opened:
                 os.close(fd)
-        pid = popen.pid
-        self.children[pid] = (job_id, popen)
-        self.jobs[job_id] = (pid, limit)
+        pid = job.pid = job.popen.pid
         # Read at once: the keeper alone reaps it, and has not yet.
-        record(directory, PID, f"{pid} {start_time(pid)} {self.boot}\n".encode())
-        return {"pid": pid}
+        leader = f"{pid} {start_time(pid)} {self.boot}"
+        self.children[pid] = job
+        self.groups[job_id] = pid
+        for capture in job.captures.values():
+            if capture.keeper_fd is not None:
+                self.pipes[capture.keeper_fd] = (job, capture)
+                self.poller.register(capture.keeper_fd, select.POLLIN)
+        header = (
+            f"token {request['token']}\nlimit {job.limit}\nkeeper {self.me}\n"
+            f"capture {' '.join(job.captures)}\nleader {leader}\n"
+        ).encode()
+        self.writer.later(functools.partial(self._record, job, header))
 
-    def _outputs(self, request: dict[str, Any], directory: str, opened: list[int]) -> list[int]:
-        """Open stdout and stderr: the description's files (one file once), else ours."""
+    def _record(self, job: Job, header: bytes) -> bytes:
+        """(Writer) Create the job's record, then say it started.
+
+        The record is complete before the answer leaves: once the adaptor knows the
+        id, so can any program. A job whose record cannot be made is killed (it ends
+        unannounced: the adaptor forgets it on the error).
+        """
+        try:
+            fd = os.open(job.record, _RECORD_FLAGS, 0o600)
+            try:
+                os.write(fd, header)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(job.record)
+            with contextlib.suppress(OSError):
+                os.killpg(job.pid, signal.SIGKILL)
+            return _line({"error": _error(exc)})
+        job.recorded = True
+        return _line({"pid": job.pid})
+
+    def _outputs(self, request: dict[str, Any], job: Job, opened: list[int]) -> list[int]:
+        """The job's stdout and stderr: the description's files (one file once), else
+        pipes to the keeper (their write ends go in ``opened``, closed after the start)."""
         by_path: dict[str, int] = {}
         fds = []
         for which in STREAMS:
             named = request[which]
             path = os.path.join(request["cwd"] or "", named) if named else None
             if path is None:
-                fd = os.open(os.path.join(directory, which), _OUTPUT_FLAGS, 0o600)
-                opened.append(fd)
-            elif path in by_path:
-                fd = by_path[path]
-            else:
-                try:
-                    # Never blocks the keeper (a FIFO with no reader fails: ENXIO).
-                    fd = by_path[path] = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK, 0o666)
-                except OSError as exc:
-                    raise _OutputError({**_error(exc), "which": which, "path": named}) from exc
-                opened.append(fd)
-                os.set_blocking(fd, True)
+                fds.append(self._capture(job, which, opened))
+                continue
+            if path in by_path:
+                fds.append(by_path[path])
+                continue
+            try:
+                # Never blocks the keeper (a FIFO with no reader fails: ENXIO).
+                fd = by_path[path] = os.open(path, _OUTPUT_FLAGS | os.O_NONBLOCK, 0o666)
+            except OSError as exc:
+                raise _OutputError({**_error(exc), "which": which, "path": named}) from exc
+            opened.append(fd)
+            os.set_blocking(fd, True)
             fds.append(fd)
         return fds
 
+    def _capture(self, job: Job, which: str, opened: list[int]) -> int:
+        """A pipe for one captured stream (its write end); short of descriptors, its file."""
+        path = output_path(job.record, which)
+        if len(self.pipes) + len(job.captures) < self.max_pipes:
+            try:
+                read_end, write_end = os.pipe2(os.O_CLOEXEC)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    raise
+            else:
+                os.set_blocking(read_end, False)
+                capture = job.captures[which] = Capture(path, piped=True)
+                capture.keeper_fd = read_end
+                opened.append(write_end)
+                return write_end
+        job.captures[which] = Capture(path, piped=False)
+        fd = os.open(path, _OUTPUT_FLAGS, 0o600)
+        opened.append(fd)
+        return fd
+
+    # -- output ---------------------------------------------------------------------------
+    def pump(self, fd: int) -> None:
+        """Read what a pipe holds now (until it would block); close it at its end."""
+        owner, capture = self.pipes[fd]
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.poller.unregister(fd)
+                del self.pipes[fd]
+                os.close(fd)
+                capture.keeper_fd = None
+                return
+            if owner is not None:  # else: left open after the leader ended: dropped
+                with contextlib.suppress(OSError):
+                    capture.feed(chunk)
+
     # -- signals --------------------------------------------------------------------------
     def signal(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Signal a job's group, marking it first; a job that ended is signalled only
-        with ``ended=True`` (its group may outlive its leader)."""
+        """Signal a job's group, marking its record first; a job that ended is
+        signalled only with ``ended=True`` (its group may outlive its leader)."""
         job_id = request["id"]
-        group = self.jobs.get(job_id, (None, 0))[0]
+        group = self.groups.get(job_id)
         alive = group is not None and group in self.children
         if group is None or not (alive or request.get("ended")):
             return {"sent": False}
-        directory = os.path.join(self.jobs_dir, job_id)
         mark = request.get("mark")
-        with contextlib.suppress(OSError):
-            if mark == CANCELED and alive:
-                record(directory, CANCELED, b"")
-            elif mark == SUSPENDED:
-                record(directory, SUSPENDED, b"")
-            elif mark == "resumed":
-                os.unlink(os.path.join(directory, SUSPENDED))
+        if mark in (SUSPENDED, RESUMED) or (mark == CANCELED and alive):
+            # Its record exists: the adaptor signals a job only once told it started.
+            with contextlib.suppress(OSError):
+                append(os.path.join(self.jobs_dir, job_id), mark)
         sent = True
         for signum in request["signals"]:
             try:
@@ -216,67 +453,99 @@ class Keeper:
                 return
             if pid == 0:
                 return
-            entry = self.children.pop(pid, None)
-            if entry is None:
+            job = self.children.pop(pid, None)
+            if job is None:
                 continue
-            job_id, popen = entry
             rc = os.waitstatus_to_exitcode(status)
-            popen.returncode = rc  # reaped here: the Popen must never wait for it
-            directory = os.path.join(self.jobs_dir, job_id)
-            with contextlib.suppress(OSError):
-                record(directory, EXIT, f"{rc}\n".encode())
-            if self.listening:
-                self._announce(job_id, directory, rc)
+            if job.popen is not None:
+                job.popen.returncode = rc  # reaped here: the Popen must never wait for it
+            for capture in job.captures.values():
+                if capture.keeper_fd is not None:
+                    self.pump(capture.keeper_fd)  # all the leader wrote is in the pipe now
+                    if capture.keeper_fd is not None:  # still held open by what it left
+                        self.pipes[capture.keeper_fd] = (None, capture)
+            self.writer.later(functools.partial(self._ended, job, rc))
 
-    def _announce(self, job_id: str, directory: str, rc: int) -> None:
-        line: dict[str, Any] = {"x": job_id, "rc": rc}
+    def _ended(self, job: Job, rc: int) -> bytes:
+        """(Writer) Record a reaped job's output and exit status; announce them."""
+        if not job.recorded:
+            return b""  # never announced as started: nobody waits for its end
+        line: dict[str, Any] = {"x": job.id, "rc": rc}
         payload = b""
-        limit = self.jobs[job_id][1]
-        for which in STREAMS:
+        for which, capture in job.captures.items():
             try:
-                with open(os.path.join(directory, which), "rb") as stream:
-                    size = os.fstat(stream.fileno()).st_size
-                    data = stream.read(limit)
+                size, head = capture.finish(job.limit)
             except OSError:
-                continue
-            line[which[3:]] = [size, len(data)]
-            payload += data
-        self.send(line, payload)
+                size, head = capture.size, b""
+            line[which[3:]] = [size, len(head)]
+            payload += head
+        with contextlib.suppress(OSError):
+            append(job.record, f"exit {rc}")
+        return _line(line, payload)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGCHLD, _ignore)
+        # Caught, not ignored: an ignored signal stays ignored in the jobs started.
         for ignored in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
-            signal.signal(ignored, signal.SIG_IGN)
-        poller = select.poll()
+            signal.signal(ignored, _ignore)
+        poller = self.poller
         poller.register(wake_r, select.POLLIN)
         poller.register(0, select.POLLIN)
         reading = True
         pending = b""
-        self.send({"ready": self.me})
-        while reading or self.children:
-            ready = dict(poller.poll())
-            with contextlib.suppress(BlockingIOError):
-                while os.read(wake_r, 4096):
-                    pass
+        self.answer({"ready": self.me})
+        while reading or self.children or self.pipes:
+            requests = False
+            for fd, _ in poller.poll():
+                if fd == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        while os.read(wake_r, 4096):
+                            pass
+                elif fd == 0:
+                    requests = True
+                elif fd in self.pipes:
+                    self.pump(fd)
             self.reap()
-            if not reading or 0 not in ready:
-                continue
-            chunk = os.read(0, 1 << 16)
-            if not chunk:
-                reading = False
-                poller.unregister(0)
-                continue
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                self.handle(json.loads(line))
+            if reading and requests:
+                chunk = os.read(0, 1 << 16)
+                if not chunk:
+                    reading = False
+                    poller.unregister(0)
+                    continue
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self.handle(json.loads(line))
                 self.reap()
+        self.writer.close()
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A handler that does nothing (the signal only wakes the loop, or is dropped)."""
 
 
 class _OutputError(Exception):
     """An output file of the description could not be opened."""
+
+
+def _memory_file(data: bytes) -> int:
+    """A file holding ``data``, read from its start, that exists on no disk."""
+    try:
+        fd = os.memfd_create("aiores-stdin", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd here: an unnamed temporary file
+        import tempfile  # rarely needed: the keeper starts faster without it
+
+        with tempfile.TemporaryFile() as unnamed:
+            fd = os.dup(unnamed.fileno())
+    try:
+        _write_all(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _error(exc: BaseException) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Reading the records the keeper leaves, for jobs found again (see :mod:`._keeper`).
 
-A job directory says all a later program needs: whose token the job was submitted
-under, its leader's identity (pid, start time, boot), its exit status once it ended,
-and its captured output. The leader counts as alive only while a process with its
-pid *and* its start time runs in this boot: a pid reused by another process is never
-taken for the job, nor signalled.
+A job's record file says all a later program needs: whose token the job was
+submitted under, its leader's identity (pid, start time, boot), its exit status once
+it ended, and which streams it captured (their output is in the files beside it). The
+leader counts as alive only while a process with its pid *and* its start time runs
+in this boot: a pid reused by another process is never taken for the job, nor
+signalled.
 
 Everything here blocks (it reads files and ``/proc``): call it in a thread.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from aiores import JobState
 from aiores.adaptor import JobInfo, truncation_marker
 
-from ._keeper import CANCELED, EXIT, JOB, PID, STREAMS, SUSPENDED, boot_id, record, start_time
+from ._keeper import CANCELED, RESUMED, STREAMS, SUSPENDED, append, boot_id, output_path, start_time
 
 __all__ = [
     "ID",
@@ -125,20 +126,27 @@ def _identity(text: str) -> Identity | None:
 
 
 def _text(path: Path) -> str | None:
+    """A record's complete lines (a line still being appended has no newline yet)."""
     try:
-        return path.read_text()
-    except (FileNotFoundError, NotADirectoryError):
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    return text[: text.rfind("\n") + 1]
 
 
-def _output(path: Path, limit: int) -> bytes | None:
+def _output(path: Path, limit: int) -> bytes:
     try:
         with path.open("rb") as stream:
             size = os.fstat(stream.fileno()).st_size
             data = stream.read(limit)
     except FileNotFoundError:
-        return None
+        return b""  # captured, and empty: no file is written for nothing
     return data if size <= len(data) else data + truncation_marker(len(data), size - len(data))
+
+
+def _token(text: str) -> str | None:
+    key, _, value = text.partition("\n")[0].partition(" ")
+    return (value or None) if key == "token" else None
 
 
 def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
@@ -146,33 +154,45 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
     once it ended, if ``output``)."""
     if not ID.fullmatch(job_id):
         return None
-    directory = jobs_dir / job_id
-    job = _text(directory / JOB)
-    if job is None:
-        return None
-    lines = job.split("\n")
-    token = lines[0] if lines[0] else None
-    limit = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else 0
-    keeper = _identity(lines[2]) if len(lines) > 2 else None
-    pid = _text(directory / PID)
-    leader = None if pid is None else _identity(pid)
-    exit_text = _text(directory / EXIT)
-    exit_code = int(exit_text) if exit_text and exit_text.strip().lstrip("-").isdigit() else None
+    path = jobs_dir / job_id
+    text = _text(path)
+    if text is None or not text.startswith("token "):
+        return None  # none, or its first line is not written yet
+    fields: dict[str, str] = {}
+    canceled = suspended = False
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == CANCELED:
+            canceled = True
+        elif key in (SUSPENDED, RESUMED):
+            suspended = key == SUSPENDED
+        else:
+            fields.setdefault(key, value)
+    limit_text = fields.get("limit", "")
+    limit = int(limit_text) if limit_text.isdigit() else 0
+    keeper = _identity(fields.get("keeper", ""))
+    leader = _identity(fields.get("leader", ""))
+    exit_text = fields.get("exit", "")
+    exit_code = int(exit_text) if exit_text.lstrip("-").isdigit() else None
     leader_alive = exit_code is None and leader is not None and leader.alive()
     stdout = stderr = None
     if output and exit_code is not None:
-        stdout, stderr = (_output(directory / which, limit) for which in STREAMS)
+        captured = fields.get("capture", "").split()
+        stdout, stderr = (
+            _output(Path(output_path(str(path), which)), limit) if which in captured else None
+            for which in STREAMS
+        )
     return Record(
         id=job_id,
-        token=token,
+        token=_token(text),
         leader=leader,
         leader_alive=leader_alive,
         keeper_alive=(
             exit_code is None and not leader_alive and keeper is not None and keeper.alive()
         ),
         exit_code=exit_code,
-        canceled=(directory / CANCELED).exists(),
-        suspended=(directory / SUSPENDED).exists(),
+        canceled=canceled,
+        suspended=suspended,
         stdout=stdout,
         stderr=stderr,
     )
@@ -185,7 +205,7 @@ def read_many(jobs_dir: Path, ids: Iterable[str], *, output: bool = True) -> lis
 
 
 def list_ids(jobs_dir: Path) -> list[str]:
-    """Every job id with a directory."""
+    """Every job id with a record."""
     try:
         names = os.listdir(jobs_dir)
     except FileNotFoundError:
@@ -197,8 +217,8 @@ def find(jobs_dir: Path, token: str) -> list[Record]:
     """The records of the jobs submitted under ``token``."""
     matching = []
     for job_id in list_ids(jobs_dir):
-        job = _text(jobs_dir / job_id / JOB)
-        if job is not None and job.split("\n", 1)[0] == token:
+        text = _text(jobs_dir / job_id)
+        if text is not None and _token(text) == token:
             matching.append(job_id)
     return read_many(jobs_dir, matching)
 
@@ -208,17 +228,14 @@ def signal_group(
 ) -> bool:
     """Signal the job's process group if its leader is still that process; True if sent.
 
-    ``mark`` (``canceled``, ``suspended`` or ``resumed``) is recorded first, so that
-    whoever reads the record next knows why the job ended or stopped.
+    ``mark`` (``canceled``, ``suspended`` or ``resumed``) is appended to its record
+    first, so that whoever reads the record next knows why the job ended or stopped.
     """
     if not leader.alive():
         return False
-    directory = str(jobs_dir / job_id)
-    if mark in (CANCELED, SUSPENDED):
-        record(directory, mark, b"")
-    elif mark == "resumed":
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, SUSPENDED))
+    if mark in (CANCELED, SUSPENDED, RESUMED):
+        with contextlib.suppress(FileNotFoundError):  # reaped meanwhile
+            append(str(jobs_dir / job_id), mark)
     sent = True
     for signum in signals:
         try:
@@ -245,6 +262,13 @@ def open_pidfd(leader: Identity) -> int | None:
 
 
 def remove(jobs_dir: Path, job_id: str) -> None:
-    """Forget a job: remove its directory."""
-    if ID.fullmatch(job_id):
-        shutil.rmtree(jobs_dir / job_id, ignore_errors=True)
+    """Forget a job: remove its record and its output files."""
+    if not ID.fullmatch(job_id):
+        return
+    path = jobs_dir / job_id
+    if path.is_dir():  # the layout of an earlier version: a directory per job
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for name in (*(output_path(str(path), which) for which in STREAMS), str(path)):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)

@@ -72,8 +72,19 @@ async with aiores.Session() as session:
 """
 
 
-def records(state_dir: Path, native: str) -> Path:
+def record_of(state_dir: Path, native: str) -> Path:
+    """The job's record file: one ``KEY VALUE`` line per fact."""
     return state_dir / "local" / "jobs" / native
+
+
+def recorded(record: Path, key: str) -> str | None:
+    """The value of the record's first complete ``key`` line, or None."""
+    text = record.read_text()
+    for line in text[: text.rfind("\n") + 1].splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return value
+    return None
 
 
 @pytest.mark.timeout(120)
@@ -137,8 +148,8 @@ def test_job_that_ended_while_no_program_ran_is_found_with_its_exit_code(
     go = tmp_path / "go"
     first = program(SUBMIT, waiting_job(go, "echo late; exit 3"))
     go.touch()
-    exit_record = records(state_dir, str(first["native"])) / "exit"
-    until(exit_record.exists, "the keeper recorded the exit")
+    record = record_of(state_dir, str(first["native"]))
+    until(lambda: recorded(record, "exit") == "3", "the keeper recorded the exit")
     second = program(
         """
 async with aiores.Session() as session:
@@ -155,14 +166,18 @@ async with aiores.Session() as session:
 def test_a_reused_pid_is_not_taken_for_the_job(tmp_path: Path, state_dir: Path) -> None:
     first = program(SUBMIT, "exec sleep 30")
     pid = int(str(first["pid"]))
-    record = records(state_dir, str(first["native"]))
+    record = record_of(state_dir, str(first["native"]))
     try:
         # Nothing records its exit any more (its keeper is gone), and the record now
         # names a process started at another time: the pid of another process.
-        keeper = int((record / "job").read_text().split("\n")[2].split()[0])
+        keeper = int(str(recorded(record, "keeper")).split()[0])
         os.kill(keeper, signal.SIGKILL)
-        _, start, boot = (record / "pid").read_text().split()
-        (record / "pid").write_text(f"{pid} {int(start) + 1} {boot}\n")
+        leader = f"leader {recorded(record, 'leader')}\n"
+        _, start, boot = leader.split()[1:]
+        record.write_text(
+            record.read_text().replace(leader, f"leader {pid} {int(start) + 1} {boot}\n")
+        )
+        assert recorded(record, "leader") == f"{pid} {int(start) + 1} {boot}"
         second = program(
             """
 async with aiores.Session() as session:
