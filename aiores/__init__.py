@@ -30,6 +30,7 @@ from ._exceptions import (
 from ._fleet import Fleet, Group, GroupResult, Provision, RunResult
 from ._jobs import Job, JobArray, JobService, as_completed, wait_any
 from ._journal import Intent, Journal
+from ._pool import MachineView, Policy, Pool, PoolEvent, PoolStats, PoolView, QueuePolicy
 from ._recover import Leak, Problem, Reaped, Recovered
 from ._registry import register_adaptor, unregister_adaptor
 from ._resource import Compute, Manager, Resource, Storage
@@ -65,12 +66,19 @@ __all__ = [
     "JobState",
     "Journal",
     "Leak",
+    "MachineView",
     "Manager",
     "NoSuccess",
     "NotSupported",
     "PermissionDenied",
+    "Policy",
+    "Pool",
+    "PoolEvent",
+    "PoolStats",
+    "PoolView",
     "Problem",
     "Provision",
+    "QueuePolicy",
     "Reaped",
     "Recovered",
     "Resource",

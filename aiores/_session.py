@@ -44,10 +44,12 @@ from .adaptor import (
 )
 
 if TYPE_CHECKING:
+    from ._descriptions import ComputeDescription
     from ._fleet import Fleet
     from ._jobs import Job, JobService
+    from ._pool import Policy, Pool
     from ._recover import Confirm, Reaped, Recovered
-    from ._resource import Manager, Resource
+    from ._resource import Compute, Manager, Resource
 
 __all__ = ["Session", "state_dir"]
 
@@ -369,6 +371,80 @@ class Session:
 
         self._check_open()
         return Fleet(self)
+
+    def pool(
+        self,
+        url_or_manager: str | URL | Manager,
+        description: ComputeDescription,
+        *,
+        min: int = 0,
+        max: int = 10,
+        tags: Iterable[str] | str = (),
+        policy: Policy | None = None,
+        slots: int = 1,
+        retries: int = 3,
+        batch: int = 10,
+        idle_timeout: float = 60.0,
+        boot_timeout: float | None = 600.0,
+        boot_retries: int = 5,
+        drain: Callable[[Compute, float], Awaitable[None]] | None = None,
+        margin: float = 1.0,
+        tick: float = 1.0,
+    ) -> Pool:
+        """An elastic :class:`Pool` of machines like ``description``, started at once.
+
+        ``async with session.pool(...) as pool`` releases every machine it holds on
+        leaving, also when cancelled (shielded, bounded by ``cleanup_timeout``).
+
+        Args:
+            url_or_manager: The cloud (``"sim://"``), or a Manager of this session.
+            description: What to boot; the machines carry its tags and ``tags``.
+            min: Machines kept at least, whatever the policy says.
+            max: Machines held at most (booting and draining ones included).
+            tags: More tags for the machines (a str is one tag).
+            policy: Decides when to add and remove machines (a :class:`Policy`);
+                None: :class:`QueuePolicy` with ``batch`` and ``idle_timeout``.
+            slots: Work that one machine runs at once.
+            retries: Times one piece of work is requeued after its machine failed
+                or was revoked under it before it fails.
+            batch: The most machines the default policy adds at once.
+            idle_timeout: Seconds the default policy lets a machine stay idle.
+            boot_timeout: Seconds a machine may take to become ACTIVE (None: no
+                limit); past it, it counts as a failed boot and is released.
+            boot_retries: Failed boots in a row (with no machine ACTIVE) after which
+                the work waiting fails with NoSuccess.
+            drain: ``await drain(machine, seconds_left)`` when a machine is revoked,
+                bounded by its deadline (less ``margin``).
+            margin: Seconds before a revocation deadline by which running work is
+                stopped (and requeued).
+            tick: Seconds between the policy's decisions when nothing happens.
+
+        Raises:
+            BadParameter: a bad argument.
+            IncorrectURL: no adaptor for the URL.
+            IncorrectState: the session is not open.
+        """
+        from ._pool import make_pool
+
+        self._check_open()
+        return make_pool(
+            self,
+            url_or_manager,
+            description,
+            min=min,
+            max=max,
+            tags=tags,
+            policy=policy,
+            slots=slots,
+            retries=retries,
+            batch=batch,
+            idle_timeout=idle_timeout,
+            boot_timeout=boot_timeout,
+            boot_retries=boot_retries,
+            drain=drain,
+            margin=margin,
+            tick=tick,
+        )
 
     async def recover(self, *, timeout: float | None = 60.0) -> Recovered:
         """Reconnect to what earlier sessions left alive, according to the journal.
