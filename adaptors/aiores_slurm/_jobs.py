@@ -1,0 +1,401 @@
+"""Slurm jobs over a command runner: sbatch, one squeue per tick, scancel, scontrol.
+
+The adaptor runs Slurm's own commands through the session's command runner for the
+login host: ``local://`` for ``slurm://``, ``ssh://[user@]host[:port]`` for
+``slurm+ssh://`` (one pooled connection for every command). Nothing runs on the
+login host but those commands and ``sh``.
+
+State is polled: the session's watcher calls :meth:`SlurmJobAdaptor.describe` with
+every watched job of the endpoint, answered by ONE ``squeue --jobs=<ids>
+--states=all`` (finished jobs included while the controller keeps them, MinJobAge),
+then, only when some job is newly finished or has left the queue, ONE ``sh`` command
+that reads the exit-status and output files those jobs left (see
+:mod:`aiores_slurm._scripts`): no ``sacct``, so it works without accounting. The
+interval starts at a floor of a few seconds (``?interval=SECONDS`` changes it), as
+cluster admins ask of tools.
+
+The submit's idempotency token travels in the job's ``--comment``: :meth:`find`
+reads it back with squeue, and a submit still under way in this program is awaited
+first (its sbatch is never cut off mid-call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import dataclasses
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+
+from aiores import (
+    BadParameter,
+    DoesNotExist,
+    IncorrectState,
+    IncorrectURL,
+    JobDescription,
+    JobState,
+    NoSuccess,
+    PermissionDenied,
+    RunResult,
+)
+from aiores.adaptor import (
+    URL,
+    AdaptorEnv,
+    CommandRunner,
+    JobAdaptor,
+    JobInfo,
+    PollPolicy,
+    concurrency,
+    missing,
+    shell,
+    validate,
+)
+
+from ._scripts import (
+    Files,
+    batch_script,
+    files_script,
+    is_job_id,
+    job_dir_assignment,
+    parse_files,
+    parse_squeue,
+    sbatch_command,
+    squeue_command,
+)
+
+__all__ = ["SlurmJobAdaptor", "runner_url"]
+
+#: The watcher's default floor: admins ask tools not to poll more often than this.
+DEFAULT_INTERVAL = 3.0
+
+
+def runner_url(url: URL) -> str:
+    """The command runner's URL for a slurm URL (``local://`` or ``ssh://...``)."""
+    if url.transport is None:
+        if url.host:
+            raise IncorrectURL(
+                f"{url}: slurm:// runs Slurm's commands on this host; "
+                f"use slurm+ssh://{url.host} to reach a login host"
+            )
+        return "local://"
+    if url.transport != "ssh":
+        raise IncorrectURL(f"{url}: slurm runs over ssh only (slurm+ssh://host)")
+    if not url.host:
+        raise IncorrectURL(f"{url}: slurm+ssh:// needs a login host (slurm+ssh://user@host)")
+    return str(URL(scheme="ssh", host=url.host, user=url.user, port=url.port))
+
+
+class SlurmJobAdaptor(JobAdaptor):
+    """Jobs on one Slurm cluster (``slurm://`` or ``slurm+ssh://[user@]host[:port]``).
+
+    URL options: ``interval=SECONDS`` (the watcher's floor, default 3),
+    ``dir=PATH`` (the job files directory on the login host, shared with the nodes;
+    default ``$HOME/.aiores/slurm``), ``conf=PATH`` (``SLURM_CONF`` for the commands).
+
+    The description maps to sbatch: executable and arguments (quoted), environment
+    (exported by the batch script), working_directory (``--chdir``, checked before
+    submitting), stdin, stdout/stderr (files; None captures them in the job files
+    directory, read once the job finished), queue (``--partition``), walltime
+    (``--time``, whole minutes, rounded up), processes (``--ntasks``), cores
+    (``--cpus-per-task``), memory (``--mem``, MiB), project (``--account``) and name
+    (``--job-name``, default ``aiores``). ``category`` is ignored.
+    """
+
+    supports_hold = True
+    #: Seconds one Slurm command (sbatch, squeue, scontrol) may take.
+    command_timeout: float = 60.0
+    #: Seconds :meth:`cancel` waits for Slurm to show the job ended.
+    cancel_timeout: float = 60.0
+    #: Finished jobs whose output was delivered (output is read once per job).
+    delivered_kept: int = 100_000
+
+    def __init__(self, url: URL, env: AdaptorEnv) -> None:
+        super().__init__(url, env)
+        self._runner_url = runner_url(url)
+        params = url.params
+        interval = DEFAULT_INTERVAL
+        if "interval" in params:
+            interval = validate.parse_number(params["interval"], "the interval= option")
+            if not 0 < interval <= 3600:
+                raise BadParameter(f"{url}: interval= must be in (0, 3600] seconds")
+        # The ceiling stays well under Slurm's default MinJobAge (300 s), so a job's
+        # final state is seen in squeue before the controller forgets it.
+        self.poll = PollPolicy(
+            floor=interval,
+            ceiling=max(interval, min(30.0, 10 * interval)),
+            backoff=1.5,
+            jitter=0.1,
+            batch=5000,
+        )
+        self._dir = params.get("dir") or None
+        if self._dir is not None:
+            shell.check_text(self._dir, "the dir= option")
+        conf = params.get("conf")
+        self._env = {"SLURM_CONF": shell.check_text(conf, "the conf= option")} if conf else None
+        self._runner: CommandRunner | None = None
+        self._inflight: concurrency.InFlight[JobInfo] = concurrency.InFlight("sbatch")
+        self._delivered: OrderedDict[str, None] = OrderedDict()
+        #: Slurm commands run, by program (squeue, sbatch, ...): for tests and benchmarks.
+        self.calls: dict[str, int] = {}
+
+    async def open(self) -> None:
+        self._runner = await self.env.command_runner(self._runner_url)
+
+    async def aclose(self) -> None:
+        await self._inflight.aclose()
+
+    # -- commands ---------------------------------------------------------------------
+    async def _run(
+        self, command: str | Sequence[str], what: str, stdin: bytes | None = None
+    ) -> RunResult:
+        if self._runner is None:
+            await self.open()
+        assert self._runner is not None
+        program = command[0] if not isinstance(command, str) else what
+        self.calls[program] = self.calls.get(program, 0) + 1
+        return await self._runner.run(
+            command, stdin=stdin, env=self._env, timeout=self.command_timeout
+        )
+
+    def _failed(self, what: str, result: RunResult, job_id: str | None = None) -> Exception:
+        detail = (result.stderr or result.stdout).strip()
+        text = f"{what} at {self.url} failed (exit {result.exit_status}): {detail}"
+        lowered = detail.lower()
+        if "invalid job id" in lowered:
+            return missing("job", job_id or "?", self.url)
+        if any(
+            word in lowered
+            for word in ("already finished", "no longer pending", "is pending", "not suspended")
+        ) or ("completing or completed" in lowered):
+            return IncorrectState(text)
+        if ("access" in lowered and "denied" in lowered) or "not authorized" in lowered:
+            return PermissionDenied(text)
+        if any(
+            word in lowered
+            for word in ("invalid partition", "invalid account", "invalid qos", "time limit")
+        ) or ("requested node configuration is not available" in lowered):
+            return BadParameter(text)
+        if "command not found" in lowered or ("not found" in lowered and result.exit_status == 127):
+            return NoSuccess(f"{text} (is Slurm installed on the login host?)")
+        return NoSuccess(text)
+
+    # -- submit -----------------------------------------------------------------------
+    async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
+        """Submit the job with sbatch; returns it QUEUED (HELD if ``hold``).
+
+        Raises:
+            DoesNotExist: the working directory does not exist on the login host.
+            BadParameter: Slurm refused a partition, account, time limit or size.
+            PermissionDenied: Slurm refused the user.
+            NoSuccess: sbatch failed otherwise.
+            ConnectionLost, Timeout: the login host could not be reached in time.
+
+        Cancelling it leaves its sbatch running to its end (never cut off mid-call):
+        :meth:`find` with ``token`` waits for it and names the job it made.
+        """
+        return await self._inflight.run(token, self._sbatch(description, token, hold))
+
+    async def _sbatch(self, description: JobDescription, token: str, hold: bool) -> JobInfo:
+        command = sbatch_command(description, token, self._dir, hold=hold)
+        script = batch_script(description, self._dir).encode()
+        result = await self._run(["/bin/sh", "-c", command], "sbatch", stdin=script)
+        if result.exit_status == 66:
+            raise DoesNotExist(
+                f"working directory {description.working_directory!r} does not exist "
+                f"on the login host of {self.url}"
+            )
+        job_id = result.stdout.strip().split(";", 1)[0]
+        if result.exit_status != 0 or not is_job_id(job_id):
+            raise self._failed("sbatch", result)
+        state = JobState.HELD if hold else JobState.QUEUED
+        detail = "PENDING (JobHeldUser)" if hold else "PENDING"
+        return JobInfo(id=job_id, state=state, state_detail=detail, token=token)
+
+    # -- describe ---------------------------------------------------------------------
+    async def _squeue(self, ids: Sequence[str] | None) -> dict[str, JobInfo]:
+        result = await self._run(squeue_command(ids), "squeue")
+        if result.exit_status != 0:
+            if "invalid job id" in result.stderr.lower():
+                return {}  # none of them is known to the controller any more
+            raise self._failed("squeue", result)
+        return {row.id: row.info() for row in parse_squeue(result.stdout)}
+
+    async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
+        """The state of each job: one squeue, then one read of the files finished jobs
+        left (only if some job is newly finished or left the queue).
+
+        A finished job carries its captured output the first time this adaptor
+        reports it final. A job Slurm forgot (MinJobAge) is read from the exit status
+        its batch script recorded; one that never started and was forgotten is left
+        out (without accounting nothing records it).
+
+        Raises:
+            NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
+        """
+        ask = [job_id for job_id in dict.fromkeys(ids) if is_job_id(job_id)]
+        if not ask:
+            return {}
+        infos = await self._squeue(ask)
+        infos = {job_id: infos[job_id] for job_id in ask if job_id in infos}
+        gone = [job_id for job_id in ask if job_id not in infos]
+        newly_final = [
+            job_id
+            for job_id, info in infos.items()
+            if info.state.final and job_id not in self._delivered
+        ]
+        if not gone and not newly_final:
+            return infos
+        files = await self._files([*gone, *newly_final], [*gone, *newly_final])
+        for job_id in newly_final:
+            found = files.get(job_id)
+            if found is not None:
+                infos[job_id] = dataclasses.replace(
+                    infos[job_id], stdout=found.stdout, stderr=found.stderr
+                )
+            self._deliver(job_id)
+        for job_id in gone:
+            found = files.get(job_id)
+            if found is None or found.exit is None:
+                continue
+            code = found.exit
+            infos[job_id] = JobInfo(
+                id=job_id,
+                state=JobState.DONE if code == 0 else JobState.FAILED,
+                state_detail=f"left the queue; its program exited {code}",
+                exit_code=code,
+                stdout=found.stdout,
+                stderr=found.stderr,
+            )
+            self._deliver(job_id)
+        return infos
+
+    def _deliver(self, job_id: str) -> None:
+        self._delivered[job_id] = None
+        if len(self._delivered) > self.delivered_kept:
+            self._delivered.popitem(last=False)
+
+    async def _files(self, ids: Sequence[str], outputs: Sequence[str]) -> dict[str, Files]:
+        result = await self._run(["/bin/sh", "-c", files_script(ids, self._dir, outputs)], "sh")
+        if result.exit_status != 0:
+            raise self._failed("reading job files", result)
+        return parse_files(result.stdout)
+
+    async def find(self, token: str) -> Sequence[JobInfo]:
+        """Every job submitted under ``token``: a submit of this program still under
+        way is awaited first, then this user's jobs are read by their comment.
+
+        Raises:
+            NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
+        """
+        task = await self._inflight.take(token)
+        made = concurrency.result_of(task)
+        infos = await self._squeue(None)
+        found = {info.id: info for info in infos.values() if info.token == token}
+        if made is not None and made.id not in found:
+            now = await self.describe([made.id])
+            found.update(now)
+        return list(found.values())
+
+    async def list(self) -> Sequence[JobInfo]:
+        """This user's jobs that aiores submitted, as long as Slurm keeps them."""
+        infos = await self._squeue(None)
+        return [info for info in infos.values() if info.token is not None]
+
+    # -- control ----------------------------------------------------------------------
+    async def _control(self, argv: builtins.list[str], job_id: str, what: str) -> None:
+        if not is_job_id(job_id):
+            raise missing("job", job_id, self.url)
+        result = await self._run(argv, argv[0])
+        if result.exit_status != 0:
+            raise self._failed(what, result, job_id)
+
+    async def _one(self, job_id: str) -> JobInfo:
+        info = (await self._squeue([job_id])).get(job_id)
+        if info is None:
+            raise missing("job", job_id, self.url)
+        return info
+
+    async def cancel(self, id: str) -> None:
+        """scancel the job; returns once Slurm shows it ended (or forgot it).
+
+        A job that already finished is left as it is (its own state stands).
+
+        Raises:
+            DoesNotExist: Slurm does not know the id.
+            NoSuccess: the job did not end within :attr:`cancel_timeout`.
+
+        Cancelling the call after scancel ran leaves the job being cancelled.
+        """
+        await self._control(["scancel", id], id, "scancel")
+        delay = 0.1
+        async with concurrency.fail_after(
+            self.cancel_timeout, f"job {id} at {self.url} still runs after scancel"
+        ):
+            while True:
+                info = (await self._squeue([id])).get(id)
+                if info is None or info.state.final:
+                    break
+                # Slurm ends a job after its KillWait: ask again, less and less often.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        if info is not None:
+            self.publish(info)
+
+    async def hold(self, id: str) -> None:
+        """``scontrol hold``: keep a pending job from starting.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not pending (running or finished).
+        """
+        info = await self._one(id)
+        if info.state not in (JobState.QUEUED, JobState.HELD):
+            # Slurm lets an admin "hold" a running job, to no effect: refuse it here.
+            raise IncorrectState(f"cannot hold job {id} at {self.url}: it is {info.state_detail}")
+        await self._control(["scontrol", "hold", id], id, "scontrol hold")
+        self.publish(await self._one(id))
+
+    async def release(self, id: str) -> None:
+        """``scontrol release``: let a held job start.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job has finished.
+        """
+        await self._control(["scontrol", "release", id], id, "scontrol release")
+        self.publish(await self._one(id))
+
+    async def suspend(self, id: str) -> None:
+        """``scontrol suspend`` (Slurm lets only operators and admins suspend).
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not running.
+            PermissionDenied: the user may not suspend jobs.
+        """
+        await self._control(["scontrol", "suspend", id], id, "scontrol suspend")
+        self.publish(await self._one(id))
+
+    async def resume(self, id: str) -> None:
+        """``scontrol resume``.
+
+        Raises:
+            DoesNotExist: unknown id.
+            IncorrectState: the job is not suspended.
+            PermissionDenied: the user may not resume jobs.
+        """
+        await self._control(["scontrol", "resume", id], id, "scontrol resume")
+        self.publish(await self._one(id))
+
+    async def reap(self, id: str) -> None:
+        """Forget a finished job: remove the files it left in the job files directory
+        (Slurm forgets it by itself after MinJobAge)."""
+        if not is_job_id(id):
+            raise missing("job", id, self.url)
+        script = job_dir_assignment(self._dir) + "".join(
+            f'rm -f "$D/{id}.{suffix}"\n' for suffix in ("exit", "out", "err", "limit", "slurm")
+        )
+        result = await self._run(["/bin/sh", "-c", script], "sh")
+        if result.exit_status != 0:
+            raise self._failed("reaping a job", result, id)
+        self._delivered.pop(id, None)

@@ -1,0 +1,223 @@
+"""A private single-node Slurm cluster for tests and benchmarks.
+
+:class:`Cluster` starts munged, slurmctld and slurmd in the foreground with every file
+(key, sockets, state, spool, logs, config) in a private directory and private ports,
+so it touches nothing of the host's own Slurm or munge set-up. The node over-reports
+its CPUs so that jobs run side by side. No accounting: ``sacct`` is not available.
+:meth:`Cluster.stop` cancels every job left and stops the daemons.
+
+Clients find it through ``SLURM_CONF`` (:attr:`Cluster.conf`); slurm.conf names the
+munge socket, so the client commands need nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SLURMCTLD = "/usr/sbin/slurmctld"
+SLURMD = "/usr/sbin/slurmd"
+MUNGED = "/usr/sbin/munged"
+MUNGEKEY = "/usr/sbin/mungekey"
+
+#: CPUs the node claims (jobs of one CPU each run this many at once).
+CPUS = 64
+
+
+def available() -> str | None:
+    """None if Slurm and munge are installed and this runs as root, else why not."""
+    missing = [p for p in (SLURMCTLD, SLURMD, MUNGED, MUNGEKEY) if not os.access(p, os.X_OK)]
+    if missing:
+        return f"missing {', '.join(missing)}: apt-get install -y slurm-wlm munge"
+    if os.geteuid() != 0:
+        return "the test Slurm cluster runs its daemons as root"
+    return None
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class Cluster:
+    """One slurmctld and one slurmd (node = this host's name), with their munged."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.dir = directory or Path(tempfile.mkdtemp(prefix="aiores-slurm-"))
+        self.conf = self.dir / "slurm.conf"
+        self.munge_socket = self.dir / "munge" / "munge.sock"
+        self.node = socket.gethostname()
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a client command's environment needs to reach this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    def _write_config(self) -> None:
+        d = self.dir
+        for sub in ("munge", "state", "spool", "log", "run"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)  # the config and munge socket are read by job users too
+        os.chmod(d / "munge", 0o755)
+        ctld_port, d_port = _free_ports(2)
+        lines = [
+            "ClusterName=aiorestest",
+            f"SlurmctldHost={self.node}",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={d_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            f"StateSaveLocation={d / 'state'}",
+            f"SlurmdSpoolDir={d / 'spool'}",
+            f"SlurmctldPidFile={d / 'run' / 'slurmctld.pid'}",
+            f"SlurmdPidFile={d / 'run' / 'slurmd.pid'}",
+            f"SlurmctldLogFile={d / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={d / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "SchedulerType=sched/backfill",
+            "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
+            "MinJobAge=10",  # finished jobs leave squeue within ~20 s: the files path is used
+            "ReturnToService=2",
+            "MailProg=/bin/true",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "SlurmdParameters=config_overrides",
+            "KillWait=2",
+            "MaxArraySize=100001",
+            "MaxJobCount=100000",
+            f"NodeName={self.node} CPUs={CPUS} RealMemory=20000 State=UNKNOWN",
+            f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+            f"PartitionName=other Nodes={self.node} Default=NO MaxTime=INFINITE State=UP",
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+        os.chmod(self.conf, 0o644)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.dir / "log" / f"{name}.out", "wb")  # noqa: SIM115 - the child keeps it
+        try:
+            self.processes[name] = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SLURM_CONF": str(self.conf)},
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the daemons; returns once the node is idle and takes jobs."""
+        why = available()
+        if why is not None:
+            raise RuntimeError(why)
+        self._write_config()
+        key = self.dir / "munge" / "munge.key"
+        subprocess.run([MUNGEKEY, "-c", "-k", str(key)], check=True, capture_output=True)
+        self._spawn(
+            "munged",
+            [
+                MUNGED,
+                "-F",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={self.munge_socket}",
+                f"--pid-file={self.dir / 'munge' / 'munged.pid'}",
+                f"--log-file={self.dir / 'log' / 'munged.log'}",
+                f"--seed-file={self.dir / 'munge' / 'munged.seed'}",
+            ],
+        )
+        try:
+            self._until(self.munge_socket.exists, timeout, "munged")
+            self._spawn("slurmctld", [SLURMCTLD, "-D", "-i", "-f", str(self.conf)])
+            self._until(self._controller_answers, timeout, "slurmctld")
+            self._spawn("slurmd", [SLURMD, "-D", "-f", str(self.conf)])
+            self._until(self._node_idle, timeout, "slurmd")
+        except BaseException:
+            self.stop()
+            raise
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """A client command against this cluster (blocking: for fixtures, not tests)."""
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=60,
+            check=False,
+        )
+
+    def _controller_answers(self) -> bool:
+        return self.run("scontrol", "ping").stdout.count("UP") > 0
+
+    def _node_idle(self) -> bool:
+        out = self.run("sinfo", "--noheader", "--format=%t", "--partition=debug").stdout
+        return out.strip() in ("idle", "mix", "alloc")
+
+    def _until(self, ready: object, timeout: float, what: str) -> None:
+        assert callable(ready)
+        deadline = time.monotonic() + timeout
+        while not ready():
+            for name, proc in self.processes.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited {proc.returncode}: {self.log_tail(name)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready within {timeout} s: {self.log_tail(what)}")
+            time.sleep(0.1)
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        text = ""
+        for path in (self.dir / "log" / f"{name}.log", self.dir / "log" / f"{name}.out"):
+            if path.exists():
+                text += path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def live_jobs(self) -> list[str]:
+        """Ids of the jobs pending, running or suspended now (every user's)."""
+        out = self.run(
+            "squeue", "--noheader", "--format=%i", "--states=PD,R,S,CG,CF,RS,RQ,SO,ST"
+        ).stdout
+        return out.split()
+
+    def stop(self) -> None:
+        """Cancel every job, stop the daemons (slurmd, slurmctld, munged), remove the dir."""
+        if "slurmctld" in self.processes and self.processes["slurmctld"].poll() is None:
+            left = self.live_jobs()
+            if left:
+                self.run("scancel", *left)
+            deadline = time.monotonic() + 20
+            while self.live_jobs() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        for name in ("slurmd", "slurmctld", "munged"):
+            proc = self.processes.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)

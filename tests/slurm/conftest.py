@@ -1,0 +1,148 @@
+"""Fixtures for the slurm:// tests: a real single-node Slurm cluster, started once.
+
+``slurm_cluster`` (session scope) starts munged, slurmctld and slurmd in a private
+directory with private ports (see :mod:`tests.slurm.cluster`), and at the end
+cancels every job and stops them all. ``slurm_url`` is a ``slurm://`` URL that reaches
+it (``conf=`` names its slurm.conf; ``dir=`` a job files directory of the test;
+``interval=`` a short floor so tests do not wait seconds per tick).
+
+The ``shim`` fixture puts a directory of wrapper scripts first on PATH: each logs its
+call, then runs the real Slurm command, so a test counts the scheduler calls made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import stat
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+import aiores
+from tests.ssh.conftest import keys, sshd
+from tests.ssh.servers import Sshd, ensure_user
+
+from .cluster import Cluster, available
+
+__all__ = [
+    "STEP",
+    "Shim",
+    "keys",
+    "slurm_cluster",
+    "slurm_url",
+    "sshd",
+    "until",
+]
+
+#: Seconds any one await in these tests may take before the test fails.
+STEP = 30.0
+
+#: The Slurm commands the shim counts.
+COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Cluster]:
+    why = available()
+    if why is not None:
+        pytest.fail(f"Slurm cannot run here: {why}")
+    cluster = Cluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()  # cancels what is left (each test checks its own jobs)
+
+
+@pytest.fixture
+def jobs_dir(tmp_path: Path) -> Path:
+    """The job files directory of this test (readable by the ssh test user too)."""
+    path = tmp_path / "slurm-jobs"
+    path.mkdir(mode=0o777)
+    path.chmod(0o777)
+    # The ssh test user writes here: every parent must be searchable.
+    for parent in path.parents:
+        if parent == Path("/tmp") or parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | stat.S_IXOTH)
+    return path
+
+
+@pytest.fixture
+def slurm_url(slurm_cluster: Cluster, jobs_dir: Path) -> str:
+    return f"slurm://?interval=0.3&conf={slurm_cluster.conf}&dir={jobs_dir}"
+
+
+@pytest_asyncio.fixture
+async def no_jobs_left(slurm_cluster: Cluster) -> AsyncIterator[None]:
+    """Fails the test if it left a job pending or running (cancelling them first)."""
+    before = set(await asyncio.to_thread(slurm_cluster.live_jobs))
+    yield
+    left = set(await asyncio.to_thread(slurm_cluster.live_jobs)) - before
+    if left:
+        await asyncio.to_thread(slurm_cluster.run, "scancel", *sorted(left))
+    assert not left, f"the test left Slurm jobs {sorted(left)}"
+
+
+@dataclass
+class Shim:
+    """A directory of counting wrappers put first on PATH (see :meth:`counts`)."""
+
+    bin: Path
+    log: Path
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(COMMANDS, 0)
+        if self.log.exists():
+            for line in self.log.read_text().splitlines():
+                name = line.split(" ", 1)[0]
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def reset(self) -> None:
+        self.log.unlink(missing_ok=True)
+
+
+def make_shim(directory: Path) -> Shim:
+    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, exec."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "calls.log"
+    for name in COMMANDS:
+        real = shutil.which(name, path="/usr/bin:/usr/sbin:/bin")
+        if real is None:
+            continue
+        wrapper = directory / name
+        wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+    return Shim(directory, log)
+
+
+@pytest.fixture
+def shim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Shim:
+    made = make_shim(tmp_path / "shim")
+    monkeypatch.setenv("PATH", f"{made.bin}{os.pathsep}{os.environ['PATH']}")
+    return made
+
+
+@pytest.fixture(scope="session")
+def slurm_sshd(sshd: Sshd) -> Sshd:
+    """The default-limits sshd of tests/ssh; its test user must exist for slurmd."""
+    ensure_user()
+    return sshd
+
+
+async def until(predicate: Callable[[], bool], timeout: float = STEP) -> None:
+    """Await ``predicate()`` becoming true, checking as the loop turns (bounded)."""
+    async with asyncio.timeout(timeout):
+        # The condition lives in the cluster (a job's state): nothing to await.
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def session() -> aiores.Session:
+    return aiores.Session()
