@@ -220,7 +220,7 @@ class DockerJobAdaptor(JobAdaptor):
             value = getattr(desc, name)
             if value is not None:
                 labels[label(name)] = value
-        host: dict[str, Any] = {}
+        host: dict[str, Any] = {"Binds": list(self.options.volumes)} if self.options.volumes else {}
         if desc.cores is not None:
             host["NanoCpus"] = desc.cores * (desc.processes or 1) * 1_000_000_000
         if desc.memory is not None:

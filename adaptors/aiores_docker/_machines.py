@@ -103,7 +103,7 @@ class DockerResourceAdaptor(ResourceAdaptor):
             seconds = math.ceil(desc.duration)
             lasts = str(seconds)
             labels[label("expires")] = str(int(time.time()) + seconds)
-        host: dict[str, Any] = {}
+        host: dict[str, Any] = {"Binds": list(self.options.volumes)} if self.options.volumes else {}
         if desc.cpus is not None:
             host["NanoCpus"] = desc.cpus * 1_000_000_000
         if desc.memory is not None:

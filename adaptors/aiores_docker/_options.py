@@ -26,7 +26,7 @@ __all__ = [
 #: Seconds from SIGTERM to SIGKILL when a job is cancelled, unless ``?grace=`` says.
 DEFAULT_GRACE = 5.0
 _CONTAINER = re.compile(r"[0-9a-f]{12,64}")
-_KNOWN = frozenset({"image", "grace"})
+_KNOWN = frozenset({"image", "grace", "volume"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +37,14 @@ class Options:
         image: The image of jobs whose description names none (``?image=``), and of
             machines whose description names none.
         grace: Seconds from SIGTERM to SIGKILL on cancel (``?grace=``, default 5).
+        volumes: Directories of the daemon's host mounted into every job and machine
+            container (``?volume=/host/dir:/in/container[:ro],...``), so that jobs and
+            machines of one endpoint share files.
     """
 
     image: str | None = None
     grace: float = DEFAULT_GRACE
+    volumes: tuple[str, ...] = ()
 
 
 def parse_options(url: URL) -> Options:
@@ -49,7 +53,8 @@ def parse_options(url: URL) -> Options:
     unknown = sorted(set(params) - _KNOWN)
     if unknown:
         raise IncorrectURL(
-            f"{url}: unknown option {unknown[0]!r}; docker:// takes ?image=NAME and ?grace=SECONDS"
+            f"{url}: unknown option {unknown[0]!r}; docker:// takes ?image=NAME, "
+            "?grace=SECONDS and ?volume=/HOST:/CONTAINER[:ro]"
         )
     image = params.get("image")
     if image is not None:
@@ -59,7 +64,21 @@ def parse_options(url: URL) -> Options:
         grace = validate.parse_number(params["grace"], "docker:// option grace")
         if grace < 0:
             raise BadParameter(f"docker:// option grace must be >= 0, not {grace}")
-    return Options(image=image, grace=grace)
+    volumes = tuple(_volume(v) for v in params["volume"].split(",")) if "volume" in params else ()
+    return Options(image=image, grace=grace, volumes=volumes)
+
+
+def _volume(text: str) -> str:
+    """One ``/host:/container[:ro]`` bind, checked."""
+    validate.text(text, "docker:// option volume")
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise BadParameter(
+            f"docker:// option volume must be /HOST:/CONTAINER or /HOST:/CONTAINER:ro, not {text!r}"
+        )
+    if not all(part.startswith("/") for part in parts[:2]):
+        raise BadParameter(f"docker:// option volume needs absolute paths, not {text!r}")
+    return text
 
 
 def container_of(url: URL) -> str | None:

@@ -26,6 +26,8 @@ Capabilities (``Backend.caps``):
                       leases live in their session: an id from another is unknown there)
 ``no_ssh``            machines that never answer SSH (moto's instances): the ones acquired
                       with ``ready=None``
+``freezes``           ``suspend`` freezes the job's cgroup (a paused container): its
+                      processes show as in uninterruptible sleep, not stopped
 ====================  ==========================================================================
 """
 
@@ -49,6 +51,7 @@ from aiores import ComputeDescription, ResourceState, SSHContext, StorageDescrip
 from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 from aiores_sim import MANAGED_KEY
 from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
+from tests.docker.conftest import IMAGE, podman
 from tests.ssh.conftest import keys, sshd
 from tests.ssh.servers import Sshd
 
@@ -60,6 +63,7 @@ __all__ = [
     "aiores_sim_cloud",
     "keys",
     "marker",
+    "podman",
     "sleeping",
     "sshd",
     "until",
@@ -269,12 +273,44 @@ async def make_s3(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Ba
 
 
 #: Every adaptor the contract suite runs against.
+# -- docker:// (a real podman's Docker-compatible service of tests/docker) ---------------
+@contextlib.asynccontextmanager
+async def make_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Backend]:
+    request.getfixturevalue("podman")
+    # Jobs and the machine that checks their files share a directory of this host.
+    shared = tmp / "shared"
+    shared.mkdir()
+    url = f"docker://?image={IMAGE}&volume={shared}:/work"
+    async with aiores.Session() as session:
+        vm = await session.manager(url).acquire(ComputeDescription())
+    assert vm.access is not None
+    try:
+        yield Backend(
+            name="docker",
+            caps=frozenset(
+                {"jobs", "hold", "job_reconnect", "runner", "files", "modes", "directories"}
+                | {"resources", "resource_reconnect", "freezes"}
+            ),
+            jobs_url=f"{url}&grace=0.5",
+            runner_url=vm.access,
+            files_url=vm.access,
+            resources_url=url,
+            description=ComputeDescription(image=IMAGE),
+            unknown_id="0" * 64,
+            root=f"/work/aiores-contract-{secrets.token_hex(4)}",
+        )
+    finally:
+        async with aiores.Session() as session:
+            await session.manager(url).destroy(vm.id)
+
+
 BACKENDS: dict[str, Maker] = {
     "local": make_local,
     "ssh": make_ssh,
     "sim": make_sim,
     "ec2": make_ec2,
     "s3": make_s3,
+    "docker": make_docker,
 }
 
 

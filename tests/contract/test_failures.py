@@ -26,7 +26,17 @@ from aiores import ComputeDescription, JobDescription, ResourceState, StorageDes
 from aiores_ec2.testing import MotoServer
 from tests.ssh.servers import PERMISSIVE, Keys, Sshd
 
-from .conftest import BACKENDS, STEP, make_ec2, make_s3, make_sim, marker, sleeping, until
+from .conftest import (
+    BACKENDS,
+    STEP,
+    make_docker,
+    make_ec2,
+    make_s3,
+    make_sim,
+    marker,
+    sleeping,
+    until,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -271,12 +281,52 @@ async def _service(session: aiores.Session, url: str) -> aiores.JobService:
     return session.job_service(url)
 
 
+@contextlib.asynccontextmanager
+async def broken_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Broken]:
+    """A reaped job, a removed machine's commands and files, an image nobody built."""
+    (tmp / "present").write_text("x")
+    async with (
+        make_docker(request, tmp) as backend,
+        backend.session() as session,
+        backend.session() as other,
+    ):
+        js = session.job_service(backend.jobs_url)
+        job = await js.submit(JobDescription(executable="/bin/true"))
+        await job.wait(timeout=STEP)
+        await job.reap()
+        mgr = session.manager(backend.resources_url)
+        gone = await mgr.acquire(backend.description)
+        await gone.wait(ResourceState.ACTIVE, timeout=STEP)
+        assert gone.access is not None
+        await gone.destroy()
+        runner = await session.command_runner(gone.access)
+        files = await session.file_adaptor(gone.access)
+        missing = JobDescription(executable="/bin/true", category="localhost/aiores-none:1")
+        yield Broken(
+            [
+                ("runner.run", lambda: runner.run(["true"])),
+                ("jobs.submit", lambda: js.submit(missing)),
+                *job_ops(js, job, other.job_service(backend.jobs_url))[1:],
+                *file_ops(files, tmp, "/tmp"),
+                *resource_ops(
+                    mgr, ComputeDescription(image="localhost/aiores-none:1"), backend.unknown_id
+                ),
+            ],
+            {
+                "jobs.list": "the daemon's labelled containers: nothing to fail",
+                "resources.list": "the daemon's labelled containers: nothing to fail",
+                "resources.destroy": "an unknown id is gone already: no error",
+            },
+        )
+
+
 BREAKERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": broken_local,
     "ssh": broken_ssh,
     "sim": broken_sim,
     "ec2": lambda request, tmp: broken_aws(request, tmp, make_ec2),
     "s3": lambda request, tmp: broken_aws(request, tmp, make_s3),
+    "docker": broken_docker,
 }
 
 
