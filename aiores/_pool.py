@@ -364,10 +364,11 @@ class _Slot:
         self.cut: str | None = None  # why the pool stopped the attempt
 
     def stop(self, why: str) -> None:
+        """Stop the attempt (once: the first reason stays)."""
         if self.cut is None:
             self.cut = why
-        if self.scope is not None:
-            self.scope.reschedule(0)
+            if self.scope is not None:
+                self.scope.reschedule(0)
 
 
 def _notice(resource: Compute) -> float | None:
@@ -980,8 +981,11 @@ class Pool:
 
     @property
     def machines(self) -> list[Compute]:
-        """The machines held now (booting, working, draining), oldest first."""
-        held = [m for m in self._machines.values() if m.state is not _State.GONE]
+        """The machines of the pool now (booting, working, draining; not those being
+        released), oldest first."""
+        held = [
+            m for m in self._machines.values() if m.state not in (_State.RELEASING, _State.GONE)
+        ]
         return [m.resource for m in sorted(held, key=lambda m: m.seq)]
 
     def events(self) -> AsyncGenerator[PoolEvent, None]:

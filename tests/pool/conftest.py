@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -20,6 +21,7 @@ import aiores
 from aiores import URL, ResourceState, RunResult
 from aiores.adaptor import AdaptorEnv, AdaptorPlugin, CommandRunner, ResourceInfo
 from aiores.testing import FakeClock, FakeCloud, FakeJobs, FakePlugin, FakeResources
+from aiores_sim import managed_key
 from aiores_sim.testing import aiores_sim_cloud
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "commands",
     "fake",
     "session",
+    "sim_session",
     "until",
 ]
 
@@ -185,6 +188,16 @@ def clock() -> FakeClock:
 async def session(fake: PoolPlugin, clock: FakeClock) -> AsyncIterator[aiores.Session]:
     async with aiores.Session(journal=None, clock=clock, cleanup_timeout=5) as s:
         yield s
+
+
+@pytest_asyncio.fixture
+async def sim_session(aiores_sim_cloud: object, state_dir: Path) -> AsyncIterator[aiores.Session]:
+    """A session on the test run's sim cloud, no journal; its SSH context names the
+    aiores-managed key (which sim VMs authorize) and pins the VMs' published keys."""
+    key = await asyncio.to_thread(managed_key, state_dir)
+    ctx = aiores.SSHContext(key_files=[str(key)], known_hosts=[], config=[])
+    async with aiores.Session(journal=None, contexts=[ctx]) as opened:
+        yield opened
 
 
 async def until(
