@@ -635,11 +635,12 @@ class Pool:
                 self._counts["failed"] += 1
                 raise IncorrectState(f"{self!r} was closed while work ran on {vm.id}; stopped")
             requeues += 1
-            why = f"{vm.id} {cut or 'failed'}" + (f": {error}" if error is not None else "")
+            why = (cut or "failed") + (f": {error}" if error is not None else "")
             if requeues > self.retries:
                 self._counts["failed"] += 1
                 raise NoSuccess(
-                    f"work failed on {requeues} machines (retries={self.retries}); last: {why}"
+                    f"work failed on {requeues} machines (retries={self.retries}); "
+                    f"last: {vm.id} {why}"
                 ) from error
             self._counts["requeued"] += 1
             self._emit("requeue", vm, detail=why)
