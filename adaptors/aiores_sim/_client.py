@@ -65,10 +65,17 @@ async def start_cloud(
     *,
     idle_exit: float | None = None,
     cleanups: concurrency.Cleanups | None = None,
+    region_capacity: int | None = None,
+    region_of: int | None = None,
 ) -> None:
     """Start the cloud process of ``directory`` (returns once it listens).
 
     Another process starting it at the same time is not an error: one of them wins.
+
+    ``region_capacity`` is how many live VMs one process serves before the cloud
+    starts another (see :mod:`aiores_sim._regions`; default: what its descriptor
+    limit allows). ``region_of`` starts a region process of the cloud whose pid it
+    is instead (serving its share of VMs, stopping when that process ends).
 
     Raises:
         NoSuccess: it did not start (the message carries what it said).
@@ -83,6 +90,10 @@ async def start_cloud(
     argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(directory)]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
+    if region_capacity is not None:
+        argv += ["--region-capacity", str(region_capacity)]
+    if region_of is not None:
+        argv += ["--region-of", str(region_of)]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -200,6 +211,8 @@ class CloudClient:
         spawn: Runs the connection's reader in the caller's task group (default: a
             task this object owns).
         subscribe: Ask for VM events on every connection (``on_event`` gets them).
+        on_lost: Called when a connection that was up breaks or the cloud closes it
+            (not when :meth:`close` closes it): events may have been missed since.
 
     A start of the cloud that was cancelled leaves its launcher running; the client
     reaps it and :meth:`close` waits for that (bounded).
@@ -212,9 +225,11 @@ class CloudClient:
         on_event: Callable[[Mapping[str, Any]], None] | None = None,
         spawn: Spawner | None = None,
         subscribe: bool = False,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
         self._on_event = on_event
+        self._on_lost = on_lost
         self._spawn = spawn
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
@@ -310,7 +325,8 @@ class CloudClient:
         except (ConnectionError, ValueError) as exc:
             log.warning("sim cloud connection broke: %r", exc)
         finally:
-            if self._writer is writer:
+            broken = self._writer is writer
+            if broken:
                 self._writer = None
             writer.close()
             lost = ConnectionLost(f"the sim cloud in {self.directory} closed the connection")
@@ -318,6 +334,8 @@ class CloudClient:
             for fut in pending.values():
                 if not fut.done():
                     fut.set_exception(lost)
+            if broken and not self._closed and self._on_lost is not None:
+                self._on_lost()
 
     async def call(
         self, op: str, args: Mapping[str, Any] | None = None, *, start: bool = True

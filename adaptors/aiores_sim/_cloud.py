@@ -58,6 +58,8 @@ MAX_COUNT = 10000
 CLEANUP_TIMEOUT = 60.0
 #: Most seconds between two reports of a preemption countdown.
 COUNTDOWN_STEP = 1.0
+#: Where the directories of a cloud's region processes are (see :mod:`._regions`).
+REGIONS = "regions"
 
 
 def countdown_step(notice: float) -> float:
@@ -214,6 +216,7 @@ class Cloud:
         try:
             if self._server is not None:
                 self._server.close()
+            await self._stop_regions()
             vms = list(self.vms.values())
             for vm in vms:
                 self._end(vm, S.CANCELED, "the cloud stopped")
@@ -241,6 +244,17 @@ class Cloud:
                 # Whatever failed above, the process must be able to end.
                 self.stopped.set()
                 log.info("sim cloud %s stopped", self.directory)
+
+    async def _stop_regions(self) -> None:
+        """Stop the other processes serving this cloud's VMs (none here; see _regions)."""
+
+    def live(self) -> int:
+        """How many VMs have not ended."""
+        return sum(not vm.state.final for vm in self.vms.values())
+
+    def _busy(self) -> bool:
+        """A client is connected or a VM lives (the idle exit waits)."""
+        return bool(self._clients) or any(not vm.state.final for vm in self.vms.values())
 
     async def _release(self) -> None:
         if self.subreaper:
@@ -273,8 +287,7 @@ class Cloud:
     async def _idle_watch(self, idle_exit: float) -> None:
         while True:
             await asyncio.sleep(min(max(idle_exit / 4, 0.05), 30.0))
-            busy = self._clients or any(not vm.state.final for vm in self.vms.values())
-            if busy:
+            if self._busy():
                 self._idle_since = time.monotonic()
             elif time.monotonic() - self._idle_since >= idle_exit:
                 log.info("sim cloud idle for %.0f s: stopping", idle_exit)
@@ -451,8 +464,7 @@ class Cloud:
 
     # -- operations (op_<name>: args -> JSON result) ----------------------------------
     async def op_hello(self, args: Mapping[str, Any]) -> Any:
-        live = sum(not vm.state.final for vm in self.vms.values())
-        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "vms": live}
+        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "vms": self.live()}
 
     async def op_subscribe(self, args: Mapping[str, Any]) -> Any:
         return None
@@ -462,22 +474,26 @@ class Cloud:
             raise IncorrectState("the sim cloud is stopping")
         count = validate.count(args.get("count"), "count", max=MAX_COUNT)
         spec = _spec(args)
-        seed = spec.faults.seed
-        ids = [self._new_id() for _ in range(count)]
+        first = validate.count(args.get("first_index", 0), "first_index", min=0)
         # Until its VMs are registered, a find() for this token waits (the client may
         # have given up on this acquire and be cleaning up after it).
         done = self._acquiring.setdefault(spec.token, asyncio.Event())
         try:
-            made = await self._prepare([(spec, vm_id) for vm_id in ids])
-            if self._stopping:
-                await asyncio.to_thread(_discard, made)
-                raise IncorrectState("the sim cloud is stopping")
-        except BaseException:
+            return await self._make(spec, count, first)
+        finally:
             self._acquiring.pop(spec.token, None)
             done.set()
-            raise
+
+    async def _make(self, spec: VMSpec, count: int, first: int = 0) -> list[dict[str, Any]]:
+        """Make ``count`` VMs of ``spec`` here (the ``first``-th of their acquire on)."""
+        seed = spec.faults.seed
+        ids = [self._new_id() for _ in range(count)]
+        made = await self._prepare([(spec, vm_id) for vm_id in ids])
+        if self._stopping:
+            await asyncio.to_thread(_discard, made)
+            raise IncorrectState("the sim cloud is stopping")
         vms = []
-        for index, item in enumerate(made):
+        for index, item in enumerate(made, start=first):
             rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
             vm = VM(
                 item.id,
@@ -497,8 +513,6 @@ class Cloud:
             if spec.duration is not None:
                 vm.tasks.add(self._spawn(self._expire(vm, spec.duration), f"expiry of {vm.id}"))
             self._changed(vm)
-        self._acquiring.pop(spec.token, None)
-        done.set()
         return [vm.to_json() for vm in vms]
 
     async def _prepare(self, specs: list[tuple[VMSpec, str]]) -> list[Prepared]:
@@ -664,6 +678,13 @@ def _wipe_unlocked(directory: Path) -> bool:
         if stale:
             left = True
             _wipe([Owner(disk.name, disk) for disk in stale], None)
+    # Its regions (the processes serving its VMs beyond the first's share) end with
+    # it; one that crashed too left its own directory to wipe.
+    with contextlib.suppress(FileNotFoundError):
+        for region in (directory / REGIONS).iterdir():
+            if wipe_stale(region) is not None:
+                left = True
+                shutil.rmtree(region, ignore_errors=True)
     return left
 
 

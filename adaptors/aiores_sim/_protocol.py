@@ -111,10 +111,11 @@ def decode_error(message: Mapping[str, Any]) -> AioresError:
     return cls(str(message.get("message") or "the sim cloud refused the request"))
 
 
-def info_from_json(data: Mapping[str, Any]) -> ResourceInfo:
+def info_from_json(data: Mapping[str, Any], login_keys: tuple[str, ...] = ()) -> ResourceInfo:
     """A VM record from the cloud as a :class:`~aiores.adaptor.ResourceInfo`."""
     host_key = data.get("host_key")
     return ResourceInfo(
+        login_keys=login_keys,
         id=data["id"],
         state=ResourceState[data["state"]],
         state_detail=data.get("detail", ""),

@@ -1,5 +1,10 @@
 """The cloud process: ``python -m aiores_sim.server [--dir DIR] [--daemon]``.
 
+It raises its own limit of open files to the hard limit first (each VM holds
+descriptors), and serves VMs past what that allows in region processes of its own
+(``--region-capacity``; see :mod:`aiores_sim._regions`), started the same way with
+``--region-of <pid>``.
+
 Without ``--daemon`` it serves in the foreground until SIGTERM or SIGINT (or a
 ``shutdown`` request), logging to stderr. With ``--daemon`` it forks the cloud into
 a new session with its output in ``DIR/cloud.log``, and exits 0 once the cloud
@@ -24,8 +29,9 @@ from aiores.adaptor import private
 
 from ._cloud import Cloud, CloudRunning
 from ._protocol import cloud_dir
+from ._regions import RegionalCloud
 
-__all__ = ["main"]
+__all__ = ["main", "raise_file_limit"]
 
 
 def _say(fd: list[int], text: str) -> None:
@@ -38,18 +44,37 @@ def _say(fd: list[int], text: str) -> None:
     os.close(end)
 
 
-def _raise_file_limit() -> None:
-    # Each VM holds a listening socket and its connections: use the hard limit.
+def raise_file_limit() -> int:
+    """Raise this process's limit of open files to the hard limit; returns the limit.
+
+    Each VM holds a listening socket, its connections and its commands' pipes.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 async def _serve(
-    directory: Path, idle_exit: float | None, watch_pid: int | None, ready_fd: list[int]
+    directory: Path,
+    idle_exit: float | None,
+    watch_pid: int | None,
+    ready_fd: list[int],
+    region_capacity: int | None = None,
+    region_of: int | None = None,
 ) -> int:
-    cloud = Cloud(directory, idle_exit=idle_exit, subreaper=True, watch_pid=watch_pid)
+    cloud: Cloud
+    if region_of is not None:  # a region: serves what the first process sends it
+        cloud = Cloud(directory, subreaper=True, watch_pid=region_of)
+    else:
+        cloud = RegionalCloud(
+            directory,
+            idle_exit=idle_exit,
+            subreaper=True,
+            watch_pid=watch_pid,
+            region_capacity=region_capacity,
+        )
     try:
         await cloud.start()
     except CloudRunning:
@@ -72,7 +97,13 @@ async def _serve(
     return 0
 
 
-def _daemonize(directory: Path, idle_exit: float | None, watch_pid: int | None) -> int:
+def _daemonize(
+    directory: Path,
+    idle_exit: float | None,
+    watch_pid: int | None,
+    region_capacity: int | None,
+    region_of: int | None,
+) -> int:
     """Fork the cloud into its own session; report how its start went."""
     try:
         private.private_dir(directory)
@@ -108,7 +139,9 @@ def _daemonize(directory: Path, idle_exit: float | None, watch_pid: int | None) 
         os.dup2(log_fd, 2)
         os.chdir("/")
         _logging()
-        code = asyncio.run(_serve(directory, idle_exit, watch_pid, ready))
+        code = asyncio.run(
+            _serve(directory, idle_exit, watch_pid, ready, region_capacity, region_of)
+        )
     except BaseException as exc:
         _say(ready, f"error: {exc!r}")
         traceback.print_exc()
@@ -140,13 +173,32 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="stop once the process with this pid has ended",
     )
+    parser.add_argument(
+        "--region-capacity",
+        type=int,
+        default=None,
+        help="live VMs one process serves before the cloud starts another "
+        "(default: what the limit of open files allows)",
+    )
+    parser.add_argument(
+        "--region-of",
+        type=int,
+        default=None,
+        help="serve as a region of the cloud process with this pid (stop when it ends)",
+    )
     args = parser.parse_args(argv)
+    if args.region_capacity is not None and args.region_capacity < 1:
+        parser.error("--region-capacity must be at least 1")
     directory = (args.dir or cloud_dir(state_dir())).absolute()
-    _raise_file_limit()
+    raise_file_limit()
     if args.daemon:
-        return _daemonize(directory, args.idle_exit, args.watch_pid)
+        return _daemonize(
+            directory, args.idle_exit, args.watch_pid, args.region_capacity, args.region_of
+        )
     _logging()
-    return asyncio.run(_serve(directory, args.idle_exit, args.watch_pid, []))
+    return asyncio.run(
+        _serve(directory, args.idle_exit, args.watch_pid, [], args.region_capacity, args.region_of)
+    )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ try:
 except ImportError:  # the fixtures need pytest; the rest does not
     pytest = None  # type: ignore[assignment]
 
+from ._cloud import REGIONS
 from ._procs import Proc, descendants, scan
 from ._protocol import socket_path
 from ._vm import CLOUD_MARKER
@@ -84,8 +85,11 @@ class SimCloudProcess:
         found.extend(
             f"VM process {pid}" for pid in sorted(vm_pids) if pid in table and not table[pid].zombie
         )
-        if socket_path(self.directory).exists():
-            found.append(f"the control socket {socket_path(self.directory)}")
+        regions = self.directory / REGIONS
+        sockets = [socket_path(self.directory)]
+        if regions.is_dir():
+            sockets += [socket_path(region) for region in sorted(regions.iterdir())]
+        found.extend(f"the control socket {path}" for path in sockets if path.exists())
         return found
 
     def stop(self, timeout: float = 60.0) -> None:
@@ -130,9 +134,14 @@ def _alive(pid: int) -> bool:
 
 
 def _marked_processes(table: Mapping[int, Proc], directory: Path) -> set[int]:
-    """Processes marked with the cloud ``directory``, or working in one of its VM disks."""
+    """Processes marked with the cloud ``directory`` (or one of its regions), or working
+    in one of their VM disks."""
     marker = f"{CLOUD_MARKER}={directory}".encode()
-    disks = os.path.realpath(directory / "vms") + "/"
+    in_region = marker + f"/{REGIONS}/".encode()
+    disks = (
+        os.path.realpath(directory / "vms") + "/",
+        os.path.realpath(directory / REGIONS) + "/",
+    )
     pids = set()
     for pid in table:
         try:
@@ -144,7 +153,7 @@ def _marked_processes(table: Mapping[int, Proc], directory: Path) -> set[int]:
                 entries = handle.read().split(b"\0")
         except OSError:
             continue
-        if marker in entries:
+        if any(entry == marker or entry.startswith(in_region) for entry in entries):
             pids.add(pid)
     return pids
 
@@ -154,6 +163,7 @@ def start_sim_cloud(
     *,
     watch_pid: int | None = None,
     idle_exit: float | None = None,
+    region_capacity: int | None = None,
 ) -> SimCloudProcess:
     """Start a sim cloud process serving ``directory`` (blocking; outside the loop).
 
@@ -162,6 +172,8 @@ def start_sim_cloud(
         watch_pid: The cloud stops once this process has ended (e.g. ``os.getpid()``:
             a test session that is killed does not leave its cloud behind).
         idle_exit: The cloud stops after this many seconds with no VM and no client.
+        region_capacity: Live VMs one process of the cloud serves before it starts
+            another (a region; default: what its limit of open files allows).
 
     Raises:
         RuntimeError: it did not start (with what it said).
@@ -172,6 +184,8 @@ def start_sim_cloud(
         argv += ["--watch-pid", str(watch_pid)]
     if idle_exit is not None:
         argv += ["--idle-exit", str(idle_exit)]
+    if region_capacity is not None:
+        argv += ["--region-capacity", str(region_capacity)]
     done = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     if done.returncode != 0:
         said = (done.stderr or done.stdout).decode(errors="replace").strip()
