@@ -89,9 +89,10 @@ _NEXT: Mapping[_State, frozenset[_State]] = {
     _R.PENDING: frozenset({_R.ACTIVE}) | _R_FINAL,
     _R.ACTIVE: _R_FINAL,
     **{s: frozenset() for s in _R_FINAL},
-    _J.NEW: frozenset({_J.QUEUED, _J.HELD, _J.RUNNING}) | _J_FINAL,
-    _J.QUEUED: frozenset({_J.HELD, _J.RUNNING}) | _J_FINAL,
-    _J.HELD: frozenset({_J.QUEUED, _J.RUNNING}) | _J_FINAL,
+    # A polled backend may first see a job that started SUSPENDED (it ran in between).
+    _J.NEW: frozenset({_J.QUEUED, _J.HELD, _J.RUNNING, _J.SUSPENDED}) | _J_FINAL,
+    _J.QUEUED: frozenset({_J.HELD, _J.RUNNING, _J.SUSPENDED}) | _J_FINAL,
+    _J.HELD: frozenset({_J.QUEUED, _J.RUNNING, _J.SUSPENDED}) | _J_FINAL,
     _J.RUNNING: frozenset({_J.SUSPENDED}) | _J_FINAL,
     _J.SUSPENDED: frozenset({_J.RUNNING}) | _J_FINAL,
     **{s: frozenset() for s in _J_FINAL},

@@ -52,6 +52,7 @@ from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 from aiores_sim import MANAGED_KEY
 from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
 from tests.docker.conftest import IMAGE, podman
+from tests.slurm.conftest import slurm_cluster
 from tests.ssh.conftest import keys, sshd
 from tests.ssh.servers import Sshd
 
@@ -65,6 +66,7 @@ __all__ = [
     "marker",
     "podman",
     "sleeping",
+    "slurm_cluster",
     "sshd",
     "until",
     "workdir",
@@ -89,6 +91,9 @@ class Backend:
     #: Where jobs, commands and files go (a URL the backend refuses if it lacks them).
     jobs_url: str = ""
     runner_url: str = ""
+    #: Where a test reads what jobs wrote (their host's commands): ``runner_url`` unless
+    #: the backend runs no commands of its own (a batch scheduler: its jobs' host).
+    job_host_url: str = ""
     files_url: str = ""
     resources_url: str = ""
     #: What an acquire asks for (tags are added by the tests).
@@ -304,6 +309,26 @@ async def make_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterato
             await session.manager(url).destroy(vm.id)
 
 
+# -- slurm:// (the real single-node Slurm of tests/slurm; its jobs run on this host) ---
+@contextlib.asynccontextmanager
+async def make_slurm(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Backend]:
+    cluster = request.getfixturevalue("slurm_cluster")
+    jobs = tmp / "slurm-jobs"
+    jobs.mkdir()
+    root = tmp / "remote"
+    root.mkdir()
+    yield Backend(
+        name="slurm",
+        caps=frozenset({"jobs", "hold", "job_reconnect"}),
+        jobs_url=f"slurm://?interval=0.3&conf={cluster.conf}&dir={jobs}",
+        runner_url=f"slurm://?conf={cluster.conf}",
+        files_url=f"slurm://?conf={cluster.conf}",
+        resources_url=f"slurm://?conf={cluster.conf}",
+        job_host_url="local://",
+        root=str(root),
+    )
+
+
 BACKENDS: dict[str, Maker] = {
     "local": make_local,
     "ssh": make_ssh,
@@ -311,6 +336,7 @@ BACKENDS: dict[str, Maker] = {
     "ec2": make_ec2,
     "s3": make_s3,
     "docker": make_docker,
+    "slurm": make_slurm,
 }
 
 
@@ -325,7 +351,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 async def workdir(session: aiores.Session, backend: Backend) -> str:
     """``backend.root`` as an absolute path on the job host (made if missing)."""
-    runner = await session.command_runner(backend.runner_url)
+    runner = await session.command_runner(backend.job_host_url or backend.runner_url)
     done = await runner.run(["sh", "-c", 'mkdir -p "$1" && cd "$1" && pwd -P', "sh", backend.root])
     assert done.exit_status == 0, done
     return done.stdout.strip()

@@ -33,6 +33,7 @@ from .conftest import (
     make_ec2,
     make_s3,
     make_sim,
+    make_slurm,
     marker,
     sleeping,
     until,
@@ -320,6 +321,28 @@ async def broken_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncItera
         )
 
 
+@contextlib.asynccontextmanager
+async def broken_slurm(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Broken]:
+    """A reaped job, and a partition the cluster does not have."""
+    async with (
+        make_slurm(request, tmp) as backend,
+        backend.session() as session,
+        backend.session() as other,
+    ):
+        js = session.job_service(backend.jobs_url)
+        job = await js.submit(JobDescription(executable="/bin/true"))
+        await job.wait(timeout=STEP)
+        await job.reap()
+        nowhere = JobDescription(executable="/bin/true", queue="aiores-no-such-partition")
+        yield Broken(
+            [
+                ("jobs.submit", lambda: js.submit(nowhere)),
+                *job_ops(js, job, other.job_service(backend.jobs_url))[1:],
+            ],
+            {"jobs.list": "the user's jobs in the queue: nothing to fail"},
+        )
+
+
 BREAKERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": broken_local,
     "ssh": broken_ssh,
@@ -327,6 +350,7 @@ BREAKERS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "ec2": lambda request, tmp: broken_aws(request, tmp, make_ec2),
     "s3": lambda request, tmp: broken_aws(request, tmp, make_s3),
     "docker": broken_docker,
+    "slurm": broken_slurm,
 }
 
 

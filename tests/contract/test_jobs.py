@@ -142,7 +142,8 @@ async def test_array_with_max_parallel(backend: Backend) -> None:
             max_parallel=2,
         )
         assert await array.wait(timeout=STEP) == [JobState.DONE] * 5
-        log = await (await session.command_runner(backend.runner_url)).run(["cat", f"{where}/log"])
+        host = await session.command_runner(backend.job_host_url or backend.runner_url)
+        log = await host.run(["cat", f"{where}/log"])
     assert [job.stdout for job in array] == [f"{i}\n" for i in range(5)]
     assert log.stdout.split().count("s") == 5
     assert most_at_once(log.stdout) <= 2

@@ -68,6 +68,10 @@ def test_states_final_and_transitions() -> None:
     assert JobState.RUNNING.can_become(JobState.SUSPENDED)
     assert JobState.SUSPENDED.can_become(JobState.RUNNING)
     assert JobState.HELD.can_become(JobState.QUEUED)
+    # A polled backend may first see a started job SUSPENDED (it ran between two polls).
+    assert JobState.QUEUED.can_become(JobState.SUSPENDED)
+    assert JobState.HELD.can_become(JobState.SUSPENDED)
+    assert not JobState.SUSPENDED.can_become(JobState.QUEUED)
     assert ResourceState.NEW.reachable(ResourceState.ACTIVE)
     assert not ResourceState.ACTIVE.reachable(ResourceState.PENDING)
     assert not JobState.DONE.reachable(JobState.RUNNING)
