@@ -381,7 +381,9 @@ class Watcher:
         policy = self._policy
         if policy is None:
             return 0.0
-        grown = policy.floor * policy.backoff ** max(0, quiet - 1)
+        # The exponent is capped: a long quiet spell must not overflow a float (the
+        # ceiling is reached long before 64 growths).
+        grown = policy.floor * policy.backoff ** min(max(0, quiet - 1), 64)
         return self._jittered(min(policy.ceiling, grown))
 
     async def _sleep_or_wake(self, delay: float) -> bool:

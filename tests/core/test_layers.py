@@ -69,6 +69,7 @@ UPWARD: dict[tuple[str, str], str] = {
         "adaptor contract, re-exported by aiores.adaptor; _limits imports only base"
     ),
     ("_session", "_resource"): "Session.manager() makes a Manager",
+    ("_session", "_pool"): "Session.pool() makes a Pool",
     ("_session", "_jobs"): "Session.job_service() makes a JobService",
     ("_session", "_fleet"): "Session.fleet() makes a Fleet",
     ("_session", "_recover"): "Session.recover() and reap() run recovery",
