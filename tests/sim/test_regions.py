@@ -21,6 +21,7 @@ from aiores_sim.testing import SimCloudProcess, start_sim_cloud
 
 from .conftest import STEP
 
+
 def open_files_limit(pid: int) -> tuple[int, int]:
     """(soft, hard) limit of open files of ``pid``."""
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
@@ -35,7 +36,10 @@ def listeners(ports: set[int]) -> dict[int, int]:
     return {
         conn.laddr.port: conn.pid
         for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port in ports
+        if conn.status == psutil.CONN_LISTEN
+        and conn.laddr
+        and conn.laddr.port in ports
+        and conn.pid is not None
     }
 
 
@@ -59,9 +63,7 @@ def test_the_cloud_raises_its_limit_of_open_files_to_the_hard_limit(own_cloud: P
 
     argv = [sys.executable, "-m", "aiores_sim.server", "--daemon", "--dir", str(own_cloud)]
     argv += ["--watch-pid", str(os.getpid())]
-    done = subprocess.run(
-        argv, capture_output=True, timeout=60, check=False, preexec_fn=lowered
-    )
+    done = subprocess.run(argv, capture_output=True, timeout=60, check=False, preexec_fn=lowered)
     assert done.returncode == 0, done.stderr
     pid = int((own_cloud / "cloud.pid").read_text())
     assert open_files_limit(pid) == (hard, hard)
