@@ -29,6 +29,7 @@ from ._exceptions import (
 )
 from ._fleet import Fleet, Group, GroupResult, Provision, RunResult
 from ._jobs import Job, JobArray, JobService, as_completed, wait_any
+from ._jobsession import JobSession
 from ._journal import Intent, Journal
 from ._pool import MachineView, Policy, Pool, PoolEvent, PoolStats, PoolView, QueuePolicy
 from ._recover import Leak, Problem, Reaped, Recovered
@@ -63,6 +64,7 @@ __all__ = [
     "JobArray",
     "JobDescription",
     "JobService",
+    "JobSession",
     "JobState",
     "Journal",
     "Leak",

@@ -41,7 +41,7 @@ from ._descriptions import ComputeDescription, JobDescription
 from ._exceptions import IncorrectState, NoSuccess
 from ._private import tighten
 
-__all__ = ["Intent", "Journal"]
+__all__ = ["Intent", "JobSessionRecord", "Journal"]
 
 log = logging.getLogger("aiores.journal")
 T = TypeVar("T")
@@ -62,6 +62,12 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE TABLE IF NOT EXISTS transitions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, kind TEXT, old TEXT, new TEXT,
     detail TEXT, at REAL
+);
+CREATE TABLE IF NOT EXISTS job_sessions (
+    name TEXT PRIMARY KEY, url TEXT NOT NULL, key TEXT NOT NULL, session TEXT, created REAL
+);
+CREATE TABLE IF NOT EXISTS job_session_jobs (
+    name TEXT NOT NULL, job TEXT NOT NULL, added REAL, UNIQUE (name, job)
 );
 """
 
@@ -120,6 +126,18 @@ class Intent:
     error: str | None
     created: float
     finished: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSessionRecord:
+    """A DRMAA2 job session as the journal holds it (``key`` changes when a destroyed
+    session's name is used again, so an old handle does not reach the new one)."""
+
+    name: str
+    url: str
+    key: str
+    created: float
+    jobs: int
 
 
 #: Seconds opening the journal may wait for other processes opening it at once.
@@ -417,6 +435,90 @@ class Journal:
 
         self._post(write)
 
+    # -- job sessions (DRMAA2) ---------------------------------------------------------------
+    async def open_job_session(
+        self, name: str, url: str | None, key: str
+    ) -> JobSessionRecord | None:
+        """The job session ``name``, created at ``url`` (with ``key``) unless it exists.
+
+        Returns what is recorded (its URL may differ from ``url``: the caller says so),
+        or None if it does not exist and ``url`` is None. Two programs creating one
+        name at once get the same record.
+        """
+        now = time.time()
+
+        def op(db: sqlite3.Connection) -> JobSessionRecord | None:
+            if url is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO job_sessions(name, url, key, session, created)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (name, url, key, self.session_id, now),
+                )
+            return _job_session(db, name)
+
+        return await self._call(op)
+
+    async def job_sessions(self) -> list[JobSessionRecord]:
+        """Every job session, by name."""
+
+        def op(db: sqlite3.Connection) -> list[JobSessionRecord]:
+            rows = db.execute("SELECT name FROM job_sessions ORDER BY name").fetchall()
+            found = [_job_session(db, row[0]) for row in rows]
+            return [record for record in found if record is not None]
+
+        return await self._call(op)
+
+    async def join_job_session(self, name: str, key: str, job_ids: Sequence[str]) -> bool:
+        """Make ``job_ids`` members of the job session; False if it no longer exists
+        (destroyed, or its name used again since: ``key`` differs)."""
+        now = time.time()
+        rows = [(name, job_id, now) for job_id in job_ids]
+
+        def op(db: sqlite3.Connection) -> bool:
+            if not _job_session_is(db, name, key):
+                return False
+            db.executemany(
+                "INSERT OR IGNORE INTO job_session_jobs(name, job, added) VALUES (?, ?, ?)", rows
+            )
+            return True
+
+        return await self._call(op)
+
+    async def job_session_jobs(self, name: str, key: str) -> list[dict[str, Any]] | None:
+        """The members of a job session, first joined first, each as :meth:`records`
+        gives it (``data`` decoded; None columns for a job with no record); None if
+        the session no longer exists."""
+
+        def op(db: sqlite3.Connection) -> list[dict[str, Any]] | None:
+            if not _job_session_is(db, name, key):
+                return None
+            cursor = db.execute(
+                "SELECT m.job AS member, o.* FROM job_session_jobs AS m"
+                " LEFT JOIN objects AS o ON o.id = m.job WHERE m.name = ? ORDER BY m.rowid",
+                (name,),
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+        rows = await self._call(op)
+        if rows is not None:
+            for row in rows:
+                row["data"] = loads_data(row["data"])
+        return rows
+
+    async def destroy_job_session(self, name: str, key: str) -> bool:
+        """Forget a job session and its membership (not its jobs); False if it was
+        already gone."""
+
+        def op(db: sqlite3.Connection) -> bool:
+            if not _job_session_is(db, name, key):
+                return False
+            db.execute("DELETE FROM job_session_jobs WHERE name = ?", (name,))
+            db.execute("DELETE FROM job_sessions WHERE name = ?", (name,))
+            return True
+
+        return await self._call(op)
+
     # -- reading ----------------------------------------------------------------------------
     async def intents(self, status: str | None = None) -> list[Intent]:
         """Intents of every session, oldest first (only those with ``status`` if given)."""
@@ -501,6 +603,23 @@ def _intent(row: tuple[Any, ...]) -> Intent:
         created=created,
         finished=finished,
     )
+
+
+def _job_session(db: sqlite3.Connection, name: str) -> JobSessionRecord | None:
+    row = db.execute(
+        "SELECT name, url, key, created FROM job_sessions WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None:
+        return None
+    (count,) = db.execute(
+        "SELECT count(*) FROM job_session_jobs WHERE name = ?", (name,)
+    ).fetchone()
+    return JobSessionRecord(name=row[0], url=row[1], key=row[2], created=row[3], jobs=count)
+
+
+def _job_session_is(db: sqlite3.Connection, name: str, key: str) -> bool:
+    row = db.execute("SELECT key FROM job_sessions WHERE name = ?", (name,)).fetchone()
+    return row is not None and row[0] == key
 
 
 def loads_data(text: str | None) -> dict[str, Any]:

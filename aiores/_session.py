@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ._descriptions import ComputeDescription
     from ._fleet import Fleet
     from ._jobs import Job, JobService
+    from ._jobsession import JobSession
     from ._pool import Policy, Pool
     from ._recover import Confirm, Reaped, Recovered
     from ._resource import Compute, Manager, Resource
@@ -259,6 +260,53 @@ class Session:
         self._check_open()
         parsed = URL.parse(url)
         return JobService(self, parsed, self._plugin(parsed, "jobs"))
+
+    def job_session(self, name: str, url: str | URL | None = None) -> JobSession:
+        """The DRMAA2 job session ``name``: created at ``url``, or reopened by name.
+
+        Await it (``js = await session.job_session("nightly", "slurm://")``) or use it
+        as ``async with`` (closed on exit); its first call opens it otherwise. The
+        session lives in the journal: any program with the same journal (the same
+        ``$AIORES_STATE_DIR``) reopens it by name and sees the same jobs.
+
+        Args:
+            name: Its name: non-empty text, at most 200 characters, without NUL,
+                lone surrogates or control characters.
+            url: The job URL its jobs are submitted to (``"local://"``,
+                ``"ssh://user@host"``, ``"slurm://"``...). None reopens an existing
+                session at the URL it was created with.
+
+        Returns:
+            A :class:`JobSession`, opened when first awaited or used.
+
+        Raises:
+            BadParameter: a bad name (the message names the field).
+            IncorrectURL: the URL is malformed or no adaptor handles its scheme.
+            NotSupported: the URL offers no jobs.
+            IncorrectState: the session is not open, or has no journal.
+
+        Opening it raises BadParameter if the name exists with another URL, and
+        DoesNotExist if it does not exist and no URL was given.
+        """
+        from ._jobsession import JobSession, check_name
+
+        self._check_open()
+        check_name(name)
+        if self.journal is None:
+            raise IncorrectState("job sessions live in the journal: this session has none")
+        return JobSession(self, name, url)
+
+    async def job_session_names(self) -> list[str]:
+        """The names of every job session in the journal, sorted (DRMAA2's
+        ``getJobSessionNames``).
+
+        Raises:
+            IncorrectState: the session is not open, or has no journal.
+        """
+        self._check_open()
+        if self.journal is None:
+            raise IncorrectState("job sessions live in the journal: this session has none")
+        return [record.name for record in await self.journal.job_sessions()]
 
     async def get(self, id: str, *, probe: bool = False) -> Resource | Job:
         """The resource or job ``id`` names, found through the id's own URL (SAGA's

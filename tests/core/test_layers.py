@@ -54,7 +54,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "contract": frozenset({"adaptor"}),
     "engine": frozenset({"_session", "_watch", "_journal", "_limits", "_registry"}),
     "api": frozenset({"_resource", "_jobs"}),
-    "composition": frozenset({"_fleet", "_group", "_hosts", "_pool", "_recover"}),
+    "composition": frozenset({"_fleet", "_group", "_hosts", "_jobsession", "_pool", "_recover"}),
     "face": frozenset({"__init__", "testing"}),
     "cli": frozenset({"_cli", "__main__"}),
 }
@@ -71,6 +71,7 @@ UPWARD: dict[tuple[str, str], str] = {
     ("_session", "_resource"): "Session.manager() makes a Manager",
     ("_session", "_pool"): "Session.pool() makes a Pool",
     ("_session", "_jobs"): "Session.job_service() makes a JobService",
+    ("_session", "_jobsession"): "Session.job_session() makes a JobSession",
     ("_session", "_fleet"): "Session.fleet() makes a Fleet",
     ("_session", "_recover"): "Session.recover() and reap() run recovery",
     ("_results", "_resource"): "RunResult.resource is annotated with Resource",
