@@ -14,6 +14,7 @@ from rich.table import Table
 from .._descriptions import JobDescription
 from .._exceptions import BadParameter, IncorrectState
 from .._jobs import Job
+from .._journal import loads_data
 from .._recover import Leak, Reaped, describe_age
 from .._session import Session
 from .._states import JobState
@@ -51,7 +52,8 @@ def _row_json(row: dict[str, Any]) -> dict[str, Any]:
     DONE means exit code 0 on every backend; another final state's exit code is
     shown where the journal recorded one.
     """
-    exit_code = (row.get("data") or {}).get("exit_code")
+    data = row.get("data")
+    exit_code = (loads_data(data) if isinstance(data, str) else data or {}).get("exit_code")
     if exit_code is None and row["state"] == JobState.DONE.name:
         exit_code = 0
     return {
@@ -70,36 +72,54 @@ def _row_json(row: dict[str, Any]) -> dict[str, Any]:
 
 @click.group()
 def jobs() -> None:
-    """Submit, list, wait for and cancel jobs (local://, ssh://user@host, a VM's access URL)."""
+    """Submit, list, wait for and cancel jobs (local://, ssh://user@host, a VM's access URL,
+    or a DRMAA2 job session by name: --session NAME)."""
 
 
 @jobs.command("submit")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for it; print its output.")
 @click.option("--timeout", type=float, help="Seconds --wait may take.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
-@click.argument("url")
-@click.argument("command", nargs=-1, required=True)
+@click.option(
+    "--session",
+    "session_name",
+    metavar="NAME",
+    help="Submit into the job session NAME (created at URL, or reopened: then URL may go).",
+)
+@click.argument("args", nargs=-1, required=True, metavar="[URL] COMMAND...")
 def jobs_submit(
-    wait_: bool, timeout: float | None, as_json: bool, url: str, command: tuple[str, ...]
+    wait_: bool,
+    timeout: float | None,
+    as_json: bool,
+    session_name: str | None,
+    args: tuple[str, ...],
 ) -> None:
     """Submit COMMAND (a program and its arguments) as a job at URL; print its id.
 
-    The job runs on after the command ends (where the backend allows: local://
-    jobs are children of this process and end their journey with it, so use --wait
-    there). With --wait the exit status is the job's exit code (1 if it did not
-    end DONE).
+    With --session NAME the job joins the DRMAA2 job session NAME (created at URL if
+    it does not exist; an existing one needs no URL, and refuses another). The job
+    runs on after the command ends. With --wait the exit status is the job's exit
+    code (1 if it did not end DONE).
 
     \b
     Examples:
       aiores jobs submit --wait local:// -- /bin/echo hello
       aiores jobs submit ssh://me@login.example.org -- ./simulate --steps 1000
+      aiores jobs submit --session nightly ssh://me@login.example.org -- ./simulate
+      aiores jobs submit --session nightly -- ./simulate --steps 10
     """
+    url, command = _url_and_command(args, session_name)
     desc = JobDescription(executable=command[0], arguments=list(command[1:]))
 
     async def go() -> dict[str, Any]:
         async with Session() as session:
             await recovered(session)  # the host keys of machines aiores booted
-            job = await session.job_service(url).submit(desc)
+            if session_name is not None:
+                js = await session.job_session(session_name, url)
+                job = await js.submit(desc)
+            else:
+                assert url is not None
+                job = await session.job_service(url).submit(desc)
             if not wait_:
                 return _job_json(job)
             try:
@@ -128,17 +148,34 @@ def jobs_submit(
             raise SystemExit(data["exit_code"] or 1)
 
 
+def _url_and_command(
+    args: tuple[str, ...], session_name: str | None
+) -> tuple[str | None, tuple[str, ...]]:
+    """``[URL] COMMAND...``: the URL may be left out only for a job session (a first
+    argument holding ``://`` is a URL)."""
+    if session_name is None or "://" in args[0]:
+        url, command = args[0], args[1:]
+    else:
+        url, command = None, args
+    if not command:
+        raise BadParameter("COMMAND is missing: give a program (and its arguments) after URL")
+    return url, command
+
+
 @jobs.command("ls")
 @click.option("--all", "show_all", is_flag=True, help="Also jobs that ended.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+@click.option("--session", "session_name", metavar="NAME", help="Only the job session NAME's.")
 @click.argument("url", required=False)
-def jobs_ls(show_all: bool, as_json: bool, url: str | None) -> None:
-    """List the jobs recorded in the journal (at URL, if given), with their state now.
+def jobs_ls(show_all: bool, as_json: bool, session_name: str | None, url: str | None) -> None:
+    """List the jobs recorded in the journal (at URL, or of the job session NAME, if
+    given), with their state now.
 
     \b
     Examples:
       aiores jobs ls
       aiores jobs ls --all ssh://me@login.example.org --json
+      aiores jobs ls --all --session nightly
     """
 
     async def go() -> list[dict[str, Any]]:
@@ -146,10 +183,19 @@ def jobs_ls(show_all: bool, as_json: bool, url: str | None) -> None:
             found = await recovered(session)
             assert session.journal is not None
             rows = {o["id"]: o for o in await session.journal.objects("job")}
-            live = {job.id: _job_json(job, rows.get(job.id)) for job in found.jobs}
-            out = list(live.values())
-            if show_all:
-                out.extend(_row_json(row) for rid, row in rows.items() if rid not in live)
+            if session_name is not None:
+                js = await session.job_session(session_name)
+                members = await js.jobs()
+                out = [
+                    _job_json(job, rows.get(job.id))
+                    for job in members
+                    if show_all or not job.state.final
+                ]
+            else:
+                live = {job.id: _job_json(job, rows.get(job.id)) for job in found.jobs}
+                out = list(live.values())
+                if show_all:
+                    out.extend(_row_json(row) for rid, row in rows.items() if rid not in live)
             return [j for j in out if url is None or j["url"] == url]
 
     listed = run(go)
@@ -164,6 +210,38 @@ def jobs_ls(show_all: bool, as_json: bool, url: str | None) -> None:
         table.add_row(job["id"], job["state"], exit_code, describe_age(job["created"]))
     console.print(table)
     err.print(f"{len(listed)} jobs")
+
+
+@jobs.command("sessions")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of objects).")
+def jobs_sessions(as_json: bool) -> None:
+    """List the DRMAA2 job sessions in the journal: name, URL, jobs joined, age.
+
+    \b
+    Examples:
+      aiores jobs sessions
+      aiores jobs sessions --json | jq -r '.[].name'
+    """
+
+    async def go() -> list[dict[str, Any]]:
+        async with Session() as session:
+            assert session.journal is not None
+            return [
+                {"name": r.name, "url": r.url, "jobs": r.jobs, "created": r.created}
+                for r in await session.journal.job_sessions()
+            ]
+
+    listed = run(go)
+    if as_json:
+        emit_json(listed)
+        return
+    table = Table(header_style="bold", box=box.SIMPLE)
+    for name in ("name", "url", "jobs", "age"):
+        table.add_column(name, no_wrap=True)
+    for row in listed:
+        table.add_row(row["name"], row["url"], str(row["jobs"]), describe_age(row["created"]))
+    console.print(table)
+    err.print(f"{len(listed)} job sessions")
 
 
 async def _find_jobs(session: Session, ids: Sequence[str]) -> list[Job]:
