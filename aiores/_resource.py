@@ -597,14 +597,21 @@ class Compute(Resource):
         """Its access URL, logging in as ``user`` (None: the URL's own user).
 
         Raises:
-            BadParameter: ``user`` is not a login name (empty, or holding ``@``).
+            BadParameter: ``user`` is not a login name (empty, starting with ``-``, or
+                holding white space, a control character, ``@``, ``:`` or ``/``).
             IncorrectState: it is not reachable (no access URL, or released).
         """
         access = self._require_access()
         if user is None:
             return access
-        if "@" in check.text(user, "user"):
-            raise BadParameter(f"user must be a login name (no @), not {user!r}")
+        name = check.text(user, "user")
+        if name.startswith("-") or any(
+            not c.isprintable() or c.isspace() or c in "@:/\\" for c in name
+        ):
+            raise BadParameter(
+                f"user must be a login name (no white space, control character, @, : or /), "
+                f"not {user!r}"
+            )
         return str(URL.parse(access).replace(user=user))
 
     async def run(

@@ -7,6 +7,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _validate as check
 from ._exceptions import BadParameter, IncorrectURL
 
 __all__ = ["URL", "join_id", "native_id", "same_endpoint", "split_id"]
@@ -138,6 +139,7 @@ def native_id(value: str, url: URL, kind: str) -> str:
     """
     if not isinstance(value, str) or not value:
         raise BadParameter(f"a {kind} id must be a non-empty str, not {value!r}")
+    check.text(value, f"{kind} id")  # no NUL, no lone surrogate
     parsed = split_id(value)
     if parsed is None:
         return value
