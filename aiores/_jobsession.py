@@ -67,9 +67,8 @@ class JobSession:
     :meth:`destroy` forgets the session; neither touches a job. A reaped job
     (:meth:`Job.reap`) leaves the session's :meth:`jobs`.
 
-    Cancelling any of its coroutines stops the waiting; a job the backend already
-    accepted runs on and stays a member (its membership is written before the
-    cancellation is taken).
+    Cancelling a submit cancels what it submitted (shielded, bounded), as
+    :class:`JobService` does; cancelling anything else changes nothing but the waiting.
     """
 
     def __init__(self, session: Session, name: str, url: str | URL | None) -> None:
@@ -129,7 +128,7 @@ class JobSession:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.close()
+        await self.close()
 
     async def open(self) -> JobSession:
         """Create the session, or find it by name (done by ``await`` and ``async with``,
@@ -170,10 +169,13 @@ class JobSession:
             self._lifecycle = _Lifecycle.OPENED
         return self
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """End the use of this handle (DRMAA2's ``close``): its jobs run on, the session
         stays in the journal, and this object refuses further calls (IncorrectState).
-        Reopen it with :meth:`Session.job_session`. Closing twice is harmless."""
+        Reopen it with :meth:`Session.job_session`. Closing twice is harmless.
+
+        Array members still held back by ``max_parallel`` join the session as they are
+        submitted, as before. Nothing here waits: cancelling it changes nothing."""
         if self._lifecycle is not _Lifecycle.DESTROYED:
             self._lifecycle = _Lifecycle.CLOSED
 
@@ -223,10 +225,26 @@ class JobSession:
     async def _join(self, jobs: Sequence[Job]) -> None:
         ids = [job.id for job in jobs if job.native_id is not None]
         if ids and not await self._journal().join_job_session(self._name, self._key, ids):
-            raise DoesNotExist(
-                f"the job session {self._name!r} was destroyed meanwhile: its new jobs "
-                f"{', '.join(ids)} run outside it"
+            raise DoesNotExist(f"the job session {self._name!r} was destroyed (by another program)")
+
+    async def _check_exists(self) -> None:
+        """Raise DoesNotExist if another program destroyed the session (before a
+        submit: a job would be cancelled again otherwise)."""
+        record = await self._journal().open_job_session(self._name, None, "")
+        if record is None or record.key != self._key:
+            raise DoesNotExist(f"the job session {self._name!r} was destroyed (by another program)")
+
+    async def _join_new(self, jobs: JobArray) -> None:
+        """Make the jobs a submit call made members; if that cannot be (the call was
+        cancelled, the session destroyed meanwhile), cancel them (shielded, bounded):
+        nobody would hold them otherwise."""
+        try:
+            await self._join(jobs)
+        except (asyncio.CancelledError, DoesNotExist):
+            await self._session.shielded(
+                jobs.cancel, what=f"cancelling the new jobs of the job session {self._name!r}"
             )
+            raise
 
     async def _rows(self) -> builtins.list[dict[str, Any]]:
         """The members' journal rows; array members submitted since joined first."""
@@ -256,15 +274,16 @@ class JobSession:
             BadParameter, DoesNotExist, PermissionDenied, NotSupported: as
                 :meth:`JobService.submit`.
             DoesNotExist: the session was destroyed by another program (a job accepted
-                meanwhile runs outside it; the message names it).
+                meanwhile is cancelled).
             IncorrectState: the session was closed or destroyed here.
 
-        Cancelling it while the backend is being asked cancels that job, as
-        :meth:`JobService.submit` does.
+        Cancelling it cancels the job once the backend may have accepted it (shielded,
+        bounded), as :meth:`JobService.submit` does, then re-raises.
         """
         service = await self._ready()
+        await self._check_exists()
         job = await service.submit(description, hold=hold)
-        await self._join([job])
+        await self._join_new(JobArray([job]))
         return job
 
     async def submit_array(
@@ -313,11 +332,12 @@ class JobSession:
         if max_parallel is not None:
             check.count(max_parallel, "max_parallel")
         service = await self._ready()
+        await self._check_exists()
         array = await service.submit_array(
             description, indices=range(first, last + 1, stride), max_parallel=max_parallel
         )
         later = [job for job in array if job.native_id is None and not job.state.final]
-        await self._join(array)
+        await self._join_new(array)
         if later:
             self._pending.extend(later)
             self._session.spawn(

@@ -158,6 +158,27 @@ async def test_wait_any_started_and_terminated() -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_job_submitted_into_a_session_destroyed_meanwhile_is_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with aiores.Session() as session:
+        js = await session.job_session("racing", "local://")
+        doomed = await session.job_session("racing")
+        await js.destroy()
+
+        async def unchecked() -> None:  # destroyed after the check, before the join
+            return None
+
+        monkeypatch.setattr(doomed, "_check_exists", unchecked)
+        service = session.job_service("local://")
+        before = {job.id for job in await service.list()}
+        with pytest.raises(DoesNotExist, match="destroyed"):
+            await doomed.submit(sh("sleep 60"))
+        (made,) = [job for job in await service.list() if job.id not in before]
+        assert await made.wait(timeout=STEP) is JobState.CANCELED
+
+
+@pytest.mark.asyncio
 async def test_close_and_destroy() -> None:
     async with aiores.Session() as session:
         async with session.job_session("life", "local://") as js:
@@ -167,7 +188,7 @@ async def test_close_and_destroy() -> None:
             await js.submit(sh("true"))
         with pytest.raises(IncorrectState, match="closed"):
             await js.jobs()
-        js.close()  # harmless
+        await js.close()  # harmless
         assert job.state is not JobState.CANCELED  # closing leaves jobs running
         assert await session.job_session_names() == ["life"]
         reopened = await session.job_session("life")
