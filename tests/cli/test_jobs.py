@@ -1,13 +1,15 @@
-"""``aiores jobs``: submit and wait on local://; a VM's job found again by later commands."""
+"""``aiores jobs``: submit and wait on local://, and a local:// or a VM's job found again by
+later commands."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .conftest import Cli
 
 
-def test_jobs_submit_and_wait_on_local(cli: Cli) -> None:
+def test_jobs_submit_and_wait_on_local(cli: Cli, tmp_path: Path) -> None:
     ok = cli(
         "jobs", "submit", "--wait", "local://", "--", "/bin/sh", "-c", "echo out; echo err >&2"
     )
@@ -23,20 +25,37 @@ def test_jobs_submit_and_wait_on_local(cli: Cli) -> None:
     missing = cli("jobs", "submit", "--wait", "local://", "--", "/no/such/program")
     assert missing.returncode == 1
     assert "DoesNotExist" in missing.stderr
-    # A local:// job lives in the process that submitted it: later commands say so.
-    lost = cli("jobs", "wait", job_id)
-    assert lost.returncode == 1
-    assert "DoesNotExist" in lost.stderr
-    left = cli("jobs", "submit", "local://", "--", "/bin/sleep", "0.1")
+    # A local:// job outlives the command that submitted it: later commands find it.
+    waited = cli("jobs", "wait", "--timeout", "30", job_id)
+    assert waited.returncode == 0, waited.stderr
+    assert waited.stdout.strip() == f"{job_id} DONE 0"
+    # Left running by its command (it waits for a file the test makes: no timing).
+    go = tmp_path / "go"
+    left = cli(
+        "jobs",
+        "submit",
+        "local://",
+        "--",
+        "/bin/sh",
+        "-c",
+        f"while [ ! -e {go} ]; do sleep 0.02; done",
+    )
     assert left.returncode == 0, left.stderr
     left_id = left.stdout.strip()
     first = cli.json("recover")
-    assert left_id in first["gone"]  # its program is over: nobody can reach it again
+    assert first["gone"] == []  # its program is over, yet the job is found again
     assert first["problems"] == []
+    found = {j["id"]: j["state"] for j in first["jobs"]}
+    assert found[left_id] == "RUNNING"
+    go.touch()
+    done = cli("jobs", "wait", "--timeout", "30", left_id)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{left_id} DONE 0"
     again = cli.json("recover")
     assert again["gone"] == []
     every = {j["id"]: j["state"] for j in cli.json("jobs", "ls", "--all")}
-    assert every[left_id] == "FAILED"
+    assert every[left_id] == "DONE"
+    assert every[job_id] == "DONE"
 
 
 def test_a_job_on_a_vm_is_waited_for_and_cancelled_by_later_commands(cli: Cli) -> None:
