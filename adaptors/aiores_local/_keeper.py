@@ -57,7 +57,7 @@ announces nothing, but records on.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import contextlib
 import errno
 import functools
@@ -70,7 +70,6 @@ import signal
 import subprocess
 import sys
 import threading
-import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -235,6 +234,8 @@ class Writer:
                 try:
                     out += work()
                 except Exception:  # logged in keeper.log; the keeper must go on
+                    import traceback  # seldom needed: the keeper starts faster without
+
                     traceback.print_exc()
                 try:
                     work = self.work.get_nowait()
@@ -296,7 +297,7 @@ class Keeper:
         try:
             stdin = self.devnull
             if request["stdin"] is not None:
-                stdin = _memory_file(base64.b64decode(request["stdin"]))
+                stdin = _memory_file(binascii.a2b_base64(request["stdin"]))
                 opened.append(stdin)
             fds = self._outputs(request, job, opened)
             job.popen = subprocess.Popen(

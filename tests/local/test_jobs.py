@@ -124,6 +124,17 @@ async def test_stdin_not_read_is_not_an_error(jobs: LocalJobAdaptor, published: 
 
 
 @pytest.mark.asyncio
+async def test_job_starts_with_default_signal_handling(
+    jobs: LocalJobAdaptor, published: Published
+) -> None:
+    # What the keeper ignores or catches for itself must not reach the job.
+    _, final = await run_to_end(jobs, published, sh("grep SigIgn /proc/$$/status"))
+    ignored = int((final.stdout or b"").split()[-1], 16)
+    for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (signum - 1)), signum.name
+
+
+@pytest.mark.asyncio
 async def test_environment_is_added(jobs: LocalJobAdaptor, published: Published) -> None:
     desc = sh('echo "$AIORES_X:${PATH:+has-path}"', environment={"AIORES_X": "a b"})
     _, final = await run_to_end(jobs, published, desc)
