@@ -5,15 +5,19 @@ They reach the ``aiores`` command through the entry point group ``aiores.command
 (``session.fleet()``) with a live progress display, fans a file and a command out to
 each group, prints a per-host table, tears everything down and sums up the times.
 ``aiores sim`` starts, stops and describes the simulated cloud of the state directory.
+
+Their aiores errors reach the ``aiores`` group, which says each in one line on
+standard error (exit status 2 for bad input, else 1); the demo checks its options
+before it starts anything.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +31,7 @@ from rich.table import Table
 
 from aiores import (
     AioresError,
+    BadParameter,
     Compute,
     ComputeDescription,
     FanOutError,
@@ -38,9 +43,10 @@ from aiores import (
     Timeout,
     state_dir,
 )
-from aiores.adaptor import concurrency
+from aiores.adaptor import concurrency, validate
 
 from ._client import CloudClient, cloud_pid, start_cloud, stop_cloud
+from ._options import Delay
 from ._protocol import cloud_dir
 
 __all__ = ["demo", "sim"]
@@ -51,14 +57,13 @@ console = Console(highlight=False)
 
 
 def _run(coro: Awaitable[T]) -> T:
+    """Run ``coro`` on a fresh event loop; its aiores error is the ``aiores`` group's
+    to say (one line on standard error, and the exit status)."""
+
     async def main() -> T:
         return await coro
 
-    try:
-        return asyncio.run(main())
-    except AioresError as exc:
-        console.print(f"[red]aiores: {type(exc).__name__}: {exc}[/]")
-        sys.exit(1)
+    return asyncio.run(main())
 
 
 # -- aiores demo --------------------------------------------------------------------------
@@ -113,10 +118,28 @@ GROUPS = (
     help="simulated boot time in seconds: 1.5, 0.5-2 or exp:1",
 )
 def demo(web_count: int, db_count: int, boot_delay: str) -> None:
-    """Boot two tagged groups of simulated VMs, fan out to them, tear them down."""
-    groups = (
-        dataclasses.replace(GROUPS[0], count=web_count),
-        dataclasses.replace(GROUPS[1], count=db_count),
+    """Boot two tagged groups of simulated VMs, fan out to them, tear them down.
+
+    A group of 0 VMs is left out. Every option is checked before anything starts
+    (exit status 2 if one is wrong).
+    """
+    counts = (
+        validate.count(web_count, "--web", min=0, max=validate.MAX_COUNT),
+        validate.count(db_count, "--db", min=0, max=validate.MAX_COUNT),
+    )
+    if not any(counts):
+        raise BadParameter("--web and --db are both 0: there is nothing to boot")
+    try:
+        Delay.parse("boot_delay", validate.text(boot_delay, "--boot-delay"))
+    except BadParameter:
+        raise BadParameter(
+            f"--boot-delay must be seconds (1.5), a range (0.5-2) or an exponential mean "
+            f"(exp:1.0), finite and >= 0, not {boot_delay!r}"
+        ) from None
+    groups = tuple(
+        dataclasses.replace(group, count=count)
+        for group, count in zip(GROUPS, counts, strict=True)
+        if count
     )
     _run(_demo(groups, boot_delay))
 
@@ -151,7 +174,7 @@ async def _demo(groups: tuple[_Group, ...], boot_delay: str) -> None:
             )
             start = time.perf_counter()
             try:
-                url = f"sim://?boot_delay={boot_delay}"
+                url = "sim://?" + urllib.parse.urlencode({"boot_delay": boot_delay})
                 provisions = [
                     fleet.provision(
                         url, ComputeDescription(template=g.template, tags={g.tag}), g.count

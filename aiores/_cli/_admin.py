@@ -11,9 +11,11 @@ import click
 from rich import box
 from rich.table import Table
 
+from .. import _validate as validate
 from .._descriptions import JobDescription
 from .._exceptions import BadParameter, IncorrectState
 from .._jobs import Job
+from .._jobsession import check_name
 from .._journal import loads_data
 from .._recover import Leak, Reaped, describe_age
 from .._session import Session
@@ -21,6 +23,8 @@ from .._states import JobState
 from .._url import split_id
 from ._common import (
     EXIT_FAILED,
+    check_ids,
+    check_url,
     console,
     emit_json,
     err,
@@ -110,6 +114,7 @@ def jobs_submit(
     """
     url, command = _url_and_command(args, session_name)
     desc = JobDescription(executable=command[0], arguments=list(command[1:]))
+    timeout = validate.timeout(timeout, "timeout")
 
     async def go() -> dict[str, Any]:
         async with Session() as session:
@@ -153,8 +158,10 @@ def _url_and_command(
 ) -> tuple[str | None, tuple[str, ...]]:
     """``[URL] COMMAND...``: the URL may be left out only for a job session (a first
     argument holding ``://`` is a URL)."""
+    if session_name is not None:
+        check_name(session_name, "--session")
     if session_name is None or "://" in args[0]:
-        url, command = args[0], args[1:]
+        url, command = check_url(args[0]), args[1:]
     else:
         url, command = None, args
     if not command:
@@ -177,6 +184,10 @@ def jobs_ls(show_all: bool, as_json: bool, session_name: str | None, url: str | 
       aiores jobs ls --all ssh://me@login.example.org --json
       aiores jobs ls --all --session nightly
     """
+    if url is not None:
+        check_url(url)
+    if session_name is not None:
+        check_name(session_name, "--session")
 
     async def go() -> list[dict[str, Any]]:
         async with Session() as session:
@@ -244,13 +255,17 @@ def jobs_sessions(as_json: bool) -> None:
     err.print(f"{len(listed)} job sessions")
 
 
+#: An example of a job id, for the message about one that is not.
+JOB_ID = "[local://]-[1234]"
+
+
 async def _find_jobs(session: Session, ids: Sequence[str]) -> list[Job]:
+    """The jobs ``ids`` name (checked with :func:`check_ids` before)."""
     await recovered(session)  # the host keys of machines aiores booted
     found = []
     for job_id in ids:
         parts = split_id(job_id)
-        if parts is None:
-            raise BadParameter(f"{job_id!r} is not a job id like '[local://]-[1234]'")
+        assert parts is not None  # check_ids saw to it
         found.append(await session.job_service(parts[0]).get(job_id))
     return found
 
@@ -268,6 +283,8 @@ def jobs_wait(timeout: float | None, ids: tuple[str, ...]) -> None:
     Examples:
       aiores jobs wait '[ssh://me@login]-[a1b2c3]'
     """
+    timeout = validate.timeout(timeout, "timeout")
+    ids = check_ids(ids, "job", JOB_ID)
 
     async def go() -> list[dict[str, Any]]:
         async with Session() as session:
@@ -294,6 +311,7 @@ def jobs_cancel(ids: tuple[str, ...]) -> None:
     Examples:
       aiores jobs cancel '[ssh://me@login]-[a1b2c3]'
     """
+    ids = check_ids(ids, "job", JOB_ID)
 
     async def go() -> tuple[list[str], list[str]]:
         async with Session() as session:

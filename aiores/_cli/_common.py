@@ -13,6 +13,10 @@ Every subcommand runs one coroutine with :func:`run`. Exit statuses, for every c
 An aiores error reaching a command, from its coroutine or from building its
 arguments, is one line on standard error (:func:`fail`, which the ``aiores`` group
 also applies to every command): never a traceback.
+
+Every option and argument is checked (:func:`check_tags`, :func:`check_name`,
+:func:`check_url`, :func:`check_ids` and :mod:`aiores._validate`) before anything is
+acquired, submitted or looked up, so bad input exits 2 having done nothing.
 """
 
 from __future__ import annotations
@@ -21,21 +25,30 @@ import asyncio
 import json
 import sys
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
 
+from .. import _validate as validate
 from .._exceptions import AioresError, BadParameter
 from .._recover import Problem, Recovered
+from .._registry import registry
 from .._resource import Compute, Resource
 from .._session import Session
+from .._url import URL, split_id
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "MAX_NAME",
+    "check_ids",
+    "check_name",
+    "check_tags",
+    "check_url",
     "console",
     "emit_json",
     "err",
@@ -80,6 +93,71 @@ def fail(exc: AioresError) -> NoReturn:
     message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     err.print(f"aiores: {type(exc).__name__}: {message}", style="red", soft_wrap=True)
     sys.exit(EXIT_BAD_INPUT if isinstance(exc, BadParameter) else EXIT_FAILED)
+
+
+#: The longest image or template name a command accepts, in characters (cloud image
+#: ids and names, even an Azure gallery image's resource id, stay well below it).
+MAX_NAME = 1024
+
+
+def _has_control(value: str) -> bool:
+    """Whether ``value`` holds a control character (which a terminal does not show)."""
+    return any(unicodedata.category(c) == "Cc" for c in value)
+
+
+def check_tags(tags: Iterable[str], field: str = "--tag") -> tuple[str, ...]:
+    """Tags given on the command line: each non-empty, without white space, commas or
+    control characters (tags are shown comma-separated, one machine a line)."""
+    checked = tuple(tags)
+    for tag in checked:
+        validate.text(tag, field)
+        if _has_control(tag) or any(c.isspace() or c == "," for c in tag):
+            raise validate.fail(
+                field, "a tag without white space, commas or control characters", tag
+            )
+    return checked
+
+
+def check_name(value: str | None, field: str) -> str | None:
+    """An image or template name: None (the backend's default), or non-empty text of
+    at most :data:`MAX_NAME` characters without control characters."""
+    if value is None:
+        return None
+    name = validate.text(value, field)
+    if len(name) > MAX_NAME:
+        raise BadParameter(f"{field} is {len(name)} characters long; at most {MAX_NAME} are")
+    if _has_control(name):
+        raise validate.fail(field, "a name without control characters", name)
+    return name
+
+
+def check_url(value: str, field: str = "URL") -> str:
+    """``value`` if it is a URL whose scheme an adaptor handles (or ``any://``).
+
+    Raises:
+        IncorrectURL: a malformed URL, or no adaptor for its scheme (the message lists
+            the known ones).
+    """
+    validate.text(value, field)
+    parsed = URL.parse(value)
+    if parsed.scheme != "any":
+        registry.plugin_for(parsed)
+    return value
+
+
+def check_ids(ids: Iterable[str], kind: str, example: str) -> tuple[str, ...]:
+    """Ids like ``example`` (``[url]-[native id]``): text without control characters,
+    whose URL an adaptor handles."""
+    checked = tuple(ids)
+    for value in checked:
+        validate.text(value, f"{kind} id")
+        parts = split_id(value)
+        if parts is None:
+            raise BadParameter(f"{value!r} is not a {kind} id like {example!r}")
+        if _has_control(value):
+            raise validate.fail(f"{kind} id", "an id without control characters", value)
+        check_url(parts[0], f"the URL of {kind} id {value!r}")
+    return checked
 
 
 def emit_json(data: Any) -> None:

@@ -23,7 +23,7 @@ from .. import _shell
 from .. import _validate as validate
 from .._concurrency import move_on_after, settle
 from .._descriptions import ComputeDescription
-from .._exceptions import BadParameter, DoesNotExist, NoSuccess
+from .._exceptions import DoesNotExist, NoSuccess
 from .._group import Group
 from .._recover import describe_age, endpoint_of
 from .._resource import Compute, Resource
@@ -33,6 +33,10 @@ from .._states import ResourceState
 from .._url import split_id
 from ._common import (
     EXIT_FAILED,
+    check_ids,
+    check_name,
+    check_tags,
+    check_url,
     console,
     emit_json,
     err,
@@ -86,9 +90,15 @@ def provision(
     Ctrl-C while acquiring releases what was being acquired; with --wait, Ctrl-C
     releases the machines still booting and keeps those already ACTIVE, and says which.
     """
-    desc = ComputeDescription(image=image, template=template, tags=frozenset(tags))
+    desc = ComputeDescription(
+        image=check_name(image, "--image"),
+        template=check_name(template, "--template"),
+        tags=frozenset(tags),
+    )
+    check_tags(tags)  # what the description lets through: control characters
     count = validate.count(count, "count")
     seconds = validate.timeout(timeout, "timeout")
+    check_url(url)
     vms = run(lambda: _provision(url, desc, count, wait, seconds))
     if as_json:
         emit_json([resource_json(vm) for vm in vms])
@@ -237,6 +247,7 @@ def ls(tags: tuple[str, ...], probe: bool, timeout: float, as_json: bool) -> Non
       aiores ls --tag web --probe
       aiores ls --json | jq -r '.[].id'
     """
+    tags = check_tags(tags)
     seconds = validate.timeout(timeout, "timeout")
     rows = run(lambda: _ls(tags, probe, seconds))
     if as_json:
@@ -315,7 +326,7 @@ def run_command(
     lines printed so far stay (a last line with no newline yet included).
     """
     cmd: str | list[str] = command[0] if len(command) == 1 else list(command)
-    seconds, limit = _fan_out_options(timeout, limit)
+    tags, (seconds, limit) = check_tags(tags), _fan_out_options(timeout, limit)
     results = run(lambda: _run(tags, cmd, grouped, seconds, limit, as_json))
     if as_json:
         emit_json([_result_json(r) for r in results])
@@ -496,7 +507,7 @@ def put(tags: tuple[str, ...], timeout: float | None, local: Path, remote: str) 
     The exit status is 0 only if every copy completed. Ctrl-C stops every transfer.
     """
 
-    seconds, _ = _fan_out_options(timeout, None)
+    tags, (seconds, _) = check_tags(tags), _fan_out_options(timeout, None)
 
     async def go() -> GroupResult:
         async with Session() as session:
@@ -535,7 +546,7 @@ def get(tags: tuple[str, ...], timeout: float | None, remote: str, local: Path) 
     Machines still booting are waited for first, as for run. The exit status is 0
     only if every copy completed. Ctrl-C stops every transfer.
     """
-    seconds, _ = _fan_out_options(timeout, None)
+    tags, (seconds, _) = check_tags(tags), _fan_out_options(timeout, None)
 
     async def go() -> tuple[GroupResult, dict[int, Path]]:
         async with Session() as session:
@@ -575,6 +586,8 @@ def deprovision(tags: tuple[str, ...], as_json: bool, ids: tuple[str, ...]) -> N
     """
     if not tags and not ids:
         raise click.UsageError("name the machines: --tag TAG or their ids")
+    tags = check_tags(tags)
+    ids = check_ids(ids, "machine", "[sim://]-[vm-4f2a0c1d9e]")
     released, missing = run(lambda: _deprovision(tags, ids))
     if as_json:
         emit_json(released)
@@ -594,9 +607,6 @@ async def _deprovision(
     tags: Sequence[str], ids: Sequence[str]
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """The ids released, and the ids named that were not live machines (with why)."""
-    for rid in ids:
-        if split_id(rid) is None:
-            raise BadParameter(f"{rid!r} is not a machine id like '[sim://]-[vm-4f2a0c1d9e]'")
     async with Session() as session:
         found = await recovered(session)
         chosen: list[Resource] = select(found, tags, ids)

@@ -7,25 +7,54 @@ in :mod:`aiores._cli._admin`. Packages add commands through the entry point grou
 (``aiores_sim`` adds ``demo`` and ``sim`` so). They are loaded only when named or
 listed; one that cannot be loaded is reported on standard error and left out, and
 the other commands work as before.
+
+The group also keeps every command's errors to one line on standard error: an aiores
+error (exit status 1, or 2 for bad input), click's own usage errors (a missing
+argument, an unknown option or command: exit status 2, click's message as is), and
+a Ctrl-C that reaches it outside :func:`~aiores._cli._common.run` (exit status 130).
+``--help``, and a group named without a command, print the help as before.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+import sys
+from typing import IO, Any, NoReturn
 
 import click
 
 from .. import __version__
 from .._exceptions import AioresError
 from ._admin import gc, jobs, recover
-from ._common import err, fail
+from ._common import EXIT_INTERRUPTED, err, fail
 from ._machines import deprovision, get, ls, provision, put, run_command
 
 __all__ = ["COMMANDS_GROUP", "main"]
 
 #: The entry point group through which packages add ``aiores`` commands.
 COMMANDS_GROUP = "aiores.commands"
+
+
+class _UsageLine(click.UsageError):
+    """A usage error of click said in one line on standard error: ``aiores: <click's
+    message> Try '<command> --help' for help.``"""
+
+    def __init__(self, error: click.UsageError) -> None:
+        super().__init__(error.format_message(), error.ctx)
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        message = "; ".join(line.strip() for line in self.message.splitlines() if line.strip())
+        if self.ctx is not None:
+            message += f" Try '{self.ctx.command_path} --help' for help."
+        err.print(f"aiores: {message}", style="red", soft_wrap=True)
+
+
+def _one_line(error: click.UsageError) -> NoReturn:
+    """Raise ``error`` as a one-line usage error (the help a group named without a
+    command prints stays as it is)."""
+    if isinstance(error, _UsageLine | click.exceptions.NoArgsIsHelpError):
+        raise error
+    raise _UsageLine(error) from error
 
 
 class _AioresGroup(click.Group):
@@ -44,13 +73,32 @@ class _AioresGroup(click.Group):
                 claims.append(entry)
         return {name: claims for name, claims in found.items() if claims}
 
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        # The options of ``aiores`` itself (an unknown one is a usage error).
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            _one_line(exc)
+
     def invoke(self, ctx: click.Context) -> Any:
         # Every command's aiores errors (also those raised building its arguments,
-        # outside its coroutine) are one line and an exit status, never a traceback.
+        # outside its coroutine) are one line and an exit status, never a traceback;
+        # so are click's usage errors of every command (parsed in here).
         try:
             return super().invoke(ctx)
         except AioresError as exc:
             fail(exc)
+        except click.UsageError as exc:
+            _one_line(exc)
+        except KeyboardInterrupt:  # outside run(), which says so itself
+            err.print("aiores: interrupted", style="yellow")
+            sys.exit(EXIT_INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self._entry_points()})
