@@ -159,7 +159,7 @@ def _url_and_command(
     """``[URL] COMMAND...``: the URL may be left out only for a job session (a first
     argument holding ``://`` is a URL)."""
     if session_name is not None:
-        check_name(session_name, "--session")
+        check_name(session_name)
     if session_name is None or "://" in args[0]:
         url, command = check_url(args[0]), args[1:]
     else:
@@ -187,7 +187,7 @@ def jobs_ls(show_all: bool, as_json: bool, session_name: str | None, url: str | 
     if url is not None:
         check_url(url)
     if session_name is not None:
-        check_name(session_name, "--session")
+        check_name(session_name)
 
     async def go() -> list[dict[str, Any]]:
         async with Session() as session:
