@@ -10,7 +10,7 @@ operation is awaitable, bounded by timeouts and safe to cancel.
         await job.wait()
 """
 
-from ._contexts import AWSContext, Context, SSHContext
+from ._contexts import AWSContext, Context, DockerContext, SSHContext
 from ._descriptions import ComputeDescription, JobDescription, StorageDescription
 from ._exceptions import (
     AioresError,
@@ -51,6 +51,7 @@ __all__ = [
     "ComputeDescription",
     "ConnectionLost",
     "Context",
+    "DockerContext",
     "DoesNotExist",
     "FanOutError",
     "Fleet",

@@ -1,8 +1,9 @@
 """Credential contexts (SAGA-style): held by a Session, read by adaptors.
 
 Unset fields fall back to the usual defaults: the SSH agent, ``~/.ssh`` keys and
-``~/.ssh/known_hosts`` for SSH; the standard credential chain for AWS. Secrets are
-never shown in ``repr``.
+``~/.ssh/known_hosts`` for SSH; the standard credential chain for AWS; the
+``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH`` variables for Docker. Secrets are never
+shown in ``repr``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ._exceptions import BadParameter
 #: Fields whose value an error message must not show.
 _SECRETS = frozenset({"passphrase", "secret_access_key", "session_token"})
 
-__all__ = ["AWSContext", "Context", "SSHContext"]
+__all__ = ["AWSContext", "Context", "DockerContext", "SSHContext"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,3 +151,55 @@ class AWSContext(Context):
             "profile",
         ):
             _opt_text(self, name)
+
+
+def _opt_path(ctx: Context, name: str) -> None:
+    value = getattr(ctx, name)
+    if value is not None:
+        object.__setattr__(ctx, name, check.path(value, _field(ctx, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DockerContext(Context):
+    """How to reach a Docker daemon over TCP with TLS (``docker://host[:port]``).
+
+    A DockerContext that applies to a URL's host makes ``docker://host[:port]`` use TLS
+    (port 2376 unless the URL names one); without one, the ``DOCKER_TLS_VERIFY=1`` and
+    ``DOCKER_CERT_PATH`` variables do (``ca.pem``, ``cert.pem`` and ``key.pem`` there),
+    and without those the daemon is reached over plain TCP (port 2375). The files are
+    read when the session first talks to the daemon (in a thread); the context holds
+    only their paths.
+
+    Args:
+        scope: The daemon's host this context is for (None: every ``docker://host``).
+        ca_cert: PEM file of the certificate authority the daemon's certificate must
+            chain to (default: the system's trusted authorities).
+        client_cert: PEM file of the client certificate the daemon asks for (it may also
+            hold the private key).
+        client_key: PEM file of that certificate's private key (not encrypted).
+        verify: Verify the daemon's certificate and host name (True by default;
+            False accepts any daemon, as ``docker --tls`` without ``--tlsverify`` does).
+
+    Raises:
+        BadParameter: A field of the wrong type, or a ``client_key`` without a
+            ``client_cert``. A file that cannot be read or holds no certificate (or
+            key) raises BadParameter naming the field when the session first talks to
+            the daemon; a daemon whose certificate does not verify, or that refuses the
+            client certificate, raises AuthenticationFailed.
+    """
+
+    ca_cert: str | os.PathLike[str] | None = None
+    client_cert: str | os.PathLike[str] | None = None
+    client_key: str | os.PathLike[str] | None = None
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("ca_cert", "client_cert", "client_key"):
+            _opt_path(self, name)
+        check.flag(self.verify, _field(self, "verify"))
+        if self.client_key is not None and self.client_cert is None:
+            raise BadParameter(
+                f"{_field(self, 'client_key')} needs {_field(self, 'client_cert')}: "
+                "the certificate the key belongs to"
+            )

@@ -5,7 +5,9 @@
 every adaptor of that endpoint: one ``GET /events`` filtered to aiores's containers,
 and after each (re)connect one ``GET /containers/json`` listing, which its
 subscribers reconcile what they track with (what changed while the stream was down).
-Nothing polls a container.
+Nothing polls a container. A daemon over TCP is reached with TLS when a
+:class:`aiores.DockerContext` or the DOCKER_* variables say so (see :mod:`._tls`):
+the client is made on first use, its certificates read in a thread.
 
 :func:`daemon_errors` translates aiodocker's and aiohttp's errors into the aiores tree
 at the boundary, saying what to do (start the daemon, use a socket you may open, pull
@@ -19,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,8 @@ from aiores import (
 )
 from aiores.adaptor import URL, AdaptorEnv, truncation_marker
 
+from ._tls import TLS, handshake_error, ssl_context, tls_for
+
 __all__ = [
     "LABEL",
     "Daemon",
@@ -64,17 +69,15 @@ RECONNECT_FIRST = 0.1
 RECONNECT_LONGEST = 5.0
 
 
-def address_for(url: URL) -> str:
+def address_for(url: URL, *, tls: bool = False) -> str:
     """The daemon address (``unix:///path`` or ``tcp://host:port``) of a ``docker://`` URL.
 
     ``docker://`` is the local daemon: ``$DOCKER_HOST``, else the first of
     ``/var/run/docker.sock`` and ``/run/podman/podman.sock`` that exists (else the
-    first, so that the error names it). ``docker://host[:port]`` is a daemon over TCP
-    (port 2375, or 2376 with ``DOCKER_TLS_VERIFY=1``: TLS with the certificates in
-    ``$DOCKER_CERT_PATH``).
+    first, so that the error names it). ``docker://host[:port]`` is a daemon over TCP:
+    port 2375, or 2376 when it is reached with TLS (``tls``).
     """
     if url.host:
-        tls = os.environ.get("DOCKER_TLS_VERIFY", "") == "1"
         port = url.port or (2376 if tls else 2375)
         host = f"[{url.host}]" if ":" in url.host else url.host
         return f"tcp://{host}:{port}"
@@ -105,8 +108,14 @@ def _not_running(address: str) -> str:
     )
 
 
-def _translate(exc: BaseException, address: str, what: str) -> AioresError | None:
+def _translate(
+    exc: BaseException, address: str, what: str, tls: TLS | None = None
+) -> AioresError | None:
     """The aiores error for a backend error ``exc`` raised while doing ``what``."""
+    if tls is not None:
+        failed = handshake_error(exc, tls, address, what)
+        if failed is not None:
+            return failed
     if isinstance(exc, aiodocker.DockerError):
         status, message = exc.status, str(exc.message)
         if status == 900:  # aiodocker: could not connect
@@ -146,8 +155,11 @@ def _translate(exc: BaseException, address: str, what: str) -> AioresError | Non
 
 
 @contextlib.contextmanager
-def daemon_errors(address: str, what: str) -> Iterator[None]:
+def daemon_errors(address: str, what: str, tls: TLS | None = None) -> Iterator[None]:
     """Translate what the daemon's client raises inside into the aiores tree.
+
+    ``tls``: the settings the daemon is reached with, if TLS (a failed handshake is
+    an AuthenticationFailed that names them).
 
     Cancellation and aiores errors pass untouched; so does a bare TimeoutError
     (it belongs to whichever deadline raised it).
@@ -162,7 +174,7 @@ def daemon_errors(address: str, what: str) -> Iterator[None]:
         OSError,
         asyncio.IncompleteReadError,
     ) as exc:
-        error = _translate(exc, address, what)
+        error = _translate(exc, address, what, tls)
         if error is None:
             raise
         raise error from exc
@@ -176,13 +188,16 @@ Listener = tuple[Callable[[Mapping[str, Any]], None], Callable[[Sequence[Mapping
 class Daemon:
     """A session's client of one Docker daemon, and the event stream its adaptors share.
 
-    Made through :meth:`shared` (one per session and address); its ``aclose`` runs
-    when the session closes.
+    Made through :meth:`shared` (one per session, address and TLS settings); its
+    ``aclose`` runs when the session closes. The aiodocker client is made on first
+    use (:meth:`client`).
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: TLS | None = None) -> None:
         self.address = address
-        self.client = aiodocker.Docker(url=address)
+        self.tls = tls
+        self._client: aiodocker.Docker | None = None
+        self._making = asyncio.Lock()
         self._listeners: list[Listener] = []
         self._following = False
         self._connected = False
@@ -192,13 +207,40 @@ class Daemon:
 
     @classmethod
     def shared(cls, env: AdaptorEnv, url: URL) -> Daemon:
-        """The session's daemon client for ``url`` (made on first use)."""
-        address = address_for(url)
-        return env.shared((cls, address), lambda: cls(address))
+        """The session's daemon client for ``url`` (made on first use).
+
+        A daemon over TCP is reached with TLS when a DockerContext applies to its host
+        or ``DOCKER_TLS_VERIFY=1`` (:func:`._tls.tls_for`).
+        """
+        if url.host:
+            tls = tls_for(env, url.host)
+            address = address_for(url, tls=tls is not None)
+        else:
+            address = address_for(url)
+            tls = _local_tls(env, address)
+        return env.shared((cls, address, tls), lambda: cls(address, tls))
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         """:func:`daemon_errors` for this daemon."""
-        return daemon_errors(self.address, what)
+        return daemon_errors(self.address, what, self.tls)
+
+    async def client(self) -> aiodocker.Docker:
+        """The aiodocker client, made on first use (with TLS: its ``ssl.SSLContext``
+        built in a thread from the certificates).
+
+        Raises:
+            BadParameter: a certificate or key file cannot be read or is not one; the
+                message names the setting. (Tried again on the next use.)
+        """
+        if self._client is None:
+            async with self._making:
+                if self._client is None:
+                    url, context = self.address, None
+                    if self.tls is not None:
+                        context = await asyncio.to_thread(ssl_context, self.tls)
+                        url = "https://" + url.split("://", 1)[1]
+                    self._client = _client(url, context)
+        return self._client
 
     # -- requests -----------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -214,7 +256,8 @@ class Daemon:
         # aiodocker leaves finalising a response to its caller: a stream cut off (a
         # cancelled wait, the session's close) closes its connection, one read to its
         # end gives it back to the pool.
-        response = await self.client._do_query(
+        client = await self.client()
+        response = await client._do_query(
             path,
             method,
             params=dict(params) if params else None,
@@ -284,8 +327,9 @@ class Daemon:
         async def setup() -> tuple[yarl.URL, bytes | None, bool]:
             return yarl.URL(path), body, False
 
-        stream = aiodocker.stream.Stream(self.client, setup, aiohttp.ClientTimeout())
         with self.errors(what):
+            client = await self.client()
+            stream = aiodocker.stream.Stream(client, setup, aiohttp.ClientTimeout())
             try:
                 await stream._init()
                 if feed is not None:
@@ -308,8 +352,9 @@ class Daemon:
             url = yarl.URL(f"containers/{id}/attach").with_query({"stream": "1", "stdin": "1"})
             return url, None, False
 
-        stream = aiodocker.stream.Stream(self.client, setup, aiohttp.ClientTimeout())
         with self.errors(f"writing the standard input of container {id[:12]}"):
+            client = await self.client()
+            stream = aiodocker.stream.Stream(client, setup, aiohttp.ClientTimeout())
             try:
                 await stream._init()
                 await start()
@@ -427,7 +472,27 @@ class Daemon:
     async def aclose(self) -> None:
         """Close the client (the session's close calls it, after its background tasks,
         the event stream among them, have ended)."""
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
+
+
+def _local_tls(env: AdaptorEnv, address: str) -> TLS | None:
+    """The TLS settings for ``docker://``'s daemon at ``address`` (from DOCKER_HOST)."""
+    if address.startswith(("unix://", "http://")):
+        return None
+    host = yarl.URL(address).host or ""
+    tls = tls_for(env, host)
+    if tls is None and address.startswith("https://"):
+        return TLS("DOCKER_HOST")  # https: the system's authorities, no client certificate
+    return tls
+
+
+def _client(url: str, context: ssl.SSLContext | None) -> aiodocker.Docker:
+    if context is not None:
+        return aiodocker.Docker(url=url, ssl_context=context)
+    # Plain TCP (or a unix socket): aiodocker would read DOCKER_CERT_PATH itself, on the
+    # event loop, if DOCKER_TLS_VERIFY were set; it is not when no TLS was chosen.
+    return aiodocker.Docker(url=url)
 
 
 def _end_input(stream: aiodocker.stream.Stream) -> None:
