@@ -1,8 +1,10 @@
 """The ``docker://`` adaptor: containers on the Docker Engine API, through aiodocker.
 
 ``docker://`` is the local daemon (``$DOCKER_HOST``, else ``/var/run/docker.sock``,
-else podman's ``/run/podman/podman.sock``); ``docker://host[:port]`` a daemon over TCP
-(TLS with ``DOCKER_TLS_VERIFY=1`` and the certificates in ``$DOCKER_CERT_PATH``).
+else podman's ``/run/podman/podman.sock``); ``docker://host[:port]`` a daemon over TCP:
+with TLS (port 2376 by default) when an :class:`aiores.DockerContext` applies to the
+host, or with ``DOCKER_TLS_VERIFY=1`` and the certificates in ``$DOCKER_CERT_PATH``;
+else plain TCP (port 2375).
 Podman's Docker-compatible service (``podman system service``) is such a daemon.
 It offers:
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from aiores import AioresError, DoesNotExist, NoSuccess, RunResult
+from aiores import AioresError, DoesNotExist, NoSuccess, NotSupported, RunResult
 from aiores.adaptor import URL, AdaptorEnv, CommandRunner, FileAdaptor, concurrency
 
 from ._daemon import Daemon, Output
@@ -71,6 +71,14 @@ class _OnContainer:
         ``on_output`` hears each chunk as it comes (``"stdout"`` or ``"stderr"``).
         """
         what = f"running {argv[0]!r} in container {self.container[:12]}"
+        if stdin is not None and self.daemon.tls is not None:
+            # The daemon ends a command's stdin when its connection half-closes, and
+            # asyncio's TLS cannot half-close (no close_notify while still reading).
+            raise NotSupported(
+                f"{what}: standard input for a command over TLS to the Docker daemon at "
+                f"{self.daemon.address} is not supported: put the input in a file "
+                "(vm.put) and redirect the command's input from it"
+            )
         made = await self.daemon.json(
             what,
             f"containers/{self.container}/exec",
@@ -125,6 +133,7 @@ class DockerCommandRunner(CommandRunner):
             Timeout: it ran past ``timeout`` seconds (it was stopped first).
             DoesNotExist: no such container.
             IncorrectState: the container is not running.
+            NotSupported: ``stdin`` over TLS (the daemon would never see its end).
             NoSuccess, PermissionDenied: the daemon cannot be reached.
 
         Cancelling it stops the command (SIGKILL to its processes; shielded, bounded).

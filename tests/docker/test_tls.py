@@ -293,6 +293,8 @@ async def test_jobs_and_a_machine_over_tls(podman: Podman, pki: Pki) -> None:
             vm = await session.manager(url).acquire(ComputeDescription(image=IMAGE))
             result = await vm.run("echo $((6 * 7))", timeout=STEP)
             assert (result.exit_status, result.stdout) == (0, "42\n")
+            with pytest.raises(aiores.NotSupported, match=r"standard input .* over TLS"):
+                await vm.run("cat", stdin=b"x", timeout=STEP)
             await vm.destroy()
     assert podman.containers() == []
 
