@@ -5,6 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,7 @@ import aiores
 from aiores._cli import main
 from aiores_sim import _commands as cli
 from aiores_sim import cloud_pid
+from aiores_sim._client import CloudClient
 
 from .conftest import STEP
 
@@ -69,6 +75,49 @@ async def test_cancelled_demo_tears_down_and_stops_the_cloud_it_started(own_clou
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await cloud_pid(own_cloud) is None
+
+
+async def _vm_count(directory: Path) -> int:
+    """How many VMs the cloud of ``directory`` holds (0 while it does not run)."""
+    client = CloudClient(directory)
+    try:
+        return len(await client.call("list", {"tags": []}, start=False))
+    except aiores.AioresError:
+        return 0
+    finally:
+        await client.close()
+
+
+def test_ctrl_c_stops_the_demo_with_exit_status_130(own_cloud: Path, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "AIORES_SIM_DIR": str(own_cloud),
+        "AIORES_STATE_DIR": str(tmp_path),
+        "PYTHONASYNCIODEBUG": "",  # no slow-callback notes on stderr
+    }
+    argv = [sys.executable, "-m", "aiores", "demo", "--web", "2", "--db", "1"]
+    demo = subprocess.Popen(
+        [*argv, "--boot-delay", "30"],  # boots "forever"
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        due = time.monotonic() + STEP
+        while asyncio.run(_vm_count(own_cloud)) < 3:
+            assert demo.poll() is None, demo.communicate()
+            assert time.monotonic() < due, "the demo did not acquire its VMs"
+            time.sleep(0.05)
+        demo.send_signal(signal.SIGINT)
+        _, err = demo.communicate(timeout=STEP)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.communicate()
+    assert demo.returncode == 130, err
+    assert err.splitlines() == ["aiores: interrupted"]
+    assert asyncio.run(cloud_pid(own_cloud)) is None  # it started the cloud: stopped, VMs gone
 
 
 def test_sim_start_status_stop(own_cloud: Path) -> None:
