@@ -38,6 +38,7 @@ from ._resource import Compute, Manager, Resource, Storage
 from ._session import Session, state_dir
 from ._states import JobState, ResourceState
 from ._url import URL
+from .adaptor import MachineInfo, QueueInfo
 
 __version__ = "0.1.0"
 
@@ -69,6 +70,7 @@ __all__ = [
     "JobState",
     "Journal",
     "Leak",
+    "MachineInfo",
     "MachineView",
     "Manager",
     "NoSuccess",
@@ -81,6 +83,7 @@ __all__ = [
     "PoolView",
     "Problem",
     "Provision",
+    "QueueInfo",
     "QueuePolicy",
     "Reaped",
     "Recovered",

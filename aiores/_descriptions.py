@@ -175,6 +175,9 @@ class JobDescription:
         cores: Cores per process.
         memory: Memory in MiB.
         category: A site-specific job category (DRMAA's job category).
+        native: Options passed to the backend as they are, each one word (Slurm: extra
+            ``sbatch`` options such as ``--nice=10``). Backends that take none refuse
+            a description with some (NotSupported, at submit).
     """
 
     executable: str
@@ -193,6 +196,7 @@ class JobDescription:
     cores: int | None = None
     memory: int | None = None
     category: str | None = None
+    native: Sequence[str] = ()
 
     if TYPE_CHECKING:
 
@@ -215,6 +219,7 @@ class JobDescription:
             cores: int | None = None,
             memory: int | None = None,
             category: str | None = None,
+            native: Iterable[str] = (),
         ) -> None: ...
 
     @classmethod
@@ -247,6 +252,7 @@ class JobDescription:
         _set(self, "walltime", _seconds(owner, "walltime", self.walltime))
         for name in ("processes", "cores", "memory"):
             _opt_positive(owner, name, getattr(self, name))
+        _set(self, "native", check.str_seq(self.native, f"{owner}.native", items_empty=False))
 
     @property
     def stdin_bytes(self) -> bytes | None:

@@ -32,7 +32,7 @@ from ._exceptions import (
 from ._states import JobState, ResourceState
 from ._url import URL, join_id, native_id, same_endpoint
 from ._watch import Tracked, Watcher
-from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo
+from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo, MachineInfo, QueueInfo
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -97,7 +97,8 @@ class JobService:
             BadParameter: not a JobDescription.
             DoesNotExist, PermissionDenied: the executable or working directory is
                 missing or not usable.
-            NotSupported: ``hold`` where the backend cannot hold.
+            NotSupported: ``hold`` where the backend cannot hold, or
+                ``description.native`` options where the backend takes none.
 
         Cancelling it after the backend may have accepted the job cancels that job
         (shielded, bounded), then re-raises the cancellation.
@@ -110,6 +111,7 @@ class JobService:
         adaptor, watcher = await self._open()
         if hold and not adaptor.supports_hold:
             raise NotSupported(f"{self.url.scheme}:// cannot submit jobs on hold")
+        self._check_native(adaptor, description)
         job = Job(self, watcher, description, None)
         await job._submit(adaptor, hold)
         return job
@@ -123,29 +125,41 @@ class JobService:
     ) -> JobArray:
         """Submit one job per index, each seeing its index in ``$AIORES_ARRAY_INDEX``.
 
+        Where the backend has arrays of its own (Slurm's ``sbatch --array``), the
+        whole array is one backend call and the backend keeps ``max_parallel``:
+        every member is accepted (QUEUED) when this returns. Elsewhere aiores
+        submits the members itself, as described below.
+
         Args:
             description: What each job runs.
             count: Indices ``0 .. count-1`` (give this or ``indices``).
             indices: Explicit indices.
             max_parallel: At most this many of them unfinished at once; the rest are
-                submitted as earlier ones finish, in index order.
+                submitted (or started, by a backend's own arrays) as earlier ones
+                finish, in index order.
+
+        Returns:
+            The array's jobs, in index order.
 
         An array holds at most 1,000,000 jobs (``aiores.adaptor.validate.MAX_COUNT``),
         checked before any is made; indices are ints >= 0.
 
-        Returns once the first ``max_parallel`` (or all) jobs are accepted; the rest
-        are submitted in the session's background. A later submission that fails
-        leaves that job FAILED with the error in ``state_detail``.
+        Without native arrays, it returns once the first ``max_parallel`` (or all)
+        jobs are accepted; the rest are submitted in the session's background. A
+        later submission that fails leaves that job FAILED with the error in
+        ``state_detail``.
 
         Raises:
             BadParameter: a bad description, count, indices or max_parallel (nothing
                 was submitted).
-            AioresError: a job of the first batch was refused; the ones accepted were
-                cancelled (shielded, bounded).
+            NotSupported: ``description.native`` options where the backend takes none.
+            AioresError: the array (or a job of the first batch) was refused; the
+                ones accepted were cancelled (shielded, bounded).
 
-        Cancelling it while the first batch is being submitted cancels the jobs
-        already accepted (shielded, bounded by ``Session.cleanup_timeout``; the
-        session waits for that on close) and those being submitted, then re-raises.
+        Cancelling it while the array (or its first batch) is being submitted
+        cancels the jobs already accepted (found by the submission's idempotency
+        token; shielded, bounded by ``Session.cleanup_timeout``; the session waits
+        for that on close) and those being submitted, then re-raises.
         """
         if not isinstance(description, JobDescription):
             raise BadParameter(
@@ -167,6 +181,7 @@ class JobService:
         if max_parallel is not None:
             check.count(max_parallel, "max_parallel")
         adaptor, watcher = await self._open()
+        self._check_native(adaptor, description)
         jobs = [
             Job(
                 self,
@@ -180,6 +195,9 @@ class JobService:
             for index in index_list
         ]
         array = JobArray(jobs)
+        if adaptor.supports_arrays:
+            await self._submit_native_array(adaptor, description, array, max_parallel)
+            return array
         limit = max_parallel or len(jobs)
         slots = asyncio.Semaphore(limit)
 
@@ -228,6 +246,71 @@ class JobService:
                 job._watch_until_final()
             self.session.spawn(feed, name=f"aiores-array {self.url}")
         return array
+
+    async def _submit_native_array(
+        self,
+        adaptor: JobAdaptor,
+        description: JobDescription,
+        array: JobArray,
+        max_parallel: int | None,
+    ) -> None:
+        """One backend call for the whole array, under one journalled token."""
+        indices = [job.index for job in array if job.index is not None]
+
+        async def call(token: str) -> Sequence[JobInfo]:
+            infos = await adaptor.submit_array(
+                description, token, indices, max_parallel, hold=False
+            )
+            if len(infos) != len(indices):
+                # What it made is found by token and cancelled (guarded_call's release).
+                raise NoSuccess(
+                    f"{self.url} answered an array of {len(indices)} with {len(infos)} jobs"
+                )
+            return infos
+
+        infos = await self.session.guarded_call(
+            op="submit_array",
+            url=str(self.url),
+            payload=description,
+            count=len(indices),
+            call=call,
+            release=_releaser(adaptor),
+        )
+        for job, info in zip(array, infos, strict=True):
+            job._accepted(info)
+
+    def _check_native(self, adaptor: JobAdaptor, description: JobDescription) -> None:
+        if description.native and not adaptor.accepts_native:
+            raise NotSupported(
+                f"{self.url.scheme}:// takes no backend options: "
+                f"JobDescription.native must be empty, not {list(description.native)!r}"
+            )
+
+    async def queues(self) -> builtins.list[QueueInfo]:
+        """The queues (Slurm's partitions) of the endpoint, as its backend describes them.
+
+        Returns:
+            One :class:`aiores.QueueInfo` per queue (one backend call, e.g. ``sinfo``).
+
+        Raises:
+            NotSupported: the backend has no queues (``local://``, ``ssh://``).
+            NoSuccess, ConnectionLost, Timeout: the backend could not be asked.
+        """
+        adaptor, _ = await self._open()
+        return builtins.list(await adaptor.queues())
+
+    async def machines(self) -> builtins.list[MachineInfo]:
+        """The machines (Slurm's nodes) that run the endpoint's jobs.
+
+        Returns:
+            One :class:`aiores.MachineInfo` per machine (one backend call, e.g. ``sinfo``).
+
+        Raises:
+            NotSupported: the backend does not describe its machines.
+            NoSuccess, ConnectionLost, Timeout: the backend could not be asked.
+        """
+        adaptor, _ = await self._open()
+        return builtins.list(await adaptor.machines())
 
     async def get(self, job_id: str) -> Job:
         """Reconnect to a job by ``job.id`` (or native id).
@@ -398,27 +481,19 @@ class Job(Tracked[JobState]):
         async def call(token: str) -> Sequence[JobInfo]:
             return [await adaptor.submit(description, token, hold=hold)]
 
-        async def release(token: str) -> Sequence[str]:
-            # Released only once the backend shows each job ended (or gone): a cancel
-            # that returned is not enough. Otherwise the intent stays pending.
-            found = await adaptor.find(token)
-            live = [info.id for info in found if not info.state.final]
-            for job_id in live:
-                await adaptor.cancel(job_id)
-            if live:
-                now = await adaptor.describe(live)
-                if running := [i for i in live if i in now and not now[i].state.final]:
-                    raise NoSuccess(f"jobs {running} still run after their cancel")
-            return [info.id for info in found]
-
         (info,) = await session.guarded_call(
             op="submit",
             url=str(self._service.url),
             payload=description,
             count=1,
             call=call,
-            release=release,
+            release=_releaser(adaptor),
         )
+        self._accepted(info)
+
+    def _accepted(self, info: JobInfo) -> None:
+        """The backend accepted it as ``info``: named, journalled, watched."""
+        description = self._description
         # Named (so the journal records it, NEW, and then its first transition), then
         # the submit's answer, then registered: registering applies anything the
         # backend pushed meanwhile (the job may have ended already).
@@ -659,6 +734,30 @@ class JobArray(Sequence[Job]):
             if kind in (IncorrectState, NotSupported):
                 raise kind(message) from failed[0][1]
         raise FanOutError(message, [error for _, error in failed])
+
+
+def _releaser(adaptor: JobAdaptor) -> Callable[[str], Awaitable[Sequence[str]]]:
+    """What releases the jobs a cancelled or failed submission made under a token."""
+
+    async def release(token: str) -> Sequence[str]:
+        # Released only once the backend shows each job ended (or gone): a cancel
+        # that returned is not enough. Otherwise the intent stays pending.
+        found = await adaptor.find(token)
+        live = [info.id for info in found if not info.state.final]
+        outcomes = await settle(adaptor.cancel(job_id) for job_id in live)
+        if failed := [
+            outcome
+            for outcome in outcomes
+            if isinstance(outcome, Exception) and not isinstance(outcome, DoesNotExist)
+        ]:
+            raise failed[0]
+        if live:
+            now = await adaptor.describe(live)
+            if running := [i for i in live if i in now and not now[i].state.final]:
+                raise NoSuccess(f"jobs {running} still run after their cancel")
+        return [info.id for info in found]
+
+    return release
 
 
 def _after_submission(act: Callable[[Job], Awaitable[None]]) -> Callable[[Job], Awaitable[None]]:

@@ -58,7 +58,9 @@ __all__ = [
     "Image",
     "JobAdaptor",
     "JobInfo",
+    "MachineInfo",
     "PollPolicy",
+    "QueueInfo",
     "ResourceAdaptor",
     "ResourceInfo",
     "RetryPolicy",
@@ -118,6 +120,53 @@ class JobInfo:
     stdout: bytes | None = None
     stderr: bytes | None = None
     token: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueInfo:
+    """A queue (a Slurm partition) of a job service, as its backend describes it.
+
+    Args:
+        name: The queue's name (what ``JobDescription.queue`` takes).
+        state: The backend's own word for it (Slurm: ``up``, ``down``, ``drain``...).
+        default: Whether jobs naming no queue go to it.
+        nodes: How many machines it has.
+        cpus: How many CPUs those machines have in all.
+        memory: The memory of its smallest machine, in MiB.
+        walltime: The longest walltime it allows, in seconds (None: no limit).
+        extra: Backend-specific facts (Slurm: ``cpus_idle``, ``node_names``).
+    """
+
+    name: str
+    state: str
+    default: bool = False
+    nodes: int | None = None
+    cpus: int | None = None
+    memory: int | None = None
+    walltime: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineInfo:
+    """A machine (a Slurm node) that runs a job service's jobs.
+
+    Args:
+        name: The machine's name.
+        state: The backend's own word for it (Slurm: ``idle``, ``mixed``,
+            ``allocated``, ``down``...).
+        cpus: Its CPUs.
+        memory: Its memory in MiB.
+        queues: The queues that send jobs to it.
+        extra: Backend-specific facts (Slurm: ``cpus_idle``, ``load``).
+    """
+
+    name: str
+    state: str
+    cpus: int | None = None
+    memory: int | None = None
+    queues: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -345,10 +394,37 @@ class JobAdaptor(Adaptor):
     #: True if ``submit(..., hold=True)`` is honoured (the job is HELD until released);
     #: the core refuses ``hold=True`` with NotSupported otherwise.
     supports_hold: bool = False
+    #: True if :meth:`submit_array` submits a whole array in one backend call (the
+    #: backend throttles ``max_parallel`` itself); the core then calls it once
+    #: instead of submitting the members one by one.
+    supports_arrays: bool = False
+    #: True if ``JobDescription.native`` (backend-specific options) is honoured; the
+    #: core refuses a description with ``native`` options with NotSupported otherwise.
+    accepts_native: bool = False
 
     @abc.abstractmethod
     async def submit(self, description: JobDescription, token: str, *, hold: bool) -> JobInfo:
         """Start (or queue) one job; the backend must be able to :meth:`find` it by token."""
+
+    async def submit_array(
+        self,
+        description: JobDescription,
+        token: str,
+        indices: Sequence[int],
+        max_parallel: int | None,
+        *,
+        hold: bool,
+    ) -> Sequence[JobInfo]:
+        """Submit one job per index in one backend call (only if :attr:`supports_arrays`).
+
+        Each member runs ``description`` with its index in ``$AIORES_ARRAY_INDEX``;
+        at most ``max_parallel`` of them (None: no limit) run at once, throttled by
+        the backend. :meth:`find` must name every member by ``token``.
+
+        Returns:
+            One info per index, in the order of ``indices``.
+        """
+        raise self._unsupported("job arrays")
 
     @abc.abstractmethod
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
@@ -364,6 +440,14 @@ class JobAdaptor(Adaptor):
     async def list(self) -> Sequence[JobInfo]:
         """The jobs this endpoint knows."""
         raise self._unsupported("listing jobs")
+
+    async def queues(self) -> Sequence[QueueInfo]:
+        """The queues (partitions) this endpoint offers."""
+        raise self._unsupported("listing queues")
+
+    async def machines(self) -> Sequence[MachineInfo]:
+        """The machines (nodes) that run this endpoint's jobs."""
+        raise self._unsupported("listing machines")
 
     async def cancel(self, id: str) -> None:
         """Stop the job (TERM, then KILL after a grace period, where that applies)."""

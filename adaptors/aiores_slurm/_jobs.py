@@ -44,7 +44,9 @@ from aiores.adaptor import (
     CommandRunner,
     JobAdaptor,
     JobInfo,
+    MachineInfo,
     PollPolicy,
+    QueueInfo,
     concurrency,
     missing,
     shell,
@@ -53,13 +55,18 @@ from aiores.adaptor import (
 
 from ._scripts import (
     Files,
+    array_spec,
     batch_script,
     files_script,
     is_job_id,
     job_dir_assignment,
     parse_files,
+    parse_nodes,
+    parse_partitions,
     parse_squeue,
     sbatch_command,
+    sinfo_nodes_command,
+    sinfo_partitions_command,
     squeue_command,
 )
 
@@ -98,10 +105,17 @@ class SlurmJobAdaptor(JobAdaptor):
     directory, read once the job finished), queue (``--partition``), walltime
     (``--time``, whole minutes, rounded up), processes (``--ntasks``), cores
     (``--cpus-per-task``), memory (``--mem``, MiB), project (``--account``) and name
-    (``--job-name``, default ``aiores``). ``category`` is ignored.
+    (``--job-name``, default ``aiores``), native (extra sbatch options, each one
+    word: ``--nice=10``, ``--constraint=gpu``). ``category`` is ignored.
+
+    Arrays are Slurm's own: one ``sbatch --array=<indices>%<max_parallel>``; member
+    ``i`` of array job ``A`` is ``A_i``. Queues and machines are read with one
+    ``sinfo`` each.
     """
 
     supports_hold = True
+    supports_arrays = True
+    accepts_native = True
     #: Seconds one Slurm command (sbatch, squeue, scontrol) may take.
     command_timeout: float = 60.0
     #: Seconds :meth:`cancel` waits for Slurm to show the job ended.
@@ -133,7 +147,9 @@ class SlurmJobAdaptor(JobAdaptor):
         conf = params.get("conf")
         self._env = {"SLURM_CONF": shell.check_text(conf, "the conf= option")} if conf else None
         self._runner: CommandRunner | None = None
-        self._inflight: concurrency.InFlight[JobInfo] = concurrency.InFlight("sbatch")
+        self._inflight: concurrency.InFlight[builtins.list[JobInfo]] = concurrency.InFlight(
+            "sbatch"
+        )
         self._delivered: OrderedDict[str, None] = OrderedDict()
         #: Slurm commands run, by program (squeue, sbatch, ...): for tests and benchmarks.
         self.calls: dict[str, int] = {}
@@ -151,7 +167,8 @@ class SlurmJobAdaptor(JobAdaptor):
         if self._runner is None:
             await self.open()
         assert self._runner is not None
-        program = command[0] if not isinstance(command, str) else what
+        # Counted by what runs: sbatch and the job files' reads run through sh.
+        program = what if isinstance(command, str) or command[0] == "/bin/sh" else command[0]
         self.calls[program] = self.calls.get(program, 0) + 1
         return await self._runner.run(
             command, stdin=stdin, env=self._env, timeout=self.command_timeout
@@ -172,7 +189,17 @@ class SlurmJobAdaptor(JobAdaptor):
             return PermissionDenied(text)
         if any(
             word in lowered
-            for word in ("invalid partition", "invalid account", "invalid qos", "time limit")
+            for word in (
+                "invalid partition",
+                "invalid account",
+                "invalid qos",
+                "time limit",
+                "invalid job array",
+                "unrecognized option",
+                "invalid option",
+                "invalid argument",
+                "invalid nice",
+            )
         ) or ("requested node configuration is not available" in lowered):
             return BadParameter(text)
         if "command not found" in lowered or ("not found" in lowered and result.exit_status == 127):
@@ -193,10 +220,47 @@ class SlurmJobAdaptor(JobAdaptor):
         Cancelling it leaves its sbatch running to its end (never cut off mid-call):
         :meth:`find` with ``token`` waits for it and names the job it made.
         """
-        return await self._inflight.run(token, self._sbatch(description, token, hold))
+        (info,) = await self._inflight.run(token, self._sbatch(description, token, hold))
+        return info
 
-    async def _sbatch(self, description: JobDescription, token: str, hold: bool) -> JobInfo:
-        command = sbatch_command(description, token, self._dir, hold=hold)
+    async def submit_array(
+        self,
+        description: JobDescription,
+        token: str,
+        indices: Sequence[int],
+        max_parallel: int | None,
+        *,
+        hold: bool,
+    ) -> Sequence[JobInfo]:
+        """Submit the array with one ``sbatch --array=<indices>%<max_parallel>``.
+
+        Returns:
+            Its members ``A_i`` (``A`` the array's job id), QUEUED (HELD if ``hold``),
+            in the order of ``indices``.
+
+        Raises:
+            BadParameter: Slurm refused the array (an index past its MaxArraySize),
+                a partition, account, time limit or size.
+            DoesNotExist, PermissionDenied, NoSuccess, ConnectionLost, Timeout: as
+                :meth:`submit`.
+
+        Cancelling it leaves its sbatch running to its end: :meth:`find` with
+        ``token`` waits for it and names every member.
+        """
+        spec = array_spec(indices, max_parallel)
+        return await self._inflight.run(
+            token, self._sbatch(description, token, hold, spec, indices)
+        )
+
+    async def _sbatch(
+        self,
+        description: JobDescription,
+        token: str,
+        hold: bool,
+        array: str | None = None,
+        indices: Sequence[int] = (),
+    ) -> builtins.list[JobInfo]:
+        command = sbatch_command(description, token, self._dir, hold=hold, array=array)
         script = batch_script(description, self._dir).encode()
         result = await self._run(["/bin/sh", "-c", command], "sbatch", stdin=script)
         if result.exit_status == 66:
@@ -209,7 +273,8 @@ class SlurmJobAdaptor(JobAdaptor):
             raise self._failed("sbatch", result)
         state = JobState.HELD if hold else JobState.QUEUED
         detail = "PENDING (JobHeldUser)" if hold else "PENDING"
-        return JobInfo(id=job_id, state=state, state_detail=detail, token=token)
+        ids = [f"{job_id}_{i}" for i in indices] if array is not None else [job_id]
+        return [JobInfo(id=one, state=state, state_detail=detail, token=token) for one in ids]
 
     # -- describe ---------------------------------------------------------------------
     async def _squeue(self, ids: Sequence[str] | None) -> dict[str, JobInfo]:
@@ -288,18 +353,40 @@ class SlurmJobAdaptor(JobAdaptor):
             NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
         """
         task = await self._inflight.take(token)
-        made = concurrency.result_of(task)
+        made = concurrency.result_of(task) or []
         infos = await self._squeue(None)
         found = {info.id: info for info in infos.values() if info.token == token}
-        if made is not None and made.id not in found:
-            now = await self.describe([made.id])
-            found.update(now)
+        if unseen := [info.id for info in made if info.id not in found]:
+            found.update(await self.describe(unseen))
         return list(found.values())
 
     async def list(self) -> Sequence[JobInfo]:
         """This user's jobs that aiores submitted, as long as Slurm keeps them."""
         infos = await self._squeue(None)
         return [info for info in infos.values() if info.token is not None]
+
+    # -- queues and machines ----------------------------------------------------------
+    async def queues(self) -> Sequence[QueueInfo]:
+        """The cluster's partitions, from one ``sinfo``.
+
+        Raises:
+            NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
+        """
+        result = await self._run(sinfo_partitions_command(), "sinfo")
+        if result.exit_status != 0:
+            raise self._failed("sinfo", result)
+        return parse_partitions(result.stdout)
+
+    async def machines(self) -> Sequence[MachineInfo]:
+        """The cluster's nodes, from one ``sinfo --Node``.
+
+        Raises:
+            NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
+        """
+        result = await self._run(sinfo_nodes_command(), "sinfo")
+        if result.exit_status != 0:
+            raise self._failed("sinfo", result)
+        return parse_nodes(result.stdout)
 
     # -- control ----------------------------------------------------------------------
     async def _control(self, argv: builtins.list[str], job_id: str, what: str) -> None:

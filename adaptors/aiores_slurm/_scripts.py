@@ -25,21 +25,26 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aiores import JobDescription, JobState
-from aiores.adaptor import JobInfo, shell, truncation_marker
+from aiores import BadParameter, JobDescription, JobState
+from aiores.adaptor import JobInfo, MachineInfo, QueueInfo, shell, truncation_marker
 
 __all__ = [
     "COMMENT_PREFIX",
     "SQUEUE_FIELDS",
     "STATES",
+    "array_spec",
     "batch_script",
     "exit_code",
     "files_script",
     "is_job_id",
     "job_dir_assignment",
     "parse_files",
+    "parse_nodes",
+    "parse_partitions",
     "parse_squeue",
     "sbatch_command",
+    "sinfo_nodes_command",
+    "sinfo_partitions_command",
     "squeue_command",
     "state_of",
 ]
@@ -104,7 +109,7 @@ HELD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin", "held"})
 
 #: squeue's ``--Format`` fields, in order, each ending at ``|``; the comment comes
 #: last, so a ``|`` in a comment (not one of ours) cannot shift the others.
-SQUEUE_FIELDS = ("JobID", "State", "Reason", "exit_code", "Partition", "Name", "Comment")
+SQUEUE_FIELDS = ("JobArrayID", "State", "Reason", "exit_code", "Partition", "Name", "Comment")
 
 _JOB_ID = re.compile(r"\d+(_\d+)?", re.ASCII)
 
@@ -181,9 +186,65 @@ def sbatch_options(description: JobDescription, token: str, *, hold: bool) -> li
         options.append(f"--cpus-per-task={d.cores}")
     if d.memory is not None:
         options.append(f"--mem={d.memory}M")
+    options.extend(native_options(d))
     if hold:
         options.append("--hold")
     return options
+
+
+#: sbatch options aiores sets itself: a native option may not change them, or the
+#: job could not be found or read again.
+RESERVED = ("--array", "--comment", "--output", "--error", "--parsable", "--hold", "--wrap")
+RESERVED_SHORT = ("-a", "-o", "-e", "-H")
+
+
+def native_options(description: JobDescription) -> list[str]:
+    """``description.native`` as sbatch options, checked (each is one word).
+
+    Raises:
+        BadParameter: an item is not an option (it would be read as the script's
+            name) or is one aiores sets itself.
+    """
+    checked = []
+    for i, option in enumerate(description.native):
+        what = f"JobDescription.native[{i}]"
+        if not option.startswith("-") or option in ("-", "--"):
+            raise BadParameter(f"{what} must be an sbatch option (--name=value), not {option!r}")
+        name = option.split("=", 1)[0]
+        if name.startswith("--"):
+            taken = any(r.startswith(name) and len(name) > 3 for r in RESERVED)
+        else:
+            taken = option[:2] in RESERVED_SHORT
+        if taken:
+            raise BadParameter(f"{what}: aiores sets {option!r} itself")
+        checked.append(shell.check_text(option, what))
+    return checked
+
+
+def array_spec(indices: Sequence[int], max_parallel: int | None) -> str:
+    """sbatch's ``--array`` value: ``indices`` as ranges (``0-9,12,20-30:5``), then
+    ``%max_parallel``."""
+    ordered = sorted(indices)
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        # The longest run with one step from ordered[i] (at least 3 items for a step).
+        if i + 1 < len(ordered):
+            step = ordered[i + 1] - ordered[i]
+            while j + 1 < len(ordered) and ordered[j + 1] - ordered[j] == step:
+                j += 1
+            if j - i < 2 and step != 1:
+                j = i
+        if j == i:
+            parts.append(str(ordered[i]))
+        elif step == 1:
+            parts.append(f"{ordered[i]}-{ordered[j]}")
+        else:
+            parts.append(f"{ordered[i]}-{ordered[j]}:{step}")
+        i = j + 1
+    spec = ",".join(parts)
+    return spec if max_parallel is None else f"{spec}%{max_parallel}"
 
 
 def sbatch_command(
@@ -223,6 +284,115 @@ def squeue_command(ids: Sequence[str] | None) -> list[str]:
     return argv
 
 
+#: sinfo's output fields (each ends at ``|``): per partition, and per node.
+PARTITION_FORMAT = "%P|%a|%D|%C|%m|%l|%N|"
+NODE_FORMAT = "%N|%T|%c|%m|%R|%C|%O|"
+
+
+def sinfo_partitions_command() -> list[str]:
+    """One sinfo: a line per partition (``--summarize``)."""
+    return ["sinfo", "--noheader", "--summarize", f"--format={PARTITION_FORMAT}"]
+
+
+def sinfo_nodes_command() -> list[str]:
+    """One sinfo: a line per node and partition (``--Node``)."""
+    return ["sinfo", "--noheader", "--Node", f"--format={NODE_FORMAT}"]
+
+
+def _int(text: str) -> int | None:
+    text = text.strip().rstrip("+")
+    return int(text) if text.isdigit() else None
+
+
+def _cpus(text: str) -> tuple[int | None, int | None]:
+    """sinfo's ``%C`` (allocated/idle/other/total): total and idle."""
+    parts = text.strip().split("/")
+    if len(parts) != 4:
+        return None, None
+    return _int(parts[3]), _int(parts[1])
+
+
+def time_limit(text: str) -> float | None:
+    """A Slurm time limit (``infinite``, ``30:00``, ``2-12:00:00``) in seconds."""
+    text = text.strip()
+    days = 0
+    if "-" in text:
+        day_text, _, text = text.partition("-")
+        if not day_text.isdigit():
+            return None
+        days = int(day_text)
+        fields = [*text.split(":"), "0", "0"][:3]  # hours[:minutes[:seconds]]
+    else:
+        fields = text.split(":")
+        if len(fields) == 1:
+            fields = ["0", *fields, "0"]  # minutes
+        elif len(fields) == 2:
+            fields = ["0", *fields]  # minutes:seconds
+    if len(fields) != 3 or not all(f.isdigit() for f in fields):
+        return None
+    hours, minutes, seconds = (int(f) for f in fields)
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def parse_partitions(text: str) -> list[QueueInfo]:
+    """Read :func:`sinfo_partitions_command`'s output."""
+    queues = []
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 7:
+            continue
+        name, avail, nodes, cpus, memory, limit, node_names = fields[:7]
+        total, idle = _cpus(cpus)
+        queues.append(
+            QueueInfo(
+                name=name.strip().rstrip("*"),
+                state=avail.strip(),
+                default=name.strip().endswith("*"),
+                nodes=_int(nodes),
+                cpus=total,
+                memory=_int(memory),
+                walltime=time_limit(limit),
+                extra={"cpus_idle": idle, "node_names": node_names.strip()},
+            )
+        )
+    return queues
+
+
+def parse_nodes(text: str) -> list[MachineInfo]:
+    """Read :func:`sinfo_nodes_command`'s output (a node's partitions gathered)."""
+    nodes: dict[str, MachineInfo] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 7:
+            continue
+        name, state, cpus, memory, partition, alloc, load = (f.strip() for f in fields[:7])
+        known = nodes.get(name)
+        if known is not None:
+            nodes[name] = MachineInfo(
+                name=known.name,
+                state=known.state,
+                cpus=known.cpus,
+                memory=known.memory,
+                queues=(*known.queues, partition),
+                extra=known.extra,
+            )
+            continue
+        _, idle = _cpus(alloc)
+        try:
+            load_value: float | None = float(load)
+        except ValueError:
+            load_value = None
+        nodes[name] = MachineInfo(
+            name=name,
+            state=state,
+            cpus=_int(cpus),
+            memory=_int(memory),
+            queues=(partition,),
+            extra={"cpus_idle": idle, "load": load_value},
+        )
+    return list(nodes.values())
+
+
 def exit_code(raw: int) -> int:
     """A wait status as Slurm reports it (``768``) as an aiores exit code (3;
     killed by signal n: -n)."""
@@ -236,7 +406,8 @@ def state_of(word: str, reason: str) -> JobState:
     state = STATES.get(base)
     if state is None:
         return JobState.QUEUED  # a state this table does not know yet: not final
-    if state is JobState.QUEUED and reason in HELD_REASONS:
+    # A pending array task may carry several reasons ("JobArrayTaskLimit,JobHeldUser").
+    if state is JobState.QUEUED and not HELD_REASONS.isdisjoint(reason.split(",")):
         return JobState.HELD
     return state
 

@@ -43,7 +43,7 @@ __all__ = [
 STEP = 30.0
 
 #: The Slurm commands the shim counts.
-COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct")
+COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct", "sinfo")
 
 
 @pytest.fixture(scope="session")
