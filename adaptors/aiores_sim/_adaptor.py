@@ -141,7 +141,10 @@ class SimResourceAdaptor(ResourceAdaptor):
     def _on_lost(self) -> None:
         """The control connection broke: changes may have been missed."""
         if not self._closed and self._live:
-            self.env.spawn(self._catch_up, name=f"aiores-sim catch-up {self.directory}")
+            try:
+                self.env.spawn(self._catch_up, name=f"aiores-sim catch-up {self.directory}")
+            except IncorrectState:
+                pass  # the session is closing: nobody follows these VMs any more
 
     async def _catch_up(self) -> None:
         """Publish what the cloud says now of every VM reported alive."""

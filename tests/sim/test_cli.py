@@ -154,3 +154,30 @@ def test_sim_status_shows_whole_ids_and_access_urls_on_a_narrow_terminal(
     finally:
         gone = runner.invoke(main, ["deprovision", *(vm["id"] for vm in vms)])
         assert gone.exit_code == 0, gone.output
+
+
+def test_a_provision_that_starts_the_cloud_says_nothing_more_on_stderr(
+    own_cloud: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "AIORES_STATE_DIR": str(tmp_path / "state")}
+
+    def aiores_cmd(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aiores", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    made = aiores_cmd("provision", "sim://", "--count", "1", "--json")
+    assert made.returncode == 0, made.stderr
+    (vm,) = json.loads(made.stdout)
+    try:
+        # Closing the session while the cloud's control connection ends is no error.
+        assert "Traceback" not in made.stderr, made.stderr
+        assert "IncorrectState" not in made.stderr, made.stderr
+    finally:
+        gone = aiores_cmd("deprovision", vm["id"])
+        assert gone.returncode == 0, gone.stderr
