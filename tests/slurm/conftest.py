@@ -1,7 +1,7 @@
 """Fixtures for the slurm:// tests: a real single-node Slurm cluster, started once.
 
 ``slurm_cluster`` (session scope) starts munged, slurmctld and slurmd in a private
-directory with private ports (see :mod:`tests.slurm.cluster`), and at the end
+directory with private ports (see :mod:`aiores_slurm.testing`), and at the end
 cancels every job and stops them all. ``slurm_url`` is a ``slurm://`` URL that reaches
 it (``conf=`` names its slurm.conf; ``dir=`` a job files directory of the test;
 ``interval=`` a short floor so tests do not wait seconds per tick).
@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 import aiores
+from aiores_slurm.testing import Cluster, Shim, available, make_shim
 from tests.ssh.conftest import keys, sshd
 from tests.ssh.servers import Sshd, ensure_user
-
-from .cluster import Cluster, available
 
 __all__ = [
     "STEP",
@@ -41,9 +38,6 @@ __all__ = [
 
 #: Seconds any one await in these tests may take before the test fails.
 STEP = 30.0
-
-#: The Slurm commands the shim counts.
-COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct", "sinfo")
 
 
 @pytest.fixture(scope="session")
@@ -87,39 +81,6 @@ async def no_jobs_left(slurm_cluster: Cluster) -> AsyncIterator[None]:
     if left:
         await asyncio.to_thread(slurm_cluster.run, "scancel", *sorted(left))
     assert not left, f"the test left Slurm jobs {sorted(left)}"
-
-
-@dataclass
-class Shim:
-    """A directory of counting wrappers put first on PATH (see :meth:`counts`)."""
-
-    bin: Path
-    log: Path
-
-    def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(COMMANDS, 0)
-        if self.log.exists():
-            for line in self.log.read_text().splitlines():
-                name = line.split(" ", 1)[0]
-                counts[name] = counts.get(name, 0) + 1
-        return counts
-
-    def reset(self) -> None:
-        self.log.unlink(missing_ok=True)
-
-
-def make_shim(directory: Path) -> Shim:
-    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, exec."""
-    directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "calls.log"
-    for name in COMMANDS:
-        real = shutil.which(name, path="/usr/bin:/usr/sbin:/bin")
-        if real is None:
-            continue
-        wrapper = directory / name
-        wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\nexec {real} "$@"\n')
-        wrapper.chmod(0o755)
-    return Shim(directory, log)
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 
 import aiores
 from aiores import JobDescription, JobState
+from aiores_slurm.testing import CPUS, Cluster
 
-from .cluster import CPUS, Cluster
 from .conftest import STEP, Shim
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("no_jobs_left")]

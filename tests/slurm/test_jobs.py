@@ -16,8 +16,8 @@ import pytest
 
 import aiores
 from aiores import JobDescription, JobState
+from aiores_slurm.testing import Cluster
 
-from .cluster import Cluster
 from .conftest import STEP, Shim, until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("no_jobs_left")]

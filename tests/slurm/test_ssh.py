@@ -7,9 +7,9 @@ import pytest
 
 import aiores
 from aiores import JobDescription, JobState
+from aiores_slurm.testing import Cluster
 from tests.ssh.servers import Sshd
 
-from .cluster import Cluster
 from .conftest import STEP
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.usefixtures("no_jobs_left")]

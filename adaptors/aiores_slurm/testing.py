@@ -1,4 +1,4 @@
-"""A private single-node Slurm cluster for tests and benchmarks.
+"""A private single-node Slurm cluster for tests and benchmarks, and a counting shim.
 
 :class:`Cluster` starts munged, slurmctld and slurmd in the foreground with every file
 (key, sockets, state, spool, logs, config) in a private directory and private ports,
@@ -8,6 +8,12 @@ its CPUs so that jobs run side by side. No accounting: ``sacct`` is not availabl
 
 Clients find it through ``SLURM_CONF`` (:attr:`Cluster.conf`); slurm.conf names the
 munge socket, so the client commands need nothing else.
+
+:func:`make_shim` writes a directory of wrappers, one per Slurm client command, each
+logging its call before running the real command: put it first on PATH and
+:meth:`Shim.counts` says how many scheduler calls a program made.
+
+It needs root and the Debian packages ``slurm-wlm munge``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+__all__ = ["COMMANDS", "CPUS", "Cluster", "Shim", "available", "make_shim"]
 
 SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMD = "/usr/sbin/slurmd"
@@ -221,3 +230,42 @@ class Cluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+#: The Slurm client commands the shim counts.
+COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "sacct", "sinfo")
+
+
+@dataclass
+class Shim:
+    """A directory of counting wrappers to put first on PATH (see :meth:`counts`)."""
+
+    bin: Path
+    log: Path
+
+    def counts(self) -> dict[str, int]:
+        """Calls so far, by command (every one of :data:`COMMANDS` listed)."""
+        counts = dict.fromkeys(COMMANDS, 0)
+        if self.log.exists():
+            for line in self.log.read_text().splitlines():
+                name = line.split(" ", 1)[0]
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def reset(self) -> None:
+        """Forget the calls so far."""
+        self.log.unlink(missing_ok=True)
+
+
+def make_shim(directory: Path) -> Shim:
+    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, exec."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "calls.log"
+    for name in COMMANDS:
+        real = shutil.which(name, path="/usr/bin:/usr/sbin:/bin")
+        if real is None:
+            continue
+        wrapper = directory / name
+        wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\nexec {real} "$@"\n')
+        wrapper.chmod(0o755)
+    return Shim(directory, log)
