@@ -4,14 +4,17 @@ One keeper serves one job adaptor. Requests are written to its input without
 waiting (those of one turn of the event loop in one write); each gets a future for
 its answer (answers come in request order), and an optional callback that runs on
 the loop, in order with the keeper's announcements of ended jobs, before the future
-is set. The futures never fail: a keeper that is gone
-answers ``{"error": ...}``.
+is set. The futures never fail: a keeper that is gone (or whose answers can no
+longer be read) answers ``{"error": ...}``, at once for later requests. A request is
+sent whole once made, even if whoever awaits its answer is cancelled meanwhile (its
+``then`` still runs; a future nobody awaits any more is left as it is).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +33,8 @@ __all__ = ["KeeperClient", "launch", "stop"]
 SCRIPT = Path(__file__).with_name("_keeper.py")
 #: Seconds a new keeper may take to say it is ready.
 READY_TIMEOUT = 30.0
+
+log = logging.getLogger("aiores.local")
 
 Answer = dict[str, Any]
 OnExit = Callable[[str, int, bytes | None, bytes | None], None]
@@ -123,10 +128,8 @@ class KeeperClient:
         """Send ``message``; its answer (``then(answer)`` runs first, on the loop)."""
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         if self.gone or self._writer is None or self._writer.is_closing():
-            reply: Answer = {"error": {"errno": 0, "strerror": "the local job keeper is gone"}}
-            if then is not None:
-                then(reply)
-            answer.set_result(reply)
+            why = f"the local job keeper (pid {self.pid}) is gone"
+            _deliver(answer, then, {"error": {"errno": 0, "strerror": why}})
             return answer
         self._waiting.append((answer, then))
         if not self._outbox:  # the first this turn: sent with the rest once it is over
@@ -153,15 +156,17 @@ class KeeperClient:
                     self._on_exit(message["x"], message["rc"], out, err)
                 elif self._waiting:
                     answer, then = self._waiting.popleft()
-                    if then is not None:
-                        then(message)
-                    answer.set_result(message)
+                    _deliver(answer, then, message)
         except (OSError, ValueError, asyncio.IncompleteReadError):
             pass  # the keeper died mid-line: as gone as at end of file
         except asyncio.CancelledError:  # the session ends: stop listening, the keeper goes on
             self.on_detached()
             self.close()
             raise
+        except Exception:  # a bug here: never leave requests waiting for answers
+            log.exception("local job keeper %d: reading its answers failed", self.pid)
+            self._gone(f"the local job keeper (pid {self.pid}) can no longer be heard")
+            return
         self._gone()
 
     async def _output(self, sizes: list[int] | None) -> bytes | None:
@@ -171,19 +176,16 @@ class KeeperClient:
         data = await self._reader.readexactly(sent)
         return data if size <= sent else data + truncation_marker(sent, size - sent)
 
-    def _gone(self) -> None:
+    def _gone(self, why: str | None = None) -> None:
         if not self.gone:
-            self._unanswered("the local job keeper ended")
+            self._unanswered(why or f"the local job keeper (pid {self.pid}) ended")
             self.on_gone()
 
     def _unanswered(self, why: str) -> None:
         self.gone = True
         while self._waiting:
             answer, then = self._waiting.popleft()
-            reply: Answer = {"error": {"errno": 0, "strerror": why}}
-            if then is not None:
-                then(reply)
-            answer.set_result(reply)
+            _deliver(answer, then, {"error": {"errno": 0, "strerror": why}})
 
     def close(self) -> None:
         """Stop talking: the keeper goes on recording its jobs, then ends.
@@ -196,6 +198,19 @@ class KeeperClient:
         for transport in (self._writer, self._read_transport):
             if transport is not None:
                 transport.close()
+
+
+def _deliver(
+    answer: asyncio.Future[Answer], then: Callable[[Answer], None] | None, message: Answer
+) -> None:
+    """Run ``then`` (even if nobody awaits the answer any more), then set the answer
+    unless its awaiter cancelled it."""
+    try:
+        if then is not None:
+            then(message)
+    finally:
+        if not answer.done():
+            answer.set_result(message)
 
 
 def _environ_now(*, copy: bool = True) -> dict[Any, Any]:

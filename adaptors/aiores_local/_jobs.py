@@ -48,7 +48,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aiores import (
@@ -166,6 +166,13 @@ def _start_error(description: JobDescription, error: Mapping[str, Any]) -> Aiore
     if error.get("which"):
         return _output_error(error["which"], error["path"], exc)
     return spawn_error(exc, description.executable, description.working_directory)
+
+
+def _record_error(job_id: str, exc: OSError) -> AioresError:
+    """The aiores error for a job found again that could not be signalled."""
+    if isinstance(exc, PermissionError):
+        return PermissionDenied(f"cannot signal local job {job_id}: {exc}")
+    return NoSuccess(f"cannot signal local job {job_id}: {exc}")
 
 
 def _group_alive(pgid: int) -> bool:
@@ -604,6 +611,9 @@ class LocalJobAdaptor(JobAdaptor):
         found = await asyncio.to_thread(records.read_many, self.jobs_dir, unknown, output=False)
         ended: builtins.list[JobInfo] = []
         for record in found:
+            if record.problem is not None:
+                log.warning("local job %s: not listed: %s", record.id, record.problem)
+                continue
             info = record.info()
             if info.state.final:
                 ended.append(info)
@@ -626,18 +636,39 @@ class LocalJobAdaptor(JobAdaptor):
 
     # -- signals -----------------------------------------------------------------------
     async def _signal(
-        self, job: _Job, signals: Sequence[int], *, mark: str | None, ended: bool = False
+        self,
+        job: _Job,
+        signals: Sequence[int],
+        *,
+        mark: str | None,
+        ended: bool = False,
+        on_sent: Callable[[], None] | None = None,
     ) -> bool:
         """Signal the job's group (marking its record first); False if it has ended.
 
         A job this adaptor's keeper started is signalled by the keeper, its parent:
         while the keeper has not reaped it, its pid cannot be another's. A followed
         job is signalled only while its leader is the recorded process.
+
+        ``on_sent`` runs on the loop once the signal was sent. Cancelling this once the
+        keeper was asked does not withdraw the request: the signal is sent whole and
+        ``on_sent`` runs all the same (a signal is never half sent, nor sent unsaid).
+        A record that cannot be marked (a read-only jobs directory) does not stop the
+        signal: it is sent, unmarked, with a warning logged.
+
+        Raises:
+            NoSuccess: the keeper cannot be heard, or the signal could not be sent.
+            PermissionDenied: the job's processes may not be signalled by this user.
         """
         if job.own:
             keeper = self._keeper
             if keeper is None:
                 return False
+
+            def answered(answer: Mapping[str, Any]) -> None:
+                if answer.get("sent") and on_sent is not None:
+                    on_sent()
+
             answer = await keeper.request(
                 {
                     "op": "signal",
@@ -645,14 +676,27 @@ class LocalJobAdaptor(JobAdaptor):
                     "signals": list(signals),
                     "mark": mark,
                     "ended": ended,
-                }
+                },
+                answered,
             )
+            if "error" in answer:
+                why = answer["error"].get("strerror")
+                raise NoSuccess(f"cannot signal local job {job.id}: {why}")
             return bool(answer.get("sent"))
-        if job.leader is None:
-            return False
-        return await asyncio.to_thread(
-            records.signal_group, self.jobs_dir, job.id, job.leader, signals, mark
-        )
+        try:
+            if job.leader is None:  # its start was cut off: look for its processes
+                sent = await asyncio.to_thread(
+                    records.signal_unrecorded, self.jobs_dir, job.id, signals, mark
+                )
+            else:
+                sent = await asyncio.to_thread(
+                    records.signal_group, self.jobs_dir, job.id, job.leader, signals, mark
+                )
+        except OSError as exc:
+            raise _record_error(job.id, exc) from exc
+        if sent and on_sent is not None:
+            on_sent()
+        return sent
 
     def _signal_soon(
         self, job: _Job, signals: Sequence[int], *, mark: str | None, ended: bool = False
@@ -747,10 +791,14 @@ class LocalJobAdaptor(JobAdaptor):
         if job.state is not before or job.pid is None:
             raise IncorrectState(f"cannot {what} job {id}: it is {job.state}, not {before}")
         mark = SUSPENDED if after is JobState.SUSPENDED else RESUMED
-        sent = await self._signal(job, [signum], mark=mark)
+
+        def sent_now() -> None:  # also when this call was cancelled after asking the keeper
+            if not job.state.final:
+                self.publish(job.set(after, f"{after.name.lower()} ({signal_name(signum)})"))
+
+        sent = await self._signal(job, [signum], mark=mark, on_sent=sent_now)
         if job.state.final or not sent:
             raise IncorrectState(f"cannot {what} job {id}: it has ended")
-        self.publish(job.set(after, f"{after.name.lower()} ({signal_name(signum)})"))
 
     async def hold(self, id: str) -> None:
         """Keep a QUEUED job from starting (state HELD); a HELD job stays held.
@@ -796,8 +844,8 @@ class LocalJobAdaptor(JobAdaptor):
         if not job.state.final:
             raise IncorrectState(f"cannot reap job {id}: it is still {job.state}")
         self._forget(job)
-        if job.pid is not None:
-            await asyncio.to_thread(records.remove, self.jobs_dir, id)
+        # Also without a pid: a job whose start was cut off has a record all the same.
+        await asyncio.to_thread(records.remove, self.jobs_dir, id)
 
     # -- lifetime ----------------------------------------------------------------------
     async def aclose(self) -> None:

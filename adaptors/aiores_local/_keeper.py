@@ -10,21 +10,27 @@ milliseconds.
 
 Each job has one record file, ``JOBS_DIR/<id>`` (the adaptor made ``JOBS_DIR`` 0700;
 files here are 0600). Creating a file costs far more than appending to one, so the
-record is created once, whole, as soon as the job started (and before the adaptor
-is told it did: whoever knows the id finds the record), and what happens later is
-appended to it, one line each::
+record is created once, before the job's process is (a keeper killed at any moment
+leaves no process without a record), and what happens later is appended to it, one
+line each::
 
     token TOKEN               what it was submitted under          } written
-    limit BYTES               its capture limit                    } when it
-    keeper PID START BOOT     the keeper's identity                } started
-    capture [stdout] [stderr] the streams it captures              }
-    leader PID START BOOT     its leader (also its process group   }
+    limit BYTES               its capture limit                    } before
+    keeper PID START BOOT     the keeper's identity                } it starts
+    capture [stdout] [stderr] the streams it captures              } once it
+    leader PID START BOOT     its leader (also its process group   } started
                               id): a pid is never trusted without its start
                               time and boot
     canceled                  a cancel signalled it
     suspended / resumed       it was stopped (SIGSTOP) / continued; the last counts
     exit RC                   its exit status (negative: the signal that ended it),
                               once the keeper reaped the leader
+
+The adaptor is told a job started only once its ``leader`` line is written: whoever
+knows the id finds the leader. A record without a leader whose keeper is gone is a
+start cut off between the fork and that line; its process, if any, is found by the
+marker every job carries in its environment, ``AIORES_JOB=<id>`` (see
+:func:`._records.unrecorded`).
 
 A line counts only once its newline is there. Each line is one ``write`` to a file
 opened ``O_APPEND``: the kernel moves to the end and writes under the file's lock,
@@ -50,9 +56,9 @@ or ``{"error": ...}``) and ``signal`` (answer ``{"sent": bool}``). An ended job 
 announced between answers as ``{"x": id, "rc": ..., "out": [size, n], "err": [size,
 n]}`` followed by the first ``n`` bytes of its stdout, then of its stderr (the
 captured ones; at most the capture limit). Requests that arrive together are handled
-together: the main thread starts the jobs while a second thread writes their records
-(the two overlap), then sends the answers in one write. Once its output is closed the keeper
-announces nothing, but records on.
+together: a second thread creates their records while the main thread starts each job
+once its record exists (the two overlap), then sends the answers in one write. Once its
+output is closed the keeper announces nothing, but records on.
 """
 
 from __future__ import annotations
@@ -77,6 +83,8 @@ CANCELED = "canceled"
 SUSPENDED = "suspended"
 RESUMED = "resumed"
 STREAMS = ("stdout", "stderr")
+#: The environment variable naming the job each job process carries.
+MARKER = "AIORES_JOB"
 #: Bytes of one stream kept in memory before it goes to its file.
 SPILL = 16 * 1024
 #: File descriptors the keeper keeps free for records, requests and starts.
@@ -189,12 +197,13 @@ class Capture:
 class Job:
     """A job the keeper started and has not yet reaped."""
 
-    __slots__ = ("captures", "id", "limit", "pid", "popen", "record", "recorded")
+    __slots__ = ("captures", "created", "id", "limit", "pid", "popen", "record", "recorded")
 
     def __init__(self, job_id: str, record: str, limit: int) -> None:
         self.id = job_id
         self.record = record
         self.limit = limit
+        self.created: OSError | None = None  # why its record could not be created
         self.pid = 0
         self.popen: subprocess.Popen[bytes] | None = None
         self.captures: dict[str, Capture] = {}
@@ -270,6 +279,9 @@ class Keeper:
         self.pipes: dict[int, tuple[Job | None, Capture]] = {}  # read end -> owner
         self.poller = select.poll()
         self.writer = Writer()
+        self.prepared: list[Job] = []  # jobs of this batch whose records are being created
+        self.created: queue.SimpleQueue[Job] = queue.SimpleQueue()  # ... and are made
+        self.environ = dict(os.environ)  # what a job inherits (with its marker)
         self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         self.max_pipes = (1 << 30) if soft == resource.RLIM_INFINITY else soft - SPARE_FDS
@@ -289,10 +301,39 @@ class Keeper:
             self.answer({"error": {"errno": 0, "strerror": f"unknown request {op!r}"}})
 
     # -- starting -------------------------------------------------------------------------
-    def start(self, request: dict[str, Any]) -> None:
-        """Start a job; the writer records it, then answers."""
+    def prepare(self, request: dict[str, Any]) -> None:
+        """Have the writer create the record of a job to start (before it starts)."""
         job_id = request["id"]
         job = Job(job_id, os.path.join(self.jobs_dir, job_id), request["limit"])
+        header = f"token {request['token']}\nlimit {job.limit}\nkeeper {self.me}\n".encode()
+        self.prepared.append(job)
+        self.writer.later(functools.partial(self._create, job, header))
+
+    def _create(self, job: Job, header: bytes) -> bytes:
+        """(Writer) Create a job's record, then let the main thread start it."""
+        try:
+            fd = os.open(job.record, _RECORD_FLAGS, 0o600)
+            try:
+                os.write(fd, header)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            job.created = exc
+            with contextlib.suppress(OSError):
+                os.unlink(job.record)
+        self.created.put(job)
+        return b""
+
+    def start(self, request: dict[str, Any]) -> None:
+        """Start a job once its record exists; the writer records its leader, then answers."""
+        if not self.prepared or self.prepared[0].id != request["id"]:
+            self.prepare(request)
+        del self.prepared[0]
+        job = self.created.get()  # made in order: this one
+        if job.created is not None:
+            self.answer({"error": _error(job.created)})
+            return
+        job_id = job.id
         opened: list[int] = []
         try:
             stdin = self.devnull
@@ -300,23 +341,26 @@ class Keeper:
                 stdin = _memory_file(binascii.a2b_base64(request["stdin"]))
                 opened.append(stdin)
             fds = self._outputs(request, job, opened)
+            env = request["env"]
+            env = {**(self.environ if env is None else env), MARKER: job_id}
             job.popen = subprocess.Popen(
                 request["argv"],
                 stdin=stdin,
                 stdout=fds[0],
                 stderr=fds[1],
                 cwd=request["cwd"],
-                env=request["env"],
+                env=env,
                 start_new_session=True,
             )
-        except (_OutputError, OSError, ValueError) as exc:
+        except (_OutputError, OSError, ValueError, TypeError) as exc:
             for capture in job.captures.values():
                 if capture.keeper_fd is not None:
                     os.close(capture.keeper_fd)
                 if not capture.piped:
                     with contextlib.suppress(OSError):
                         os.unlink(capture.path)
-            self.answer({"error": exc.args[0] if isinstance(exc, _OutputError) else _error(exc)})
+            error = exc.args[0] if isinstance(exc, _OutputError) else _error(exc)
+            self.writer.later(functools.partial(self._not_started, job, error))
             return
         finally:
             for fd in opened:
@@ -330,25 +374,27 @@ class Keeper:
             if capture.keeper_fd is not None:
                 self.pipes[capture.keeper_fd] = (job, capture)
                 self.poller.register(capture.keeper_fd, select.POLLIN)
-        header = (
-            f"token {request['token']}\nlimit {job.limit}\nkeeper {self.me}\n"
-            f"capture {' '.join(job.captures)}\nleader {leader}\n"
-        ).encode()
-        self.writer.later(functools.partial(self._record, job, header))
+        self.writer.later(
+            functools.partial(
+                self._record, job, f"capture {' '.join(job.captures)}\nleader {leader}"
+            )
+        )
 
-    def _record(self, job: Job, header: bytes) -> bytes:
-        """(Writer) Create the job's record, then say it started.
+    def _not_started(self, job: Job, error: dict[str, Any]) -> bytes:
+        """(Writer) Remove the record of a job that could not start; say why."""
+        with contextlib.suppress(OSError):
+            os.unlink(job.record)
+        return _line({"error": error})
+
+    def _record(self, job: Job, lines: str) -> bytes:
+        """(Writer) Record the job's leader, then say it started.
 
         The record is complete before the answer leaves: once the adaptor knows the
-        id, so can any program. A job whose record cannot be made is killed (it ends
-        unannounced: the adaptor forgets it on the error).
+        id, so can any program. A job whose leader cannot be recorded is killed (it
+        ends unannounced: the adaptor forgets it on the error).
         """
         try:
-            fd = os.open(job.record, _RECORD_FLAGS, 0o600)
-            try:
-                os.write(fd, header)
-            finally:
-                os.close(fd)
+            append(job.record, lines)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(job.record)
@@ -517,8 +563,12 @@ class Keeper:
                     poller.unregister(0)
                     continue
                 *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self.handle(json.loads(line))
+                batch = [json.loads(line) for line in lines]
+                for request in batch:  # their records are made while the first start
+                    if request.get("op") == "start":
+                        self.prepare(request)
+                for request in batch:
+                    self.handle(request)
                 self.reap()
         self.writer.close()
 

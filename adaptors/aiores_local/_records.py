@@ -13,10 +13,12 @@ Everything here blocks (it reads files and ``/proc``): call it in a thread.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import signal
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,17 @@ from pathlib import Path
 from aiores import JobState
 from aiores.adaptor import JobInfo, truncation_marker
 
-from ._keeper import CANCELED, RESUMED, STREAMS, SUSPENDED, append, boot_id, output_path, start_time
+from ._keeper import (
+    CANCELED,
+    MARKER,
+    RESUMED,
+    STREAMS,
+    SUSPENDED,
+    append,
+    boot_id,
+    output_path,
+    start_time,
+)
 
 __all__ = [
     "ID",
@@ -38,10 +50,22 @@ __all__ = [
     "read_many",
     "remove",
     "signal_group",
+    "signal_unrecorded",
+    "unrecorded",
 ]
+
+log = logging.getLogger("aiores.local")
 
 #: What a local job id looks like (ids are directory names: nothing else is read).
 ID = re.compile(r"j-[0-9a-f]{12}", re.ASCII)
+#: A number in a record: ASCII digits only (``str.isdigit`` takes "²"), and few of them.
+_NUMBER = re.compile(r"-?[0-9]{1,19}", re.ASCII)
+#: The most of a record that is read (a record is a few lines; more is not one).
+_MAX_RECORD = 1 << 20
+
+
+class Unreadable(Exception):
+    """A record that cannot be read as one (not a regular file, not UTF-8, too big)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,10 +95,17 @@ class Record:
     suspended: bool
     stdout: bytes | None = None
     stderr: bytes | None = None
+    #: Live processes carrying the job's marker although its leader was never
+    #: recorded (its keeper died while starting it); looked for only then.
+    unrecorded: tuple[int, ...] = ()
+    #: Why the record cannot be read (then nothing else in it is known).
+    problem: str | None = None
 
     def info(self) -> JobInfo:
         """What the record says, as the adaptor reports it."""
-        if self.exit_code is not None:
+        if self.problem is not None:
+            state, detail = JobState.FAILED, f"its record is unreadable: {self.problem}"
+        elif self.exit_code is not None:
             how = exit_detail(self.exit_code)
             if self.canceled:
                 state, detail = JobState.CANCELED, f"canceled: {how}"
@@ -83,6 +114,14 @@ class Record:
         elif self.leader is None:
             if self.keeper_alive:
                 state, detail = JobState.QUEUED, "being started"
+            elif self.unrecorded:
+                state = JobState.RUNNING
+                detail = (
+                    "running, its leader unrecorded (its keeper died while starting it): "
+                    f"processes {', '.join(map(str, self.unrecorded))} carry its {MARKER}"
+                )
+            elif self.canceled:
+                state, detail = JobState.CANCELED, "canceled: its start was cut off"
             else:
                 state, detail = JobState.FAILED, "its start was cut off: no process recorded"
         elif self.leader_alive:
@@ -118,29 +157,74 @@ def exit_detail(rc: int) -> str:
     return f"killed by {name}"
 
 
+def _number(text: str) -> int | None:
+    return int(text) if _NUMBER.fullmatch(text) else None
+
+
 def _identity(text: str) -> Identity | None:
     fields = text.split()
-    if len(fields) == 3 and fields[0].isdigit():
-        return Identity(int(fields[0]), fields[1], fields[2])
+    if len(fields) == 3 and (pid := _number(fields[0])) is not None and pid > 0:
+        return Identity(pid, fields[1], fields[2])
     return None
 
 
 def _text(path: Path) -> str | None:
-    """A record's complete lines (a line still being appended has no newline yet)."""
+    """A record's complete lines (a line still being appended has no newline yet);
+    None if there is none.
+
+    Never blocks and never follows a link: a FIFO or a device put in its place is
+    refused, not read.
+
+    Raises:
+        Unreadable: it is not a regular file, not UTF-8, or far too big.
+    """
     try:
-        text = path.read_text()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise Unreadable(f"{path}: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Unreadable(f"{path} is not a regular file")
+        data = b""
+        while chunk := os.read(fd, _MAX_RECORD + 1 - len(data)):
+            data += chunk
+            if len(data) > _MAX_RECORD:
+                raise Unreadable(f"{path} is larger than {_MAX_RECORD} bytes")
+    except OSError as exc:
+        raise Unreadable(f"{path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        raise Unreadable(f"{path} is not UTF-8 text (byte {exc.start})") from exc
     return text[: text.rfind("\n") + 1]
 
 
 def _output(path: Path, limit: int) -> bytes:
+    """The first ``limit`` bytes of a captured stream's file (never blocking on one
+    that is not a regular file: such a file is read as empty)."""
     try:
-        with path.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            data = stream.read(limit)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return b""  # captured, and empty: no file is written for nothing
+    except OSError as exc:
+        log.warning("local job output %s cannot be read: %s", path, exc.strerror)
+        return b""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            log.warning("local job output %s is not a regular file: not read", path)
+            return b""
+        size = info.st_size
+        data = os.pread(fd, limit, 0) if limit else b""
+    except OSError as exc:
+        log.warning("local job output %s cannot be read: %s", path, exc.strerror)
+        return b""
+    finally:
+        os.close(fd)
     return data if size <= len(data) else data + truncation_marker(len(data), size - len(data))
 
 
@@ -155,7 +239,20 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
     if not ID.fullmatch(job_id):
         return None
     path = jobs_dir / job_id
-    text = _text(path)
+    try:
+        text = _text(path)
+    except Unreadable as exc:
+        return Record(
+            id=job_id,
+            token=None,
+            leader=None,
+            leader_alive=False,
+            keeper_alive=False,
+            exit_code=None,
+            canceled=False,
+            suspended=False,
+            problem=str(exc),
+        )
     if text is None or not text.startswith("token "):
         return None  # none, or its first line is not written yet
     fields: dict[str, str] = {}
@@ -168,13 +265,15 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
             suspended = key == SUSPENDED
         else:
             fields.setdefault(key, value)
-    limit_text = fields.get("limit", "")
-    limit = int(limit_text) if limit_text.isdigit() else 0
+    limit = max(0, _number(fields.get("limit", "")) or 0)
     keeper = _identity(fields.get("keeper", ""))
     leader = _identity(fields.get("leader", ""))
-    exit_text = fields.get("exit", "")
-    exit_code = int(exit_text) if exit_text.lstrip("-").isdigit() else None
+    exit_code = _number(fields.get("exit", ""))
     leader_alive = exit_code is None and leader is not None and leader.alive()
+    keeper_alive = exit_code is None and not leader_alive and keeper is not None and keeper.alive()
+    found: tuple[int, ...] = ()
+    if exit_code is None and leader is None and not keeper_alive:
+        found = tuple(unrecorded(job_id))
     stdout = stderr = None
     if output and exit_code is not None:
         captured = fields.get("capture", "").split()
@@ -187,14 +286,13 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
         token=_token(text),
         leader=leader,
         leader_alive=leader_alive,
-        keeper_alive=(
-            exit_code is None and not leader_alive and keeper is not None and keeper.alive()
-        ),
+        keeper_alive=keeper_alive,
         exit_code=exit_code,
         canceled=canceled,
         suspended=suspended,
         stdout=stdout,
         stderr=stderr,
+        unrecorded=found,
     )
 
 
@@ -217,7 +315,11 @@ def find(jobs_dir: Path, token: str) -> list[Record]:
     """The records of the jobs submitted under ``token``."""
     matching = []
     for job_id in list_ids(jobs_dir):
-        text = _text(jobs_dir / job_id)
+        try:
+            text = _text(jobs_dir / job_id)
+        except Unreadable as exc:
+            log.warning("local job %s: skipped: its record is unreadable: %s", job_id, exc)
+            continue
         if text is not None and _token(text) == token:
             matching.append(job_id)
     return read_many(jobs_dir, matching)
@@ -233,15 +335,75 @@ def signal_group(
     """
     if not leader.alive():
         return False
-    if mark in (CANCELED, SUSPENDED, RESUMED):
-        with contextlib.suppress(FileNotFoundError):  # reaped meanwhile
-            append(str(jobs_dir / job_id), mark)
+    _mark(jobs_dir, job_id, mark)
     sent = True
     for signum in signals:
         try:
             os.killpg(leader.pid, signum)
         except ProcessLookupError:
             sent = False
+    return sent
+
+
+def _mark(jobs_dir: Path, job_id: str, mark: str | None) -> None:
+    """Mark a record before a signal; one that cannot be marked is signalled all the
+    same (a cancel must stop the job even where its record is read-only)."""
+    if mark not in (CANCELED, SUSPENDED, RESUMED):
+        return
+    try:
+        append(str(jobs_dir / job_id), mark)
+    except FileNotFoundError:
+        pass  # reaped meanwhile
+    except OSError as exc:
+        log.warning("local job %s: signalled without its %r mark: %s", job_id, mark, exc)
+
+
+def unrecorded(job_id: str) -> list[int]:
+    """The live processes of this user that carry ``job_id``'s marker in their
+    environment (``AIORES_JOB=<id>``, set by the keeper for every job it starts).
+
+    Only a job whose leader was never recorded is looked for this way (its keeper
+    died between starting it and recording it): reading ``/proc/*/environ`` costs a
+    file per process, the records cost one per job.
+    """
+    needle = f"\0{MARKER}={job_id}\0".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or not name.isascii():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as environ:
+                data = environ.read()
+        except OSError:  # ended, or another user's
+            continue
+        if needle in b"\0" + data and start_time(int(name)) is not None:
+            found.append(int(name))
+    return found
+
+
+def signal_unrecorded(
+    jobs_dir: Path, job_id: str, signals: Sequence[int], mark: str | None
+) -> bool:
+    """Signal the processes of a job whose leader was never recorded; True if any.
+
+    Each process carrying its marker is signalled with its process group when it
+    leads that group (the job's leader leads its own), else alone.
+    """
+    pids = unrecorded(job_id)
+    if not pids:
+        return False
+    _mark(jobs_dir, job_id, mark)
+    sent = False
+    for pid in pids:
+        for signum in signals:
+            try:
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, signum)
+                else:
+                    os.kill(pid, signum)
+            except ProcessLookupError:
+                continue
+            sent = True
     return sent
 
 
