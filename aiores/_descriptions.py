@@ -46,10 +46,14 @@ def _tags(owner: str, value: object) -> frozenset[str]:
         raise check.fail(f"{owner}.tags", "an iterable of str", value)
     tags = tuple(value)
     for tag in tags:
-        if not isinstance(tag, str) or not tag or any(c.isspace() or c == "," for c in tag):
+        if (
+            not isinstance(tag, str)
+            or not tag
+            or any(c.isspace() or c == "," or not c.isprintable() for c in tag)
+        ):
             raise BadParameter(
-                f"{owner}.tags: each tag must be a non-empty str without spaces or commas, "
-                f"not {tag!r}"
+                f"{owner}.tags: each tag must be a non-empty str without spaces, commas "
+                f"or control characters, not {tag!r}"
             )
         check.text(tag, f"{owner}.tags")
     return frozenset(tags)

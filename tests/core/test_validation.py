@@ -26,6 +26,7 @@ from aiores import (
     IncorrectURL,
     JobDescription,
     SSHContext,
+    StorageDescription,
 )
 from aiores.adaptor import Bucket, RetryPolicy, validate
 from aiores.testing import FakeClock, FakePlugin, FakeSSHPlugin
@@ -169,6 +170,8 @@ CONSTRUCTORS: list[tuple[str, Callable[[], object], str]] = [
     ("duration-inf", lambda: ComputeDescription(duration=INF), "ComputeDescription.duration"),
     ("duration-huge", lambda: ComputeDescription(duration=10**400), "duration"),
     ("tag-nul", lambda: ComputeDescription(tags={"a\0"}), "ComputeDescription.tags"),
+    ("tag-control", lambda: ComputeDescription(tags={"x\x01y"}), "ComputeDescription.tags"),
+    ("tag-escape", lambda: StorageDescription(tags={"\x1b[31m"}), "StorageDescription.tags"),
     ("walltime-nan", lambda: JobDescription(executable="x", walltime=NAN), "walltime"),
     ("walltime-inf", lambda: JobDescription(executable="x", walltime=INF), "walltime"),
     ("env-space", lambda: JobDescription(executable="x", environment={"A B": "1"}), "'A B'"),
