@@ -49,7 +49,7 @@ import os
 import signal
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from aiores import (
     AioresError,
@@ -72,6 +72,7 @@ from ._process import check_startable, merged_environment, signal_name, spawn_er
 __all__ = ["LocalJobAdaptor"]
 
 log = logging.getLogger("aiores.local")
+T = TypeVar("T")
 
 _R = JobState.RUNNING
 #: Seconds between looks at the record of a job found again while its exit status is
@@ -576,7 +577,7 @@ class LocalJobAdaptor(JobAdaptor):
         jobs = self._jobs
         unknown = [id for id in ids if id not in jobs and records.ID.fullmatch(id)]
         if unknown:
-            for record in await asyncio.to_thread(records.read_many, self.jobs_dir, unknown):
+            for record in await self._records(records.read_many, self.jobs_dir, unknown):
                 if record.id not in jobs:
                     self._adopt(record)
         return {
@@ -595,7 +596,7 @@ class LocalJobAdaptor(JobAdaptor):
             job = self._jobs.get(id)
             if job is not None and job.abandoned:
                 await asyncio.shield(job.finished)
-        for record in await asyncio.to_thread(records.find, self.jobs_dir, token):
+        for record in await self._records(records.find, self.jobs_dir, token):
             if record.id not in self._jobs:
                 self._adopt(record)
         return [
@@ -606,9 +607,9 @@ class LocalJobAdaptor(JobAdaptor):
 
     async def list(self) -> Sequence[JobInfo]:
         """Every job not reaped: this adaptor's, and every recorded one (without output)."""
-        ids = await asyncio.to_thread(records.list_ids, self.jobs_dir)
+        ids = await self._records(records.list_ids, self.jobs_dir)
         unknown = [id for id in ids if id not in self._jobs]
-        found = await asyncio.to_thread(records.read_many, self.jobs_dir, unknown, output=False)
+        found = await self._records(records.read_many, self.jobs_dir, unknown, output=False)
         ended: builtins.list[JobInfo] = []
         for record in found:
             if record.problem is not None:
@@ -621,6 +622,21 @@ class LocalJobAdaptor(JobAdaptor):
                 self._adopt(record)
         known = [job.info for job in self._jobs.values() if job.state is not JobState.NEW]
         return known + ended
+
+    async def _records(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` (a reader of the records) in a thread.
+
+        Raises:
+            PermissionDenied: the jobs directory may not be read or changed.
+            NoSuccess: it cannot be for another reason (not a directory, read-only).
+        """
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except OSError as exc:
+            where = exc.filename or self.jobs_dir
+            if isinstance(exc, PermissionError):
+                raise PermissionDenied(f"local job records {where}: {exc.strerror}") from exc
+            raise NoSuccess(f"local job records {where}: {exc.strerror}") from exc
 
     def _get(self, id: str) -> _Job:
         try:
@@ -845,7 +861,7 @@ class LocalJobAdaptor(JobAdaptor):
             raise IncorrectState(f"cannot reap job {id}: it is still {job.state}")
         self._forget(job)
         # Also without a pid: a job whose start was cut off has a record all the same.
-        await asyncio.to_thread(records.remove, self.jobs_dir, id)
+        await self._records(records.remove, self.jobs_dir, id)
 
     # -- lifetime ----------------------------------------------------------------------
     async def aclose(self) -> None:

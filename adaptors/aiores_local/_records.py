@@ -274,6 +274,11 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
     found: tuple[int, ...] = ()
     if exit_code is None and leader is None and not keeper_alive:
         found = tuple(unrecorded(job_id))
+    if exit_code is None and not (leader_alive or keeper_alive or found) and not canceled:
+        # Ended unrecorded, seen after the text was read: a cancel marks the record
+        # before it signals, so a mark that came meanwhile is in the text now.
+        with contextlib.suppress(Unreadable):
+            canceled = CANCELED in (_text(path) or "").splitlines()
     stdout = stderr = None
     if output and exit_code is not None:
         captured = fields.get("capture", "").split()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from aiores import IncorrectState, JobDescription, JobState
+from aiores import IncorrectState, JobDescription, JobState, NoSuccess
 from aiores_local import LocalJobAdaptor
 from aiores_local import _records as records
 from aiores_local._keeper import MARKER, boot_id, start_time
@@ -151,3 +151,17 @@ async def test_cancel_signals_a_job_whose_record_cannot_be_marked(
     await second.cancel(info.id)
     await wait_until(lambda: start_time(info.extra["pid"]) is None, "the job ended")
     assert "canceled" not in (first.jobs_dir / info.id).read_text().split()
+
+
+async def test_records_that_cannot_be_listed_raise_an_aiores_error(
+    jobs: LocalJobAdaptor,
+) -> None:
+    jobs.jobs_dir.parent.mkdir(parents=True, exist_ok=True)
+    jobs.jobs_dir.write_text("not a directory")
+    try:
+        with pytest.raises(NoSuccess, match="local job records"):
+            await jobs.list()
+        with pytest.raises(NoSuccess, match="local job records"):
+            await jobs.find("t")
+    finally:
+        jobs.jobs_dir.unlink()
