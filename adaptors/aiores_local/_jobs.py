@@ -21,7 +21,12 @@ Found again: :meth:`LocalJobAdaptor.describe` of an id this adaptor does not kno
 records (in a thread), from any program of the same user and state directory. A
 running job found again is followed through a pidfd on its leader (opened only
 after the leader's start time is checked: a reused pid is never taken for the job);
-when it ends, its recorded exit status and output are published. Cancel (SIGTERM
+when it ends, its recorded exit status and output are published. Every job carries
+``AIORES_JOB=<id>`` in its environment: a job whose keeper died after starting it but
+before recording its leader is found by that marker (in ``/proc/*/environ``, looked at
+only for such a record) and can be cancelled and reaped. A record that cannot be read
+(not a regular file, not UTF-8) is described FAILED ("its record is unreadable") and
+left out of listings with a warning. Cancel (SIGTERM
 to its group, SIGKILL after the grace period), suspend and resume work on it too.
 
 Output: a stream the description names no file for goes through a pipe to the
@@ -764,7 +769,13 @@ class LocalJobAdaptor(JobAdaptor):
         A held or queued job ends CANCELED at once; a running one ends CANCELED when
         its process exits (this returns once the signal is sent). A job submitted by
         another program is found by its record and stopped the same way (the SIGKILL
-        comes from this program: it must run through the grace period).
+        comes from this program: it must run through the grace period). A record that
+        cannot be marked (a read-only jobs directory) does not stop the cancel: the
+        job is signalled, unmarked (a later program may read it FAILED, not CANCELED),
+        and a warning is logged. A job whose keeper died before recording its leader
+        is found by its ``AIORES_JOB`` marker and signalled the same way.
+
+        Cancelling this call once the signal was asked for does not withdraw it.
 
         Raises:
             DoesNotExist: no such job.
@@ -785,6 +796,9 @@ class LocalJobAdaptor(JobAdaptor):
     async def suspend(self, id: str) -> None:
         """Stop the running job's process group with SIGSTOP (state SUSPENDED).
 
+        Cancelling this call once the signal was asked for does not withdraw it: the
+        signal is sent and the job published SUSPENDED all the same.
+
         Raises:
             DoesNotExist: no such job.
             IncorrectState: the job is not RUNNING.
@@ -793,6 +807,9 @@ class LocalJobAdaptor(JobAdaptor):
 
     async def resume(self, id: str) -> None:
         """Continue the suspended job's process group with SIGCONT (state RUNNING).
+
+        Cancelling this call once the signal was asked for does not withdraw it: the
+        signal is sent and the job published RUNNING all the same.
 
         Raises:
             DoesNotExist: no such job.
