@@ -14,6 +14,7 @@ if no cloud runs, is published FAILED ("the sim cloud process ended").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import getpass
 import logging
@@ -141,10 +142,9 @@ class SimResourceAdaptor(ResourceAdaptor):
     def _on_lost(self) -> None:
         """The control connection broke: changes may have been missed."""
         if not self._closed and self._live:
-            try:
+            # A session closing (IncorrectState) has nobody following these VMs any more.
+            with contextlib.suppress(IncorrectState):
                 self.env.spawn(self._catch_up, name=f"aiores-sim catch-up {self.directory}")
-            except IncorrectState:
-                pass  # the session is closing: nobody follows these VMs any more
 
     async def _catch_up(self) -> None:
         """Publish what the cloud says now of every VM reported alive."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import pytest
 
@@ -47,6 +47,7 @@ class HoldRunner(CommandRunner):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         host = self.url.host
         if command == "fast" and host == "h0":
