@@ -166,6 +166,7 @@ class KeeperClient:
         except Exception:  # a bug here: never leave requests waiting for answers
             log.exception("local job keeper %d: reading its answers failed", self.pid)
             self._gone(f"the local job keeper (pid {self.pid}) can no longer be heard")
+            self.close()  # its input closed: it records its jobs on, then ends
             return
         self._gone()
 

@@ -317,11 +317,12 @@ class Keeper:
                 os.write(fd, header)
             finally:
                 os.close(fd)
-        except OSError as exc:
-            job.created = exc
+        except Exception as exc:  # never started without its record
+            job.created = exc if isinstance(exc, OSError) else OSError(0, repr(exc))
             with contextlib.suppress(OSError):
                 os.unlink(job.record)
-        self.created.put(job)
+        finally:  # whatever happened: the main thread waits for it
+            self.created.put(job)
         return b""
 
     def start(self, request: dict[str, Any]) -> None:

@@ -233,9 +233,16 @@ def _token(text: str) -> str | None:
     return (value or None) if key == "token" else None
 
 
-def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
+def read(
+    jobs_dir: Path,
+    job_id: str,
+    *,
+    output: bool = True,
+    marked: dict[str, list[int]] | None = None,
+) -> Record | None:
     """The record of ``job_id``, or None if there is none (with its captured output
-    once it ended, if ``output``)."""
+    once it ended, if ``output``). ``marked`` (filled on first need) shares one look
+    at every process's marker among the records read together."""
     if not ID.fullmatch(job_id):
         return None
     path = jobs_dir / job_id
@@ -273,7 +280,12 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
     keeper_alive = exit_code is None and not leader_alive and keeper is not None and keeper.alive()
     found: tuple[int, ...] = ()
     if exit_code is None and leader is None and not keeper_alive:
-        found = tuple(unrecorded(job_id))
+        if marked is None:
+            found = tuple(unrecorded(job_id))
+        else:
+            if not marked:
+                marked.update(_marked())
+            found = tuple(marked.get(job_id, ()))
     if exit_code is None and not (leader_alive or keeper_alive or found) and not canceled:
         # Ended unrecorded, seen after the text was read: a cancel marks the record
         # before it signals, so a mark that came meanwhile is in the text now.
@@ -303,7 +315,8 @@ def read(jobs_dir: Path, job_id: str, *, output: bool = True) -> Record | None:
 
 def read_many(jobs_dir: Path, ids: Iterable[str], *, output: bool = True) -> list[Record]:
     """The records of ``ids`` that exist."""
-    found = (read(jobs_dir, job_id, output=output) for job_id in ids)
+    marked: dict[str, list[int]] = {}
+    found = (read(jobs_dir, job_id, output=output, marked=marked) for job_id in ids)
     return [r for r in found if r is not None]
 
 
@@ -369,10 +382,19 @@ def unrecorded(job_id: str) -> list[int]:
 
     Only a job whose leader was never recorded is looked for this way (its keeper
     died between starting it and recording it): reading ``/proc/*/environ`` costs a
-    file per process, the records cost one per job.
+    file per process, the records cost one per job. The marker is the cheapest
+    reliable mark: a process group id is known only after the fork, and the keeper
+    may die before it writes it down; the environment is set before the job runs and
+    is inherited by what it starts.
     """
-    needle = f"\0{MARKER}={job_id}\0".encode()
-    found = []
+    return _marked().get(job_id, [])
+
+
+def _marked() -> dict[str, list[int]]:
+    """Every live process of this user carrying a job marker, by job id (and ``""``
+    so that an empty result still counts as looked at)."""
+    prefix = f"{MARKER}=".encode()
+    found: dict[str, list[int]] = {"": []}
     for name in os.listdir("/proc"):
         if not name.isdigit() or not name.isascii():
             continue
@@ -381,8 +403,14 @@ def unrecorded(job_id: str) -> list[int]:
                 data = environ.read()
         except OSError:  # ended, or another user's
             continue
-        if needle in b"\0" + data and start_time(int(name)) is not None:
-            found.append(int(name))
+        if prefix not in data:
+            continue
+        for entry in data.split(b"\0"):
+            if entry.startswith(prefix):
+                job_id = entry[len(prefix) :].decode("ascii", "replace")
+                if ID.fullmatch(job_id) and start_time(int(name)) is not None:
+                    found.setdefault(job_id, []).append(int(name))
+                break
     return found
 
 

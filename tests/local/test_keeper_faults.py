@@ -165,3 +165,22 @@ async def test_records_that_cannot_be_listed_raise_an_aiores_error(
             await jobs.find("t")
     finally:
         jobs.jobs_dir.unlink()
+
+
+async def test_a_reader_that_fails_hangs_nothing_and_lets_its_keeper_end(
+    jobs: LocalJobAdaptor, published: Published, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug while hearing an end")
+
+    monkeypatch.setattr(jobs, "_exited", broken)
+    first = await jobs.submit(JobDescription(executable="/bin/true"), "t", hold=False)
+    keeper = jobs._keeper
+    assert keeper is not None
+    # Heard no more: its job is followed through its record, and the keeper, its
+    # input closed, ends.
+    assert (await published.final(first.id)).state is JobState.DONE
+    await wait_until(lambda: start_time(keeper.pid) is None, "the keeper ended", STEP)
+    monkeypatch.undo()
+    second = await jobs.submit(JobDescription(executable="/bin/true"), "t", hold=False)
+    assert (await published.final(second.id)).state is JobState.DONE
