@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,13 +58,36 @@ async def test_reap_and_recover_after_kill_9_mid_submit(
     finally:
         os.kill(child.pid, signal.SIGKILL)
         await child.wait()
-    made = json.loads(podman.cli("ps", "-a", "--format", "json").stdout or "[]")
+    try:
+        await _check_reap_and_recover(podman, first[1])
+    finally:
+        podman.cli("rm", "-af")
+
+
+async def _settled(podman: Podman) -> list[dict[str, Any]]:
+    """The daemon's containers once the requests the killed child had sent are done:
+    the same containers in the same states twice in a row, 0.5 s apart (bounded)."""
+    listing: list[tuple[str, str]] | None = None
+    async with asyncio.timeout(30):
+        while True:
+            now = await asyncio.to_thread(podman.cli, "ps", "-a", "--format", "json")
+            made: list[dict[str, Any]] = json.loads(now.stdout or "[]")
+            # Ids and states: a start the child had sent may still be under way.
+            ids = sorted((c["Id"], c["State"]) for c in made)
+            if ids == listing:
+                return made
+            listing = ids
+            await asyncio.sleep(0.5)  # the daemon gives no event for "no request left"
+
+
+async def _check_reap_and_recover(podman: Podman, session_id: str) -> None:
+    made = await _settled(podman)
     assert made, "the child made no container"
     for container in made:
         labels = container["Labels"]
         assert labels["aiores"] == "1"
         assert labels["aiores.kind"] == "job"
-        assert labels["aiores.session"] == first[1]
+        assert labels["aiores.session"] == session_id
         assert labels["aiores.token"].startswith("t-")
     async with aiores.Session() as session:
         reaped = await session.reap(timeout=30)
@@ -80,7 +104,6 @@ async def test_reap_and_recover_after_kill_9_mid_submit(
         # Every container the child made is ended or gone: no sleep is left.
         running = podman.cli("ps", "-q", "--filter", "label=aiores=1").stdout.split()
         assert running == []
-    podman.cli("rm", "-af")
     # Each container is either a leak (its submit never answered: cancelled by reap)
     # or a job the journal knew (reattached by recover).
     accounted = {leak.native_id for leak in reaped.leaks} | {j.native_id for j in recovered.jobs}
