@@ -944,6 +944,8 @@ class Pool:
             slot.stop(why)
         task = self._start_release(machine, why)
         if wait:
+            # The release is a session cleanup (Cleanups.start), shared by whoever
+            # waits for it: a cancelled waiter stops only its waiting.
             await asyncio.shield(task)
 
     def _forget(self, machine: _Machine) -> None:

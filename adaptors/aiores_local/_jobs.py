@@ -600,6 +600,7 @@ class LocalJobAdaptor(JobAdaptor):
         for id in list(self._by_token.get(token, ())):
             job = self._jobs.get(id)
             if job is not None and job.abandoned:
+                # A shared future (the job's end): a cancelled find stops only its wait.
                 await asyncio.shield(job.finished)
         for record in await self._records(records.find, self.jobs_dir, token):
             if record.id not in self._jobs:
