@@ -187,6 +187,10 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
     """
     journal = _journal_of(session)
     objects = await journal.objects()
+    records = await sessions(session)
+    dead = await asyncio.to_thread(_gone_sessions, records.values(), session.id)
+    finished = dead | _ended_sessions(records.values())
+    objects += await _unrecorded(journal, objects, dead)
     result = Recovered(in_flight=await journal.in_flight())
     by_endpoint: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in objects:
@@ -203,11 +207,6 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
         result.resources.extend(found)
         result.gone.extend(gone)
         result.problems.extend(problems)
-    finished: set[str] = set()
-    if job_eps:
-        records = await sessions(session)
-        dead = await asyncio.to_thread(_gone_sessions, records.values(), session.id)
-        finished = dead | _ended_sessions(records.values())
     job_outcomes = await asyncio.gather(
         *(_recover_jobs(session, url, rows, timeout, finished) for url, rows in job_eps)
     )
@@ -216,6 +215,45 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
         result.gone.extend(lost)
         result.problems.extend(problems)
     return result
+
+
+#: Journalled calls that make things, and the kind of object each makes.
+_MAKES = {"acquire": "resource", "submit": "job", "submit_array": "job"}
+
+
+async def _unrecorded(
+    journal: Journal, recorded: list[dict[str, Any]], dead: set[str], kind: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows for what completed intents of ``dead`` sessions made but never recorded.
+
+    A process killed right after its acquire or submit returned (the intent is made
+    durable before the caller holds the result) may not have recorded the objects
+    yet: the completed intent names them. Only ``kind`` objects when given.
+    """
+    known = {row["id"] for row in recorded}
+    rows: list[dict[str, Any]] = []
+    for intent in await journal.intents("done"):
+        made = _MAKES.get(intent.op)
+        if made is None or intent.session not in dead or kind not in (None, made):
+            continue
+        for native in intent.ids:
+            rid = join_id(intent.url, native)
+            if rid not in known:
+                known.add(rid)
+                rows.append(
+                    {
+                        "id": rid,
+                        "kind": made,
+                        "url": intent.url,
+                        "native_id": native,
+                        "session": intent.session,
+                        "token": intent.token,
+                        "state": "NEW",
+                        "detail": "",
+                        "data": None,
+                    }
+                )
+    return rows
 
 
 async def _recover_resources(
@@ -543,28 +581,10 @@ async def reap(
             result.skipped.append(intent)
     rows_by_url: dict[str, list[dict[str, Any]]] = {}
     recorded = await journal.objects("resource")
+    recorded += await _unrecorded(journal, recorded, dead, kind="resource")
     for row in recorded:
         if row["session"] in dead and not _is_final("resource", row["state"]):
             rows_by_url.setdefault(row["url"], []).append(row)
-    # A process killed right after its acquire returned may not have recorded the
-    # resources yet: the completed intent names them.
-    known = {row["id"] for row in recorded}
-    for intent in await journal.intents("done"):
-        if intent.op != "acquire" or intent.session not in dead:
-            continue
-        for native in intent.ids:
-            rid = join_id(intent.url, native)
-            if rid not in known:
-                known.add(rid)
-                rows_by_url.setdefault(intent.url, []).append(
-                    {
-                        "id": rid,
-                        "native_id": native,
-                        "session": intent.session,
-                        "token": intent.token,
-                        "state": "NEW",
-                    }
-                )
     urls = sorted(set(intents_by_url) | set(rows_by_url))
     found = await asyncio.gather(
         *(

@@ -136,3 +136,33 @@ async def test_reap_cancels_a_job_whose_submit_never_completed() -> None:
         job = await session.job_service(access).get(info.id)
         assert await job.wait(timeout=30) is aiores.JobState.CANCELED
         await session.manager(URL).destroy(vm.id)
+
+
+@pytest.mark.asyncio
+async def test_recover_finds_a_job_whose_submit_completed_but_was_never_recorded() -> None:
+    # A program killed right after its submit's intent was made durable ('done', naming
+    # the job) and before the job itself was recorded: recover still reattaches it.
+    url = "local://"
+    async with aiores.Session() as crashed:
+        adaptor = await crashed.job_adaptor(url)
+        assert crashed.journal is not None
+        desc = aiores.JobDescription(executable="/bin/sleep", arguments=["300"])
+        await crashed.journal.intent("t-unrecorded", "submit", url, desc)
+        info = await adaptor.submit(desc, "t-unrecorded", hold=False)
+        await crashed.journal.outcome_durable("t-unrecorded", "done", [info.id])
+        crashed_id = crashed.id
+        dead_pid = await _dead_pid()
+    async with aiores.Session() as session:
+        assert session.journal is not None
+        assert [r for r in await session.journal.objects("job") if r["native_id"] == info.id] == []
+        await session.journal._call(
+            lambda db: db.execute(
+                "UPDATE sessions SET pid = ?, ended = NULL WHERE id = ?", (dead_pid, crashed_id)
+            )
+        )
+        recovered = await session.recover()
+        assert [job.native_id for job in recovered.jobs] == [info.id]
+        (job,) = recovered.jobs
+        assert job.state is aiores.JobState.RUNNING
+        await job.cancel()
+        assert await job.wait(timeout=30) is aiores.JobState.CANCELED
