@@ -205,6 +205,8 @@ async def test_kill_mid_submit_then_reap(slurm_url: str, slurm_cluster: Cluster)
     helpers = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     await proc.wait()
+    # And those it started between that listing and the kill (no other test runs).
+    helpers += [p for p in psutil.process_iter(["name"]) if p.info["name"] == "sbatch"]
     assert b"submitted" not in await proc.stdout.read()
     # Its sbatch commands run on (in their own process groups) and may still submit.
     await until(lambda: not any(p.is_running() and p.status() != "zombie" for p in helpers))
