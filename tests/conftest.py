@@ -14,6 +14,16 @@ from pathlib import Path
 
 import pytest
 
+# The servers every part of the suite shares, registered here only, so each starts
+# once per test session (a fixture a sub-directory's conftest also registered would
+# start again for that directory).
+from aiores_sim.testing import aiores_sim_cloud
+from tests.docker.podman import podman
+from tests.slurm.cluster import slurm_cluster
+from tests.ssh.servers import keys, sshd
+
+__all__ = ["aiores_sim_cloud", "keys", "podman", "slurm_cluster", "sshd"]
+
 os.environ["PYTHONASYNCIODEBUG"] = "1"
 
 SLOW_CALLBACK = 0.5

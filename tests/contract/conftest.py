@@ -50,10 +50,8 @@ import aiores
 from aiores import ComputeDescription, ResourceState, SSHContext, StorageDescription
 from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 from aiores_sim import MANAGED_KEY
-from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
-from tests.docker.conftest import IMAGE, podman
-from tests.slurm.conftest import slurm_cluster
-from tests.ssh.conftest import keys, sshd
+from aiores_sim.testing import SimCloudProcess
+from tests.docker.podman import IMAGE
 from tests.ssh.servers import Sshd
 
 __all__ = [
@@ -61,13 +59,8 @@ __all__ = [
     "STEP",
     "Backend",
     "SimCloudProcess",
-    "aiores_sim_cloud",
-    "keys",
     "marker",
-    "podman",
     "sleeping",
-    "slurm_cluster",
-    "sshd",
     "until",
     "workdir",
 ]

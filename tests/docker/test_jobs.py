@@ -15,7 +15,7 @@ import pytest
 import aiores
 from aiores import JobDescription, JobState
 
-from .conftest import IMAGE, Podman
+from .podman import IMAGE, Podman
 
 pytestmark = pytest.mark.asyncio
 

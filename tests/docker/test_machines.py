@@ -10,7 +10,7 @@ import pytest
 import aiores
 from aiores import ComputeDescription, ResourceState
 
-from .conftest import IMAGE, Podman
+from .podman import IMAGE, Podman
 
 pytestmark = pytest.mark.asyncio
 

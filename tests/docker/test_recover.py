@@ -16,7 +16,7 @@ import pytest
 
 import aiores
 
-from .conftest import IMAGE, Podman
+from .podman import IMAGE, Podman
 
 pytestmark = pytest.mark.asyncio
 

@@ -34,7 +34,7 @@ from aiores import (
 )
 from aiores_docker._daemon import Daemon
 
-from .conftest import IMAGE, Podman
+from .podman import IMAGE, Podman
 
 STEP = 30.0
 

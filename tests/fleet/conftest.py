@@ -19,18 +19,14 @@ import pytest_asyncio
 import aiores
 from aiores import SSHContext
 from aiores_sim import managed_key
-from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
-from tests.ssh.conftest import keys, sshd
+from aiores_sim.testing import SimCloudProcess
 
 __all__ = [
     "FAST",
     "STEP",
-    "aiores_sim_cloud",
-    "keys",
     "mark",
     "running",
     "session",
-    "sshd",
     "until_gone",
     "until_running",
 ]

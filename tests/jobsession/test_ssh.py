@@ -9,10 +9,8 @@ import pytest
 
 import aiores
 from aiores import JobDescription, JobState
-from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
+from aiores_sim.testing import SimCloudProcess
 from tests.sim.conftest import STEP, booted, pinned_context
-
-__all__ = ["aiores_sim_cloud"]
 
 
 def sh(script: str) -> JobDescription:

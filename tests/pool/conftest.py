@@ -22,14 +22,12 @@ from aiores import URL, ResourceState, RunResult
 from aiores.adaptor import AdaptorEnv, AdaptorPlugin, CommandRunner, ResourceInfo
 from aiores.testing import FakeClock, FakeCloud, FakeJobs, FakePlugin, FakeResources
 from aiores_sim import managed_key
-from aiores_sim.testing import aiores_sim_cloud
 
 __all__ = [
     "STEP",
     "Call",
     "Commands",
     "PoolPlugin",
-    "aiores_sim_cloud",
     "clock",
     "commands",
     "fake",

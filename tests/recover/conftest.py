@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
+from aiores_sim.testing import SimCloudProcess
 
-__all__ = ["STEP", "aiores_sim_cloud"]
+__all__ = ["STEP"]
 
 #: Seconds any one await in these tests may take before the test fails.
 STEP = 30.0

@@ -23,11 +23,10 @@ import pytest
 import aiores
 from aiores import Compute, ComputeDescription, ResourceState, SSHContext
 from aiores_sim import MANAGED_KEY
-from aiores_sim.testing import SimCloudProcess, aiores_sim_cloud
+from aiores_sim.testing import SimCloudProcess
 
 __all__ = [
     "STEP",
-    "aiores_sim_cloud",
     "booted",
     "hide_jobs",
     "listening",

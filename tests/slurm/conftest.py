@@ -15,42 +15,25 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 import aiores
-from aiores_slurm.testing import Cluster, Shim, available, make_shim
-from tests.ssh.conftest import keys, sshd
+from aiores_slurm.testing import Cluster, Shim, make_shim
 from tests.ssh.servers import Sshd, ensure_user
 
 __all__ = [
     "STEP",
     "Shim",
-    "keys",
-    "slurm_cluster",
     "slurm_url",
-    "sshd",
     "until",
 ]
 
 #: Seconds any one await in these tests may take before the test fails.
 STEP = 30.0
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[Cluster]:
-    why = available()
-    if why is not None:
-        pytest.fail(f"Slurm cannot run here: {why}")
-    cluster = Cluster()
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()  # cancels what is left (each test checks its own jobs)
 
 
 @pytest.fixture

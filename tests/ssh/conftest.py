@@ -26,7 +26,7 @@ from aiores._clock import LoopClock
 from aiores.adaptor import URL, Adaptor, JobInfo, concurrency
 from aiores_ssh import SSHCommandRunner, SSHFileAdaptor, SSHJobAdaptor
 
-from .servers import OPENSSH_DEFAULTS, PERMISSIVE, USER, Keys, Sshd, ensure_user, private_dir
+from .servers import PERMISSIVE, USER, Keys, Sshd, ensure_user
 
 C = TypeVar("C")
 T = TypeVar("T")
@@ -149,32 +149,11 @@ class Adaptors:
 
 
 @pytest.fixture(scope="session")
-def keys() -> Iterator[Keys]:
-    ensure_user()
-    directory = private_dir("aiores-sshd-")
-    try:
-        yield Keys.make(directory)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
 def test_home() -> Path:
     """The test user's home; the jobs directory there is emptied once per session."""
     home = Path(ensure_user().pw_dir)
     shutil.rmtree(home / ".aiores", ignore_errors=True)
     return home
-
-
-@pytest.fixture(scope="session")
-def sshd(keys: Keys) -> Iterator[Sshd]:
-    """sshd with OpenSSH's default MaxStartups and MaxSessions."""
-    server = Sshd(keys, "default", OPENSSH_DEFAULTS)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,11 +18,12 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+import pytest
 
 from aiores import SSHContext
 
@@ -402,3 +403,27 @@ async def fault_server(
         for conn in connections:
             conn.abort()
         await acceptor.wait_closed()
+
+
+# -- session fixtures (registered once, by tests/conftest.py) ------------------------
+
+
+@pytest.fixture(scope="session")
+def keys() -> Iterator[Keys]:
+    ensure_user()
+    directory = private_dir("aiores-sshd-")
+    try:
+        yield Keys.make(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sshd(keys: Keys) -> Iterator[Sshd]:
+    """sshd with OpenSSH's default MaxStartups and MaxSessions."""
+    server = Sshd(keys, "default", OPENSSH_DEFAULTS)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
