@@ -45,6 +45,7 @@ from aiores import (
 )
 from aiores.adaptor import URL, AdaptorEnv, truncation_marker
 
+from ._hijack import hijacked_tls
 from ._tls import TLS, handshake_error, ssl_context, tls_for
 
 __all__ = [
@@ -197,6 +198,7 @@ class Daemon:
         self.address = address
         self.tls = tls
         self._client: aiodocker.Docker | None = None
+        self._ssl: ssl.SSLContext | None = None
         self._making = asyncio.Lock()
         self._listeners: list[Listener] = []
         self._following = False
@@ -238,6 +240,7 @@ class Daemon:
                     url, context = self.address, None
                     if self.tls is not None:
                         context = await asyncio.to_thread(ssl_context, self.tls)
+                        self._ssl = context
                         url = "https://" + url.split("://", 1)[1]
                     self._client = _client(url, context)
         return self._client
@@ -322,7 +325,24 @@ class Daemon:
         input), and yield ``(stream, data)`` as the daemon sends it (1 stdout, 2 stderr).
 
         The request is made when iteration starts; closing the iterator closes it.
+        Over TLS with ``feed``, the connection is this module's own (:mod:`._hijack`):
+        its input ends with TLS's ``close_notify``, which aiohttp cannot send.
         """
+        if feed is not None and self.tls is not None:
+            with self.errors(what):
+                client = await self.client()
+                assert self._ssl is not None
+                await client._check_version()  # the API version it settled on
+                version = client.api_version
+                host, port = _host_port(self.address)
+                try:
+                    async for frame in hijacked_tls(
+                        host, port, self._ssl, f"/{version}/{path}", body or b"", feed
+                    ):
+                        yield frame
+                except ConnectionRefusedError as exc:
+                    raise NoSuccess(f"{what}: {_not_running(self.address)}") from exc
+            return
 
         async def setup() -> tuple[yarl.URL, bytes | None, bool]:
             return yarl.URL(path), body, False
@@ -330,15 +350,28 @@ class Daemon:
         with self.errors(what):
             client = await self.client()
             stream = aiodocker.stream.Stream(client, setup, aiohttp.ClientTimeout())
+            writing: asyncio.Task[None] | None = None
             try:
                 await stream._init()
                 if feed is not None:
-                    if feed:
-                        await stream.write_in(feed)
-                    _end_input(stream)
+
+                    async def write_input() -> None:
+                        if feed:
+                            await stream.write_in(feed)
+                        _end_input(stream)
+
+                    # Written while the output is read: a command that echoes its
+                    # input fills the other direction before its input ends.
+                    writing = asyncio.create_task(write_input(), name="aiores-docker-stdin")
                 while (message := await stream.read_out()) is not None:
                     yield message.stream, message.data
             finally:
+                if writing is not None:
+                    writing.cancel()  # the command ended without reading all of it
+                    await asyncio.wait({writing})
+                    error = None if writing.cancelled() else writing.exception()
+                    if error is not None and not isinstance(error, (OSError, RuntimeError)):
+                        raise error
                 await stream.close()
 
     async def feed(self, id: str, data: bytes, start: Callable[[], Awaitable[None]]) -> None:
@@ -493,6 +526,14 @@ def _client(url: str, context: ssl.SSLContext | None) -> aiodocker.Docker:
     # Plain TCP (or a unix socket): aiodocker would read DOCKER_CERT_PATH itself, on the
     # event loop, if DOCKER_TLS_VERIFY were set; it is not when no TLS was chosen.
     return aiodocker.Docker(url=url)
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """The host and port of a TCP daemon address (``tcp://`` or ``https://``)."""
+    parsed = yarl.URL(address)
+    assert parsed.host is not None
+    assert parsed.port is not None
+    return parsed.host, parsed.port
 
 
 def _end_input(stream: aiodocker.stream.Stream) -> None:

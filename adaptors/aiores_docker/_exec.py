@@ -11,6 +11,8 @@ image:
   cancelled one is stopped by a second exec that sends SIGKILL to every process of the
   container carrying that marker (the command and the children it started; this needs
   ``/bin/sh``, ``tr`` and ``grep`` in the image, as any busybox or Debian image has).
+  ``stdin`` is written while the output is read, then ended by half-closing the
+  connection; over TLS that is TLS's ``close_notify`` (see :mod:`._hijack`).
 - :class:`DockerFileAdaptor` copies with ``PUT``/``GET /containers/{id}/archive``
   (tar streams, made and unpacked in a worker thread, permission bits kept; relative
   remote paths are taken from ``/``); ``list`` reads the directory's archive,
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from aiores import AioresError, DoesNotExist, NoSuccess, NotSupported, RunResult
+from aiores import AioresError, DoesNotExist, NoSuccess, RunResult
 from aiores.adaptor import URL, AdaptorEnv, CommandRunner, FileAdaptor, concurrency
 
 from ._daemon import Daemon, Output
@@ -71,14 +73,6 @@ class _OnContainer:
         ``on_output`` hears each chunk as it comes (``"stdout"`` or ``"stderr"``).
         """
         what = f"running {argv[0]!r} in container {self.container[:12]}"
-        if stdin is not None and self.daemon.tls is not None:
-            # The daemon ends a command's stdin when its connection half-closes, and
-            # asyncio's TLS cannot half-close (no close_notify while still reading).
-            raise NotSupported(
-                f"{what}: standard input for a command over TLS to the Docker daemon at "
-                f"{self.daemon.address} is not supported: put the input in a file "
-                "(vm.put) and redirect the command's input from it"
-            )
         made = await self.daemon.json(
             what,
             f"containers/{self.container}/exec",
@@ -133,7 +127,6 @@ class DockerCommandRunner(CommandRunner):
             Timeout: it ran past ``timeout`` seconds (it was stopped first).
             DoesNotExist: no such container.
             IncorrectState: the container is not running.
-            NotSupported: ``stdin`` over TLS (the daemon would never see its end).
             NoSuccess, PermissionDenied: the daemon cannot be reached.
 
         Cancelling it stops the command (SIGKILL to its processes; shielded, bounded).

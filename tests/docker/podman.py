@@ -25,7 +25,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-__all__ = ["IMAGE", "Podman", "podman"]
+import aiores
+
+__all__ = ["IMAGE", "Podman", "check_stdin", "podman"]
 
 #: The test image: busybox with every applet, /tmp, and a passwd file.
 IMAGE = "localhost/aiores-test:1"
@@ -54,6 +56,27 @@ class Podman:
     def containers(self) -> list[str]:
         """Ids of every container the service holds."""
         return self.cli("ps", "-aq", "--no-trunc").stdout.split()
+
+
+async def check_stdin(vm: aiores.Compute) -> None:
+    """A command on ``vm`` reads its stdin to its end: a few bytes, 1 MiB (counted, and
+    echoed while it is still written), none."""
+    step = 30.0
+    big = bytes(range(256)) * 4096  # 1 MiB, every byte value
+    few = await vm.run("cat; echo done >&2; exit 3", stdin=b"abc\n", timeout=step)
+    assert (few.exit_status, few.stdout, few.stderr) == (3, "abc\n", "done\n")
+    counted = await vm.run(["/bin/sh", "-c", "wc -c; md5sum"], stdin=big, timeout=step)
+    assert counted.exit_status == 0
+    # wc read all of it; md5sum saw the end of the input wc had emptied.
+    assert counted.stdout.split()[:2] == [str(len(big)), "d41d8cd98f00b204e9800998ecf8427e"]
+    chunks: list[bytes] = []
+    echoed = await vm.run(
+        "cat", stdin=big, timeout=step, on_output=lambda _, data: chunks.append(data)
+    )
+    assert echoed.exit_status == 0
+    assert b"".join(chunks) == big
+    empty = await vm.run("wc -c", stdin=b"", timeout=step)
+    assert (empty.exit_status, empty.stdout.strip()) == (0, "0")
 
 
 def _rootfs(where: Path) -> Path:

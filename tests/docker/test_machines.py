@@ -10,7 +10,7 @@ import pytest
 import aiores
 from aiores import ComputeDescription, ResourceState
 
-from .podman import IMAGE, Podman
+from .podman import IMAGE, Podman, check_stdin
 
 pytestmark = pytest.mark.asyncio
 
@@ -70,4 +70,13 @@ async def test_commands_stop_when_cancelled_and_a_missing_container(podman: Podm
             await runner.run("true")
         with pytest.raises(aiores.DoesNotExist, match="pull or build it first"):
             await mgr.acquire(ComputeDescription(image="localhost/no-such-image:1"))
+    assert podman.containers() == []
+
+
+async def test_a_command_reads_its_stdin(podman: Podman) -> None:
+    async with (
+        aiores.Session(journal=None) as session,
+        session.manager(f"docker://?image={IMAGE}").acquired(ComputeDescription()) as vm,
+    ):
+        await check_stdin(vm)
     assert podman.containers() == []
