@@ -42,6 +42,7 @@ from aiores.adaptor import (
     URL,
     AdaptorEnv,
     CommandRunner,
+    Control,
     JobAdaptor,
     JobInfo,
     MachineInfo,
@@ -58,6 +59,7 @@ from ._scripts import (
     array_spec,
     batch_script,
     files_script,
+    id_words,
     is_job_id,
     job_dir_assignment,
     parse_files,
@@ -74,6 +76,9 @@ __all__ = ["SlurmJobAdaptor", "runner_url"]
 
 #: The watcher's default floor: admins ask tools not to poll more often than this.
 DEFAULT_INTERVAL = 3.0
+#: Slurm commands one endpoint runs at once by default (more wait their turn): hundreds
+#: of sbatch at once make slurmctld time out on its socket.
+DEFAULT_COMMANDS = 8
 
 
 def runner_url(url: URL) -> str:
@@ -97,7 +102,9 @@ class SlurmJobAdaptor(JobAdaptor):
 
     URL options: ``interval=SECONDS`` (the watcher's floor, default 3),
     ``dir=PATH`` (the job files directory on the login host, shared with the nodes;
-    default ``$HOME/.aiores/slurm``), ``conf=PATH`` (``SLURM_CONF`` for the commands).
+    default ``$HOME/.aiores/slurm``), ``conf=PATH`` (``SLURM_CONF`` for the commands),
+    ``commands=N`` (at most N Slurm commands of this endpoint at once, default 8:
+    many submits together wait their turn rather than swamp slurmctld).
 
     The description maps to sbatch: executable and arguments (quoted), environment
     (exported by the batch script), working_directory (``--chdir``, checked before
@@ -144,6 +151,15 @@ class SlurmJobAdaptor(JobAdaptor):
         self._dir = params.get("dir") or None
         if self._dir is not None:
             shell.check_text(self._dir, "the dir= option")
+        commands = DEFAULT_COMMANDS
+        if "commands" in params:
+            where = "the commands= option"
+            commands = validate.count(
+                validate.parse_number(params["commands"], where, int), where, max=1000
+            )
+        #: At most this many Slurm commands of this endpoint run at once.
+        self.max_commands = commands
+        self._slots = asyncio.Semaphore(commands)
         conf = params.get("conf")
         self._env = {"SLURM_CONF": shell.check_text(conf, "the conf= option")} if conf else None
         self._runner: CommandRunner | None = None
@@ -170,9 +186,10 @@ class SlurmJobAdaptor(JobAdaptor):
         # Counted by what runs: sbatch and the job files' reads run through sh.
         program = what if isinstance(command, str) or command[0] == "/bin/sh" else command[0]
         self.calls[program] = self.calls.get(program, 0) + 1
-        return await self._runner.run(
-            command, stdin=stdin, env=self._env, timeout=self.command_timeout
-        )
+        async with self._slots:
+            return await self._runner.run(
+                command, stdin=stdin, env=self._env, timeout=self.command_timeout
+            )
 
     def _failed(self, what: str, result: RunResult, job_id: str | None = None) -> Exception:
         detail = (result.stderr or result.stdout).strip()
@@ -284,6 +301,21 @@ class SlurmJobAdaptor(JobAdaptor):
                 return {}  # none of them is known to the controller any more
             raise self._failed("squeue", result)
         return {row.id: row.info() for row in parse_squeue(result.stdout)}
+
+    async def _whole_arrays(self, ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Array tasks squeue did not list, read from their array's own record: an
+        array cancelled before any task split off is one record under the array's id
+        (one squeue for all the arrays)."""
+        arrays = sorted({job_id.split("_", 1)[0] for job_id in ids if "_" in job_id})
+        if not arrays:
+            return {}
+        infos = await self._squeue(arrays)
+        found = {}
+        for job_id in ids:
+            whole = infos.get(job_id.split("_", 1)[0])
+            if "_" in job_id and whole is not None and whole.state.final:
+                found[job_id] = dataclasses.replace(whole, id=job_id)
+        return found
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
         """The state of each job: one squeue, then one read of the files finished jobs
@@ -414,19 +446,69 @@ class SlurmJobAdaptor(JobAdaptor):
         Cancelling the call after scancel ran leaves the job being cancelled.
         """
         await self._control(["scancel", id], id, "scancel")
+        await self._until_ended([id])
+
+    async def _until_ended(self, ids: Sequence[str]) -> None:
+        """Ask (one squeue for all) until every job of ``ids`` ended or left the queue;
+        publish what squeue said last."""
         delay = 0.1
         async with concurrency.fail_after(
-            self.cancel_timeout, f"job {id} at {self.url} still runs after scancel"
+            self.cancel_timeout,
+            lambda: f"jobs {', '.join(ids[:5])} at {self.url} still run after scancel",
         ):
             while True:
-                info = (await self._squeue([id])).get(id)
-                if info is None or info.state.final:
+                infos = await self._squeue(ids)
+                if all(info.state.final for info in infos.values()):
                     break
                 # Slurm ends a job after its KillWait: ask again, less and less often.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        if info is not None:
+        if missing_ids := [job_id for job_id in ids if job_id not in infos]:
+            infos.update(await self._whole_arrays(missing_ids))
+        for info in infos.values():
             self.publish(info)
+
+    async def control_many(self, what: Control, ids: Sequence[str]) -> Sequence[Exception | None]:
+        """One ``scancel`` or ``scontrol <what>`` for all of ``ids`` (an array's tasks
+        as ``12_[0-9]``), then one squeue to read their states.
+
+        Returns:
+            Per id: None, or its error (as :meth:`cancel`, :meth:`hold`, ... raise).
+            When Slurm refuses the command (one job in a wrong state), each remaining
+            id is tried on its own to tell which.
+        """
+        outcomes: dict[str, Exception | None] = {
+            job_id: None if is_job_id(job_id) else missing("job", job_id, self.url)
+            for job_id in ids
+        }
+        act = [job_id for job_id, error in outcomes.items() if error is None]
+        if what == "hold" and act:
+            # Slurm lets an admin "hold" a running job, to no effect: refuse it here.
+            infos = await self._squeue(act)
+            for job_id in act:
+                info = infos.get(job_id)
+                if info is None:
+                    outcomes[job_id] = missing("job", job_id, self.url)
+                elif info.state not in (JobState.QUEUED, JobState.HELD):
+                    outcomes[job_id] = IncorrectState(
+                        f"cannot hold job {job_id} at {self.url}: it is {info.state_detail}"
+                    )
+            act = [job_id for job_id in act if outcomes[job_id] is None]
+        if act:
+            argv = ["scancel"] if what == "cancel" else ["scontrol", what]
+            result = await self._run([*argv, *id_words(act)], argv[0])
+            if result.exit_status != 0:
+                one: dict[str, Exception | None] = dict(
+                    zip(act, await super().control_many(what, act), strict=True)
+                )
+                outcomes.update(one)
+                act = [job_id for job_id in act if one[job_id] is None]
+            elif what == "cancel":
+                await self._until_ended(act)
+            else:
+                for info in (await self._squeue(act)).values():
+                    self.publish(info)
+        return [outcomes[job_id] for job_id in ids]
 
     async def hold(self, id: str) -> None:
         """``scontrol hold``: keep a pending job from starting.

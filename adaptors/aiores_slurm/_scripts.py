@@ -36,6 +36,7 @@ __all__ = [
     "batch_script",
     "exit_code",
     "files_script",
+    "id_words",
     "is_job_id",
     "job_dir_assignment",
     "parse_files",
@@ -124,6 +125,35 @@ def job_dir_assignment(directory: str | None) -> str:
 def is_job_id(value: str) -> bool:
     """Whether ``value`` is a Slurm job id (``12``, or an array task ``12_3``)."""
     return _JOB_ID.fullmatch(value) is not None
+
+
+def id_words(ids: Sequence[str]) -> list[str]:
+    """Job ids as few words as scancel and scontrol take: the tasks of one array as
+    ``12_[0-9,12]``, other ids as they are (each id must pass :func:`is_job_id`)."""
+    words: list[str] = []
+    tasks: dict[str, list[int]] = {}
+    for job_id in dict.fromkeys(ids):
+        base, _, index = job_id.partition("_")
+        if index:
+            tasks.setdefault(base, []).append(int(index))
+        else:
+            words.append(job_id)
+    for base, indices in tasks.items():
+        if len(indices) == 1:
+            words.append(f"{base}_{indices[0]}")
+            continue
+        ordered = sorted(indices)
+        runs: list[str] = []
+        start = previous = ordered[0]
+        for following in [*ordered[1:], None]:
+            if following is not None and following == previous + 1:
+                previous = following
+                continue
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            if following is not None:
+                start = previous = following
+        words.append(f"{base}_[{','.join(runs)}]")
+    return words
 
 
 def batch_script(description: JobDescription, directory: str | None) -> str:

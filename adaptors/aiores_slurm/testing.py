@@ -246,11 +246,25 @@ class Shim:
     def counts(self) -> dict[str, int]:
         """Calls so far, by command (every one of :data:`COMMANDS` listed)."""
         counts = dict.fromkeys(COMMANDS, 0)
-        if self.log.exists():
-            for line in self.log.read_text().splitlines():
-                name = line.split(" ", 1)[0]
-                counts[name] = counts.get(name, 0) + 1
+        for line in self._lines():
+            name = line.split(" ", 1)[0]
+            if name in counts:
+                counts[name] += 1
         return counts
+
+    def most_at_once(self, name: str) -> int:
+        """The most calls of command ``name`` that ran at the same time so far."""
+        running = most = 0
+        for line in self._lines():
+            if line.split(" ", 1)[0] == name:
+                running += 1
+                most = max(most, running)
+            elif line == f"end {name}":
+                running -= 1
+        return most
+
+    def _lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
 
     def reset(self) -> None:
         """Forget the calls so far."""
@@ -258,7 +272,8 @@ class Shim:
 
 
 def make_shim(directory: Path) -> Shim:
-    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, exec."""
+    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, run
+    the real command, log ``end <name>`` and exit with its status."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "calls.log"
     for name in COMMANDS:
@@ -266,6 +281,9 @@ def make_shim(directory: Path) -> Shim:
         if real is None:
             continue
         wrapper = directory / name
-        wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\nexec {real} "$@"\n')
+        wrapper.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\n'
+            f'{real} "$@"\nrc=$?\necho "end {name}" >> {log}\nexit $rc\n'
+        )
         wrapper.chmod(0o755)
     return Shim(directory, log)
