@@ -8,9 +8,12 @@ login host but those commands and ``sh``.
 State is polled: the session's watcher calls :meth:`SlurmJobAdaptor.describe` with
 every watched job of the endpoint, answered by ONE ``squeue --jobs=<ids>
 --states=all`` (finished jobs included while the controller keeps them, MinJobAge),
-then, only when some job is newly finished or has left the queue, ONE ``sh`` command
-that reads the exit-status and output files those jobs left (see
-:mod:`aiores_slurm._scripts`): no ``sacct``, so it works without accounting. The
+then, only when some jobs have left the queue, ONE ``sacct`` for all of them (where
+the cluster keeps accounting: found out by the first call, then remembered), and when
+some job is newly finished or has left the queue, ONE ``sh`` command that reads the
+exit-status and output files those jobs left (see :mod:`aiores_slurm._scripts`):
+without accounting a job that left the queue is read from the exit status its batch
+script recorded. The
 interval starts at a floor of a few seconds (``?interval=SECONDS`` changes it), as
 cluster admins ask of tools.
 
@@ -65,7 +68,9 @@ from ._scripts import (
     parse_files,
     parse_nodes,
     parse_partitions,
+    parse_sacct,
     parse_squeue,
+    sacct_command,
     sbatch_command,
     sinfo_nodes_command,
     sinfo_partitions_command,
@@ -167,6 +172,8 @@ class SlurmJobAdaptor(JobAdaptor):
             "sbatch"
         )
         self._delivered: OrderedDict[str, None] = OrderedDict()
+        #: Whether sacct answers (None: not asked yet).
+        self._accounting: bool | None = None
         #: Slurm commands run, by program (squeue, sbatch, ...): for tests and benchmarks.
         self.calls: dict[str, int] = {}
 
@@ -318,13 +325,15 @@ class SlurmJobAdaptor(JobAdaptor):
         return found
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
-        """The state of each job: one squeue, then one read of the files finished jobs
-        left (only if some job is newly finished or left the queue).
+        """The state of each job: one squeue, then (only if some jobs left the queue)
+        one sacct for them all, then (only if some job is newly finished or left the
+        queue) one read of the files finished jobs left.
 
         A finished job carries its captured output the first time this adaptor
-        reports it final. A job Slurm forgot (MinJobAge) is read from the exit status
-        its batch script recorded; one that never started and was forgotten is left
-        out (without accounting nothing records it).
+        reports it final. A job Slurm forgot (MinJobAge) is read from sacct where the
+        cluster keeps accounting, else from the exit status its batch script
+        recorded; without accounting, one that never started and was forgotten is
+        left out (nothing records it).
 
         Raises:
             NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
@@ -342,6 +351,7 @@ class SlurmJobAdaptor(JobAdaptor):
         ]
         if not gone and not newly_final:
             return infos
+        accounted = await self._sacct(gone) if gone else {}
         files = await self._files([*gone, *newly_final], [*gone, *newly_final])
         for job_id in newly_final:
             found = files.get(job_id)
@@ -350,21 +360,44 @@ class SlurmJobAdaptor(JobAdaptor):
                     infos[job_id], stdout=found.stdout, stderr=found.stderr
                 )
             self._deliver(job_id)
+        unknown = []
         for job_id in gone:
-            found = files.get(job_id)
-            if found is None or found.exit is None:
+            found = files.get(job_id) or Files()
+            if job_id in accounted:
+                info = accounted[job_id]
+            elif found.exit is not None:
+                code = found.exit
+                info = JobInfo(
+                    id=job_id,
+                    state=JobState.DONE if code == 0 else JobState.FAILED,
+                    state_detail=f"left the queue; its program exited {code}",
+                    exit_code=code,
+                )
+            else:
+                unknown.append(job_id)
                 continue
-            code = found.exit
-            infos[job_id] = JobInfo(
-                id=job_id,
-                state=JobState.DONE if code == 0 else JobState.FAILED,
-                state_detail=f"left the queue; its program exited {code}",
-                exit_code=code,
-                stdout=found.stdout,
-                stderr=found.stderr,
-            )
+            infos[job_id] = dataclasses.replace(info, stdout=found.stdout, stderr=found.stderr)
             self._deliver(job_id)
+        if unknown:
+            # Tasks of an array cancelled before it split are one record: read it.
+            for job_id, info in (await self._whole_arrays(unknown)).items():
+                infos[job_id] = info
+                self._deliver(job_id)
         return infos
+
+    async def _sacct(self, ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Final jobs among ``ids`` from one ``sacct``; nothing where the cluster
+        keeps no accounting (found out by the first call, then remembered)."""
+        if self._accounting is False:
+            return {}
+        result = await self._run(sacct_command(ids), "sacct")
+        if result.exit_status != 0:
+            detail = (result.stderr + result.stdout).lower()
+            if "accounting storage is disabled" in detail or result.exit_status == 127:
+                self._accounting = False
+            return {}  # slurmdbd not answering now: the job files tell
+        self._accounting = True
+        return parse_sacct(result.stdout)
 
     def _deliver(self, job_id: str) -> None:
         self._delivered[job_id] = None

@@ -42,7 +42,9 @@ __all__ = [
     "parse_files",
     "parse_nodes",
     "parse_partitions",
+    "parse_sacct",
     "parse_squeue",
+    "sacct_command",
     "sbatch_command",
     "sinfo_nodes_command",
     "sinfo_partitions_command",
@@ -587,3 +589,44 @@ def parse_files(text: str) -> dict[str, Files]:
             else:
                 current.stderr = chunk
     return found
+
+
+def sacct_command(ids: Sequence[str]) -> list[str]:
+    """One sacct for ``ids``: a line per job (no steps), ``JobID|State|ExitCode``."""
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--starttime=1970-01-01",
+        "--format=JobID,State,ExitCode",
+        f"--jobs={','.join(ids)}",
+    ]
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """Read :func:`sacct_command`'s output: the final jobs' states and exit codes
+    (``ExitCode`` is ``code:signal``); jobs not final yet are left out."""
+    infos: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 3 or not is_job_id(fields[0]):
+            continue
+        job_id, word, exit_text = fields[:3]
+        state = state_of(word, "")
+        if not state.final:
+            continue
+        code_text, _, signal_text = exit_text.partition(":")
+        code: int | None = None
+        if code_text.isdigit() and signal_text.isdigit():
+            code = -int(signal_text) if int(signal_text) else int(code_text)
+        if state is JobState.CANCELED and not code:
+            code = None
+        infos[job_id] = JobInfo(
+            id=job_id,
+            state=state,
+            state_detail=f"{word} (left the queue; from sacct)",
+            exit_code=code,
+            extra={"slurm_state": word.split()[0] if word else ""},
+        )
+    return infos

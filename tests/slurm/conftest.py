@@ -2,9 +2,11 @@
 
 ``slurm_cluster`` (session scope) starts munged, slurmctld and slurmd in a private
 directory with private ports (see :mod:`aiores_slurm.testing`), and at the end
-cancels every job and stops them all. ``slurm_url`` is a ``slurm://`` URL that reaches
-it (``conf=`` names its slurm.conf; ``dir=`` a job files directory of the test;
-``interval=`` a short floor so tests do not wait seconds per tick).
+cancels every job and stops them all; ``slurm_accounting`` is a second one with
+accounting (MariaDB, slurmdbd), for the tests of sacct only. ``slurm_url`` is a
+``slurm://`` URL that reaches it (``conf=`` names its slurm.conf; ``dir=`` a job files
+directory of the test; ``interval=`` a short floor so tests do not wait seconds per
+tick).
 
 The ``shim`` fixture puts a directory of wrapper scripts first on PATH: each logs its
 call, then runs the real Slurm command, so a test counts the scheduler calls made.
@@ -30,6 +32,7 @@ __all__ = [
     "STEP",
     "Shim",
     "keys",
+    "slurm_accounting",
     "slurm_cluster",
     "slurm_url",
     "sshd",
@@ -51,6 +54,22 @@ def slurm_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         cluster.stop()  # cancels what is left (each test checks its own jobs)
+
+
+@pytest.fixture(scope="session")
+def slurm_accounting() -> Iterator[Cluster]:
+    """A second cluster, with accounting (MariaDB and slurmdbd, sacct answers) and a
+    MinJobAge of 2 s: only for the few tests of reading jobs from sacct (the
+    ordinary cluster keeps the path without accounting tested)."""
+    why = available(accounting=True)
+    if why is not None:
+        pytest.fail(f"Slurm with accounting cannot run here: {why}")
+    cluster = Cluster(accounting=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
