@@ -29,6 +29,11 @@ def forgotten(cluster: Cluster, ids: list[str], timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
+def remove_exit_files(directory: Path) -> None:
+    for path in directory.glob("*.exit"):
+        path.unlink()
+
+
 async def test_jobs_that_left_squeue_are_read_from_one_sacct(
     slurm_accounting: Cluster, jobs_dir: Path, shim: Shim
 ) -> None:
@@ -46,7 +51,7 @@ async def test_jobs_that_left_squeue_are_read_from_one_sacct(
     await asyncio.to_thread(slurm_accounting.run, "scancel", ids[-1])
     await asyncio.to_thread(forgotten, slurm_accounting, ids)
     # Only sacct can tell now: the exit files the batch scripts wrote are gone.
-    await asyncio.to_thread(lambda: [path.unlink() for path in jobs_dir.glob("*.exit")])
+    await asyncio.to_thread(remove_exit_files, jobs_dir)
     shim.reset()
 
     async with aiores.Session() as session:
