@@ -32,7 +32,7 @@ from ._exceptions import (
 from ._states import JobState, ResourceState
 from ._url import URL, join_id, native_id, same_endpoint
 from ._watch import Tracked, Watcher
-from .adaptor import AdaptorPlugin, JobAdaptor, JobInfo, MachineInfo, QueueInfo
+from .adaptor import AdaptorPlugin, Control, JobAdaptor, JobInfo, MachineInfo, QueueInfo
 
 if TYPE_CHECKING:
     from ._journal import Journal
@@ -42,6 +42,9 @@ __all__ = ["Job", "JobArray", "JobService", "as_completed", "wait_any"]
 
 #: The environment variable that carries a job's index in its array.
 ARRAY_INDEX_VARIABLE = "AIORES_ARRAY_INDEX"
+
+#: What a control acts on: a job's adaptor and its backend id.
+_Target = tuple[JobAdaptor, str]
 
 
 class JobService:
@@ -530,13 +533,18 @@ class Job(Tracked[JobState]):
         if self._native_id is None and self._submitting is not None:
             await asyncio.shield(self._submitting)
 
-    async def _control(self, what: str) -> None:
+    async def _target(self, what: str) -> tuple[JobAdaptor, str]:
+        """The adaptor and backend id ``what`` acts on (IncorrectState if it cannot)."""
         if self._state.final:
             raise IncorrectState(f"cannot {what} {self}: it is {self._state.name}")
         if self._native_id is None:
             raise IncorrectState(f"cannot {what} {self}: it is not submitted yet")
         adaptor, _ = await self._service._open()
-        await getattr(adaptor, what)(self._native_id)
+        return adaptor, self._native_id
+
+    async def _control(self, what: str) -> None:
+        adaptor, native_id = await self._target(what)
+        await getattr(adaptor, what)(native_id)
 
     async def cancel(self) -> None:
         """Stop the job (TERM, then KILL after the backend's grace period).
@@ -647,9 +655,15 @@ class JobArray(Sequence[Job]):
         for job in pending:
             if job.native_id is None and job._submitting is None:
                 await job.cancel()
-        await self._each(
-            "cancel", [j for j in pending if not j.state.final], lambda job: job.cancel()
-        )
+
+        async def cancel(job: Job) -> _Target | None:
+            await job._submitted()
+            if job.native_id is None:  # its submission failed meanwhile
+                await job.cancel()
+                return None
+            return await job._target("cancel")
+
+        await self._each("cancel", [j for j in pending if not j.state.final], cancel)
 
     async def hold(self) -> None:
         """Hold every member (DRMAA2's ``ArrayJob.hold``): queued ones stay queued,
@@ -667,15 +681,15 @@ class JobArray(Sequence[Job]):
         Cancelling it stops the acting; members already acted on stay so.
         """
 
-        async def hold(job: Job) -> None:
+        async def hold(job: Job) -> _Target | None:
             if job.native_id is None and job._submitting is None and not job.state.final:
                 adaptor, _ = await job.service._open()
                 if not adaptor.supports_hold:
                     raise NotSupported(f"{job.service.url.scheme}:// cannot hold jobs")
                 job._hold_on_submit = True
-                return
+                return None
             await job._submitted()
-            await job.hold()
+            return await job._target("hold")
 
         await self._each("hold", self.jobs, hold)
 
@@ -686,12 +700,12 @@ class JobArray(Sequence[Job]):
             IncorrectState, NotSupported, FanOutError: as :meth:`hold`.
         """
 
-        async def release(job: Job) -> None:
+        async def release(job: Job) -> _Target | None:
             if job.native_id is None and job._hold_on_submit and job._submitting is None:
                 job._hold_on_submit = False
-                return
+                return None
             await job._submitted()
-            await job.release()
+            return await job._target("release")
 
         await self._each("release", self.jobs, release)
 
@@ -704,7 +718,7 @@ class JobArray(Sequence[Job]):
             NotSupported: As :meth:`hold`.
             FanOutError: As :meth:`hold`.
         """
-        await self._each("suspend", self.jobs, _after_submission(Job.suspend))
+        await self._each("suspend", self.jobs, _after_submission("suspend"))
 
     async def resume(self) -> None:
         """Resume every suspended member.
@@ -712,13 +726,40 @@ class JobArray(Sequence[Job]):
         Raises:
             IncorrectState, NotSupported, FanOutError: as :meth:`hold`.
         """
-        await self._each("resume", self.jobs, _after_submission(Job.resume))
+        await self._each("resume", self.jobs, _after_submission("resume"))
 
     async def _each(
-        self, what: str, members: Sequence[Job], act: Callable[[Job], Awaitable[None]]
+        self,
+        what: Control,
+        members: Sequence[Job],
+        prepare: Callable[[Job], Awaitable[_Target | None]],
     ) -> None:
-        """``act`` on every member together; then one error for those that failed."""
-        outcomes = await settle(act(job) for job in members)
+        """``prepare`` every member together (None: nothing left to do at the backend),
+        then ``what`` on those ready with one :meth:`JobAdaptor.control_many` per
+        adaptor; then one error for those that failed."""
+        prepared = await settle(prepare(job) for job in members)
+        outcomes: builtins.list[Exception | None] = [
+            outcome if isinstance(outcome, Exception) else None for outcome in prepared
+        ]
+        # One backend call per adaptor (an array's members share one).
+        groups: dict[int, tuple[JobAdaptor, builtins.list[int]]] = {}
+        ids: dict[int, str] = {}
+        for i, outcome in enumerate(prepared):
+            if isinstance(outcome, tuple):
+                groups.setdefault(id(outcome[0]), (outcome[0], []))[1].append(i)
+                ids[i] = outcome[1]
+
+        async def control(adaptor: JobAdaptor, places: builtins.list[int]) -> None:
+            done = await adaptor.control_many(what, [ids[i] for i in places])
+            for i, outcome in zip(places, done, strict=True):
+                outcomes[i] = outcome
+
+        for place, error in zip(
+            groups, await settle(control(*group) for group in groups.values()), strict=True
+        ):
+            if isinstance(error, Exception):
+                for i in groups[place][1]:
+                    outcomes[i] = error
         failed = [
             (job, outcome)
             for job, outcome in zip(members, outcomes, strict=True)
@@ -760,10 +801,10 @@ def _releaser(adaptor: JobAdaptor) -> Callable[[str], Awaitable[Sequence[str]]]:
     return release
 
 
-def _after_submission(act: Callable[[Job], Awaitable[None]]) -> Callable[[Job], Awaitable[None]]:
-    async def after(job: Job) -> None:
+def _after_submission(what: Control) -> Callable[[Job], Awaitable[_Target | None]]:
+    async def after(job: Job) -> _Target | None:
         await job._submitted()
-        await act(job)
+        return await job._target(what)
 
     return after
 

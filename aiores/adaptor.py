@@ -52,6 +52,7 @@ __all__ = [
     "AdaptorPlugin",
     "Bucket",
     "CommandRunner",
+    "Control",
     "Describes",
     "FileAdaptor",
     "Governor",
@@ -75,6 +76,8 @@ __all__ = [
 ]
 
 RType = Literal["compute", "storage", "network"]
+#: What :meth:`JobAdaptor.control_many` does to several jobs.
+Control = Literal["cancel", "hold", "release", "suspend", "resume"]
 C = TypeVar("C", bound=Context)
 T = TypeVar("T")
 
@@ -472,6 +475,20 @@ class JobAdaptor(Adaptor):
     async def reap(self, id: str) -> None:
         """Forget a finished job and free what the backend kept for it."""
         raise self._unsupported("reap")
+
+    async def control_many(self, what: Control, ids: Sequence[str]) -> Sequence[Exception | None]:
+        """Apply :meth:`cancel`, :meth:`hold`, :meth:`release`, :meth:`suspend` or
+        :meth:`resume` (``what``) to several jobs at once (the members of an array).
+
+        Returns:
+            One outcome per id, in order: None when done, else the error that id's
+            own call would have raised.
+
+        The default calls the one-job method for every id together; a backend that
+        acts on many jobs with one call overrides it.
+        """
+        act: Callable[[str], Awaitable[None]] = getattr(self, what)
+        return await concurrency.settle(act(job_id) for job_id in ids)
 
 
 class FileAdaptor(Adaptor):

@@ -8,9 +8,12 @@ login host but those commands and ``sh``.
 State is polled: the session's watcher calls :meth:`SlurmJobAdaptor.describe` with
 every watched job of the endpoint, answered by ONE ``squeue --jobs=<ids>
 --states=all`` (finished jobs included while the controller keeps them, MinJobAge),
-then, only when some job is newly finished or has left the queue, ONE ``sh`` command
-that reads the exit-status and output files those jobs left (see
-:mod:`aiores_slurm._scripts`): no ``sacct``, so it works without accounting. The
+then, only when some jobs have left the queue, ONE ``sacct`` for all of them (where
+the cluster keeps accounting: found out by the first call, then remembered), and when
+some job is newly finished or has left the queue, ONE ``sh`` command that reads the
+exit-status and output files those jobs left (see :mod:`aiores_slurm._scripts`):
+without accounting a job that left the queue is read from the exit status its batch
+script recorded. The
 interval starts at a floor of a few seconds (``?interval=SECONDS`` changes it), as
 cluster admins ask of tools.
 
@@ -42,6 +45,7 @@ from aiores.adaptor import (
     URL,
     AdaptorEnv,
     CommandRunner,
+    Control,
     JobAdaptor,
     JobInfo,
     MachineInfo,
@@ -58,12 +62,15 @@ from ._scripts import (
     array_spec,
     batch_script,
     files_script,
+    id_words,
     is_job_id,
     job_dir_assignment,
     parse_files,
     parse_nodes,
     parse_partitions,
+    parse_sacct,
     parse_squeue,
+    sacct_command,
     sbatch_command,
     sinfo_nodes_command,
     sinfo_partitions_command,
@@ -74,6 +81,9 @@ __all__ = ["SlurmJobAdaptor", "runner_url"]
 
 #: The watcher's default floor: admins ask tools not to poll more often than this.
 DEFAULT_INTERVAL = 3.0
+#: Slurm commands one endpoint runs at once by default (more wait their turn): hundreds
+#: of sbatch at once make slurmctld time out on its socket.
+DEFAULT_COMMANDS = 8
 
 
 def runner_url(url: URL) -> str:
@@ -97,7 +107,9 @@ class SlurmJobAdaptor(JobAdaptor):
 
     URL options: ``interval=SECONDS`` (the watcher's floor, default 3),
     ``dir=PATH`` (the job files directory on the login host, shared with the nodes;
-    default ``$HOME/.aiores/slurm``), ``conf=PATH`` (``SLURM_CONF`` for the commands).
+    default ``$HOME/.aiores/slurm``), ``conf=PATH`` (``SLURM_CONF`` for the commands),
+    ``commands=N`` (at most N Slurm commands of this endpoint at once, default 8:
+    many submits together wait their turn rather than swamp slurmctld).
 
     The description maps to sbatch: executable and arguments (quoted), environment
     (exported by the batch script), working_directory (``--chdir``, checked before
@@ -144,6 +156,15 @@ class SlurmJobAdaptor(JobAdaptor):
         self._dir = params.get("dir") or None
         if self._dir is not None:
             shell.check_text(self._dir, "the dir= option")
+        commands = DEFAULT_COMMANDS
+        if "commands" in params:
+            where = "the commands= option"
+            commands = validate.count(
+                validate.parse_number(params["commands"], where, int), where, max=1000
+            )
+        #: At most this many Slurm commands of this endpoint run at once.
+        self.max_commands = commands
+        self._slots = asyncio.Semaphore(commands)
         conf = params.get("conf")
         self._env = {"SLURM_CONF": shell.check_text(conf, "the conf= option")} if conf else None
         self._runner: CommandRunner | None = None
@@ -151,6 +172,8 @@ class SlurmJobAdaptor(JobAdaptor):
             "sbatch"
         )
         self._delivered: OrderedDict[str, None] = OrderedDict()
+        #: Whether sacct answers (None: not asked yet).
+        self._accounting: bool | None = None
         #: Slurm commands run, by program (squeue, sbatch, ...): for tests and benchmarks.
         self.calls: dict[str, int] = {}
 
@@ -170,9 +193,10 @@ class SlurmJobAdaptor(JobAdaptor):
         # Counted by what runs: sbatch and the job files' reads run through sh.
         program = what if isinstance(command, str) or command[0] == "/bin/sh" else command[0]
         self.calls[program] = self.calls.get(program, 0) + 1
-        return await self._runner.run(
-            command, stdin=stdin, env=self._env, timeout=self.command_timeout
-        )
+        async with self._slots:
+            return await self._runner.run(
+                command, stdin=stdin, env=self._env, timeout=self.command_timeout
+            )
 
     def _failed(self, what: str, result: RunResult, job_id: str | None = None) -> Exception:
         detail = (result.stderr or result.stdout).strip()
@@ -285,14 +309,31 @@ class SlurmJobAdaptor(JobAdaptor):
             raise self._failed("squeue", result)
         return {row.id: row.info() for row in parse_squeue(result.stdout)}
 
+    async def _whole_arrays(self, ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Array tasks squeue did not list, read from their array's own record: an
+        array cancelled before any task split off is one record under the array's id
+        (one squeue for all the arrays)."""
+        arrays = sorted({job_id.split("_", 1)[0] for job_id in ids if "_" in job_id})
+        if not arrays:
+            return {}
+        infos = await self._squeue(arrays)
+        found = {}
+        for job_id in ids:
+            whole = infos.get(job_id.split("_", 1)[0])
+            if "_" in job_id and whole is not None and whole.state.final:
+                found[job_id] = dataclasses.replace(whole, id=job_id)
+        return found
+
     async def describe(self, ids: Sequence[str]) -> Mapping[str, JobInfo]:
-        """The state of each job: one squeue, then one read of the files finished jobs
-        left (only if some job is newly finished or left the queue).
+        """The state of each job: one squeue, then (only if some jobs left the queue)
+        one sacct for them all, then (only if some job is newly finished or left the
+        queue) one read of the files finished jobs left.
 
         A finished job carries its captured output the first time this adaptor
-        reports it final. A job Slurm forgot (MinJobAge) is read from the exit status
-        its batch script recorded; one that never started and was forgotten is left
-        out (without accounting nothing records it).
+        reports it final. A job Slurm forgot (MinJobAge) is read from sacct where the
+        cluster keeps accounting, else from the exit status its batch script
+        recorded; without accounting, one that never started and was forgotten is
+        left out (nothing records it).
 
         Raises:
             NoSuccess, ConnectionLost, Timeout: the cluster could not be asked.
@@ -310,6 +351,7 @@ class SlurmJobAdaptor(JobAdaptor):
         ]
         if not gone and not newly_final:
             return infos
+        accounted = await self._sacct(gone) if gone else {}
         files = await self._files([*gone, *newly_final], [*gone, *newly_final])
         for job_id in newly_final:
             found = files.get(job_id)
@@ -318,21 +360,44 @@ class SlurmJobAdaptor(JobAdaptor):
                     infos[job_id], stdout=found.stdout, stderr=found.stderr
                 )
             self._deliver(job_id)
+        unknown = []
         for job_id in gone:
-            found = files.get(job_id)
-            if found is None or found.exit is None:
+            found = files.get(job_id) or Files()
+            if job_id in accounted:
+                info = accounted[job_id]
+            elif found.exit is not None:
+                code = found.exit
+                info = JobInfo(
+                    id=job_id,
+                    state=JobState.DONE if code == 0 else JobState.FAILED,
+                    state_detail=f"left the queue; its program exited {code}",
+                    exit_code=code,
+                )
+            else:
+                unknown.append(job_id)
                 continue
-            code = found.exit
-            infos[job_id] = JobInfo(
-                id=job_id,
-                state=JobState.DONE if code == 0 else JobState.FAILED,
-                state_detail=f"left the queue; its program exited {code}",
-                exit_code=code,
-                stdout=found.stdout,
-                stderr=found.stderr,
-            )
+            infos[job_id] = dataclasses.replace(info, stdout=found.stdout, stderr=found.stderr)
             self._deliver(job_id)
+        if unknown:
+            # Tasks of an array cancelled before it split are one record: read it.
+            for job_id, info in (await self._whole_arrays(unknown)).items():
+                infos[job_id] = info
+                self._deliver(job_id)
         return infos
+
+    async def _sacct(self, ids: Sequence[str]) -> dict[str, JobInfo]:
+        """Final jobs among ``ids`` from one ``sacct``; nothing where the cluster
+        keeps no accounting (found out by the first call, then remembered)."""
+        if self._accounting is False:
+            return {}
+        result = await self._run(sacct_command(ids), "sacct")
+        if result.exit_status != 0:
+            detail = (result.stderr + result.stdout).lower()
+            if "accounting storage is disabled" in detail or result.exit_status == 127:
+                self._accounting = False
+            return {}  # slurmdbd not answering now: the job files tell
+        self._accounting = True
+        return parse_sacct(result.stdout)
 
     def _deliver(self, job_id: str) -> None:
         self._delivered[job_id] = None
@@ -414,19 +479,69 @@ class SlurmJobAdaptor(JobAdaptor):
         Cancelling the call after scancel ran leaves the job being cancelled.
         """
         await self._control(["scancel", id], id, "scancel")
+        await self._until_ended([id])
+
+    async def _until_ended(self, ids: Sequence[str]) -> None:
+        """Ask (one squeue for all) until every job of ``ids`` ended or left the queue;
+        publish what squeue said last."""
         delay = 0.1
         async with concurrency.fail_after(
-            self.cancel_timeout, f"job {id} at {self.url} still runs after scancel"
+            self.cancel_timeout,
+            lambda: f"jobs {', '.join(ids[:5])} at {self.url} still run after scancel",
         ):
             while True:
-                info = (await self._squeue([id])).get(id)
-                if info is None or info.state.final:
+                infos = await self._squeue(ids)
+                if all(info.state.final for info in infos.values()):
                     break
                 # Slurm ends a job after its KillWait: ask again, less and less often.
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        if info is not None:
+        if missing_ids := [job_id for job_id in ids if job_id not in infos]:
+            infos.update(await self._whole_arrays(missing_ids))
+        for info in infos.values():
             self.publish(info)
+
+    async def control_many(self, what: Control, ids: Sequence[str]) -> Sequence[Exception | None]:
+        """One ``scancel`` or ``scontrol <what>`` for all of ``ids`` (an array's tasks
+        as ``12_[0-9]``), then one squeue to read their states.
+
+        Returns:
+            Per id: None, or its error (as :meth:`cancel`, :meth:`hold`, ... raise).
+            When Slurm refuses the command (one job in a wrong state), each remaining
+            id is tried on its own to tell which.
+        """
+        outcomes: dict[str, Exception | None] = {
+            job_id: None if is_job_id(job_id) else missing("job", job_id, self.url)
+            for job_id in ids
+        }
+        act = [job_id for job_id, error in outcomes.items() if error is None]
+        if what == "hold" and act:
+            # Slurm lets an admin "hold" a running job, to no effect: refuse it here.
+            infos = await self._squeue(act)
+            for job_id in act:
+                info = infos.get(job_id)
+                if info is None:
+                    outcomes[job_id] = missing("job", job_id, self.url)
+                elif info.state not in (JobState.QUEUED, JobState.HELD):
+                    outcomes[job_id] = IncorrectState(
+                        f"cannot hold job {job_id} at {self.url}: it is {info.state_detail}"
+                    )
+            act = [job_id for job_id in act if outcomes[job_id] is None]
+        if act:
+            argv = ["scancel"] if what == "cancel" else ["scontrol", what]
+            result = await self._run([*argv, *id_words(act)], argv[0])
+            if result.exit_status != 0:
+                one: dict[str, Exception | None] = dict(
+                    zip(act, await super().control_many(what, act), strict=True)
+                )
+                outcomes.update(one)
+                act = [job_id for job_id in act if one[job_id] is None]
+            elif what == "cancel":
+                await self._until_ended(act)
+            else:
+                for info in (await self._squeue(act)).values():
+                    self.publish(info)
+        return [outcomes[job_id] for job_id in ids]
 
     async def hold(self, id: str) -> None:
         """``scontrol hold``: keep a pending job from starting.

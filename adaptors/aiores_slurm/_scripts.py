@@ -36,12 +36,15 @@ __all__ = [
     "batch_script",
     "exit_code",
     "files_script",
+    "id_words",
     "is_job_id",
     "job_dir_assignment",
     "parse_files",
     "parse_nodes",
     "parse_partitions",
+    "parse_sacct",
     "parse_squeue",
+    "sacct_command",
     "sbatch_command",
     "sinfo_nodes_command",
     "sinfo_partitions_command",
@@ -124,6 +127,35 @@ def job_dir_assignment(directory: str | None) -> str:
 def is_job_id(value: str) -> bool:
     """Whether ``value`` is a Slurm job id (``12``, or an array task ``12_3``)."""
     return _JOB_ID.fullmatch(value) is not None
+
+
+def id_words(ids: Sequence[str]) -> list[str]:
+    """Job ids as few words as scancel and scontrol take: the tasks of one array as
+    ``12_[0-9,12]``, other ids as they are (each id must pass :func:`is_job_id`)."""
+    words: list[str] = []
+    tasks: dict[str, list[int]] = {}
+    for job_id in dict.fromkeys(ids):
+        base, _, index = job_id.partition("_")
+        if index:
+            tasks.setdefault(base, []).append(int(index))
+        else:
+            words.append(job_id)
+    for base, indices in tasks.items():
+        if len(indices) == 1:
+            words.append(f"{base}_{indices[0]}")
+            continue
+        ordered = sorted(indices)
+        runs: list[str] = []
+        start = previous = ordered[0]
+        for following in [*ordered[1:], None]:
+            if following is not None and following == previous + 1:
+                previous = following
+                continue
+            runs.append(str(start) if start == previous else f"{start}-{previous}")
+            if following is not None:
+                start = previous = following
+        words.append(f"{base}_[{','.join(runs)}]")
+    return words
 
 
 def batch_script(description: JobDescription, directory: str | None) -> str:
@@ -557,3 +589,44 @@ def parse_files(text: str) -> dict[str, Files]:
             else:
                 current.stderr = chunk
     return found
+
+
+def sacct_command(ids: Sequence[str]) -> list[str]:
+    """One sacct for ``ids``: a line per job (no steps), ``JobID|State|ExitCode``."""
+    return [
+        "sacct",
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--starttime=1970-01-01",
+        "--format=JobID,State,ExitCode",
+        f"--jobs={','.join(ids)}",
+    ]
+
+
+def parse_sacct(text: str) -> dict[str, JobInfo]:
+    """Read :func:`sacct_command`'s output: the final jobs' states and exit codes
+    (``ExitCode`` is ``code:signal``); jobs not final yet are left out."""
+    infos: dict[str, JobInfo] = {}
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) < 3 or not is_job_id(fields[0]):
+            continue
+        job_id, word, exit_text = fields[:3]
+        state = state_of(word, "")
+        if not state.final:
+            continue
+        code_text, _, signal_text = exit_text.partition(":")
+        code: int | None = None
+        if code_text.isdigit() and signal_text.isdigit():
+            code = -int(signal_text) if int(signal_text) else int(code_text)
+        if state is JobState.CANCELED and not code:
+            code = None
+        infos[job_id] = JobInfo(
+            id=job_id,
+            state=state,
+            state_detail=f"{word} (left the queue; from sacct)",
+            exit_code=code,
+            extra={"slurm_state": word.split()[0] if word else ""},
+        )
+    return infos

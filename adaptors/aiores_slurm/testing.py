@@ -3,7 +3,9 @@
 :class:`Cluster` starts munged, slurmctld and slurmd in the foreground with every file
 (key, sockets, state, spool, logs, config) in a private directory and private ports,
 so it touches nothing of the host's own Slurm or munge set-up. The node over-reports
-its CPUs so that jobs run side by side. No accounting: ``sacct`` is not available.
+its CPUs so that jobs run side by side. Without ``accounting=True`` ``sacct`` is not
+available; with it a private MariaDB (own data directory, socket and port on 127.0.0.1)
+and slurmdbd start first, and finished jobs leave squeue after 2 s (MinJobAge).
 :meth:`Cluster.stop` cancels every job left and stops the daemons.
 
 Clients find it through ``SLURM_CONF`` (:attr:`Cluster.conf`); slurm.conf names the
@@ -13,7 +15,8 @@ munge socket, so the client commands need nothing else.
 logging its call before running the real command: put it first on PATH and
 :meth:`Shim.counts` says how many scheduler calls a program made.
 
-It needs root and the Debian packages ``slurm-wlm munge``.
+It needs root and the Debian packages ``slurm-wlm munge`` (and ``slurmdbd
+mariadb-server`` for accounting).
 """
 
 from __future__ import annotations
@@ -34,16 +37,25 @@ SLURMCTLD = "/usr/sbin/slurmctld"
 SLURMD = "/usr/sbin/slurmd"
 MUNGED = "/usr/sbin/munged"
 MUNGEKEY = "/usr/sbin/mungekey"
+SLURMDBD = "/usr/sbin/slurmdbd"
+MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_INSTALL_DB = "/usr/bin/mariadb-install-db"
 
 #: CPUs the node claims (jobs of one CPU each run this many at once).
 CPUS = 64
 
 
-def available() -> str | None:
-    """None if Slurm and munge are installed and this runs as root, else why not."""
-    missing = [p for p in (SLURMCTLD, SLURMD, MUNGED, MUNGEKEY) if not os.access(p, os.X_OK)]
+def available(accounting: bool = False) -> str | None:
+    """None if Slurm and munge (and for ``accounting`` slurmdbd and MariaDB) are
+    installed and this runs as root, else why not."""
+    programs = [SLURMCTLD, SLURMD, MUNGED, MUNGEKEY]
+    if accounting:
+        programs += [SLURMDBD, MARIADBD, MARIADB_INSTALL_DB]
+    missing = [p for p in programs if not os.access(p, os.X_OK)]
     if missing:
-        return f"missing {', '.join(missing)}: apt-get install -y slurm-wlm munge"
+        return f"missing {', '.join(missing)}: apt-get install -y slurm-wlm munge" + (
+            " slurmdbd mariadb-server" if accounting else ""
+        )
     if os.geteuid() != 0:
         return "the test Slurm cluster runs its daemons as root"
     return None
@@ -65,7 +77,8 @@ def _free_ports(count: int) -> list[int]:
 class Cluster:
     """One slurmctld and one slurmd (node = this host's name), with their munged."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, *, accounting: bool = False) -> None:
+        self.accounting = accounting
         self.dir = directory or Path(tempfile.mkdtemp(prefix="aiores-slurm-"))
         self.conf = self.dir / "slurm.conf"
         self.munge_socket = self.dir / "munge" / "munge.sock"
@@ -83,7 +96,7 @@ class Cluster:
             (d / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)  # the config and munge socket are read by job users too
         os.chmod(d / "munge", 0o755)
-        ctld_port, d_port = _free_ports(2)
+        ctld_port, d_port, self._dbd_port, self._db_port = _free_ports(4)
         lines = [
             "ClusterName=aiorestest",
             f"SlurmctldHost={self.node}",
@@ -106,11 +119,12 @@ class Cluster:
             "SelectTypeParameters=CR_Core",
             "SchedulerType=sched/backfill",
             "SchedulerParameters=batch_sched_delay=0,sched_min_interval=0",
-            "MinJobAge=10",  # finished jobs leave squeue within ~20 s: the files path is used
+            # Finished jobs leave squeue soon: the files path (or sacct) is used.
+            f"MinJobAge={2 if self.accounting else 10}",
             "ReturnToService=2",
             "MailProg=/bin/true",
             "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
+            *self._accounting_lines(),
             "SlurmdParameters=config_overrides",
             "KillWait=2",
             "MaxArraySize=100001",
@@ -121,6 +135,78 @@ class Cluster:
         ]
         self.conf.write_text("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o644)
+
+    def _accounting_lines(self) -> list[str]:
+        if not self.accounting:
+            return ["AccountingStorageType=accounting_storage/none"]
+        return [
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=localhost",
+            f"AccountingStoragePort={self._dbd_port}",
+            # The munge socket slurmctld signs its messages to slurmdbd with.
+            f"AccountingStoragePass={self.munge_socket}",
+        ]
+
+    def _start_accounting(self, timeout: float) -> None:
+        """MariaDB on a private socket and port, then slurmdbd; registers the cluster."""
+        d = self.dir
+        data = d / "mysql"
+        subprocess.run(
+            [
+                MARIADB_INSTALL_DB,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        db_socket = d / "run" / "mysql.sock"
+        self._spawn(
+            "mariadbd",
+            [
+                MARIADBD,
+                "--no-defaults",
+                f"--datadir={data}",
+                "--user=root",
+                f"--socket={db_socket}",
+                f"--port={self._db_port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={d / 'run' / 'mariadbd.pid'}",
+                f"--log-error={d / 'log' / 'mariadbd.log'}",
+                "--skip-log-bin",
+            ],
+        )
+        self._until(db_socket.exists, timeout, "mariadbd")
+        dbd_conf = d / "slurmdbd.conf"  # slurmdbd reads it beside slurm.conf
+        lines = [
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            "DbdHost=localhost",
+            f"DbdPort={self._dbd_port}",
+            "SlurmUser=root",
+            "StorageType=accounting_storage/mysql",
+            "StorageHost=127.0.0.1",
+            f"StoragePort={self._db_port}",
+            "StorageUser=root",
+            "StorageLoc=slurm_acct_db",
+            f"PidFile={d / 'run' / 'slurmdbd.pid'}",
+            f"LogFile={d / 'log' / 'slurmdbd.log'}",
+        ]
+        dbd_conf.write_text("\n".join(lines) + "\n")
+        os.chmod(dbd_conf, 0o600)
+        self._spawn("slurmdbd", [SLURMDBD, "-D"])
+        self._until(self._dbd_answers, timeout, "slurmdbd")
+
+    def _dbd_answers(self) -> bool:
+        listed = self.run("sacctmgr", "--noheader", "--parsable2", "list", "cluster")
+        if listed.returncode != 0:
+            return False
+        if "aiorestest" not in listed.stdout:
+            self.run("sacctmgr", "--immediate", "add", "cluster", "aiorestest")
+        return True
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.dir / "log" / f"{name}.out", "wb")  # noqa: SIM115 - the child keeps it
@@ -138,7 +224,7 @@ class Cluster:
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the daemons; returns once the node is idle and takes jobs."""
-        why = available()
+        why = available(self.accounting)
         if why is not None:
             raise RuntimeError(why)
         self._write_config()
@@ -159,6 +245,8 @@ class Cluster:
         )
         try:
             self._until(self.munge_socket.exists, timeout, "munged")
+            if self.accounting:
+                self._start_accounting(timeout)
             self._spawn("slurmctld", [SLURMCTLD, "-D", "-i", "-f", str(self.conf)])
             self._until(self._controller_answers, timeout, "slurmctld")
             self._spawn("slurmd", [SLURMD, "-D", "-f", str(self.conf)])
@@ -219,7 +307,7 @@ class Cluster:
             deadline = time.monotonic() + 20
             while self.live_jobs() and time.monotonic() < deadline:
                 time.sleep(0.2)
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             proc = self.processes.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -246,11 +334,25 @@ class Shim:
     def counts(self) -> dict[str, int]:
         """Calls so far, by command (every one of :data:`COMMANDS` listed)."""
         counts = dict.fromkeys(COMMANDS, 0)
-        if self.log.exists():
-            for line in self.log.read_text().splitlines():
-                name = line.split(" ", 1)[0]
-                counts[name] = counts.get(name, 0) + 1
+        for line in self._lines():
+            name = line.split(" ", 1)[0]
+            if name in counts:
+                counts[name] += 1
         return counts
+
+    def most_at_once(self, name: str) -> int:
+        """The most calls of command ``name`` that ran at the same time so far."""
+        running = most = 0
+        for line in self._lines():
+            if line.split(" ", 1)[0] == name:
+                running += 1
+                most = max(most, running)
+            elif line == f"end {name}":
+                running -= 1
+        return most
+
+    def _lines(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
 
     def reset(self) -> None:
         """Forget the calls so far."""
@@ -258,7 +360,8 @@ class Shim:
 
 
 def make_shim(directory: Path) -> Shim:
-    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, exec."""
+    """Wrappers for each Slurm command in ``directory``: log ``<name> <args>``, run
+    the real command, log ``end <name>`` and exit with its status."""
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "calls.log"
     for name in COMMANDS:
@@ -266,6 +369,9 @@ def make_shim(directory: Path) -> Shim:
         if real is None:
             continue
         wrapper = directory / name
-        wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\nexec {real} "$@"\n')
+        wrapper.write_text(
+            f'#!/bin/sh\nprintf "%s\\n" "{name} $*" >> {log}\n'
+            f'{real} "$@"\nrc=$?\necho "end {name}" >> {log}\nexit $rc\n'
+        )
         wrapper.chmod(0o755)
     return Shim(directory, log)

@@ -2,9 +2,11 @@
 
 ``slurm_cluster`` (session scope) starts munged, slurmctld and slurmd in a private
 directory with private ports (see :mod:`aiores_slurm.testing`), and at the end
-cancels every job and stops them all. ``slurm_url`` is a ``slurm://`` URL that reaches
-it (``conf=`` names its slurm.conf; ``dir=`` a job files directory of the test;
-``interval=`` a short floor so tests do not wait seconds per tick).
+cancels every job and stops them all; ``slurm_accounting`` is a second one with
+accounting (MariaDB, slurmdbd), for the tests of sacct only. ``slurm_url`` is a
+``slurm://`` URL that reaches it (``conf=`` names its slurm.conf; ``dir=`` a job files
+directory of the test; ``interval=`` a short floor so tests do not wait seconds per
+tick).
 
 The ``shim`` fixture puts a directory of wrapper scripts first on PATH: each logs its
 call, then runs the real Slurm command, so a test counts the scheduler calls made.
@@ -15,25 +17,42 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 import aiores
-from aiores_slurm.testing import Cluster, Shim, make_shim
+from aiores_slurm.testing import Cluster, Shim, available, make_shim
 from tests.ssh.servers import Sshd, ensure_user
 
 __all__ = [
     "STEP",
     "Shim",
+    "slurm_accounting",
     "slurm_url",
     "until",
 ]
 
 #: Seconds any one await in these tests may take before the test fails.
 STEP = 30.0
+
+
+@pytest.fixture(scope="session")
+def slurm_accounting() -> Iterator[Cluster]:
+    """A second cluster, with accounting (MariaDB and slurmdbd, sacct answers) and a
+    MinJobAge of 2 s: only for the few tests of reading jobs from sacct (the
+    ordinary cluster keeps the path without accounting tested)."""
+    why = available(accounting=True)
+    if why is not None:
+        pytest.fail(f"Slurm with accounting cannot run here: {why}")
+    cluster = Cluster(accounting=True)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

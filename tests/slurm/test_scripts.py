@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiores import JobDescription, JobState
 from aiores_slurm import exit_code, state_of
-from aiores_slurm._scripts import batch_script, parse_files, parse_squeue
+from aiores_slurm._scripts import batch_script, id_words, parse_files, parse_sacct, parse_squeue
 
 
 def test_state_table() -> None:
@@ -46,3 +46,20 @@ def test_files_answer_and_batch_script_quoting() -> None:
     assert found["6"].exit is None
     script = batch_script(JobDescription(executable="echo", arguments=["$(reboot)", "a b"]), None)
     assert "echo '$(reboot)' 'a b'" in script
+
+
+def test_id_words_and_sacct_answer() -> None:
+    ids = ["5", "12_0", "12_1", "12_2", "12_5", "7_3", "12_7", "12_8", "6", "5"]
+    assert id_words(ids) == ["5", "6", "12_[0-2,5,7-8]", "7_3"]
+    infos = parse_sacct(
+        "1|FAILED|3:0\n2|COMPLETED|0:0\n3|CANCELLED by 0|0:0\n4_1|FAILED|0:9\n"
+        "5|RUNNING|0:0\n6.batch|COMPLETED|0:0\n"
+    )
+    assert sorted(infos) == ["1", "2", "3", "4_1"]  # not final, steps: left out
+    assert [(i.state, i.exit_code) for i in infos.values()] == [
+        (JobState.FAILED, 3),
+        (JobState.DONE, 0),
+        (JobState.CANCELED, None),
+        (JobState.FAILED, -9),
+    ]
+    assert "from sacct" in infos["3"].state_detail
