@@ -129,8 +129,16 @@ class _Progress:
         self.interval = interval
         self.done = 0
         self.failed = 0
+        # Results printed on the same terminal go above the live line; printed
+        # elsewhere (a pipe, a file), they must not be taken into standard error.
         self.live = (
-            Live(console=err, transient=True, refresh_per_second=1 / LIVE_REFRESH)
+            Live(
+                console=err,
+                transient=True,
+                auto_refresh=False,
+                redirect_stdout=sys.stdout.isatty(),
+                redirect_stderr=False,
+            )
             if err.is_terminal
             else None
         )
@@ -148,7 +156,7 @@ class _Progress:
         if self.live is not None:
             with self.live:
                 while True:
-                    self.live.update(Text(self.line()))
+                    self.live.update(Text(self.line()), refresh=True)
                     await asyncio.sleep(LIVE_REFRESH)
         elif self.interval > 0:
             while True:
@@ -211,7 +219,7 @@ def run_pool(
 
     \b
       line N: exit S on MACHINE: OUTPUT
-    \b
+
     N is the command's line number in the input, S its exit status (or "killed by
     signal 9", or the error that stopped it), MACHINE the machine it ran on, OUTPUT
     its standard output (or, if empty, its standard error) in one line, cut after

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from .conftest import COMMAND_TIMEOUT, Cli
@@ -125,3 +128,50 @@ def test_ctrl_c_releases_every_machine(cli: Cli, tmp_path: Path) -> None:
     assert "interrupted: 1 commands finished, 4 stopped or not started" in errs
     assert "released every machine of the pool" in errs
     assert cli.live("pool-int") == []
+
+
+def test_a_live_line_on_a_terminal_and_results_still_on_standard_output(cli: Cli) -> None:
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            cli.argv("pool", "run", URL, "-t", "pool-tty"),
+            env={**cli.env, "TERM": "xterm"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            text=True,
+        )
+        os.close(follower)
+        follower = -1
+        shown = bytearray()
+        reader = threading.Thread(target=_drain, args=(leader, shown))
+        reader.start()
+        try:
+            out, _ = proc.communicate("sleep 0.8; echo done\n", timeout=COMMAND_TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+            reader.join(COMMAND_TIMEOUT)
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert proc.returncode == 0, shown
+    assert RESULT.fullmatch(out.rstrip("\n")), out  # not taken into the terminal's stream
+    screen = shown.decode(errors="replace")
+    assert "pool: machines" in screen  # the live line, redrawn in place
+    assert "1 busy" in screen
+    assert "released every machine of the pool" in screen
+    assert cli.live("pool-tty") == []
+
+
+def _drain(fd: int, into: bytearray) -> None:
+    """Read the terminal until its last writer has gone."""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the command ended
+            return
+        if not chunk:
+            return
+        into.extend(chunk)
