@@ -303,11 +303,16 @@ async def _run(
 
 def _released(pool: Pool) -> None:
     """Say on standard error whether the closed pool released every machine."""
-    left = pool.stats().size
-    if left:
-        err.print(f"aiores: {left} machines of the pool may not have been released", style="red")
+    stats = pool.stats()
+    if stats.size:
+        err.print(
+            f"aiores: {stats.size} machines of the pool may not have been released", style="red"
+        )
     else:
-        err.print("released every machine of the pool")
+        err.print(
+            f"released every machine of the pool ({stats.revoked} revoked, "
+            f"{stats.requeued} commands run again elsewhere)"
+        )
 
 
 def _summary(results: Sequence[tuple[Command, RunResult]], source: str) -> None:

@@ -80,6 +80,23 @@ def test_commands_from_standard_input_as_json(cli: Cli) -> None:
     assert cli.live("pool-stdin") == []
 
 
+def test_revoked_machines_are_drained_and_every_command_completes_once(cli: Cli) -> None:
+    # Every machine is revoked 0.5 s after it boots, 1.5 s before it goes.
+    url = "sim://?boot_delay=0.05&preempt_after=0.5&preempt_notice=1.5"
+    commands = "".join(f"sleep 0.2; echo {i}\n" for i in range(12))
+    done = cli("pool", "run", url, "--max", "2", "-t", "pool-revoked", input=commands)
+    assert done.returncode == 0, done.stderr
+    seen = [RESULT.fullmatch(line) for line in done.stdout.splitlines()]
+    assert sorted((int(m[1]), m[2], m[4]) for m in seen if m) == [
+        (i + 1, "exit 0", str(i)) for i in range(12)
+    ]
+    assert len({m[3] for m in seen if m}) > 2  # revoked machines were replaced
+    revoked = re.search(r"released every machine of the pool \((\d+) revoked", done.stderr)
+    assert revoked, done.stderr
+    assert int(revoked[1]) >= 1, done.stderr
+    assert cli.live("pool-revoked") == []
+
+
 def test_empty_standard_input_is_bad_input(cli: Cli) -> None:
     done = cli("pool", "run", URL, "-t", "pool-empty", input="\n# nothing\n")
     assert done.returncode == 2
