@@ -1082,6 +1082,20 @@ class Pool:
             self._closed.set()
 
 
+def check_size(min: object, max: object, fields: tuple[str, str] = ("min", "max")) -> None:
+    """Check a pool's ``min`` and ``max`` (``fields``: their names in messages).
+
+    Raises:
+        BadParameter: not an int, out of range, or ``max`` below ``min``.
+    """
+    from ._resource import MAX_COUNT
+
+    low = check.count(min, fields[0], min=0, max=MAX_COUNT)
+    high = check.count(max, fields[1], min=1, max=MAX_COUNT)
+    if high < low:
+        raise BadParameter(f"{fields[1]} ({high}) must not be below {fields[0]} ({low})")
+
+
 def make_pool(
     session: Session,
     url_or_manager: object,
@@ -1102,15 +1116,12 @@ def make_pool(
     tick: float,
 ) -> Pool:
     """Check the arguments of :meth:`Session.pool` and start the pool."""
-    from ._resource import MAX_COUNT, Manager
+    from ._resource import Manager
     from ._url import URL
 
     if not isinstance(description, ComputeDescription):
         raise check.fail("description", "a ComputeDescription", description)
-    check.count(min, "min", min=0, max=MAX_COUNT)
-    check.count(max, "max", min=1, max=MAX_COUNT)
-    if max < min:
-        raise BadParameter(f"max ({max}) must not be below min ({min})")
+    check_size(min, max)
     check.count(slots, "slots")
     check.count(retries, "retries", min=0)
     check.count(boot_retries, "boot_retries")

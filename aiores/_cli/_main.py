@@ -2,11 +2,11 @@
 
 The machine commands (``provision``, ``ls``, ``run``, ``put``, ``get``,
 ``deprovision``) live in :mod:`aiores._cli._machines`; ``jobs``, ``recover`` and ``gc``
-in :mod:`aiores._cli._admin`. Packages add commands through the entry point group
-``aiores.commands``: its name is the command's, its value a :class:`click.Command`
-(``aiores_sim`` adds ``demo`` and ``sim`` so). They are loaded only when named or
-listed; one that cannot be loaded is reported on standard error and left out, and
-the other commands work as before.
+in :mod:`aiores._cli._admin`; ``pool`` in :mod:`aiores._cli._pool`. Packages add
+commands through the entry point group ``aiores.commands``: its name is the
+command's, its value a :class:`click.Command` (``aiores_sim`` adds ``demo`` and
+``sim`` so). They are loaded only when named or listed; one that cannot be loaded
+is reported on standard error and left out, and the other commands work as before.
 
 The group also keeps every command's errors to one line on standard error: an aiores
 error (exit status 1, or 2 for bad input), click's own usage errors (a missing
@@ -28,6 +28,7 @@ from .._exceptions import AioresError
 from ._admin import gc, jobs, recover
 from ._common import EXIT_INTERRUPTED, err, fail
 from ._machines import deprovision, get, ls, provision, put, run_command
+from ._pool import pool
 
 __all__ = ["COMMANDS_GROUP", "main"]
 
@@ -169,3 +170,4 @@ main.add_command(deprovision)
 main.add_command(jobs)
 main.add_command(recover)
 main.add_command(gc)
+main.add_command(pool)

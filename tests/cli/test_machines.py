@@ -93,6 +93,7 @@ def test_every_command_has_help_with_examples() -> None:
         ["jobs", "cancel"],
         ["recover"],
         ["gc"],
+        ["pool", "run"],
     ):
         done = runner.invoke(main, [*command, "--help"])
         assert done.exit_code == 0, done.output
