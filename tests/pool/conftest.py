@@ -102,6 +102,16 @@ class Commands:
 
 
 class _Resources(FakeResources):
+    renewals: list[tuple[str, float]]  # (machine, seconds) of every renew, in order
+
+    async def renew(self, id: str, seconds: float) -> ResourceInfo:
+        """A lease renewed (the test ends leased machines itself, EXPIRED)."""
+        info = self.cloud.resources[id]
+        if info.state.final:
+            raise aiores.IncorrectState(f"{id} has ended")
+        self.renewals.append((id, seconds))
+        return info
+
     async def acquire(self, description: object, count: int, token: str) -> Sequence[ResourceInfo]:
         infos = []
         for info in await super().acquire(description, count, token):
@@ -136,9 +146,12 @@ class PoolPlugin(FakePlugin):
         super().__init__()
         self.commands = commands
         self.machines = _Machines(self.cloud, commands)
+        self.renewals: list[tuple[str, float]] = []
 
     def resource_adaptor(self, url: URL, env: AdaptorEnv) -> FakeResources:
-        return _Resources(url, env, self.cloud)
+        adaptor = _Resources(url, env, self.cloud)
+        adaptor.renewals = self.renewals
+        return adaptor
 
 
 class _Machines(AdaptorPlugin):
