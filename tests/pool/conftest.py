@@ -36,6 +36,7 @@ __all__ = [
     "session",
     "sim_session",
     "until",
+    "working",
 ]
 
 #: Real seconds any one wait of these tests may take before the test fails.
@@ -229,6 +230,18 @@ async def until(
                 await asyncio.sleep(0)
             clock.advance(step)
     raise AssertionError(f"not within {most} s (fake): {holds}")
+
+
+async def working(
+    pool: aiores.Pool, fake: PoolPlugin, clock: FakeClock, command: str
+) -> tuple[asyncio.Task[RunResult], Call]:
+    """Boot the pool's ``pool.min`` fake machines, run ``command`` on one: its run and call."""
+    await until(clock, lambda: len(fake.cloud.resources) == pool.min)
+    boot(fake.cloud)
+    await until(clock, lambda: pool.stats().idle == pool.min)
+    run = asyncio.ensure_future(pool.run(command))
+    await until(clock, lambda: len(fake.commands.live(command)) >= 1)
+    return run, fake.commands.live(command)[0]
 
 
 def boot(cloud: FakeCloud, state: ResourceState = ResourceState.ACTIVE) -> list[str]:

@@ -20,7 +20,7 @@ import aiores
 from aiores import ComputeDescription, ResourceState
 from aiores.testing import FakeClock
 
-from .conftest import STEP, Commands, PoolPlugin, boot, until
+from .conftest import STEP, Commands, PoolPlugin, boot, until, working
 
 T = TypeVar("T")
 LEASE = 30.0
@@ -92,10 +92,7 @@ async def test_a_pool_without_leases_renews_nothing(
     session: aiores.Session, fake: PoolPlugin, clock: FakeClock, commands: Commands
 ) -> None:
     async with session.pool("fake://", DESC, min=1, max=1) as pool:
-        await until(clock, lambda: len(fake.cloud.resources) == 1)
-        boot(fake.cloud)
-        run = _spawn(pool.run("w"))
-        await until(clock, lambda: len(commands.live()) >= 1)
+        run, _ = await working(pool, fake, clock, "w")
         await until(clock, lambda: clock.now() >= 3 * LEASE)
         commands.end("w")
         await asyncio.wait_for(run, STEP)
@@ -113,12 +110,7 @@ async def test_a_countdown_whose_deadline_moves_drains_requeues_and_releases_ear
         drained.append((vm.native_id, left))
 
     async with session.pool("fake://", DESC, min=2, max=2, drain=drain, margin=1) as pool:
-        await until(clock, lambda: len(fake.cloud.resources) == 2)
-        boot(fake.cloud)
-        await until(clock, lambda: pool.stats().idle == 2)
-        run = _spawn(pool.run("work"))
-        await until(clock, lambda: len(commands.live()) >= 1)
-        call = commands.live("work")[0]
+        run, call = await working(pool, fake, clock, "work")
         noticed = clock.now()
         _delete_pending(fake, call.host, 10.0)
         await until(clock, lambda: bool(drained))
@@ -161,12 +153,7 @@ async def test_a_countdown_at_zero_means_gone(
         await asyncio.sleep(STEP)  # cut at once: no time is left
 
     async with session.pool("fake://", DESC, min=2, max=2, drain=drain) as pool:
-        await until(clock, lambda: len(fake.cloud.resources) == 2)
-        boot(fake.cloud)
-        await until(clock, lambda: pool.stats().idle == 2)
-        run = _spawn(pool.run("work"))
-        await until(clock, lambda: len(commands.live()) >= 1)
-        call = commands.live("work")[0]
+        run, call = await working(pool, fake, clock, "work")
         _delete_pending(fake, call.host, 0.0)
         await until(clock, lambda: call.cancelled and len(commands.live("work")) == 1)
         assert drained == [(call.host, 0.0)]
