@@ -18,7 +18,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores.testing import FakeClock
+from aiores.testing import FakeClock, FakePlugin
 
 from .conftest import STEP, Commands, PoolPlugin, boot, until, working
 
@@ -235,3 +235,20 @@ async def test_sim_revocation_drains_requeues_once_and_releases_before_the_deadl
         stats = pool.stats()
         assert (stats.done, stats.requeued) == (1, 1)
         await events.aclose()
+
+
+@pytest.mark.asyncio
+async def test_renew_on_a_backend_without_leases_says_so() -> None:
+    plain = FakePlugin()  # no renew: the contract's default
+    aiores.register_adaptor(plain)
+    try:
+        async with aiores.Session(journal=None, clock=FakeClock()) as session:
+            vm = await session.manager("fake://").acquire(DESC)
+            assert vm.expires_at is None
+            with pytest.raises(aiores.NotSupported, match=r"fake:// does not support renewing"):
+                await vm.renew(60)
+            for bad in (0, -5, float("nan"), float("inf"), True, "60"):
+                with pytest.raises(aiores.BadParameter, match="seconds"):
+                    await vm.renew(bad)  # type: ignore[arg-type]
+    finally:
+        aiores.unregister_adaptor(plain.name)

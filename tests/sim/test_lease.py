@@ -32,6 +32,11 @@ async def test_a_renewed_lease_ends_at_its_new_end_not_before() -> None:
         assert vm.expires_at is not None
         assert vm.expires_at == pytest.approx(time.time() + 1.2, abs=0.5)
         assert vm.expires_at > first
+        # Journalled: recover and later programs know the new end.
+        assert session.journal is not None
+        await session.journal.flush()
+        [row, *_] = await session.journal.records("resource", [vm.native_id])
+        assert row["data"]["expires_at"] == vm.expires_at
         assert await vm.wait(timeout=STEP) is ResourceState.EXPIRED
         # Not at the first end (0.5 s from the acquire): 1.2 s from the renewal.
         assert time.monotonic() - renewed >= 1.1
