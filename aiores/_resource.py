@@ -599,8 +599,9 @@ class Compute(Resource):
 
         A machine acquired with ``ComputeDescription(duration=...)`` holds a lease: its
         backend ends it then (EXPIRED) whatever becomes of the program that acquired
-        it, unless :meth:`renew` extends it. None for a machine with no lease (or a
-        backend that does not say).
+        it, unless :meth:`renew` extends it; never earlier, though a backend may be
+        coarser (ec2:// counts whole minutes from the end of boot). None for a
+        machine with no lease (or a backend that does not say).
         """
         value = self._info.extra.get(LEASE_KEY)
         if isinstance(value, int | float) and not isinstance(value, bool):
