@@ -29,7 +29,12 @@ detail ``"preempting"`` or ``"delete-pending"``, seconds left in ``extra["preemp
 or ``extra["max_wait_time"]``, as sim:// and CloudLab announce it) gets no new work;
 the ``drain`` hook runs, bounded by the deadline; work still running ``margin``
 seconds before the deadline is stopped and requeued; the machine is released as soon
-as it is drained, before the provider takes it.
+as it is drained, before the provider takes it. Which idle machines go first follows
+their provider's values (``extra["value"]``, CloudLab's SetResourceValues).
+
+Leases: with a description's ``duration``, each machine ends at its backend when its
+lease does, whatever becomes of this program; the pool renews the leases of the
+machines it still needs and lets the others run out (see :mod:`aiores._lease`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ from ._exceptions import (
     NoSuccess,
     Timeout,
 )
+from ._lease import Leases
 from ._results import RunResult
 from ._states import ResourceState
 
@@ -271,6 +277,7 @@ class PoolStats:
         requeued: Attempts requeued (their machine failed or was revoked).
         boot_failures: Machines that did not boot, and failed acquires, so far.
         machine_seconds: Seconds of machines held, summed (on the session clock).
+        renewed: Leases renewed so far (see :mod:`aiores._lease`).
     """
 
     size: int
@@ -286,6 +293,7 @@ class PoolStats:
     requeued: int
     boot_failures: int
     machine_seconds: float
+    renewed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +306,7 @@ class PoolEvent:
             (``detail``: seconds left), ``"lost"`` (a machine ended on its own),
             ``"release"`` (``detail``: why: ``"idle"``, ``"drained"``, ``"fault"``,
             ``"boot failed"``), ``"requeue"`` (work goes back to the queue),
+            ``"renewed"`` (a machine's lease, ``detail``: for how many seconds),
             ``"closed"``.
         resource: The machine concerned, if one is.
         count: How many (for ``"acquire"``).
@@ -456,9 +465,12 @@ class Pool:
         self._idle_slots.set()
         self._streak = 0  # boots (and acquires) failed in a row
         self._backoff_until = -math.inf
-        self._counts = dict.fromkeys(("revoked", "done", "failed", "requeued", "boot_failures"), 0)
+        self._counts = dict.fromkeys(
+            ("revoked", "done", "failed", "requeued", "boot_failures", "renewed"), 0
+        )
         self._ended_seconds = 0.0
         self._policy_failed = False
+        self._leases = Leases(description.duration, self._clock, self._spawn, self._renewed)
         self._spawn(self._control, "control")
 
     def __repr__(self) -> str:
@@ -712,6 +724,7 @@ class Pool:
                 self._revocations(now)
                 self._dispatch()
                 self._scale(now)
+                self._leases.renew_due(self._needed(), now)
                 await self._nap(self._next_delay(now))
         except Exception as exc:
             error = NoSuccess(f"{self!r}: its controller failed: {exc!r}")
@@ -737,7 +750,31 @@ class Pool:
         for machine in self._machines.values():
             if machine.cut_at is not None and machine.slots:
                 delay = min(delay, machine.cut_at - now)
+        renewal = self._leases.next_due(self._needed(), now)
+        if renewal is not None:
+            delay = min(delay, renewal)
         return max(0.0, delay)
+
+    # -- leases ---------------------------------------------------------------------------
+    def _needed(self) -> list[Compute]:
+        """The machines whose leases the pool renews (see :mod:`aiores._lease`).
+
+        Those booting or running work; idle ones while work waits, else as many as
+        keep ``min`` machines (those their provider values least, then the newest).
+        Not those being released or revoked: they are to end anyway.
+        """
+        needed = [m for m in self._machines.values() if m.state in (_State.BOOTING, _State.BUSY)]
+        idle = [m for m in self._machines.values() if m.state is _State.IDLE]
+        if not self._queue:
+            idle.sort(key=lambda m: (_value(m.resource), -m.seq))
+            idle = idle[: max(0, self.min - len(needed))]
+        return [m.resource for m in (*needed, *idle)]
+
+    def _renewed(self, resource: Compute, renewed: bool) -> None:
+        if renewed:
+            self._counts["renewed"] += 1
+            self._emit("renewed", resource, detail=f"{self._leases.duration:g}")
+        self._wake.set()
 
     def _view(self, now: float) -> PoolView:
         machines = []
@@ -798,6 +835,7 @@ class Pool:
         self._emit("acquire", count=count)
 
         async def acquire() -> None:
+            asked = self._clock.now()  # the leases run from here at the latest
             try:
                 vms = await self.manager.acquire_many(self.description, count)
             except AioresError as exc:
@@ -811,6 +849,7 @@ class Pool:
             for vm in vms:
                 machine = _Machine(vm, now, next(self._seq))
                 self._machines[id(vm)] = machine
+                self._leases.begin(vm, asked)
                 self._spawn(functools.partial(self._watch, machine), f"machine {vm.id}")
 
         self._spawn(acquire, f"acquire {count}")
@@ -949,6 +988,7 @@ class Pool:
             await asyncio.shield(task)
 
     def _forget(self, machine: _Machine) -> None:
+        self._leases.forget(machine.resource)
         if self._machines.pop(id(machine.resource), None) is not None:
             self._ended_seconds += self._clock.now() - machine.since
 
@@ -980,6 +1020,7 @@ class Pool:
             requeued=self._counts["requeued"],
             boot_failures=self._counts["boot_failures"],
             machine_seconds=self._ended_seconds + held,
+            renewed=self._counts["renewed"],
         )
 
     @property

@@ -43,6 +43,9 @@ PROBE_TIMEOUT = 30.0
 #: Access schemes whose answer to a command is what "ready" means.
 READY_SCHEMES = {"ssh"}
 
+#: The key of ``ResourceInfo.extra`` that holds when a machine's lease ends (epoch seconds).
+LEASE_KEY = "expires_at"
+
 #: The most resources one acquire_many call may ask for.
 MAX_COUNT = 100_000
 
@@ -398,6 +401,7 @@ class Resource(Tracked[ResourceState]):
                 "tags": self._info.tags,
                 "access": self._info.access,
                 "ready": True if self._ready else None,
+                "expires_at": self._info.extra.get(LEASE_KEY),
             },
         )
 
@@ -588,6 +592,48 @@ class Compute(Resource):
                 f"{self} has no access URL yet; await resource.wait(ResourceState.ACTIVE)"
             )
         return self.access
+
+    @property
+    def expires_at(self) -> float | None:
+        """When its lease ends, in seconds since the epoch (the backend's clock), or None.
+
+        A machine acquired with ``ComputeDescription(duration=...)`` holds a lease: its
+        backend ends it then (EXPIRED) whatever becomes of the program that acquired
+        it, unless :meth:`renew` extends it; never earlier, though a backend may be
+        coarser (ec2:// counts whole minutes from the end of boot). None for a
+        machine with no lease (or a backend that does not say).
+        """
+        value = self._info.extra.get(LEASE_KEY)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        return None
+
+    async def renew(self, seconds: float) -> None:
+        """Renew its lease: it now ends ``seconds`` from now (see :attr:`expires_at`).
+
+        The new end replaces the old one (``renew(600)`` on a machine with an hour
+        left shortens its lease to ten minutes). sim:// renews through the cloud's
+        API; ec2:// re-arms the shutdown timer on the machine over SSH and updates
+        its ``aiores:expires`` tag. The new end is journalled.
+
+        Args:
+            seconds: Seconds from now (finite, > 0; a timedelta too).
+
+        Raises:
+            BadParameter: ``seconds`` is not a finite number > 0.
+            IncorrectState: it has ended, or was acquired with no ``duration`` (no
+                lease to renew).
+            NotSupported: its backend has no leases.
+            AioresError: the backend refused (the most specific subclass).
+
+        Cancelling it may leave the lease renewed or not (the old end, or the new).
+        """
+        seconds = check.seconds(seconds, "seconds")
+        if self._state.final:
+            raise IncorrectState(f"{self} is {self._state.name}: it has no lease to renew")
+        adaptor, _ = await self._manager._open()
+        self._apply(await adaptor.renew(self.native_id, seconds))
+        self._journal_it()
 
     def job_service(self) -> JobService:
         """A job service on this machine (through its access URL)."""

@@ -379,6 +379,25 @@ class ResourceAdaptor(Adaptor):
         """Change a resource in place."""
         raise self._unsupported("reconfig")
 
+    async def renew(self, id: str, seconds: float) -> ResourceInfo:
+        """Renew the lease of a machine acquired with a ``duration``: it ends ``seconds``
+        from now (not ``seconds`` later than it would have).
+
+        The backend must end the machine at the new end even if nothing of aiores
+        survives (the lease lives at the backend or on the machine, not in the
+        client). Returns its info, with the new end in ``extra["expires_at"]``
+        (seconds since the epoch), as every info of a leased machine carries it.
+
+        Raises:
+            NotSupported: the backend has no leases (this default).
+            IncorrectState: the machine has no lease, or has ended.
+            DoesNotExist: the backend does not know it.
+        """
+        raise NotSupported(
+            f"{self.url.scheme}:// does not support renewing leases (Compute.renew): "
+            "its machines run until destroyed"
+        )
+
     async def reached(self, info: ResourceInfo, runner: CommandRunner) -> ResourceInfo:
         """Called once a machine first answered through its access URL, before ACTIVE.
 

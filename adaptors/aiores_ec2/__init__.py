@@ -19,7 +19,8 @@ Install with ``pip install 'aiores[ec2]'``. Credentials come from the session's
 credential chain. ``?endpoint=http://host:port`` (or ``AWSContext.endpoint_url``)
 points it at another EC2 API: OpenStack, Eucalyptus, moto. See
 :mod:`aiores_ec2._options` for every option, :mod:`aiores_ec2._adaptor` for the
-states and tags, :mod:`aiores_ec2._setup` for keys, security groups and user data.
+states and tags, :mod:`aiores_ec2._setup` for keys, security groups and user data,
+:mod:`aiores_ec2._lease` for leases (``duration``, ``vm.renew(seconds)``).
 """
 
 from __future__ import annotations

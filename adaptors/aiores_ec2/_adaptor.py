@@ -51,6 +51,7 @@ import builtins
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,6 +83,7 @@ from aiores.adaptor import (
 from ._aws import Api, error_code, open_api, target
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
+from ._lease import EXPIRES_TAG, expires_at, expiry_tag, rearm
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
 
@@ -240,6 +242,9 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         }
         if reason:
             extra["state_reason"] = reason
+        ends = expires_at(tags)
+        if ends is not None:
+            extra["expires_at"] = ends
         launched = inst.get("LaunchTime")
         if isinstance(launched, datetime.datetime):
             extra["launch_time"] = launched.isoformat()
@@ -291,7 +296,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             ends = datetime.datetime.now(datetime.UTC) + datetime.timedelta(
                 seconds=description.duration
             )
-            tags["aiores:expires"] = ends.isoformat(timespec="seconds")
+            tags[EXPIRES_TAG] = ends.isoformat(timespec="seconds")
         for tag in sorted(description.tags):
             key = "aiores:tag:" + tag
             if len(key) > 128:
@@ -538,6 +543,40 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             return info
         new = await self._hostkeys.rotate(info.id, boot, runner)
         return dataclasses.replace(info, host_keys=(new,))
+
+    async def renew(self, id: str, seconds: float) -> ResourceInfo:
+        """Renew an instance's lease: re-arm its shutdown timer over SSH, then update
+        its ``aiores:expires`` tag (see :mod:`aiores_ec2._lease`).
+
+        The timer counts whole minutes: the instance ends no earlier than ``seconds``
+        from now, and less than a minute later.
+
+        Raises:
+            DoesNotExist: EC2 does not know the instance.
+            IncorrectState: it has ended, has no lease (no ``aiores:expires`` tag), or
+                no address to reach it at.
+            NoSuccess: the instance refused (no ``sudo -n``, no ``shutdown``).
+            AioresError: the SSH connection or the tag update failed.
+
+        Cancelling it may leave the timer re-armed and the tag not yet updated.
+        """
+        info = (await self.describe([id])).get(id)
+        if info is None:
+            raise DoesNotExist(f"{self.url} has no instance {id!r}")
+        if info.state.final:
+            raise IncorrectState(f"instance {id} is {info.state.name}: it has no lease to renew")
+        if "expires_at" not in info.extra:
+            raise IncorrectState(
+                f"instance {id} has no lease to renew (it was acquired with no duration)"
+            )
+        if info.access is None:
+            raise IncorrectState(f"instance {id} has no address yet to renew its lease over")
+        ends = time.time() + seconds
+        await rearm(await self.env.command_runner(info.access), seconds)
+        await self.api.call(
+            "CreateTags", Resources=[id], Tags=[{"Key": EXPIRES_TAG, "Value": expiry_tag(ends)}]
+        )
+        return dataclasses.replace(info, extra={**info.extra, "expires_at": ends})
 
     # -- templates, images, reconfig --------------------------------------------------
     async def list_templates(self) -> Sequence[Template]:

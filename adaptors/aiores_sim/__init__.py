@@ -20,9 +20,12 @@ the acquiring user, and those of the ``users`` option (``sim://?users=wf,ops``),
 with a home and uid of its own (``whoami``, ``id``); it refuses logins of anyone else
 as sshd does (AuthenticationFailed). Commands all run as this machine's user.
 
-Fault injection (boot delay distribution and failures, VMs that die or are
-preempted, slow SSH, a wrong host key) is set per manager URL or per description:
-see :mod:`aiores_sim._options`.
+Fault injection (boot delay distribution and failures, VMs that die, are preempted
+or revoked with a delete-pending countdown, slow SSH, a wrong host key) is set per
+manager URL or per description: see :mod:`aiores_sim._options`. A VM acquired with a
+``duration`` holds a lease, ended (EXPIRED) at the cloud and renewed with
+``vm.renew(seconds)``; provider values come with
+:meth:`SimResourceAdaptor.set_values`: see :mod:`aiores_sim._lease`.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from aiores.adaptor import (
     ResourceAdaptor,
     ResourceInfo,
     Template,
+    validate,
 )
 
 from ._client import CloudClient
@@ -267,6 +268,15 @@ class SimResourceAdaptor(ResourceAdaptor):
                 return empty  # no cloud runs: everything it had is gone
             raise exc
 
+    async def renew(self, id: str, seconds: float) -> ResourceInfo:
+        """Renew a VM's lease at the cloud: it ends (EXPIRED) ``seconds`` from now.
+
+        Raises:
+            DoesNotExist: no such VM.
+            IncorrectState: it has ended, or was acquired with no duration.
+        """
+        return self._info(await self._call("renew", {"id": id, "seconds": seconds}, start=False))
+
     async def list_templates(self) -> Sequence[Template]:
         """The VM sizes: tiny, small (the default), medium, large, xlarge (no cloud needed)."""
         return list(TEMPLATES)
@@ -288,3 +298,19 @@ class SimResourceAdaptor(ResourceAdaptor):
         """
         result = await self._call("rekey", {"id": id}, start=False)
         return str(result["host_key"])
+
+    async def set_values(self, values: Mapping[str, float]) -> None:
+        """Say how much the provider wants each VM back (CloudLab's SetResourceValues).
+
+        Each VM of ``values`` (by id) carries its value as ``extra["value"]`` from
+        then on (pushed at once); pools release the idle ones of higher value
+        first. Ids unknown or ended are ignored.
+
+        Raises:
+            BadParameter: a value that is not a finite number.
+        """
+        checked = {
+            str(vm_id): validate.number(value, f"values[{vm_id!r}]")
+            for vm_id, value in values.items()
+        }
+        await self._call("set_values", {"values": checked}, start=False)

@@ -37,6 +37,7 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
+from ._lease import LeaseOps, countdown_step
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
 from ._protocol import (
@@ -56,22 +57,15 @@ log = logging.getLogger("aiores.sim")
 MAX_COUNT = 10000
 #: Seconds a cancelled acquire may spend removing what it made.
 CLEANUP_TIMEOUT = 60.0
-#: Most seconds between two reports of a preemption countdown.
-COUNTDOWN_STEP = 1.0
 #: Where the directories of a cloud's region processes are (see :mod:`._regions`).
 REGIONS = "regions"
-
-
-def countdown_step(notice: float) -> float:
-    """Seconds between reports of a countdown of ``notice`` seconds (at least 4 of them)."""
-    return max(0.05, min(COUNTDOWN_STEP, notice / 4))
 
 
 class CloudRunning(NoSuccess):
     """Another cloud already serves this directory."""
 
 
-class Cloud:
+class Cloud(LeaseOps):
     """A simulated cloud serving ``directory`` (start with :meth:`start`).
 
     Args:
@@ -379,6 +373,8 @@ class Cloud:
         if faults.preempt_after is not None:
             timeline.append((faults.preempt_after, "notice"))
             timeline.append((faults.preempt_after + faults.preempt_notice, "preempt"))
+        if faults.revoke is not None:
+            timeline.append((faults.revoke, "revoke"))
         elapsed = 0.0
         for at, what in sorted(timeline):
             await asyncio.sleep(max(0.0, at - elapsed))
@@ -386,6 +382,9 @@ class Cloud:
             if what == "die":
                 self._end(vm, S.FAILED, "the VM died (injected fault)")
                 return
+            if what == "revoke":
+                self._revoke(vm, faults.revoke_wait)
+                continue
             if what == "notice":
                 notice = faults.preempt_notice
                 if vm.set_state(
@@ -411,10 +410,6 @@ class Cloud:
             await asyncio.sleep(step)
             if not vm.state.final:
                 self._changed(vm)
-
-    async def _expire(self, vm: VM, duration: float) -> None:
-        await asyncio.sleep(duration)
-        self._end(vm, S.EXPIRED, f"expired (duration {duration:g} s)")
 
     # -- the control socket -----------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -511,7 +506,7 @@ class Cloud:
         for vm in vms:
             vm.tasks.add(self._spawn(self._life(vm), f"life of {vm.id}"))
             if spec.duration is not None:
-                vm.tasks.add(self._spawn(self._expire(vm, spec.duration), f"expiry of {vm.id}"))
+                self._lease(vm, spec.duration)
             self._changed(vm)
         return [vm.to_json() for vm in vms]
 

@@ -18,6 +18,13 @@ preempt_after      seconds after ACTIVE at which a preemption notice comes: the 
                    afresh at least 4 times in the notice, at most 1 s apart)
 preempt_notice     seconds of that notice before the VM goes (-> EXPIRED, "preempted");
                    default 2
+revoke             seconds after ACTIVE at which the provider asks the VM back, as
+                   CloudLab's NotifyDeletePending: it stays ACTIVE with state_detail
+                   "delete-pending" and ``extra["max_wait_time"]`` (seconds left,
+                   pushed afresh at least 4 times, at most 1 s apart, each smaller);
+                   at 0 it is gone (-> EXPIRED, "revoked: ...", ``max_wait_time`` 0)
+revoke_wait        the ``max_wait_time`` of that first notice; default 2; 0: the VM is
+                   gone at once (its only notice says 0)
 ssh_delay          seconds each SSH login is held before authentication goes on
 wrong_host_key     probability that a VM boots with a host key other than the one
                    it published (a machine-in-the-middle; clients refuse it)
@@ -152,6 +159,8 @@ class Faults:
     die_after: float | None = None
     preempt_after: float | None = None
     preempt_notice: float = 2.0
+    revoke: float | None = None
+    revoke_wait: float = 2.0
     ssh_delay: float = 0.0
     wrong_host_key: float = 0.0
     seed: int | None = None
@@ -169,7 +178,14 @@ class Faults:
 
 
 _PROBABILITIES = ("boot_failure", "wrong_host_key")
-_SECONDS = ("die_after", "preempt_after", "preempt_notice", "ssh_delay")
+_SECONDS = (
+    "die_after",
+    "preempt_after",
+    "preempt_notice",
+    "revoke",
+    "revoke_wait",
+    "ssh_delay",
+)
 OPTIONS = ("boot_delay", *_PROBABILITIES, *_SECONDS, "seed", "users")
 #: A login name a VM can know (as useradd's default rule has it).
 LOGIN_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

@@ -11,6 +11,7 @@ it). Each message is one JSON object on one line:
 
 Ops: ``hello``, ``subscribe``, ``acquire``, ``describe``, ``find``, ``destroy``,
 ``list``, ``templates``, ``images``, ``rekey`` (fault injection: a new host key),
+``renew`` (a VM's lease), ``set_values`` (provider values; see :mod:`._lease`),
 ``shutdown``.
 
 The cloud's directory (``$AIORES_SIM_DIR``, else ``<state dir>/sim``)::

@@ -10,8 +10,8 @@ cloud process of its own in ``<dir>/regions/<n>`` (``python -m aiores_sim.server
 
 Clients see none of it: they talk to the first process, on the one control socket,
 which sends each acquire's share to the regions with room (starting one when none
-has), routes describe, destroy and rekey by VM id, gathers find and list from all,
-and passes every region's VM events on to its own subscribers. SSH goes straight
+has), routes describe, destroy, rekey, renew and set_values by VM id, gathers find
+and list from all, and passes every region's VM events on to its own subscribers. SSH goes straight
 to the VM's port, whichever process serves it.
 """
 
@@ -303,6 +303,27 @@ class RegionalCloud(Cloud):
         if region is None:
             return await super().op_rekey(args)
         return await self._in(region, "rekey", args)
+
+    async def op_renew(self, args: Mapping[str, Any]) -> Any:
+        region = self._where.get(str(args.get("id")))
+        if region is None:
+            return await super().op_renew(args)
+        return await self._in(region, "renew", args)
+
+    async def op_set_values(self, args: Mapping[str, Any]) -> Any:
+        values = args.get("values")
+        if not isinstance(values, dict):
+            return await super().op_set_values(args)  # refused there
+        here, there = self._by_region([str(i) for i in values])
+        await asyncio.gather(
+            super().op_set_values({"values": {i: values[i] for i in here}}),
+            *(
+                self._in(r, "set_values", {"values": {i: values[i] for i in ids}})
+                for r, ids in there.items()
+                if not r.lost
+            ),
+        )
+        return None
 
     async def op_hello(self, args: Mapping[str, Any]) -> Any:
         hello: dict[str, Any] = await super().op_hello(args)

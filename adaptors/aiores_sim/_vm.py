@@ -46,6 +46,7 @@ import asyncssh
 from aiores import ResourceState
 from aiores.adaptor import Image, Template, private
 
+from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
 
@@ -278,6 +279,7 @@ class VM:
                 "users": list(self.users),
                 **self.extra,
                 **self._countdown(),
+                **max_wait_time(self.extra, self.state.final),
             },
         }
 

@@ -54,7 +54,9 @@ LAYERS: dict[str, frozenset[str]] = {
     "contract": frozenset({"adaptor"}),
     "engine": frozenset({"_session", "_watch", "_journal", "_limits", "_registry"}),
     "api": frozenset({"_resource", "_jobs"}),
-    "composition": frozenset({"_fleet", "_group", "_hosts", "_jobsession", "_pool", "_recover"}),
+    "composition": frozenset(
+        {"_fleet", "_group", "_hosts", "_jobsession", "_lease", "_pool", "_recover"}
+    ),
     "face": frozenset({"__init__", "testing"}),
     "cli": frozenset({"_cli", "__main__"}),
 }

@@ -34,6 +34,7 @@ __all__ = [
     "session",
     "sim_session",
     "until",
+    "working",
 ]
 
 #: Real seconds any one wait of these tests may take before the test fails.
@@ -100,6 +101,16 @@ class Commands:
 
 
 class _Resources(FakeResources):
+    renewals: list[tuple[str, float]]  # (machine, seconds) of every renew, in order
+
+    async def renew(self, id: str, seconds: float) -> ResourceInfo:
+        """A lease renewed (the test ends leased machines itself, EXPIRED)."""
+        info = self.cloud.resources[id]
+        if info.state.final:
+            raise aiores.IncorrectState(f"{id} has ended")
+        self.renewals.append((id, seconds))
+        return info
+
     async def acquire(self, description: object, count: int, token: str) -> Sequence[ResourceInfo]:
         infos = []
         for info in await super().acquire(description, count, token):
@@ -134,9 +145,12 @@ class PoolPlugin(FakePlugin):
         super().__init__()
         self.commands = commands
         self.machines = _Machines(self.cloud, commands)
+        self.renewals: list[tuple[str, float]] = []
 
     def resource_adaptor(self, url: URL, env: AdaptorEnv) -> FakeResources:
-        return _Resources(url, env, self.cloud)
+        adaptor = _Resources(url, env, self.cloud)
+        adaptor.renewals = self.renewals
+        return adaptor
 
 
 class _Machines(AdaptorPlugin):
@@ -214,6 +228,18 @@ async def until(
                 await asyncio.sleep(0)
             clock.advance(step)
     raise AssertionError(f"not within {most} s (fake): {holds}")
+
+
+async def working(
+    pool: aiores.Pool, fake: PoolPlugin, clock: FakeClock, command: str
+) -> tuple[asyncio.Task[RunResult], Call]:
+    """Boot the pool's ``pool.min`` fake machines, run ``command`` on one: its run and call."""
+    await until(clock, lambda: len(fake.cloud.resources) == pool.min)
+    boot(fake.cloud)
+    await until(clock, lambda: pool.stats().idle == pool.min)
+    run = asyncio.ensure_future(pool.run(command))
+    await until(clock, lambda: len(fake.commands.live(command)) >= 1)
+    return run, fake.commands.live(command)[0]
 
 
 def boot(cloud: FakeCloud, state: ResourceState = ResourceState.ACTIVE) -> list[str]:
