@@ -342,6 +342,14 @@ class ResourceAdaptor(Adaptor):
     ) -> Sequence[ResourceInfo]:
         """Create ``count`` resources in one backend call where possible.
 
+        A ComputeDescription's ``network`` is the native id of a network of this
+        endpoint (the core checked the endpoint). The core passes a
+        :class:`~aiores.NetworkDescription` as it is: an adaptor with networks
+        widens ``description`` to take one, and reports networks with
+        ``rtype="network"``, their range as ``extra["cidr"]``, releasing them in
+        :meth:`destroy` after the machines among the same ids; one without refuses
+        it (and a ComputeDescription with a network) with NotSupported.
+
         ``token`` is an idempotency token: the backend must be able to find what this
         call created by it (:meth:`find`), even if this call never returns.
         """

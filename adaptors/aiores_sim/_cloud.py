@@ -37,6 +37,7 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
+from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
 from ._protocol import (
@@ -71,7 +72,7 @@ class CloudRunning(NoSuccess):
     """Another cloud already serves this directory."""
 
 
-class Cloud:
+class Cloud(NetworkOps):
     """A simulated cloud serving ``directory`` (start with :meth:`start`).
 
     Args:
@@ -473,6 +474,7 @@ class Cloud:
         if self._stopping:
             raise IncorrectState("the sim cloud is stopping")
         count = validate.count(args.get("count"), "count", max=MAX_COUNT)
+        args = self._place(args, count)  # addresses on its network (see _networks)
         spec = _spec(args)
         first = validate.count(args.get("first_index", 0), "first_index", min=0)
         # Until its VMs are registered, a find() for this token waits (the client may
@@ -488,16 +490,17 @@ class Cloud:
         """Make ``count`` VMs of ``spec`` here (the ``first``-th of their acquire on)."""
         seed = spec.faults.seed
         ids = [self._new_id() for _ in range(count)]
-        made = await self._prepare([(spec, vm_id) for vm_id in ids])
+        specs = [spec.placed(first + k) for k in range(count)]
+        made = await self._prepare(list(zip(specs, ids, strict=True)))
         if self._stopping:
             await asyncio.to_thread(_discard, made)
             raise IncorrectState("the sim cloud is stopping")
         vms = []
-        for index, item in enumerate(made, start=first):
+        for index, (item, vm_spec) in enumerate(zip(made, specs, strict=True), start=first):
             rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
             vm = VM(
                 item.id,
-                spec,
+                vm_spec,
                 item.disk,
                 item.port,
                 item.host_key,
@@ -729,6 +732,12 @@ def _spec(args: Mapping[str, Any]) -> VMSpec:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadParameter("tags must be a list of str")
     user_data = args.get("user_data")
+    network = args.get("network")
+    addresses = args.get("addresses") or []
+    if not isinstance(addresses, list) or not all(
+        isinstance(a, str) and a.startswith("127.") for a in addresses
+    ):
+        raise BadParameter("addresses must be a list of addresses in 127.0.0.0/8")
     return VMSpec(
         token=str(args.get("token") or ""),
         user=user,
@@ -739,4 +748,7 @@ def _spec(args: Mapping[str, Any]) -> VMSpec:
         user_data=user_data if isinstance(user_data, str) else None,
         authorized_keys=keys,
         faults=Faults.from_json(args.get("faults") or {}),
+        network=str(network) if network is not None else None,
+        addresses=tuple(addresses),
+        address=LOOPBACK,
     )
