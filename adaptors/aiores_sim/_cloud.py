@@ -304,12 +304,7 @@ class Cloud(NetworkOps):
     def _changed(self, vm: VM) -> None:
         if not self._subscribers:
             return
-        line = encode({"event": "vm", "vm": vm.to_json()})
-        for writer in list(self._subscribers):
-            if writer.is_closing():
-                self._subscribers.discard(writer)
-            else:
-                writer.write(line)
+        self._broadcast(encode({"event": "vm", "vm": vm.to_json()}))
 
     def _end(self, vm: VM, state: S, detail: str) -> asyncio.Event:
         """Move ``vm`` to a final state and queue its teardown; returns its ``gone`` event."""

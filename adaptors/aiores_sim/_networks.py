@@ -152,7 +152,10 @@ class NetworkOps:
         return placing
 
     def _announce_network(self, net: SimNetwork) -> None:
-        line = encode({"event": "vm", "vm": net.to_json()})
+        self._broadcast(encode({"event": "vm", "vm": net.to_json()}))
+
+    def _broadcast(self, line: bytes) -> None:
+        """Send an event line to every subscriber still connected."""
         for writer in list(self._subscribers):
             if writer.is_closing():
                 self._subscribers.discard(writer)
