@@ -372,13 +372,19 @@ class Networks:
         if native.startswith("subnet-"):
             await self._gone_ok("DeleteSubnet", SubnetId=native)
             return
-        gateways = await self.api.call(
-            "DescribeInternetGateways",
-            Filters=[{"Name": "attachment.vpc-id", "Values": [native]}],
-        )
-        for gateway in gateways["InternetGateways"]:
-            gateway_id = gateway["InternetGatewayId"]
-            await self._gone_ok("DetachInternetGateway", InternetGatewayId=gateway_id, VpcId=native)
+        # Attached, or made by an acquire cut off before it attached it.
+        gateways: dict[str, Mapping[str, Any]] = {}
+        for key in (
+            {"Name": "attachment.vpc-id", "Values": [native]},
+            {"Name": "tag:aiores:network", "Values": [native]},
+        ):
+            answer = await self.api.call("DescribeInternetGateways", Filters=[key])
+            gateways.update((g["InternetGatewayId"], g) for g in answer["InternetGateways"])
+        for gateway_id, gateway in gateways.items():
+            if any(a.get("VpcId") == native for a in gateway.get("Attachments", [])):
+                await self._gone_ok(
+                    "DetachInternetGateway", InternetGatewayId=gateway_id, VpcId=native
+                )
             await self._gone_ok("DeleteInternetGateway", InternetGatewayId=gateway_id)
         subnets = await self.api.call(
             "DescribeSubnets", Filters=[{"Name": "vpc-id", "Values": [native]}]

@@ -186,3 +186,28 @@ async def test_reap_releases_a_network_and_its_instances_left_by_a_killed_progra
         assert sorted(reaped.released) == sorted([net_id, *vm_ids])
         assert await session.manager(url).list(tags={"ec2netkill"}) == []
     assert await _vpcs(moto) == []
+
+
+async def test_a_cancelled_network_acquire_leaves_nothing(moto: MotoServer) -> None:
+    url = ec2_url(moto)
+    await moto.set_faults(delay_after={"CreateSecurityGroup": 3})
+    async with aiores.Session(contexts=[aws_context()]) as session:
+        acquiring = asyncio.ensure_future(
+            session.manager(url).acquire(NetworkDescription(isolated=False))
+        )
+        async with asyncio.timeout(30):
+            while (await moto.calls()).get("CreateSecurityGroup", 0) < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert len(await _vpcs(moto)) == 1  # made, tagged with the acquire's token
+        acquiring.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await acquiring
+        assert session.journal is not None
+        assert await session.journal.in_flight() == []
+    await moto.set_faults(clear=True)
+    assert await _vpcs(moto) == []
+    async with raw_client(moto) as client:
+        groups = await client.describe_security_groups(
+            Filters=[{"Name": "tag:aiores:managed", "Values": ["1"]}]
+        )
+    assert [g for g in groups["SecurityGroups"] if g["GroupName"].startswith("aiores-net")] == []
