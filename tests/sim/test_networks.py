@@ -23,6 +23,7 @@ from aiores import (
     NetworkDescription,
     ResourceState,
 )
+from aiores_sim.testing import start_sim_cloud
 
 from .conftest import STEP
 
@@ -267,3 +268,31 @@ async def test_reap_releases_a_network_left_by_a_killed_program() -> None:
         assert await mgr.list(tags={"netkill"}) == []
         gone = await mgr.get(net_id)
         assert gone.state is ResourceState.CANCELED
+
+
+@pytest.mark.asyncio
+async def test_a_network_spans_the_regions_of_a_large_cloud(own_cloud: Path) -> None:
+    # Two VMs per process: the third and fourth are served by a region process, and
+    # still get addresses of the network, reachable from the first process's VMs.
+    await asyncio.to_thread(start_sim_cloud, own_cloud, watch_pid=os.getpid(), region_capacity=2)
+    async with aiores.Session() as session:
+        mgr = session.manager(URL)
+        net = await mgr.acquire(NetworkDescription(cidr="127.46.0.0/28"))
+        vms = await mgr.acquire_many(ComputeDescription(network=net), 4)
+        async with asyncio.timeout(STEP):
+            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+        addresses = {vm.private_address for vm in vms}
+        assert addresses == {f"127.46.0.{i}" for i in range(1, 5)}
+        ports = await _start_servers(vms[-1:])
+        last = vms[-1].private_address
+        assert last is not None
+        answer = await vms[0].run(_python(CLIENT, f"{last}:{ports[last]}"))
+        assert answer.stdout.strip() == f"{last} hello from {vms[-1].native_id}"
+        # The network knows its members in the region too.
+        await mgr.destroy(vms[:3])
+        with pytest.raises(aiores.IncorrectState, match=vms[-1].native_id):
+            await net.destroy()
+        more = await mgr.acquire_many(ComputeDescription(network=net, ready=None), 3)
+        assert {vm.private_address for vm in more} == {f"127.46.0.{i}" for i in (1, 2, 3)}
+        await mgr.destroy([vms[-1], *more, net])
+        assert net.state is ResourceState.CANCELED
