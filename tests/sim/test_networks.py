@@ -86,6 +86,17 @@ def _listening_at(port: int) -> set[str]:
     }
 
 
+async def _on_a_network(
+    mgr: aiores.Manager, cidr: str, count: int
+) -> tuple[Network, list[Compute]]:
+    """A network of ``cidr`` and ``count`` machines on it, ACTIVE (SSH answers)."""
+    net = await mgr.acquire(NetworkDescription(cidr=cidr))
+    vms = await mgr.acquire_many(ComputeDescription(network=net), count)
+    async with asyncio.timeout(STEP):
+        await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    return net, vms
+
+
 def _refused(address: str, port: int) -> bool:
     try:
         socket.create_connection((address, port), timeout=5).close()
@@ -163,10 +174,7 @@ def test_bad_ranges_are_refused_naming_the_field(cidr: str, message: str) -> Non
 async def test_machines_of_a_network_reach_each_other_at_private_addresses() -> None:
     async with aiores.Session() as session:
         mgr = session.manager(URL)
-        net = await mgr.acquire(NetworkDescription(cidr="127.44.0.0/28"))
-        vms = await mgr.acquire_many(ComputeDescription(network=net), 2)
-        async with asyncio.timeout(STEP):
-            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+        net, vms = await _on_a_network(mgr, "127.44.0.0/28", 2)
         addresses = [vm.private_address for vm in vms]
         assert len(set(addresses)) == 2
         for vm, address in zip(vms, addresses, strict=True):
@@ -277,10 +285,7 @@ async def test_a_network_spans_the_regions_of_a_large_cloud(own_cloud: Path) -> 
     await asyncio.to_thread(start_sim_cloud, own_cloud, watch_pid=os.getpid(), region_capacity=2)
     async with aiores.Session() as session:
         mgr = session.manager(URL)
-        net = await mgr.acquire(NetworkDescription(cidr="127.46.0.0/28"))
-        vms = await mgr.acquire_many(ComputeDescription(network=net), 4)
-        async with asyncio.timeout(STEP):
-            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+        net, vms = await _on_a_network(mgr, "127.46.0.0/28", 4)
         addresses = {vm.private_address for vm in vms}
         assert addresses == {f"127.46.0.{i}" for i in range(1, 5)}
         ports = await _start_servers(vms[-1:])
