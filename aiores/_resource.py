@@ -124,6 +124,8 @@ class Manager:
             BadParameter: the description is not a Compute-, Storage- or
                 NetworkDescription, or it places a machine on a network of another
                 manager's cloud.
+            NotSupported: a network, or a machine on one, from a backend without
+                networks.
             AioresError: the backend refused (the most specific subclass).
 
         Cancelling it after the backend may have accepted releases whatever was created
@@ -163,10 +165,14 @@ class Manager:
             # The backend is given its own id; a network of another cloud is refused here.
             asked = description.replace(network=self._native(description.network, "network"))
         adaptor, watcher = await self._open()
+        networked = isinstance(asked, NetworkDescription) or (
+            isinstance(asked, ComputeDescription) and asked.network is not None
+        )
+        if networked and not adaptor.supports_networks:
+            raise NotSupported(f"{self.url.scheme}:// has no networks")
 
         async def call(token: str) -> Sequence[ResourceInfo]:
-            # An adaptor with networks widens acquire() to take a NetworkDescription;
-            # one without refuses it (NotSupported).
+            # An adaptor that supports networks widens acquire() to take one.
             infos = await adaptor.acquire(asked, count, token)  # type: ignore[arg-type]
             return [dataclasses.replace(i, token=i.token or token) for i in infos]
 

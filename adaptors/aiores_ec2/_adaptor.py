@@ -152,6 +152,8 @@ def native_state(name: str, reason: str, tags: Mapping[str, str]) -> ResourceSta
 class EC2ResourceAdaptor(ResourceAdaptor):
     """Instances of one EC2 region and endpoint (see the module docstring)."""
 
+    supports_networks = True
+
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
         self.options: Options = parse_options(url)

@@ -77,6 +77,7 @@ class SimResourceAdaptor(ResourceAdaptor):
 
     #: None: the cloud pushes every change (see the module's docstring).
     poll: PollPolicy | None = None
+    supports_networks = True
 
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
