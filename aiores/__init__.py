@@ -11,7 +11,12 @@ operation is awaitable, bounded by timeouts and safe to cancel.
 """
 
 from ._contexts import AWSContext, Context, DockerContext, SSHContext
-from ._descriptions import ComputeDescription, JobDescription, StorageDescription
+from ._descriptions import (
+    ComputeDescription,
+    JobDescription,
+    NetworkDescription,
+    StorageDescription,
+)
 from ._exceptions import (
     AioresError,
     AuthenticationFailed,
@@ -34,7 +39,7 @@ from ._journal import Intent, Journal
 from ._pool import MachineView, Policy, Pool, PoolEvent, PoolStats, PoolView, QueuePolicy
 from ._recover import Leak, Problem, Reaped, Recovered
 from ._registry import register_adaptor, unregister_adaptor
-from ._resource import Compute, Manager, Resource, Storage
+from ._resource import Compute, Manager, Network, Resource, Storage
 from ._session import Session, state_dir
 from ._states import JobState, ResourceState
 from ._url import URL
@@ -73,6 +78,8 @@ __all__ = [
     "MachineInfo",
     "MachineView",
     "Manager",
+    "Network",
+    "NetworkDescription",
     "NoSuccess",
     "NotSupported",
     "PermissionDenied",

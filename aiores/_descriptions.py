@@ -11,12 +11,12 @@ import datetime
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import _validate as check
 from ._exceptions import BadParameter
 
-__all__ = ["ComputeDescription", "JobDescription", "StorageDescription"]
+__all__ = ["ComputeDescription", "JobDescription", "NetworkDescription", "StorageDescription"]
 
 DEFAULT_CAPTURE_LIMIT = 8 * 1024 * 1024
 
@@ -79,6 +79,8 @@ class ComputeDescription:
         user_data: Boot-time user data (cloud-init), passed to the backend as is.
         ready: ``"ssh"`` makes ACTIVE mean "SSH answers"; ``None`` makes it mean
             "the backend says running" (for backends without SSH).
+        network: The :class:`~aiores.Network` (or its id) to place the machine on;
+            it must belong to the same manager's cloud. Held as the network's id.
     """
 
     image: str | None = None
@@ -89,6 +91,7 @@ class ComputeDescription:
     duration: float | None = None
     user_data: str | None = None
     ready: Literal["ssh"] | None = "ssh"
+    network: str | None = None
 
     if TYPE_CHECKING:  # what callers may pass; the fields hold the normalised values
 
@@ -103,6 +106,7 @@ class ComputeDescription:
             duration: float | datetime.timedelta | None = None,
             user_data: str | None = None,
             ready: Literal["ssh"] | None = "ssh",
+            network: str | HasId | None = None,
         ) -> None: ...
 
     def __post_init__(self) -> None:
@@ -117,6 +121,7 @@ class ComputeDescription:
         _set(self, "duration", _seconds(owner, "duration", self.duration))
         if self.ready not in ("ssh", None):
             raise BadParameter(f"{owner}.ready must be 'ssh' or None, not {self.ready!r}")
+        _set(self, "network", _network(owner, self.network))
 
     def replace(self, **changes: Any) -> ComputeDescription:
         """A copy with some fields changed (validated again)."""
@@ -152,6 +157,74 @@ class StorageDescription:
         _opt_str(owner, "name", self.name)
         _opt_positive(owner, "size", self.size)
         object.__setattr__(self, "tags", _tags(owner, self.tags))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkDescription:
+    """A private network to acquire: machines on it reach each other at private addresses.
+
+    Args:
+        cidr: Its address range, IPv4 in private address space, ``/16`` to ``/28``
+            (``"10.20.0.0/24"``; ``sim://`` takes ranges of ``127.0.0.0/8``, such as
+            ``"127.42.0.0/24"``). None lets the backend choose a free one.
+        tags: Labels to select it by later.
+        isolated: True (the default): no route to or from the internet is made.
+            False: the backend adds one where it can (``ec2://``: an internet gateway,
+            a default route, public addresses for its machines).
+        ingress: Address ranges from which SSH (TCP 22) is admitted from outside the
+            network (a str is one range); members always reach each other on every
+            port. Empty (the default): nothing outside is admitted, unless the
+            backend's URL says otherwise (``ec2://?ssh_cidr=...``).
+    """
+
+    cidr: str | None = None
+    tags: frozenset[str] = field(default=frozenset())
+    isolated: bool = True
+    ingress: tuple[str, ...] = ()
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self,
+            *,
+            cidr: str | None = None,
+            tags: Iterable[str] | str = (),
+            isolated: bool = True,
+            ingress: Iterable[str] | str = (),
+        ) -> None: ...
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _set = object.__setattr__
+        if self.cidr is not None:
+            _set(self, "cidr", check.address_range(self.cidr, f"{owner}.cidr"))
+        _set(self, "tags", _tags(owner, self.tags))
+        check.flag(self.isolated, f"{owner}.isolated")
+        _set(self, "ingress", check.address_ranges(self.ingress, f"{owner}.ingress"))
+
+    def replace(self, **changes: Any) -> NetworkDescription:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+class HasId(Protocol):
+    """What ``ComputeDescription(network=...)`` takes besides an id: a Network."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def rtype(self) -> str: ...
+
+
+def _network(owner: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return check.text(value, f"{owner}.network")
+    if getattr(value, "rtype", None) == "network" and isinstance(getattr(value, "id", None), str):
+        return str(value.id)  # type: ignore[attr-defined]
+    raise check.fail(f"{owner}.network", "an aiores.Network, a network id or None", value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,8 +342,9 @@ class JobDescription:
 
 
 def from_record(
-    kind: type[ComputeDescription] | type[StorageDescription], record: object
-) -> ComputeDescription | StorageDescription | None:
+    kind: type[ComputeDescription] | type[StorageDescription] | type[NetworkDescription],
+    record: object,
+) -> ComputeDescription | StorageDescription | NetworkDescription | None:
     """A resource's description as the journal recorded it, or None if it holds none.
 
     Fields the record lacks take their defaults; fields it has that ``kind`` does not

@@ -34,7 +34,7 @@ from ._results import GroupResult, RunResult
 from ._states import ResourceState
 
 if TYPE_CHECKING:
-    from ._resource import Compute, Manager, Resource
+    from ._resource import Compute, Manager, Network, Resource
     from ._session import Session
     from ._url import URL
 
@@ -214,6 +214,7 @@ class Fleet:
         description: ComputeDescription,
         count: int = 1,
         tags: Iterable[str] | str = (),
+        network: str | Network | None = None,
     ) -> Provision:
         """Start acquiring ``count`` machines; returns at once, without waiting.
 
@@ -227,9 +228,13 @@ class Fleet:
             description: What to boot; its tags are the machines' tags too.
             count: How many.
             tags: Tags to select them by (a str is one tag).
+            network: Place them on this :class:`~aiores.Network` (or network id) of
+                the same cloud, as ``ComputeDescription(network=...)`` does: they
+                reach each other at their ``private_hostnames``.
 
         Raises:
-            BadParameter: a bad description, count or tag.
+            BadParameter: a bad description, count or tag, or a network of another
+                cloud.
             IncorrectURL: no adaptor for the URL.
             IncorrectState: the fleet or session is closed.
         """
@@ -250,6 +255,10 @@ class Fleet:
         if manager.session is not self.session:
             raise BadParameter(f"{manager!r} belongs to another session")
         desc = description.replace(tags=wanted) if wanted != description.tags else description
+        if network is not None:
+            desc = desc.replace(network=network)
+        if desc.network is not None:
+            manager._native(desc.network, "network")  # of this cloud, or BadParameter now
         provision = Provision(manager, desc, count, wanted, self._next)
         self._next += count
         self._provisions.append(provision)

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _validate as check
-from ._descriptions import ComputeDescription, StorageDescription, from_record
+from ._descriptions import ComputeDescription, NetworkDescription, StorageDescription, from_record
 from ._exceptions import (
     AioresError,
     BadParameter,
     DoesNotExist,
     IncorrectState,
     NoSuccess,
+    NotSupported,
     Timeout,
 )
 from ._results import RunResult
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from ._journal import Journal
     from ._session import Session
 
-__all__ = ["Compute", "Manager", "Resource", "Storage"]
+__all__ = ["Compute", "Manager", "Network", "Resource", "Storage"]
 
 log = logging.getLogger("aiores")
 
@@ -49,7 +50,7 @@ LEASE_KEY = "expires_at"
 #: The most resources one acquire_many call may ask for.
 MAX_COUNT = 100_000
 
-Description = ComputeDescription | StorageDescription
+Description = ComputeDescription | StorageDescription | NetworkDescription
 N = TypeVar("N", Template, Image)
 
 
@@ -93,7 +94,7 @@ class Manager:
         if isinstance(known, Resource) and not (known.state.final and info.existing):
             known._apply(info)
             return known
-        cls: type[Resource] = Storage if info.rtype == "storage" else Compute
+        cls = _CLASSES.get(info.rtype, Compute)
         resource = cls(self, info, watcher, description, ready=ready)
         resource._journal_it()  # its state as held (PENDING until SSH answers)
         return resource
@@ -117,11 +118,17 @@ class Manager:
     async def acquire(self, description: ComputeDescription) -> Compute: ...
     @overload
     async def acquire(self, description: StorageDescription) -> Storage: ...
+    @overload
+    async def acquire(self, description: NetworkDescription) -> Network: ...
     async def acquire(self, description: Description) -> Resource:
         """Acquire one resource; returns once the backend accepted it (NEW or PENDING).
 
         Raises:
-            BadParameter: the description is not a Compute- or StorageDescription.
+            BadParameter: the description is not a Compute-, Storage- or
+                NetworkDescription, or it places a machine on a network of another
+                manager's cloud.
+            NotSupported: a network, or a machine on one, from a backend without
+                networks.
             AioresError: the backend refused (the most specific subclass).
 
         Cancelling it after the backend may have accepted releases whatever was created
@@ -138,22 +145,38 @@ class Manager:
     async def acquire_many(
         self, description: StorageDescription, count: int
     ) -> builtins.list[Storage]: ...
+    @overload
+    async def acquire_many(
+        self, description: NetworkDescription, count: int
+    ) -> builtins.list[Network]: ...
     async def acquire_many(self, description: Description, count: int) -> builtins.list[Any]:
         """Acquire ``count`` alike resources, in one backend call where the backend allows.
 
         Raises and cancels as :meth:`acquire` does: on failure or cancellation every
         resource created under the call's token is released.
         """
-        if not isinstance(description, (ComputeDescription, StorageDescription)):
+        if not isinstance(
+            description, (ComputeDescription, StorageDescription, NetworkDescription)
+        ):
             raise BadParameter(
-                "acquire needs an aiores.ComputeDescription or aiores.StorageDescription, "
-                f"not {type(description).__name__}"
+                "acquire needs an aiores.ComputeDescription, StorageDescription or "
+                f"NetworkDescription, not {type(description).__name__}"
             )
         check.count(count, "count", max=MAX_COUNT)
+        asked: Description = description
+        if isinstance(description, ComputeDescription) and description.network is not None:
+            # The backend is given its own id; a network of another cloud is refused here.
+            asked = description.replace(network=self._native(description.network, "network"))
         adaptor, watcher = await self._open()
+        networked = isinstance(asked, NetworkDescription) or (
+            isinstance(asked, ComputeDescription) and asked.network is not None
+        )
+        if networked and not adaptor.supports_networks:
+            raise NotSupported(f"{self.url.scheme}:// has no networks")
 
         async def call(token: str) -> Sequence[ResourceInfo]:
-            infos = await adaptor.acquire(description, count, token)
+            # An adaptor that supports networks widens acquire() to take one.
+            infos = await adaptor.acquire(asked, count, token)  # type: ignore[arg-type]
             return [dataclasses.replace(i, token=i.token or token) for i in infos]
 
         async def release(token: str) -> Sequence[str]:
@@ -176,6 +199,8 @@ class Manager:
     def acquired(self, description: ComputeDescription) -> AbstractAsyncContextManager[Compute]: ...
     @overload
     def acquired(self, description: StorageDescription) -> AbstractAsyncContextManager[Storage]: ...
+    @overload
+    def acquired(self, description: NetworkDescription) -> AbstractAsyncContextManager[Network]: ...
     def acquired(self, description: Description) -> AbstractAsyncContextManager[Any]:
         """``async with mgr.acquired(desc) as vm``: acquire, and destroy on exit.
 
@@ -242,8 +267,8 @@ class Manager:
         """
         return (await self.get(rid)).description
 
-    def _native(self, rid: str) -> str:
-        return native_id(rid, self.url, "resource")
+    def _native(self, rid: str, kind: str = "resource") -> str:
+        return native_id(rid, self.url, kind)
 
     async def list(
         self, rtype: str | None = None, tags: Iterable[str] | str | None = None
@@ -330,7 +355,7 @@ class Manager:
 
 def restored(data: Mapping[str, Any], rtype: object) -> tuple[Description | None, bool]:
     """A resource's journalled ``data``: its description and whether it was ready once."""
-    kind = StorageDescription if rtype == "storage" else ComputeDescription
+    kind = _DESCRIPTIONS.get(str(rtype), ComputeDescription)
     return from_record(kind, data.get("description")), data.get("ready") is True
 
 
@@ -575,6 +600,8 @@ class Resource(Tracked[ResourceState]):
 
     async def reconfig(self, description: Description) -> None:
         """Change it in place where the backend can (else NotSupported)."""
+        if isinstance(description, NetworkDescription):
+            raise NotSupported(f"{self}: a network cannot be changed in place")
         adaptor, _ = await self._manager._open()
         self._apply(await adaptor.reconfig(self.native_id, description))
         self._description = description
@@ -730,3 +757,30 @@ class Compute(Resource):
 
 class Storage(Resource):
     """Storage (a bucket, a volume); files reach it through its ``access`` URL."""
+
+
+class Network(Resource):
+    """A private network (SAGA's network resource): machines acquired with
+    ``ComputeDescription(network=net)`` reach each other at their private addresses.
+
+    ``access`` names the backend's own id of it (``ec2://`` its VPC or subnet, with
+    its security group in ``extra``); ``cidr`` is its address range. Destroying it
+    while machines still use it raises :class:`~aiores.IncorrectState`; destroy them
+    first (a backend waits for machines that are already ending).
+    """
+
+    @property
+    def cidr(self) -> str | None:
+        """Its address range (``"10.20.0.0/24"``), once the backend said it."""
+        cidr = self._info.extra.get("cidr")
+        if cidr is None and isinstance(self._description, NetworkDescription):
+            return self._description.cidr
+        return str(cidr) if cidr is not None else None
+
+
+_CLASSES: dict[str, type[Resource]] = {"compute": Compute, "storage": Storage, "network": Network}
+_DESCRIPTIONS: dict[str, type[ComputeDescription | StorageDescription | NetworkDescription]] = {
+    "compute": ComputeDescription,
+    "storage": StorageDescription,
+    "network": NetworkDescription,
+}

@@ -19,7 +19,10 @@ The rules:
 - an environment: a mapping of portable names (ASCII letters, digits and ``_``, not
   starting with a digit) to text;
 - a command: non-blank text (a shell command), or a non-empty sequence of text whose
-  first item (the program) is not empty.
+  first item (the program) is not empty;
+- a network's range (``cidr``): an IPv4 range in private address space (RFC 1918,
+  or loopback for simulated networks), ``/16`` to ``/28``, written without host
+  bits; admitted ranges (``ingress``): any ranges, in one spelling.
 
 Adaptors reach this module as ``aiores.adaptor.validate``.
 """
@@ -27,6 +30,7 @@ Adaptors reach this module as ``aiores.adaptor.validate``.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence, Sized
@@ -37,6 +41,8 @@ from ._shell import check_text, is_name
 
 __all__ = [
     "MAX_COUNT",
+    "address_range",
+    "address_ranges",
     "command",
     "count",
     "env",
@@ -278,3 +284,50 @@ def run_arguments(
     else:
         data = stdin
     return checked, data, env(environ), timeout(limit)
+
+
+#: The sizes of range a network may have (EC2's VPC and subnet limits).
+NETWORK_PREFIXES = (16, 28)
+
+
+def address_range(value: object, field: str) -> str:
+    """A network's own range: an IPv4 CIDR in private (or loopback) address space,
+    ``/16`` to ``/28``, with no host bits set, as ``ipaddress`` spells it."""
+    text(value, field)
+    assert isinstance(value, str)
+    try:
+        net = ipaddress.ip_network(value.strip())
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            fixed = ipaddress.ip_network(value.strip(), strict=False)
+            raise BadParameter(f"{field} {value!r} has host bits set; write {fixed}") from None
+        raise fail(field, "an address range such as '10.20.0.0/24'", value) from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise fail(field, "an IPv4 range", value)
+    low, high = NETWORK_PREFIXES
+    if not low <= net.prefixlen <= high:
+        raise BadParameter(
+            f"{field} {value!r} is /{net.prefixlen}: a network is /{low} (65,536 addresses) "
+            f"to /{high} (16 addresses)"
+        )
+    if not (net.is_private or net.is_loopback) or net.is_link_local or net.is_multicast:
+        raise BadParameter(
+            f"{field} {value!r} is not private address space (10.0.0.0/8, 172.16.0.0/12, "
+            "192.168.0.0/16, or 127.0.0.0/8 for simulated networks)"
+        )
+    return str(net)
+
+
+def address_ranges(value: object, field: str) -> tuple[str, ...]:
+    """Ranges admitted from anywhere (a str is one range), in one spelling: host bits
+    cleared, duplicates dropped, sorted."""
+    items = (value,) if isinstance(value, str) else str_seq(value, field, items_empty=False)
+    ranges: set[str] = set()
+    for i, item in enumerate(items):
+        name = field if isinstance(value, str) else f"{field}[{i}]"
+        text(item, name)
+        try:
+            ranges.add(str(ipaddress.ip_network(str(item).strip(), strict=False)))
+        except ValueError:
+            raise fail(name, "an address range such as '203.0.113.0/24'", item) from None
+    return tuple(sorted(ranges))

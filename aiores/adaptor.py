@@ -336,6 +336,10 @@ class Adaptor(abc.ABC):  # noqa: B024 - the capabilities below declare the abstr
 class ResourceAdaptor(Adaptor):
     """Acquires, describes and releases resources of one backend endpoint."""
 
+    #: True if it acquires networks (:class:`~aiores.NetworkDescription`) and places
+    #: machines on them (``ComputeDescription.network``); see :meth:`acquire`.
+    supports_networks: bool = False
+
     @abc.abstractmethod
     async def acquire(
         self,
@@ -344,6 +348,14 @@ class ResourceAdaptor(Adaptor):
         token: str,
     ) -> Sequence[ResourceInfo]:
         """Create ``count`` resources in one backend call where possible.
+
+        With :attr:`supports_networks`, ``description`` may be a
+        :class:`~aiores.NetworkDescription` (the adaptor widens its signature),
+        and a ComputeDescription's ``network`` is the native id of a network of
+        this endpoint (the core checked the endpoint). Networks are reported with
+        ``rtype="network"`` and their range as ``extra["cidr"]``, and :meth:`destroy`
+        releases them after the machines among the same ids. Without it the core
+        refuses both with NotSupported before calling.
 
         ``token`` is an idempotency token: the backend must be able to find what this
         call created by it (:meth:`find`), even if this call never returns.

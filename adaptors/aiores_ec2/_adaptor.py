@@ -62,6 +62,7 @@ from aiores import (
     DoesNotExist,
     IncorrectState,
     IncorrectURL,
+    NetworkDescription,
     NotSupported,
     ResourceState,
     SSHContext,
@@ -84,6 +85,7 @@ from ._aws import Api, error_code, open_api, target
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
 from ._lease import EXPIRES_TAG, expires_at, expiry_tag, rearm
+from ._networks import Networks, is_network_id
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
 
@@ -152,6 +154,8 @@ def native_state(name: str, reason: str, tags: Mapping[str, str]) -> ResourceSta
 class EC2ResourceAdaptor(ResourceAdaptor):
     """Instances of one EC2 region and endpoint (see the module docstring)."""
 
+    supports_networks = True
+
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
         self.options: Options = parse_options(url)
@@ -165,6 +169,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self._hostkeys = HostKeys(env.state_dir)
         #: The injected (boot) host key of each instance seen, from its tag.
         self._boot_keys: dict[str, str] = {}
+        self.networks = Networks(lambda: self.api, env, self.options, url)
 
     @property
     def api(self) -> Api:
@@ -312,19 +317,23 @@ class EC2ResourceAdaptor(ResourceAdaptor):
 
     async def acquire(
         self,
-        description: ComputeDescription | StorageDescription,
+        description: ComputeDescription | StorageDescription | NetworkDescription,
         count: int,
         token: str,
     ) -> Sequence[ResourceInfo]:
         """Launch ``count`` instances: one RunInstances per batch of up to ``batch``.
 
         The first acquire of the adaptor makes the key pair and security group if
-        they are missing (see :mod:`aiores_ec2._setup`).
+        they are missing (see :mod:`aiores_ec2._setup`). Instances of a description
+        with a ``network`` launch into its subnet with its group alone; a
+        NetworkDescription makes ``count`` networks (see :mod:`aiores_ec2._networks`).
 
         Raises:
             NotSupported: a StorageDescription (use ``s3://``).
-            BadParameter: no image, too many tags, bad user data, or EC2 refused a
-                parameter (``InvalidParameterValue``, ``InvalidAMIID.Malformed``...).
+            BadParameter: a network range EC2 cannot have or that overlaps another
+                network, a ``network`` that is no network id, no image, too many
+                tags, bad user data, or EC2 refused a parameter
+                (``InvalidParameterValue``, ``InvalidAMIID.Malformed``...).
             DoesNotExist: EC2 does not know the image or key pair (``*.NotFound``).
             PermissionDenied, AuthenticationFailed: the credentials are refused.
             NoSuccess: EC2 has no capacity, a limit was reached, or throttling
@@ -333,8 +342,16 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         Cancelling it leaves the request to finish in the background: the core's
         cleanup (:meth:`find`) waits for it and releases what it made.
         """
+        if isinstance(description, NetworkDescription):
+            base = {
+                "Name": f"aiores {token}",
+                "aiores:managed": "1",
+                "aiores:session": self.env.session_id,
+                "aiores:token": token,
+            }
+            return [await self.networks.acquire(description, base) for _ in range(count)]
         if not isinstance(description, ComputeDescription):
-            raise NotSupported("ec2:// acquires instances only; use s3:// for storage")
+            raise NotSupported("ec2:// acquires instances and networks; use s3:// for storage")
         if description.image is None:
             raise BadParameter(
                 "ec2:// needs ComputeDescription.image: an AMI id (list_images() names them)"
@@ -357,6 +374,8 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         }
         if self.options.subnet:
             params["SubnetId"] = self.options.subnet
+        if description.network is not None:
+            params.update(await self.networks.placement(description.network))
         if description.duration is not None:
             params["InstanceInitiatedShutdownBehavior"] = "terminate"
         if self.options.market == "spot":
@@ -418,8 +437,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             MaxCount=n,
             ClientToken=client_token,
             KeyName=setup.key_name,
-            SecurityGroupIds=[setup.group_id],
-            **params,
+            **{"SecurityGroupIds": [setup.group_id], **params},  # a network's group wins
         )
 
     async def find(self, token: str) -> Sequence[ResourceInfo]:
@@ -444,6 +462,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             ]
         )
         found.update((i.id, i) for i in tagged)
+        found.update((i.id, i) for i in await self.networks.find(token))
         return [i for i in found.values() if not i.state.final]
 
     async def _filtered(self, filters: list[dict[str, Any]]) -> list[ResourceInfo]:
@@ -469,6 +488,11 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         Raises:
             AioresError: EC2 failed (transient failures were retried first).
         """
+        nets = [i for i in ids if is_network_id(i)]
+        if nets:
+            found = await self.networks.describe(nets)
+            rest = [i for i in ids if not is_network_id(i)]
+            return {**found, **(await self.describe(rest))}
         if not ids:
             return {}
         await self._hostkeys.refresh()
@@ -490,27 +514,35 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         }
 
     async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
-        """Instances aiores launched (any session) that are not terminated and carry ``tags``."""
+        """Instances aiores launched (any session) that are not terminated, and networks
+        it made, that carry ``tags``."""
         filters = [
             {"Name": "tag:aiores:managed", "Values": ["1"]},
             {"Name": "instance-state-name", "Values": _ALIVE},
         ]
         filters.extend({"Name": f"tag:aiores:tag:{t}", "Values": ["1"]} for t in sorted(tags))
-        return await self._filtered(filters)
+        return [*await self._filtered(filters), *await self.networks.tagged(tags)]
 
     async def destroy(self, ids: Sequence[str]) -> None:
         """Terminate the instances: one TerminateInstances per 1000 ids, concurrently.
 
         Ids EC2 does not know (or that are malformed) are skipped: already gone.
+        Networks among the ids are deleted after the instances (waiting for those
+        shutting down).
 
         Raises:
+            IncorrectState: a network is still used by an instance not among the ids.
             AioresError: EC2 refused (transient failures were retried first).
 
         Cancelling it abandons the calls under way; EC2 may still carry them out.
         """
+        nets = [i for i in ids if is_network_id(i)]
+        ids = [i for i in ids if not is_network_id(i)]
         chunks = [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
         await asyncio.gather(*(self._terminate(chunk) for chunk in chunks))
         await self._hostkeys.forget(list(ids))
+        if nets:
+            await self.networks.destroy(nets)
 
     async def _terminate(self, ids: builtins.list[str]) -> None:
         try:
@@ -639,7 +671,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         return sorted(images, key=lambda i: i.name)
 
     async def reconfig(
-        self, id: str, description: ComputeDescription | StorageDescription
+        self, id: str, description: ComputeDescription | StorageDescription | NetworkDescription
     ) -> ResourceInfo:
         """Change the instance type (the description's ``template``): stop, modify, start.
 

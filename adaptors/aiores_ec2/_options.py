@@ -18,6 +18,8 @@
 ``key_name``        Use this existing key pair instead of the aiores-managed one (log in
                     with the SSHContext's key files then).
 ``subnet``          The subnet to launch in (default: the region's default).
+``network``         ``vpc`` (default: a network is a VPC of its own) or ``default`` (a
+                    network is a subnet of the default VPC); see :mod:`aiores_ec2._networks`.
 ``address``         ``public`` (default: the public address when there is one) or
                     ``private``: which address the access URL names.
 ``market``          ``on-demand`` (default) or ``spot`` (one-time spot instances, terminated
@@ -54,6 +56,7 @@ KNOWN = frozenset(
         "security_group",
         "key_name",
         "subnet",
+        "network",
         "address",
         "market",
         "owners",
@@ -78,6 +81,7 @@ class Options:
     security_group: str | None = None
     key_name: str | None = None
     subnet: str | None = None
+    network: str = "vpc"
     address: str = "public"
     market: str = "on-demand"
     owners: tuple[str, ...] = ("self", "amazon")
@@ -141,6 +145,10 @@ def parse_options(url: URL) -> Options:
     if address not in ("public", "private"):
         raise _bad(url, f"address must be 'public' or 'private', not {address!r}")
     kwargs["address"] = address
+    network = params.get("network", "vpc")
+    if network not in ("vpc", "default"):
+        raise _bad(url, f"network must be 'vpc' or 'default', not {network!r}")
+    kwargs["network"] = network
     market = params.get("market", "on-demand")
     if market not in ("on-demand", "spot"):
         raise _bad(url, f"market must be 'on-demand' or 'spot', not {market!r}")

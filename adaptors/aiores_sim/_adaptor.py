@@ -28,6 +28,7 @@ from aiores import (
     ComputeDescription,
     IncorrectState,
     IncorrectURL,
+    NetworkDescription,
     NoSuccess,
     NotSupported,
     ResourceState,
@@ -47,6 +48,7 @@ from aiores.adaptor import (
 
 from ._client import CloudClient
 from ._keys import authorized_keys
+from ._networks import is_network_id, network_args
 from ._options import IMAGES, TEMPLATES, Faults, parse_faults, user_data_faults
 from ._protocol import cloud_dir, info_from_json
 
@@ -76,6 +78,7 @@ class SimResourceAdaptor(ResourceAdaptor):
 
     #: None: the cloud pushes every change (see the module's docstring).
     poll: PollPolicy | None = None
+    supports_networks = True
 
     def __init__(self, url: URL, env: AdaptorEnv) -> None:
         super().__init__(url, env)
@@ -186,24 +189,35 @@ class SimResourceAdaptor(ResourceAdaptor):
     # -- the ResourceAdaptor contract -------------------------------------------------
     async def acquire(
         self,
-        description: ComputeDescription | StorageDescription,
+        description: ComputeDescription | StorageDescription | NetworkDescription,
         count: int,
         token: str,
     ) -> Sequence[ResourceInfo]:
         """Start ``count`` VMs; they come back PENDING with access URL and host key.
 
         Faults come from the URL, overridden by ``#sim:`` lines of the user data.
+        A NetworkDescription makes ``count`` networks (ACTIVE at once; see
+        :mod:`aiores_sim._networks`); VMs of a description with a ``network`` listen
+        at addresses of their own in its range.
 
         Raises:
             NotSupported: a StorageDescription (the sim cloud has VMs only).
+            BadParameter: a network range outside 127.0.0.0/8, holding 127.0.0.1, or
+                overlapping a live network of the cloud.
+            IncorrectState: the network was destroyed, or is too small for ``count``
+                more VMs.
             DoesNotExist: an unknown image or template (the message lists them).
             BadParameter: bad faults in the user data, or a size no template has.
             ConnectionLost, NoSuccess: the cloud went away or could not start.
 
         If cancelled, the VMs may still be made: :meth:`find` with ``token`` finds them.
         """
+        if isinstance(description, NetworkDescription):
+            request = network_args(description, token)
+            made = [await self._call("network_acquire", request, start=True) for _ in range(count)]
+            return [self._info(item) for item in made]
         if not isinstance(description, ComputeDescription):
-            raise NotSupported("sim:// offers compute resources (VMs) only, no storage")
+            raise NotSupported("sim:// offers VMs and networks, no storage")
         faults = parse_faults(user_data_faults(description.user_data), self.faults)
         args = {
             "count": count,
@@ -219,6 +233,8 @@ class SimResourceAdaptor(ResourceAdaptor):
             "authorized_keys": self._keys,
             "faults": faults.to_json(),
         }
+        if description.network is not None:
+            args["network"] = description.network
         result = await self._call("acquire", args, start=True)
         return [self._info(item) for item in result]
 
@@ -230,21 +246,28 @@ class SimResourceAdaptor(ResourceAdaptor):
         Raises:
             NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
         """
-        return [self._info(i) for i in await self._gone_ok("find", {"token": token}, [])]
+        vms = await self._gone_ok("find", {"token": token}, [])
+        nets = await self._gone_ok("network_find", {"token": token}, [])
+        return [self._info(i) for i in [*vms, *nets]]
 
     async def destroy(self, ids: Sequence[str]) -> None:
         """End the VMs (CANCELED); returns once their processes and disks are gone.
 
-        Ids unknown or already ended are ignored; with no cloud running there is
-        nothing to end.
+        Networks among the ids are deleted after the VMs. Ids unknown or already
+        ended are ignored; with no cloud running there is nothing to end.
 
         Raises:
+            IncorrectState: a network is still used by a VM not among the ids.
             NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
 
         Cancelling it abandons the wait; the cloud finishes the teardown.
         """
-        if ids:
-            await self._gone_ok("destroy", {"ids": list(ids)}, None)
+        vms = [i for i in ids if not is_network_id(i)]
+        nets = [i for i in ids if is_network_id(i)]
+        if vms:
+            await self._gone_ok("destroy", {"ids": vms}, None)
+        if nets:  # after their VMs: a network in use cannot go
+            await self._gone_ok("network_destroy", {"ids": nets}, None)
 
     async def describe(self, ids: Sequence[str]) -> Mapping[str, ResourceInfo]:
         """The record of each known VM (one request for all ``ids``).
@@ -252,12 +275,18 @@ class SimResourceAdaptor(ResourceAdaptor):
         Raises:
             NoSuccess, ConnectionLost: the cloud failed or went away mid-request.
         """
-        result = await self._gone_ok("describe", {"ids": list(ids)}, {})
+        vms = [i for i in ids if not is_network_id(i)]
+        nets = [i for i in ids if is_network_id(i)]
+        result = await self._gone_ok("describe", {"ids": vms}, {}) if vms else {}
+        if nets:
+            result.update(await self._gone_ok("network_describe", {"ids": nets}, {}))
         return {vm_id: self._info(data) for vm_id, data in result.items()}
 
     async def list(self, tags: frozenset[str] = frozenset()) -> Sequence[ResourceInfo]:
-        """VMs not ended that carry all ``tags``."""
-        return [self._info(i) for i in await self._gone_ok("list", {"tags": sorted(tags)}, [])]
+        """VMs and networks not ended that carry all ``tags``."""
+        vms = await self._gone_ok("list", {"tags": sorted(tags)}, [])
+        nets = await self._gone_ok("network_list", {"tags": sorted(tags)}, [])
+        return [self._info(i) for i in [*vms, *nets]]
 
     async def _gone_ok(self, op: str, args: Mapping[str, Any], empty: Any) -> Any:
         """Ask the cloud without starting one: no cloud means no VMs."""

@@ -38,6 +38,7 @@ from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
 from ._lease import LeaseOps, countdown_step
+from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
 from ._procs import Owner, ProcessTable, adopted_zombies, become_subreaper, kill, kill_descendants
 from ._protocol import (
@@ -65,7 +66,7 @@ class CloudRunning(NoSuccess):
     """Another cloud already serves this directory."""
 
 
-class Cloud(LeaseOps):
+class Cloud(LeaseOps, NetworkOps):
     """A simulated cloud serving ``directory`` (start with :meth:`start`).
 
     Args:
@@ -297,12 +298,7 @@ class Cloud(LeaseOps):
     def _changed(self, vm: VM) -> None:
         if not self._subscribers:
             return
-        line = encode({"event": "vm", "vm": vm.to_json()})
-        for writer in list(self._subscribers):
-            if writer.is_closing():
-                self._subscribers.discard(writer)
-            else:
-                writer.write(line)
+        self._broadcast(encode({"event": "vm", "vm": vm.to_json()}))
 
     def _end(self, vm: VM, state: S, detail: str) -> asyncio.Event:
         """Move ``vm`` to a final state and queue its teardown; returns its ``gone`` event."""
@@ -468,6 +464,7 @@ class Cloud(LeaseOps):
         if self._stopping:
             raise IncorrectState("the sim cloud is stopping")
         count = validate.count(args.get("count"), "count", max=MAX_COUNT)
+        args = self._place(args, count)  # addresses on its network (see _networks)
         spec = _spec(args)
         first = validate.count(args.get("first_index", 0), "first_index", min=0)
         # Until its VMs are registered, a find() for this token waits (the client may
@@ -483,16 +480,17 @@ class Cloud(LeaseOps):
         """Make ``count`` VMs of ``spec`` here (the ``first``-th of their acquire on)."""
         seed = spec.faults.seed
         ids = [self._new_id() for _ in range(count)]
-        made = await self._prepare([(spec, vm_id) for vm_id in ids])
+        specs = [spec.placed(first + k) for k in range(count)]
+        made = await self._prepare(list(zip(specs, ids, strict=True)))
         if self._stopping:
             await asyncio.to_thread(_discard, made)
             raise IncorrectState("the sim cloud is stopping")
         vms = []
-        for index, item in enumerate(made, start=first):
+        for index, (item, vm_spec) in enumerate(zip(made, specs, strict=True), start=first):
             rng = random.Random(f"{seed}:{index}") if seed is not None else random.Random()
             vm = VM(
                 item.id,
-                spec,
+                vm_spec,
                 item.disk,
                 item.port,
                 item.host_key,
@@ -724,6 +722,12 @@ def _spec(args: Mapping[str, Any]) -> VMSpec:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadParameter("tags must be a list of str")
     user_data = args.get("user_data")
+    network = args.get("network")
+    addresses = args.get("addresses") or []
+    if not isinstance(addresses, list) or not all(
+        isinstance(a, str) and a.startswith("127.") for a in addresses
+    ):
+        raise BadParameter("addresses must be a list of addresses in 127.0.0.0/8")
     return VMSpec(
         token=str(args.get("token") or ""),
         user=user,
@@ -734,4 +738,7 @@ def _spec(args: Mapping[str, Any]) -> VMSpec:
         user_data=user_data if isinstance(user_data, str) else None,
         authorized_keys=keys,
         faults=Faults.from_json(args.get("faults") or {}),
+        network=str(network) if network is not None else None,
+        addresses=tuple(addresses),
+        address=LOOPBACK,
     )

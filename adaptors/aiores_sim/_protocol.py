@@ -12,7 +12,8 @@ it). Each message is one JSON object on one line:
 Ops: ``hello``, ``subscribe``, ``acquire``, ``describe``, ``find``, ``destroy``,
 ``list``, ``templates``, ``images``, ``rekey`` (fault injection: a new host key),
 ``renew`` (a VM's lease), ``set_values`` (provider values; see :mod:`._lease`),
-``shutdown``.
+``shutdown``, and the network ops of :mod:`aiores_sim._networks` (whose records
+come as events too, with ``"rtype": "network"``).
 
 The cloud's directory (``$AIORES_SIM_DIR``, else ``<state dir>/sim``)::
 
@@ -115,12 +116,13 @@ def decode_error(message: Mapping[str, Any]) -> AioresError:
 def info_from_json(data: Mapping[str, Any], login_keys: tuple[str, ...] = ()) -> ResourceInfo:
     """A VM record from the cloud as a :class:`~aiores.adaptor.ResourceInfo`."""
     host_key = data.get("host_key")
+    network = data.get("rtype") == "network"
     return ResourceInfo(
-        login_keys=login_keys,
+        login_keys=() if network else login_keys,
         id=data["id"],
         state=ResourceState[data["state"]],
         state_detail=data.get("detail", ""),
-        rtype="compute",
+        rtype="network" if network else "compute",
         access=data.get("access"),
         public_address=data.get("address"),
         private_address=data.get("address"),

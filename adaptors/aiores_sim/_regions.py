@@ -214,6 +214,7 @@ class RegionalCloud(Cloud):
         if self._stopping:
             raise IncorrectState("the sim cloud is stopping")
         count = validate.count(args.get("count"), "count", max=MAX_COUNT)
+        args = self._place(args, count)  # addresses on its network (see _networks)
         spec = _spec(args)  # a bad request fails before any region starts
         done = self._acquiring.setdefault(spec.token, asyncio.Event())
         try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -68,7 +69,9 @@ CLOUD_MARKER = "AIORES_SIM_CLOUD"
 #: The login a command runs for, and its uid (what the VM's whoami and id say).
 USER_MARKER = "AIORES_SIM_USER"
 UID_MARKER = "AIORES_SIM_UID"
-_OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER)
+#: The VM's own address (its private address on a network; 127.0.0.1 on none).
+ADDRESS_MARKER = "AIORES_SIM_ADDRESS"
+_OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER, ADDRESS_MARKER)
 #: The uid of the acquiring user (unless root); the others' follow it.
 FIRST_UID = 1000
 #: The stand-ins for hostname, uname, whoami and id, first on every command's PATH.
@@ -94,6 +97,17 @@ class VMSpec:
     user_data: str | None
     authorized_keys: str
     faults: Faults
+    #: The network its VMs are on (see :mod:`aiores_sim._networks`), the address of
+    #: each VM of the acquire on it, and this VM's own address.
+    network: str | None = None
+    addresses: tuple[str, ...] = ()
+    address: str = "127.0.0.1"
+
+    def placed(self, index: int) -> VMSpec:
+        """The spec of the ``index``-th VM of its acquire (its own address)."""
+        if not self.addresses:
+            return self
+        return dataclasses.replace(self, address=self.addresses[index])
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +175,7 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
                 if login.home != "/":
                     login.home_on(disk).mkdir(mode=0o700, parents=True, exist_ok=True)
             key = asyncssh.generate_private_key("ssh-ed25519")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("127.0.0.1", 0))
+            sock = _reserve(spec.address)
             made.append(Prepared(vm_id, disk, key, sock, sock.getsockname()[1]))
     except BaseException:
         for item in made:
@@ -171,6 +183,25 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             shutil.rmtree(item.disk, ignore_errors=True)
         raise
     return made
+
+
+def _reserve(address: str) -> socket.socket:
+    """Blocking: a socket bound at ``address``: port 22 for a VM on a network when this
+    process may take it and it is free there, else a port of the system's choice."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if address != "127.0.0.1" and os.geteuid() == 0:
+            try:
+                sock.bind((address, 22))
+                return sock
+            except OSError:
+                pass  # taken (an sshd on all addresses): a port of its own then
+        sock.bind((address, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class DiskSFTPServer(asyncssh.SFTPServer):
@@ -255,7 +286,7 @@ class VM:
 
     @property
     def access(self) -> str:
-        return f"ssh://{self.spec.user}@127.0.0.1:{self.port}"
+        return f"ssh://{self.spec.user}@{self.spec.address}:{self.port}"
 
     def to_json(self) -> dict[str, Any]:
         spec = self.spec
@@ -264,7 +295,7 @@ class VM:
             "state": self.state.name,
             "detail": self.detail,
             "access": self.access,
-            "address": "127.0.0.1",
+            "address": spec.address,
             "tags": sorted(spec.tags),
             "token": spec.token,
             "host_key": self.public_key,
@@ -277,6 +308,7 @@ class VM:
                 "disk": str(self.disk),
                 "created": self.created,
                 "users": list(self.users),
+                **({"network": spec.network} if spec.network else {}),
                 **self.extra,
                 **self._countdown(),
                 **max_wait_time(self.extra, self.state.final),
@@ -349,7 +381,9 @@ class VM:
                 sock.close()
                 raise
         else:  # listening again (a new host key): the port was ours a moment ago
-            acceptor = await asyncssh.listen("127.0.0.1", self.port, reuse_address=True, **options)
+            acceptor = await asyncssh.listen(
+                self.spec.address, self.port, reuse_address=True, **options
+            )
         self.acceptor = acceptor
         if self.state.final:  # it ended while the server was starting
             self.close_server()
@@ -393,6 +427,7 @@ class VM:
             CLOUD_MARKER: str(cloud),
             USER_MARKER: login.name,
             UID_MARKER: str(login.uid),
+            ADDRESS_MARKER: self.spec.address,
         }
         if isinstance(requested, dict):
             for name, value in requested.items():
