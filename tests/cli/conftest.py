@@ -68,8 +68,14 @@ class Cli:
         return json.loads(done.stdout)
 
     def journal(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query of the journal."""
-        db = read_journal(self.state / "journal.sqlite")
+        """Rows of a read-only query of the journal (none before the command made it)."""
+        path = self.state / "journal.sqlite"
+        if not path.exists():
+            return []
+        try:
+            db = read_journal(path)
+        except sqlite3.OperationalError:
+            return []  # being created by the command at this moment
         try:
             return db.execute(sql, params).fetchall()
         except sqlite3.OperationalError:

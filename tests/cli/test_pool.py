@@ -138,7 +138,7 @@ def test_ctrl_c_releases_every_machine(cli: Cli, tmp_path: Path) -> None:
         out, errs = proc.communicate(timeout=COMMAND_TIMEOUT)
     except BaseException:
         proc.kill()  # a failed check above: the command must not outlive the test
-        proc.wait()
+        proc.communicate()  # and its pipes are closed
         raise
     assert proc.returncode == 130, errs
     assert out == ""

@@ -274,7 +274,7 @@ async def make_s3(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Ba
 # -- docker:// (a real podman's Docker-compatible service of tests/docker) ---------------
 @contextlib.asynccontextmanager
 async def make_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterator[Backend]:
-    request.getfixturevalue("podman")
+    podman = request.getfixturevalue("podman")
     # Jobs and the machine that checks their files share a directory of this host.
     shared = tmp / "shared"
     shared.mkdir()
@@ -300,6 +300,9 @@ async def make_docker(request: pytest.FixtureRequest, tmp: Path) -> AsyncIterato
     finally:
         async with aiores.Session() as session:
             await session.manager(url).destroy(vm.id)
+        # Ended job containers stay until reaped: the service is shared with
+        # tests/docker, which expects it empty.
+        await asyncio.to_thread(podman.cli, "rm", "-af", "-t", "0")
 
 
 # -- slurm:// (the real single-node Slurm of tests/slurm; its jobs run on this host) ---
