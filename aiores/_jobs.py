@@ -531,6 +531,7 @@ class Job(Tracked[JobState]):
         shielded, so that cancelling this wait never cancels it.
         """
         if self._native_id is None and self._submitting is not None:
+            # A shared future (the submission): a cancelled caller stops only its wait.
             await asyncio.shield(self._submitting)
 
     async def _target(self, what: str) -> tuple[JobAdaptor, str]:
