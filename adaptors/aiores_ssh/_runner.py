@@ -1,25 +1,27 @@
-"""Running one command over SSH, with its remote process group known.
+"""Running one command over SSH, so that it can be stopped on the host.
 
-The remote side prints the pid of the shell that runs the command before anything
-else (see :func:`~aiores_ssh._scripts.wrap_command`); that shell leads the command's
-process group, which is also the group sshd signals for a channel ``signal`` request.
-Cancelling or timing out a run stops that group (TERM, then KILL after a grace
-period) instead of only closing the channel, which would leave the command running
-(OpenSSH closes a session only once its command has ended):
+The login shell that runs the command leads its process group (the group sshd
+signals for a channel ``signal`` request) and exports a token of the run to it
+(:func:`~aiores_ssh._scripts.mark_command`): nothing more is sent or run per
+command. Cancelling or timing out a run stops the command's process groups (TERM,
+then KILL after a grace period) instead of only closing the channel, which would
+leave the command running (OpenSSH closes a session only once its command has ended):
 
 - first over the run's own channel (``signal`` requests; OpenSSH 7.9+ and asyncssh
   servers pass them to the group), which needs no channel slot;
-- then, if the channel has not closed shortly after, by pid over another channel,
-  opened ahead of every queued request (:meth:`~aiores_ssh._pool.Pool.urgent`): when
-  the slots are all held by the commands being stopped, a stop that queued for a slot
-  would wait for itself.
+- then, if the channel has not closed shortly after, over another channel, by a
+  script that finds the run's processes by its token and signals their groups
+  (:func:`~aiores_ssh._scripts.stop_script`); that channel is opened ahead of every
+  queued request (:meth:`~aiores_ssh._pool.Pool.urgent`): when the slots are all
+  held by the commands being stopped, a stop that queued for a slot would wait for
+  itself.
 
 A run's channel slot is given back only once its channel has closed. The stop of a
 cancelled run is a cleanup of the session (:attr:`~aiores.adaptor.AdaptorEnv.cleanups`):
 cancelling the caller again does not cut it off, and the session waits for it on close.
 
 A stop is confirmed only when the host showed the command gone: its channel closed
-with an exit status or signal, or the stop by pid saw its group leader end. A caller
+with an exit status or signal, or the stop by token saw its processes end. A caller
 that must know whether a command it gave up on can still act on the host (a job
 submit: it may still make the job) passes ``ended`` to :func:`execute`.
 """
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +44,7 @@ from aiores.adaptor import CommandRunner, concurrency, validate
 from ._base import SSHBase
 from ._errors import translate
 from ._pool import Lease, Pool, Target
-from ._scripts import command_text, parse_identity, stop_script, wrap_command
+from ._scripts import command_text, mark_command, stop_script
 
 __all__ = ["CommandTimeout", "Outcome", "SSHCommandRunner", "execute"]
 
@@ -48,10 +52,11 @@ log = logging.getLogger("aiores.ssh")
 
 #: Seconds a stop may take beyond its grace period (connecting for it included).
 _STOP_SLACK = 5.0
-#: Seconds to wait for the pid line when a run is stopped before it arrived.
-_PID_WAIT = 2.0
-#: Seconds a channel has, after the TERM sent over it, to close before the group is
-#: also stopped by pid over another channel.
+#: Tokens of runs: random per process, counted within it (unique across clients).
+_TOKENS = itertools.count()
+_TOKEN_PREFIX = secrets.token_hex(6)
+#: Seconds a channel has, after the TERM sent over it, to close before the run is
+#: also stopped by its token over another channel.
 _SIGNAL_WAIT = 0.5
 #: Seconds to wait for a stopped command's channel to close before giving its slot back.
 _CLOSE_WAIT = 2.0
@@ -85,18 +90,14 @@ class Outcome:
 class _Run(asyncssh.SSHClientSession[bytes]):
     """One command's channel callbacks: output collected as it arrives, no reader tasks.
 
-    The first stdout line is ``PID START BOOT`` of the command's process group
-    leader (see :mod:`aiores_ssh._scripts`). The output after it also goes to
-    ``on_output`` as it arrives, until that raises (its error is kept in ``error``
-    and ``broken`` resolved) or the run is ``over``.
+    The output also goes to ``on_output`` as it arrives, until that raises (its
+    error is kept in ``error`` and ``broken`` resolved) or the run is ``over``.
     """
 
-    def __init__(self, on_output: Callable[[str, bytes], None] | None = None) -> None:
+    def __init__(self, token: str, on_output: Callable[[str, bytes], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
+        self.token = token
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
-        self.pid: int | None = None
-        self.start = self.boot = "-"
-        self.pid_known: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[Exception | None] = loop.create_future()
         self.stdout = bytearray()
         self.stderr = bytearray()
@@ -104,10 +105,12 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         self.signal: str | None = None
         #: The server refused the command (its channel or its exec request).
         self.refused = False
-        self._head = bytearray()
         self.on_output = on_output
         self.error: Exception | None = None
-        self.broken: asyncio.Future[Exception | None] = loop.create_future()
+        #: Resolved once ``on_output`` raised (made only when there is one).
+        self.broken: asyncio.Future[Exception | None] | None = (
+            loop.create_future() if on_output is not None else None
+        )
         #: Set once the caller's run is over: nothing more goes to ``on_output``.
         self.over = False
 
@@ -132,25 +135,12 @@ class _Run(asyncssh.SSHClientSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if datatype == asyncssh.EXTENDED_DATA_STDERR:
             self.stderr.extend(data)
-            self._tell("stderr", data)
-        elif self.pid_known.done():
-            self._out(data)
+            if self.on_output is not None:
+                self._tell("stderr", data)
         else:
-            self._head.extend(data)
-            line, newline, rest = self._head.partition(b"\n")
-            if newline:
-                identity = parse_identity(bytes(line))
-                if identity is not None:
-                    self.pid, self.start, self.boot = identity
-                    self._out(bytes(rest))
-                else:  # the wrapper did not run (an odd login shell): keep what came
-                    self._out(bytes(self._head))
-                self._head.clear()
-                self.pid_known.set_result(None)
-
-    def _out(self, data: bytes) -> None:
-        self.stdout.extend(data)
-        self._tell("stdout", data)
+            self.stdout.extend(data)
+            if self.on_output is not None:
+                self._tell("stdout", data)
 
     def _tell(self, stream: str, data: bytes) -> None:
         if self.on_output is None or self.over or self.error is not None or not data:
@@ -159,6 +149,7 @@ class _Run(asyncssh.SSHClientSession[bytes]):
             self.on_output(stream, data)
         except Exception as exc:  # the caller's: raised by execute, never into asyncssh
             self.error = exc
+            assert self.broken is not None
             self.broken.set_result(exc)
 
     def exit_status_received(self, status: int) -> None:
@@ -173,9 +164,6 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         return self.chan
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.pid_known.done():
-            self._out(bytes(self._head))
-            self.pid_known.set_result(None)
         if not self.closed.done():
             self.closed.set_result(exc)
 
@@ -216,7 +204,8 @@ async def execute(
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    remote, preamble = wrap_command(command, env)
+    token = f"{_TOKEN_PREFIX}{next(_TOKENS):x}"
+    remote, preamble = mark_command(command, token, env)
     started: _Run | None = None  # for the partial output of a run that timed out
     tried: list[_Run] = []  # every channel opened for it (the pool may retry)
 
@@ -225,7 +214,7 @@ async def execute(
             ended.set_result(gone)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
-        run = _Run(on_output)
+        run = _Run(token, on_output)
         tried.append(run)
         return await _open(conn, remote, run)
 
@@ -255,9 +244,14 @@ async def execute(
                 if stdin:
                     chan.write(stdin)
                 chan.write_eof()
-                # asyncio.wait: a cancelled wait leaves the future to the stop below,
-                # which waits on it too (a shared future, not a cleanup).
-                await asyncio.wait({run.closed, run.broken}, return_when=asyncio.FIRST_COMPLETED)
+                # Shielded / asyncio.wait: a cancelled wait leaves the future to the
+                # stop below, which waits on it too (a shared future, not a cleanup).
+                if run.broken is None:
+                    await asyncio.shield(run.closed)
+                else:
+                    await asyncio.wait(
+                        {run.closed, run.broken}, return_when=asyncio.FIRST_COMPLETED
+                    )
                 if run.error is not None:  # on_output raised: stop the command
                     raise run.error
                 lost = run.closed.result()
@@ -296,7 +290,7 @@ async def _open(
 ) -> _Run:
     """Start ``command`` on a new channel of ``conn`` (with ``session``'s callbacks)."""
     if session is None:
-        session = _Run()
+        session = _Run("")
     try:
         await conn.create_session(lambda: session, command, encoding=None)
     except Exception as exc:
@@ -356,26 +350,22 @@ async def _terminate(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
     if await _closes_within(run, min(grace, _SIGNAL_WAIT)):
         return run.ended()
     # Still open: the command takes its time over TERM, or the server does not act on
-    # signal requests. Stop the group by pid as well.
+    # signal requests. Stop its groups by its token as well.
     gone = False
     try:
-        gone = await _stop_by_pid(pool, lease, run, grace)
+        gone = await _stop_by_token(pool, lease, run, grace)
     finally:
         if not await _closes_within(run, _SIGNAL_WAIT):
             _signal(chan, "KILL")
     return gone or run.ended()
 
 
-async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
-    """TERM the run's process group by pid, KILL it after ``grace`` seconds; whether
-    its leader is seen gone."""
-    # asyncio.wait: a wait that ends leaves the future alone (others wait on it).
-    await asyncio.wait({run.pid_known}, timeout=_PID_WAIT)
+async def _stop_by_token(pool: Pool, lease: Lease, run: _Run, grace: float) -> bool:
+    """TERM the process groups of the run's processes, found by its token, KILL them
+    after ``grace`` seconds; whether they are seen gone."""
     if run.closed.done():
         return run.ended()
-    if run.pid is None:
-        return False  # not known to have started, nor to have ended
-    script = stop_script(run.pid, run.start, run.boot, grace)
+    script = stop_script(run.token, grace)
 
     async def opener(conn: asyncssh.SSHClientConnection) -> _Run:
         return await _open(conn, script)
@@ -387,6 +377,7 @@ async def _stop_by_pid(pool: Pool, lease: Lease, run: _Run, grace: float) -> boo
     finally:
         stopper.channel().close()
         stop_lease.release()
+    # 3: none found; the command has not started yet, or has ended (its channel tells).
     return stopper.ended() and stopper.status == 0
 
 
@@ -434,9 +425,10 @@ class SSHCommandRunner(SSHBase, CommandRunner):
             Exception: what ``on_output`` raised; the command was stopped as when
                 cancelled.
 
-        Cancelling it sends TERM to the remote process group (KILL after
-        :attr:`kill_grace` seconds) over a fresh channel, closes the channel, then
-        re-raises the cancellation.
+        Cancelling it sends TERM to the remote process group over the run's channel
+        and, if that does not end it, to the command's process groups (found by the
+        run's token) over another channel, KILL after :attr:`kill_grace` seconds;
+        closes the channel, then re-raises the cancellation.
         """
         command, stdin, env, timeout = validate.run_arguments(command, stdin, env, timeout)
         pool, target = self._endpoint()

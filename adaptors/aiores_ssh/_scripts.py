@@ -3,7 +3,10 @@
 Every value spliced into a script is quoted once, where it is used, with
 :mod:`aiores.adaptor.shell`.
 
-A process is known by its pid together with its identity: its start time (field 22
+A command run over SSH is marked with a token in its environment and found by it
+only when it must be stopped (:func:`mark_command`, :func:`stop_script`).
+
+A job's process is known by its pid together with its identity: its start time (field 22
 of ``/proc/PID/stat``) and the host's boot id, recorded when it starts. A pid alone
 may name another process by the time it is used (pids are reused), so nothing is
 reported alive, and nothing signalled, on the pid alone:
@@ -28,13 +31,13 @@ from aiores.adaptor import shell
 
 __all__ = [
     "LIB",
+    "RUN_VAR",
     "command_text",
     "exports",
     "identify",
-    "parse_identity",
+    "mark_command",
     "read_stdin",
     "stop_script",
-    "wrap_command",
 ]
 
 
@@ -100,24 +103,6 @@ stop() {
 """
 )
 
-#: What a start time and a boot id look like (``-``: unknown).
-_START = re.compile(r"-|[0-9]+", re.ASCII)
-_BOOT = re.compile(r"-|[0-9A-Fa-f-]+", re.ASCII)
-
-
-def parse_identity(line: bytes) -> tuple[int, str, str] | None:
-    """``PID START BOOT`` (as the scripts print it), or None if ``line`` is not that."""
-    fields = line.decode(errors="replace").split(" ")
-    if (
-        len(fields) == 3
-        and fields[0].isascii()
-        and fields[0].isdigit()
-        and _START.fullmatch(fields[1])
-        and _BOOT.fullmatch(fields[2])
-    ):
-        return int(fields[0]), fields[1], fields[2]
-    return None
-
 
 def command_text(command: str | Sequence[str]) -> str:
     """A shell command line: a str as given, a sequence quoted argument by argument."""
@@ -150,25 +135,90 @@ def read_stdin(nbytes: int) -> str:
     return f"dd bs=1 count={int(nbytes)} 2>/dev/null"
 
 
-def wrap_command(command: str, env: Mapping[str, str] | None = None) -> tuple[str, bytes]:
+#: The variable that marks the processes of one run: ``TOKEN.PGID`` (see :func:`mark_command`).
+RUN_VAR = "AIORES_RUN"
+
+#: What a run's token looks like (it is spliced into a pattern unquoted).
+_TOKEN = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
+
+
+def mark_command(
+    command: str, token: str, env: Mapping[str, str] | None = None
+) -> tuple[str, bytes]:
     """The remote command line for ``command`` and what to send before its stdin.
 
-    The login shell execs ``/bin/sh``, which prints its pid and identity (it leads
-    the process group: sshd starts each session with ``setsid``) and runs
-    ``command``; signalling
-    that group reaches everything the command started. ``env`` travels on standard
-    input ahead of the command's own, never in the command line, which every user
-    of the host can read with ``ps``.
+    The login shell (it leads the process group: sshd starts each session with
+    ``setsid``) exports ``AIORES_RUN=TOKEN.PID`` with its own pid, then runs
+    ``command`` itself: no extra exec, nothing printed. Every process the command
+    starts inherits the variable; the shell's own command line holds the token too.
+    Only when a run must be stopped does :func:`stop_script` look for the token.
+
+    ``env`` travels on standard input ahead of the command's own, never in the
+    command line, which every user of the host can read with ``ps``.
     """
+    if not _TOKEN.fullmatch(token):
+        raise BadParameter(f"not a run token: {token!r}")
     preamble = exports(env).encode()
-    inner = identify("$$") + 'set --\necho "$$ $_is $_ib"\n'
+    # A hex token is one word as it stands (quote leaves it bare), so the mark in the
+    # shell's command line reads "AIORES_RUN=TOKEN.$$", as stop_script looks for it.
+    head = f"{RUN_VAR}={shell.quote(token + '.', 'token')}$$; export {RUN_VAR}\n"
     if preamble:
-        inner += f'eval "$({read_stdin(len(preamble))})"\n'
-    return "exec /bin/sh -c " + shell.quote(inner + command, "command"), preamble
+        head += f'eval "$({read_stdin(len(preamble))})"\n'
+    return head + command, preamble
 
 
-def stop_script(pid: int, start: str, boot: str, grace: float) -> str:
-    """Stop the process group process ``pid`` (of that start time and boot) leads:
-    TERM, up to ``grace`` seconds, then KILL."""
+#: Shell functions that find and stop the processes of one run by its token.
+#: ``groups`` prints the process groups of the live processes marked with the token
+#: (``$_t``, a pattern that matches the mark but not itself): from ``/proc`` (every
+#: process's environment, and the command line of the login shell that set it), or
+#: without procfs from ``ps`` (command lines: the login shell's group). ``stoprun
+#: TICKS`` sends TERM and CONT to those groups, waits up to TICKS tenths of a second
+#: for them to go, then KILLs what is left; it returns 3 if it never found the run,
+#: 1 if something is still there five seconds later.
+_STOP_LIB = r"""_g=
+groups() {
+  _g=
+  if [ -r /proc/self/environ ]; then
+    for _f in $(grep -l -a -e "$_t" /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null); do
+      _p=${_f#/proc/}; _p=${_p%%/*}
+      { read -r _s <"/proc/$_p/stat"; } 2>/dev/null || continue
+      set -- ${_s##*) }
+      [ "$1" = Z ] || [ "$3" -le 1 ] && continue
+      case " $_g " in *" $3 "*) ;; *) _g="$_g $3" ;; esac
+    done
+  else
+    for _p in $(ps -A -o pgid= -o args= 2>/dev/null | grep -e "$_t" |
+      while read -r _q _r; do echo "$_q"; done); do
+      [ "$_p" -le 1 ] && continue
+      case " $_g " in *" $_p "*) ;; *) _g="$_g $_p" ;; esac
+    done
+  fi
+  [ -n "$_g" ]
+}
+nap() { sleep 0.1 2>/dev/null || sleep 1; }
+signal() { for _p in $_g; do kill "-$1" "-$_p" 2>/dev/null; done; return 0; }
+stoprun() {
+  i=0
+  until groups; do [ "$i" -lt 10 ] || return 3; nap; i=$((i + 1)); done
+  signal TERM; signal CONT
+  i=0
+  while groups && [ "$i" -lt "$1" ]; do nap; i=$((i + 1)); done
+  i=0
+  while groups; do signal KILL; [ "$i" -lt 50 ] || return 1; nap; i=$((i + 1)); done
+  return 0
+}
+"""
+
+
+def stop_script(token: str, grace: float) -> str:
+    """Stop the processes of the run marked with ``token`` (see :func:`mark_command`):
+    TERM to their process groups, up to ``grace`` seconds, then KILL. The script
+    exits 0 once none is left, 3 if it found none (the command never started, or
+    ended), 1 if some outlived the KILL."""
+    if not _TOKEN.fullmatch(token):
+        raise BadParameter(f"not a run token: {token!r}")
     ticks = max(1, round(grace * 10))
-    return LIB + f"stop {int(pid)} {shell.join([start, boot], 'identity')} {ticks}\n"
+    # "[.]": the pattern matches the mark, never the text of this script or grep's
+    # own arguments, which hold the pattern.
+    mark = shell.assign({"_t": (f"{RUN_VAR}={token}[.]", "token")})
+    return mark + _STOP_LIB + f"stoprun {ticks}\n"

@@ -13,11 +13,12 @@ import psutil
 import pytest
 
 import aiores
-from aiores_ssh import SSHCommandRunner, pool_for
+from aiores_ssh import CommandTimeout, SSHCommandRunner, pool_for
 from aiores_ssh._runner import _Run
+from aiores_ssh._scripts import RUN_VAR
 
 from ..cancel_trials import cancel_submits
-from .conftest import STEP, FakeEnv, gone, opened, wait_until
+from .conftest import STEP, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
 from .servers import Sshd, fault_server
 
 
@@ -214,3 +215,98 @@ async def test_cancelling_submits_at_random_points_leaves_no_job_running(
     assert found.left_running == [], str(found)
     assert "pending" not in found.statuses, str(found)
     assert found.inside >= 10, str(found)  # most draws land inside the submit
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    return text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
+
+
+#: Three processes that ignore TERM (so only the stop by token's KILL ends them): the
+#: login shell that leads the group, a child in its group, and a grandchild that left
+#: for a session and group of its own (found by the token in its environment only).
+#: Each writes its pid, then "ready".
+_THREE = (
+    "trap '' TERM; echo $$ >> {f}; sleep 60 & echo $! >> {f}; "
+    "setsid sh -c 'echo $$ >> {f}; exec sleep 61' & "
+    "until [ $(wc -l < {f}) -ge 3 ]; do sleep 0.05; done; echo ready >> {f}; wait"
+)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["timed out", "cancelled"])
+async def test_a_stopped_run_leaves_none_of_its_processes(
+    adaptors: Adaptors, sshd: Sshd, test_home: Path, how: str
+) -> None:
+    """A timed-out or cancelled command that ignores TERM on OpenSSH: its channel's
+    signals do not end it, the stop by its token does, its whole process group and a
+    process that left the group, too."""
+    runner = await adaptors.runner(sshd.url())
+    runner.kill_grace = 0.5
+    pidfile = test_home / f"three-{secrets.token_hex(4)}"
+    command = _THREE.format(f=pidfile)
+    if how == "timed out":
+        with pytest.raises(CommandTimeout):
+            await runner.run(command, timeout=2.0)
+    else:
+        task = asyncio.create_task(runner.run(command))
+        await wait_until(lambda: "ready" in _lines(pidfile))
+        task.cancel()
+        async with asyncio.timeout(STEP):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    lines = _lines(pidfile)
+    assert lines[-1] == "ready", lines
+    pids = [int(line) for line in lines[:-1]]
+    assert len(pids) == 3
+    assert [pid for pid in pids if not gone(pid)] == []
+    assert runner.pool.channels_in_use() == 0
+    assert (await runner.run("true")).ok  # the pool is fine afterwards
+    pidfile.unlink()
+
+
+@pytest.mark.asyncio
+async def test_the_stop_finds_the_run_by_its_token_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a server that ignores signal requests only the stop by token can end a run:
+    the run's processes carry AIORES_RUN=TOKEN.PGID, the stop ends them (the child
+    that left the group too), and another run on the same host, with another token,
+    runs on."""
+    sent = record_commands(monkeypatch)
+    async with fault_server(tmp_path / "srv") as server:
+        env = FakeEnv(tmp_path, server.context())
+        async with opened(env) as made:
+            runner = await made.runner(server.url())
+            runner.kill_grace = 0.5
+            mine, other = tmp_path / "mine", tmp_path / "other"
+            marked = f'echo "${RUN_VAR}" > {{f}}.mark; '
+            task = asyncio.create_task(runner.run(marked.format(f=mine) + _THREE.format(f=mine)))
+            bystander = asyncio.create_task(runner.run(_THREE.format(f=other)))
+            await wait_until(lambda: "ready" in _lines(mine) and "ready" in _lines(other))
+            [mark] = _lines(Path(f"{mine}.mark"))
+            pids = [int(p) for p in _lines(mine)[:-1]]
+            token, _, leader = mark.rpartition(".")
+            assert leader == str(pids[0])  # the mark names the group its shell leads
+            assert len(token) >= 8
+            # Every process it started carries the mark in its environment.
+            assert [psutil.Process(pid).environ().get(RUN_VAR) for pid in pids[1:]] == [mark] * 2
+            # The token went out in the run's command line, and nothing else yet.
+            [command] = [c for c in sent if token in c]
+            assert f"{RUN_VAR}={token}." in command
+            task.cancel()
+            async with asyncio.timeout(STEP):
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            assert [pid for pid in pids if not gone(pid)] == []
+            assert any(token in c and "stoprun" in c for c in sent)  # stopped by its token
+            others = [int(p) for p in _lines(other)[:-1]]
+            assert [pid for pid in others if gone(pid)] == []  # the other run runs on
+            bystander.cancel()
+            async with asyncio.timeout(STEP):
+                with pytest.raises(asyncio.CancelledError):
+                    await bystander
+            assert [pid for pid in others if not gone(pid)] == []
