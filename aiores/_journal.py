@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ._descriptions import ComputeDescription, JobDescription
 from ._exceptions import IncorrectState, NoSuccess
@@ -153,7 +153,11 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str], session_id: str) -> None:
         self.path = Path(path)
         self.session_id = session_id
-        self._queue: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        #: Lists of ops, handed to the writer thread (or _STOP).
+        self._queue: queue.SimpleQueue[list[_Op] | object] = queue.SimpleQueue()
+        #: Ops of this loop iteration, handed over together at its end: one put (one
+        #: wake-up of the writer) per iteration rather than per record.
+        self._outbox: list[_Op] = []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -195,6 +199,7 @@ class Journal:
             )
         finally:
             self._closed = True
+            self._hand_off()
             self._queue.put(_STOP)
             await asyncio.to_thread(self._thread.join)
 
@@ -245,8 +250,10 @@ class Journal:
                 except queue.Empty:
                     break
             for item in pending:
-                if item is not _STOP and item[1] is not None:
-                    loop.call_soon_threadsafe(_settle, item[1], None, self._dead)
+                ops = item if isinstance(item, list) else [item] if item is not _STOP else []
+                for _, fut in ops:
+                    if fut is not None:
+                        loop.call_soon_threadsafe(_settle, fut, None, self._dead)
         finally:
             db.close()
 
@@ -255,7 +262,7 @@ class Journal:
             first = self._queue.get()
             if first is _STOP:
                 return
-            batch: list[_Op] = [first]  # type: ignore[list-item]
+            batch: list[_Op] = list(cast("list[_Op]", first))
             stop = False
             while len(batch) < 5000:
                 try:
@@ -265,7 +272,7 @@ class Journal:
                 if item is _STOP:
                     stop = True
                     break
-                batch.append(item)  # type: ignore[arg-type]
+                batch.extend(cast("list[_Op]", item))
             self._inflight = batch
             self._commit(db, batch)
             self._inflight = []
@@ -309,9 +316,13 @@ class Journal:
         self, batch: list[_Op], results: list[tuple[Any, BaseException | None]]
     ) -> None:
         assert self._loop is not None
-        for (_, fut), (value, error) in zip(batch, results, strict=True):
-            if fut is not None:
-                self._loop.call_soon_threadsafe(_settle, fut, value, error)
+        settled = [
+            (fut, value, error)
+            for (_, fut), (value, error) in zip(batch, results, strict=True)
+            if fut is not None
+        ]
+        if settled:  # one wake-up of the loop for the whole batch
+            self._loop.call_soon_threadsafe(_settle_all, settled)
 
     # -- queueing -------------------------------------------------------------------------
     def _submit(self, fn: Callable[[sqlite3.Connection], Any], wait: bool) -> asyncio.Future[Any]:
@@ -321,10 +332,18 @@ class Journal:
             raise self._dead
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
-        self._queue.put((fn, fut if wait else None))
+        if not self._outbox:
+            self._loop.call_soon(self._hand_off)
+        self._outbox.append((fn, fut if wait else None))
         if not wait:
             fut.set_result(None)
         return fut
+
+    def _hand_off(self) -> None:
+        """Give the writer thread the ops queued in this loop iteration, in order."""
+        if self._outbox:
+            ops, self._outbox = self._outbox, []
+            self._queue.put(ops)
 
     async def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         result: T = await self._submit(fn, wait=True)
@@ -641,6 +660,11 @@ def _private_files(path: Path) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         tighten(name)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, error in settled:
+        _settle(fut, value, error)
 
 
 def _settle(fut: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

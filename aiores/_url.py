@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from dataclasses import dataclass, field
@@ -39,41 +40,7 @@ class URL:
             return value
         if not isinstance(value, str):
             raise IncorrectURL(f"a URL must be a str, not {type(value).__name__}: {value!r}")
-        text = value
-        if any(c.isspace() or not c.isprintable() for c in text):
-            raise IncorrectURL(f"{value!r} contains white space or a control character")
-        try:
-            text.encode()
-        except UnicodeEncodeError:
-            raise IncorrectURL(f"{value!r} holds a lone surrogate: not a URL") from None
-        if "://" not in text:
-            raise IncorrectURL(
-                f"{value!r} is not a URL: expected scheme://[user@]host[:port], "
-                "for example 'local://', 'sim://' or 'ssh://user@host'"
-            )
-        try:
-            parts = urllib.parse.urlsplit(text)
-            port = parts.port
-        except ValueError as exc:
-            raise IncorrectURL(f"{value!r} is not a valid URL: {exc}") from exc
-        scheme = parts.scheme.lower()
-        if not _SCHEME.match(scheme):
-            raise IncorrectURL(f"{value!r} has an invalid scheme {parts.scheme!r}")
-        user = urllib.parse.unquote(parts.username) if parts.username else None
-        if parts.password:
-            raise IncorrectURL(
-                f"{scheme}:// URL carries a password: put credentials in a context "
-                "(aiores.SSHContext, aiores.AWSContext), never in a URL"
-            )
-        query = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-        return cls(
-            scheme=scheme,
-            host=(parts.hostname or "").lower(),
-            user=user,
-            port=port,
-            path=parts.path,
-            query=query,
-        )
+        return _parse(value)
 
     @property
     def adaptor(self) -> str:
@@ -118,6 +85,48 @@ class URL:
         if self.query:
             text += "?" + urllib.parse.urlencode(self.query)
         return text
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(value: str) -> URL:
+    """:meth:`URL.parse` of a str; URLs are immutable, so the parsed ones are kept
+    (a bounded number: the endpoints and access URLs a program uses again and again).
+    """
+    text = value
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise IncorrectURL(f"{value!r} contains white space or a control character")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise IncorrectURL(f"{value!r} holds a lone surrogate: not a URL") from None
+    if "://" not in text:
+        raise IncorrectURL(
+            f"{value!r} is not a URL: expected scheme://[user@]host[:port], "
+            "for example 'local://', 'sim://' or 'ssh://user@host'"
+        )
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise IncorrectURL(f"{value!r} is not a valid URL: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if not _SCHEME.match(scheme):
+        raise IncorrectURL(f"{value!r} has an invalid scheme {parts.scheme!r}")
+    user = urllib.parse.unquote(parts.username) if parts.username else None
+    if parts.password:
+        raise IncorrectURL(
+            f"{scheme}:// URL carries a password: put credentials in a context "
+            "(aiores.SSHContext, aiores.AWSContext), never in a URL"
+        )
+    query = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    return URL(
+        scheme=scheme,
+        host=(parts.hostname or "").lower(),
+        user=user,
+        port=port,
+        path=parts.path,
+        query=query,
+    )
 
 
 def join_id(url: str, native_id: str) -> str:

@@ -179,3 +179,13 @@ def test_urls_parse_and_print() -> None:
     assert native_id("vm-3", here, "resource") == "vm-3"
     with pytest.raises(aiores.BadParameter, match="belongs to ssh://h, not to sim://"):
         native_id("[ssh://h]-[vm-3]", here, "resource")
+
+
+def test_parsed_urls_are_kept_and_bad_ones_refused_each_time() -> None:
+    text = "ssh://Bob@Cached.Example:2200/x?y=1"
+    first = URL.parse(text)
+    assert URL.parse(text) is first  # parsed once: a URL is immutable
+    assert URL.parse(text + "&z=2") is not first
+    for _ in range(2):  # an error is never kept in place of a URL
+        with pytest.raises(aiores.IncorrectURL, match="white space"):
+            URL.parse("ssh://cached example")

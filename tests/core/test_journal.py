@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import queue
 import signal
 import sqlite3
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, ResourceState
-from aiores._journal import read_journal
+from aiores._journal import Journal, read_journal
 from aiores.testing import FakePlugin
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,3 +201,46 @@ async def test_every_transition_of_a_job_is_recorded(fake: FakePlugin, tmp_path:
         ]
         (row,) = await session.journal.objects("job")
     assert (row["state"], row["token"]) == ("DONE", job._info.token)
+
+
+class _CountingQueue(queue.SimpleQueue):  # type: ignore[type-arg]
+    def __init__(self) -> None:
+        self.puts = 0
+
+    def put(self, item: object, block: bool = True, timeout: float | None = None) -> None:
+        self.puts += 1
+        super().put(item, block, timeout)
+
+
+@pytest.mark.asyncio
+async def test_records_of_one_loop_iteration_reach_the_writer_together(tmp_path: Path) -> None:
+    """Records written in one turn of the loop are handed to the writer thread in one
+    piece (one wake-up, not one per record), in order, and all committed."""
+    journal = Journal(tmp_path / "j.sqlite", "s-batch")
+    counting = _CountingQueue()
+    journal._queue = counting
+    await journal.open()
+    before = counting.puts
+    for i in range(200):
+        journal.record_object(
+            id=f"r-{i}",
+            kind="resource",
+            url="fake://",
+            native_id=f"n-{i}",
+            token=None,
+            state="NEW",
+            detail="",
+            data={},
+        )
+        journal.transition(f"r-{i}", "resource", "NEW", "PENDING", "booting")
+    await journal.flush()
+    assert counting.puts - before == 1
+    await journal.close()
+    db = read_journal(tmp_path / "j.sqlite")
+    try:
+        rows = db.execute("SELECT state, COUNT(*) FROM objects GROUP BY state").fetchall()
+        (moves,) = db.execute("SELECT COUNT(*) FROM transitions").fetchone()
+    finally:
+        db.close()
+    assert rows == [("PENDING", 200)]  # each transition after its record
+    assert moves == 200
