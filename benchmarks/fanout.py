@@ -43,6 +43,7 @@ import asyncssh
 import aiores
 from aiores import Compute, ComputeDescription, Group, SSHContext
 from aiores_sim import managed_key, start_cloud, stop_cloud
+from aiores_ssh import CIPHERS
 
 URL = "sim://?boot_delay=0.2-1"
 TAG = "fanout-bench"
@@ -108,6 +109,7 @@ async def raw(key: Path, targets: list[tuple[int, str, str]]) -> tuple[Sample, S
     async def cold() -> None:
         known = "".join(f"[127.0.0.1]:{port} {host_key}\n" for port, host_key, _ in targets)
         options = await asyncssh.SSHClientConnectionOptions.construct(
+            encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
             known_hosts=asyncssh.import_known_hosts(known),
             client_keys=[str(key)],
             config=[],

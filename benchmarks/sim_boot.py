@@ -45,6 +45,7 @@ import asyncssh
 import aiores
 from aiores import Compute, ComputeDescription, ResourceState
 from aiores_sim import MANAGED_KEY, cloud_pid, start_cloud, stop_cloud
+from aiores_ssh import CIPHERS
 
 T = TypeVar("T")
 
@@ -168,6 +169,7 @@ async def raw_true(vms: list[Compute], key: Path) -> None:
     """``true`` on every VM with raw asyncssh: a new connection each, shared options."""
     lines = [f"[127.0.0.1]:{vm.extra['port']} {vm.host_keys[0]}" for vm in vms]
     options = await asyncssh.SSHClientConnectionOptions.construct(
+        encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
         known_hosts=asyncssh.import_known_hosts("\n".join(lines) + "\n"),
         client_keys=[asyncssh.read_private_key(key)],
         config=None,

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aiores  # noqa: E402
+from aiores_ssh import CIPHERS  # noqa: E402
 from tests.ssh.servers import PERMISSIVE, Keys, Sshd, free_port, private_dir, remove_dir  # noqa: E402
 
 PORTS_PER_SSHD = 16  # sshd refuses more listen sockets
@@ -83,6 +84,7 @@ class Fleet:
 
 async def raw(fleet: Fleet, user: str) -> tuple[Sample, Sample]:
     options = await asyncssh.SSHClientConnectionOptions.construct(
+        encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
         known_hosts=asyncssh.import_known_hosts(fleet.known_hosts.read_text()),
         client_keys=[str(fleet.keys.client_key)],
         config=[],

@@ -9,12 +9,14 @@ shared and bounded, and :mod:`aiores_ssh._errors` for how errors are mapped.
 from __future__ import annotations
 
 from ._files import SSHFileAdaptor
+from ._hostkeys import CIPHERS
 from ._jobs import SSHJobAdaptor
 from ._plugin import SSHPlugin, plugin
 from ._pool import Pool, Target, pool_for
 from ._runner import CommandTimeout, SSHCommandRunner
 
 __all__ = [
+    "CIPHERS",
     "CommandTimeout",
     "Pool",
     "SSHCommandRunner",

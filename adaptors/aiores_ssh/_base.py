@@ -9,6 +9,11 @@ from ._pool import Pool, Target, pool_for
 
 __all__ = ["SSHBase"]
 
+#: The context of endpoints the session has none for: one object, so that they share
+#: one set of connection options (keys, known_hosts, algorithms: built once per pool,
+#: which keys them by context) and connections to one host are pooled together.
+_DEFAULT_CONTEXT = SSHContext()
+
 
 class SSHBase(Adaptor):
     """An ssh capability bound to one ``ssh://[user@]host[:port]`` endpoint."""
@@ -22,7 +27,7 @@ class SSHBase(Adaptor):
 
     def _endpoint(self) -> tuple[Pool, Target]:
         if self._pool is None or self._target is None:
-            ctx = self.env.context(SSHContext, self.url.host) or SSHContext()
+            ctx = self.env.context(SSHContext, self.url.host) or _DEFAULT_CONTEXT
             self._target = Target.make(self.url.host, self.url.port, self.url.user, ctx)
             self._pool = pool_for(self.env)
         return self._pool, self._target

@@ -32,7 +32,7 @@ from aiores import BadParameter, SSHContext
 
 from ._errors import map_errors
 
-__all__ = ["HostKeyPolicy", "SSHClient", "build_options", "host_pattern"]
+__all__ = ["CIPHERS", "HostKeyPolicy", "SSHClient", "build_options", "host_pattern"]
 
 
 def host_pattern(host: str, port: int) -> str:
@@ -258,6 +258,21 @@ def _read_known_hosts(files: Sequence[str], pins: dict[str, Sequence[str]]) -> s
     return "\n".join(chunks) + "\n"
 
 
+#: Ciphers in the order the client offers them when no ssh_config names its own:
+#: AES-GCM first (AES instructions in every x86-64 and ARMv8 server CPU make it about
+#: 8x cheaper per packet in asyncssh than chacha20-poly1305, which sets up a new
+#: cipher context twice per packet), then asyncssh's defaults. The server picks the
+#: first of these it also allows.
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes256-ctr",
+    "aes192-ctr",
+    "aes128-ctr",
+)
+
+
 def _default_known_hosts() -> str:
     return str(Path("~", ".ssh", "known_hosts").expanduser())  # no I/O: a name only
 
@@ -282,8 +297,12 @@ async def build_options(
         files=files,
         pinned=pinned,
     )
+    # An ssh_config of the context's decides its ciphers (explicit arguments would
+    # override it); without one, the cheapest first.
+    ciphers: dict[str, Any] = {} if ctx.config else {"encryption_algs": list(CIPHERS)}
     with map_errors("local", "loading SSH keys and configuration"):
         options = await asyncssh.SSHClientConnectionOptions.construct(
+            **ciphers,
             known_hosts=policy.match,
             client_keys=list(ctx.key_files) if ctx.key_files is not None else (),
             passphrase=ctx.passphrase,
