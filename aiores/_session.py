@@ -156,6 +156,10 @@ class Session:
         self._lifecycle = _Lifecycle.UNOPENED
         self._tg: asyncio.TaskGroup | None = None
         self._endpoints: dict[tuple[str, str, str], _Endpoint] = {}
+        #: The opened endpoint of each (URL as given, kind) asked for: a run on a
+        #: machine asks for its runner every time, and the URL's plugin and endpoint
+        #: key do not change.
+        self._opened: dict[tuple[str | URL, str], _Endpoint] = {}
         self._cleanups = Cleanups(cleanup_timeout, log)
         self._shared = Shared(ADAPTOR_CLOSE_TIMEOUT, log)
         self._background: set[asyncio.Task[None]] = set()
@@ -592,11 +596,17 @@ class Session:
         return endpoint
 
     async def _adaptor(self, url: str | URL, kind: str, base: type[A]) -> A:
-        parsed = URL.parse(url)
-        endpoint = await self._open_endpoint(self._plugin(parsed, kind), parsed, kind)
+        endpoint = self._opened.get((url, kind))
+        if endpoint is not None and endpoint.is_open:
+            self._check_open()
+        else:
+            parsed = URL.parse(url)
+            endpoint = await self._open_endpoint(self._plugin(parsed, kind), parsed, kind)
+            self._opened[(url, kind)] = endpoint
         adaptor = endpoint.adaptor
         if not isinstance(adaptor, base):
-            raise NotSupported(f"{parsed.scheme}:// {kind} adaptor is not a {base.__name__}")
+            scheme = URL.parse(url).scheme
+            raise NotSupported(f"{scheme}:// {kind} adaptor is not a {base.__name__}")
         return adaptor
 
     # -- what adaptors see (aiores.adaptor.AdaptorEnv) --------------------------------

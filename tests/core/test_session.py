@@ -238,3 +238,18 @@ async def test_job_control_and_reconnect(session: aiores.Session, fake: FakePlug
     assert [j.id for j in await js.list(JobState.CANCELED)] == [job.id]
     with pytest.raises(aiores.DoesNotExist):
         await js.get("job-404")
+
+
+@pytest.mark.asyncio
+async def test_an_adaptor_asked_for_again_is_the_one_opened_and_refused_after_close() -> None:
+    """A runner asked for by the same URL again (a run on a machine asks every time)
+    is the one opened the first time, the same for an equal URL; a closed session
+    refuses it."""
+    async with aiores.Session(journal=None) as session:
+        runner = await session.command_runner("local://")
+        assert await session.command_runner("local://") is runner
+        assert await session.command_runner("LOCAL://") is runner  # the same endpoint
+        with pytest.raises(aiores.IncorrectURL):
+            await session.command_runner("local:// x")
+    with pytest.raises(aiores.IncorrectState):
+        await session.command_runner("local://")
