@@ -48,6 +48,7 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
+from local_jobs import raw as raw_local  # type: ignore[import-not-found]  # beside this
 
 import aiores
 from aiores import ComputeDescription, ResourceState
@@ -192,17 +193,6 @@ async def measure(
 
 
 # -- local --------------------------------------------------------------------------------
-async def raw_local(n: int) -> None:
-    async def one() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/true", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        await proc.communicate()
-        assert proc.returncode == 0
-
-    await asyncio.gather(*(one() for _ in range(n)))
-
-
 async def aiores_local(session: aiores.Session, n: int) -> None:
     js = session.job_service("local://")
     desc = aiores.JobDescription(executable="/bin/true")
