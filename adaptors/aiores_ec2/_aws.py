@@ -44,6 +44,8 @@ from aiores import (
 )
 from aiores.adaptor import URL, AdaptorEnv, Bucket, Governor, RetryPolicy, Transience
 
+from ._parsing import botocore_session
+
 __all__ = [
     "Api",
     "Target",
@@ -347,6 +349,7 @@ def _prepare(t: Target) -> Any:
     client from the cache in milliseconds.
     """
     boto = aioboto3.Session(
+        botocore_session=botocore_session(),  # large answers parsed off the loop
         aws_access_key_id=t.access_key_id,
         aws_secret_access_key=t.secret_access_key,
         aws_session_token=t.session_token,

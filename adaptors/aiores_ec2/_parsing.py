@@ -1,0 +1,56 @@
+"""Large EC2 answers parsed in a worker thread, not on the event loop.
+
+aiobotocore parses every answer on the loop thread. EC2 answers in XML, and the
+answer to a RunInstances or DescribeInstances of 1000 instances is megabytes:
+botocore takes 0.2-0.7 s of CPU to turn it into dicts, one callback during which
+no other task of the loop runs (timers, SSH keepalives, other sessions' work).
+Answers from :data:`OFF_LOOP_BYTES` up are parsed by botocore's own (synchronous)
+parser through :func:`asyncio.to_thread`; the loop keeps running meanwhile (the
+thread gives the interpreter up every few milliseconds). Small answers, errors and
+other protocols keep aiobotocore's parser: a thread hop costs more than they do.
+
+The factory is registered on the botocore session the aioboto3 session is made
+from (:func:`botocore_session`), so every client of that session uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiobotocore.parsers import AioEC2QueryParser, AioResponseParserFactory
+from aiobotocore.session import AioSession
+from botocore.parsers import ResponseParser
+
+__all__ = ["OFF_LOOP_BYTES", "botocore_session"]
+
+#: Answers at least this long are parsed off the loop (about 25 instances' worth).
+OFF_LOOP_BYTES = 64 * 1024
+
+
+class _OffLoopEC2QueryParser(AioEC2QueryParser):  # type: ignore[misc]  # untyped base
+    async def parse(self, response: dict[str, Any], shape: Any) -> Any:
+        body = response.get("body")
+        if (
+            response.get("status_code", 500) < 300
+            and isinstance(body, bytes)
+            and len(body) >= OFF_LOOP_BYTES
+        ):
+            # botocore's synchronous parse: EC2's parser has no awaitable step. Each
+            # call has a parser of its own (the factory makes one per response).
+            return await asyncio.to_thread(ResponseParser.parse, self, response, shape)
+        return await super().parse(response, shape)
+
+
+class _Factory(AioResponseParserFactory):  # type: ignore[misc]  # untyped base
+    def create_parser(self, protocol_name: str) -> Any:
+        if protocol_name == "ec2":
+            return _OffLoopEC2QueryParser(**self._defaults)
+        return super().create_parser(protocol_name)
+
+
+def botocore_session() -> Any:
+    """A new aiobotocore session whose clients parse large EC2 answers off the loop."""
+    session = AioSession()
+    session.register_component("response_parser_factory", _Factory())
+    return session

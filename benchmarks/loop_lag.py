@@ -1,0 +1,394 @@
+"""How long the event loop stalls while aiores works at scale: a 10 ms ticker's lateness.
+
+A ticker on the loop sleeps 10 ms again and again and records how late it wakes
+(p50, p99, max of the lateness: how long the loop was kept from it), and
+``gc.callbacks`` record every full (generation 2) garbage collection's pause. Goal:
+lag p99 < 20 ms and max < 100 ms in every scenario. Scenarios, each in this process,
+set-up untimed:
+
+- ``local``: 1000 ``local://`` submits gathered at once, then ``wait()`` on all
+  (a journalled Session); baseline: 1000 raw ``asyncio.create_subprocess_exec``
+  of ``/bin/true`` with ``communicate()``, gathered at once;
+- ``sim``: 2000 sim VMs booted through a fleet (untimed), then ``run("true")`` on
+  the group measured alone, cold (the first command on the connections the boot
+  probes left) and warm (again);
+- ``ec2``: 1000 ``ec2://`` boots on a moto server (its own process, as
+  benchmarks/ec2_boot.py starts it): ``acquire_many`` with ``ready=None``,
+  ``wait(ACTIVE)`` on all, ``destroy``; baseline: the same with raw aioboto3 (one
+  RunInstances, one DescribeInstances per 1000 ids until all run, TerminateInstances);
+- ``all``: the three at once (on the sim VMs booted for ``sim``, so warm).
+
+Prints one row per measured run, and the load average with every row::
+
+    PYTHONPATH=.:adaptors .venv/bin/python benchmarks/loop_lag.py [--quick]
+        [--scenarios local,sim,ec2,all] [--rounds 1] [--culprits]
+
+``--quick``: 200 local jobs, 200 sim VMs, 200 EC2 boots. ``--culprits`` times every
+loop callback and prints the slowest ones of each run (it costs a little).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import functools
+import gc
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from local_jobs import raw as raw_local  # type: ignore[import-not-found]  # beside this
+
+import aiores
+from aiores import ComputeDescription, ResourceState
+from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
+from aiores_sim import start_cloud, stop_cloud
+
+TICK = 0.010
+GOAL_P99 = 0.020
+GOAL_MAX = 0.100
+REGION = "us-east-1"
+IMAGE = "ami-12c6146b"
+TYPE = "t3.micro"
+
+
+class GCPauses:
+    """Durations of garbage collections, by generation, while installed."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = collections.defaultdict(list)
+        self._began = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._began)
+
+    def __enter__(self) -> GCPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+
+class Culprits:
+    """The slowest loop callbacks while installed (wraps ``asyncio.Handle._run``)."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self.slowest: list[tuple[float, str]] = []
+        self._original = asyncio.events.Handle._run
+
+    def __enter__(self) -> Culprits:
+        original, slowest = self._original, self.slowest
+
+        def timed_run(handle: asyncio.Handle) -> None:
+            start = time.perf_counter()
+            original(handle)
+            spent = time.perf_counter() - start
+            if spent > 0.02:
+                slowest.append((spent, repr(handle)[:300]))
+
+        asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+
+    def report(self) -> list[str]:
+        worst = sorted(self.slowest, reverse=True)[: self.keep]
+        return [f"    {spent * 1000:7.1f} ms  {what}" for spent, what in worst]
+
+
+def quantile99(values: list[float]) -> float:
+    if len(values) < 2:
+        return max(values, default=0.0)
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+@dataclass
+class Row:
+    scenario: str
+    method: str
+    wall: float
+    late: list[float]
+    gc2: list[float]
+    load: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return quantile99(self.late) < GOAL_P99 and max(self.late, default=0.0) < GOAL_MAX
+
+    def line(self) -> str:
+        late = sorted(self.late) or [0.0]
+        p50 = statistics.median(late)
+        p99 = (
+            statistics.quantiles(late, n=100, method="inclusive")[98] if len(late) >= 2 else late[0]
+        )
+        worst = late[-1]
+        ok = "ok" if self.met else "OVER"
+        gc2 = f"{len(self.gc2):3d} x, max {max(self.gc2, default=0) * 1000:5.0f} ms"
+        return (
+            f"| {self.scenario:<6} | {self.method:<18} | {self.wall:7.2f} s "
+            f"| {p50 * 1000:5.1f} | {p99 * 1000:6.1f} | {worst * 1000:6.0f} | {ok:<4} "
+            f"| {gc2} | {self.load:5.2f} |"
+        )
+
+
+HEADER = (
+    "| scen.  | method             | wall      | p50ms | p99 ms | max ms | goal "
+    "| gen-2 GC pauses     | load  |\n"
+    "|--------|--------------------|-----------|-------|--------|--------|------"
+    "|---------------------|-------|"
+)
+
+
+async def measure(
+    scenario: str, method: str, work: Callable[[], Awaitable[object]], culprits: bool
+) -> Row:
+    """Run ``work`` with the ticker and the GC hooks on; its row (printed at once)."""
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            due = loop.time() + TICK
+            await asyncio.sleep(TICK)
+            late.append(loop.time() - due)
+
+    tick = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    spy = Culprits() if culprits else None
+    with GCPauses() as pauses:
+        if spy is not None:
+            spy.__enter__()
+        start = time.perf_counter()
+        try:
+            await work()
+        finally:
+            wall = time.perf_counter() - start
+            if spy is not None:
+                spy.__exit__()
+            tick.cancel()
+            await asyncio.gather(tick, return_exceptions=True)
+    row = Row(scenario, method, wall, late, pauses.pauses.get(2, []), os.getloadavg()[0])
+    print(row.line(), flush=True)
+    if spy is not None:
+        print("\n".join(spy.report()), flush=True)
+    return row
+
+
+# -- local --------------------------------------------------------------------------------
+async def aiores_local(session: aiores.Session, n: int) -> None:
+    js = session.job_service("local://")
+    desc = aiores.JobDescription(executable="/bin/true")
+    jobs = await asyncio.gather(*(js.submit(desc) for _ in range(n)))
+    states = await asyncio.gather(*(job.wait() for job in jobs))
+    assert all(state is aiores.JobState.DONE for state in states), set(states)
+
+
+# -- sim ----------------------------------------------------------------------------------
+async def sim_run(group: aiores.Group) -> None:
+    result = await group.run("true", check=True, timeout=1200)
+    assert len(result) == len(group.resources)
+
+
+# -- ec2 ----------------------------------------------------------------------------------
+def ec2_url(endpoint: str) -> str:
+    return f"ec2://{REGION}?endpoint={endpoint}&ssh_cidr=127.0.0.1/32&poll=0.5"
+
+
+async def ec2_session(server: MotoServer, work: Path, name: str) -> aiores.Session:
+    """A fresh moto account and a session with its own state directory, where one
+    launch already made (and remembered) the key pair and security group, as for
+    every session after the first on an account. Not yet entered: ``async with``."""
+    await asyncio.to_thread(server.reset_sync)  # moto slows with terminated instances
+    saved = os.environ["AIORES_STATE_DIR"]
+    os.environ["AIORES_STATE_DIR"] = str(work / name)
+    try:
+        context = aiores.AWSContext(access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+        async with aiores.Session(contexts=[context]) as prep:
+            await aiores_ec2(prep, server.url, 1)
+        return aiores.Session(contexts=[context])
+    finally:
+        os.environ["AIORES_STATE_DIR"] = saved
+
+
+async def aiores_ec2(session: aiores.Session, endpoint: str, n: int) -> None:
+    mgr = session.manager(ec2_url(endpoint))
+    vms = await mgr.acquire_many(ComputeDescription(image=IMAGE, template=TYPE, ready=None), n)
+    await asyncio.gather(*(vm.wait(ResourceState.ACTIVE, timeout=1200) for vm in vms))
+    await mgr.destroy(vms)
+
+
+async def raw_ec2(endpoint: str, n: int) -> None:
+    boto = aioboto3.Session(
+        aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
+    )
+    config = Config(max_pool_connections=100)
+    async with boto.client("ec2", endpoint_url=endpoint, config=config) as ec2:
+        answer = await ec2.run_instances(ImageId=IMAGE, InstanceType=TYPE, MinCount=n, MaxCount=n)
+        ids = [i["InstanceId"] for i in answer["Instances"]]
+        waiting = set(ids)
+        while waiting:
+            pages = await asyncio.gather(
+                *(
+                    ec2.describe_instances(InstanceIds=ids[i : i + 1000])
+                    for i in range(0, len(ids), 1000)
+                )
+            )
+            for page in pages:
+                for reservation in page["Reservations"]:
+                    for inst in reservation["Instances"]:
+                        if inst["State"]["Name"] == "running":
+                            waiting.discard(inst["InstanceId"])
+            if waiting:
+                await asyncio.sleep(0.5)
+        for i in range(0, len(ids), 1000):
+            await ec2.terminate_instances(InstanceIds=ids[i : i + 1000])
+
+
+# -- main ---------------------------------------------------------------------------------
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    work: Path
+    session: aiores.Session
+    jobs: int
+    boots: int
+    group: aiores.Group | None
+    server: MotoServer | None
+    rows: list[Row] = field(default_factory=list)
+
+    async def measure(
+        self, scenario: str, method: str, fn: Callable[[], Awaitable[object]]
+    ) -> None:
+        self.rows.append(await measure(scenario, method, fn, self.args.culprits))
+
+    async def local(self, round_no: int) -> None:
+        runs: list[tuple[str, Callable[[], Awaitable[object]]]] = [
+            ("raw asyncio", lambda: raw_local(self.jobs)),
+            ("aiores", lambda: aiores_local(self.session, self.jobs)),
+        ]
+        for name, fn in runs if round_no % 2 == 0 else runs[::-1]:
+            await self.measure("local", name, fn)
+
+    async def sim(self, round_no: int) -> None:
+        group = self.group
+        assert group is not None
+        label = "cold" if round_no == 0 else "again"
+        await self.measure("sim", f"aiores run {label}", lambda: sim_run(group))
+        await self.measure("sim", "aiores run warm", lambda: sim_run(group))
+
+    async def ec2(self, round_no: int) -> None:
+        server = self.server
+        assert server is not None
+        for name in ("raw aioboto3", "aiores")[:: 1 if round_no % 2 == 0 else -1]:
+            session = await ec2_session(server, self.work, f"ec2-{round_no}-{name}")
+            async with session:
+                if name == "aiores":
+                    await self.measure(
+                        "ec2", name, functools.partial(aiores_ec2, session, server.url, self.boots)
+                    )
+                else:
+                    await self.measure("ec2", name, lambda: raw_ec2(server.url, self.boots))
+
+    async def all(self, round_no: int) -> None:
+        server, group = self.server, self.group
+        assert server is not None
+        assert group is not None
+        ec2 = await ec2_session(server, self.work, f"ec2-{round_no}-all")
+
+        async def together() -> None:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(aiores_local(self.session, self.jobs))
+                tg.create_task(sim_run(group))
+                tg.create_task(aiores_ec2(ec2, server.url, self.boots))
+
+        async with ec2:
+            await self.measure("all", "aiores, 3 at once", together)
+
+
+async def main(args: argparse.Namespace) -> int:
+    raise_fd_limit()
+    scenarios = args.scenarios.split(",")
+    jobs, vms, boots = (200, 200, 200) if args.quick else (args.jobs, args.vms, args.boots)
+    work = Path(tempfile.mkdtemp(prefix="aiores-lag-"))
+    os.environ["AIORES_STATE_DIR"] = str(work / "state")
+    os.environ["AIORES_SIM_DIR"] = str(work / "sim")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    server: MotoServer | None = None
+    print(
+        f"loop lag: {jobs} local jobs, {vms} sim VMs, {boots} EC2 boots; "
+        f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, "
+        "load {:.2f} {:.2f} {:.2f} at start".format(*os.getloadavg())
+    )
+    sim_up = "sim" in scenarios or "all" in scenarios
+    ec2_up = "ec2" in scenarios or "all" in scenarios
+    rows: list[Row] = []
+    try:
+        if ec2_up:
+            server = MotoServer()
+            await asyncio.to_thread(server.start)
+        if sim_up:
+            await start_cloud(work / "sim")
+        async with aiores.Session() as session:
+            group: aiores.Group | None = None
+            fleet = session.fleet()
+            if sim_up:
+                start = time.perf_counter()
+                fleet.provision("sim://?boot_delay=0.5", ComputeDescription(), vms, tags="lag")
+                group = await fleet.wait("lag", timeout=1800)
+                assert len(group.resources) == vms, len(group.resources)
+                print(f"set-up: {vms} sim VMs ACTIVE in {time.perf_counter() - start:.1f} s")
+            await raw_local(50)  # warm up: the child watcher, the page cache
+            bench = Bench(args, work, session, jobs, boots, group, server, rows)
+            print(HEADER)
+            for round_no in range(args.rounds):
+                for scenario in ("local", "sim", "ec2", "all"):
+                    if scenario in scenarios:
+                        await getattr(bench, scenario)(round_no)
+            if group is not None:
+                await fleet.deprovision("lag")
+    finally:
+        if sim_up:
+            await stop_cloud(work / "sim")
+        if server is not None:
+            server.stop()
+        await asyncio.to_thread(shutil.rmtree, work, True)
+    print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    met = all(r.met for r in rows if not r.method.startswith("raw"))
+    print(f"goal (aiores rows: p99 < 20 ms, max < 100 ms): {'met' if met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scenarios", default="local,sim,ec2,all")
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--vms", type=int, default=2000)
+    parser.add_argument("--boots", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="200 of each")
+    parser.add_argument("--culprits", action="store_true", help="print the slowest callbacks")
+    sys.exit(asyncio.run(main(parser.parse_args())))
