@@ -174,7 +174,7 @@ class Interruptions:
         self._watched: dict[str, ResourceInfo] = {}
         #: Notices read, by id: the notice and its deadline on the clock.
         self._notices: dict[str, tuple[Notice, float]] = {}
-        self._task: object | None = None
+        self._running = False
         self.polls = 0
 
     @property
@@ -185,7 +185,7 @@ class Interruptions:
     @property
     def running(self) -> bool:
         """Whether the poll task runs."""
-        return self._task is not None
+        return self._running
 
     def watch(self, info: ResourceInfo) -> None:
         """Read ``info``'s instance from now on (a spot instance that is up), unless it
@@ -193,11 +193,12 @@ class Interruptions:
         if info.id in self._notices or info.state.final or info.access is None:
             return
         self._watched[info.id] = info
-        if self._task is None:
+        if not self._running:
+            self._running = True
             try:
-                self._task = self._spawn(self._loop, "aiores-ec2 spot notices")
+                self._spawn(self._loop, "aiores-ec2 spot notices")
             except IncorrectState:  # the session is closing: nobody follows it any more
-                self._task = None
+                self._running = False
 
     def update(self, info: ResourceInfo) -> ResourceInfo:
         """``info`` as reported from now on: with its notice, if one came; an ended
@@ -251,9 +252,11 @@ class Interruptions:
         try:
             while self._watched:
                 await self.poll()
+                if not self._watched:  # every one gave its notice, ended or was destroyed
+                    return
                 await self._clock.sleep(self.interval)
         finally:
-            self._task = None
+            self._running = False
 
     async def poll(self) -> Mapping[str, Notice | Exception | None]:
         """Read every watched instance once (at most ``reads`` at once): what each gave."""
