@@ -15,6 +15,14 @@ can:
 A session that closed normally hands its resources over on purpose (resources outlive
 their session): reap leaves them alone.
 
+Leases (``ComputeDescription.duration``): the end of a machine's lease is journalled
+with it (``expires_at``). A machine the backend no longer knows whose lease has ended
+ended on time, as it was meant to: it is recorded EXPIRED (``Recovered.expired``), not
+gone. A machine alive whose lease ends within :data:`ENDING_WITHIN` seconds is
+reported as ending (``Recovered.ending``; ``Leak.expires_at``). A lease does not make
+a machine anyone's: reap releases the leased machines of dead sessions like any other
+(a lease is a bound on a leak, not a reason to keep paying for it).
+
 Backend answers are taken as the endpoint's watcher takes its own (``Watcher.take``):
 each object is made at the state the journal holds and the answer applied to it, so
 changes are recorded by the object like any other; an id the answer leaves out is
@@ -48,7 +56,16 @@ from .adaptor import JobAdaptor, JobInfo, ResourceAdaptor, ResourceInfo
 if TYPE_CHECKING:
     from ._session import Session
 
-__all__ = ["Leak", "Problem", "Reaped", "Recovered", "SessionRecord", "reap", "recover"]
+__all__ = [
+    "Leak",
+    "Problem",
+    "Reaped",
+    "Recovered",
+    "SessionRecord",
+    "describe_lease",
+    "reap",
+    "recover",
+]
 
 log = logging.getLogger("aiores.recover")
 
@@ -56,6 +73,8 @@ log = logging.getLogger("aiores.recover")
 ENDPOINT_TIMEOUT = 60.0
 #: The most ids in one destroy call made by reap.
 DESTROY_BATCH = 500
+#: Seconds before the end of its lease within which a machine is reported as ending.
+ENDING_WITHIN = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +110,12 @@ class Recovered:
             the describes made within the timeout, not yet counted gone).
         in_flight: Intents still pending (calls whose outcome was never written):
             :meth:`Session.reap` releases what they created once their session is gone.
+        expired: Ids of machines whose journalled lease has ended and that their
+            backend no longer knows: they ended on time (now recorded EXPIRED), and
+            are not among ``gone``.
+        ending: Resources among ``resources`` whose lease ends within
+            :data:`ENDING_WITHIN` seconds (or has ended, the backend not having said
+            so yet): renew them (``vm.renew(seconds)``) to keep them.
     """
 
     resources: list[Resource] = field(default_factory=list)
@@ -98,6 +123,8 @@ class Recovered:
     gone: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     in_flight: list[Intent] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    ending: list[Resource] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +142,8 @@ class Leak:
         tags: Its tags.
         kind: ``"resource"`` (released by destroying it) or ``"job"`` (a job whose
             submit never completed: released by cancelling it).
+        expires_at: When its lease ends (epoch seconds), if it has one: it ends by
+            itself then, and reap releases it now all the same.
     """
 
     id: str
@@ -126,6 +155,7 @@ class Leak:
     state: str
     tags: tuple[str, ...] = ()
     kind: str = "resource"
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +233,12 @@ async def recover(session: Session, *, timeout: float | None = ENDPOINT_TIMEOUT)
     outcomes = await asyncio.gather(
         *(_recover_resources(session, url, rows, timeout) for url, rows in resource_eps)
     )
+    now = time.time()
     for found, gone, problems in outcomes:
         result.resources.extend(found)
-        result.gone.extend(gone)
+        result.ending.extend(r for r in found if _ending(r, now))
+        for rid, expired in gone:
+            (result.expired if expired else result.gone).append(rid)
         result.problems.extend(problems)
     job_outcomes = await asyncio.gather(
         *(_recover_jobs(session, url, rows, timeout, finished) for url, rows in job_eps)
@@ -256,9 +289,34 @@ async def _unrecorded(
     return rows
 
 
+def _lease_end(row: dict[str, Any]) -> float | None:
+    """When the lease of the resource of ``row`` ends, as the journal holds it."""
+    value = loads_data(row.get("data")).get("expires_at")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _ending(resource: Resource, now: float) -> bool:
+    ends = getattr(resource, "expires_at", None)
+    return ends is not None and ends - now <= ENDING_WITHIN
+
+
+def _record_gone(obj: Resource | Job, row: dict[str, Any], now: float) -> bool:
+    """Record the end of a resource its backend no longer knows; True if its lease had
+    ended (EXPIRED: it ended on time), False if not (CANCELED, gone)."""
+    ends = _lease_end(row)
+    if ends is not None and ends <= now:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ends))
+        _end(obj, ResourceState.EXPIRED, f"expired: its lease ended at {when}")
+        return True
+    _end(obj, ResourceState.CANCELED, GONE)
+    return False
+
+
 async def _recover_resources(
     session: Session, url: str, rows: list[dict[str, Any]], timeout: float | None
-) -> tuple[list[Resource], list[str], list[Problem]]:
+) -> tuple[list[Resource], list[tuple[str, bool]], list[Problem]]:
     start = session.clock.now()
     try:
         async with asyncio.timeout(timeout):
@@ -272,14 +330,16 @@ async def _recover_resources(
     except TimeoutError:
         return [], [], [Problem(url, f"no answer within {timeout} s", id=r["id"]) for r in rows]
     found: list[Resource] = []
-    gone: list[str] = []
+    gone: list[tuple[str, bool]] = []
     problems: list[Problem] = []
+    now = time.time()
     for row in rows:
         native = row["native_id"]
         if native in asked.gone:
-            # The backend no longer knows it (destroyed elsewhere, the cloud stopped).
-            gone.append(row["id"])
-            _end(_unanswered(manager, watcher, row), ResourceState.CANCELED, GONE)
+            # The backend no longer knows it (destroyed elsewhere, the cloud stopped,
+            # or its lease ended and the backend forgot it since).
+            expired = _record_gone(_unanswered(manager, watcher, row), row, now)
+            gone.append((row["id"], expired))
         elif native in asked.unsure:
             problems.append(Problem(url, asked.unsure[native], id=row["id"]))
         else:
@@ -731,13 +791,14 @@ async def _find_leaks(
                     token=intent.token,
                     state=info.state.name,
                     tags=tuple(sorted(info.tags)),
+                    expires_at=_lease_of(info),
                 )
             )
     problems: list[Problem] = []
     for row in rows:
         native = row["native_id"]
         if native in asked.gone:
-            _end(_unanswered(manager, watcher, row), ResourceState.CANCELED, GONE)
+            _record_gone(_unanswered(manager, watcher, row), row, time.time())
             continue
         if native in asked.unsure:
             # Perhaps not visible yet: kept for a later reap, never recorded ended.
@@ -760,9 +821,27 @@ async def _find_leaks(
                 token=row["token"],
                 state=described.state.name,
                 tags=tuple(sorted(described.tags)),
+                expires_at=_lease_of(described),
             )
         )
     return leaks, empties, problems, held
+
+
+def _lease_of(info: ResourceInfo) -> float | None:
+    value = info.extra.get("expires_at")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def describe_lease(expires_at: float | None, now: float | None = None) -> str:
+    """A lease's end for listings: ``""`` (none), ``lease ends in 4m``, ``lease ended``."""
+    if expires_at is None:
+        return ""
+    now = time.time() if now is None else now
+    if expires_at <= now:
+        return "lease ended"
+    return f"lease ends in {describe_age(now, expires_at)}"
 
 
 async def _release(session: Session, result: Reaped, timeout: float | None) -> None:

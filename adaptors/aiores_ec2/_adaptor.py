@@ -88,6 +88,7 @@ from ._lease import EXPIRES_TAG, expires_at, expiry_tag, rearm
 from ._networks import Networks, is_network_id
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
+from ._spot import Interruptions
 
 __all__ = ["BUCKETS", "EC2ResourceAdaptor", "ec2_cost", "native_state"]
 
@@ -170,6 +171,19 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         #: The injected (boot) host key of each instance seen, from its tag.
         self._boot_keys: dict[str, str] = {}
         self.networks = Networks(lambda: self.api, env, self.options, url)
+        #: Spot interruption notices (``interruptions=metadata``; see aiores_ec2._spot).
+        self.interruptions: Interruptions | None = None
+        if self.options.interruptions == "metadata":
+            self.interruptions = Interruptions(
+                metadata=self.options.metadata,
+                interval=self.options.interruption_poll,
+                clock=env.clock,
+                runner=env.command_runner,
+                publish=self.publish,
+                spawn=lambda fn, name: env.spawn(fn, name=name),
+            )
+        #: Spot instances SSH answered on (in this process, or rotated by another).
+        self._reached: set[str] = set()
 
     @property
     def api(self) -> Api:
@@ -209,6 +223,8 @@ class EC2ResourceAdaptor(ResourceAdaptor):
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""
+        if self.interruptions is not None:
+            self.interruptions.aclose()
         try:
             await self._launches.aclose()
         finally:
@@ -253,7 +269,7 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         launched = inst.get("LaunchTime")
         if isinstance(launched, datetime.datetime):
             extra["launch_time"] = launched.isoformat()
-        return ResourceInfo(
+        info = ResourceInfo(
             id=str(inst["InstanceId"]),
             state=state,
             state_detail=name,
@@ -267,6 +283,21 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             login_keys=login,
             extra=extra,
         )
+        rotated = len(host_keys) == 1 and host_keys[0] != host_key
+        return self._spot(info, rotated=bool(host_key) and rotated)
+
+    def _spot(self, info: ResourceInfo, *, rotated: bool = False) -> ResourceInfo:
+        """``info`` with its spot interruption notice, if one came; a spot instance that
+        is up (SSH answered: here, or its host key rotated) is read from then on."""
+        if self.interruptions is None or info.extra.get("lifecycle") != "spot":
+            return info
+        if rotated:
+            self._reached.add(info.id)
+        if info.state.final:
+            self._reached.discard(info.id)
+        elif info.id in self._reached and info.state is ResourceState.ACTIVE:
+            self.interruptions.watch(info)
+        return self.interruptions.update(info)
 
     # -- acquire ----------------------------------------------------------------------
     async def _instance_type(self, description: ComputeDescription) -> str:
@@ -540,6 +571,8 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         ids = [i for i in ids if not is_network_id(i)]
         chunks = [list(ids[i : i + 1000]) for i in range(0, len(ids), 1000)]
         await asyncio.gather(*(self._terminate(chunk) for chunk in chunks))
+        if self.interruptions is not None:
+            self.interruptions.forget(ids)
         await self._hostkeys.forget(list(ids))
         if nets:
             await self.networks.destroy(nets)
@@ -571,10 +604,10 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             AioresError: the connection failed.
         """
         boot = self._boot_keys.get(info.id)
-        if boot is None:
-            return info
-        new = await self._hostkeys.rotate(info.id, boot, runner)
-        return dataclasses.replace(info, host_keys=(new,))
+        if boot is not None:
+            new = await self._hostkeys.rotate(info.id, boot, runner)
+            info = dataclasses.replace(info, host_keys=(new,))
+        return self._spot(info, rotated=True)
 
     async def renew(self, id: str, seconds: float) -> ResourceInfo:
         """Renew an instance's lease: re-arm its shutdown timer over SSH, then update

@@ -31,6 +31,12 @@
 ``poll``            The watcher's first interval in seconds (default 2).
 ``max_connections`` Connections to the endpoint at most (default 50).
 ``batch``           Instances per RunInstances call at most (default 1000).
+``interruptions``   ``metadata`` (default: read spot interruption notices from each spot
+                    instance's metadata service over SSH) or ``off``; see
+                    :mod:`aiores_ec2._spot`.
+``metadata``        The metadata service's address as the instances reach it,
+                    ``http://host[:port]`` (default ``http://169.254.169.254``).
+``interruption_poll``  Seconds between two reads of a spot instance's notice (default 5).
 ==================  ==========================================================================
 """
 
@@ -46,6 +52,9 @@ from aiores.adaptor import URL, validate
 __all__ = ["Options", "parse_options"]
 
 _REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_METADATA = re.compile(
+    r"^http://[A-Za-z0-9.\-]+(:[0-9]{1,5})?/?$|^http://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?/?$"
+)
 _NAME = re.compile(r"^[\w.:/+=@*?-]{1,255}$")
 KNOWN = frozenset(
     {
@@ -65,6 +74,9 @@ KNOWN = frozenset(
         "poll",
         "max_connections",
         "batch",
+        "interruptions",
+        "metadata",
+        "interruption_poll",
     }
 )
 
@@ -90,6 +102,9 @@ class Options:
     poll: float = 2.0
     max_connections: int = 50
     batch: int = 1000
+    interruptions: str = "metadata"
+    metadata: str = "http://169.254.169.254"
+    interruption_poll: float = 5.0
 
 
 def _bad(url: URL, what: str) -> IncorrectURL:
@@ -170,4 +185,18 @@ def parse_options(url: URL) -> Options:
         )
     if "batch" in params:
         kwargs["batch"] = int(_positive(url, "batch", params["batch"], int))
+    interruptions = params.get("interruptions", "metadata")
+    if interruptions not in ("metadata", "off"):
+        raise _bad(url, f"interruptions must be 'metadata' or 'off', not {interruptions!r}")
+    kwargs["interruptions"] = interruptions
+    if "metadata" in params:
+        metadata = params["metadata"]
+        port = metadata.rstrip("/").rpartition(":")[2]
+        if not _METADATA.match(metadata) or (port.isdigit() and not 0 < int(port) < 65536):
+            raise _bad(url, f"metadata must be http://host[:port], not {metadata!r}")
+        kwargs["metadata"] = metadata.rstrip("/")
+    if "interruption_poll" in params:
+        kwargs["interruption_poll"] = _positive(
+            url, "interruption_poll", params["interruption_poll"], float
+        )
     return Options(**kwargs)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ from .._exceptions import BadParameter, IncorrectState
 from .._jobs import Job
 from .._jobsession import check_name
 from .._journal import loads_data
-from .._recover import Leak, Reaped, describe_age
+from .._recover import Leak, Reaped, describe_age, describe_lease
 from .._session import Session
 from .._states import JobState
 from .._url import split_id
@@ -361,6 +361,10 @@ def recover(as_json: bool) -> None:
                 "resources": [resource_json(r, rows.get(r.id)) for r in found.resources],
                 "jobs": [_job_json(j, rows.get(j.id)) for j in found.jobs],
                 "gone": found.gone,
+                "expired": found.expired,
+                "ending": [
+                    {"id": r.id, "expires_at": getattr(r, "expires_at", None)} for r in found.ending
+                ],
                 "problems": [dataclasses.asdict(p) for p in found.problems],
                 "in_flight": [
                     {"token": i.token, "session": i.session, "op": i.op, "url": i.url}
@@ -378,13 +382,18 @@ def recover(as_json: bool) -> None:
         click.echo(f"job {j['id']} {j['state']} exit {j['exit_code']}")
     for rid in data["gone"]:
         click.echo(f"gone {rid}")
+    for rid in data["expired"]:
+        click.echo(f"expired {rid} (its lease ended)")
+    for r in data["ending"]:
+        click.echo(f"ending {r['id']} ({describe_lease(r['expires_at'])})")
     for problem in data["problems"]:
         err.print(f"problem {problem['id'] or problem['url']}: {problem['error']}", style="yellow")
     for intent in data["in_flight"]:
         click.echo(f"unfinished {intent['op']} at {intent['url']} ({intent['token']})")
     err.print(
         f"recovered {len(data['resources'])} resources and {len(data['jobs'])} jobs; "
-        f"{len(data['gone'])} gone, {len(data['in_flight'])} calls unfinished"
+        f"{len(data['gone'])} gone, {len(data['expired'])} expired, "
+        f"{len(data['ending'])} ending, {len(data['in_flight'])} calls unfinished"
     )
 
 
@@ -415,7 +424,9 @@ def gc(yes: bool, as_json: bool) -> None:
         for name in ("id", "state", "tags", "why"):
             table.add_column(name, overflow="fold")
         for leak in leaks:
-            table.add_row(leak.id, leak.state, ",".join(leak.tags), leak.reason)
+            lease = describe_lease(leak.expires_at)
+            why = f"{leak.reason}; {lease}" if lease else leak.reason
+            table.add_row(leak.id, leak.state, ",".join(leak.tags), why)
         console.print(table)
 
     def reap(confirm: Callable[[Sequence[Leak]], bool]) -> Reaped:
