@@ -7,8 +7,9 @@ machine and then waits as its PID 1:
 - a root of its own: an overlay whose lower layer is the host's ``/`` (read-only)
   and whose upper layer is ``<disk>/.sim/upper``; whatever a command writes under
   ``/etc``, ``/opt``, ``/usr`` ... lands there, never on the host;
-- ``/home`` and ``/root`` are the disk's ``home`` and ``root`` directories, and the
-  disk itself is at its host path, so SFTP and commands see the same files;
+- ``/home`` is the disk's ``home`` directory, and the disk itself is at its host
+  path, so SFTP and commands see the same files (root's home, ``/root``, is part
+  of the overlay: the host's, with the VM's changes in the upper layer);
 - ``/proc`` of its own PID namespace, ``/tmp`` and ``/run`` private (tmpfs), ``/dev``
   and ``/sys`` the host's;
 - its hostname is its id (a UTS namespace of its own).
@@ -80,7 +81,7 @@ id=$1 disk=$2
 meta=$disk/.sim
 root=$meta/root
 hostname "$id"
-mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home" "$disk/root"
+mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work" "$root"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
@@ -88,7 +89,6 @@ mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount --bind "$disk/home" "$root/home"
-mount --bind "$disk/root" "$root/root"
 mkdir -p "$root$disk"
 mount --bind "$disk" "$root$disk"
 cd "$root"
