@@ -734,6 +734,10 @@ def _wipe(owners: list[Owner], root: int | None) -> None:
     """Blocking: kill the VMs' processes (descendants of ``root`` only), remove their disks."""
     kill(owners, root=root)
     for owner in owners:
+        # An overlay leaves its work directory unreadable (mode 0): not even its
+        # owner could remove it without root.
+        with contextlib.suppress(OSError):
+            os.chmod(owner.disk / ".sim" / "work" / "work", 0o700)
         shutil.rmtree(owner.disk, ignore_errors=True)
 
 

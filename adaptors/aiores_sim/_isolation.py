@@ -14,19 +14,35 @@ machine and then waits as its PID 1:
   and ``/sys`` the host's;
 - its hostname is its id (a UTS namespace of its own).
 
-A command for the VM enters its namespaces in the spawned child itself
-(``setns(2)`` in a pre-exec hook, before ``exec``): the process the cloud started is
-the command's shell and its process group leader, with no ``nsenter`` in between,
-so an SSH signal reaches the command's group however early it comes. The shell
-itself stays at the VM's boundary (in the host's PID namespace, as ``setns`` moves
-only the children of a process into a PID namespace); everything it starts is in the
-VM's. Killing the holder (the cloud's teardown finds it by its ``AIORES_SIM_VM``
-mark) ends every process of the VM at once: the kernel kills a PID namespace's
-processes when its PID 1 dies.
+A command for the VM enters its namespaces in the process the cloud spawns, in a
+pre-exec hook (``setns(2)`` on the holder's ``/proc/<pid>/ns/*``; see :func:`enter`),
+with no ``nsenter`` in between. ``setns`` moves only a process's later children into
+a PID namespace, so the hook forks once: the command (the login's shell) execs in
+the VM's PID namespace, in the session and process group the spawned process leads;
+the spawned process waits for it and ends as it did. The cloud knows the pid only
+once the command has exec'd, and sends SSH signals to that group: they reach the
+command however early they come (never a half-started ``nsenter`` or shell).
 
-Without root, the holder also makes a user namespace mapping the cloud's user to
-root (``unshare --user --map-root-user``) where the kernel allows it; a command then
-joins that user namespace first.
+Users: a login names a user the cloud gave the VM (the acquiring user, ``root``,
+the ``users`` option; commands run as the cloud's own user, as without isolation),
+or else one of the VM's own ``/etc/passwd``: after ``useradd wf`` in the VM,
+``user="wf"`` logs in and its commands run as wf's uid and gid, in its home.
+
+Teardown: the holder carries ``AIORES_SIM_HOLDER=<id>`` (not the VM's mark: it is
+no process the VM's user started) and works in the VM's disk. A VM's end kills it;
+the kernel then kills every process of the VM's PID namespace, and the mount
+namespace (with the overlay) goes with the last of them; the disk, upper layer
+included, is removed.
+
+Without root, the holder would also make a user namespace mapping the cloud's user
+to root (``unshare --user --map-root-user``) and commands join it first. That needs
+an overlay of ``/`` made in a user namespace, which Linux refuses where ``/`` has
+mounts below it (``failed to clone lowerpath``: the usual case); the probe
+(:func:`choose`) tries exactly that, and ``auto`` falls back to ``none`` then,
+saying why.
+
+The cost per VM: three processes (``unshare``, its PID 1 shell, a ``sleep``) and a
+mount namespace; a running command has one more process (the spawned one, waiting).
 
 Modes: ``namespaces`` (required: a VM fails to boot without it), ``none`` (commands
 run on the host as the cloud's user), ``auto`` (namespaces where the host allows
@@ -73,16 +89,18 @@ HOLDER_MARKER = "AIORES_SIM_HOLDER"
 START_TIMEOUT = 30.0
 _NAMESPACES = ("mnt", "uts", "pid")
 
-# The holder: $1 the VM's id, $2 its disk. Runs as root in fresh mount, UTS and PID
-# namespaces (unshare makes mounts private); prints "ready" once the machine is made.
+# The holder: $1 the VM's id, $2 its disk, $3 more overlay options. Runs as root in
+# fresh mount, UTS and PID namespaces (unshare makes mounts private; in a user
+# namespace, the overlay keeps its own attributes in user.* xattrs: "userxattr");
+# prints "ready" once the machine is made.
 _HOLDER = r"""
 set -eu
-id=$1 disk=$2
+id=$1 disk=$2 options=$3
 meta=$disk/.sim
 root=$meta/root
 hostname "$id"
 mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work" "$root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work$options" "$root"
 mount --rbind /dev "$root/dev"
 mount --rbind /sys "$root/sys"
 mount -t proc proc "$root/proc"
@@ -160,10 +178,11 @@ def _unavailable() -> str | None:
             return f"there is no {tool} command"
     if _libc() is None:
         return "setns(2) cannot be called"
-    # Can this process make the namespaces and an overlay mount? ($0: a scratch dir)
+    # Can this process make the namespaces and an overlay of / ($0: a scratch dir)?
+    options = ",userxattr" if os.geteuid() != 0 else ""
     script = (
-        "mkdir -p $0/l $0/u $0/w $0/r && "
-        "mount -t overlay overlay -o lowerdir=$0/l,upperdir=$0/u,workdir=$0/w $0/r"
+        "mkdir -p $0/u $0/w $0/r && "
+        f"mount -t overlay overlay -o lowerdir=/,upperdir=$0/u,workdir=$0/w{options} $0/r"
     )
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".aiores-sim-probe-{os.getpid()}"
     try:
@@ -240,6 +259,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
         *argv,
         vm_id,
         str(disk),
+        ",userxattr" if isolation.user_namespace else "",
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
