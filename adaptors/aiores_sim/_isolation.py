@@ -60,6 +60,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,7 +374,10 @@ def enter(holder: Holder, cwd: str, as_user: PasswdEntry | None = None) -> Calla
             if exc.errno not in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
                 raise
             os.chdir("/")
-        command = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads: this child has one.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            command = os.fork()
         if command:
             _mirror(command)
 
