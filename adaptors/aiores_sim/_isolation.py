@@ -42,7 +42,10 @@ mounts below it (``failed to clone lowerpath``: the usual case); the probe
 saying why.
 
 The cost per VM: three processes (``unshare``, its PID 1 shell, a ``sleep``) and a
-mount namespace; a running command has one more process (the spawned one, waiting).
+mount namespace, no descriptor in the cloud; a running command has one more process
+(the spawned one, waiting). Entering the VM in a pre-exec hook makes CPython fork the
+cloud for each command instead of vfork-ing it: slower the larger the cloud is
+(``benchmarks/sim_isolation.py``).
 
 Modes: ``namespaces`` (required: a VM fails to boot without it), ``none`` (commands
 run on the host as the cloud's user), ``auto`` (namespaces where the host allows
@@ -256,7 +259,11 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
         NoSuccess: the machine could not be made (the holder is ended then).
     """
     argv = [*_unshare_argv(isolation.user_namespace), "sh", "-c", _HOLDER, "sim-holder"]
-    process = await asyncio.create_subprocess_exec(
+    loop = asyncio.get_running_loop()
+    # As create_subprocess_exec, keeping the transport: once the holder is ready, its
+    # pipes are closed here (a VM keeps no descriptor of the cloud's busy).
+    transport, protocol = await loop.subprocess_exec(
+        lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=2**16, loop=loop),
         *argv,
         vm_id,
         str(disk),
@@ -268,6 +275,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
         cwd=disk,
         start_new_session=True,
     )
+    process = asyncio.subprocess.Process(transport, protocol, loop)
     try:
         assert process.stdout is not None
         assert process.stderr is not None
@@ -281,6 +289,10 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
                     f"cannot make VM {vm_id}'s machine: {why[-1] if why else 'holder ended'}"
                 )
         init = await asyncio.to_thread(_child_of, process.pid)
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
         return Holder(process, init, isolation.user_namespace)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
