@@ -15,9 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from click.testing import CliRunner
 
 import aiores
 from aiores import ComputeDescription, Group, ResourceState
+from aiores._cli import main
 from aiores_sim import CloudClient
 from aiores_sim._isolation import choose
 
@@ -233,3 +235,12 @@ def test_isolation_modes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIORES_SIM_ISOLATION", "none")
     assert not choose(None).on
     assert choose("auto").on  # this host can (the module is skipped where not)
+
+
+def test_sim_status_shows_the_isolation(isolated: Path) -> None:
+    runner = CliRunner()
+    started = runner.invoke(main, ["sim", "start"])
+    assert started.exit_code == 0, started.output
+    status = runner.invoke(main, ["sim", "status"])
+    assert "isolation: namespaces (mount, UTS, PID; overlay root)" in status.output
+    assert runner.invoke(main, ["sim", "stop"]).exit_code == 0
