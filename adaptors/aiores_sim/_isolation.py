@@ -236,6 +236,7 @@ class Holder:
     process: asyncio.subprocess.Process
     init: int
     user_namespace: bool
+    killed: bool = False
 
     @property
     def root(self) -> Path:
@@ -243,7 +244,13 @@ class Holder:
         return Path(f"/proc/{self.init}/root")
 
     def kill(self) -> None:
-        """SIGKILL the holder: the VM's PID namespace and every process in it end."""
+        """SIGKILL the holder: the VM's PID namespace and every process in it end.
+
+        Once only: afterwards the PID 1's pid may belong to another process.
+        """
+        if self.killed:
+            return
+        self.killed = True
         for pid in (self.init, self.process.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)
