@@ -37,6 +37,7 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
+from ._isolation import Isolation, choose, requested, start_holder
 from ._lease import LeaseOps, countdown_step
 from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
@@ -80,6 +81,8 @@ class Cloud(LeaseOps, NetworkOps):
             in a process that has other children (an in-process cloud in tests).
         watch_pid: Stop once the process with this pid has ended (a test session
             that started this cloud for itself, even if it was killed).
+        isolation: ``namespaces``, ``none`` or ``auto`` (see :mod:`._isolation`);
+            None: ``$AIORES_SIM_ISOLATION``, else ``none``.
     """
 
     def __init__(
@@ -90,8 +93,11 @@ class Cloud(LeaseOps, NetworkOps):
         keep_ended: int = 10000,
         subreaper: bool = False,
         watch_pid: int | None = None,
+        isolation: str | None = None,
     ) -> None:
         self.directory = directory.absolute()
+        self._isolation_asked = requested(isolation)
+        self.isolation = Isolation("none", reason="not started")
         self.idle_exit = idle_exit
         self.watch_pid = watch_pid
         self.keep_ended = keep_ended
@@ -124,6 +130,7 @@ class Cloud(LeaseOps, NetworkOps):
         """
         self._lock, self._socket = await asyncio.to_thread(self._claim)
         try:
+            self.isolation = await asyncio.to_thread(choose, self._isolation_asked)
             self._server = await asyncio.start_unix_server(
                 self._client, path=str(self._socket), limit=LINE_LIMIT
             )
@@ -139,6 +146,7 @@ class Cloud(LeaseOps, NetworkOps):
         if self.watch_pid is not None:
             self._spawn(self._pid_watch(self.watch_pid), "pid watch")
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
+        log.info("sim cloud isolation: %s", self.isolation.describe())
 
     def _claim(self) -> tuple[IO[bytes], Path]:
         private.private_dir(self.directory)
@@ -338,6 +346,7 @@ class Cloud(LeaseOps, NetworkOps):
             if not batch:
                 continue
             owners = [Owner(vm.id, vm.disk, frozenset(vm.sessions)) for vm in batch]
+            await self._end_holders(batch)
             root = os.getpid() if self.subreaper else None
             try:
                 await asyncio.to_thread(_wipe, owners, root)
@@ -346,11 +355,44 @@ class Cloud(LeaseOps, NetworkOps):
                     vm.gone.set()
                 self._forget_ended()
 
+    async def _end_holders(self, batch: list[VM]) -> None:
+        """Wait (bounded) for the killed holders of ended VMs: their machines are gone."""
+        holders = [vm.holder for vm in batch if vm.holder is not None]
+        for holder in holders:
+            holder.kill()
+        if holders:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                await asyncio.gather(*(h.process.wait() for h in holders))
+        for holder in holders:
+            self._table.managed.discard(holder.process.pid)
+
+    async def _boot(self, vm: VM) -> bool:
+        """Make the VM's machine (isolation on); False if it failed to (the VM ended)."""
+        if not self.isolation.on:
+            return True
+        self._table.spawning += 1
+        try:
+            holder = await start_holder(vm.id, vm.disk, self.isolation)
+        except NoSuccess as exc:
+            log.warning("sim cloud: %s", exc)
+            self._end(vm, S.FAILED, str(exc))
+            return False
+        finally:
+            self._table.spawning -= 1
+        self._table.managed.add(holder.process.pid)
+        vm.holder = holder
+        if vm.state.final:  # ended meanwhile: its teardown may have missed the holder
+            holder.kill()
+            return False
+        return True
+
     async def _life(self, vm: VM) -> None:
         faults = vm.spec.faults
         await asyncio.sleep(faults.boot_delay.draw(vm.rng))
         if vm.rng.random() < faults.boot_failure:
             self._end(vm, S.FAILED, "boot failed (injected fault)")
+            return
+        if not await self._boot(vm):
             return
         impostor = None
         if vm.rng.random() < faults.wrong_host_key:
@@ -455,7 +497,13 @@ class Cloud(LeaseOps, NetworkOps):
 
     # -- operations (op_<name>: args -> JSON result) ----------------------------------
     async def op_hello(self, args: Mapping[str, Any]) -> Any:
-        return {"version": PROTOCOL_VERSION, "pid": os.getpid(), "vms": self.live()}
+        return {
+            "version": PROTOCOL_VERSION,
+            "pid": os.getpid(),
+            "vms": self.live(),
+            "isolation": self.isolation.mode,
+            "isolation_detail": self.isolation.describe(),
+        }
 
     async def op_subscribe(self, args: Mapping[str, Any]) -> Any:
         return None
@@ -498,6 +546,7 @@ class Cloud(LeaseOps, NetworkOps):
                 self._changed,
                 rng,
                 table=self._table,
+                isolation=self.isolation,
             )
             self.vms[vm.id] = vm
             vms.append(vm)
@@ -685,6 +734,10 @@ def _wipe(owners: list[Owner], root: int | None) -> None:
     """Blocking: kill the VMs' processes (descendants of ``root`` only), remove their disks."""
     kill(owners, root=root)
     for owner in owners:
+        # An overlay leaves its work directory unreadable (mode 0): not even its
+        # owner could remove it without root.
+        with contextlib.suppress(OSError):
+            os.chmod(owner.disk / ".sim" / "work" / "work", 0o700)
         shutil.rmtree(owner.disk, ignore_errors=True)
 
 

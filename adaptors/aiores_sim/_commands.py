@@ -410,6 +410,8 @@ def sim_status() -> None:
         return
     hello, vms = answer
     console.print(f"sim cloud running in {_cloud_dir()} (pid {hello['pid']}): {len(vms)} VMs")
+    if "isolation_detail" in hello:
+        console.print(f"isolation: {hello['isolation_detail']}")
     if vms:
         table = Table(header_style="bold")
         # Ids and access URLs are copied into other commands: never cut, never wrapped;

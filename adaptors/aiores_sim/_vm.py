@@ -36,6 +36,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ import asyncssh
 from aiores import ResourceState
 from aiores.adaptor import Image, Template, private
 
+from ._isolation import Holder, Isolation, PasswdEntry, enter, passwd
 from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
@@ -117,10 +119,16 @@ class Login:
     name: str
     uid: int
     home: str
+    #: A user of the VM's own ``/etc/passwd`` (isolation on): commands run as it.
+    account: PasswdEntry | None = None
 
     def home_on(self, disk: Path) -> Path:
         """Where its home is on the VM's disk."""
         return disk / self.home.lstrip("/")
+
+    def home_in(self, disk: Path) -> str:
+        """Its home as its commands see it: a VM account's own, else on the disk."""
+        return self.home if self.account is not None else str(self.home_on(disk))
 
 
 def logins(spec: VMSpec) -> dict[str, Login]:
@@ -275,6 +283,9 @@ class VM:
     gone: asyncio.Event = field(default_factory=asyncio.Event)
     #: The users it knows, by name.
     users: dict[str, Login] = field(init=False)
+    #: The isolation of the cloud, and the VM's holder while it runs with namespaces.
+    isolation: Isolation = field(default_factory=lambda: Isolation("none", reason="default"))
+    holder: Holder | None = None
 
     def __post_init__(self) -> None:
         self.users = logins(self.spec)
@@ -354,6 +365,11 @@ class VM:
             async def begin_auth(self, username: str) -> bool:
                 if vm.spec.faults.ssh_delay:
                     await asyncio.sleep(vm.spec.faults.ssh_delay)
+                if username not in vm.users and vm.holder is not None:
+                    # A user the VM's own /etc/passwd has (one a bootstrap added).
+                    entry = await asyncio.to_thread(passwd, vm.holder, username)
+                    if entry is not None:
+                        vm.users[username] = Login(username, entry.uid, entry.home, entry)
                 if username not in vm.users and self._conn is not None:
                     # As sshd does: no method can succeed, and nothing says why.
                     self._conn.set_authorized_keys(None)
@@ -401,11 +417,13 @@ class VM:
         self.connections.clear()
 
     def kill_processes(self) -> None:
-        """SIGKILL the process group of every command the VM runs now."""
+        """SIGKILL the process group of every command the VM runs now, and its holder."""
         for proc in list(self.processes):
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
+        if self.holder is not None:
+            self.holder.kill()
 
     def _login(self, chan: asyncssh.SSHServerChannel[bytes]) -> Login:
         """The user a channel's connection logged in as (refused logins never get one)."""
@@ -416,7 +434,7 @@ class VM:
         login = login or self.users[self.spec.user]
         cloud = self.disk.parent.parent
         env = {
-            "HOME": str(login.home_on(self.disk)),
+            "HOME": login.home_in(self.disk),
             "HOSTNAME": self.id,
             "USER": login.name,
             "LOGNAME": login.name,
@@ -447,9 +465,9 @@ class VM:
         self.table.spawning += 1
         try:
             env = self.environment(process.env, login)
-            proc = await self._spawn(argv, env, login.home_on(self.disk))
+            proc = await self._spawn(argv, env, login)
             self.table.managed.add(proc.pid)
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             process.stderr.write(f"sim: cannot start the command: {exc}\n".encode())
             process.exit(127)
             return
@@ -489,12 +507,21 @@ class VM:
             process.exit(status)
 
     async def _spawn(
-        self, argv: list[str], env: dict[str, str], cwd: Path
+        self, argv: list[str], env: dict[str, str], login: Login
     ) -> asyncio.subprocess.Process:
-        """Start ``argv`` in ``cwd`` (a home on the VM's disk), in a session of its own."""
+        """Start ``argv`` for ``login`` in its home, in a session of its own.
+
+        With a holder, the child joins the VM's namespaces (and becomes the login's
+        account) before it execs: the process started is the command's shell itself.
+        """
+        home = login.home_in(self.disk)
+        if self.holder is not None:
+            where: dict[str, Any] = {"preexec_fn": enter(self.holder, home, login.account)}
+        else:
+            where = {"cwd": home}
         return await asyncio.create_subprocess_exec(
             *argv,
-            cwd=cwd,
+            **where,
             env=env,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

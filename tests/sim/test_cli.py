@@ -129,6 +129,7 @@ def test_sim_start_status_stop(own_cloud: Path) -> None:
     status = runner.invoke(main, ["sim", "status"])
     assert f"sim cloud running in {own_cloud}" in status.output
     assert "0 VMs" in status.output
+    assert "isolation: " in status.output  # which is in effect, whichever it is
     stopped = runner.invoke(main, ["sim", "stop"])
     assert stopped.exit_code == 0, stopped.output
     assert "stopped" in stopped.output

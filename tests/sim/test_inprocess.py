@@ -281,9 +281,9 @@ async def test_a_command_started_while_its_vm_ends_is_killed(
     spawn = _vm.VM._spawn
 
     async def spawn_during_destroy(
-        self: Any, argv: list[str], env: dict[str, str], cwd: Path
+        self: Any, argv: list[str], env: dict[str, str], login: _vm.Login
     ) -> Any:
-        proc = await spawn(self, argv, env, cwd)
+        proc = await spawn(self, argv, env, login)
         await until_sleeping("5151", 1)  # out of the VM's disk, without its marker
         cloud._end(self, ResourceState.CANCELED, "terminated")  # a destroy meanwhile
         await self.gone.wait()  # ... whose teardown did not see this command yet

@@ -90,8 +90,9 @@ async def test_known_users_log_in_to_homes_of_their_own(state_dir: Path, tmp_pat
 async def test_unknown_users_are_refused_like_sshd_does(state_dir: Path) -> None:
     async with booted(1, state_dir=state_dir) as (session, [vm]):
         assert vm.access is not None
-        # No users= option: the VM knows root and its owner only.
-        for user in ("wf", "nobody"):
+        # No users= option: the VM knows root and its owner only (and, isolated, the
+        # accounts of its own /etc/passwd: no "ghost" there).
+        for user in ("wf", "ghost"):
             access = str(URL.parse(vm.access).replace(user=user))
             runner = await session.command_runner(access)  # connects on first use
             with pytest.raises(aiores.AuthenticationFailed, match="refused"):

@@ -1,0 +1,428 @@
+"""Simulated VMs that are machines of their own: Linux namespaces and an overlay root.
+
+With isolation on, each VM has a *holder*: a process started by
+``unshare --mount --uts --pid --fork --kill-child`` (util-linux) that makes the VM's
+machine and then waits as its PID 1:
+
+- a root of its own: an overlay whose lower layer is the host's ``/`` (read-only)
+  and whose upper layer is ``<disk>/.sim/upper``; whatever a command writes under
+  ``/etc``, ``/opt``, ``/usr`` ... lands there, never on the host;
+- ``/home`` is the disk's ``home`` directory, and the disk itself is at its host
+  path, so SFTP and commands see the same files (root's home, ``/root``, is part
+  of the overlay: the host's, with the VM's changes in the upper layer);
+- ``/proc`` of its own PID namespace, ``/tmp`` and ``/run`` private (tmpfs), ``/dev``
+  and ``/sys`` the host's;
+- its hostname is its id (a UTS namespace of its own).
+
+A command for the VM enters its namespaces in the process the cloud spawns, in a
+pre-exec hook (``setns(2)`` on the holder's ``/proc/<pid>/ns/*``; see :func:`enter`),
+with no ``nsenter`` in between. ``setns`` moves only a process's later children into
+a PID namespace, so the hook forks once: the command (the login's shell) execs in
+the VM's PID namespace, in the session and process group the spawned process leads;
+the spawned process waits for it and ends as it did. The cloud knows the pid only
+once the command has exec'd, and sends SSH signals to that group: they reach the
+command however early they come (never a half-started ``nsenter`` or shell).
+
+Users: a login names a user the cloud gave the VM (the acquiring user, ``root``,
+the ``users`` option; commands run as the cloud's own user, as without isolation),
+or else one of the VM's own ``/etc/passwd``: after ``useradd wf`` in the VM,
+``user="wf"`` logs in and its commands run as wf's uid and gid, in its home.
+
+Teardown: the holder carries ``AIORES_SIM_HOLDER=<id>`` (not the VM's mark: it is
+no process the VM's user started) and works in the VM's disk. A VM's end kills it;
+the kernel then kills every process of the VM's PID namespace, and the mount
+namespace (with the overlay) goes with the last of them; the disk, upper layer
+included, is removed.
+
+Without root, the holder would also make a user namespace mapping the cloud's user
+to root (``unshare --user --map-root-user``) and commands join it first. That needs
+an overlay of ``/`` made in a user namespace, which Linux refuses where ``/`` has
+mounts below it (``failed to clone lowerpath``: the usual case); the probe
+(:func:`choose`) tries exactly that, and ``auto`` falls back to ``none`` then,
+saying why.
+
+The cost per VM: three processes (``unshare``, its PID 1 shell, a ``sleep``) and a
+mount namespace, no descriptor in the cloud; a running command has one more process
+(the spawned one, waiting). Entering the VM in a pre-exec hook makes CPython fork the
+cloud for each command instead of vfork-ing it: slower the larger the cloud is
+(``benchmarks/sim_isolation.py``).
+
+Modes: ``namespaces`` (required: a VM fails to boot without it), ``none`` (commands
+run on the host as the cloud's user), ``auto`` (namespaces where the host allows
+them, else none). The cloud's option, else ``$AIORES_SIM_ISOLATION``, else ``none``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from aiores import BadParameter, NoSuccess
+
+__all__ = [
+    "ENV",
+    "HOLDER_MARKER",
+    "MODES",
+    "Holder",
+    "Isolation",
+    "PasswdEntry",
+    "choose",
+    "enter",
+    "passwd",
+    "start_holder",
+]
+
+#: The environment variable choosing the isolation of a cloud's VMs.
+ENV = "AIORES_SIM_ISOLATION"
+MODES = ("auto", "namespaces", "none")
+#: The environment variable naming the VM a holder makes.
+HOLDER_MARKER = "AIORES_SIM_HOLDER"
+#: Seconds a holder may take to make a VM's machine.
+START_TIMEOUT = 30.0
+_NAMESPACES = ("mnt", "uts", "pid")
+
+# The holder: $1 the VM's id, $2 its disk, $3 more overlay options. Runs as root in
+# fresh mount, UTS and PID namespaces (unshare makes mounts private; in a user
+# namespace, the overlay keeps its own attributes in user.* xattrs: "userxattr");
+# prints "ready" once the machine is made.
+_HOLDER = r"""
+set -eu
+id=$1 disk=$2 options=$3
+meta=$disk/.sim
+root=$meta/root
+hostname "$id"
+mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work$options" "$root"
+mount --rbind /dev "$root/dev"
+mount --rbind /sys "$root/sys"
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+mount -t tmpfs -o mode=755 tmpfs "$root/run"
+mount --bind "$disk/home" "$root/home"
+mkdir -p "$root$disk"
+mount --bind "$disk" "$root$disk"
+cd "$root"
+pivot_root . .
+umount -l .
+cd /
+echo ready
+exec >/dev/null 2>&1 </dev/null
+while :; do sleep 86400 & wait; done
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Isolation:
+    """The isolation in effect: its mode, whether a user namespace is used, and why."""
+
+    mode: str
+    user_namespace: bool = False
+    reason: str = ""
+
+    @property
+    def on(self) -> bool:
+        return self.mode == "namespaces"
+
+    def describe(self) -> str:
+        """One line for the cloud's log, hello and ``aiores sim status``."""
+        if self.on:
+            how = "user, " if self.user_namespace else ""
+            return (
+                f"namespaces ({how}mount, UTS, PID; overlay root): each VM is a machine of its own"
+            )
+        return f"none: VM commands run on the host as the cloud's user ({self.reason})"
+
+
+def requested(value: object) -> str:
+    """The mode asked for (``value``, else ``$AIORES_SIM_ISOLATION``, else none), checked."""
+    if value is None:
+        value = os.environ.get(ENV) or "none"
+    if not isinstance(value, str) or value not in MODES:
+        raise BadParameter(f"isolation must be one of {', '.join(MODES)}, not {value!r}")
+    return value
+
+
+def choose(value: object = None) -> Isolation:
+    """Blocking: the isolation for ``value`` (see :func:`requested`) on this host.
+
+    Raises:
+        BadParameter: an unknown mode.
+        NoSuccess: ``namespaces`` asked for where the host cannot make them.
+    """
+    mode = requested(value)
+    if mode == "none":
+        return Isolation("none", reason="isolation=none")
+    problem = _unavailable()
+    user_ns = os.geteuid() != 0
+    if problem is not None:
+        if mode == "namespaces":
+            raise NoSuccess(f"isolation=namespaces: this host cannot make them: {problem}")
+        return Isolation("none", reason=f"isolation=auto, but {problem}")
+    return Isolation("namespaces", user_namespace=user_ns)
+
+
+def _unavailable() -> str | None:
+    """Blocking: why this host cannot isolate VMs (None: it can)."""
+    if not os.path.exists("/proc/self/ns/mnt"):
+        return "this is no Linux with namespaces"
+    for tool in ("unshare", "mount", "pivot_root", "hostname"):
+        if shutil.which(tool) is None:
+            return f"there is no {tool} command"
+    if _libc() is None:
+        return "setns(2) cannot be called"
+    # Can this process make the namespaces and an overlay of / ($0: a scratch dir)?
+    options = ",userxattr" if os.geteuid() != 0 else ""
+    script = (
+        "mkdir -p $0/u $0/w $0/r && "
+        f"mount -t overlay overlay -o lowerdir=/,upperdir=$0/u,workdir=$0/w{options} $0/r"
+    )
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f".aiores-sim-probe-{os.getpid()}"
+    try:
+        done = subprocess.run(
+            [*_unshare_argv(os.geteuid() != 0), "sh", "-c", script, str(scratch)],
+            capture_output=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unshare failed: {exc}"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if done.returncode != 0:
+        why = done.stderr.decode(errors="replace").strip().splitlines()
+        return f"unshare failed: {why[-1] if why else done.returncode}"
+    return None
+
+
+def _unshare_argv(user_ns: bool) -> list[str]:
+    argv = ["unshare"]
+    if user_ns:
+        argv += ["--user", "--map-root-user"]
+    return [*argv, "--mount", "--uts", "--pid", "--fork", "--kill-child"]
+
+
+_LIBC: ctypes.CDLL | None = None
+
+
+def _libc() -> ctypes.CDLL | None:
+    global _LIBC
+    if _LIBC is None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            _ = libc.setns
+        except (OSError, AttributeError):
+            return None
+        _LIBC = libc
+    return _LIBC
+
+
+@dataclass(slots=True)
+class Holder:
+    """A VM's holder: the ``unshare`` process and, in the host's PID namespace, the
+    pid of the VM's PID 1 (whose ``/proc/<pid>/ns`` commands enter)."""
+
+    process: asyncio.subprocess.Process
+    init: int
+    user_namespace: bool
+    killed: bool = False
+
+    @property
+    def root(self) -> Path:
+        """The VM's ``/`` as the host reaches it."""
+        return Path(f"/proc/{self.init}/root")
+
+    def kill(self) -> None:
+        """SIGKILL the holder: the VM's PID namespace and every process in it end.
+
+        Once only: afterwards the PID 1's pid may belong to another process.
+        """
+        if self.killed:
+            return
+        self.killed = True
+        for pid in (self.init, self.process.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, 9)
+
+
+async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
+    """Make VM ``vm_id``'s machine (see the module's docs); returns its holder.
+
+    The holder carries no ``AIORES_SIM_VM`` mark (it is no process the VM's user
+    started); it works in the VM's disk, so a cloud that crashed leaves it findable.
+
+    Raises:
+        NoSuccess: the machine could not be made (the holder is ended then).
+    """
+    argv = [*_unshare_argv(isolation.user_namespace), "sh", "-c", _HOLDER, "sim-holder"]
+    loop = asyncio.get_running_loop()
+    # As create_subprocess_exec, keeping the transport: once the holder is ready, its
+    # pipes are closed here (a VM keeps no descriptor of the cloud's busy).
+    transport, protocol = await loop.subprocess_exec(
+        lambda: asyncio.subprocess.SubprocessStreamProtocol(limit=2**16, loop=loop),
+        *argv,
+        vm_id,
+        str(disk),
+        ",userxattr" if isolation.user_namespace else "",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id},
+        cwd=disk,
+        start_new_session=True,
+    )
+    process = asyncio.subprocess.Process(transport, protocol, loop)
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        async with asyncio.timeout(START_TIMEOUT):
+            line = await process.stdout.readline()
+            if line != b"ready\n":
+                err = await process.stderr.read()
+                await process.wait()
+                why = err.decode(errors="replace").strip().splitlines()
+                raise NoSuccess(
+                    f"cannot make VM {vm_id}'s machine: {why[-1] if why else 'holder ended'}"
+                )
+        init = await asyncio.to_thread(_child_of, process.pid)
+        for fd in (1, 2):
+            pipe = transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
+        return Holder(process, init, isolation.user_namespace)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await asyncio.shield(process.wait())
+        raise
+
+
+def _child_of(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as handle:
+        children = handle.read().split()
+    if len(children) != 1:
+        raise NoSuccess(f"the VM's holder {pid} has {len(children)} children, not 1")
+    return int(children[0])
+
+
+@dataclass(frozen=True, slots=True)
+class PasswdEntry:
+    """A user of a VM's own ``/etc/passwd``."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def passwd(holder: Holder, name: str) -> PasswdEntry | None:
+    """Blocking: user ``name`` of the VM's own ``/etc/passwd`` (None: it has no such user)."""
+    try:
+        text = (holder.root / "etc" / "passwd").read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 6 and fields[0] == name:
+            try:
+                return PasswdEntry(name, int(fields[2]), int(fields[3]), fields[5] or "/")
+            except ValueError:
+                return None
+    return None
+
+
+#: Signals whose handlers the pre-exec hook resets (the cloud's Python handlers would
+#: otherwise swallow them in the child before it execs).
+_RESET = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGCHLD")
+
+
+def enter(holder: Holder, cwd: str, as_user: PasswdEntry | None = None) -> Callable[[], None]:
+    """A pre-exec hook: join ``holder``'s namespaces, become ``as_user``, go to ``cwd``.
+
+    Runs in the child between fork and exec. A process cannot move itself into a
+    PID namespace (``setns`` places its later children there), so the hook forks:
+    the grandchild returns and execs the command, inside the VM's PID namespace,
+    in the session and process group the child leads; the child closes every file
+    descriptor, waits for it and ends as it did (the same exit status, or killed by
+    the same signal). The cloud learns the pid only once the command has exec'd
+    (the exec report pipe closes then), so a signal it sends the group reaches the
+    command itself, never a half-started copy. The namespace files are opened before
+    any is joined: inside the VM's mount namespace the host's ``/proc/<pid>`` is not
+    visible.
+    """
+    libc = _libc()
+    if libc is None:
+        raise NoSuccess("setns(2) cannot be called")
+    setns = libc.setns
+    reset = [getattr(signal, name) for name in _RESET]
+    names = (("user",) if holder.user_namespace else ()) + _NAMESPACES
+    paths = [f"/proc/{holder.init}/ns/{name}" for name in names]
+
+    def hook() -> None:
+        for sig in reset:
+            libc.signal(sig, 0)  # SIG_DFL, below Python's handlers
+        fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in paths]
+        try:
+            for fd in fds:
+                if setns(fd, 0) != 0:
+                    code = ctypes.get_errno()
+                    raise OSError(code, f"setns: {os.strerror(code)}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if as_user is not None:
+            os.setgroups([as_user.gid])
+            os.setgid(as_user.gid)
+            os.setuid(as_user.uid)
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+                raise
+            os.chdir("/")
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of fork() in a process with threads: this child has one.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            command = os.fork()
+        if command:
+            _mirror(command)
+
+    return hook
+
+
+def _mirror(pid: int) -> NoReturn:
+    """In the hook's child: wait for the command ``pid`` and end as it did."""
+    try:
+        os.closerange(0, _max_fd())
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            os.kill(os.getpid(), sig)
+            os._exit(128 + sig)
+        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 255)
+    finally:
+        os._exit(255)
+
+
+def _max_fd() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft > 0 else 1024

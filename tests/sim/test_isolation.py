@@ -1,0 +1,246 @@
+"""sim:// VMs as machines of their own: namespaces, an overlay root, their own users.
+
+Each test runs a cloud of its own (``own_cloud``) started by the code under test
+with ``AIORES_SIM_ISOLATION`` set, as a user would: a real cloud process, real
+namespaces and overlay mounts (the suite runs as root in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import psutil
+import pytest
+from click.testing import CliRunner
+
+import aiores
+from aiores import ComputeDescription, Group, ResourceState
+from aiores._cli import main
+from aiores_sim import CloudClient
+from aiores_sim._isolation import choose
+
+from .conftest import STEP
+
+URL = "sim://?boot_delay=0.05"
+#: The host's files a VM's bootstrap writes to (inside the VM).
+HOST_FILES = ("/etc/passwd", "/etc/group", "/etc/shadow")
+
+
+def _namespaces_here() -> bool:
+    try:
+        return choose("auto").on
+    except aiores.AioresError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(
+    not _namespaces_here(), reason="this host cannot make namespaces (the fallback is tested)"
+)
+
+
+@pytest.fixture
+def isolated(own_cloud: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AIORES_SIM_ISOLATION", "namespaces")
+    return own_cloud
+
+
+def _exists(path: str | Path) -> bool:
+    return os.path.exists(path)
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _host_processes(mark: str) -> list[int]:
+    """Host pids of live processes whose command line has ``mark``."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if any(mark in arg for arg in proc.info["cmdline"] or ()):
+            found.append(proc.pid)
+    return found
+
+
+async def _up(mgr: aiores.Manager, count: int = 1) -> list[aiores.Compute]:
+    vms = await mgr.acquire_many(ComputeDescription(), count)
+    async with asyncio.timeout(STEP):
+        await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    return [vm for vm in vms if isinstance(vm, aiores.Compute)]
+
+
+@pytest.mark.asyncio
+async def test_a_bootstrap_changes_the_vm_not_the_host(isolated: Path) -> None:
+    before = {path: _digest(path) for path in HOST_FILES}
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        group = Group([vm])
+        # Before the bootstrap, the VM has no user wf: refused as sshd refuses.
+        with pytest.raises(aiores.FanOutError) as caught:
+            await group.run("true", user="wf", check=True)
+        [error] = caught.value.exceptions
+        assert isinstance(error, aiores.AuthenticationFailed)
+        bootstrap = (
+            "useradd -m -s /bin/sh wf"
+            " && echo from-the-vm > /etc/aiores-sim-probe"
+            " && mkdir -p /opt/aiores-sim-probe && echo x > /opt/aiores-sim-probe/file"
+            " && rm -rf /opt/aiores-sim-probe"
+            " && mkdir /opt/kept && echo kept > /opt/kept/file"
+        )
+        result = await vm.run(bootstrap)
+        assert result.exit_status == 0, result.stderr
+        # The host is untouched ...
+        assert {path: _digest(path) for path in HOST_FILES} == before
+        assert not _exists("/etc/aiores-sim-probe")
+        assert not _exists("/opt/kept")
+        # ... the VM has it all, and its upper layer holds the changes.
+        seen = await vm.run("cat /etc/aiores-sim-probe /opt/kept/file; grep -c ^wf: /etc/passwd")
+        assert seen.stdout.split() == ["from-the-vm", "kept", "1"]
+        upper = Path(vm.extra["disk"]) / ".sim" / "upper"
+        assert (upper / "etc" / "aiores-sim-probe").read_text() == "from-the-vm\n"
+        # Now wf logs in, and its commands run as wf (the VM's own uid for it).
+        [as_wf] = await group.run(
+            "/usr/bin/id -un; /usr/bin/id -u; echo $HOME; pwd; touch mine; stat -c %U mine",
+            user="wf",
+            check=True,
+        )
+        name, uid, home, cwd, owner = as_wf.stdout.split()
+        wf_uid = (await vm.run("grep ^wf: /etc/passwd | cut -d: -f3")).stdout.strip()
+        assert (name, uid, home, cwd, owner) == ("wf", wf_uid, "/home/wf", "/home/wf", "wf")
+        assert int(uid) != os.geteuid()
+        # Its home is on the VM's disk, where file transfers reach it.
+        assert (Path(vm.extra["disk"]) / "home" / "wf" / "mine").exists()
+        await vm.destroy()
+    assert {path: _digest(path) for path in HOST_FILES} == before
+
+
+@pytest.mark.asyncio
+async def test_two_vms_see_their_own_names_processes_and_files(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        first, second = await _up(session.manager(URL), 2)
+        names = []
+        for vm in (first, second):
+            # The kernel's own hostname (no stand-in tool): the VM's id.
+            out = (await vm.run("cat /proc/sys/kernel/hostname")).stdout.strip()
+            assert out == vm.native_id
+            names.append(out)
+        assert names[0] != names[1] != socket.gethostname()
+        started = await first.run(
+            "nohup sleep 300.6161 >/dev/null 2>&1 & echo only-first > /tmp/note;"
+            " echo only-first > /opt/note; exit 0"
+        )
+        assert started.exit_status == 0
+        async with asyncio.timeout(STEP):
+            while not _host_processes("300.6161"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        # The first sees its process and files; the second sees neither.
+        mine = await first.run("ps -eo args; cat /tmp/note /opt/note")
+        assert "sleep 300.6161" in mine.stdout
+        assert mine.stdout.count("only-first") == 2
+        theirs = await second.run("ps -eo args; ls /tmp/note /opt/note 2>&1; true")
+        assert "300.6161" not in theirs.stdout
+        assert theirs.stdout.count("No such file") == 2
+        # A VM's own processes only: none of the host's (the cloud is not there).
+        pids = (await second.run("ls /proc | grep -c '^[0-9]'")).stdout.strip()
+        assert int(pids) < 10
+        await session.manager(URL).destroy([first, second])
+
+
+@pytest.mark.asyncio
+async def test_destroy_ends_every_process_and_removes_the_upper_layer(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        disk = Path(vm.extra["disk"])
+        # Jobs that hide: their own session, no marker, out of the disk, parent gone.
+        hide = (
+            "(cd / && setsid env -i sleep 300.7171 >/dev/null 2>&1 </dev/null &);"
+            " nohup env -i sleep 300.7272 >/dev/null 2>&1 & echo x > /etc/x; exit 0"
+        )
+        assert (await vm.run(hide)).exit_status == 0
+        async with asyncio.timeout(STEP):
+            while len(_host_processes("300.7")) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert (disk / ".sim" / "upper" / "etc" / "x").exists()
+        await vm.destroy()
+        assert vm.state is ResourceState.CANCELED
+        assert _host_processes("300.7") == []
+        assert not _exists(disk)
+
+
+@pytest.mark.asyncio
+async def test_preemption_and_injected_death_end_an_isolated_vm(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=0.05&preempt_after=0.5&preempt_notice=0.3")
+        [vm] = await _up(mgr)
+        assert (await vm.run("nohup sleep 300.8181 >/dev/null 2>&1 & exit 0")).exit_status == 0
+        async with asyncio.timeout(STEP):
+            assert await vm.wait(ResourceState.EXPIRED) is ResourceState.EXPIRED
+            while _host_processes("300.8181"):  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert vm.state_detail == "preempted"
+        dying = session.manager("sim://?boot_delay=0.05&die_after=0.5")
+        [doomed] = await _up(dying)
+        async with asyncio.timeout(STEP):
+            assert await doomed.wait(ResourceState.FAILED) is ResourceState.FAILED
+
+
+@pytest.mark.asyncio
+async def test_the_cloud_says_which_isolation_it_has(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        await _up(session.manager(URL))  # starts the cloud
+        client = CloudClient(isolated)
+        try:
+            hello = await client.call("hello", start=False)
+        finally:
+            await client.close()
+        assert hello["isolation"] == "namespaces"
+        assert "overlay root" in hello["isolation_detail"]
+
+
+@pytest.mark.asyncio
+async def test_forced_off_vms_run_on_the_host(
+    own_cloud: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIORES_SIM_ISOLATION", "none")
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        kernel_name = (await vm.run("cat /proc/sys/kernel/hostname")).stdout.strip()
+        assert kernel_name == socket.gethostname()
+        host_pid = (await vm.run("echo $$")).stdout.strip()
+        assert int(host_pid) > 1
+        client = CloudClient(own_cloud)
+        try:
+            hello = await client.call("hello", start=False)
+        finally:
+            await client.close()
+        assert hello["isolation"] == "none"
+        assert "on the host" in hello["isolation_detail"]
+        # No VM account to switch to: the user names a VM knows are its own.
+        with pytest.raises(aiores.FanOutError):
+            await Group([vm]).run("true", user="daemon", check=True)
+        await vm.destroy()
+
+
+def test_isolation_modes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(aiores.BadParameter, match="isolation must be one of"):
+        choose("yes")
+    monkeypatch.setenv("AIORES_SIM_ISOLATION", "on")
+    with pytest.raises(aiores.BadParameter, match="isolation must be one of"):
+        choose(None)
+    monkeypatch.setenv("AIORES_SIM_ISOLATION", "none")
+    assert not choose(None).on
+    assert choose("auto").on  # this host can (the module is skipped where not)
+
+
+def test_sim_status_shows_the_isolation(isolated: Path) -> None:
+    runner = CliRunner()
+    started = runner.invoke(main, ["sim", "start"])
+    assert started.exit_code == 0, started.output
+    status = runner.invoke(main, ["sim", "status"])
+    assert "isolation: namespaces (mount, UTS, PID; overlay root)" in status.output
+    assert runner.invoke(main, ["sim", "stop"]).exit_code == 0
