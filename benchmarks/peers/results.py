@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -89,6 +90,11 @@ class Results:
 
 
 def start(side: str) -> Results:
+    """A side's results, the load noted; the descriptor limit raised to the hard one
+    for this process and the workers it starts (1000 jobs hold ~3000 pipes)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results = Results(side, command=" ".join(sys.argv))
     results.note_load()
     return results
