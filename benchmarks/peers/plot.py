@@ -121,6 +121,7 @@ def sim_lag(path: Path, out: Path) -> None:
             ax.plot(phase["t"], ms, ".", markersize=2, label=phase["phase"])
     ax.axhline(20, color="black", linewidth=0.8, linestyle="--", label="goal p99 20 ms")
     ax.set_yscale("symlog", linthresh=10)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("lateness of a 10 ms tick, ms")
     ax.set_title(f"event-loop lag during the sim scale run ({data['vms']} VMs)")
