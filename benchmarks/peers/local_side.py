@@ -16,7 +16,6 @@ average before, between sizes and after; writes all to ``--json`` for ``plot.py`
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.peers import results  # noqa: E402
-from benchmarks.peers.venvs import DEFAULT_DIR, peer_python  # noqa: E402
+from benchmarks.peers.venvs import peer_python  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("raw", "aiores", "psij", "saga")
@@ -63,14 +62,10 @@ def run_one(method: str, n: int, venvs: Path, work: Path) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = results.parser(
+        __doc__.splitlines()[0], [100, 1000], METHODS, ROOT / "benchmarks/plots/local_side.json"
+    )
     parser.add_argument("--saga-max", type=int, default=100)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--venvs", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/plots/local_side.json")
-    parser.add_argument("--quick", action="store_true", help="smoke run: N=10, one round")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.rounds, args.saga_max = [10], 1, 10

@@ -8,6 +8,7 @@ command, for ``plot.py`` and the README.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -17,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.peers.venvs import DEFAULT_DIR
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,20 @@ class Results:
     def note_load(self) -> list[float]:
         self.load.append(list(os.getloadavg()))
         return self.load[-1]
+
+
+def parser(
+    description: str, sizes: list[int], methods: Sequence[str], json_file: Path
+) -> argparse.ArgumentParser:
+    """The drivers' common options: sizes, rounds, methods, venvs, JSON file, --quick."""
+    made = argparse.ArgumentParser(description=description)
+    made.add_argument("--sizes", type=int, nargs="+", default=sizes)
+    made.add_argument("--rounds", type=int, default=3)
+    made.add_argument("--methods", nargs="+", choices=methods, default=list(methods))
+    made.add_argument("--venvs", type=Path, default=DEFAULT_DIR)
+    made.add_argument("--json", type=Path, default=json_file)
+    made.add_argument("--quick", action="store_true", help="smoke run: N=10, one round")
+    return made
 
 
 def start(side: str) -> Results:

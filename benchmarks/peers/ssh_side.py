@@ -2,7 +2,7 @@
 
 Starts a sim cloud process of its own (temporary directory) and provisions
 max(``--sizes``) sim VMs with one ``fleet.provision`` (``ready=None``: no SSH probe),
-as ``benchmarks/fanout.py`` does: each VM is an SSH server on its own 127.0.0.1 port,
+with ``benchmarks/fanout.py``'s ``provision``: each VM is an SSH server on its own 127.0.0.1 port,
 with the host key the cloud published and the aiores-managed ed25519 key as its login
 key. For each N, each method runs in a fresh process of its own (raw asyncssh and
 aiores's ``ssh://`` pool under aiores's virtualenv: ``ssh_own.py``; parallel-ssh:
@@ -22,7 +22,6 @@ and after; writes all to ``--json`` for ``plot.py``::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -35,32 +34,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import aiores  # noqa: E402
-from aiores import ComputeDescription, SSHContext  # noqa: E402
 from aiores_sim import managed_key, start_cloud, stop_cloud  # noqa: E402
+from benchmarks.fanout import provision  # noqa: E402
 from benchmarks.peers import results  # noqa: E402
-from benchmarks.peers.venvs import DEFAULT_DIR, peer_python  # noqa: E402
+from benchmarks.peers.venvs import peer_python  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("raw", "aiores", "pssh", "fabric")
-URL = "sim://?boot_delay=0.2-1"
-TAG = "peers-bench"
 SETTLE = 1.0
-
-
-async def provision(key: Path, count: int) -> list[tuple[int, str, str]]:
-    """Boot ``count`` VMs (left running); ``(port, host key, user)`` of each."""
-    ctx = SSHContext(key_files=[str(key)], known_hosts=[], config=[])
-    async with aiores.Session(journal=None, contexts=[ctx]) as session:
-        fleet = session.fleet()  # used plainly: the VMs outlive it
-        fleet.provision(URL, ComputeDescription(template="tiny", ready=None), count, tags=TAG)
-        group = await fleet.wait(timeout=1200)
-        targets = []
-        for vm in group:
-            assert vm.access is not None
-            user = vm.access.removeprefix("ssh://").split("@", 1)[0]
-            targets.append((int(vm.extra["port"]), vm.host_keys[0], user))
-        return sorted(targets)
 
 
 def command(method: str, venvs: Path, targets: Path) -> list[str]:
@@ -95,13 +76,9 @@ async def run_one(method: str, n: int, venvs: Path, targets: Path, home: Path) -
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--venvs", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/plots/ssh_side.json")
-    parser.add_argument("--quick", action="store_true", help="smoke run: N=10, one round")
+    parser = results.parser(
+        __doc__.splitlines()[0], [100, 500], METHODS, ROOT / "benchmarks/plots/ssh_side.json"
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.rounds = [10], 1
@@ -117,7 +94,7 @@ async def main() -> int:
     try:
         await start_cloud(work / "sim")
         key = await asyncio.to_thread(managed_key, work / "state")
-        vms = await provision(key, max(args.sizes))
+        vms = sorted(await provision(key, max(args.sizes)))
         print(f"{len(vms)} sim VMs up", flush=True)
         for n in args.sizes:
             targets = work / f"targets-{n}.json"
