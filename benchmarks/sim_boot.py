@@ -21,6 +21,7 @@ client's peak RSS::
 
     .venv/bin/python benchmarks/sim_boot.py [--vms 500] [--boot-delay 1] [--no-raw]
         [--profile FILE]   # cProfile of the client from acquire to all ACTIVE
+        [--lag-json FILE]  # every ticker sample: seconds since start, lateness, phase
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import json
 import os
 import resource
 import shutil
@@ -55,6 +57,7 @@ class Lag:
 
     def __init__(self) -> None:
         self.late: list[float] = []
+        self.at: list[float] = []  # the loop's time of each sample
         self._task: asyncio.Task[None] | None = None
 
     async def _tick(self) -> None:
@@ -62,10 +65,12 @@ class Lag:
         while True:
             due = loop.time() + 0.01
             await asyncio.sleep(0.01)
-            self.late.append(loop.time() - due)
+            self.at.append(loop.time())
+            self.late.append(self.at[-1] - due)
 
     def start(self) -> None:
         self.late.clear()
+        self.at.clear()
         self._task = asyncio.ensure_future(self._tick())
 
     async def stop(self) -> tuple[float, float]:
@@ -135,6 +140,7 @@ class Row:
     lag_max: float
     per_vm: int = 0
     errors: list[str] = field(default_factory=list)
+    ticks: list[tuple[float, float]] = field(default_factory=list)  # (loop time, lateness)
 
 
 async def timed(
@@ -157,7 +163,9 @@ async def timed(
             profile.disable()
         wall, used = time.perf_counter() - start, time.process_time() - cpu
         p99, worst = await lag.stop()
-        rows.append(Row(phase, wall, used, p99, worst, per_vm))
+        rows.append(
+            Row(phase, wall, used, p99, worst, per_vm, ticks=[*zip(lag.at, lag.late, strict=True)])
+        )
 
 
 def failures(rows: list[Row], outcomes: list[object]) -> None:
@@ -186,7 +194,23 @@ async def raw_true(vms: list[Compute], key: Path) -> None:
     await asyncio.gather(*(one(vm) for vm in vms))
 
 
-async def main(count: int, boot_delay: str, raw: bool, profile_file: str | None) -> int:
+def write_lag(path: str, rows: list[Row], start: float, count: int) -> None:
+    """The ticker's samples of every phase: seconds since ``start``, lateness in s."""
+    phases = [
+        {
+            "phase": row.phase,
+            "t": [t - start for t, _ in row.ticks],
+            "lag": [x for _, x in row.ticks],
+        }
+        for row in rows
+    ]
+    Path(path).write_text(json.dumps({"vms": count, "tick": 0.01, "phases": phases}) + "\n")
+
+
+async def main(
+    count: int, boot_delay: str, raw: bool, profile_file: str | None, lag_json: str | None = None
+) -> int:
+    started = asyncio.get_running_loop().time()
     rows: list[Row] = []
     load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="aiores-sim-bench-"))
@@ -293,6 +317,9 @@ async def main(count: int, boot_delay: str, raw: bool, profile_file: str | None)
         + " + ".join(f"{r:.0f}" for r in cloud_rss)
         + f" MiB; client peak RSS {peak_rss_mib():.0f} MiB"
     )
+    if lag_json is not None:
+        write_lag(lag_json, rows, started, count)
+        print(f"loop lag samples in {lag_json}")
     if profile is not None and profile_file is not None:
         profile.dump_stats(profile_file)
         print(f"client profile (acquire to all ACTIVE) in {profile_file}")
@@ -305,5 +332,8 @@ if __name__ == "__main__":
     parser.add_argument("--boot-delay", default="1")
     parser.add_argument("--no-raw", action="store_true", help="skip the raw asyncssh baseline")
     parser.add_argument("--profile", help="write a cProfile of the client (acquire to ACTIVE)")
+    parser.add_argument("--lag-json", help="write the loop-lag ticker's samples (JSON)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.vms, args.boot_delay, not args.no_raw, args.profile)))
+    sys.exit(
+        asyncio.run(main(args.vms, args.boot_delay, not args.no_raw, args.profile, args.lag_json))
+    )

@@ -2,32 +2,25 @@
 
 ``python benchmarks/peers/psij_venv.py DIR`` makes ``DIR`` (a venv) and installs the
 pinned psij-python into it with pip, unless it is there already; prints its python.
+The pin and the making are :mod:`venvs`' (all peers' venvs).
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import venv
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.peers.venvs import PEERS, make_venv
+
 #: The peer's version, as in the project's testing notes.
-PSIJ = "psij-python==0.9.11"
+PSIJ = PEERS["psij"][0]
 
 
 def psij_python(directory: Path) -> Path:
     """The python of a venv in ``directory`` that imports psij (made once)."""
-    python = directory / "bin" / "python"
-    if python.exists():
-        check = subprocess.run([python, "-c", "import psij"], capture_output=True, check=False)
-        if check.returncode == 0:
-            return python
-    venv.EnvBuilder(with_pip=True, clear=True).create(directory)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PSIJ],
-        check=True,
-    )
-    return python
+    return make_venv(directory, PSIJ, PEERS["psij"][1])
 
 
 if __name__ == "__main__":
