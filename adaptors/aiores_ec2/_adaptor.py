@@ -81,14 +81,15 @@ from aiores.adaptor import (
     concurrency,
 )
 
-from ._aws import Api, error_code, open_api, target
+from ._aws import Api, Target, error_code, open_api, target
+from ._events import EVENT_BUCKETS, SQS_BUCKETS, EventNotices, resource_name
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
 from ._lease import EXPIRES_TAG, expires_at, expiry_tag, rearm
 from ._networks import Networks, is_network_id
 from ._options import Options, parse_options
 from ._setup import new_host_key, user_data
-from ._spot import Interruptions
+from ._spot import Interruptions, Notices
 
 __all__ = ["BUCKETS", "EC2ResourceAdaptor", "ec2_cost", "native_state"]
 
@@ -171,8 +172,9 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         #: The injected (boot) host key of each instance seen, from its tag.
         self._boot_keys: dict[str, str] = {}
         self.networks = Networks(lambda: self.api, env, self.options, url)
-        #: Spot interruption notices (``interruptions=metadata``; see aiores_ec2._spot).
-        self.interruptions: Interruptions | None = None
+        #: Spot interruption notices (``interruptions=metadata``: aiores_ec2._spot;
+        #: ``events``: aiores_ec2._events, made in :meth:`open`, once the region is known).
+        self.interruptions: Notices | None = None
         if self.options.interruptions == "metadata":
             self.interruptions = Interruptions(
                 metadata=self.options.metadata,
@@ -220,6 +222,31 @@ class EC2ResourceAdaptor(ResourceAdaptor):
         self._api = api
         await self._first.load()
         await self._hostkeys.refresh()
+        if self.options.interruptions == "events" and self.interruptions is None:
+            self.interruptions = self._event_notices(t)
+
+    def _event_notices(self, t: Target) -> EventNotices:
+        def api(service: str, buckets: Mapping[str, Bucket]) -> Api:
+            family = next(iter(buckets))
+            return open_api(
+                self.env,
+                dataclasses.replace(t, service=service),
+                buckets=buckets,
+                cost=lambda action: {family: 1},
+                enabled=self.options.limits,
+            )
+
+        env = self.env
+        return EventNotices(
+            events=api("events", EVENT_BUCKETS),
+            sqs=api("sqs", SQS_BUCKETS),
+            name=resource_name(env.session_id, str(self.url)),
+            tags={"aiores:managed": "1", "aiores:session": env.session_id},
+            cleanups=env.cleanups,
+            clock=env.clock,
+            publish=self.publish,
+            spawn=lambda fn, name: env.spawn(fn, name=name),
+        )
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""
@@ -295,7 +322,10 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             self._reached.add(info.id)
         if info.state.final:
             self._reached.discard(info.id)
-        elif info.id in self._reached and info.state is ResourceState.ACTIVE:
+        elif info.state is ResourceState.ACTIVE and (
+            info.id in self._reached or not isinstance(self.interruptions, Interruptions)
+        ):
+            # The metadata service is read over SSH: once it answered. Events need none.
             self.interruptions.watch(info)
         return self.interruptions.update(info)
 

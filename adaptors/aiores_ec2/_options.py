@@ -32,8 +32,10 @@
 ``max_connections`` Connections to the endpoint at most (default 50).
 ``batch``           Instances per RunInstances call at most (default 1000).
 ``interruptions``   ``metadata`` (default: read spot interruption notices from each spot
-                    instance's metadata service over SSH) or ``off``; see
-                    :mod:`aiores_ec2._spot`.
+                    instance's metadata service over SSH; see :mod:`aiores_ec2._spot`),
+                    ``events`` (receive them through an EventBridge rule and an SQS
+                    queue aiores makes for the session; see :mod:`aiores_ec2._events`)
+                    or ``off``.
 ``metadata``        The metadata service's address as the instances reach it,
                     ``http://host[:port]`` (default ``http://169.254.169.254``).
 ``interruption_poll``  Seconds between two reads of a spot instance's notice (default 5).
@@ -186,8 +188,10 @@ def parse_options(url: URL) -> Options:
     if "batch" in params:
         kwargs["batch"] = int(_positive(url, "batch", params["batch"], int))
     interruptions = params.get("interruptions", "metadata")
-    if interruptions not in ("metadata", "off"):
-        raise _bad(url, f"interruptions must be 'metadata' or 'off', not {interruptions!r}")
+    if interruptions not in ("metadata", "events", "off"):
+        raise _bad(
+            url, f"interruptions must be 'metadata', 'events' or 'off', not {interruptions!r}"
+        )
     kwargs["interruptions"] = interruptions
     if "metadata" in params:
         metadata = params["metadata"]

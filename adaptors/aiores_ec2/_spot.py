@@ -50,6 +50,7 @@ __all__ = [
     "MAX_READS",
     "Interruptions",
     "Notice",
+    "Notices",
     "notice_script",
     "parse_notice",
 ]
@@ -134,75 +135,73 @@ def parse_notice(stdout: str) -> Notice | None:
     return Notice(action=action, time=when.timestamp(), text=text)
 
 
-class Interruptions:
-    """The spot instances of one endpoint and the notices read from them.
+class Notices:
+    """The spot instances of one endpoint and the notices given for them: one record.
+
+    What turns a notice into the delete-pending record, whatever brought it (the
+    metadata service read over SSH: :class:`Interruptions`; an EventBridge rule's
+    queue: :class:`aiores_ec2._events.EventNotices`). A subclass reads the notices in
+    its ``_loop``, one task for all the instances, and hands each to :meth:`_noticed`.
 
     Args:
-        metadata: The metadata service's address, as the instance reaches it.
-        interval: Seconds between two reads of one instance.
-        clock: The session's clock: the polls sleep on it, and the seconds left of a
+        clock: The session's clock: the loop sleeps on it, and the seconds left of a
             notice count down on it.
-        runner: The session's command runner for an access URL.
         publish: Reports a record (the adaptor's ``publish``).
-        spawn: Runs the poll task in the session's task group (``env.spawn``).
+        spawn: Runs the loop task in the session's task group (``env.spawn``).
         wall: The time of day (seconds since the epoch) a notice's time is read
             against.
-        reads: Reads under way at once at most.
     """
+
+    #: The name of the loop task.
+    task_name = "aiores-ec2 spot notices"
 
     def __init__(
         self,
         *,
-        metadata: str,
-        interval: float,
         clock: Clock,
-        runner: Callable[[str], Awaitable[CommandRunner]],
         publish: Callable[[ResourceInfo], None],
         spawn: Callable[[Callable[[], Awaitable[None]], str], object],
         wall: Callable[[], float] = time.time,
-        reads: int = MAX_READS,
     ) -> None:
-        self.script = notice_script(metadata)
-        self.interval = interval
         self._clock = clock
-        self._runner = runner
         self._publish = publish
         self._spawn = spawn
         self._wall = wall
-        self._reads = reads
-        #: Spot instances to read, by id: their last record.
+        #: Spot instances followed, by id: their last record.
         self._watched: dict[str, ResourceInfo] = {}
-        #: Notices read, by id: the notice and its deadline on the clock.
+        #: Notices given, by id: the notice and its deadline on the clock.
         self._notices: dict[str, tuple[Notice, float]] = {}
         self._running = False
-        self.polls = 0
 
     @property
     def watched(self) -> frozenset[str]:
-        """The ids of the instances read at each poll."""
+        """The ids of the instances followed."""
         return frozenset(self._watched)
 
     @property
     def running(self) -> bool:
-        """Whether the poll task runs."""
+        """Whether the loop task runs."""
         return self._running
 
+    def _followable(self, info: ResourceInfo) -> bool:
+        return not info.state.final
+
     def watch(self, info: ResourceInfo) -> None:
-        """Read ``info``'s instance from now on (a spot instance that is up), unless it
-        already gave a notice or has ended; starts the poll task if none runs."""
-        if info.id in self._notices or info.state.final or info.access is None:
+        """Follow ``info``'s instance from now on (a spot instance that is up), unless it
+        already gave a notice or has ended; starts the loop task if none runs."""
+        if info.id in self._notices or not self._followable(info):
             return
         self._watched[info.id] = info
         if not self._running:
             self._running = True
             try:
-                self._spawn(self._loop, "aiores-ec2 spot notices")
+                self._spawn(self._loop, self.task_name)
             except IncorrectState:  # the session is closing: nobody follows it any more
                 self._running = False
 
     def update(self, info: ResourceInfo) -> ResourceInfo:
         """``info`` as reported from now on: with its notice, if one came; an ended
-        instance is read no more."""
+        instance is followed no more."""
         if info.state.final:
             self._watched.pop(info.id, None)
         elif info.id in self._watched:
@@ -210,12 +209,12 @@ class Interruptions:
         return self.apply(info)
 
     def forget(self, ids: Iterable[str]) -> None:
-        """Read these instances no more (destroyed)."""
+        """Follow these instances no more (destroyed)."""
         for instance_id in ids:
             self._watched.pop(instance_id, None)
 
     def notice(self, instance_id: str) -> Notice | None:
-        """The notice read from an instance, if any."""
+        """The notice given for an instance, if any."""
         found = self._notices.get(instance_id)
         return found[0] if found else None
 
@@ -247,6 +246,53 @@ class Interruptions:
             left,
         )
         self._publish(self.apply(info))
+
+    async def _loop(self) -> None:
+        """Read notices until nothing is left to follow (or for good); the subclass's."""
+        raise NotImplementedError
+
+    def aclose(self) -> None:
+        """Follow nothing more (the session cancels the task)."""
+        self._watched.clear()
+
+
+class Interruptions(Notices):
+    """Notices read from each spot instance's metadata service over SSH.
+
+    Args:
+        metadata: The metadata service's address, as the instance reaches it.
+        interval: Seconds between two reads of one instance.
+        clock: The session's clock: the polls sleep on it, and the seconds left of a
+            notice count down on it.
+        runner: The session's command runner for an access URL.
+        publish: Reports a record (the adaptor's ``publish``).
+        spawn: Runs the poll task in the session's task group (``env.spawn``).
+        wall: The time of day (seconds since the epoch) a notice's time is read
+            against.
+        reads: Reads under way at once at most.
+    """
+
+    def __init__(
+        self,
+        *,
+        metadata: str,
+        interval: float,
+        clock: Clock,
+        runner: Callable[[str], Awaitable[CommandRunner]],
+        publish: Callable[[ResourceInfo], None],
+        spawn: Callable[[Callable[[], Awaitable[None]], str], object],
+        wall: Callable[[], float] = time.time,
+        reads: int = MAX_READS,
+    ) -> None:
+        super().__init__(clock=clock, publish=publish, spawn=spawn, wall=wall)
+        self.script = notice_script(metadata)
+        self.interval = interval
+        self._runner = runner
+        self._reads = reads
+        self.polls = 0
+
+    def _followable(self, info: ResourceInfo) -> bool:
+        return not info.state.final and info.access is not None
 
     async def _loop(self) -> None:
         try:
@@ -286,7 +332,3 @@ class Interruptions:
             elif isinstance(outcome, Exception):
                 log.warning("ec2: reading the spot notice of %s failed: %r", info.id, outcome)
         return {info.id: outcome for info, outcome in zip(infos, outcomes, strict=True)}
-
-    def aclose(self) -> None:
-        """Read nothing more (the session cancels the task)."""
-        self._watched.clear()

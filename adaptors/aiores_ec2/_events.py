@@ -1,0 +1,368 @@
+"""Spot interruption notices from EventBridge: one rule, one queue, one long poll per endpoint.
+
+EC2 also announces a spot interruption as an EventBridge event (source ``aws.ec2``,
+detail-type ``EC2 Spot Instance Interruption Warning``, detail ``{"instance-id":
+..., "instance-action": "terminate" | "stop" | "hibernate"}``), two minutes before it
+takes the instance. With ``interruptions=events`` an ``ec2://`` manager, when it
+first follows a spot instance, makes:
+
+- an SQS queue ``aiores-spot-<session>-<hash of the URL>``, tagged
+  ``aiores:managed=1`` and ``aiores:session``, whose policy lets
+  ``events.amazonaws.com`` send to it from that rule alone, keeping a message five
+  minutes at most (a notice older than that is past its deadline anyway);
+- an EventBridge rule of the same name and tags on the default bus, whose pattern is
+  that source and detail-type, with the queue as its one target.
+
+One task (owned by the session, ``env.spawn``, as the metadata poller) then long-polls
+the queue (``ReceiveMessage``, up to 10 messages, ``WaitTimeSeconds`` 20) for as long
+as the session lives. Each message naming an instance the manager follows becomes
+the very record a notice read from the metadata service makes (:class:`Notices`:
+delete-pending, ``max_wait_time`` counting down on the session's clock); a message
+for another instance (another program's, in the same account and region) is ignored;
+a message that is no such event (not JSON, fields missing) is logged and dropped.
+Every message received is deleted. The deadline is the event's ``time`` plus two
+minutes (EC2's warning time), as the time of day; ``extra["interruption_time"]``
+names that moment.
+
+When the session closes (or the task is cancelled) the target, the rule and the
+queue are removed, by name, in a shielded and bounded cleanup of the session: what
+a cancelled setup may have made is found by its name too. A program killed outright
+leaves them behind: the journal does not record them, so ``aiores gc`` does not
+remove them; they are found by their name prefix ``aiores-spot-`` (which names the
+session) and tags, and cost nothing while nobody reads the queue.
+
+Costs: one request per 20 s per endpoint while the session lives (and one per batch
+of messages), whatever the number of spot instances; nothing runs on the instances
+and no SSH connection is needed. The metadata path instead makes one SSH command per
+spot instance every ``interruption_poll`` seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from aiores import AioresError, NoSuccess
+from aiores.adaptor import Bucket, ResourceInfo
+
+from ._aws import error_code
+from ._spot import ACTIONS, Clock, Notice, Notices
+
+__all__ = [
+    "DETAIL_TYPE",
+    "EVENT_BUCKETS",
+    "PREFIX",
+    "SQS_BUCKETS",
+    "WARNING",
+    "EventNotices",
+    "event_pattern",
+    "parse_event",
+    "resource_name",
+]
+
+log = logging.getLogger("aiores.ec2")
+
+SOURCE = "aws.ec2"
+DETAIL_TYPE = "EC2 Spot Instance Interruption Warning"
+#: Seconds between a spot interruption warning and the interruption.
+WARNING = 120.0
+#: The name prefix of the rules and queues aiores makes.
+PREFIX = "aiores-spot-"
+#: The target's id on the rule.
+TARGET_ID = "aiores-queue"
+#: Seconds one ReceiveMessage waits for a message (SQS's most).
+LONG_POLL = 20
+#: Seconds an unread message is kept (SQS's least is 60).
+RETENTION = 300
+#: Seconds before a failed setup or receive is tried again (doubling up to ``MAX_BACKOFF``).
+BACKOFF = 1.0
+MAX_BACKOFF = 60.0
+#: EventBridge's control-plane calls (PutRule, PutTargets...) and SQS's calls.
+EVENT_BUCKETS: Mapping[str, Bucket] = {"events": Bucket(capacity=50, refill=10)}
+SQS_BUCKETS: Mapping[str, Bucket] = {"sqs": Bucket(capacity=1000, refill=500)}
+#: Error codes that mean "already gone" when removing.
+_GONE = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AWS.SimpleQueueService.NonExistentQueue",
+        "QueueDoesNotExist",
+        "NonExistentQueue",
+    }
+)
+
+
+class Calls(Protocol):
+    """What the notices need of an :class:`aiores_ec2.Api`."""
+
+    async def open(self) -> None: ...
+
+    async def call(self, action: str, **params: Any) -> dict[str, Any]: ...
+
+
+class Cleanup(Protocol):
+    """What the notices need of the session's cleanups (``env.cleanups``)."""
+
+    async def run(
+        self, fn: Callable[[], Awaitable[None]], *, what: str, timeout: float | None = None
+    ) -> None: ...
+
+
+def resource_name(session_id: str, url: str) -> str:
+    """The name of the rule and queue of one manager (``url``) of one session."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+    return f"{PREFIX}{session_id}-{digest}"
+
+
+def event_pattern() -> str:
+    """The rule's event pattern: spot interruption warnings of EC2."""
+    return json.dumps({"source": [SOURCE], "detail-type": [DETAIL_TYPE]})
+
+
+def _iso(epoch: float) -> str:
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_event(body: str) -> tuple[str, Notice]:
+    """The instance id and notice of a message the rule delivered.
+
+    The notice's time is the event's time plus :data:`WARNING`.
+
+    Raises:
+        NoSuccess: the body is no spot interruption warning (not JSON, another
+            source or detail-type, a field missing or of the wrong kind).
+    """
+    try:
+        event = json.loads(body)
+    except ValueError:
+        raise NoSuccess(f"not JSON: {body[:200]!r}") from None
+    if not isinstance(event, dict):
+        raise NoSuccess(f"not an event: {body[:200]!r}")
+    if event.get("source") != SOURCE or event.get("detail-type") != DETAIL_TYPE:
+        raise NoSuccess(
+            f"not a spot interruption warning: {event.get('source')!r} {event.get('detail-type')!r}"
+        )
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise NoSuccess("the event has no detail")
+    instance_id = detail.get("instance-id")
+    action = detail.get("instance-action")
+    text = event.get("time")
+    if not isinstance(instance_id, str) or not instance_id.startswith("i-"):
+        raise NoSuccess(f"the event names no instance: {instance_id!r}")
+    if action not in ACTIONS:
+        raise NoSuccess(f"the event names no action EC2 takes: {action!r}")
+    if not isinstance(text, str):
+        raise NoSuccess(f"the event has no time: {text!r}")
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise NoSuccess(f"the event's time is no time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    at = when.timestamp() + WARNING
+    return instance_id, Notice(action=str(action), time=at, text=_iso(at))
+
+
+def _gone(exc: AioresError) -> bool:
+    return (error_code(exc.__cause__ or exc) or "") in _GONE
+
+
+class EventNotices(Notices):
+    """Notices delivered by an EventBridge rule to an SQS queue (see the module docstring).
+
+    Args:
+        events: EventBridge calls (the session's shared client for the endpoint).
+        sqs: SQS calls.
+        name: The rule's and the queue's name (:func:`resource_name`).
+        tags: Their tags.
+        cleanups: The session's cleanups: the removal runs there, shielded and bounded.
+        clock: The session's clock: the seconds left of a notice count down on it, and
+            a failed call is tried again after a pause on it.
+        publish: Reports a record (the adaptor's ``publish``).
+        spawn: Runs the task in the session's task group (``env.spawn``).
+        wall: The time of day (seconds since the epoch) a notice's time is read
+            against.
+        wait: Seconds one ReceiveMessage waits (1 to 20).
+    """
+
+    task_name = "aiores-ec2 spot notices (events)"
+
+    def __init__(
+        self,
+        *,
+        events: Calls,
+        sqs: Calls,
+        name: str,
+        tags: Mapping[str, str],
+        cleanups: Cleanup,
+        clock: Clock,
+        publish: Callable[[ResourceInfo], None],
+        spawn: Callable[[Callable[[], Awaitable[None]], str], object],
+        wall: Callable[[], float] = time.time,
+        wait: int = LONG_POLL,
+    ) -> None:
+        super().__init__(clock=clock, publish=publish, spawn=spawn, wall=wall)
+        self._events = events
+        self._sqs = sqs
+        self.name = name
+        self._tags = dict(tags)
+        self._cleanups = cleanups
+        self.wait = wait
+        self.queue_url: str | None = None
+        #: Messages received in all, and those dropped as no notice of ours.
+        self.received = 0
+        self.dropped = 0
+
+    # -- setup and removal -----------------------------------------------------------------
+    async def setup(self) -> str:
+        """Make the rule, the queue and the target (again, if they exist); the queue's URL.
+
+        Raises:
+            AioresError: a call was refused (no permission for EventBridge or SQS...).
+        """
+        await self._events.open()
+        await self._sqs.open()
+        rule = await self._events.call(
+            "PutRule",
+            Name=self.name,
+            EventPattern=event_pattern(),
+            State="ENABLED",
+            Description="aiores: EC2 spot interruption warnings for one session",
+            Tags=[{"Key": k, "Value": v} for k, v in sorted(self._tags.items())],
+        )
+        rule_arn = str(rule["RuleArn"])
+        queue = await self._sqs.call(
+            "CreateQueue",
+            QueueName=self.name,
+            Attributes={"MessageRetentionPeriod": str(RETENTION)},
+            tags=self._tags,
+        )
+        queue_url = str(queue["QueueUrl"])
+        attrs = await self._sqs.call(
+            "GetQueueAttributes", QueueUrl=queue_url, AttributeNames=["QueueArn"]
+        )
+        queue_arn = str(attrs["Attributes"]["QueueArn"])
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "aiores-spot-notices",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "events.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+                }
+            ],
+        }
+        await self._sqs.call(
+            "SetQueueAttributes", QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
+        )
+        answer = await self._events.call(
+            "PutTargets", Rule=self.name, Targets=[{"Id": TARGET_ID, "Arn": queue_arn}]
+        )
+        if answer.get("FailedEntryCount"):
+            raise NoSuccess(f"events PutTargets: {answer.get('FailedEntries')!r}")
+        self.queue_url = queue_url
+        log.info("ec2: spot notices arrive by EventBridge rule and SQS queue %s", self.name)
+        return queue_url
+
+    async def remove(self) -> None:
+        """Remove the target, the rule and the queue, by name; what is gone is skipped.
+
+        Raises:
+            AioresError: a call was refused (the rest is still tried first).
+        """
+        failures: list[AioresError] = []
+
+        async def step(service: Calls, action: str, **params: Any) -> dict[str, Any]:
+            try:
+                return await service.call(action, **params)
+            except AioresError as exc:
+                if not _gone(exc):
+                    failures.append(exc)
+                return {}
+
+        await self._events.open()
+        await self._sqs.open()
+        await step(self._events, "RemoveTargets", Rule=self.name, Ids=[TARGET_ID])
+        await step(self._events, "DeleteRule", Name=self.name)
+        url = self.queue_url
+        if url is None:
+            url = (await step(self._sqs, "GetQueueUrl", QueueName=self.name)).get("QueueUrl")
+        if url is not None:
+            await step(self._sqs, "DeleteQueue", QueueUrl=url)
+        self.queue_url = None
+        if failures:
+            raise failures[0]
+
+    # -- the loop -------------------------------------------------------------------------
+    def handle(self, messages: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Turn the messages into notices; the receipt handles of them all (to delete).
+
+        Never raises: a message that is no notice is logged and dropped.
+        """
+        receipts: list[str] = []
+        for message in messages:
+            self.received += 1
+            receipt = message.get("ReceiptHandle")
+            if isinstance(receipt, str):
+                receipts.append(receipt)
+            try:
+                instance_id, notice = parse_event(str(message.get("Body", "")))
+            except NoSuccess as exc:
+                self.dropped += 1
+                log.warning("ec2: dropped a message of queue %s: %s", self.name, exc)
+                continue
+            info = self._watched.get(instance_id)
+            if info is None:
+                self.dropped += 1
+                log.debug("ec2: spot notice for %s, not an instance followed here", instance_id)
+                continue
+            self._noticed(info, notice)
+        return receipts
+
+    async def receive(self) -> None:
+        """One long poll of the queue; handles and deletes what it brings."""
+        assert self.queue_url is not None
+        answer = await self._sqs.call(
+            "ReceiveMessage",
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=self.wait,
+        )
+        receipts = self.handle(answer.get("Messages", []))
+        if receipts:
+            await self._sqs.call(
+                "DeleteMessageBatch",
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)],
+            )
+
+    async def _loop(self) -> None:
+        pause = BACKOFF
+        try:
+            while True:
+                try:
+                    if self.queue_url is None:
+                        await self.setup()
+                    await self.receive()
+                    pause = BACKOFF
+                    continue
+                except AioresError as exc:
+                    if _gone(exc):  # the queue was removed from outside: make it again
+                        self.queue_url = None
+                    log.warning("ec2: spot notices by events: %s (again in %.0f s)", exc, pause)
+                await self._clock.sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+        finally:
+            self._running = False
+            await self._cleanups.run(
+                self.remove, what=f"removing the spot notice rule and queue {self.name}"
+            )

@@ -1,0 +1,345 @@
+"""ec2:// spot interruption notices by EventBridge: a rule, an SQS queue, one long poll.
+
+Against moto in server mode, which delivers ``put_events`` entries matching a rule's
+pattern to the rule's SQS target. The pool test also uses the stand-in for
+cloud-init and sshd of test_spot (commands run as local processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import pytest
+
+import aiores
+from aiores import ComputeDescription, ResourceState
+from aiores.adaptor import URL, ResourceInfo
+from aiores.testing import FakeClock
+from aiores_ec2 import parse_options
+from aiores_ec2._aws import Api, Target, open_api
+from aiores_ec2._events import (
+    DETAIL_TYPE,
+    EVENT_BUCKETS,
+    PREFIX,
+    SQS_BUCKETS,
+    EventNotices,
+    parse_event,
+    resource_name,
+)
+from aiores_ec2._spot import Notice
+from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
+
+from .conftest import IMAGE, REGION, STEP, alive, aws_context, ec2_url, raw_client
+from .test_spot import _booting
+
+WALL = 2_000_000_000.0
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def _event(instance_id: str, at: float, action: str = "terminate") -> dict[str, Any]:
+    return {
+        "Source": "aws.ec2",
+        "DetailType": DETAIL_TYPE,
+        "Detail": json.dumps({"instance-id": instance_id, "instance-action": action}),
+        "Time": _iso(at),
+    }
+
+
+async def _put(moto: MotoServer, *entries: dict[str, Any]) -> None:
+    async with raw_client(moto, "events") as events:
+        answer = await events.put_events(Entries=list(entries))
+    assert answer["FailedEntryCount"] == 0
+
+
+async def _left(moto: MotoServer) -> tuple[list[str], list[str], list[Any]]:
+    """(aiores rules, their targets, aiores queues) at the server."""
+    async with raw_client(moto, "events") as events, raw_client(moto, "sqs") as sqs:
+        rules = [r["Name"] for r in (await events.list_rules(NamePrefix=PREFIX))["Rules"]]
+        targets = [
+            t["Arn"]
+            for name in rules
+            for t in (await events.list_targets_by_rule(Rule=name))["Targets"]
+        ]
+        queues = (await sqs.list_queues(QueueNamePrefix=PREFIX)).get("QueueUrls", [])
+    return rules, targets, queues
+
+
+async def _until_made(moto: MotoServer) -> None:
+    """Until a rule with its queue as target exists (moto cannot tell us: asked again)."""
+    async with asyncio.timeout(STEP):
+        while True:
+            rules, targets, queues = await _left(moto)
+            if rules and targets and queues:
+                return
+            await asyncio.sleep(0.05)
+
+
+def _api(moto: MotoServer, session: aiores.Session, service: str) -> Api:
+    t = Target(service, REGION, moto.url, ACCESS_KEY, SECRET_KEY)
+    buckets = EVENT_BUCKETS if service == "events" else SQS_BUCKETS
+    family = next(iter(buckets))
+    return open_api(session, t, buckets=buckets, cost=lambda a: {family: 1}, enabled=True)
+
+
+def _spot(instance_id: str) -> ResourceInfo:
+    return ResourceInfo(
+        id=instance_id,
+        state=ResourceState.ACTIVE,
+        state_detail="running",
+        rtype="compute",
+        extra={"lifecycle": "spot"},
+    )
+
+
+def _notices(
+    moto: MotoServer,
+    session: aiores.Session,
+    clock: FakeClock,
+    published: list[ResourceInfo],
+    tasks: list[asyncio.Task[None]],
+    **kwargs: Any,
+) -> EventNotices:
+    return EventNotices(
+        events=kwargs.pop("events", None) or _api(moto, session, "events"),
+        sqs=_api(moto, session, "sqs"),
+        name=resource_name(session.id, "ec2://test"),
+        tags={"aiores:managed": "1", "aiores:session": session.id},
+        cleanups=session.cleanups,
+        clock=clock,
+        publish=published.append,
+        spawn=kwargs.pop("spawn", None)
+        or (lambda fn, name: tasks.append(asyncio.ensure_future(fn()))),
+        wall=lambda: WALL,
+        **kwargs,
+    )
+
+
+# -- the message, the options ----------------------------------------------------------
+def test_parse_event() -> None:
+    body = {
+        "version": "0",
+        "source": "aws.ec2",
+        "detail-type": DETAIL_TYPE,
+        "time": "2030-01-02T03:04:05Z",
+        "region": "us-east-1",
+        "detail": {"instance-id": "i-0123", "instance-action": "stop"},
+    }
+    assert parse_event(json.dumps(body)) == (
+        "i-0123",
+        Notice("stop", 1893553445.0 + 120, "2030-01-02T03:06:05Z"),
+    )
+    bad: list[Any] = [
+        "not json",
+        "[1, 2]",
+        {**body, "source": "aws.s3"},
+        {**body, "detail-type": "EC2 Instance State-change Notification"},
+        {k: v for k, v in body.items() if k != "detail"},
+        {**body, "detail": {"instance-action": "terminate"}},
+        {**body, "detail": {"instance-id": "i-1", "instance-action": "explode"}},
+        {**body, "detail": {"instance-id": 7, "instance-action": "terminate"}},
+        {k: v for k, v in body.items() if k != "time"},
+        {**body, "time": "soon"},
+    ]
+    for case in bad:
+        text = case if isinstance(case, str) else json.dumps(case)
+        with pytest.raises(aiores.NoSuccess):
+            parse_event(text)
+
+
+def test_the_events_option() -> None:
+    assert parse_options(URL.parse("ec2://us-east-1?interruptions=events")).interruptions == (
+        "events"
+    )
+    with pytest.raises(aiores.IncorrectURL, match="'metadata', 'events' or 'off'"):
+        parse_options(URL.parse("ec2://us-east-1?interruptions=eventbridge"))
+    name = resource_name("s-0123456789ab", "ec2://us-east-1?interruptions=events")
+    assert name.startswith("aiores-spot-s-0123456789ab-")
+    assert len(name) <= 64  # a rule's name; a queue's may have 80
+
+
+# -- the queue, on the session's clock ---------------------------------------------------
+@pytest.mark.asyncio
+async def test_a_notice_event_turns_the_record_delete_pending(
+    moto: MotoServer, session: aiores.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(1000.0)
+    published: list[ResourceInfo] = []
+    loops: list[object] = []  # the loop is not run: each receive is made by hand
+    notices = _notices(
+        moto, session, clock, published, [], wait=1, spawn=lambda fn, name: loops.append(fn)
+    )
+    async with asyncio.timeout(STEP):
+        await notices.setup()
+    rules, targets, queues = await _left(moto)
+    assert rules == [notices.name]
+    assert len(targets) == len(queues) == 1
+    assert notices.queue_url == queues[0]
+    notices.watch(_spot("i-0000000000000aaaa"))
+    assert len(loops) == 1
+    async with raw_client(moto, "sqs") as sqs:
+        url = queues[0]
+        tags = (await sqs.list_queue_tags(QueueUrl=url))["Tags"]
+        assert tags == {"aiores:managed": "1", "aiores:session": session.id}
+        policy = json.loads(
+            (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"]))["Attributes"][
+                "Policy"
+            ]
+        )
+        (statement,) = policy["Statement"]
+        assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+        assert statement["Action"] == "sqs:SendMessage"
+        # What is no notice of ours: another instance's, a stranger's messages.
+        await _put(moto, _event("i-0000000000000bbbb", WALL))
+        await sqs.send_message(QueueUrl=url, MessageBody="not json")
+        await sqs.send_message(QueueUrl=url, MessageBody='{"detail": {}}')
+    await _put(moto, _event("i-0000000000000aaaa", WALL))  # EC2 acts at WALL + 120
+    with caplog.at_level(logging.WARNING, logger="aiores.ec2"):
+        async with asyncio.timeout(STEP):
+            while notices.received < 4:
+                await notices.receive()
+    assert notices.dropped == 3
+    assert sum("dropped a message" in r.getMessage() for r in caplog.records) == 2
+    (record,) = published
+    assert record.id == "i-0000000000000aaaa"
+    assert record.state is ResourceState.ACTIVE
+    assert record.state_detail == "delete-pending"
+    assert record.extra["max_wait_time"] == 120.0
+    assert record.extra["interruption"] == "terminate"
+    assert record.extra["interruption_time"] == _iso(WALL + 120)
+    clock.advance(45.0)
+    assert notices.update(_spot("i-0000000000000aaaa")).extra["max_wait_time"] == 75.0
+    assert notices.watched == frozenset()
+    # Every message received was deleted.
+    async with raw_client(moto, "sqs") as sqs:
+        attrs = (
+            await sqs.get_queue_attributes(
+                QueueUrl=notices.queue_url,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )
+        )["Attributes"]
+    assert attrs == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
+    await notices.remove()
+    assert await _left(moto) == ([], [], [])
+    await notices.remove()  # what is gone is skipped
+
+
+class _Stall:
+    """The EventBridge calls, stalling forever once ``action`` has been answered."""
+
+    def __init__(self, inner: Api, action: str) -> None:
+        self.inner = inner
+        self.action = action
+        self.reached = asyncio.Event()
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def call(self, action: str, **params: Any) -> dict[str, Any]:
+        answer = await self.inner.call(action, **params)
+        if action == self.action and not self.reached.is_set():
+            self.reached.set()
+            await asyncio.Event().wait()
+        return answer
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("where", ["setup", "long poll"])
+async def test_cancelling_the_loop_leaves_nothing(
+    moto: MotoServer, session: aiores.Session, where: str
+) -> None:
+    tasks: list[asyncio.Task[None]] = []
+    stall = _Stall(_api(moto, session, "events"), "PutRule" if where == "setup" else "-")
+    notices = _notices(moto, session, FakeClock(), [], tasks, events=stall)
+    notices.watch(_spot("i-0000000000000aaaa"))
+    async with asyncio.timeout(STEP):
+        if where == "setup":
+            await stall.reached.wait()  # the rule is made, the queue not yet
+            assert (await _left(moto))[0] == [notices.name]
+        else:
+            await _until_made(moto)
+    tasks[0].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[0]
+    assert not notices.running
+    assert await _left(moto) == ([], [], [])
+
+
+# -- a manager, a pool, a session --------------------------------------------------------
+@pytest.mark.asyncio
+async def test_a_pool_drains_a_spot_machine_on_an_event_and_requeues_its_work(
+    moto: MotoServer,
+) -> None:
+    async with (
+        aiores.Session(contexts=[aws_context()]) as session,
+        _booting(moto) as served,
+    ):
+        url = ec2_url(moto, market="spot", interruptions="events")
+        desc = ComputeDescription(image=IMAGE, template="t3.micro")
+        events: list[aiores.PoolEvent] = []
+        ready = asyncio.Event()
+        async with session.pool(url, desc, min=0, max=1, tick=0.2) as pool:
+
+            async def follow() -> None:
+                async for event in pool.events():
+                    events.append(event)
+                    if event.kind == "ready":
+                        ready.set()
+
+            follower = asyncio.ensure_future(follow())
+            work = asyncio.ensure_future(pool.run("echo start; sleep 5; echo done"))
+            async with asyncio.timeout(STEP):
+                await ready.wait()  # the first machine is up: the work goes there
+                await _until_made(moto)  # and the manager's rule and queue are made
+            first = set(served)
+            (instance_id,) = first
+            # An event for another instance changes nothing; ours, sent 117 s after
+            # the event's time, leaves 3 s.
+            await _put(moto, _event("i-0000000000000ffff", time.time()))
+            await _put(moto, _event(instance_id, time.time() - 117))
+            async with asyncio.timeout(STEP * 2):
+                result = await work
+            assert result.exit_status == 0
+            assert result.stdout == "start\ndone\n"
+            assert pool.stats().revoked == 1
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+        kinds = [e.kind for e in events]
+        assert "requeue" in kinds
+        (revoked,) = [e for e in events if e.kind == "revoked"]
+        assert revoked.resource is not None
+        assert revoked.resource.native_id == instance_id
+        assert 0 < float(revoked.detail) <= 3
+        releases = [e for e in events if e.kind == "release"]
+        assert releases[0].resource is revoked.resource
+        assert releases[0].detail == "drained"
+        assert len(served) == 2
+        assert (await _left(moto))[0]  # the rule lives as long as the session
+    # Closing the session removed the target, the rule and the queue.
+    assert await _left(moto) == ([], [], [])
+    assert await alive(moto) == []
+
+
+@pytest.mark.asyncio
+async def test_no_spot_machine_no_rule(moto: MotoServer) -> None:
+    async with aiores.Session(contexts=[aws_context()]) as session:
+        mgr = session.manager(ec2_url(moto, interruptions="events"))
+        vm = await mgr.acquire(ComputeDescription(image=IMAGE, ready=None))
+        async with asyncio.timeout(STEP):
+            await vm.wait(ResourceState.ACTIVE)
+        await mgr.destroy([vm])
+    assert await _left(moto) == ([], [], [])
