@@ -6,50 +6,20 @@ same ``$AIORES_STATE_DIR`` (journal and sim cloud), which finds what the first m
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import sys
-import textwrap
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import aiores
 from aiores import ComputeDescription, JobDescription, JobState, ResourceState
 
-from .conftest import STEP
+from .conftest import STEP, in_another_program
 
 pytestmark = pytest.mark.asyncio
 
 URL = "sim://?boot_delay=0.05"
-
-
-async def in_another_program(body: str) -> Any:
-    """Run ``body`` (the inside of ``async def main(session)``, returning something
-    JSON can hold) in a fresh interpreter with a journalled Session; its answer."""
-    code = (
-        "import asyncio, json, aiores\n"
-        "from aiores import *\n"
-        "async def main(session):\n"
-        + textwrap.indent(textwrap.dedent(body), "    ")
-        + "\nasync def run():\n"
-        "    async with aiores.Session() as session:\n"
-        "        print(json.dumps(await main(session)))\n"
-        "asyncio.run(run())\n"
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(STEP):
-        out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
-    return json.loads(out.decode().splitlines()[-1])
 
 
 async def test_a_machine_comes_back_by_its_id_alone_with_its_description_and_active() -> None:
