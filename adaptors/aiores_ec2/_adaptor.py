@@ -40,6 +40,11 @@
   to 1000 ids; the session's watcher calls it once per tick for every watched
   instance of the endpoint.
 
+- **Spot interruptions.** A spot instance's two-minute warning makes its record
+  delete-pending (``max_wait_time`` counting down): read from its metadata service
+  over SSH (``interruptions=metadata``, :mod:`aiores_ec2._spot`) or received from an
+  EventBridge rule's SQS queue (``interruptions=events``, :mod:`aiores_ec2._events`).
+
 See :mod:`aiores_ec2._setup` for the key pair, security group, host keys and user
 data, and :mod:`aiores_ec2._options` for the URL options.
 """

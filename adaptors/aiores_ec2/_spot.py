@@ -27,6 +27,11 @@ and releases it early. Once EC2 has taken the instance, its state reason
 A read that fails (no ``curl``, the connection lost, an answer that is no notice) is
 logged and tried again at the next poll: the notice lasts two minutes, the poll is
 seconds.
+
+The record itself is kept by :class:`Notices`, which :class:`Interruptions` extends
+with the reads over SSH and :class:`aiores_ec2._events.EventNotices` with an
+EventBridge rule's queue (``interruptions=events``): one record, whatever brought
+the notice.
 """
 
 from __future__ import annotations
