@@ -114,7 +114,7 @@ def _notices(
         tags={"aiores:managed": "1", "aiores:session": session.id},
         cleanups=session.cleanups,
         clock=clock,
-        publish=published.append,
+        publish=kwargs.pop("publish", None) or published.append,
         spawn=kwargs.pop("spawn", None)
         or (lambda fn, name: tasks.append(asyncio.ensure_future(fn()))),
         wall=lambda: WALL,
@@ -342,4 +342,68 @@ async def test_no_spot_machine_no_rule(moto: MotoServer) -> None:
         async with asyncio.timeout(STEP):
             await vm.wait(ResourceState.ACTIVE)
         await mgr.destroy([vm])
+    assert await _left(moto) == ([], [], [])
+
+
+@pytest.mark.asyncio
+async def test_the_loop_outlives_bad_messages_and_a_queue_removed_from_outside(
+    moto: MotoServer, session: aiores.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock(1000.0)
+    published: list[ResourceInfo] = []
+    got = asyncio.Condition()
+
+    async def note(info: ResourceInfo) -> None:
+        async with got:
+            published.append(info)
+            got.notify_all()
+
+    tasks: list[asyncio.Task[None]] = []
+    notices = _notices(
+        moto,
+        session,
+        clock,
+        published,
+        tasks,
+        wait=1,
+        publish=lambda info: tasks.append(asyncio.ensure_future(note(info))),
+    )
+    notices.watch(_spot("i-0000000000000aaaa"))
+    notices.watch(_spot("i-0000000000000cccc"))
+    try:
+        async with asyncio.timeout(STEP):
+            await _until_made(moto)
+        with caplog.at_level(logging.WARNING, logger="aiores.ec2"):
+            async with raw_client(moto, "sqs") as sqs:
+                assert notices.queue_url is not None
+                await sqs.send_message(QueueUrl=notices.queue_url, MessageBody="not json")
+                await sqs.send_message(QueueUrl=notices.queue_url, MessageBody="[]")
+            await _put(moto, _event("i-0000000000000aaaa", WALL))
+            async with got, asyncio.timeout(STEP):
+                await got.wait_for(lambda: len(published) == 1)
+            # moto delivers in order: the bad ones came first, and changed nothing.
+            assert notices.dropped == 2
+            assert sum("dropped a message" in r.getMessage() for r in caplog.records) == 2
+            # Removed from outside: the next receive fails, the loop waits (on the
+            # clock) and makes them again.
+            async with raw_client(moto, "sqs") as sqs:
+                await sqs.delete_queue(QueueUrl=notices.queue_url)
+            async with asyncio.timeout(STEP):
+                await clock.wait_for_sleepers()
+            assert any("spot notices by events" in r.getMessage() for r in caplog.records)
+        clock.advance(1.0)
+        async with asyncio.timeout(STEP):
+            await _until_made(moto)
+            await _put(moto, _event("i-0000000000000cccc", WALL - 60))
+            async with got:
+                await got.wait_for(lambda: len(published) == 2)
+        assert [(r.id, r.extra["max_wait_time"]) for r in published] == [
+            ("i-0000000000000aaaa", 120.0),
+            ("i-0000000000000cccc", 60.0),
+        ]
+        assert notices.running
+    finally:
+        tasks[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
     assert await _left(moto) == ([], [], [])
