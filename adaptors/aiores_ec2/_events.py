@@ -25,8 +25,10 @@ minutes (EC2's warning time), as the time of day; ``extra["interruption_time"]``
 names that moment.
 
 When the session closes (or the task is cancelled) the target, the rule and the
-queue are removed, by name, in a shielded and bounded cleanup of the session: what
-a cancelled setup may have made is found by its name too. A program killed outright
+queue are removed, by name, in a shielded and bounded cleanup of the session. A
+setup under way is not cut off mid-call (a call whose answer has not arrived may
+still be carried out): it runs in a task of its own, and the removal waits for it
+before removing what it made. A program killed outright
 leaves them behind: the journal does not record them, so ``aiores gc`` does not
 remove them; they are found by their name prefix ``aiores-spot-`` (which names the
 session) and tags, and cost nothing while nobody reads the queue.
@@ -48,7 +50,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiores import AioresError, NoSuccess
-from aiores.adaptor import Bucket, ResourceInfo
+from aiores.adaptor import Bucket, ResourceInfo, concurrency
 
 from ._aws import error_code
 from ._spot import ACTIONS, Clock, Notice, Notices
@@ -215,6 +217,9 @@ class EventNotices(Notices):
         self._cleanups = cleanups
         self.wait = wait
         self.queue_url: str | None = None
+        #: The setup under way: cancelling the loop leaves it to finish (its calls
+        #: may have been carried out), and the removal waits for it first.
+        self._setups = concurrency.InFlight[str]("aiores-ec2 spot notice setup")
         #: Messages received in all, and those dropped as no notice of ours.
         self.received = 0
         self.dropped = 0
@@ -279,6 +284,7 @@ class EventNotices(Notices):
         Raises:
             AioresError: a call was refused (the rest is still tried first).
         """
+        await self._setups.take(self.name)  # a setup under way ends first
         failures: list[AioresError] = []
 
         async def step(service: Calls, action: str, **params: Any) -> dict[str, Any]:
@@ -351,7 +357,7 @@ class EventNotices(Notices):
             while True:
                 try:
                     if self.queue_url is None:
-                        await self.setup()
+                        await self._setups.run(self.name, self.setup())
                     await self.receive()
                     pause = BACKOFF
                     continue

@@ -238,12 +238,13 @@ async def test_a_notice_event_turns_the_record_delete_pending(
 
 
 class _Stall:
-    """The EventBridge calls, stalling forever once ``action`` has been answered."""
+    """The EventBridge calls, stalling once ``action`` has been answered, until released."""
 
     def __init__(self, inner: Api, action: str) -> None:
         self.inner = inner
         self.action = action
         self.reached = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def open(self) -> None:
         await self.inner.open()
@@ -252,7 +253,7 @@ class _Stall:
         answer = await self.inner.call(action, **params)
         if action == self.action and not self.reached.is_set():
             self.reached.set()
-            await asyncio.Event().wait()
+            await self.release.wait()
         return answer
 
 
@@ -272,6 +273,7 @@ async def test_cancelling_the_loop_leaves_nothing(
         else:
             await _until_made(moto)
     tasks[0].cancel()
+    stall.release.set()  # the answer arrives: the setup goes on to its end, then removal
     with pytest.raises(asyncio.CancelledError):
         await tasks[0]
     assert not notices.running
