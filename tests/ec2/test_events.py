@@ -245,11 +245,16 @@ class _Stall:
         self.action = action
         self.reached = asyncio.Event()
         self.release = asyncio.Event()
+        #: Calls made while ``action`` stalled.
+        self.meanwhile: list[str] = []
 
     async def open(self) -> None:
         await self.inner.open()
 
     async def call(self, action: str, **params: Any) -> dict[str, Any]:
+        if self.reached.is_set() and not self.release.is_set():
+            self.meanwhile.append(action)
+            self.release.set()  # never stall a removal that did not wait
         answer = await self.inner.call(action, **params)
         if action == self.action and not self.reached.is_set():
             self.reached.set()
@@ -273,6 +278,11 @@ async def test_cancelling_the_loop_leaves_nothing(
         else:
             await _until_made(moto)
     tasks[0].cancel()
+    if where == "setup":
+        # Time for a removal that would not wait for the setup to show itself
+        # (no result depends on this pause, only how surely such a bug is seen).
+        await asyncio.sleep(0.3)
+        assert stall.meanwhile == []  # the removal waits for the setup under way
     stall.release.set()  # the answer arrives: the setup goes on to its end, then removal
     with pytest.raises(asyncio.CancelledError):
         await tasks[0]
