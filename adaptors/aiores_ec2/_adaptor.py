@@ -87,7 +87,7 @@ from aiores.adaptor import (
 )
 
 from ._aws import Api, Target, error_code, open_api, target
-from ._events import EVENT_BUCKETS, SQS_BUCKETS, EventNotices, resource_name
+from ._events import EVENT_BUCKETS, SQS_BUCKETS, EventNotices, EventQueue, resource_name
 from ._firstuse import STALE_CODES, FirstUse, Setup
 from ._hostkeys import HostKeys
 from ._lease import EXPIRES_TAG, expires_at, expiry_tag, rearm
@@ -231,27 +231,37 @@ class EC2ResourceAdaptor(ResourceAdaptor):
             self.interruptions = self._event_notices(t)
 
     def _event_notices(self, t: Target) -> EventNotices:
+        """This manager's notices, from the session's queue for ``t``'s endpoint, region
+        and credentials (made by the first manager there)."""
+        env = self.env
+        where = dataclasses.replace(t, service="events", max_connections=0)
+
         def api(service: str, buckets: Mapping[str, Bucket]) -> Api:
             family = next(iter(buckets))
             return open_api(
-                self.env,
+                env,
                 dataclasses.replace(t, service=service),
                 buckets=buckets,
                 cost=lambda action: {family: 1},
                 enabled=self.options.limits,
             )
 
-        env = self.env
-        return EventNotices(
-            events=api("events", EVENT_BUCKETS),
-            sqs=api("sqs", SQS_BUCKETS),
-            name=resource_name(env.session_id, str(self.url)),
-            tags={"aiores:managed": "1", "aiores:session": env.session_id},
-            cleanups=env.cleanups,
-            clock=env.clock,
-            publish=self.publish,
-            spawn=lambda fn, name: env.spawn(fn, name=name),
-        )
+        def make() -> EventQueue:
+            return EventQueue(
+                events=api("events", EVENT_BUCKETS),
+                sqs=api("sqs", SQS_BUCKETS),
+                name=resource_name(
+                    env.session_id,
+                    f"{where.endpoint_url}|{where.region}|{where.access_key_id}|{where.profile}",
+                ),
+                tags={"aiores:managed": "1", "aiores:session": env.session_id},
+                cleanups=env.cleanups,
+                clock=env.clock,
+                spawn=lambda fn, name: env.spawn(fn, name=name),
+            )
+
+        queue = env.shared((EventQueue, where), make)
+        return EventNotices(queue, clock=env.clock, publish=self.publish)
 
     async def aclose(self) -> None:
         """Wait (bounded by the session) for launches under way, then leave the client."""

@@ -3,11 +3,12 @@
 EC2 also announces a spot interruption as an EventBridge event (source ``aws.ec2``,
 detail-type ``EC2 Spot Instance Interruption Warning``, detail ``{"instance-id":
 ..., "instance-action": "terminate" | "stop" | "hibernate"}``), two minutes before it
-takes the instance. With ``interruptions=events`` an ``ec2://`` manager, when it
-first follows a spot instance, makes:
+takes the instance. With ``interruptions=events``, when an ``ec2://`` manager first
+follows a spot instance, the session makes (once per endpoint, region and
+credentials, for every manager there: an :class:`EventQueue`):
 
-- an SQS queue ``aiores-spot-<session>-<hash of the URL>``, tagged
-  ``aiores:managed=1`` and ``aiores:session``, whose policy lets
+- an SQS queue ``aiores-spot-<session>-<hash of endpoint, region, credentials>``,
+  tagged ``aiores:managed=1`` and ``aiores:session``, whose policy lets
   ``events.amazonaws.com`` send to it from that rule alone, keeping a message five
   minutes at most (a notice older than that is past its deadline anyway);
 - an EventBridge rule of the same name and tags on the default bus, whose pattern is
@@ -15,7 +16,7 @@ first follows a spot instance, makes:
 
 One task (owned by the session, ``env.spawn``, as the metadata poller) then long-polls
 the queue (``ReceiveMessage``, up to 10 messages, ``WaitTimeSeconds`` 20) for as long
-as the session lives. Each message naming an instance the manager follows becomes
+as the session lives. Each message naming an instance a manager follows becomes
 the very record a notice read from the metadata service makes (:class:`Notices`:
 delete-pending, ``max_wait_time`` counting down on the session's clock); a message
 for another instance (another program's, in the same account and region) is ignored;
@@ -33,7 +34,7 @@ leaves them behind: the journal does not record them, so ``aiores gc`` does not
 remove them; they are found by their name prefix ``aiores-spot-`` (which names the
 session) and tags, and cost nothing while nobody reads the queue.
 
-Costs: one request per 20 s per endpoint while the session lives (and one per batch
+Costs: one request per 20 s per endpoint and region while the session lives (and one per batch
 of messages), whatever the number of spot instances; nothing runs on the instances
 and no SSH connection is needed. The metadata path instead makes one SSH command per
 spot instance every ``interruption_poll`` seconds.
@@ -53,7 +54,7 @@ from aiores import AioresError, NoSuccess
 from aiores.adaptor import Bucket, ResourceInfo, concurrency
 
 from ._aws import error_code
-from ._spot import ACTIONS, Clock, Notice, Notices
+from ._spot import ACTIONS, Clock, Notice, Notices, OneTask
 
 __all__ = [
     "DETAIL_TYPE",
@@ -62,6 +63,7 @@ __all__ = [
     "SQS_BUCKETS",
     "WARNING",
     "EventNotices",
+    "EventQueue",
     "event_pattern",
     "parse_event",
     "resource_name",
@@ -114,9 +116,10 @@ class Cleanup(Protocol):
     ) -> None: ...
 
 
-def resource_name(session_id: str, url: str) -> str:
-    """The name of the rule and queue of one manager (``url``) of one session."""
-    digest = hashlib.sha256(url.encode()).hexdigest()[:8]
+def resource_name(session_id: str, where: str) -> str:
+    """The name of the rule and queue of one session at ``where`` (endpoint, region and
+    credentials, as text)."""
+    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
     return f"{PREFIX}{session_id}-{digest}"
 
 
@@ -176,7 +179,50 @@ def _gone(exc: AioresError) -> bool:
 
 
 class EventNotices(Notices):
-    """Notices delivered by an EventBridge rule to an SQS queue (see the module docstring).
+    """The notices of one manager's spot instances, received through an :class:`EventQueue`.
+
+    Args:
+        queue: The session's queue for the endpoint, region and credentials (shared
+            by every manager of the session there).
+        clock: The session's clock: the seconds left of a notice count down on it.
+        publish: Reports a record (the adaptor's ``publish``).
+        wall: The time of day (seconds since the epoch) a notice's time is read
+            against.
+    """
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        *,
+        clock: Clock,
+        publish: Callable[[ResourceInfo], None],
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock, publish=publish, wall=wall)
+        self.queue = queue
+
+    @property
+    def running(self) -> bool:
+        """Whether the queue's task runs."""
+        return self.queue.running
+
+    def _start(self) -> None:
+        self.queue.follow(self)
+
+    def take(self, instance_id: str, notice: Notice) -> bool:
+        """Record ``notice`` if the instance is one followed here; whether it was."""
+        info = self._watched.get(instance_id)
+        if info is None:
+            return False
+        self._noticed(info, notice)
+        return True
+
+
+class EventQueue:
+    """An EventBridge rule and the SQS queue it feeds, read by one task for a session.
+
+    One per session and endpoint, region and credentials, shared by the
+    :class:`EventNotices` of every manager there (see the module docstring).
 
     Args:
         events: EventBridge calls (the session's shared client for the endpoint).
@@ -184,16 +230,10 @@ class EventNotices(Notices):
         name: The rule's and the queue's name (:func:`resource_name`).
         tags: Their tags.
         cleanups: The session's cleanups: the removal runs there, shielded and bounded.
-        clock: The session's clock: the seconds left of a notice count down on it, and
-            a failed call is tried again after a pause on it.
-        publish: Reports a record (the adaptor's ``publish``).
+        clock: The session's clock: a failed call is tried again after a pause on it.
         spawn: Runs the task in the session's task group (``env.spawn``).
-        wall: The time of day (seconds since the epoch) a notice's time is read
-            against.
         wait: Seconds one ReceiveMessage waits (1 to 20).
     """
-
-    task_name = "aiores-ec2 spot notices (events)"
 
     def __init__(
         self,
@@ -204,25 +244,36 @@ class EventNotices(Notices):
         tags: Mapping[str, str],
         cleanups: Cleanup,
         clock: Clock,
-        publish: Callable[[ResourceInfo], None],
         spawn: Callable[[Callable[[], Awaitable[None]], str], object],
-        wall: Callable[[], float] = time.time,
         wait: int = LONG_POLL,
     ) -> None:
-        super().__init__(clock=clock, publish=publish, spawn=spawn, wall=wall)
         self._events = events
         self._sqs = sqs
         self.name = name
         self._tags = dict(tags)
         self._cleanups = cleanups
+        self._clock = clock
+        self._task = OneTask(spawn, self._loop, "aiores-ec2 spot notices (events)")
         self.wait = wait
         self.queue_url: str | None = None
         #: The setup under way: cancelling the loop leaves it to finish (its calls
         #: may have been carried out), and the removal waits for it first.
         self._setups = concurrency.InFlight[str]("aiores-ec2 spot notice setup")
+        self._followers: list[EventNotices] = []
         #: Messages received in all, and those dropped as no notice of ours.
         self.received = 0
         self.dropped = 0
+
+    @property
+    def running(self) -> bool:
+        """Whether the task runs."""
+        return self._task.running
+
+    def follow(self, notices: EventNotices) -> None:
+        """Hand ``notices`` the notices of the instances it follows; starts the task."""
+        if notices not in self._followers:
+            self._followers.append(notices)
+        self._task.start()
 
     # -- setup and removal -----------------------------------------------------------------
     async def setup(self) -> str:
@@ -326,12 +377,9 @@ class EventNotices(Notices):
                 self.dropped += 1
                 log.warning("ec2: dropped a message of queue %s: %s", self.name, exc)
                 continue
-            info = self._watched.get(instance_id)
-            if info is None:
+            if not any(notices.take(instance_id, notice) for notices in self._followers):
                 self.dropped += 1
                 log.debug("ec2: spot notice for %s, not an instance followed here", instance_id)
-                continue
-            self._noticed(info, notice)
         return receipts
 
     async def receive(self) -> None:
@@ -368,7 +416,6 @@ class EventNotices(Notices):
                 await self._clock.sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
         finally:
-            self._running = False
             await self._cleanups.run(
                 self.remove, what=f"removing the spot notice rule and queue {self.name}"
             )

@@ -56,6 +56,7 @@ __all__ = [
     "Interruptions",
     "Notice",
     "Notices",
+    "OneTask",
     "notice_script",
     "parse_notice",
 ]
@@ -140,43 +141,72 @@ def parse_notice(stdout: str) -> Notice | None:
     return Notice(action=action, time=when.timestamp(), text=text)
 
 
+class OneTask:
+    """A task of the session's started on demand, never twice at once.
+
+    Args:
+        spawn: Runs a task in the session's task group (``env.spawn``).
+        fn: What the task runs.
+        name: The task's name.
+    """
+
+    def __init__(
+        self,
+        spawn: Callable[[Callable[[], Awaitable[None]], str], object],
+        fn: Callable[[], Awaitable[None]],
+        name: str,
+    ) -> None:
+        self._spawn = spawn
+        self._fn = fn
+        self._name = name
+        self.running = False
+
+    def start(self) -> None:
+        """Start the task unless it runs (nothing once the session is closing)."""
+        if self.running:
+            return
+        self.running = True
+        try:
+            self._spawn(self._run, self._name)
+        except IncorrectState:  # the session is closing: nobody follows it any more
+            self.running = False
+
+    async def _run(self) -> None:
+        try:
+            await self._fn()
+        finally:
+            self.running = False
+
+
 class Notices:
     """The spot instances of one endpoint and the notices given for them: one record.
 
     What turns a notice into the delete-pending record, whatever brought it (the
     metadata service read over SSH: :class:`Interruptions`; an EventBridge rule's
-    queue: :class:`aiores_ec2._events.EventNotices`). A subclass reads the notices in
-    its ``_loop``, one task for all the instances, and hands each to :meth:`_noticed`.
+    queue: :class:`aiores_ec2._events.EventNotices`). A subclass starts what reads
+    the notices (:meth:`_start`) and hands each to :meth:`_noticed`.
 
     Args:
-        clock: The session's clock: the loop sleeps on it, and the seconds left of a
-            notice count down on it.
+        clock: The session's clock: the seconds left of a notice count down on it.
         publish: Reports a record (the adaptor's ``publish``).
-        spawn: Runs the loop task in the session's task group (``env.spawn``).
         wall: The time of day (seconds since the epoch) a notice's time is read
             against.
     """
-
-    #: The name of the loop task.
-    task_name = "aiores-ec2 spot notices"
 
     def __init__(
         self,
         *,
         clock: Clock,
         publish: Callable[[ResourceInfo], None],
-        spawn: Callable[[Callable[[], Awaitable[None]], str], object],
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
         self._publish = publish
-        self._spawn = spawn
         self._wall = wall
         #: Spot instances followed, by id: their last record.
         self._watched: dict[str, ResourceInfo] = {}
         #: Notices given, by id: the notice and its deadline on the clock.
         self._notices: dict[str, tuple[Notice, float]] = {}
-        self._running = False
 
     @property
     def watched(self) -> frozenset[str]:
@@ -185,24 +215,23 @@ class Notices:
 
     @property
     def running(self) -> bool:
-        """Whether the loop task runs."""
-        return self._running
+        """Whether the task that reads the notices runs."""
+        raise NotImplementedError
 
     def _followable(self, info: ResourceInfo) -> bool:
         return not info.state.final
 
+    def _start(self) -> None:
+        """Start reading notices, unless that runs already."""
+        raise NotImplementedError
+
     def watch(self, info: ResourceInfo) -> None:
         """Follow ``info``'s instance from now on (a spot instance that is up), unless it
-        already gave a notice or has ended; starts the loop task if none runs."""
+        already gave a notice or has ended; starts reading notices if nothing does."""
         if info.id in self._notices or not self._followable(info):
             return
         self._watched[info.id] = info
-        if not self._running:
-            self._running = True
-            try:
-                self._spawn(self._loop, self.task_name)
-            except IncorrectState:  # the session is closing: nobody follows it any more
-                self._running = False
+        self._start()
 
     def update(self, info: ResourceInfo) -> ResourceInfo:
         """``info`` as reported from now on: with its notice, if one came; an ended
@@ -252,10 +281,6 @@ class Notices:
         )
         self._publish(self.apply(info))
 
-    async def _loop(self) -> None:
-        """Read notices until nothing is left to follow (or for good); the subclass's."""
-        raise NotImplementedError
-
     def aclose(self) -> None:
         """Follow nothing more (the session cancels the task)."""
         self._watched.clear()
@@ -289,25 +314,31 @@ class Interruptions(Notices):
         wall: Callable[[], float] = time.time,
         reads: int = MAX_READS,
     ) -> None:
-        super().__init__(clock=clock, publish=publish, spawn=spawn, wall=wall)
+        super().__init__(clock=clock, publish=publish, wall=wall)
+        self._task = OneTask(spawn, self._loop, "aiores-ec2 spot notices")
         self.script = notice_script(metadata)
         self.interval = interval
         self._runner = runner
         self._reads = reads
         self.polls = 0
 
+    @property
+    def running(self) -> bool:
+        """Whether the poll task runs."""
+        return self._task.running
+
     def _followable(self, info: ResourceInfo) -> bool:
         return not info.state.final and info.access is not None
 
+    def _start(self) -> None:
+        self._task.start()
+
     async def _loop(self) -> None:
-        try:
-            while self._watched:
-                await self.poll()
-                if not self._watched:  # every one gave its notice, ended or was destroyed
-                    return
-                await self._clock.sleep(self.interval)
-        finally:
-            self._running = False
+        while self._watched:
+            await self.poll()
+            if not self._watched:  # every one gave its notice, ended or was destroyed
+                return
+            await self._clock.sleep(self.interval)
 
     async def poll(self) -> Mapping[str, Notice | Exception | None]:
         """Read every watched instance once (at most ``reads`` at once): what each gave."""

@@ -28,6 +28,7 @@ from aiores_ec2._events import (
     PREFIX,
     SQS_BUCKETS,
     EventNotices,
+    EventQueue,
     parse_event,
     resource_name,
 )
@@ -107,19 +108,19 @@ def _notices(
     tasks: list[asyncio.Task[None]],
     **kwargs: Any,
 ) -> EventNotices:
-    return EventNotices(
+    """One manager's notices (publishing to ``published``), on a queue of their own."""
+    queue = EventQueue(
         events=kwargs.pop("events", None) or _api(moto, session, "events"),
         sqs=_api(moto, session, "sqs"),
-        name=resource_name(session.id, "ec2://test"),
+        name=resource_name(session.id, "test"),
         tags={"aiores:managed": "1", "aiores:session": session.id},
         cleanups=session.cleanups,
         clock=clock,
-        publish=kwargs.pop("publish", None) or published.append,
         spawn=kwargs.pop("spawn", None)
         or (lambda fn, name: tasks.append(asyncio.ensure_future(fn()))),
-        wall=lambda: WALL,
         **kwargs,
     )
+    return EventNotices(queue, clock=clock, publish=published.append, wall=lambda: WALL)
 
 
 # -- the message, the options ----------------------------------------------------------
@@ -177,11 +178,11 @@ async def test_a_notice_event_turns_the_record_delete_pending(
         moto, session, clock, published, [], wait=1, spawn=lambda fn, name: loops.append(fn)
     )
     async with asyncio.timeout(STEP):
-        await notices.setup()
+        await notices.queue.setup()
     rules, targets, queues = await _left(moto)
-    assert rules == [notices.name]
+    assert rules == [notices.queue.name]
     assert len(targets) == len(queues) == 1
-    assert notices.queue_url == queues[0]
+    assert notices.queue.queue_url == queues[0]
     notices.watch(_spot("i-0000000000000aaaa"))
     assert len(loops) == 1
     async with raw_client(moto, "sqs") as sqs:
@@ -203,9 +204,9 @@ async def test_a_notice_event_turns_the_record_delete_pending(
     await _put(moto, _event("i-0000000000000aaaa", WALL))  # EC2 acts at WALL + 120
     with caplog.at_level(logging.WARNING, logger="aiores.ec2"):
         async with asyncio.timeout(STEP):
-            while notices.received < 4:
-                await notices.receive()
-    assert notices.dropped == 3
+            while notices.queue.received < 4:
+                await notices.queue.receive()
+    assert notices.queue.dropped == 3
     assert sum("dropped a message" in r.getMessage() for r in caplog.records) == 2
     (record,) = published
     assert record.id == "i-0000000000000aaaa"
@@ -221,7 +222,7 @@ async def test_a_notice_event_turns_the_record_delete_pending(
     async with raw_client(moto, "sqs") as sqs:
         attrs = (
             await sqs.get_queue_attributes(
-                QueueUrl=notices.queue_url,
+                QueueUrl=notices.queue.queue_url,
                 AttributeNames=[
                     "ApproximateNumberOfMessages",
                     "ApproximateNumberOfMessagesNotVisible",
@@ -232,9 +233,9 @@ async def test_a_notice_event_turns_the_record_delete_pending(
         "ApproximateNumberOfMessages": "0",
         "ApproximateNumberOfMessagesNotVisible": "0",
     }
-    await notices.remove()
+    await notices.queue.remove()
     assert await _left(moto) == ([], [], [])
-    await notices.remove()  # what is gone is skipped
+    await notices.queue.remove()  # what is gone is skipped
 
 
 class _Stall:
@@ -274,7 +275,7 @@ async def test_cancelling_the_loop_leaves_nothing(
     async with asyncio.timeout(STEP):
         if where == "setup":
             await stall.reached.wait()  # the rule is made, the queue not yet
-            assert (await _left(moto))[0] == [notices.name]
+            assert (await _left(moto))[0] == [notices.queue.name]
         else:
             await _until_made(moto)
     tasks[0].cancel()
@@ -358,6 +359,26 @@ async def test_no_spot_machine_no_rule(moto: MotoServer) -> None:
 
 
 @pytest.mark.asyncio
+async def test_the_managers_of_a_session_share_one_rule_and_queue(moto: MotoServer) -> None:
+    async with aiores.Session(contexts=[aws_context()]) as session:
+        made: list[tuple[aiores.Manager, aiores.Resource]] = []
+        for template in ("t3.micro", "t3.small"):  # two URLs: two managers
+            url = ec2_url(moto, market="spot", interruptions="events", template=template)
+            mgr = session.manager(url)
+            vm = await mgr.acquire(ComputeDescription(image=IMAGE, ready=None))
+            async with asyncio.timeout(STEP):
+                await vm.wait(ResourceState.ACTIVE)  # followed from now on
+            made.append((mgr, vm))
+        await _until_made(moto)
+        rules, targets, queues = await _left(moto)
+        assert (len(rules), len(targets), len(queues)) == (1, 1, 1)
+        assert rules[0].startswith(f"{PREFIX}{session.id}-")
+        for manager, machine in made:
+            await manager.destroy([machine])
+    assert await _left(moto) == ([], [], [])
+
+
+@pytest.mark.asyncio
 async def test_the_loop_outlives_bad_messages_and_a_queue_removed_from_outside(
     moto: MotoServer, session: aiores.Session, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,35 +392,39 @@ async def test_the_loop_outlives_bad_messages_and_a_queue_removed_from_outside(
             got.notify_all()
 
     tasks: list[asyncio.Task[None]] = []
-    notices = _notices(
-        moto,
-        session,
-        clock,
-        published,
-        tasks,
-        wait=1,
-        publish=lambda info: tasks.append(asyncio.ensure_future(note(info))),
+    queue = _notices(moto, session, clock, [], tasks, wait=1).queue
+    # Two managers of the session (one endpoint and region) share the queue: each
+    # is handed the notices of its own instances.
+    notices, other = (
+        EventNotices(
+            queue,
+            clock=clock,
+            publish=lambda info: tasks.append(asyncio.ensure_future(note(info))),
+            wall=lambda: WALL,
+        )
+        for _ in range(2)
     )
     notices.watch(_spot("i-0000000000000aaaa"))
-    notices.watch(_spot("i-0000000000000cccc"))
+    other.watch(_spot("i-0000000000000cccc"))
+    assert len(tasks) == 1  # one loop for both
     try:
         async with asyncio.timeout(STEP):
             await _until_made(moto)
         with caplog.at_level(logging.WARNING, logger="aiores.ec2"):
             async with raw_client(moto, "sqs") as sqs:
-                assert notices.queue_url is not None
-                await sqs.send_message(QueueUrl=notices.queue_url, MessageBody="not json")
-                await sqs.send_message(QueueUrl=notices.queue_url, MessageBody="[]")
+                assert notices.queue.queue_url is not None
+                await sqs.send_message(QueueUrl=notices.queue.queue_url, MessageBody="not json")
+                await sqs.send_message(QueueUrl=notices.queue.queue_url, MessageBody="[]")
             await _put(moto, _event("i-0000000000000aaaa", WALL))
             async with got, asyncio.timeout(STEP):
                 await got.wait_for(lambda: len(published) == 1)
             # moto delivers in order: the bad ones came first, and changed nothing.
-            assert notices.dropped == 2
+            assert notices.queue.dropped == 2
             assert sum("dropped a message" in r.getMessage() for r in caplog.records) == 2
             # Removed from outside: the next receive fails, the loop waits (on the
             # clock) and makes them again.
             async with raw_client(moto, "sqs") as sqs:
-                await sqs.delete_queue(QueueUrl=notices.queue_url)
+                await sqs.delete_queue(QueueUrl=notices.queue.queue_url)
             async with asyncio.timeout(STEP):
                 await clock.wait_for_sleepers()
             assert any("spot notices by events" in r.getMessage() for r in caplog.records)
@@ -413,7 +438,10 @@ async def test_the_loop_outlives_bad_messages_and_a_queue_removed_from_outside(
             ("i-0000000000000aaaa", 120.0),
             ("i-0000000000000cccc", 60.0),
         ]
+        assert notices.notice("i-0000000000000cccc") is None
+        assert other.notice("i-0000000000000cccc") is not None
         assert notices.running
+        assert other.running
     finally:
         tasks[0].cancel()
         with pytest.raises(asyncio.CancelledError):
