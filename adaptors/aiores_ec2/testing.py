@@ -267,8 +267,15 @@ class FaultApp:
                 break
         return name
 
-    def _action(self, environ: dict[str, Any]) -> tuple[str, bool]:
-        """(action, is_ec2); re-injects a form body it read."""
+    def _action(self, environ: dict[str, Any]) -> tuple[str, str]:
+        """(action, error style: ``ec2``, ``json`` or ``s3``); re-injects a form body it read.
+
+        JSON-protocol services (EventBridge, SQS) name the action in ``X-Amz-Target``
+        (``AWSEvents.PutRule``, ``AmazonSQS.ReceiveMessage``): counted as ``PutRule``...
+        """
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            return target.rpartition(".")[2], "json"
         ctype = environ.get("CONTENT_TYPE", "")
         if environ.get("REQUEST_METHOD") == "POST" and ctype.startswith(
             "application/x-www-form-urlencoded"
@@ -278,8 +285,8 @@ class FaultApp:
             environ["wsgi.input"] = io.BytesIO(body)
             form = urllib.parse.parse_qs(body.decode(errors="replace"))
             if "Action" in form:
-                return form["Action"][0], True
-        return self._s3_action(environ), False
+                return form["Action"][0], "ec2"
+        return self._s3_action(environ), "s3"
 
     def _take(self, kind: str, action: str) -> Any:
         table = self.faults.get(kind) or {}
@@ -304,8 +311,18 @@ class FaultApp:
         return None
 
     @staticmethod
-    def _error(status: int, code: str, ec2: bool, start_response: StartResponse) -> list[bytes]:
-        if ec2:
+    def _error(status: int, code: str, style: str, start_response: StartResponse) -> list[bytes]:
+        if style == "json":
+            data = json.dumps({"__type": code, "message": "injected by the test server"}).encode()
+            start_response(
+                f"{status} Injected",
+                [
+                    ("Content-Type", "application/x-amz-json-1.1"),
+                    ("Content-Length", str(len(data))),
+                ],
+            )
+            return [data]
+        if style == "ec2":
             body = (
                 '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
                 f"<Code>{code}</Code><Message>injected by the test server</Message>"
@@ -365,7 +382,7 @@ class FaultApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "").startswith("/_aiores/"):
             return self._control(environ, start_response)
-        action, ec2 = self._action(environ)
+        action, style = self._action(environ)
         self._flip()
         with self.lock:
             self.calls[action] += 1
@@ -380,7 +397,7 @@ class FaultApp:
             time.sleep(float(before))
         fault = self._fault(action)
         if fault is not None:
-            return self._error(fault[0], fault[1], ec2, start_response)
+            return self._error(fault[0], fault[1], style, start_response)
 
         def respond(status: str, headers: list[tuple[str, str]], *args: Any) -> Any:
             # moto sets a Server header of its own and werkzeug adds one: aiohttp

@@ -447,3 +447,37 @@ async def test_the_loop_outlives_bad_messages_and_a_queue_removed_from_outside(
         with pytest.raises(asyncio.CancelledError):
             await tasks[0]
     assert await _left(moto) == ([], [], [])
+
+
+@pytest.mark.asyncio
+async def test_a_refused_setup_is_logged_and_tried_again_after_a_pause(
+    moto: MotoServer, session: aiores.Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    await moto.set_faults(error={"PutRule": [2, 400, "AccessDeniedException"]})
+    clock = FakeClock()
+    tasks: list[asyncio.Task[None]] = []
+    notices = _notices(moto, session, clock, [], tasks, wait=1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiores.ec2"):
+            notices.watch(_spot("i-0000000000000aaaa"))
+            async with asyncio.timeout(STEP):
+                await clock.wait_for_sleepers()
+                assert clock.next_deadline() == 1.0  # the first pause
+                clock.advance(1.0)
+                await clock.wait_for_sleepers()
+                assert clock.next_deadline() == 3.0  # doubled
+        refused = [r.getMessage() for r in caplog.records if "AccessDenied" in r.getMessage()]
+        assert len(refused) == 2
+        assert all("spot notices by events" in m for m in refused)
+        assert notices.queue.queue_url is None
+        assert await _left(moto) == ([], [], [])
+        clock.advance(2.0)  # granted now: made at the third try
+        await _until_made(moto)
+        calls = await moto.calls()
+        assert calls["PutRule"] == 3
+        assert calls["CreateQueue"] == 1
+    finally:
+        tasks[0].cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+    assert await _left(moto) == ([], [], [])
