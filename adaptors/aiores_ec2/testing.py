@@ -5,8 +5,9 @@ in-process mocking does not reach aiobotocore, so it runs as a server, here in a
 child process (no GIL shared with the tests) bound to 127.0.0.1 on a free port. A
 thin WSGI layer in front of it adds what moto lacks and tests need:
 
-- **call counts** per action (``RunInstances``; S3 calls as ``S3:PUT:object``...),
-  as the server saw them: retries included;
+- **call counts** per action (``RunInstances``; EventBridge and SQS calls by their
+  action, ``PutRule``, ``ReceiveMessage``; S3 calls as ``S3:PUT:object``...), as the
+  server saw them: retries included;
 - **loopback addresses**: instances' public addresses are in 127.0.0.0/8 (moto makes
   up internet ones), so that nothing can reach off this machine by mistake;
 - **faults**: a pending phase for new instances (moto's are running at once),
