@@ -154,6 +154,13 @@ class _Run(asyncssh.SSHClientSession[bytes]):
             assert self.broken is not None
             self.broken.set_result(exc)
 
+    def eof_received(self) -> bool:
+        # True keeps our side open, as asyncssh's own stream sessions do: asyncssh
+        # would otherwise answer the server's EOF with one of ours, a packet for
+        # nothing (the command's input is ended already, or was /dev/null), and
+        # the server closes the channel once the command has exited.
+        return True
+
     def exit_status_received(self, status: int) -> None:
         self.status = status
 
