@@ -5,8 +5,9 @@ targets are N distinct (host, port) endpoints and every connection is a new one)
 then for each N runs, in the same process and alternating:
 
 - raw asyncssh: one shared ``SSHClientConnectionOptions`` (known_hosts read once,
-  key loaded once; the ciphers, timeouts and keepalive of aiores' pool),
-  ``connect`` + ``run("true")`` per target, all concurrent;
+  key loaded once, within the cold run as aiores' pool does; the ciphers, timeouts
+  and keepalive of aiores' pool), ``connect`` + ``run("true")`` per target, all
+  concurrent;
   then ``run("true")`` again on the open connections (warm);
 - aiores: one ``Session`` with an ``SSHContext``, ``session.command_runner(url)`` per
   target and ``run("true")``, all concurrent (cold: new connections); then again on
@@ -85,28 +86,33 @@ class Fleet:
 
 async def raw(fleet: Fleet, user: str) -> tuple[Sample, Sample]:
     defaults = aiores.SSHContext()
-    options = await asyncssh.SSHClientConnectionOptions.construct(
-        encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
-        known_hosts=asyncssh.import_known_hosts(fleet.known_hosts.read_text()),
-        client_keys=[str(fleet.keys.client_key)],
-        config=[],
-        username=user,
-        # The timeouts and keepalive aiores' pool sets (an SSHContext's defaults):
-        # asyncssh re-arms the keepalive timer on every packet it receives.
-        connect_timeout=defaults.connect_timeout,
-        login_timeout=defaults.login_timeout,
-        keepalive_interval=defaults.keepalive_interval,
-        keepalive_count_max=3,
-    )
     conns: list[asyncssh.SSHClientConnection] = []
 
-    async def one(port: int) -> None:
-        conn = await asyncssh.connect("127.0.0.1", port, options=options)
-        conns.append(conn)
-        result = await conn.run("true")
-        assert result.exit_status == 0, result
-
     async def cold() -> None:
+        # Built within the cold run, as aiores' pool builds its options (known_hosts
+        # read and parsed) on the first connect of a session.
+        options = await asyncssh.SSHClientConnectionOptions.construct(
+            encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
+            known_hosts=asyncssh.import_known_hosts(
+                await asyncio.to_thread(fleet.known_hosts.read_text)
+            ),
+            client_keys=[str(fleet.keys.client_key)],
+            config=[],
+            username=user,
+            # The timeouts and keepalive aiores' pool sets (an SSHContext's defaults):
+            # asyncssh re-arms the keepalive timer on every packet it receives.
+            connect_timeout=defaults.connect_timeout,
+            login_timeout=defaults.login_timeout,
+            keepalive_interval=defaults.keepalive_interval,
+            keepalive_count_max=3,
+        )
+
+        async def one(port: int) -> None:
+            conn = await asyncssh.connect("127.0.0.1", port, options=options)
+            conns.append(conn)
+            result = await conn.run("true")
+            assert result.exit_status == 0, result
+
         await asyncio.gather(*(one(port) for port in fleet.ports))
 
     async def warm() -> None:
