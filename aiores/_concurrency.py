@@ -287,6 +287,18 @@ class TaskSet:
             task = await self._done.get()
             yield task.result()
 
+    async def results(self) -> list[Any]:
+        """Every task's result in the order they were spawned, once all are done
+        (spawn everything first); a task's error is raised as soon as it fails."""
+        if not self._tasks:
+            return []
+        _, pending = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        if pending:  # one failed: raise its error now (the rest are cancelled on exit)
+            for task in self._tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    task.result()
+        return [task.result() for task in self._tasks]
+
     async def aclose(self) -> None:
         """Cancel what still runs and wait for all (each is bounded by its own work:
         a cancelled run stops its remote command first); a second cancellation of

@@ -19,6 +19,7 @@ from collections.abc import (
     AsyncGenerator,
     Awaitable,
     Callable,
+    Coroutine,
     Iterable,
     Iterator,
     Mapping,
@@ -431,14 +432,14 @@ class Group(Sequence["Compute"]):
         if on_line is not None and not callable(on_line):
             raise validate.fail("on_line", "a callable or None", on_line)
 
+        # Checked once here for every machine: each runs them as they are (the
+        # result's resource is set by _on_host).
         async def op(resource: Compute, seconds: float | None) -> RunResult:
             if on_line is None:
-                return await resource.run(command, stdin=stdin, env=env, timeout=seconds, user=user)
+                return await resource._run_checked(command, stdin, env, seconds, user, None)
             lines = _Lines(resource, on_line)
             try:
-                result = await resource.run(
-                    command, stdin=stdin, env=env, timeout=seconds, user=user, on_output=lines
-                )
+                result = await resource._run_checked(command, stdin, env, seconds, user, lines)
             except BaseException:
                 # What came stays shown; the run's own exception is what counts.
                 with contextlib.suppress(Exception):
@@ -474,12 +475,15 @@ class Group(Sequence["Compute"]):
         deadline: float | None,
     ) -> GroupResult:
         limit, timeout, deadline = _check_fan_out(check, limit, timeout, deadline)
-        results: list[RunResult | None] = [None] * len(self._resources)
-        async with contextlib.aclosing(self._fan_out(op, what, limit, timeout, deadline)) as it:
-            async for index, result in it:
-                results[index] = result
-        assert all(r is not None for r in results)
-        outcome = GroupResult([r for r in results if r is not None], what)
+        results: list[RunResult] = []
+        if self._resources:
+            # As _fan_out, with the results in the group's order as they come: leaving
+            # early cancels what still runs and waits for it.
+            async with TaskSet(what) as tasks:
+                for r, work in self._work(op, what, limit, timeout, deadline):
+                    tasks.spawn(work, name=f"aiores-{what} {r.id}")
+                results = await tasks.results()
+        outcome = GroupResult(results, what)
         return outcome.check() if check else outcome
 
     def _stream(
@@ -508,21 +512,32 @@ class Group(Sequence["Compute"]):
         """
         if not self._resources:
             return
-        loop = asyncio.get_running_loop()
-        due = None if deadline is None else loop.time() + deadline
-        gate = asyncio.Semaphore(limit) if limit is not None else None
 
-        async def one(index: int, resource: Compute) -> tuple[int, RunResult]:
-            return index, await _on_host(resource, op, gate, timeout, due, deadline, what)
+        async def one(index: int, work: Awaitable[RunResult]) -> tuple[int, RunResult]:
+            return index, await work
 
         # Leaving early (the consumer stops, or is cancelled) cancels what still runs
         # and waits for it: each run stops its remote command when cancelled (bounded
         # by the adaptor's grace period); a second cancellation stops only this wait.
         async with TaskSet(what) as tasks:
-            for i, r in enumerate(self._resources):
-                tasks.spawn(one(i, r), name=f"aiores-{what} {r.id}")
+            for i, (r, work) in enumerate(self._work(op, what, limit, timeout, deadline)):
+                tasks.spawn(one(i, work), name=f"aiores-{what} {r.id}")
             async for done in tasks.as_completed():
                 yield done
+
+    def _work(
+        self,
+        op: Op,
+        what: str,
+        limit: int | None,
+        timeout: float | None,
+        deadline: float | None,
+    ) -> list[tuple[Compute, Coroutine[None, None, RunResult]]]:
+        """Each member with the coroutine of its whole result (not started yet)."""
+        loop = asyncio.get_running_loop()
+        due = None if deadline is None else loop.time() + deadline
+        gate = asyncio.Semaphore(limit) if limit is not None else None
+        return [(r, _on_host(r, op, gate, timeout, due, deadline, what)) for r in self._resources]
 
 
 async def _results_only(
@@ -559,12 +574,16 @@ async def _on_host(
         )
 
     try:
-        async with (
-            fail_after(None if due is None else due - loop.time(), late),
-            gate or contextlib.nullcontext(),
-        ):
+        if due is None and gate is None:  # nothing to wait for, no deadline to keep
             started, t0 = time.time(), loop.time()
             result = await op(resource, timeout)
+        else:
+            async with (
+                fail_after(None if due is None else due - loop.time(), late),
+                gate or contextlib.nullcontext(),
+            ):
+                started, t0 = time.time(), loop.time()
+                result = await op(resource, timeout)
     except TimeoutError as exc:  # the deadline's Timeout, or the run's own
         error = (
             exc if isinstance(exc, AioresError) else Timeout(f"{resource.id}: {exc or 'timed out'}")

@@ -731,14 +731,25 @@ class Compute(Resource):
         command, data, env, timeout = check.run_arguments(command, stdin, env, timeout)
         if on_output is not None and not callable(on_output):
             raise check.fail("on_output", "a callable or None", on_output)
+        result = await self._run_checked(command, data, env, timeout, user, on_output)
+        return dataclasses.replace(result, resource=self)
+
+    async def _run_checked(
+        self,
+        command: str | tuple[str, ...],
+        stdin: bytes | None,
+        env: dict[str, str] | None,
+        timeout: float | None,
+        user: str | None,
+        on_output: Callable[[str, bytes], None] | None,
+    ) -> RunResult:
+        """:meth:`run` of arguments already checked (``run_arguments``, a callable
+        ``on_output``), as a fan-out checks them once for all its machines; the
+        result's ``resource`` is left for the caller to set."""
         runner = await self._manager.session.command_runner(self.access_as(user))
         if on_output is None:  # a runner that predates on_output still runs commands
-            result = await runner.run(command, stdin=data, env=env, timeout=timeout)
-        else:
-            result = await runner.run(
-                command, stdin=data, env=env, timeout=timeout, on_output=on_output
-            )
-        return dataclasses.replace(result, resource=self)
+            return await runner.run(command, stdin=stdin, env=env, timeout=timeout)
+        return await runner.run(command, stdin=stdin, env=env, timeout=timeout, on_output=on_output)
 
     async def put(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a local file or directory to it."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import logging
 import os
@@ -99,15 +100,30 @@ _KINDS: dict[str, str] = {
 
 
 class _Endpoint:
-    """One adaptor instance of a session, opened once, with its watcher."""
+    """One adaptor instance of a session, opened once, with its watcher.
 
-    def __init__(self, adaptor: Adaptor, watcher: Watcher) -> None:
+    The watcher is made when first asked for: an endpoint that only runs commands
+    or copies files (one per machine in a fan-out) never watches anything.
+    """
+
+    def __init__(self, adaptor: Adaptor, make_watcher: Callable[[Adaptor], Watcher]) -> None:
         self.adaptor = adaptor
-        self.watcher = watcher
+        self._make_watcher = make_watcher
+        self._watcher: Watcher | None = None
         self.is_open = False
         # Held while opening: a caller cancelled or failing mid-open releases it and
         # the next caller tries again; nobody inherits another's cancellation.
         self.lock = asyncio.Lock()
+
+    @property
+    def watcher(self) -> Watcher:
+        if self._watcher is None:
+            self._watcher = self._make_watcher(self.adaptor)
+        return self._watcher
+
+    def close_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.close()
 
 
 class Session:
@@ -204,7 +220,7 @@ class Session:
         try:
             # 1. Nobody waits on a closed session: waiters raise IncorrectState.
             for endpoint in self._endpoints.values():
-                endpoint.watcher.close()
+                endpoint.close_watcher()
             # 2. Background work (watchers, array feeders, probes) stops first ...
             background = list(self._background)
             for task in background:
@@ -561,16 +577,19 @@ class Session:
 
     # -- adaptors ---------------------------------------------------------------------
     def _plugin(self, url: URL, kind: str) -> AdaptorPlugin:
+        return self._resolve(url, kind)[0]
+
+    def _resolve(self, url: URL, kind: str) -> tuple[AdaptorPlugin, _Endpoint]:
+        """The plugin for ``url`` and its endpoint for ``kind`` (made now, so a plugin
+        that lacks the capability fails at once)."""
         if url.scheme != "any":
             plugin = registry.plugin_for(url)
-            self._endpoint(plugin, url, kind)  # fails now if it lacks the capability
-            return plugin
+            return plugin, self._endpoint(plugin, url, kind)
         for plugin in registry.candidates(url):
             try:
-                self._endpoint(plugin, url, kind)
+                return plugin, self._endpoint(plugin, url, kind)
             except NotSupported:
                 continue
-            return plugin
         raise NotSupported(f"no adaptor accepts {str(url)!r} for {kind}")
 
     def _endpoint(self, plugin: AdaptorPlugin, url: URL, kind: str) -> _Endpoint:
@@ -579,14 +598,20 @@ class Session:
         if endpoint is None:
             factory: Callable[[URL, Session], Adaptor] = getattr(plugin, _KINDS[kind])
             adaptor = factory(url, self)
-            watcher = Watcher(adaptor, clock=self._clock, spawn=self.spawn, name=key[2])
-            endpoint = self._endpoints[key] = _Endpoint(adaptor, watcher)
+            endpoint = self._endpoints[key] = _Endpoint(
+                adaptor,
+                functools.partial(Watcher, clock=self._clock, spawn=self.spawn, name=key[2]),
+            )
         return endpoint
 
-    async def _open_endpoint(self, plugin: AdaptorPlugin, url: URL, kind: str) -> _Endpoint:
-        """The endpoint's adaptor, opened (once, shared by all concurrent callers)."""
+    async def _open_endpoint(
+        self, plugin: AdaptorPlugin, url: URL, kind: str, endpoint: _Endpoint | None = None
+    ) -> _Endpoint:
+        """The endpoint's adaptor (``endpoint`` if it was looked up already), opened
+        (once, shared by all concurrent callers)."""
         self._check_open()
-        endpoint = self._endpoint(plugin, url, kind)
+        if endpoint is None:
+            endpoint = self._endpoint(plugin, url, kind)
         if not endpoint.is_open:
             async with endpoint.lock:
                 self._check_open()
@@ -601,7 +626,8 @@ class Session:
             self._check_open()
         else:
             parsed = URL.parse(url)
-            endpoint = await self._open_endpoint(self._plugin(parsed, kind), parsed, kind)
+            plugin, endpoint = self._resolve(parsed, kind)
+            endpoint = await self._open_endpoint(plugin, parsed, kind, endpoint)
             self._opened[(url, kind)] = endpoint
         adaptor = endpoint.adaptor
         if not isinstance(adaptor, base):

@@ -5,7 +5,10 @@ targets are N distinct (host, port) endpoints and every connection is a new one)
 then for each N runs, in the same process and alternating:
 
 - raw asyncssh: one shared ``SSHClientConnectionOptions`` (known_hosts read once,
-  key loaded once), ``connect`` + ``run("true")`` per target, all concurrent;
+  key loaded once, within the cold run as aiores' pool does; the ciphers, timeouts
+  and keepalive of aiores' pool), ``connect`` + ``run("true")`` per target, all
+  concurrent with at most 64 handshakes at a time as aiores' pool allows
+  (``--raw-handshakes 0``: no bound);
   then ``run("true")`` again on the open connections (warm);
 - aiores: one ``Session`` with an ``SSHContext``, ``session.command_runner(url)`` per
   target and ``run("true")``, all concurrent (cold: new connections); then again on
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import sys
@@ -41,6 +45,9 @@ from aiores_ssh import CIPHERS  # noqa: E402
 from tests.ssh.servers import PERMISSIVE, Keys, Sshd, free_port, private_dir, remove_dir  # noqa: E402
 
 PORTS_PER_SSHD = 16  # sshd refuses more listen sockets
+#: Handshakes the raw baseline has in flight at once (0: no bound); aiores' pool
+#: allows 64 (Pool.max_handshakes). Set by --raw-handshakes.
+RAW_HANDSHAKES = [64]
 
 
 @dataclass
@@ -83,22 +90,38 @@ class Fleet:
 
 
 async def raw(fleet: Fleet, user: str) -> tuple[Sample, Sample]:
-    options = await asyncssh.SSHClientConnectionOptions.construct(
-        encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
-        known_hosts=asyncssh.import_known_hosts(fleet.known_hosts.read_text()),
-        client_keys=[str(fleet.keys.client_key)],
-        config=[],
-        username=user,
-    )
+    defaults = aiores.SSHContext()
     conns: list[asyncssh.SSHClientConnection] = []
 
-    async def one(port: int) -> None:
-        conn = await asyncssh.connect("127.0.0.1", port, options=options)
-        conns.append(conn)
-        result = await conn.run("true")
-        assert result.exit_status == 0, result
-
     async def cold() -> None:
+        # Built within the cold run, as aiores' pool builds its options (known_hosts
+        # read and parsed) on the first connect of a session.
+        options = await asyncssh.SSHClientConnectionOptions.construct(
+            encryption_algs=list(CIPHERS),  # the ciphers aiores offers, in its order
+            known_hosts=asyncssh.import_known_hosts(
+                await asyncio.to_thread(fleet.known_hosts.read_text)
+            ),
+            client_keys=[str(fleet.keys.client_key)],
+            config=[],
+            username=user,
+            # The timeouts and keepalive aiores' pool sets (an SSHContext's defaults):
+            # asyncssh re-arms the keepalive timer on every packet it receives.
+            connect_timeout=defaults.connect_timeout,
+            login_timeout=defaults.login_timeout,
+            keepalive_interval=defaults.keepalive_interval,
+            keepalive_count_max=3,
+        )
+
+        bound = RAW_HANDSHAKES[0]
+        gate = asyncio.Semaphore(bound) if bound else contextlib.nullcontext()
+
+        async def one(port: int) -> None:
+            async with gate:
+                conn = await asyncssh.connect("127.0.0.1", port, options=options)
+            conns.append(conn)
+            result = await conn.run("true")
+            assert result.exit_status == 0, result
+
         await asyncio.gather(*(one(port) for port in fleet.ports))
 
     async def warm() -> None:
@@ -137,7 +160,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--raw-handshakes",
+        type=int,
+        default=64,
+        help="handshakes in flight at once for raw asyncssh (0: no bound; aiores: 64)",
+    )
     args = parser.parse_args()
+    RAW_HANDSHAKES[0] = args.raw_handshakes
 
     load_before = os.getloadavg()
     directory = private_dir("aiores-bench-")
@@ -170,7 +200,11 @@ async def main() -> None:
         remove_dir(directory)
 
     load = " -> ".join(" ".join(f"{x:.2f}" for x in avg) for avg in (load_before, os.getloadavg()))
-    print(f"ssh fan-out of `true`, median of {args.repeat} runs (one sshd per 16 ports)")
+    bound = f"at most {args.raw_handshakes}" if args.raw_handshakes else "no bound on"
+    print(
+        f"ssh fan-out of `true`, median of {args.repeat} runs (one sshd per 16 ports; "
+        f"raw asyncssh: {bound} handshakes at a time, aiores: its pool's 64)"
+    )
     print(f"load average (1, 5, 15 min) at start -> end: {load}")
     head = (
         f"{'N':>4} {'mode':<5} {'raw wall':>9} {'aiores wall':>11} {'ratio':>6} "

@@ -18,6 +18,7 @@ is accepted and appended to the first known_hosts file of the context.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 from collections.abc import Callable, Sequence
@@ -192,6 +193,7 @@ class HostKeyPolicy:
                     raise
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_address(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

@@ -60,6 +60,8 @@ _TOKEN_PREFIX = secrets.token_hex(6)
 _SIGNAL_WAIT = 0.5
 #: Seconds to wait for a stopped command's channel to close before giving its slot back.
 _CLOSE_WAIT = 2.0
+#: The scope of a run with no timeout (reusable: it holds no state).
+_NO_DEADLINE = contextlib.nullcontext()
 
 
 class CommandTimeout(Timeout):
@@ -152,6 +154,13 @@ class _Run(asyncssh.SSHClientSession[bytes]):
             assert self.broken is not None
             self.broken.set_result(exc)
 
+    def eof_received(self) -> bool:
+        # True keeps our side open, as asyncssh's own stream sessions do: asyncssh
+        # would otherwise answer the server's EOF with one of ours, a packet for
+        # nothing (the command's input is ended already, or was /dev/null), and
+        # the server closes the channel once the command has exited.
+        return True
+
     def exit_status_received(self, status: int) -> None:
         self.status = status
 
@@ -205,7 +214,10 @@ async def execute(
     loop = asyncio.get_running_loop()
     start = loop.time()
     token = f"{_TOKEN_PREFIX}{next(_TOKENS):x}"
-    remote, preamble = mark_command(command, token, env)
+    remote, preamble = mark_command(command, token, env, stdin=bool(stdin))
+    # Whether anything goes on the channel's input (else the command reads
+    # /dev/null and no EOF is sent: one packet less per run).
+    feeds = bool(preamble or stdin)
     started: _Run | None = None  # for the partial output of a run that timed out
     tried: list[_Run] = []  # every channel opened for it (the pool may retry)
 
@@ -227,7 +239,7 @@ async def execute(
 
     try:
         finished: _Run | None = None
-        async with concurrency.move_on_after(timeout):
+        async with concurrency.move_on_after(timeout) if timeout is not None else _NO_DEADLINE:
             try:
                 lease, run = await pool.channel(target, opener, abandon)
             except BaseException:
@@ -239,11 +251,12 @@ async def execute(
             started = run
             try:
                 chan = run.channel()
-                if preamble:
-                    chan.write(preamble)
-                if stdin:
-                    chan.write(stdin)
-                chan.write_eof()
+                if feeds:
+                    if preamble:
+                        chan.write(preamble)
+                    if stdin:
+                        chan.write(stdin)
+                    chan.write_eof()
                 # Shielded / asyncio.wait: a cancelled wait leaves the future to the
                 # stop below, which waits on it too (a shared future, not a cleanup).
                 if run.broken is None:

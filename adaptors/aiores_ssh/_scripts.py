@@ -143,7 +143,7 @@ _TOKEN = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 
 
 def mark_command(
-    command: str, token: str, env: Mapping[str, str] | None = None
+    command: str, token: str, env: Mapping[str, str] | None = None, *, stdin: bool = True
 ) -> tuple[str, bytes]:
     """The remote command line for ``command`` and what to send before its stdin.
 
@@ -155,6 +155,11 @@ def mark_command(
 
     ``env`` travels on standard input ahead of the command's own, never in the
     command line, which every user of the host can read with ``ps``.
+
+    With ``stdin`` False (the caller sends nothing on the channel) and no ``env``,
+    the shell reads its standard input from ``/dev/null``: the command sees an empty
+    input at once, and the caller need not send an EOF (one packet less per run).
+    The preamble is then empty.
     """
     if not _TOKEN.fullmatch(token):
         raise BadParameter(f"not a run token: {token!r}")
@@ -164,6 +169,8 @@ def mark_command(
     head = f"{RUN_VAR}={shell.quote(token + '.', 'token')}$$; export {RUN_VAR}\n"
     if preamble:
         head += f'eval "$({read_stdin(len(preamble))})"\n'
+    elif not stdin:
+        head += "exec </dev/null\n"
     return head + command, preamble
 
 

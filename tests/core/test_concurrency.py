@@ -203,6 +203,47 @@ async def test_a_task_set_cancels_and_awaits_what_still_runs() -> None:
     assert sorted(cancelled) == [1, 2]
 
 
+async def test_task_set_results_come_in_spawn_order() -> None:
+    gates = [asyncio.Event() for _ in range(3)]
+
+    async def work(n: int) -> int:
+        await gates[n].wait()
+        return n
+
+    async with TaskSet("test") as tasks:
+        for n in range(3):
+            tasks.spawn(work(n))
+        waiting = asyncio.ensure_future(tasks.results())
+        for gate in reversed(gates):  # the last one ends first
+            gate.set()
+            await asyncio.sleep(0)
+        assert await waiting == [0, 1, 2]
+    async with TaskSet("empty") as none:
+        assert await none.results() == []
+
+
+async def test_task_set_results_raise_the_first_failure_and_cancel_the_rest() -> None:
+    cancelled: list[int] = []
+
+    async def work(n: int) -> int:
+        if n == 1:
+            raise ValueError("one failed")
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(n)
+            raise
+        return n
+
+    async with TaskSet("test") as tasks:
+        for n in range(3):
+            tasks.spawn(work(n))
+        with pytest.raises(ValueError, match="one failed"):
+            await tasks.results()
+        assert cancelled == []  # raised at once, the others still running
+    assert sorted(cancelled) == [0, 2]  # leaving the set cancelled them
+
+
 class Closable:
     def __init__(self, name: str, closed: list[str], fail: bool = False) -> None:
         self.name = name

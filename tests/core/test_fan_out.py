@@ -139,3 +139,43 @@ async def test_a_fan_out_deadline_stops_what_runs_and_says_so(hold: Hold) -> Non
             )
         assert hold.running == set()
         assert sorted(hold.stopped) == ["h1", "h2", "h3"]
+
+
+@pytest.mark.asyncio
+async def test_cancelling_a_group_run_stops_and_awaits_every_run(hold: Hold) -> None:
+    async with aiores.Session(journal=None) as session, hosts(session) as group:
+        running = asyncio.create_task(group.run("slow"))
+        await until_running(hold, HOSTS)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        assert fan_out_tasks() == []
+        assert hold.running == set()
+        assert sorted(hold.stopped) == ["h0", "h1", "h2", "h3"]
+
+
+@pytest.mark.asyncio
+async def test_a_fan_out_checks_its_arguments_once_and_keeps_the_group_order(
+    hold: Hold, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiores import _validate
+
+    checks: list[object] = []
+    run_arguments = _validate.run_arguments
+
+    def counting(*args: object) -> object:
+        checks.append(args[0])
+        return run_arguments(*args)
+
+    monkeypatch.setattr(_validate, "run_arguments", counting)
+    async with aiores.Session(journal=None) as session, hosts(session) as group:
+        result = await group.run("fast", deadline=0.2, check=False)
+        assert checks == ["fast"]  # once for the group, not once per machine
+        assert [r.resource for r in result] == list(group)
+        assert all(r.started is not None and r.finished is not None for r in result)
+        with pytest.raises(aiores.BadParameter, match="command"):
+            await group.run("")
+        # Endpoints that only ran commands never made a watcher.
+        commands = [k for k in session._endpoints if k[1] == "commands"]
+        assert len(commands) == HOSTS
+        assert all(session._endpoints[k]._watcher is None for k in commands)

@@ -7,6 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
+import asyncssh
 import psutil
 import pytest
 
@@ -32,6 +33,35 @@ async def test_run_returns_output_and_exit_status(adaptors: Adaptors, sshd: Sshd
     fed = await runner.run('cat; echo "$FOO"', stdin=b"in\n", env={"FOO": "a 'b' c"})
     assert fed.ok
     assert fed.stdout == "in\na 'b' c\n"
+
+
+@pytest.mark.asyncio
+async def test_a_run_with_no_input_reads_nothing_and_sends_no_eof(
+    adaptors: Adaptors, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing for its standard input the command reads /dev/null: it sees the
+    end of its input at once, and the client sends no EOF (one packet less per run).
+    Input or an environment still travel on the channel, ended by an EOF."""
+    eofs: list[object] = []
+    write_eof = asyncssh.SSHClientChannel.write_eof
+
+    def counting(self: asyncssh.SSHClientChannel[bytes]) -> None:
+        eofs.append(self)
+        write_eof(self)
+
+    monkeypatch.setattr(asyncssh.SSHClientChannel, "write_eof", counting)
+    runner = await adaptors.runner(sshd.url())
+    # cat would wait for ever on an input that never ends: the timeout says so.
+    bare = await runner.run("cat; echo end", timeout=STEP)
+    assert (bare.exit_status, bare.stdout) == (0, "end\n")
+    empty = await runner.run(["cat"], stdin=b"", timeout=STEP)
+    assert (empty.exit_status, empty.stdout) == (0, "")
+    assert eofs == []
+    fed = await runner.run("cat", stdin=b"in", timeout=STEP)
+    assert fed.stdout == "in"
+    exported = await runner.run('cat; echo "$A"', env={"A": "1"}, timeout=STEP)
+    assert exported.stdout == "1\n"  # the exports were read, and nothing after them
+    assert len(eofs) == 2
 
 
 @pytest.mark.asyncio
