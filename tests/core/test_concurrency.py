@@ -6,7 +6,6 @@ import asyncio
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
@@ -23,6 +22,8 @@ from aiores._concurrency import (
     result_of,
     settle,
 )
+
+from ..loop_turns import iteration_counter
 
 pytestmark = pytest.mark.asyncio
 
@@ -390,27 +391,6 @@ async def test_to_thread_disposes_later_when_the_cleanup_bound_ends_first() -> N
     go_on.set()
     async with asyncio.timeout(5):
         await disposed.wait()
-
-
-def iteration_counter(
-    loop: asyncio.AbstractEventLoop,
-) -> tuple[Callable[[], int], Callable[[], None]]:
-    """A function giving the loop iteration number, and one to stop counting."""
-    count = 0
-    handle: asyncio.Handle | None = None
-
-    def tick() -> None:
-        nonlocal count, handle
-        count += 1
-        handle = loop.call_soon(tick)
-
-    tick()
-
-    def stop() -> None:
-        assert handle is not None
-        handle.cancel()
-
-    return (lambda: count), stop
 
 
 async def test_turn_gate_spreads_starts_over_iterations() -> None:
