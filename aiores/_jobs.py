@@ -92,6 +92,9 @@ class JobService:
     async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
         """Submit one job; returns once the backend accepted it.
 
+        Submits gathered by the thousand take their steps at most 16 per loop
+        iteration (the session's admission), so the loop keeps turning meanwhile.
+
         Args:
             description: What to run.
             hold: Submit it HELD: it starts only after ``job.release()``.
