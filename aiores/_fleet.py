@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from . import _heap as heap
 from . import _validate as check
 from ._concurrency import errors, move_on_after, settle
 from ._descriptions import ComputeDescription, _tags
@@ -186,7 +187,10 @@ class Fleet:
         if self._closed:
             return
         self._closed = True
-        await self.session.shielded(self._teardown, what="tearing down a fleet")
+        try:
+            await self.session.shielded(self._teardown, what="tearing down a fleet")
+        finally:
+            heap.release(self)
 
     async def _teardown(self) -> None:
         booted = [m.resource for m in self._members.values() if m.provision is not None]
@@ -369,6 +373,12 @@ class Fleet:
 
         Cancelling it changes nothing but the waiting (replacements being acquired
         release what they made).
+
+        Once it returns 100 machines or more, the fleet holds the process's heap
+        frozen (:func:`gc.freeze`) until it deprovisions or closes: the machines'
+        objects and connections live on, and full garbage collections that visit
+        them all would stall the event loop for a tenth of a second or more each (a
+        program that froze its heap itself is left alone; see ``aiores._heap``).
         """
         wanted = _wanted(tags)
         timeout = check.timeout(timeout)
@@ -389,6 +399,10 @@ class Fleet:
                 failed,
                 [m.resource for m in selected],
             )
+        if len(selected) >= heap.BULK:
+            # What these machines are (objects, connections) lives on: out of the full
+            # garbage collections, which would otherwise stall the loop (aiores._heap).
+            heap.hold(self)
         return Group(m.resource for m in selected)
 
     async def _barrier(self, wanted: frozenset[str], budget: int) -> builtins.list[Exception]:
@@ -484,6 +498,9 @@ class Fleet:
         wanted = _wanted(tags)
         provisions = [p for p in self._provisions if p._may_have(wanted)]
         await asyncio.gather(*(p._done.wait() for p in provisions))
+        # The machines' objects become garbage: let the collector reach them (a later
+        # wait holds the heap again).
+        heap.release(self)
         members = self._select(tuple(wanted))
         for member in members:
             if member.provision is None:

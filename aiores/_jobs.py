@@ -92,6 +92,9 @@ class JobService:
     async def submit(self, description: JobDescription, *, hold: bool = False) -> Job:
         """Submit one job; returns once the backend accepted it.
 
+        Submits gathered by the thousand take their steps at most 16 per loop
+        iteration (the session's admission), so the loop keeps turning meanwhile.
+
         Args:
             description: What to run.
             hold: Submit it HELD: it starts only after ``job.release()``.
@@ -111,6 +114,7 @@ class JobService:
                 f"submit needs an aiores.JobDescription, not {type(description).__name__}"
             )
         check.flag(hold, "hold")
+        await self.session._submits.turn()
         adaptor, watcher = await self._open()
         if hold and not adaptor.supports_hold:
             raise NotSupported(f"{self.url.scheme}:// cannot submit jobs on hold")
@@ -482,6 +486,9 @@ class Job(Tracked[JobState]):
         session = self._service.session
 
         async def call(token: str) -> Sequence[JobInfo]:
+            # Again here: submits that waited together (for the journal) would
+            # otherwise all reach the backend in one loop iteration.
+            await session._submits.turn()
             return [await adaptor.submit(description, token, hold=hold)]
 
         (info,) = await session.guarded_call(

@@ -18,7 +18,7 @@ import platformdirs
 
 from . import _validate as check
 from ._clock import Clock, LoopClock
-from ._concurrency import Cleanups, Shared
+from ._concurrency import Cleanups, Shared, TurnGate
 from ._contexts import Context
 from ._exceptions import (
     AioresError,
@@ -179,6 +179,10 @@ class Session:
         self._cleanups = Cleanups(cleanup_timeout, log)
         self._shared = Shared(ADAPTOR_CLOSE_TIMEOUT, log)
         self._background: set[asyncio.Task[None]] = set()
+        #: Job submits take their steps (the first: checks, the journal's intent; the
+        #: backend call) at most 16 per loop iteration: a thousand gathered at once
+        #: would otherwise take each step together, in one iteration.
+        self._submits = TurnGate(16)
         self._pinned: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._login_keys: dict[tuple[str, int | None], tuple[str, ...]] = {}
         self._state_dir = state_dir()

@@ -85,32 +85,86 @@ class GCPauses:
 
 
 class Culprits:
-    """The slowest loop callbacks while installed (wraps ``asyncio.Handle._run``)."""
+    """The slowest loop callbacks and iterations while installed.
 
-    def __init__(self, keep: int = 8) -> None:
+    Wraps ``asyncio.Handle._run`` (each callback's time) and the running loop's
+    ``_run_once`` (each iteration's callbacks together): a lag made of one slow
+    callback shows in the first list, one made of thousands of small ones (every
+    connection's answer ready at once) in the second, grouped by what ran (a task
+    by the coroutine it resumed in, a callback by its function).
+    """
+
+    def __init__(self, keep: int = 8, iterations: int = 3) -> None:
         self.keep = keep
+        self.iterations = iterations
         self.slowest: list[tuple[float, str]] = []
+        #: (callbacks' time, their count, time and count by what ran) per slow iteration.
+        self.slow_turns: list[tuple[float, int, dict[str, list[float]]]] = []
         self._original = asyncio.events.Handle._run
+        self._turn: list[tuple[str, float]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __enter__(self) -> Culprits:
-        original, slowest = self._original, self.slowest
+        original, slowest, turn = self._original, self.slowest, self._turn
 
         def timed_run(handle: asyncio.Handle) -> None:
+            what = _label(handle)
             start = time.perf_counter()
             original(handle)
             spent = time.perf_counter() - start
+            turn.append((what, spent))
             if spent > 0.02:
                 slowest.append((spent, repr(handle)[:300]))
 
         asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+        loop = self._loop = asyncio.get_running_loop()
+        run_once = loop._run_once  # type: ignore[attr-defined]
+
+        def timed_run_once() -> None:
+            turn.clear()
+            run_once()
+            spent = sum(t for _, t in turn)
+            if spent > 0.02:
+                by: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+                for what, t in turn:
+                    by[what][0] += t
+                    by[what][1] += 1
+                self.slow_turns.append((spent, len(turn), dict(by)))
+
+        loop._run_once = timed_run_once  # type: ignore[attr-defined]
         return self
 
     def __exit__(self, *exc: object) -> None:
         asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+        if self._loop is not None:
+            del self._loop._run_once  # type: ignore[attr-defined]
 
     def report(self) -> list[str]:
-        worst = sorted(self.slowest, reverse=True)[: self.keep]
-        return [f"    {spent * 1000:7.1f} ms  {what}" for spent, what in worst]
+        lines = [
+            f"    {spent * 1000:7.1f} ms  {what}"
+            for spent, what in sorted(self.slowest, reverse=True)[: self.keep]
+        ]
+        for spent, count, by in sorted(self.slow_turns, key=lambda t: -t[0])[: self.iterations]:
+            top = sorted(by.items(), key=lambda kv: -kv[1][0])[:4]
+            parts = ", ".join(f"{what} {n:.0f}x {t * 1000:.0f} ms" for what, (t, n) in top)
+            lines.append(f"    iteration {spent * 1000:7.1f} ms, {count} callbacks: {parts}")
+        return lines
+
+
+def _label(handle: asyncio.Handle) -> str:
+    """What a handle runs: a task's innermost awaiting coroutine, else the callback."""
+    callback = handle._callback  # type: ignore[attr-defined]
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro: Any = task.get_coro()
+        while True:
+            inner = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+            if inner is None or (not hasattr(inner, "cr_code") and not hasattr(inner, "ag_code")):
+                break
+            coro = inner
+        code = getattr(coro, "cr_code", None) or getattr(coro, "ag_code", None)
+        return f"task:{code.co_qualname}" if code is not None else "task"
+    return getattr(callback, "__qualname__", type(callback).__name__)
 
 
 def quantile99(values: list[float]) -> float:

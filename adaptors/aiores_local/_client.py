@@ -33,6 +33,8 @@ __all__ = ["KeeperClient", "launch", "stop"]
 SCRIPT = Path(__file__).with_name("_keeper.py")
 #: Seconds a new keeper may take to say it is ready.
 READY_TIMEOUT = 30.0
+#: Answers (job starts, job ends) handled per loop iteration.
+_ANSWERS_PER_TURN = 64
 
 log = logging.getLogger("aiores.local")
 
@@ -147,8 +149,13 @@ class KeeperClient:
     async def read(self) -> None:
         """Deliver answers and ended jobs until the keeper's output ends."""
         reader = self._reader
+        # A line already buffered is read without a pause: a thousand answers that
+        # came together would be handled in one step of the loop; at most
+        # _ANSWERS_PER_TURN per iteration, the loop gets its turns in between.
+        turns = concurrency.TurnGate(_ANSWERS_PER_TURN)
         try:
             while line := await reader.readline():
+                await turns.turn()
                 message = json.loads(line)
                 if "x" in message:
                     out = await self._output(message.get("out"))

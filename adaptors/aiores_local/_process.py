@@ -18,7 +18,6 @@ process is started the same way (``subprocess.Popen``, which asyncio also uses).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import errno
 import os
@@ -34,7 +33,6 @@ from aiores.adaptor import truncation_marker
 __all__ = [
     "Capture",
     "Child",
-    "SpawnGate",
     "check_startable",
     "merged_environment",
     "signal_name",
@@ -309,51 +307,6 @@ class Child:
                 threading.Thread(
                     target=self._popen.wait, name=f"aiores-local-reap-{self.pid}", daemon=True
                 ).start()
-
-
-class SpawnGate:
-    """Spreads process starts over loop iterations, at most ``per_turn`` in each.
-
-    Starting a process blocks the loop for about a millisecond (fork and exec). A
-    thousand submits gathered at once would otherwise all start in one loop iteration
-    and stall every other task (timers, SSH keepalives) for a second; through the gate
-    the loop gets a turn after every ``per_turn`` starts, at nearly no cost in
-    throughput.
-    """
-
-    __slots__ = ("_started", "_waiters", "per_turn")
-
-    def __init__(self, per_turn: int = 8) -> None:
-        self.per_turn = per_turn
-        self._started = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-
-    async def turn(self) -> None:
-        """Return when this caller may start one process in the current iteration."""
-        if self._started >= self.per_turn or self._waiters:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._pass_on()  # hand the turn we were given to the next one
-                raise
-        if self._started == 0:
-            asyncio.get_running_loop().call_soon(self._next_turn)
-        self._started += 1
-
-    def _next_turn(self) -> None:
-        self._started = 0
-        for _ in range(min(self.per_turn, len(self._waiters))):
-            self._pass_on()
-
-    def _pass_on(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
 
 
 def spawn(

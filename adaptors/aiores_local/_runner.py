@@ -15,7 +15,6 @@ from ._options import check_grace, parse_options
 from ._process import (
     Capture,
     Child,
-    SpawnGate,
     merged_environment,
     signal_name,
     spawn,
@@ -41,7 +40,8 @@ class LocalCommandRunner(CommandRunner):
         super().__init__(url, env)
         self.grace = parse_options(url).grace if grace is None else check_grace(grace)
         self._devnull = -1
-        self._gate = SpawnGate()
+        #: Spawns pass at most 8 per loop iteration: fork and exec block the loop.
+        self._gate = concurrency.TurnGate(8)
 
     async def open(self) -> None:
         """Open ``/dev/null`` once for the standard input of commands given none."""

@@ -16,6 +16,9 @@ slots on them:
   than ``max_sessions`` (a lower MaxSessions): that becomes the target's capacity;
 - a slot is given back only once its channel has closed, so the pool never counts
   fewer channels on a connection than the server does;
+- channel opens pass a :class:`~aiores.adaptor.concurrency.TurnGate`, at most
+  ``_OPENS_PER_TURN`` per loop iteration: a thousand runs started at once open their
+  channels over many short iterations, not one long one that stalls the loop;
 - idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
   in the session's task group.
 
@@ -69,6 +72,8 @@ _SETTLE = 0.02
 _CLOSE_TIMEOUT = 5.0
 #: How long an abandoned channel open may take before its connection is dropped.
 _OPEN_WAIT = 10.0
+#: Channel opens started per loop iteration (each costs the loop ~0.1 ms).
+_OPENS_PER_TURN = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +250,7 @@ class Pool:
         self._login_keys: dict[str, asyncssh.SSHKey] = {}
         self._jump_contexts: dict[int, SSHContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._opens = concurrency.TurnGate(_OPENS_PER_TURN)
         self._reaper_started = False
         self._closed = False
         #: Connections opened so far (for tests and benchmarks).
@@ -299,6 +305,7 @@ class Pool:
         """
         attempts = 0
         while True:
+            await self._opens.turn()
             lease = await self._lease(target)
             opening = asyncio.ensure_future(opener(lease.conn))
             lease.pooled.opening += 1

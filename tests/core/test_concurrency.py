@@ -5,21 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import Counter
 
 import pytest
 
-from aiores import IncorrectState, Timeout
+from aiores import BadParameter, IncorrectState, Timeout
 from aiores._concurrency import (
     Cleanups,
     InFlight,
     Shared,
     TaskSet,
+    TurnGate,
     errors,
     fail_after,
     move_on_after,
     result_of,
     settle,
 )
+
+from ..loop_turns import iteration_counter
 
 pytestmark = pytest.mark.asyncio
 
@@ -428,3 +432,65 @@ async def test_to_thread_disposes_later_when_the_cleanup_bound_ends_first() -> N
     go_on.set()
     async with asyncio.timeout(5):
         await disposed.wait()
+
+
+async def test_turn_gate_spreads_starts_over_iterations() -> None:
+    gate = TurnGate(per_turn=3)
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    turns: list[int] = []
+
+    async def start() -> None:
+        await gate.turn()
+        turns.append(now())
+
+    try:
+        await asyncio.gather(*(start() for _ in range(20)))
+    finally:
+        stop()
+    per_iteration = Counter(turns)
+    assert len(turns) == 20
+    assert max(per_iteration.values()) <= 3
+    assert len(per_iteration) >= 7  # 20 starts, 3 per iteration
+
+
+async def test_turn_gate_passes_on_a_turn_given_to_a_cancelled_waiter() -> None:
+    gate = TurnGate(per_turn=1)
+    order: list[str] = []
+
+    async def start(name: str) -> None:
+        await gate.turn()
+        order.append(name)
+
+    first = asyncio.ensure_future(start("first"))
+    second = asyncio.ensure_future(start("second"))
+    third = asyncio.ensure_future(start("third"))
+    await asyncio.sleep(0)  # all three ran: "first" took this iteration's turn
+    assert first.done()
+    assert order == ["first"]
+    await asyncio.sleep(0)  # the next iteration hands "second" its turn...
+    assert not second.done()
+    second.cancel()  # ...but it is cancelled before it resumes
+    await asyncio.wait_for(third, timeout=5)
+    assert second.cancelled()
+    assert order == ["first", "third"]
+
+
+async def test_turn_gate_admits_a_single_caller_in_a_loop_by_turns() -> None:
+    gate = TurnGate(per_turn=4)
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    turns: list[int] = []
+    try:
+        for _ in range(12):
+            await gate.turn()
+            turns.append(now())
+    finally:
+        stop()
+    per_iteration = Counter(turns)
+    assert max(per_iteration.values()) == 4
+    assert len(per_iteration) == 3
+
+
+@pytest.mark.parametrize("per_turn", [0, -1, 2.0, True, None])
+async def test_turn_gate_refuses_a_bad_per_turn(per_turn: object) -> None:
+    with pytest.raises(BadParameter, match="per_turn must be an int of at least 1"):
+        TurnGate(per_turn=per_turn)  # type: ignore[arg-type]

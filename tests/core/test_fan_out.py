@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import pytest
 
 import aiores
 from aiores import RunResult
+from aiores._group import _STARTS_PER_TURN
 from aiores.adaptor import URL, AdaptorEnv, AdaptorPlugin, CommandRunner
+
+from ..loop_turns import iteration_counter
 
 HOSTS = 4
 
 
 class Hold(AdaptorPlugin):
-    """hold://: a command runs until cancelled, unless it is ``fast``.
+    """hold://: a command runs until cancelled, unless it is ``fast`` (on h0) or
+    ``quick`` (anywhere; ``on_quick`` is told the host).
 
     ``running`` holds the hosts whose command runs now; ``stopped`` those whose
     command was cancelled (the stand-in for a remote command being stopped).
@@ -30,6 +35,7 @@ class Hold(AdaptorPlugin):
         self.running: set[str] = set()
         self.stopped: list[str] = []
         self.changed = asyncio.Event()
+        self.on_quick: Callable[[str], None] = lambda host: None
 
     def command_runner(self, url: URL, env: AdaptorEnv) -> CommandRunner:
         return HoldRunner(url, env, self)
@@ -50,6 +56,9 @@ class HoldRunner(CommandRunner):
         on_output: Callable[[str, bytes], None] | None = None,
     ) -> RunResult:
         host = self.url.host
+        if command == "quick":
+            self.plugin.on_quick(host)
+            return RunResult(exit_status=0)
         if command == "fast" and host == "h0":
             return RunResult(exit_status=0, stdout="fast\n")
         self.plugin.running.add(host)
@@ -75,9 +84,9 @@ def hold() -> Iterator[Hold]:
 
 
 @contextlib.asynccontextmanager
-async def hosts(session: aiores.Session) -> AsyncIterator[aiores.Group]:
+async def hosts(session: aiores.Session, count: int = HOSTS) -> AsyncIterator[aiores.Group]:
     async with session.fleet() as fleet:
-        for i in range(HOSTS):
+        for i in range(count):
             await fleet.add(f"hold://h{i}")
         yield fleet.select()
 
@@ -179,3 +188,23 @@ async def test_a_fan_out_checks_its_arguments_once_and_keeps_the_group_order(
         commands = [k for k in session._endpoints if k[1] == "commands"]
         assert len(commands) == HOSTS
         assert all(session._endpoints[k]._watcher is None for k in commands)
+
+
+@pytest.mark.asyncio
+async def test_a_fan_out_starts_its_members_a_few_per_loop_iteration(hold: Hold) -> None:
+    """200 members: their runs start at most _STARTS_PER_TURN per loop iteration, so
+    that the loop keeps turning (timers, answers) while a large fan-out starts."""
+    async with aiores.Session(journal=None) as session, hosts(session, 200) as group:
+        now, stop = iteration_counter(asyncio.get_running_loop())
+        turns: list[int] = []
+        hold.on_quick = lambda host: turns.append(now())
+        try:
+            results = await group.run("quick")
+        finally:
+            stop()
+    assert len(results) == 200
+    assert all(r.ok for r in results)
+    per_iteration = Counter(turns)
+    assert len(turns) == 200
+    assert max(per_iteration.values()) <= _STARTS_PER_TURN
+    assert len(per_iteration) >= 200 // _STARTS_PER_TURN

@@ -49,6 +49,7 @@ LAYERS: dict[str, frozenset[str]] = {
             "_validate",
             "_concurrency",
             "_private",
+            "_heap",
         }
     ),
     "contract": frozenset({"adaptor"}),

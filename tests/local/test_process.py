@@ -1,80 +1,20 @@
-"""The process plumbing under local://: the spawn gate and shielded cleanup through the env."""
+"""The process plumbing under local://: shielded cleanup through the env, the keeper's
+answers handled a few per loop iteration."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
-from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
-from aiores_local._process import SpawnGate
+from aiores_local._client import _ANSWERS_PER_TURN, KeeperClient
 
+from ..loop_turns import iteration_counter
 from .conftest import STEP, FakeEnv
-
-
-def iteration_counter(
-    loop: asyncio.AbstractEventLoop,
-) -> tuple[Callable[[], int], Callable[[], None]]:
-    """A function giving the loop iteration number, and one to stop counting."""
-    count = 0
-    handle: asyncio.Handle | None = None
-
-    def tick() -> None:
-        nonlocal count, handle
-        count += 1
-        handle = loop.call_soon(tick)
-
-    tick()
-
-    def stop() -> None:
-        assert handle is not None
-        handle.cancel()
-
-    return (lambda: count), stop
-
-
-@pytest.mark.asyncio
-async def test_spawn_gate_spreads_starts_over_iterations() -> None:
-    gate = SpawnGate(per_turn=3)
-    now, stop = iteration_counter(asyncio.get_running_loop())
-    turns: list[int] = []
-
-    async def start() -> None:
-        await gate.turn()
-        turns.append(now())
-
-    try:
-        await asyncio.gather(*(start() for _ in range(20)))
-    finally:
-        stop()
-    per_iteration = Counter(turns)
-    assert len(turns) == 20
-    assert max(per_iteration.values()) <= 3
-    assert len(per_iteration) >= 7  # 20 starts, 3 per iteration
-
-
-@pytest.mark.asyncio
-async def test_spawn_gate_passes_on_a_turn_given_to_a_cancelled_waiter() -> None:
-    gate = SpawnGate(per_turn=1)
-    order: list[str] = []
-
-    async def start(name: str) -> None:
-        await gate.turn()
-        order.append(name)
-
-    first = asyncio.ensure_future(start("first"))
-    second = asyncio.ensure_future(start("second"))
-    third = asyncio.ensure_future(start("third"))
-    await asyncio.sleep(0)  # all three ran: "first" took this iteration's turn
-    assert first.done()
-    assert order == ["first"]
-    await asyncio.sleep(0)  # the next iteration hands "second" its turn...
-    assert not second.done()
-    second.cancel()  # ...but it is cancelled before it resumes
-    await asyncio.wait_for(third, timeout=5)
-    assert second.cancelled()
-    assert order == ["first", "third"]
 
 
 @pytest.mark.asyncio
@@ -110,3 +50,25 @@ async def test_shielded_cleanup_finishes_despite_cancellation(env: FakeEnv) -> N
     async with asyncio.timeout(STEP):
         await env.cleanups.drain(STEP)
     assert steps == ["started", "finished"]
+
+
+@pytest.mark.asyncio
+async def test_keeper_answers_that_came_together_are_handled_a_few_per_iteration() -> None:
+    """300 ended jobs announced in one read: the client hands them on at most
+    _ANSWERS_PER_TURN per loop iteration, not all in one step of the loop."""
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    ended: list[tuple[str, int]] = []
+    popen: Any = SimpleNamespace(pid=os.getpid())
+    client = KeeperClient(popen, lambda job, rc, out, err: ended.append((job, now())))
+    client._reader.feed_data(b"".join(b'{"x": "job-%d", "rc": 0}\n' % i for i in range(300)))
+    client._reader.feed_eof()
+    try:
+        async with asyncio.timeout(STEP):
+            await client.read()
+    finally:
+        stop()
+    assert [job for job, _ in ended] == [f"job-{i}" for i in range(300)]
+    per_iteration = Counter(turn for _, turn in ended)
+    assert max(per_iteration.values()) <= _ANSWERS_PER_TURN
+    assert len(per_iteration) >= 300 // _ANSWERS_PER_TURN
+    assert client.gone  # its output ended

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import psutil
@@ -14,7 +16,9 @@ import pytest
 import aiores
 from aiores import IncorrectState, NoSuccess
 from aiores_ssh import CommandTimeout, pool_for
+from aiores_ssh._pool import _OPENS_PER_TURN
 
+from ..loop_turns import iteration_counter
 from .conftest import STEP, USER, Adaptors, FakeEnv, gone, opened, record_commands, wait_until
 from .servers import Sshd
 
@@ -137,6 +141,37 @@ async def test_300_concurrent_runs_on_the_permissive_sshd(
         assert all(r.ok for r in results)
         assert len({r.stdout for r in results}) == 300  # 300 distinct remote processes
         assert runner.pool.connects == 6
+
+
+@pytest.mark.asyncio
+async def test_channel_opens_are_spread_over_loop_iterations(
+    sshd_permissive: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """48 runs gathered on one warm connection: their channels open a few per loop
+    iteration, not all in one (which would stall every other task meanwhile)."""
+    async with opened(FakeEnv(tmp_path, sshd_permissive.context(max_sessions=50))) as made:
+        runner = await made.runner(sshd_permissive.url())
+        assert (await runner.run("true")).ok  # connected: every open below is on it
+        now, stop = iteration_counter(asyncio.get_running_loop())
+        turns: list[int] = []
+        create = asyncssh.SSHClientConnection.create_session
+
+        async def counted(self: Any, factory: Any, command: Any = (), **kwargs: Any) -> Any:
+            turns.append(now())
+            return await create(self, factory, command, **kwargs)
+
+        monkeypatch.setattr(asyncssh.SSHClientConnection, "create_session", counted)
+        try:
+            async with asyncio.timeout(STEP * 4):
+                results = await asyncio.gather(*(runner.run("true") for _ in range(48)))
+        finally:
+            stop()
+        assert all(r.ok for r in results)
+        assert runner.pool.connects == 1
+        per_iteration = Counter(turns)
+        assert len(turns) == 48
+        assert max(per_iteration.values()) <= _OPENS_PER_TURN
+        assert len(per_iteration) >= 48 // _OPENS_PER_TURN
 
 
 @pytest.mark.asyncio

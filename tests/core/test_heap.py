@@ -1,0 +1,125 @@
+"""The heap frozen while held: after a fleet's bulk wait, until it deprovisions or closes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+import aiores
+from aiores import ComputeDescription, ResourceState
+from aiores import _heap as heap
+from aiores.testing import FakeClock, FakePlugin
+
+DESC = ComputeDescription(image="fake-linux", ready=None)
+
+
+class Holder:
+    """Something that holds the heap (kept weakly, so a plain object will not do)."""
+
+
+@pytest.fixture(autouse=True)
+def thawed() -> Iterator[None]:
+    """Each test starts and ends with nothing frozen and nobody holding the heap."""
+    gc.unfreeze()
+    yield
+    heap._holders.clear()
+    heap._frozen = False
+    gc.unfreeze()
+
+
+def test_a_hold_freezes_the_live_objects_until_the_last_holder_lets_go() -> None:
+    first, second = Holder(), Holder()
+    heap.hold(first)
+    assert heap.held()
+    frozen = gc.get_freeze_count()
+    assert frozen > 0
+    made = [Holder() for _ in range(1000)]  # tracked objects made after the freeze
+    heap.hold(second)  # a second hold freezes what came since, too
+    assert gc.get_freeze_count() >= frozen + len(made)
+    heap.release(first)
+    assert heap.held()
+    assert gc.get_freeze_count() > 0
+    heap.release(second)
+    assert not heap.held()
+    assert gc.get_freeze_count() == 0
+
+
+def test_cyclic_garbage_frozen_under_a_hold_is_reclaimed_once_released() -> None:
+    holder = Holder()
+    node = Holder()
+    node.me = node  # type: ignore[attr-defined]  # a cycle: only the collector frees it
+    alive = weakref.ref(node)
+    heap.hold(holder)
+    del node
+    gc.collect()
+    assert alive() is not None  # frozen: no collection reaches it
+    heap.release(holder)
+    gc.collect()
+    assert alive() is None
+
+
+def test_a_program_that_froze_its_heap_itself_is_left_alone() -> None:
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    holder = Holder()
+    heap.hold(holder)
+    assert not heap.held()
+    assert gc.get_freeze_count() == frozen
+    heap.release(holder)
+    assert gc.get_freeze_count() == frozen  # not unfrozen under the program's feet
+
+
+def test_a_holder_that_disappears_counts_no_more() -> None:
+    gone, kept = Holder(), Holder()
+    heap.hold(gone)
+    heap.hold(kept)
+    del gone  # never released
+    heap.release(kept)
+    assert not heap.held()
+    assert gc.get_freeze_count() == 0
+
+
+async def up(fleet: aiores.Fleet, fake: FakePlugin, clock: FakeClock, count: int, tag: str) -> None:
+    """``count`` machines tagged ``tag`` provisioned, booted and seen ACTIVE."""
+    for vm in await fleet.provision("fake://", DESC, count=count, tags={tag}):
+        fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE)
+    await waited(fleet, clock, tag)
+
+
+async def waited(fleet: aiores.Fleet, clock: FakeClock, *tags: str) -> aiores.Group:
+    """``fleet.wait(*tags)``, the watcher's clock moved on until it returns."""
+    waiting = asyncio.ensure_future(fleet.wait(*tags))
+    async with asyncio.timeout(5):
+        while not waiting.done():
+            clock.advance(8.0)  # the watcher's next look, at its longest interval
+            await asyncio.sleep(0.001)
+    return await waiting
+
+
+@pytest.mark.asyncio
+async def test_a_fleet_holds_the_heap_after_a_bulk_wait_until_it_deprovisions(
+    session: aiores.Session, fake: FakePlugin, clock: FakeClock
+) -> None:
+    fleet = session.fleet()
+    await up(fleet, fake, clock, heap.BULK - 1, "few")
+    assert not heap.held()  # fewer than BULK machines: not worth it
+    await up(fleet, fake, clock, 1, "one")
+    group = await waited(fleet, clock)
+    assert len(group.resources) == heap.BULK
+    assert heap.held()
+    assert gc.get_freeze_count() > 0
+    await fleet.deprovision("one")
+    assert not heap.held()  # destroyed machines' garbage must be reclaimable
+    assert gc.get_freeze_count() == 0
+    await waited(fleet, clock)  # BULK - 1 left: no hold
+    assert not heap.held()
+    await up(fleet, fake, clock, 1, "one")
+    await waited(fleet, clock)
+    assert heap.held()
+    await fleet.aclose()
+    assert not heap.held()
+    assert fake.cloud.alive() == []
