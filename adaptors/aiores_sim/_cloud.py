@@ -37,7 +37,7 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
-from ._isolation import Isolation, choose, requested, start_holder
+from ._isolation import Isolation, choose, requested, start_holder, start_machine
 from ._lease import LeaseOps, countdown_step
 from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
@@ -49,6 +49,7 @@ from ._protocol import (
     encode_error,
     socket_path,
 )
+from ._spawner import Spawner
 from ._vm import VM, Prepared, VMSpec, prepare
 
 __all__ = ["Cloud", "CloudRunning", "is_locked", "wipe_stale"]
@@ -103,6 +104,7 @@ class Cloud(LeaseOps, NetworkOps):
         self.keep_ended = keep_ended
         self.subreaper = subreaper
         self._table = ProcessTable()
+        self._spawner: Spawner | None = None
         self._exited = asyncio.Event()
         self.vms: dict[str, VM] = {}
         self._ended: deque[str] = deque()
@@ -131,6 +133,8 @@ class Cloud(LeaseOps, NetworkOps):
         self._lock, self._socket = await asyncio.to_thread(self._claim)
         try:
             self.isolation = await asyncio.to_thread(choose, self._isolation_asked)
+            if self.isolation.on and not self.isolation.user_namespace:
+                await self._start_spawner()
             self._server = await asyncio.start_unix_server(
                 self._client, path=str(self._socket), limit=LINE_LIMIT
             )
@@ -147,6 +151,15 @@ class Cloud(LeaseOps, NetworkOps):
             self._spawn(self._pid_watch(self.watch_pid), "pid watch")
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
         log.info("sim cloud isolation: %s", self.isolation.describe())
+
+    async def _start_spawner(self) -> None:
+        """Start the fork server that makes this cloud's VMs and starts their commands."""
+        spawner = Spawner()
+        env = {"PATH": os.environ.get("PATH", os.defpath)}
+        await spawner.start(env, lambda coro, what: self._spawn(coro, what))
+        assert spawner.pid is not None
+        self._table.managed.add(spawner.pid)
+        self._spawner = spawner
 
     def _claim(self) -> tuple[IO[bytes], Path]:
         private.private_dir(self.directory)
@@ -260,6 +273,9 @@ class Cloud(LeaseOps, NetworkOps):
         return bool(self._clients) or any(not vm.state.final for vm in self.vms.values())
 
     async def _release(self) -> None:
+        if self._spawner is not None:
+            spawner, self._spawner = self._spawner, None
+            await spawner.close()
         if self.subreaper:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
 
@@ -362,9 +378,10 @@ class Cloud(LeaseOps, NetworkOps):
             holder.kill()
         if holders:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await asyncio.gather(*(h.process.wait() for h in holders))
+                await asyncio.gather(*(h.wait() for h in holders))
         for holder in holders:
-            self._table.managed.discard(holder.process.pid)
+            if holder.process is not None:
+                self._table.managed.discard(holder.process.pid)
 
     async def _boot(self, vm: VM) -> bool:
         """Make the VM's machine (isolation on); False if it failed to (the VM ended)."""
@@ -372,14 +389,18 @@ class Cloud(LeaseOps, NetworkOps):
             return True
         self._table.spawning += 1
         try:
-            holder = await start_holder(vm.id, vm.disk, self.isolation)
+            if self._spawner is not None:
+                holder = await start_machine(vm.id, vm.disk, self._spawner)
+            else:
+                holder = await start_holder(vm.id, vm.disk, self.isolation)
         except NoSuccess as exc:
             log.warning("sim cloud: %s", exc)
             self._end(vm, S.FAILED, str(exc))
             return False
         finally:
             self._table.spawning -= 1
-        self._table.managed.add(holder.process.pid)
+        if holder.process is not None:
+            self._table.managed.add(holder.process.pid)
         vm.holder = holder
         if vm.state.final:  # ended meanwhile: its teardown may have missed the holder
             holder.kill()
@@ -547,6 +568,7 @@ class Cloud(LeaseOps, NetworkOps):
                 rng,
                 table=self._table,
                 isolation=self.isolation,
+                spawner=self._spawner,
             )
             self.vms[vm.id] = vm
             vms.append(vm)

@@ -67,9 +67,12 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from aiores import BadParameter, NoSuccess
+
+if TYPE_CHECKING:
+    from ._spawner import Spawner
 
 __all__ = [
     "ENV",
@@ -82,6 +85,7 @@ __all__ = [
     "enter",
     "passwd",
     "start_holder",
+    "start_machine",
 ]
 
 #: The environment variable choosing the isolation of a cloud's VMs.
@@ -93,15 +97,17 @@ HOLDER_MARKER = "AIORES_SIM_HOLDER"
 START_TIMEOUT = 30.0
 _NAMESPACES = ("mnt", "uts", "pid")
 
-# The holder: $1 the VM's id, $2 its disk, $3 more overlay options. Runs as root in
-# fresh mount, UTS and PID namespaces (unshare makes mounts private; in a user
-# namespace, the overlay keeps its own attributes in user.* xattrs: "userxattr");
-# prints "ready" once the machine is made.
-_HOLDER = r"""
+# Making the VM's machine: $1 the VM's id, $2 its disk, $3 more overlay options. Runs
+# as root in fresh mount and UTS namespaces, as PID 1 of a fresh PID namespace or its
+# child (in a user namespace, the overlay keeps its own attributes in user.* xattrs:
+# "userxattr"). pivot_root moves every process of the namespace whose root was the
+# host's to the VM's.
+_MACHINE = r"""
 set -eu
-id=$1 disk=$2 options=$3
+id=$1 disk=$2 options=${3-}
 meta=$disk/.sim
 root=$meta/root
+mount --make-rprivate /
 hostname "$id"
 mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work$options" "$root"
@@ -117,10 +123,17 @@ cd "$root"
 pivot_root . .
 umount -l .
 cd /
+"""
+# The holder of a VM made by unshare (in a user namespace): the machine, then "ready",
+# then it waits as the VM's PID 1 (a shell and its sleep).
+_HOLDER = (
+    _MACHINE
+    + r"""
 echo ready
 exec >/dev/null 2>&1 </dev/null
 while :; do sleep 86400 & wait; done
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +243,18 @@ def _libc() -> ctypes.CDLL | None:
 
 @dataclass(slots=True)
 class Holder:
-    """A VM's holder: the ``unshare`` process and, in the host's PID namespace, the
-    pid of the VM's PID 1 (whose ``/proc/<pid>/ns`` commands enter)."""
+    """A VM's holder: in the host's PID namespace, the pid of the VM's PID 1 (whose
+    ``/proc/<pid>/ns`` commands enter), and how its end is awaited.
 
-    process: asyncio.subprocess.Process
+    Made by the cloud's fork server (:func:`start_machine`: PID 1 is the holder, the
+    VM's only process), or by ``unshare`` in a user namespace (:func:`start_holder`:
+    ``process`` is the ``unshare``, PID 1 its child).
+    """
+
     init: int
     user_namespace: bool
+    ended: asyncio.Future[int] | None = None
+    process: asyncio.subprocess.Process | None = None
     killed: bool = False
 
     @property
@@ -251,9 +270,37 @@ class Holder:
         if self.killed:
             return
         self.killed = True
-        for pid in (self.init, self.process.pid):
+        pids = [self.init] + ([self.process.pid] if self.process is not None else [])
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)
+
+    async def wait(self) -> None:
+        """Wait for the holder to end (cancelling the wait changes nothing)."""
+        if self.process is not None:
+            await self.process.wait()
+        elif self.ended is not None:
+            await asyncio.shield(self.ended)
+
+
+async def start_machine(vm_id: str, disk: Path, spawner: Spawner) -> Holder:
+    """Make VM ``vm_id``'s machine through the cloud's fork server; returns its holder.
+
+    The holder is the VM's PID 1, a fork of the server: it makes the machine (see the
+    module's docs) with a script, then reaps the VM's orphans. It works in the VM's
+    disk, so a cloud that crashed leaves it findable.
+
+    Raises:
+        NoSuccess: the machine could not be made (the holder has ended then).
+    """
+    env = {"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id}
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            init = await spawner.holder(vm_id, disk, _MACHINE, env)
+    except (OSError, TimeoutError) as exc:
+        why = exc.strerror or str(exc) or "it took too long"
+        raise NoSuccess(f"cannot make VM {vm_id}'s machine: {why}") from exc
+    return Holder(init, False, ended=spawner.ended(init))
 
 
 async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
@@ -300,7 +347,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
             pipe = transport.get_pipe_transport(fd)
             if pipe is not None:
                 pipe.close()
-        return Holder(process, init, isolation.user_namespace)
+        return Holder(init, isolation.user_namespace, process=process)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)

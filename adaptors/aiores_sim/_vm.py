@@ -52,6 +52,7 @@ from ._isolation import Holder, Isolation, PasswdEntry, enter, passwd
 from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
+from ._spawner import Command, Spawner
 
 __all__ = [
     "TOOLS",
@@ -273,7 +274,7 @@ class VM:
     extra: dict[str, Any] = field(default_factory=dict)
     acceptor: asyncssh.SSHAcceptor | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
-    processes: set[asyncio.subprocess.Process] = field(default_factory=set)
+    processes: set[asyncio.subprocess.Process | Command] = field(default_factory=set)
     #: The session of every command it started (their detached jobs stay in them).
     sessions: set[int] = field(default_factory=set)
     #: The cloud's record of the children asyncio waits for.
@@ -286,6 +287,8 @@ class VM:
     #: The isolation of the cloud, and the VM's holder while it runs with namespaces.
     isolation: Isolation = field(default_factory=lambda: Isolation("none", reason="default"))
     holder: Holder | None = None
+    #: The cloud's fork server, which starts commands in the VM (isolation on, as root).
+    spawner: Spawner | None = None
 
     def __post_init__(self) -> None:
         self.users = logins(self.spec)
@@ -508,15 +511,21 @@ class VM:
 
     async def _spawn(
         self, argv: list[str], env: dict[str, str], login: Login
-    ) -> asyncio.subprocess.Process:
+    ) -> asyncio.subprocess.Process | Command:
         """Start ``argv`` for ``login`` in its home, in a session of its own.
 
-        With a holder, the child joins the VM's namespaces (and becomes the login's
-        account) before it execs: the process started is the command's shell itself.
+        With a holder, the command runs inside the VM's namespaces (as the login's
+        account): started by the cloud's fork server, or else (in a user namespace)
+        by a child of the cloud that joins them before it execs. Either way the
+        process started is the command's shell itself, leading its session.
         """
         home = login.home_in(self.disk)
+        account = login.account
+        if self.holder is not None and self.spawner is not None:
+            ids = (account.uid, account.gid) if account is not None else None
+            return await self.spawner.spawn(self.holder.init, argv, env, home, ids)
         if self.holder is not None:
-            where: dict[str, Any] = {"preexec_fn": enter(self.holder, home, login.account)}
+            where: dict[str, Any] = {"preexec_fn": enter(self.holder, home, account)}
         else:
             where = {"cwd": home}
         return await asyncio.create_subprocess_exec(
@@ -541,7 +550,9 @@ class VM:
             self.sessions.discard(sid)
 
     async def _pump(
-        self, process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process
+        self,
+        process: asyncssh.SSHServerProcess[bytes],
+        proc: asyncio.subprocess.Process | Command,
     ) -> int:
         assert proc.stdin is not None
         assert proc.stdout is not None
