@@ -16,9 +16,10 @@ its stdout, one JSON object per line:
   pid-for-children, restored right after): the child is the VM's PID 1. It makes
   mount and UTS namespaces of its own, runs ``script`` (``sh -c script sim-holder
   VM DISK``, which mounts the VM's root and pivots into it; see
-  :mod:`aiores_sim._isolation`), and then stays as the VM's init, reaping orphans:
-  the VM's only process. Answer: ``{"id": n, "pid": pid}`` once the script has
-  succeeded, else ``{"id": n, "errno": 0, "error": "..."}``.
+  :mod:`aiores_sim._isolation`), and then execs ``sleep`` as the VM's init with
+  ``SIGCHLD`` ignored (the kernel reaps the VM's orphans): the VM's only process.
+  Answer: ``{"id": n, "pid": pid}`` once the script has succeeded, else
+  ``{"id": n, "errno": 0, "error": "..."}``.
 - ``{"op": "spawn", "id": n, "init": pid, "argv": [...], "env": {...}, "cwd": dir,
   "uid": u | null, "gid": g | null}``: start a command in VM ``init``'s namespaces.
   The server joins the VM's PID namespace for its children (``setns``) and forks
@@ -32,13 +33,17 @@ its stdout, one JSON object per line:
 
 Every process it started is reported when it ends: ``{"exit": pid, "status": s}``
 (the exit code, or minus the signal that killed it), after its start was answered.
+It reaps its children on ``SIGCHLD`` (no descriptor per child: a cloud of thousands
+of VMs and their commands costs the server no more descriptors than one).
 The server ends when its socket does (the cloud closed it or died), and with the
 cloud (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import json
 import os
 import selectors
@@ -54,6 +59,8 @@ CLONE_NEWUTS = 0x04000000
 CLONE_NEWPID = 0x20000000
 _PR_SET_PDEATHSIG = 1
 _HEADER = struct.Struct(">I")
+#: What a VM's PID 1 becomes once the VM is made (68 years).
+_SLEEP = ["/bin/sleep", "2147483647"]
 #: Descriptors one ``spawn`` request carries (stdin, stdout, stderr).
 STDIO = 3
 
@@ -142,9 +149,8 @@ def _init(request: dict[str, Any], report: int) -> NoReturn:
         os.setsid()
         os.chdir(request["disk"])
         unshare(CLONE_NEWNS | CLONE_NEWUTS)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         argv = ["/bin/sh", "-c", request["script"], "sim-holder", request["vm"], request["disk"]]
-        script = os.posix_spawn(argv[0], argv, dict(request["env"]), setsigmask=())
+        script = os.posix_spawn(argv[0], argv, dict(request["env"]))
         os.dup2(0, 2)  # /dev/null: the setup's stderr pipe is the script's alone now
         os.close(errors_w)
         chunks = []
@@ -158,18 +164,15 @@ def _init(request: dict[str, Any], report: int) -> NoReturn:
         os.close(report)  # ready
     except BaseException as exc:
         _report(report, exc)
-    try:
-        while True:
-            signal.sigwaitinfo({signal.SIGCHLD})
-            while True:
-                try:
-                    pid, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
-    finally:
-        os._exit(0)
+    # The VM's init from here on: a small program instead of this fork of the server
+    # (whose writes after the fork made a megabyte of its memory its own). SIGCHLD
+    # ignored (kept across exec) makes the kernel reap the VM's orphans: nothing
+    # else waits for them.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    with contextlib.suppress(OSError):
+        os.execve(_SLEEP[0], _SLEEP, dict(request["env"]))
+    os._exit(1)
 
 
 class Server:
@@ -179,6 +182,16 @@ class Server:
         self.buffer = bytearray()
         self.fds: deque[int] = deque()
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        #: Children whose start is not answered yet, with their exit status if they
+        #: were reaped meanwhile (their exit is answered after their start).
+        self.starting: dict[int, int | None] = {}
+        self.running: set[int] = set()
+        # Children are reaped on SIGCHLD (no descriptor per child): the handler only
+        # wakes the selector.
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.selector.register(wake_r, selectors.EVENT_READ, ("reap",))
         self.selector.register(sock, selectors.EVENT_READ, ("request",))
 
     def answer(self, message: dict[str, Any]) -> None:
@@ -196,7 +209,7 @@ class Server:
                 elif kind == "started":
                     self.started(key.fd, *rest)
                 else:
-                    self.exited(key.fd, *rest)
+                    self.reap(key.fd)
 
     def receive(self) -> bool:
         """Read what the socket has; handle each whole request. False at its end."""
@@ -236,6 +249,8 @@ class Server:
             try:
                 pid = os.fork()
                 if pid == 0:
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     if request["op"] == "spawn":
                         _command(request, stdio, opened[1:], report_w)
                     _init(request, report_w)
@@ -249,6 +264,7 @@ class Server:
             os.close(report_w)
             for fd in stdio + opened:
                 os.close(fd)
+        self.starting[pid] = None
         self.selector.register(report_r, selectors.EVENT_READ, ("started", request["id"], pid))
 
     def started(self, fd: int, request_id: int, pid: int) -> None:
@@ -258,20 +274,36 @@ class Server:
             chunks.append(chunk)
         self.selector.unregister(fd)
         os.close(fd)
+        status = self.starting.pop(pid)
         if chunks:
-            os.waitpid(pid, 0)
+            if status is None:
+                os.waitpid(pid, 0)  # it is ending: it failed
             code, _, why = b"".join(chunks).decode(errors="replace").partition(":")
             self.answer({"id": request_id, "errno": int(code or 0), "error": why})
             return
         self.answer({"id": request_id, "pid": pid})
-        pidfd = os.pidfd_open(pid)
-        self.selector.register(pidfd, selectors.EVENT_READ, ("exited", pid))
+        if status is None:
+            self.running.add(pid)
+        else:
+            self.answer({"exit": pid, "status": status})
 
-    def exited(self, fd: int, pid: int) -> None:
-        self.selector.unregister(fd)
-        os.close(fd)
-        _, status = os.waitpid(pid, 0)
-        self.answer({"exit": pid, "status": os.waitstatus_to_exitcode(status)})
+    def reap(self, fd: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(fd, 4096):
+                pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            if pid in self.starting:
+                self.starting[pid] = code
+            elif pid in self.running:
+                self.running.discard(pid)
+                self.answer({"exit": pid, "status": code})
 
 
 def main() -> None:
@@ -279,6 +311,11 @@ def main() -> None:
     _call(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if os.getppid() != parent:  # the cloud ended before the line above
         return
+    # A fork shares this process's memory until either side writes to it: with the
+    # collector off and every object frozen, a VM's PID 1 (a fork living on) writes
+    # to few of its pages.
+    gc.disable()
+    gc.freeze()
     sock = socket.socket(fileno=int(sys.argv[1]))
     sock.setblocking(True)
     Server(sock).serve()

@@ -296,11 +296,11 @@ async def start_machine(vm_id: str, disk: Path, spawner: Spawner) -> Holder:
     env = {"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id}
     try:
         async with asyncio.timeout(START_TIMEOUT):
-            init = await spawner.holder(vm_id, disk, _MACHINE, env)
+            init, ended = await spawner.holder(vm_id, disk, _MACHINE, env)
     except (OSError, TimeoutError) as exc:
         why = exc.strerror or str(exc) or "it took too long"
         raise NoSuccess(f"cannot make VM {vm_id}'s machine: {why}") from exc
-    return Holder(init, False, ended=spawner.ended(init))
+    return Holder(init, False, ended=ended)
 
 
 async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:

@@ -81,7 +81,7 @@ class Spawner:
         self._process: asyncio.subprocess.Process | None = None
         self._sock: socket.socket | None = None
         self._ids = itertools.count(1)
-        self._answers: dict[int, asyncio.Future[int]] = {}
+        self._answers: dict[int, asyncio.Future[tuple[int, asyncio.Future[int]]]] = {}
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._send_lock = asyncio.Lock()
         self._ended = False
@@ -154,9 +154,10 @@ class Spawner:
                 answer = self._answers.pop(message["id"], None)
                 if "pid" in message:
                     pid = int(message["pid"])
-                    self._exits[pid] = asyncio.get_running_loop().create_future()
+                    ended = asyncio.get_running_loop().create_future()
+                    self._exits[pid] = ended
                     if answer is not None and not answer.done():
-                        answer.set_result(pid)
+                        answer.set_result((pid, ended))
                 elif answer is not None and not answer.done():
                     answer.set_exception(OSError(message.get("errno") or None, message["error"]))
         finally:
@@ -170,8 +171,10 @@ class Spawner:
             self._answers.clear()
             self._exits.clear()
 
-    async def _ask(self, request: dict[str, Any], fds: list[int]) -> int:
-        """Send ``request`` (with ``fds``); the pid of what it started.
+    async def _ask(
+        self, request: dict[str, Any], fds: list[int]
+    ) -> tuple[int, asyncio.Future[int]]:
+        """Send ``request`` (with ``fds``); the pid of what it started, and its end.
 
         If the caller is cancelled once the request is sent, what it started is killed
         (its process group) as soon as its pid is known.
@@ -180,7 +183,7 @@ class Spawner:
             raise OSError(None, "the sim cloud's fork server is not running")
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        answer: asyncio.Future[int] = loop.create_future()
+        answer: asyncio.Future[tuple[int, asyncio.Future[int]]] = loop.create_future()
         self._answers[request_id] = answer
         body = json.dumps({**request, "id": request_id}).encode()
         data = _HEADER.pack(len(body)) + body
@@ -214,16 +217,11 @@ class Spawner:
                 finally:
                     loop.remove_writer(self._sock.fileno())
 
-    def ended(self, pid: int) -> asyncio.Future[int]:
-        """The exit status of ``pid`` (which this server started), once it ends."""
-        found = self._exits.get(pid)
-        if found is None:  # ended and reported already, or the server is gone
-            found = asyncio.get_running_loop().create_future()
-            found.set_result(UNKNOWN)
-        return found
-
-    async def holder(self, vm_id: str, disk: Path, script: str, env: dict[str, str]) -> int:
-        """Make VM ``vm_id``'s machine with ``script``; the host pid of its PID 1.
+    async def holder(
+        self, vm_id: str, disk: Path, script: str, env: dict[str, str]
+    ) -> tuple[int, asyncio.Future[int]]:
+        """Make VM ``vm_id``'s machine with ``script``; the host pid of its PID 1, and
+        a future of its exit status.
 
         Raises:
             OSError: it could not be made.
@@ -259,7 +257,7 @@ class Spawner:
         }
         try:
             try:
-                pid = await self._ask(request, theirs)
+                pid, ended = await self._ask(request, theirs)
             finally:
                 for fd in theirs:
                     os.close(fd)
@@ -268,17 +266,17 @@ class Spawner:
                 os.close(fd)
             raise
         try:
-            return await _connect(pid, self.ended(pid), in_w, out_r, err_r)
+            return await _connect(pid, ended, in_w, out_r, err_r)
         except BaseException:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
             raise
 
 
-def _kill_started(answer: asyncio.Future[int]) -> None:
+def _kill_started(answer: asyncio.Future[tuple[int, asyncio.Future[int]]]) -> None:
     if not answer.cancelled() and answer.exception() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(answer.result(), signal.SIGKILL)
+            os.killpg(answer.result()[0], signal.SIGKILL)
 
 
 def _protocol(reader: asyncio.StreamReader) -> asyncio.StreamReaderProtocol:
