@@ -37,7 +37,14 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
-from ._isolation import Isolation, choose, requested, start_holder, start_machine
+from ._isolation import (
+    Isolation,
+    choose,
+    requested,
+    shared_paths,
+    start_holder,
+    start_machine,
+)
 from ._lease import LeaseOps, countdown_step
 from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
@@ -84,6 +91,9 @@ class Cloud(LeaseOps, NetworkOps):
             that started this cloud for itself, even if it was killed).
         isolation: ``namespaces``, ``none`` or ``auto`` (see :mod:`._isolation`);
             None: ``$AIORES_SIM_ISOLATION``, else ``none``.
+        shared: Host directories every isolated VM shares, each bound read-write at
+            its own path (as a cluster's NFS export is mounted on every node); None:
+            ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated), else none.
     """
 
     def __init__(
@@ -95,9 +105,11 @@ class Cloud(LeaseOps, NetworkOps):
         subreaper: bool = False,
         watch_pid: int | None = None,
         isolation: str | None = None,
+        shared: list[str] | None = None,
     ) -> None:
         self.directory = directory.absolute()
         self._isolation_asked = requested(isolation)
+        self.shared = shared_paths(shared)
         self.isolation = Isolation("none", reason="not started")
         self.idle_exit = idle_exit
         self.watch_pid = watch_pid
@@ -390,9 +402,9 @@ class Cloud(LeaseOps, NetworkOps):
         self._table.spawning += 1
         try:
             if self._spawner is not None:
-                holder = await start_machine(vm.id, vm.disk, self._spawner)
+                holder = await start_machine(vm.id, vm.disk, self._spawner, self.shared)
             else:
-                holder = await start_holder(vm.id, vm.disk, self.isolation)
+                holder = await start_holder(vm.id, vm.disk, self.isolation, self.shared)
         except NoSuccess as exc:
             log.warning("sim cloud: %s", exc)
             self._end(vm, S.FAILED, str(exc))
@@ -524,6 +536,7 @@ class Cloud(LeaseOps, NetworkOps):
             "vms": self.live(),
             "isolation": self.isolation.mode,
             "isolation_detail": self.isolation.describe(),
+            "shared": list(self.shared) if self.isolation.on else [],
         }
 
     async def op_subscribe(self, args: Mapping[str, Any]) -> Any:

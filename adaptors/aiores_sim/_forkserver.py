@@ -11,11 +11,11 @@ It reads requests from the socket whose descriptor is its first argument: each a
 command's stdin, stdout and stderr as ``SCM_RIGHTS`` descriptors. It answers on
 its stdout, one JSON object per line:
 
-- ``{"op": "holder", "id": n, "vm": id, "disk": path, "script": sh}``: make a VM's
+- ``{"op": "holder", "id": n, "disk": path, "script": sh, "args": [...]}``: make a VM's
   machine. The server forks in a new PID namespace (``unshare`` of its own
   pid-for-children, restored right after): the child is the VM's PID 1. It makes
-  mount and UTS namespaces of its own, runs ``script`` (``sh -c script sim-holder
-  VM DISK``, which mounts the VM's root and pivots into it; see
+  mount and UTS namespaces of its own, runs ``script`` in ``disk`` (``sh -c script
+  sim-holder ARGS``, which mounts the VM's root and pivots into it; see
   :mod:`aiores_sim._isolation`), and then execs ``sleep`` as the VM's init with
   ``SIGCHLD`` ignored (the kernel reaps the VM's orphans): the VM's only process.
   Answer: ``{"id": n, "pid": pid}`` once the script has succeeded, else
@@ -149,7 +149,7 @@ def _init(request: dict[str, Any], report: int) -> NoReturn:
         os.setsid()
         os.chdir(request["disk"])
         unshare(CLONE_NEWNS | CLONE_NEWUTS)
-        argv = ["/bin/sh", "-c", request["script"], "sim-holder", request["vm"], request["disk"]]
+        argv = ["/bin/sh", "-c", request["script"], "sim-holder", *request["args"]]
         script = os.posix_spawn(argv[0], argv, dict(request["env"]))
         os.dup2(0, 2)  # /dev/null: the setup's stderr pipe is the script's alone now
         os.close(errors_w)

@@ -78,12 +78,14 @@ __all__ = [
     "ENV",
     "HOLDER_MARKER",
     "MODES",
+    "SHARED_ENV",
     "Holder",
     "Isolation",
     "PasswdEntry",
     "choose",
     "enter",
     "passwd",
+    "shared_paths",
     "start_holder",
     "start_machine",
 ]
@@ -91,20 +93,25 @@ __all__ = [
 #: The environment variable choosing the isolation of a cloud's VMs.
 ENV = "AIORES_SIM_ISOLATION"
 MODES = ("auto", "namespaces", "none")
+#: The environment variable naming host directories every isolated VM shares (bound
+#: read-write at the same path in each), separated by ``os.pathsep``.
+SHARED_ENV = "AIORES_SIM_SHARED"
 #: The environment variable naming the VM a holder makes.
 HOLDER_MARKER = "AIORES_SIM_HOLDER"
 #: Seconds a holder may take to make a VM's machine.
 START_TIMEOUT = 30.0
 _NAMESPACES = ("mnt", "uts", "pid")
 
-# Making the VM's machine: $1 the VM's id, $2 its disk, $3 more overlay options. Runs
+# Making the VM's machine: $1 the VM's id, $2 its disk, $3 more overlay options, then
+# the host directories shared with every VM (bound at their own paths). Runs
 # as root in fresh mount and UTS namespaces, as PID 1 of a fresh PID namespace or its
 # child (in a user namespace, the overlay keeps its own attributes in user.* xattrs:
 # "userxattr"). pivot_root moves every process of the namespace whose root was the
 # host's to the VM's.
 _MACHINE = r"""
 set -eu
-id=$1 disk=$2 options=${3-}
+id=$1 disk=$2 options=$3
+shift 3
 meta=$disk/.sim
 root=$meta/root
 mount --make-rprivate /
@@ -117,6 +124,10 @@ mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount --bind "$disk/home" "$root/home"
+for shared in "$@"; do
+  mkdir -p "$root$shared"
+  mount --rbind "$shared" "$root$shared"
+done
 mkdir -p "$root$disk"
 mount --bind "$disk" "$root$disk"
 cd "$root"
@@ -165,6 +176,32 @@ def requested(value: object) -> str:
     if not isinstance(value, str) or value not in MODES:
         raise BadParameter(f"isolation must be one of {', '.join(MODES)}, not {value!r}")
     return value
+
+
+def shared_paths(value: object = None) -> tuple[str, ...]:
+    """The host directories shared with every isolated VM (``value``, else
+    ``$AIORES_SIM_SHARED``, ``os.pathsep``-separated), checked.
+
+    Raises:
+        BadParameter: a path that is not an absolute, existing directory (or holds
+            NUL or characters that are no file name's).
+    """
+    if value is None:
+        value = [p for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise BadParameter(f"shared must be a list of directories, not {value!r}")
+    paths = []
+    for path in value:
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BadParameter(f"shared: {path!r} is no path")
+        try:
+            path.encode()
+        except UnicodeEncodeError:
+            raise BadParameter(f"shared: {path!r} is no path") from None
+        if not os.path.isabs(path) or not os.path.isdir(path):
+            raise BadParameter(f"shared: {path!r} is not an absolute path of a directory")
+        paths.append(os.path.normpath(path))
+    return tuple(paths)
 
 
 def choose(value: object = None) -> Isolation:
@@ -283,7 +320,9 @@ class Holder:
             await asyncio.shield(self.ended)
 
 
-async def start_machine(vm_id: str, disk: Path, spawner: Spawner) -> Holder:
+async def start_machine(
+    vm_id: str, disk: Path, spawner: Spawner, shared: tuple[str, ...] = ()
+) -> Holder:
     """Make VM ``vm_id``'s machine through the cloud's fork server; returns its holder.
 
     The holder is the VM's PID 1, a fork of the server: it makes the machine (see the
@@ -296,14 +335,17 @@ async def start_machine(vm_id: str, disk: Path, spawner: Spawner) -> Holder:
     env = {"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id}
     try:
         async with asyncio.timeout(START_TIMEOUT):
-            init, ended = await spawner.holder(vm_id, disk, _MACHINE, env)
+            args = [vm_id, str(disk), "", *shared]
+            init, ended = await spawner.holder(disk, _MACHINE, args, env)
     except (OSError, TimeoutError) as exc:
         why = exc.strerror or str(exc) or "it took too long"
         raise NoSuccess(f"cannot make VM {vm_id}'s machine: {why}") from exc
     return Holder(init, False, ended=ended)
 
 
-async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
+async def start_holder(
+    vm_id: str, disk: Path, isolation: Isolation, shared: tuple[str, ...] = ()
+) -> Holder:
     """Make VM ``vm_id``'s machine (see the module's docs); returns its holder.
 
     The holder carries no ``AIORES_SIM_VM`` mark (it is no process the VM's user
@@ -322,6 +364,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
         vm_id,
         str(disk),
         ",userxattr" if isolation.user_namespace else "",
+        *shared,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -218,15 +218,15 @@ class Spawner:
                     loop.remove_writer(self._sock.fileno())
 
     async def holder(
-        self, vm_id: str, disk: Path, script: str, env: dict[str, str]
+        self, disk: Path, script: str, args: list[str], env: dict[str, str]
     ) -> tuple[int, asyncio.Future[int]]:
-        """Make VM ``vm_id``'s machine with ``script``; the host pid of its PID 1, and
-        a future of its exit status.
+        """Make a VM's machine with ``sh -c script sim-holder *args`` in its ``disk``;
+        the host pid of its PID 1, and a future of its exit status.
 
         Raises:
             OSError: it could not be made.
         """
-        request = {"op": "holder", "vm": vm_id, "disk": str(disk), "script": script, "env": env}
+        request = {"op": "holder", "disk": str(disk), "script": script, "args": args, "env": env}
         return await self._ask(request, [])
 
     async def spawn(

@@ -21,7 +21,7 @@ import aiores
 from aiores import ComputeDescription, Group, ResourceState
 from aiores._cli import main
 from aiores_sim import CloudClient
-from aiores_sim._isolation import choose
+from aiores_sim._isolation import SHARED_ENV, choose, shared_paths
 
 from .conftest import STEP
 
@@ -244,3 +244,32 @@ def test_sim_status_shows_the_isolation(isolated: Path) -> None:
     status = runner.invoke(main, ["sim", "status"])
     assert "isolation: namespaces (mount, UTS, PID; overlay root)" in status.output
     assert runner.invoke(main, ["sim", "stop"]).exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_shared_directory_is_the_same_in_every_vm_and_on_the_host(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    (private / "file").write_text("host only\n")
+    monkeypatch.setenv(SHARED_ENV, str(shared))
+    async with aiores.Session() as session:
+        first, second = await _up(session.manager(URL), 2)
+        wrote = await first.run(f"echo from-{first.native_id} > {shared}/note")
+        assert wrote.exit_status == 0, wrote.stderr
+        assert (shared / "note").read_text() == f"from-{first.native_id}\n"
+        (shared / "back").write_text("from the host\n")
+        seen = await second.run(f"cat {shared}/note {shared}/back; ls {private} 2>&1; true")
+        assert seen.stdout.splitlines()[:2] == [f"from-{first.native_id}", "from the host"]
+        assert "No such file" in seen.stdout  # the rest of the host's /tmp is not the VM's
+        await session.manager(URL).destroy([first, second])
+    assert (shared / "note").exists()  # a VM's end leaves the shared directory alone
+
+
+def test_shared_directories_are_checked(tmp_path: Path) -> None:
+    assert shared_paths([str(tmp_path)]) == (str(tmp_path),)
+    for bad in (["relative"], [str(tmp_path / "missing")], ["/x\0y"], [""], str(tmp_path), [3]):
+        with pytest.raises(aiores.BadParameter, match="shared"):
+            shared_paths(bad)
