@@ -90,7 +90,7 @@ class Cloud(LeaseOps, NetworkOps):
         watch_pid: Stop once the process with this pid has ended (a test session
             that started this cloud for itself, even if it was killed).
         isolation: ``namespaces``, ``none`` or ``auto`` (see :mod:`._isolation`);
-            None: ``$AIORES_SIM_ISOLATION``, else ``none``.
+            None: ``$AIORES_SIM_ISOLATION``, else ``auto``.
         shared: Host directories every isolated VM shares, each bound read-write at
             its own path (as a cluster's NFS export is mounted on every node); None:
             ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated), else none.

@@ -1,8 +1,7 @@
 """Simulated VMs that are machines of their own: Linux namespaces and an overlay root.
 
-With isolation on, each VM has a *holder*: a process started by
-``unshare --mount --uts --pid --fork --kill-child`` (util-linux) that makes the VM's
-machine and then waits as its PID 1:
+By default (``auto``), where the host allows it (root and util-linux: CI), each VM
+is a machine of its own:
 
 - a root of its own: an overlay whose lower layer is the host's ``/`` (read-only)
   and whose upper layer is ``<disk>/.sim/upper``; whatever a command writes under
@@ -10,46 +9,57 @@ machine and then waits as its PID 1:
 - ``/home`` is the disk's ``home`` directory, and the disk itself is at its host
   path, so SFTP and commands see the same files (root's home, ``/root``, is part
   of the overlay: the host's, with the VM's changes in the upper layer);
-- ``/proc`` of its own PID namespace, ``/tmp`` and ``/run`` private (tmpfs), ``/dev``
-  and ``/sys`` the host's;
-- its hostname is its id (a UTS namespace of its own).
+- ``/proc`` of its own PID namespace (its processes only), ``/tmp`` and ``/run``
+  private (tmpfs), ``/dev`` and ``/sys`` the host's;
+- its hostname is its id (a UTS namespace of its own);
+- the host directories named in ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated;
+  the cloud's ``shared`` option), bound read-write at their own paths, as a
+  cluster's shared file system is mounted on every node: the one way to hand a VM a
+  file through a host path (SFTP to the VM works as on any VM). The sim's test
+  fixture shares the test session's temporary directory this way.
 
-A command for the VM enters its namespaces in the process the cloud spawns, in a
-pre-exec hook (``setns(2)`` on the holder's ``/proc/<pid>/ns/*``; see :func:`enter`),
-with no ``nsenter`` in between. ``setns`` moves only a process's later children into
-a PID namespace, so the hook forks once: the command (the login's shell) execs in
-the VM's PID namespace, in the session and process group the spawned process leads;
-the spawned process waits for it and ends as it did. The cloud knows the pid only
-once the command has exec'd, and sends SSH signals to that group: they reach the
-command however early they come (never a half-started ``nsenter`` or shell).
+It still shares the host's network, devices and kernel, and the cloud's user is
+root inside: it keeps a bootstrap off the host; it is no sandbox.
+
+How: the cloud starts a small *fork server* (:mod:`aiores_sim._forkserver`) when it
+starts. For each VM the server forks a child in a new PID namespace: the VM's PID 1.
+It makes mount and UTS namespaces of its own, mounts the machine (a shell script:
+overlay, binds, ``pivot_root``), then execs ``sleep`` with ``SIGCHLD`` ignored, so
+the kernel reaps the VM's orphans: one process per VM, about 90 KiB of its own
+memory, no descriptor in the cloud. A command for the VM is forked by the server
+too, after joining the VM's PID namespace for its children (``setns``); the child
+joins the VM's mount and UTS namespaces, leads a session of its own, becomes the
+login's account and execs the login's shell: one fork of a small process, never of
+the cloud (CPython forks the whole cloud, instead of vfork-ing it, whenever a child
+must run code before it execs). The cloud learns the pid once the command has
+exec'd and signals its process group as without isolation; the server reports its
+exit status (:mod:`aiores_sim._spawner`).
 
 Users: a login names a user the cloud gave the VM (the acquiring user, ``root``,
 the ``users`` option; commands run as the cloud's own user, as without isolation),
 or else one of the VM's own ``/etc/passwd``: after ``useradd wf`` in the VM,
 ``user="wf"`` logs in and its commands run as wf's uid and gid, in its home.
 
-Teardown: the holder carries ``AIORES_SIM_HOLDER=<id>`` (not the VM's mark: it is
-no process the VM's user started) and works in the VM's disk. A VM's end kills it;
-the kernel then kills every process of the VM's PID namespace, and the mount
-namespace (with the overlay) goes with the last of them; the disk, upper layer
-included, is removed.
+Teardown: a VM's end kills its PID 1; the kernel then kills every process of the
+VM's PID namespace, and the mount namespace (with the overlay) goes with the last of
+them; the disk, upper layer included, is removed. PID 1 carries
+``AIORES_SIM_HOLDER=<id>`` and works in the VM's disk, so a cloud that crashed leaves
+it findable.
 
-Without root, the holder would also make a user namespace mapping the cloud's user
-to root (``unshare --user --map-root-user``) and commands join it first. That needs
-an overlay of ``/`` made in a user namespace, which Linux refuses where ``/`` has
-mounts below it (``failed to clone lowerpath``: the usual case); the probe
+Without root, the VM would be made by ``unshare --user --map-root-user`` (a user
+namespace mapping the cloud's user to root; the holder is then ``unshare``, its PID
+1 shell and a ``sleep``), and commands would join it in a pre-exec hook of the
+cloud's own spawn (:func:`enter`: the slow path, a fork of the cloud per command).
+That needs an overlay of ``/`` made in a user namespace, which Linux refuses where
+``/`` has mounts below it (``failed to clone lowerpath``: the usual case); the probe
 (:func:`choose`) tries exactly that, and ``auto`` falls back to ``none`` then,
-saying why.
+saying why (in the cloud's log, its hello and ``aiores sim status``).
 
-The cost per VM: three processes (``unshare``, its PID 1 shell, a ``sleep``) and a
-mount namespace, no descriptor in the cloud; a running command has one more process
-(the spawned one, waiting). Entering the VM in a pre-exec hook makes CPython fork the
-cloud for each command instead of vfork-ing it: slower the larger the cloud is
-(``benchmarks/sim_isolation.py``).
-
-Modes: ``namespaces`` (required: a VM fails to boot without it), ``none`` (commands
-run on the host as the cloud's user), ``auto`` (namespaces where the host allows
-them, else none). The cloud's option, else ``$AIORES_SIM_ISOLATION``, else ``none``.
+Modes: ``auto`` (the default: namespaces where the host allows them, else none),
+``namespaces`` (required: the cloud refuses to start without them), ``none``
+(commands run on the host as the cloud's user, with stand-in ``hostname``/``id``/
+``whoami``: a sim VM is then no boundary at all). The cloud's option, else
+``$AIORES_SIM_ISOLATION``, else ``auto``.
 """
 
 from __future__ import annotations
@@ -170,9 +180,9 @@ class Isolation:
 
 
 def requested(value: object) -> str:
-    """The mode asked for (``value``, else ``$AIORES_SIM_ISOLATION``, else none), checked."""
+    """The mode asked for (``value``, else ``$AIORES_SIM_ISOLATION``, else auto), checked."""
     if value is None:
-        value = os.environ.get(ENV) or "none"
+        value = os.environ.get(ENV) or "auto"
     if not isinstance(value, str) or value not in MODES:
         raise BadParameter(f"isolation must be one of {', '.join(MODES)}, not {value!r}")
     return value

@@ -21,7 +21,7 @@ import aiores
 from aiores import ComputeDescription, Group, ResourceState
 from aiores._cli import main
 from aiores_sim import CloudClient
-from aiores_sim._isolation import SHARED_ENV, choose, shared_paths
+from aiores_sim._isolation import SHARED_ENV, choose, requested, shared_paths
 
 from .conftest import STEP
 
@@ -235,6 +235,9 @@ def test_isolation_modes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIORES_SIM_ISOLATION", "none")
     assert not choose(None).on
     assert choose("auto").on  # this host can (the module is skipped where not)
+    monkeypatch.delenv("AIORES_SIM_ISOLATION")
+    assert requested(None) == "auto"  # the default
+    assert choose(None).on
 
 
 def test_sim_status_shows_the_isolation(isolated: Path) -> None:
