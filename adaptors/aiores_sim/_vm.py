@@ -75,6 +75,8 @@ UID_MARKER = "AIORES_SIM_UID"
 #: The VM's own address (its private address on a network; 127.0.0.1 on none).
 ADDRESS_MARKER = "AIORES_SIM_ADDRESS"
 _OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER, ADDRESS_MARKER)
+#: A user's own authorized keys, relative to its home.
+AUTHORIZED_KEYS = Path(".ssh", "authorized_keys")
 #: The uid of the acquiring user (unless root); the others' follow it.
 FIRST_UID = 1000
 #: The stand-ins for hostname, uname, whoami and id, first on every command's PATH.
@@ -183,6 +185,10 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             for login in logins(spec).values():
                 if login.home != "/":
                     login.home_on(disk).mkdir(mode=0o700, parents=True, exist_ok=True)
+            # As a cloud installs its key pair for the image's user: from here on, this
+            # file decides the acquiring user's logins (see VM.own_keys).
+            (disk / ".ssh").mkdir(mode=0o700)
+            private.private_file(disk / AUTHORIZED_KEYS, spec.authorized_keys)
             key = asyncssh.generate_private_key("ssh-ed25519")
             sock = _reserve(spec.address)
             made.append(Prepared(vm_id, disk, key, sock, sock.getsockname()[1]))
@@ -373,9 +379,14 @@ class VM:
                     entry = await asyncio.to_thread(passwd, vm.holder, username)
                     if entry is not None:
                         vm.users[username] = Login(username, entry.uid, entry.home, entry)
-                if username not in vm.users and self._conn is not None:
+                login = vm.users.get(username)
+                if login is None and self._conn is not None:
                     # As sshd does: no method can succeed, and nothing says why.
                     self._conn.set_authorized_keys(None)
+                elif login is not None and self._conn is not None:
+                    found, keys = await asyncio.to_thread(vm.own_keys, login)
+                    if found:
+                        self._conn.set_authorized_keys(keys)
                 return True
 
         disk = os.fsencode(self.disk)
@@ -427,6 +438,32 @@ class VM:
                     os.killpg(proc.pid, signal.SIGKILL)
         if self.holder is not None:
             self.holder.kill()
+
+    def own_keys(self, login: Login) -> tuple[bool, asyncssh.SSHAuthorizedKeys | None]:
+        """Blocking: the keys ``login``'s own ``~/.ssh/authorized_keys`` in the VM
+        authorizes, as sshd reads them: ``(False, None)`` where it has no such file
+        (the keys of the acquire decide), else ``(True, keys)`` (None: no valid key,
+        every key is refused). Lines that are no key are skipped; a symbolic link
+        there counts as no valid key.
+        """
+        home = login.home_in(self.disk)
+        base = self.holder.root / home.lstrip("/") if self.holder is not None else Path(home)
+        try:
+            fd = os.open(base / AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False, None
+        except OSError:
+            return True, None
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(1 << 20).decode(errors="replace")
+        good = []
+        for line in text.splitlines():
+            try:  # sshd skips a line it cannot read, and reads on
+                asyncssh.import_authorized_keys(line)
+            except (ValueError, asyncssh.KeyImportError):
+                continue
+            good.append(line)
+        return True, asyncssh.import_authorized_keys("\n".join(good)) if good else None
 
     def _login(self, chan: asyncssh.SSHServerChannel[bytes]) -> Login:
         """The user a channel's connection logged in as (refused logins never get one)."""

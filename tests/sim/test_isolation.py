@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+import asyncssh
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -20,7 +21,7 @@ from click.testing import CliRunner
 import aiores
 from aiores import ComputeDescription, Group, ResourceState
 from aiores._cli import main
-from aiores_sim import CloudClient
+from aiores_sim import MANAGED_KEY, CloudClient
 from aiores_sim._isolation import SHARED_ENV, choose, requested, shared_paths
 
 from .conftest import STEP
@@ -276,3 +277,49 @@ def test_shared_directories_are_checked(tmp_path: Path) -> None:
     for bad in (["relative"], [str(tmp_path / "missing")], ["/x\0y"], [""], str(tmp_path), [3]):
         with pytest.raises(aiores.BadParameter, match="shared"):
             shared_paths(bad)
+
+
+async def _login(vm: aiores.Compute, user: str, key: asyncssh.SSHKey | str) -> str:
+    """``id -un`` over a connection of its own as ``user`` with ``key`` (raises if refused)."""
+    assert vm.access is not None
+    port = int(vm.access.rsplit(":", 1)[1])
+    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{port} {vm.host_keys[0]}\n")
+    async with asyncssh.connect(
+        "127.0.0.1", port, username=user, client_keys=[key], known_hosts=known, config=None
+    ) as conn:
+        done = await conn.run("/usr/bin/id -un", check=True)
+        return str(done.stdout).strip()
+
+
+@pytest.mark.asyncio
+async def test_the_vms_own_authorized_keys_decide_logins(isolated: Path, state_dir: Path) -> None:
+    session_key = str(state_dir / MANAGED_KEY)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    other_public = other.export_public_key().decode().strip()
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        owner = aiores.adaptor.URL.parse(vm.access or "").user or ""
+        # The acquire installed the session's key for the acquiring user, as EC2 does.
+        installed = (await vm.run("cat ~/.ssh/authorized_keys")).stdout
+        session_public = (await asyncio.to_thread(Path(session_key + ".pub").read_text)).split()[1]
+        assert session_public in installed
+        # A user the bootstrap gives a key of its own logs in with that key alone.
+        bootstrap = (
+            "useradd -m -s /bin/sh wf && mkdir -p /home/wf/.ssh"
+            f" && printf '%s\\n' 'not a key' '{other_public}' > /home/wf/.ssh/authorized_keys"
+        )
+        assert (await vm.run(bootstrap)).exit_status == 0
+        assert await _login(vm, "wf", other) == "wf"
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, "wf", session_key)
+        # The acquiring user's file, changed in the VM, decides its next logins.
+        assert await _login(vm, owner, session_key) == owner
+        replaced = await vm.run(f"printf '%s\\n' '{other_public}' > ~/.ssh/authorized_keys")
+        assert replaced.exit_status == 0
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, session_key)
+        assert await _login(vm, owner, other) == owner
+        # No file: the keys of the acquire decide (a VM user without one, as before).
+        assert (await vm.run("rm ~/.ssh/authorized_keys")).exit_status == 0
+        assert await _login(vm, owner, session_key) == owner
+        await vm.destroy()
