@@ -323,3 +323,21 @@ async def test_the_vms_own_authorized_keys_decide_logins(isolated: Path, state_d
         assert (await vm.run("rm ~/.ssh/authorized_keys")).exit_status == 0
         assert await _login(vm, owner, session_key) == owner
         await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_that_ends_in_a_vm_leaves_no_zombie(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        # Its parent gone at once, the job becomes the VM's PID 1's child, then ends.
+        orphan = "(sleep 0.2919 >/dev/null 2>&1 </dev/null &) ; exit 0"
+        assert (await vm.run(orphan)).exit_status == 0
+        table = "ps -eo pid=,ppid=,stat=,args="
+        async with asyncio.timeout(STEP):
+            while "0.2919" in (await vm.run(table)).stdout:  # noqa: ASYNC110 (polled in the VM)
+                await asyncio.sleep(0.05)
+        rows = [line.split(None, 3) for line in (await vm.run(table)).stdout.splitlines()]
+        # PID 1 reaps nothing itself: the kernel does (it ignores SIGCHLD).
+        assert not [row for row in rows if row[2].startswith("Z")], rows
+        assert [row[3] for row in rows if row[0] == "1"] == ["/bin/sleep 2147483647"]
+        await vm.destroy()
