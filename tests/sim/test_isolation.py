@@ -241,12 +241,16 @@ def test_isolation_modes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose(None).on
 
 
-def test_sim_status_shows_the_isolation(isolated: Path) -> None:
+def test_sim_status_shows_the_isolation(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
     runner = CliRunner()
     started = runner.invoke(main, ["sim", "start"])
     assert started.exit_code == 0, started.output
     status = runner.invoke(main, ["sim", "status"])
     assert "isolation: namespaces (mount, UTS, PID; overlay root)" in status.output
+    assert f"shared with every VM: {tmp_path}" in status.output
     assert runner.invoke(main, ["sim", "stop"]).exit_code == 0
 
 
