@@ -413,7 +413,8 @@ def sim_status() -> None:
     if "isolation_detail" in hello:
         console.print(f"isolation: {hello['isolation_detail']}")
     if hello.get("shared"):
-        console.print(f"shared with every VM: {', '.join(hello['shared'])}")
+        # Paths are copied into other commands: never wrapped.
+        console.print(f"shared with every VM: {', '.join(hello['shared'])}", soft_wrap=True)
     if vms:
         table = Table(header_style="bold")
         # Ids and access URLs are copied into other commands: never cut, never wrapped;
