@@ -187,9 +187,11 @@ class Server:
         self.starting: dict[int, int | None] = {}
         self.running: set[int] = set()
         # Children are reaped on SIGCHLD (no descriptor per child): the handler only
-        # wakes the selector.
+        # wakes the selector. A full pipe already wakes it: no warning then (CPython
+        # can deadlock reporting it from the handler while the main thread holds the
+        # lock of its pending calls).
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(wake_w)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self.selector.register(wake_r, selectors.EVENT_READ, ("reap",))
         self.selector.register(sock, selectors.EVENT_READ, ("request",))
