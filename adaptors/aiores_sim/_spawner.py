@@ -172,9 +172,10 @@ class Spawner:
             self._exits.clear()
 
     async def _ask(
-        self, request: dict[str, Any], fds: list[int]
+        self, request: dict[str, Any], fds: list[int], sent: Callable[[], None] = lambda: None
     ) -> tuple[int, asyncio.Future[int]]:
-        """Send ``request`` (with ``fds``); the pid of what it started, and its end.
+        """Send ``request`` (with ``fds``), call ``sent()`` once it is (or failed to
+        be) sent; the pid of what it started, and its end.
 
         If the caller is cancelled once the request is sent, what it started is killed
         (its process group) as soon as its pid is known.
@@ -189,12 +190,14 @@ class Spawner:
         data = _HEADER.pack(len(body)) + body
         try:
             async with self._send_lock:
-                sent = await self._send_with(data, fds)
-                if sent < len(data):
-                    await loop.sock_sendall(self._sock, data[sent:])
+                count = await self._send_with(data, fds)
+                if count < len(data):
+                    await loop.sock_sendall(self._sock, data[count:])
         except BaseException:
             self._answers.pop(request_id, None)
             raise
+        finally:
+            sent()
         try:
             return await asyncio.shield(answer)
         except asyncio.CancelledError:
@@ -255,12 +258,18 @@ class Spawner:
             "uid": uid,
             "gid": gid,
         }
+
+        # The child's ends are closed once sent (the message holds them): while the
+        # server is busy, a command waiting to start holds three descriptors here.
+        def close_theirs() -> None:
+            while theirs:
+                os.close(theirs.pop())
+
         try:
             try:
-                pid, ended = await self._ask(request, theirs)
+                pid, ended = await self._ask(request, list(theirs), close_theirs)
             finally:
-                for fd in theirs:
-                    os.close(fd)
+                close_theirs()
         except BaseException:
             for fd in ours:
                 os.close(fd)
