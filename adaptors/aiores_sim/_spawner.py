@@ -172,10 +172,14 @@ class Spawner:
             self._exits.clear()
 
     async def _ask(
-        self, request: dict[str, Any], fds: list[int], sent: Callable[[], None] = lambda: None
+        self,
+        request: dict[str, Any],
+        make_fds: Callable[[], list[int]] = list,
+        sent: Callable[[], None] = lambda: None,
     ) -> tuple[int, asyncio.Future[int]]:
-        """Send ``request`` (with ``fds``), call ``sent()`` once it is (or failed to
-        be) sent; the pid of what it started, and its end.
+        """Send ``request`` with the descriptors ``make_fds()`` makes in its turn to
+        send (so that requests waiting to be sent hold none), call ``sent()`` once it
+        is (or failed to be) sent; the pid of what it started, and its end.
 
         If the caller is cancelled once the request is sent, what it started is killed
         (its process group) as soon as its pid is known.
@@ -190,7 +194,7 @@ class Spawner:
         data = _HEADER.pack(len(body)) + body
         try:
             async with self._send_lock:
-                count = await self._send_with(data, fds)
+                count = await self._send_with(data, make_fds())
                 if count < len(data):
                     await loop.sock_sendall(self._sock, data[count:])
         except BaseException:
@@ -230,7 +234,7 @@ class Spawner:
             OSError: it could not be made.
         """
         request = {"op": "holder", "disk": str(disk), "script": script, "args": args, "env": env}
-        return await self._ask(request, [])
+        return await self._ask(request)
 
     async def spawn(
         self,
@@ -245,9 +249,6 @@ class Spawner:
         Raises:
             OSError: it could not be started (the VM has ended, the exec failed).
         """
-        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
-        (in_r, in_w), (out_r, out_w), (err_r, err_w) = pipes
-        theirs, ours = [in_r, out_w, err_w], [in_w, out_r, err_r]
         uid, gid = account if account is not None else (None, None)
         request = {
             "op": "spawn",
@@ -258,22 +259,40 @@ class Spawner:
             "uid": uid,
             "gid": gid,
         }
+        theirs: list[int] = []
+        ours: list[int] = []
 
-        # The child's ends are closed once sent (the message holds them): while the
-        # server is busy, a command waiting to start holds three descriptors here.
+        def make() -> list[int]:
+            # Made in the request's turn to be sent, the child's ends closed once sent
+            # (the message holds them): a command waiting to start holds nothing here.
+            made: list[tuple[int, int]] = []
+            try:
+                for _ in range(3):
+                    made.append(os.pipe2(os.O_CLOEXEC))
+            except BaseException:
+                for pair in made:
+                    for fd in pair:
+                        os.close(fd)
+                raise
+            (in_r, in_w), (out_r, out_w), (err_r, err_w) = made
+            theirs.extend((in_r, out_w, err_w))
+            ours.extend((in_w, out_r, err_r))
+            return list(theirs)
+
         def close_theirs() -> None:
             while theirs:
                 os.close(theirs.pop())
 
         try:
             try:
-                pid, ended = await self._ask(request, list(theirs), close_theirs)
+                pid, ended = await self._ask(request, make, close_theirs)
             finally:
                 close_theirs()
         except BaseException:
-            for fd in ours:
-                os.close(fd)
+            while ours:
+                os.close(ours.pop())
             raise
+        in_w, out_r, err_r = ours
         try:
             return await _connect(pid, ended, in_w, out_r, err_r)
         except BaseException:
