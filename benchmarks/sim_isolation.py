@@ -8,7 +8,7 @@ them all, stop the cloud. The modes alternate (none, namespaces, namespaces, non
 ...); medians and spreads (min-max) per mode are printed, with the load average
 before and after. Needs root for namespaces (else the round is refused)::
 
-    .venv/bin/python benchmarks/sim_isolation.py [--vms 1000] [--rounds 2]
+    .venv/bin/python benchmarks/sim_isolation.py [--vms 1000] [--rounds 2] [--modes ...]
 """
 
 from __future__ import annotations
@@ -87,19 +87,19 @@ async def one_round(mode: str, count: int) -> dict[str, float]:
     return figures
 
 
-async def main(count: int, rounds: int) -> None:
+async def main(count: int, rounds: int, modes: tuple[str, ...] = MODES) -> None:
     load_before = os.getloadavg()
-    seen: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
-    order = [MODES if r % 2 == 0 else MODES[::-1] for r in range(rounds)]
+    seen: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    order = [modes if r % 2 == 0 else modes[::-1] for r in range(rounds)]
     for modes in order:
         for mode in modes:
             figures = await one_round(mode, count)
             seen[mode].append(figures)
             print(f"{mode:>10}: " + ", ".join(f"{k}={v:.2f}" for k, v in figures.items()))
     print(f"\n{count} VMs, {rounds} rounds per mode: median (min-max)")
-    for key in seen[MODES[0]][0]:
+    for key in seen[modes[0]][0]:
         cells = []
-        for mode in MODES:
+        for mode in modes:
             values = [f[key] for f in seen[mode]]
             cells.append(
                 f"{mode} {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
@@ -112,5 +112,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="(default: both)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.vms, args.rounds))
+    asyncio.run(main(args.vms, args.rounds, tuple(args.modes)))

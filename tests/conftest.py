@@ -19,10 +19,11 @@ import pytest
 # start again for that directory).
 from aiores_sim.testing import aiores_sim_cloud
 from tests.docker.podman import podman
+from tests.shared import SHARED
 from tests.slurm.cluster import slurm_cluster
 from tests.ssh.servers import keys, sshd
 
-__all__ = ["aiores_sim_cloud", "keys", "podman", "slurm_cluster", "sshd"]
+__all__ = ["SHARED", "aiores_sim_cloud", "keys", "podman", "slurm_cluster", "sshd"]
 
 os.environ["PYTHONASYNCIODEBUG"] = "1"
 

@@ -65,10 +65,11 @@ _FRAGMENTS = (
 
 
 class Canary:
-    """A world-writable directory holding the file the texts try to create."""
+    """A world-writable directory holding the file the texts try to create (in
+    ``parent``: by default, the system's temporary directory)."""
 
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="aiores-canary-"))
+    def __init__(self, parent: Path | None = None) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="aiores-canary-", dir=parent))
         self.directory.chmod(0o777)
         self.path = self.directory / "canary"
 

@@ -37,7 +37,14 @@ from aiores import AioresError, BadParameter, DoesNotExist, IncorrectState, NoSu
 from aiores import ResourceState as S
 from aiores.adaptor import concurrency, private, validate
 
-from ._isolation import Isolation, choose, requested, start_holder
+from ._isolation import (
+    Isolation,
+    choose,
+    requested,
+    shared_paths,
+    start_holder,
+    start_machine,
+)
 from ._lease import LeaseOps, countdown_step
 from ._networks import LOOPBACK, NetworkOps
 from ._options import IMAGES, TEMPLATES, Faults, choose_template
@@ -49,6 +56,7 @@ from ._protocol import (
     encode_error,
     socket_path,
 )
+from ._spawner import Spawner
 from ._vm import VM, Prepared, VMSpec, prepare
 
 __all__ = ["Cloud", "CloudRunning", "is_locked", "wipe_stale"]
@@ -59,6 +67,10 @@ log = logging.getLogger("aiores.sim")
 MAX_COUNT = 10000
 #: Seconds a cancelled acquire may spend removing what it made.
 CLEANUP_TIMEOUT = 60.0
+#: VM machines (namespaces, mounts) made at once: the kernel makes mounts one at a
+#: time (one lock for all), so more at once only make each slower; a VM waits its
+#: turn before its making's own time limit starts (10,000 VMs booting together).
+MAKING_AT_ONCE = 8
 #: Where the directories of a cloud's region processes are (see :mod:`._regions`).
 REGIONS = "regions"
 
@@ -82,7 +94,10 @@ class Cloud(LeaseOps, NetworkOps):
         watch_pid: Stop once the process with this pid has ended (a test session
             that started this cloud for itself, even if it was killed).
         isolation: ``namespaces``, ``none`` or ``auto`` (see :mod:`._isolation`);
-            None: ``$AIORES_SIM_ISOLATION``, else ``none``.
+            None: ``$AIORES_SIM_ISOLATION``, else ``auto``.
+        shared: Host directories every isolated VM shares, each bound read-write at
+            its own path (as a cluster's NFS export is mounted on every node); None:
+            ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated), else none.
     """
 
     def __init__(
@@ -94,15 +109,18 @@ class Cloud(LeaseOps, NetworkOps):
         subreaper: bool = False,
         watch_pid: int | None = None,
         isolation: str | None = None,
+        shared: list[str] | None = None,
     ) -> None:
         self.directory = directory.absolute()
         self._isolation_asked = requested(isolation)
+        self.shared = shared_paths(shared)
         self.isolation = Isolation("none", reason="not started")
         self.idle_exit = idle_exit
         self.watch_pid = watch_pid
         self.keep_ended = keep_ended
         self.subreaper = subreaper
         self._table = ProcessTable()
+        self._spawner: Spawner | None = None
         self._exited = asyncio.Event()
         self.vms: dict[str, VM] = {}
         self._ended: deque[str] = deque()
@@ -116,6 +134,7 @@ class Cloud(LeaseOps, NetworkOps):
         self._doomed: list[VM] = []
         self._acquiring: dict[str, asyncio.Event] = {}
         self._reap = asyncio.Event()
+        self._making = asyncio.Semaphore(MAKING_AT_ONCE)
         self._idle_since = time.monotonic()
         self.stopped = asyncio.Event()
         self._stopping = False
@@ -131,6 +150,8 @@ class Cloud(LeaseOps, NetworkOps):
         self._lock, self._socket = await asyncio.to_thread(self._claim)
         try:
             self.isolation = await asyncio.to_thread(choose, self._isolation_asked)
+            if self.isolation.on and not self.isolation.user_namespace:
+                await self._start_spawner()
             self._server = await asyncio.start_unix_server(
                 self._client, path=str(self._socket), limit=LINE_LIMIT
             )
@@ -147,6 +168,15 @@ class Cloud(LeaseOps, NetworkOps):
             self._spawn(self._pid_watch(self.watch_pid), "pid watch")
         log.info("sim cloud %s listening on %s (pid %d)", self.directory, self._socket, os.getpid())
         log.info("sim cloud isolation: %s", self.isolation.describe())
+
+    async def _start_spawner(self) -> None:
+        """Start the fork server that makes this cloud's VMs and starts their commands."""
+        spawner = Spawner()
+        env = {"PATH": os.environ.get("PATH", os.defpath)}
+        await spawner.start(env, lambda coro, what: self._spawn(coro, what))
+        assert spawner.pid is not None
+        self._table.managed.add(spawner.pid)
+        self._spawner = spawner
 
     def _claim(self) -> tuple[IO[bytes], Path]:
         private.private_dir(self.directory)
@@ -260,6 +290,9 @@ class Cloud(LeaseOps, NetworkOps):
         return bool(self._clients) or any(not vm.state.final for vm in self.vms.values())
 
     async def _release(self) -> None:
+        if self._spawner is not None:
+            spawner, self._spawner = self._spawner, None
+            await spawner.close()
         if self.subreaper:
             asyncio.get_running_loop().remove_signal_handler(signal.SIGCHLD)
 
@@ -362,24 +395,33 @@ class Cloud(LeaseOps, NetworkOps):
             holder.kill()
         if holders:
             async with asyncio.timeout(CLEANUP_TIMEOUT):
-                await asyncio.gather(*(h.process.wait() for h in holders))
+                await asyncio.gather(*(h.wait() for h in holders))
         for holder in holders:
-            self._table.managed.discard(holder.process.pid)
+            if holder.process is not None:
+                self._table.managed.discard(holder.process.pid)
 
     async def _boot(self, vm: VM) -> bool:
         """Make the VM's machine (isolation on); False if it failed to (the VM ended)."""
         if not self.isolation.on:
             return True
-        self._table.spawning += 1
         try:
-            holder = await start_holder(vm.id, vm.disk, self.isolation)
+            async with self._making:
+                if vm.state.final:  # ended while it waited its turn
+                    return False
+                self._table.spawning += 1
+                try:
+                    if self._spawner is not None:
+                        holder = await start_machine(vm.id, vm.disk, self._spawner, self.shared)
+                    else:
+                        holder = await start_holder(vm.id, vm.disk, self.isolation, self.shared)
+                finally:
+                    self._table.spawning -= 1
         except NoSuccess as exc:
             log.warning("sim cloud: %s", exc)
             self._end(vm, S.FAILED, str(exc))
             return False
-        finally:
-            self._table.spawning -= 1
-        self._table.managed.add(holder.process.pid)
+        if holder.process is not None:
+            self._table.managed.add(holder.process.pid)
         vm.holder = holder
         if vm.state.final:  # ended meanwhile: its teardown may have missed the holder
             holder.kill()
@@ -503,6 +545,7 @@ class Cloud(LeaseOps, NetworkOps):
             "vms": self.live(),
             "isolation": self.isolation.mode,
             "isolation_detail": self.isolation.describe(),
+            "shared": list(self.shared) if self.isolation.on else [],
         }
 
     async def op_subscribe(self, args: Mapping[str, Any]) -> Any:
@@ -547,6 +590,7 @@ class Cloud(LeaseOps, NetworkOps):
                 rng,
                 table=self._table,
                 isolation=self.isolation,
+                spawner=self._spawner,
             )
             self.vms[vm.id] = vm
             vms.append(vm)

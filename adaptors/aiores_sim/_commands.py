@@ -412,6 +412,9 @@ def sim_status() -> None:
     console.print(f"sim cloud running in {_cloud_dir()} (pid {hello['pid']}): {len(vms)} VMs")
     if "isolation_detail" in hello:
         console.print(f"isolation: {hello['isolation_detail']}")
+    if hello.get("shared"):
+        # Paths are copied into other commands: never wrapped.
+        console.print(f"shared with every VM: {', '.join(hello['shared'])}", soft_wrap=True)
     if vms:
         table = Table(header_style="bold")
         # Ids and access URLs are copied into other commands: never cut, never wrapped;

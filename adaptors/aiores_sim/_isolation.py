@@ -1,8 +1,7 @@
 """Simulated VMs that are machines of their own: Linux namespaces and an overlay root.
 
-With isolation on, each VM has a *holder*: a process started by
-``unshare --mount --uts --pid --fork --kill-child`` (util-linux) that makes the VM's
-machine and then waits as its PID 1:
+By default (``auto``), where the host allows it (root and util-linux: CI), each VM
+is a machine of its own:
 
 - a root of its own: an overlay whose lower layer is the host's ``/`` (read-only)
   and whose upper layer is ``<disk>/.sim/upper``; whatever a command writes under
@@ -10,46 +9,57 @@ machine and then waits as its PID 1:
 - ``/home`` is the disk's ``home`` directory, and the disk itself is at its host
   path, so SFTP and commands see the same files (root's home, ``/root``, is part
   of the overlay: the host's, with the VM's changes in the upper layer);
-- ``/proc`` of its own PID namespace, ``/tmp`` and ``/run`` private (tmpfs), ``/dev``
-  and ``/sys`` the host's;
-- its hostname is its id (a UTS namespace of its own).
+- ``/proc`` of its own PID namespace (its processes only), ``/tmp`` and ``/run``
+  private (tmpfs), ``/dev`` and ``/sys`` the host's;
+- its hostname is its id (a UTS namespace of its own);
+- the host directories named in ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated;
+  the cloud's ``shared`` option), bound read-write at their own paths, as a
+  cluster's shared file system is mounted on every node: the one way to hand a VM a
+  file through a host path (SFTP to the VM works as on any VM). The sim's test
+  fixture shares the test session's temporary directory this way.
 
-A command for the VM enters its namespaces in the process the cloud spawns, in a
-pre-exec hook (``setns(2)`` on the holder's ``/proc/<pid>/ns/*``; see :func:`enter`),
-with no ``nsenter`` in between. ``setns`` moves only a process's later children into
-a PID namespace, so the hook forks once: the command (the login's shell) execs in
-the VM's PID namespace, in the session and process group the spawned process leads;
-the spawned process waits for it and ends as it did. The cloud knows the pid only
-once the command has exec'd, and sends SSH signals to that group: they reach the
-command however early they come (never a half-started ``nsenter`` or shell).
+It still shares the host's network, devices and kernel, and the cloud's user is
+root inside: it keeps a bootstrap off the host; it is no sandbox.
+
+How: the cloud starts a small *fork server* (:mod:`aiores_sim._forkserver`) when it
+starts. For each VM the server forks a child in a new PID namespace: the VM's PID 1.
+It makes mount and UTS namespaces of its own, mounts the machine (a shell script:
+overlay, binds, ``pivot_root``), then execs ``sleep`` with ``SIGCHLD`` ignored, so
+the kernel reaps the VM's orphans: one process per VM, about 90 KiB of its own
+memory, no descriptor in the cloud. A command for the VM is forked by the server
+too, after joining the VM's PID namespace for its children (``setns``); the child
+joins the VM's mount and UTS namespaces, leads a session of its own, becomes the
+login's account and execs the login's shell: one fork of a small process, never of
+the cloud (CPython forks the whole cloud, instead of vfork-ing it, whenever a child
+must run code before it execs). The cloud learns the pid once the command has
+exec'd and signals its process group as without isolation; the server reports its
+exit status (:mod:`aiores_sim._spawner`).
 
 Users: a login names a user the cloud gave the VM (the acquiring user, ``root``,
 the ``users`` option; commands run as the cloud's own user, as without isolation),
 or else one of the VM's own ``/etc/passwd``: after ``useradd wf`` in the VM,
 ``user="wf"`` logs in and its commands run as wf's uid and gid, in its home.
 
-Teardown: the holder carries ``AIORES_SIM_HOLDER=<id>`` (not the VM's mark: it is
-no process the VM's user started) and works in the VM's disk. A VM's end kills it;
-the kernel then kills every process of the VM's PID namespace, and the mount
-namespace (with the overlay) goes with the last of them; the disk, upper layer
-included, is removed.
+Teardown: a VM's end kills its PID 1; the kernel then kills every process of the
+VM's PID namespace, and the mount namespace (with the overlay) goes with the last of
+them; the disk, upper layer included, is removed. PID 1 carries
+``AIORES_SIM_HOLDER=<id>`` and works in the VM's disk, so a cloud that crashed leaves
+it findable.
 
-Without root, the holder would also make a user namespace mapping the cloud's user
-to root (``unshare --user --map-root-user``) and commands join it first. That needs
-an overlay of ``/`` made in a user namespace, which Linux refuses where ``/`` has
-mounts below it (``failed to clone lowerpath``: the usual case); the probe
+Without root, the VM would be made by ``unshare --user --map-root-user`` (a user
+namespace mapping the cloud's user to root; the holder is then ``unshare``, its PID
+1 shell and a ``sleep``), and commands would join it in a pre-exec hook of the
+cloud's own spawn (:func:`enter`: the slow path, a fork of the cloud per command).
+That needs an overlay of ``/`` made in a user namespace, which Linux refuses where
+``/`` has mounts below it (``failed to clone lowerpath``: the usual case); the probe
 (:func:`choose`) tries exactly that, and ``auto`` falls back to ``none`` then,
-saying why.
+saying why (in the cloud's log, its hello and ``aiores sim status``).
 
-The cost per VM: three processes (``unshare``, its PID 1 shell, a ``sleep``) and a
-mount namespace, no descriptor in the cloud; a running command has one more process
-(the spawned one, waiting). Entering the VM in a pre-exec hook makes CPython fork the
-cloud for each command instead of vfork-ing it: slower the larger the cloud is
-(``benchmarks/sim_isolation.py``).
-
-Modes: ``namespaces`` (required: a VM fails to boot without it), ``none`` (commands
-run on the host as the cloud's user), ``auto`` (namespaces where the host allows
-them, else none). The cloud's option, else ``$AIORES_SIM_ISOLATION``, else ``none``.
+Modes: ``auto`` (the default: namespaces where the host allows them, else none),
+``namespaces`` (required: the cloud refuses to start without them), ``none``
+(commands run on the host as the cloud's user, with stand-in ``hostname``/``id``/
+``whoami``: a sim VM is then no boundary at all). The cloud's option, else
+``$AIORES_SIM_ISOLATION``, else ``auto``.
 """
 
 from __future__ import annotations
@@ -67,41 +77,54 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from aiores import BadParameter, NoSuccess
+
+if TYPE_CHECKING:
+    from ._spawner import Spawner
 
 __all__ = [
     "ENV",
     "HOLDER_MARKER",
     "MODES",
+    "SHARED_ENV",
     "Holder",
     "Isolation",
     "PasswdEntry",
     "choose",
     "enter",
     "passwd",
+    "shared_paths",
     "start_holder",
+    "start_machine",
 ]
 
 #: The environment variable choosing the isolation of a cloud's VMs.
 ENV = "AIORES_SIM_ISOLATION"
 MODES = ("auto", "namespaces", "none")
+#: The environment variable naming host directories every isolated VM shares (bound
+#: read-write at the same path in each), separated by ``os.pathsep``.
+SHARED_ENV = "AIORES_SIM_SHARED"
 #: The environment variable naming the VM a holder makes.
 HOLDER_MARKER = "AIORES_SIM_HOLDER"
 #: Seconds a holder may take to make a VM's machine.
 START_TIMEOUT = 30.0
 _NAMESPACES = ("mnt", "uts", "pid")
 
-# The holder: $1 the VM's id, $2 its disk, $3 more overlay options. Runs as root in
-# fresh mount, UTS and PID namespaces (unshare makes mounts private; in a user
-# namespace, the overlay keeps its own attributes in user.* xattrs: "userxattr");
-# prints "ready" once the machine is made.
-_HOLDER = r"""
+# Making the VM's machine: $1 the VM's id, $2 its disk, $3 more overlay options, then
+# the host directories shared with every VM (bound at their own paths). Runs
+# as root in fresh mount and UTS namespaces, as PID 1 of a fresh PID namespace or its
+# child (in a user namespace, the overlay keeps its own attributes in user.* xattrs:
+# "userxattr"). pivot_root moves every process of the namespace whose root was the
+# host's to the VM's.
+_MACHINE = r"""
 set -eu
 id=$1 disk=$2 options=$3
+shift 3
 meta=$disk/.sim
 root=$meta/root
+mount --make-rprivate /
 hostname "$id"
 mkdir -p "$meta/upper" "$meta/work" "$root" "$disk/home"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$meta/upper,workdir=$meta/work$options" "$root"
@@ -111,16 +134,27 @@ mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
 mount --bind "$disk/home" "$root/home"
+for shared in "$@"; do
+  mkdir -p "$root$shared"
+  mount --rbind "$shared" "$root$shared"
+done
 mkdir -p "$root$disk"
 mount --bind "$disk" "$root$disk"
 cd "$root"
 pivot_root . .
 umount -l .
 cd /
+"""
+# The holder of a VM made by unshare (in a user namespace): the machine, then "ready",
+# then it waits as the VM's PID 1 (a shell and its sleep).
+_HOLDER = (
+    _MACHINE
+    + r"""
 echo ready
 exec >/dev/null 2>&1 </dev/null
 while :; do sleep 86400 & wait; done
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +180,38 @@ class Isolation:
 
 
 def requested(value: object) -> str:
-    """The mode asked for (``value``, else ``$AIORES_SIM_ISOLATION``, else none), checked."""
+    """The mode asked for (``value``, else ``$AIORES_SIM_ISOLATION``, else auto), checked."""
     if value is None:
-        value = os.environ.get(ENV) or "none"
+        value = os.environ.get(ENV) or "auto"
     if not isinstance(value, str) or value not in MODES:
         raise BadParameter(f"isolation must be one of {', '.join(MODES)}, not {value!r}")
     return value
+
+
+def shared_paths(value: object = None) -> tuple[str, ...]:
+    """The host directories shared with every isolated VM (``value``, else
+    ``$AIORES_SIM_SHARED``, ``os.pathsep``-separated), checked.
+
+    Raises:
+        BadParameter: a path that is not an absolute, existing directory (or holds
+            NUL or characters that are no file name's).
+    """
+    if value is None:
+        value = [p for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise BadParameter(f"shared must be a list of directories, not {value!r}")
+    paths = []
+    for path in value:
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BadParameter(f"shared: {path!r} is no path")
+        try:
+            path.encode()
+        except UnicodeEncodeError:
+            raise BadParameter(f"shared: {path!r} is no path") from None
+        if not os.path.isabs(path) or not os.path.isdir(path):
+            raise BadParameter(f"shared: {path!r} is not an absolute path of a directory")
+        paths.append(os.path.normpath(path))
+    return tuple(paths)
 
 
 def choose(value: object = None) -> Isolation:
@@ -230,12 +290,18 @@ def _libc() -> ctypes.CDLL | None:
 
 @dataclass(slots=True)
 class Holder:
-    """A VM's holder: the ``unshare`` process and, in the host's PID namespace, the
-    pid of the VM's PID 1 (whose ``/proc/<pid>/ns`` commands enter)."""
+    """A VM's holder: in the host's PID namespace, the pid of the VM's PID 1 (whose
+    ``/proc/<pid>/ns`` commands enter), and how its end is awaited.
 
-    process: asyncio.subprocess.Process
+    Made by the cloud's fork server (:func:`start_machine`: PID 1 is the holder, the
+    VM's only process), or by ``unshare`` in a user namespace (:func:`start_holder`:
+    ``process`` is the ``unshare``, PID 1 its child).
+    """
+
     init: int
     user_namespace: bool
+    ended: asyncio.Future[int] | None = None
+    process: asyncio.subprocess.Process | None = None
     killed: bool = False
 
     @property
@@ -251,12 +317,45 @@ class Holder:
         if self.killed:
             return
         self.killed = True
-        for pid in (self.init, self.process.pid):
+        pids = [self.init] + ([self.process.pid] if self.process is not None else [])
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)
 
+    async def wait(self) -> None:
+        """Wait for the holder to end (cancelling the wait changes nothing)."""
+        if self.process is not None:
+            await self.process.wait()
+        elif self.ended is not None:
+            await asyncio.shield(self.ended)
 
-async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
+
+async def start_machine(
+    vm_id: str, disk: Path, spawner: Spawner, shared: tuple[str, ...] = ()
+) -> Holder:
+    """Make VM ``vm_id``'s machine through the cloud's fork server; returns its holder.
+
+    The holder is the VM's PID 1, a fork of the server: it makes the machine (see the
+    module's docs) with a script, then reaps the VM's orphans. It works in the VM's
+    disk, so a cloud that crashed leaves it findable.
+
+    Raises:
+        NoSuccess: the machine could not be made (the holder has ended then).
+    """
+    env = {"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id}
+    try:
+        async with asyncio.timeout(START_TIMEOUT):
+            args = [vm_id, str(disk), "", *shared]
+            init, ended = await spawner.holder(disk, _MACHINE, args, env)
+    except (OSError, TimeoutError) as exc:
+        why = exc.strerror or str(exc) or "it took too long"
+        raise NoSuccess(f"cannot make VM {vm_id}'s machine: {why}") from exc
+    return Holder(init, False, ended=ended)
+
+
+async def start_holder(
+    vm_id: str, disk: Path, isolation: Isolation, shared: tuple[str, ...] = ()
+) -> Holder:
     """Make VM ``vm_id``'s machine (see the module's docs); returns its holder.
 
     The holder carries no ``AIORES_SIM_VM`` mark (it is no process the VM's user
@@ -275,6 +374,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
         vm_id,
         str(disk),
         ",userxattr" if isolation.user_namespace else "",
+        *shared,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -300,7 +400,7 @@ async def start_holder(vm_id: str, disk: Path, isolation: Isolation) -> Holder:
             pipe = transport.get_pipe_transport(fd)
             if pipe is not None:
                 pipe.close()
-        return Holder(process, init, isolation.user_namespace)
+        return Holder(init, isolation.user_namespace, process=process)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 9)

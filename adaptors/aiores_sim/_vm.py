@@ -52,6 +52,7 @@ from ._isolation import Holder, Isolation, PasswdEntry, enter, passwd
 from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
+from ._spawner import Command, Spawner
 
 __all__ = [
     "TOOLS",
@@ -74,6 +75,8 @@ UID_MARKER = "AIORES_SIM_UID"
 #: The VM's own address (its private address on a network; 127.0.0.1 on none).
 ADDRESS_MARKER = "AIORES_SIM_ADDRESS"
 _OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER, ADDRESS_MARKER)
+#: A user's own authorized keys, relative to its home.
+AUTHORIZED_KEYS = Path(".ssh", "authorized_keys")
 #: The uid of the acquiring user (unless root); the others' follow it.
 FIRST_UID = 1000
 #: The stand-ins for hostname, uname, whoami and id, first on every command's PATH.
@@ -182,6 +185,10 @@ def prepare(root: Path, specs: Iterable[tuple[VMSpec, str]]) -> list[Prepared]:
             for login in logins(spec).values():
                 if login.home != "/":
                     login.home_on(disk).mkdir(mode=0o700, parents=True, exist_ok=True)
+            # As a cloud installs its key pair for the image's user: from here on, this
+            # file decides the acquiring user's logins (see VM.own_keys).
+            (disk / ".ssh").mkdir(mode=0o700)
+            private.private_file(disk / AUTHORIZED_KEYS, spec.authorized_keys)
             key = asyncssh.generate_private_key("ssh-ed25519")
             sock = _reserve(spec.address)
             made.append(Prepared(vm_id, disk, key, sock, sock.getsockname()[1]))
@@ -273,7 +280,7 @@ class VM:
     extra: dict[str, Any] = field(default_factory=dict)
     acceptor: asyncssh.SSHAcceptor | None = None
     connections: set[asyncssh.SSHServerConnection] = field(default_factory=set)
-    processes: set[asyncio.subprocess.Process] = field(default_factory=set)
+    processes: set[asyncio.subprocess.Process | Command] = field(default_factory=set)
     #: The session of every command it started (their detached jobs stay in them).
     sessions: set[int] = field(default_factory=set)
     #: The cloud's record of the children asyncio waits for.
@@ -286,6 +293,8 @@ class VM:
     #: The isolation of the cloud, and the VM's holder while it runs with namespaces.
     isolation: Isolation = field(default_factory=lambda: Isolation("none", reason="default"))
     holder: Holder | None = None
+    #: The cloud's fork server, which starts commands in the VM (isolation on, as root).
+    spawner: Spawner | None = None
 
     def __post_init__(self) -> None:
         self.users = logins(self.spec)
@@ -370,9 +379,14 @@ class VM:
                     entry = await asyncio.to_thread(passwd, vm.holder, username)
                     if entry is not None:
                         vm.users[username] = Login(username, entry.uid, entry.home, entry)
-                if username not in vm.users and self._conn is not None:
+                login = vm.users.get(username)
+                if login is None and self._conn is not None:
                     # As sshd does: no method can succeed, and nothing says why.
                     self._conn.set_authorized_keys(None)
+                elif login is not None and self._conn is not None:
+                    found, keys = await asyncio.to_thread(vm.own_keys, login)
+                    if found:
+                        self._conn.set_authorized_keys(keys)
                 return True
 
         disk = os.fsencode(self.disk)
@@ -424,6 +438,32 @@ class VM:
                     os.killpg(proc.pid, signal.SIGKILL)
         if self.holder is not None:
             self.holder.kill()
+
+    def own_keys(self, login: Login) -> tuple[bool, asyncssh.SSHAuthorizedKeys | None]:
+        """Blocking: the keys ``login``'s own ``~/.ssh/authorized_keys`` in the VM
+        authorizes, as sshd reads them: ``(False, None)`` where it has no such file
+        (the keys of the acquire decide), else ``(True, keys)`` (None: no valid key,
+        every key is refused). Lines that are no key are skipped; a symbolic link
+        there counts as no valid key.
+        """
+        home = login.home_in(self.disk)
+        base = self.holder.root / home.lstrip("/") if self.holder is not None else Path(home)
+        try:
+            fd = os.open(base / AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False, None
+        except OSError:
+            return True, None
+        with os.fdopen(fd, "rb") as handle:
+            text = handle.read(1 << 20).decode(errors="replace")
+        good = []
+        for line in text.splitlines():
+            try:  # sshd skips a line it cannot read, and reads on
+                asyncssh.import_authorized_keys(line)
+            except (ValueError, asyncssh.KeyImportError):
+                continue
+            good.append(line)
+        return True, asyncssh.import_authorized_keys("\n".join(good)) if good else None
 
     def _login(self, chan: asyncssh.SSHServerChannel[bytes]) -> Login:
         """The user a channel's connection logged in as (refused logins never get one)."""
@@ -508,15 +548,21 @@ class VM:
 
     async def _spawn(
         self, argv: list[str], env: dict[str, str], login: Login
-    ) -> asyncio.subprocess.Process:
+    ) -> asyncio.subprocess.Process | Command:
         """Start ``argv`` for ``login`` in its home, in a session of its own.
 
-        With a holder, the child joins the VM's namespaces (and becomes the login's
-        account) before it execs: the process started is the command's shell itself.
+        With a holder, the command runs inside the VM's namespaces (as the login's
+        account): started by the cloud's fork server, or else (in a user namespace)
+        by a child of the cloud that joins them before it execs. Either way the
+        process started is the command's shell itself, leading its session.
         """
         home = login.home_in(self.disk)
+        account = login.account
+        if self.holder is not None and self.spawner is not None:
+            ids = (account.uid, account.gid) if account is not None else None
+            return await self.spawner.spawn(self.holder.init, argv, env, home, ids)
         if self.holder is not None:
-            where: dict[str, Any] = {"preexec_fn": enter(self.holder, home, login.account)}
+            where: dict[str, Any] = {"preexec_fn": enter(self.holder, home, account)}
         else:
             where = {"cwd": home}
         return await asyncio.create_subprocess_exec(
@@ -541,7 +587,9 @@ class VM:
             self.sessions.discard(sid)
 
     async def _pump(
-        self, process: asyncssh.SSHServerProcess[bytes], proc: asyncio.subprocess.Process
+        self,
+        process: asyncssh.SSHServerProcess[bytes],
+        proc: asyncio.subprocess.Process | Command,
     ) -> int:
         assert proc.stdin is not None
         assert proc.stdout is not None

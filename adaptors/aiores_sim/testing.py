@@ -35,6 +35,7 @@ except ImportError:  # the fixtures need pytest; the rest does not
     pytest = None  # type: ignore[assignment]
 
 from ._cloud import REGIONS
+from ._isolation import SHARED_ENV
 from ._procs import Proc, descendants, scan
 from ._protocol import socket_path
 from ._vm import CLOUD_MARKER
@@ -209,11 +210,20 @@ if pytest is not None:
         cloud and fails if anything of it is left (a process, a socket). The cloud
         also stops by itself once the test session's process has ended, even if it
         was killed.
+
+        The test session's temporary directory (pytest's base temp, where every
+        ``tmp_path`` is) is shared with every VM, isolated or not: it is added to
+        ``$AIORES_SIM_SHARED`` for the session, so files a test writes under its
+        ``tmp_path`` are seen by its VMs' commands at the same path, and the other
+        way round (as a cluster's shared file system would be).
         """
         state = tmp_path_factory.mktemp("aiores-state")
         directory = tmp_path_factory.mktemp("aiores-sim")
-        cloud = start_sim_cloud(directory, watch_pid=os.getpid())
+        shared = [str(tmp_path_factory.getbasetemp().resolve())]
+        shared += [p for p in os.environ.get(SHARED_ENV, "").split(os.pathsep) if p]
         with pytest.MonkeyPatch.context() as patch:
+            patch.setenv(SHARED_ENV, os.pathsep.join(shared))
+            cloud = start_sim_cloud(directory, watch_pid=os.getpid())
             patch.setenv("AIORES_STATE_DIR", str(state))
             patch.setenv("AIORES_SIM_DIR", str(cloud.directory))
             try:

@@ -14,10 +14,12 @@ import aiores
 from aiores import BadParameter, Compute, RunResult
 
 from ..injection import SETTINGS, Canary, carried, check_job, check_run
+from ..shared import SHARED
 from .conftest import booted
 
-#: The texts name the canary, so it exists before the tests are collected.
-BOX = Canary()
+#: The texts name the canary, so it exists before the tests are collected; in the
+#: directory shared with every VM (an isolated VM's /tmp is its own).
+BOX = Canary(SHARED)
 
 
 @pytest.fixture(scope="module", autouse=True)

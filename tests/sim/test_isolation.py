@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+import asyncssh
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -20,8 +21,8 @@ from click.testing import CliRunner
 import aiores
 from aiores import ComputeDescription, Group, ResourceState
 from aiores._cli import main
-from aiores_sim import CloudClient
-from aiores_sim._isolation import choose
+from aiores_sim import MANAGED_KEY, CloudClient
+from aiores_sim._isolation import SHARED_ENV, choose, requested, shared_paths
 
 from .conftest import STEP
 
@@ -235,12 +236,112 @@ def test_isolation_modes_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIORES_SIM_ISOLATION", "none")
     assert not choose(None).on
     assert choose("auto").on  # this host can (the module is skipped where not)
+    monkeypatch.delenv("AIORES_SIM_ISOLATION")
+    assert requested(None) == "auto"  # the default
+    assert choose(None).on
 
 
-def test_sim_status_shows_the_isolation(isolated: Path) -> None:
+def test_sim_status_shows_the_isolation(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(SHARED_ENV, str(tmp_path))
     runner = CliRunner()
     started = runner.invoke(main, ["sim", "start"])
     assert started.exit_code == 0, started.output
     status = runner.invoke(main, ["sim", "status"])
     assert "isolation: namespaces (mount, UTS, PID; overlay root)" in status.output
+    assert f"shared with every VM: {tmp_path}" in status.output
     assert runner.invoke(main, ["sim", "stop"]).exit_code == 0
+
+
+@pytest.mark.asyncio
+async def test_a_shared_directory_is_the_same_in_every_vm_and_on_the_host(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    shared, private = tmp_path / "shared", tmp_path / "private"
+    shared.mkdir()
+    private.mkdir()
+    (private / "file").write_text("host only\n")
+    monkeypatch.setenv(SHARED_ENV, str(shared))
+    async with aiores.Session() as session:
+        first, second = await _up(session.manager(URL), 2)
+        wrote = await first.run(f"echo from-{first.native_id} > {shared}/note")
+        assert wrote.exit_status == 0, wrote.stderr
+        assert (shared / "note").read_text() == f"from-{first.native_id}\n"
+        (shared / "back").write_text("from the host\n")
+        seen = await second.run(f"cat {shared}/note {shared}/back; ls {private} 2>&1; true")
+        assert seen.stdout.splitlines()[:2] == [f"from-{first.native_id}", "from the host"]
+        assert "No such file" in seen.stdout  # the rest of the host's /tmp is not the VM's
+        await session.manager(URL).destroy([first, second])
+    assert (shared / "note").exists()  # a VM's end leaves the shared directory alone
+
+
+def test_shared_directories_are_checked(tmp_path: Path) -> None:
+    assert shared_paths([str(tmp_path)]) == (str(tmp_path),)
+    for bad in (["relative"], [str(tmp_path / "missing")], ["/x\0y"], [""], str(tmp_path), [3]):
+        with pytest.raises(aiores.BadParameter, match="shared"):
+            shared_paths(bad)
+
+
+async def _login(vm: aiores.Compute, user: str, key: asyncssh.SSHKey | str) -> str:
+    """``id -un`` over a connection of its own as ``user`` with ``key`` (raises if refused)."""
+    assert vm.access is not None
+    port = int(vm.access.rsplit(":", 1)[1])
+    known = asyncssh.import_known_hosts(f"[127.0.0.1]:{port} {vm.host_keys[0]}\n")
+    async with asyncssh.connect(
+        "127.0.0.1", port, username=user, client_keys=[key], known_hosts=known, config=None
+    ) as conn:
+        done = await conn.run("/usr/bin/id -un", check=True)
+        return str(done.stdout).strip()
+
+
+@pytest.mark.asyncio
+async def test_the_vms_own_authorized_keys_decide_logins(isolated: Path, state_dir: Path) -> None:
+    session_key = str(state_dir / MANAGED_KEY)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    other_public = other.export_public_key().decode().strip()
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        owner = aiores.adaptor.URL.parse(vm.access or "").user or ""
+        # The acquire installed the session's key for the acquiring user, as EC2 does.
+        installed = (await vm.run("cat ~/.ssh/authorized_keys")).stdout
+        session_public = (await asyncio.to_thread(Path(session_key + ".pub").read_text)).split()[1]
+        assert session_public in installed
+        # A user the bootstrap gives a key of its own logs in with that key alone.
+        bootstrap = (
+            "useradd -m -s /bin/sh wf && mkdir -p /home/wf/.ssh"
+            f" && printf '%s\\n' 'not a key' '{other_public}' > /home/wf/.ssh/authorized_keys"
+        )
+        assert (await vm.run(bootstrap)).exit_status == 0
+        assert await _login(vm, "wf", other) == "wf"
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, "wf", session_key)
+        # The acquiring user's file, changed in the VM, decides its next logins.
+        assert await _login(vm, owner, session_key) == owner
+        replaced = await vm.run(f"printf '%s\\n' '{other_public}' > ~/.ssh/authorized_keys")
+        assert replaced.exit_status == 0
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, session_key)
+        assert await _login(vm, owner, other) == owner
+        # No file: the keys of the acquire decide (a VM user without one, as before).
+        assert (await vm.run("rm ~/.ssh/authorized_keys")).exit_status == 0
+        assert await _login(vm, owner, session_key) == owner
+        await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_an_orphan_that_ends_in_a_vm_leaves_no_zombie(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        # Its parent gone at once, the job becomes the VM's PID 1's child, then ends.
+        orphan = "(sleep 0.2919 >/dev/null 2>&1 </dev/null &) ; exit 0"
+        assert (await vm.run(orphan)).exit_status == 0
+        table = "ps -eo pid=,ppid=,stat=,args="
+        async with asyncio.timeout(STEP):
+            while "0.2919" in (await vm.run(table)).stdout:  # noqa: ASYNC110 (polled in the VM)
+                await asyncio.sleep(0.05)
+        rows = [line.split(None, 3) for line in (await vm.run(table)).stdout.splitlines()]
+        # PID 1 reaps nothing itself: the kernel does (it ignores SIGCHLD).
+        assert not [row for row in rows if row[2].startswith("Z")], rows
+        assert [row[3] for row in rows if row[0] == "1"] == ["/bin/sleep 2147483647"]
+        await vm.destroy()

@@ -97,12 +97,16 @@ async def _on_a_network(
     return net, vms
 
 
-def _refused(address: str, port: int) -> bool:
+def _not_from(vm_id: str, address: str, port: int) -> bool:
+    """Nothing of VM ``vm_id`` answers at ``address:port``: refused, or the port is
+    another program's (the host's other sim VMs listen on 127.0.0.1 at random ports)."""
     try:
-        socket.create_connection((address, port), timeout=5).close()
-    except ConnectionRefusedError:
+        with socket.create_connection((address, port), timeout=5) as conn:
+            conn.settimeout(2)
+            said = conn.recv(256)
+    except (ConnectionRefusedError, ConnectionResetError, TimeoutError):
         return True
-    return False
+    return vm_id.encode() not in said
 
 
 @pytest.mark.asyncio
@@ -197,7 +201,8 @@ async def test_machines_of_a_network_reach_each_other_at_private_addresses() -> 
         assert answer.exit_status == 0, answer
         assert answer.stdout.strip() == f"{first.private_address} hello from {first.native_id}"
         # Nothing of the first VM answers at 127.0.0.1 on that port.
-        assert await asyncio.to_thread(_refused, "127.0.0.1", ports[first.private_address])
+        port = ports[first.private_address]
+        assert await asyncio.to_thread(_not_from, first.native_id, "127.0.0.1", port)
         # Machines on no network keep listening on 127.0.0.1.
         plain = await mgr.acquire(ComputeDescription())
         assert plain.private_address == "127.0.0.1"
