@@ -71,6 +71,9 @@ CLEANUP_TIMEOUT = 60.0
 #: time (one lock for all), so more at once only make each slower; a VM waits its
 #: turn before its making's own time limit starts (10,000 VMs booting together).
 MAKING_AT_ONCE = 8
+#: Seconds between the orphan reaper's scans when no SIGCHLD came (one dropped from
+#: asyncio's full wakeup buffer is not lost for longer).
+REAP_SCAN = 30.0
 #: Where the directories of a cloud's region processes are (see :mod:`._regions`).
 REGIONS = "regions"
 
@@ -198,12 +201,20 @@ class Cloud(LeaseOps, NetworkOps):
             self.subreaper = False
             return
         asyncio.get_running_loop().add_signal_handler(signal.SIGCHLD, self._exited.set)
+        # asyncio's wakeup descriptor reports a full buffer from the C signal handler by
+        # a pending call, whose lock the interrupted main thread may hold: with
+        # thousands of commands ending while the loop is busy, the cloud deadlocked
+        # there. A full buffer already wakes the loop; a SIGCHLD it drops is caught by
+        # the reaper's periodic scan (and one scan now, for a signal between the calls).
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1), warn_on_full_buffer=False)
+        self._exited.set()
         self._spawn(self._reap_adopted(), "orphan reaper")
 
     async def _reap_adopted(self) -> None:
         me = os.getpid()
         while True:
-            await self._exited.wait()
+            async with concurrency.move_on_after(REAP_SCAN):
+                await self._exited.wait()
             await asyncio.sleep(0.05)  # one scan for a burst of exits
             self._exited.clear()
             self._reap_zombies(await asyncio.to_thread(adopted_zombies, me))

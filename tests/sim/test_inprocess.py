@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -299,3 +300,53 @@ async def test_a_command_started_while_its_vm_ends_is_killed(
             result = await conn.run("cd / && exec env -i sleep 300.5151")
             assert result.exit_status is None
     await until_none("5151")
+
+
+# Run in a process of its own: a subreaper cloud adopts (and at its stop kills) every
+# descendant of its process, which in pytest's would be the suite's servers.
+_FULL_WAKEUP = """
+import asyncio, os, signal, socket, sys
+from pathlib import Path
+from aiores_sim import Cloud
+
+async def main(directory):
+    reported = []
+    sys.unraisablehook = reported.append
+    async with Cloud(directory, subreaper=True) as cloud:
+        assert cloud.subreaper
+        # The loop's own end of its wakeup pair (asking signal for it would reset it).
+        fd = asyncio.get_running_loop()._csock.fileno()
+        wakeup = socket.socket(fileno=os.dup(fd))
+        wakeup.setblocking(False)
+        try:
+            while True:  # zeros: the loop reads them as wake-ups, not signals
+                wakeup.send(b"\\0" * 4096)
+        except BlockingIOError:
+            pass
+        signal.raise_signal(signal.SIGCHLD)
+        wakeup.close()
+        for _ in range(3):
+            await asyncio.sleep(0)
+    print("reported", len(reported))
+
+asyncio.run(main(Path(sys.argv[1])))
+"""
+
+
+@pytest.mark.asyncio
+async def test_a_sigchld_into_a_full_wakeup_buffer_is_not_reported(tmp_path: Path) -> None:
+    """asyncio reports a full wakeup buffer from the C signal handler by a pending call,
+    which deadlocked a busy cloud (a lock the interrupted thread held): the cloud
+    asks for no report."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FULL_WAKEUP,
+        str(tmp_path / "sim"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(STEP):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == ["reported", "0"], err.decode()
