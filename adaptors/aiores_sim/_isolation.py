@@ -327,6 +327,8 @@ class Holder:
         if self.process is not None:
             await self.process.wait()
         elif self.ended is not None:
+            # A shared future (the holder's end, set by the fork server's reader): a
+            # cancelled waiter stops only its own wait.
             await asyncio.shield(self.ended)
 
 
@@ -406,7 +408,8 @@ async def start_holder(
             os.killpg(process.pid, 9)
         with contextlib.suppress(ProcessLookupError):
             process.kill()
-        await asyncio.shield(process.wait())
+        # Killed: asyncio's child watcher reaps it even if this wait is cancelled.
+        await process.wait()
         raise
 
 

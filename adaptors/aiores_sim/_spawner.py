@@ -71,6 +71,8 @@ class Command:
 
     async def wait(self) -> int:
         """Wait for it to end; its exit status. Cancelling the wait changes nothing."""
+        # A shared future (the command's end, set by the reader): a cancelled waiter
+        # stops only its own wait.
         return await asyncio.shield(self._ended)
 
 
@@ -133,11 +135,16 @@ class Spawner:
         if self._process is not None:
             try:
                 async with asyncio.timeout(5):
-                    await asyncio.shield(self._process.wait())
+                    await self._process.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
-                await asyncio.shield(self._process.wait())
+                await self._process.wait()
+            except asyncio.CancelledError:
+                # A cancelled close ends it at once (asyncio's child watcher reaps it).
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.kill()
+                raise
 
     async def _read(self) -> None:
         assert self._process is not None
@@ -203,6 +210,8 @@ class Spawner:
         finally:
             sent()
         try:
+            # A shared future (set by the reader of answers): a cancelled caller stops
+            # only its wait, and the command started meanwhile is killed once known.
             return await asyncio.shield(answer)
         except asyncio.CancelledError:
             answer.add_done_callback(_kill_started)
