@@ -89,6 +89,8 @@ __all__ = [
     "HOLDER_MARKER",
     "MODES",
     "SHARED_ENV",
+    "TOOLS",
+    "VM_TOOLS",
     "Holder",
     "Isolation",
     "PasswdEntry",
@@ -108,6 +110,11 @@ MODES = ("auto", "namespaces", "none")
 SHARED_ENV = "AIORES_SIM_SHARED"
 #: The environment variable naming the VM a holder makes.
 HOLDER_MARKER = "AIORES_SIM_HOLDER"
+#: The stand-ins for whoami and id (and hostname, uname), first on every command's
+#: PATH: where they are on the host (aiores may be installed where a VM sees nothing
+#: of the host: under /tmp or /home) and where an isolated VM has them bound.
+TOOLS = Path(__file__).parent / "tools"
+VM_TOOLS = "/run/aiores-sim/tools"
 #: Seconds a holder may take to make a VM's machine.
 START_TIMEOUT = 30.0
 _NAMESPACES = ("mnt", "uts", "pid")
@@ -133,6 +140,8 @@ mount --rbind /sys "$root/sys"
 mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
+mkdir -p "$root$VM_TOOLS"
+mount --bind "$AIORES_SIM_TOOLS" "$root$VM_TOOLS"
 mount --bind "$disk/home" "$root/home"
 for shared in "$@"; do
   mkdir -p "$root$shared"
@@ -332,6 +341,16 @@ class Holder:
             await asyncio.shield(self.ended)
 
 
+def _machine_env(vm_id: str) -> dict[str, str]:
+    """The environment of the script making VM ``vm_id``'s machine."""
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        HOLDER_MARKER: vm_id,
+        "AIORES_SIM_TOOLS": str(TOOLS),
+        "VM_TOOLS": VM_TOOLS,
+    }
+
+
 async def start_machine(
     vm_id: str, disk: Path, spawner: Spawner, shared: tuple[str, ...] = ()
 ) -> Holder:
@@ -344,7 +363,7 @@ async def start_machine(
     Raises:
         NoSuccess: the machine could not be made (the holder has ended then).
     """
-    env = {"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id}
+    env = _machine_env(vm_id)
     try:
         async with asyncio.timeout(START_TIMEOUT):
             args = [vm_id, str(disk), "", *shared]
@@ -380,7 +399,7 @@ async def start_holder(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={"PATH": os.environ.get("PATH", os.defpath), HOLDER_MARKER: vm_id},
+        env=_machine_env(vm_id),
         cwd=disk,
         start_new_session=True,
     )

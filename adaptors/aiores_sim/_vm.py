@@ -48,7 +48,7 @@ import asyncssh
 from aiores import ResourceState
 from aiores.adaptor import Image, Template, private
 
-from ._isolation import Holder, Isolation, PasswdEntry, enter, passwd
+from ._isolation import TOOLS, VM_TOOLS, Holder, Isolation, PasswdEntry, enter, passwd
 from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
@@ -79,8 +79,6 @@ _OURS = (MARKER, CLOUD_MARKER, USER_MARKER, UID_MARKER, ADDRESS_MARKER)
 AUTHORIZED_KEYS = Path(".ssh", "authorized_keys")
 #: The uid of the acquiring user (unless root); the others' follow it.
 FIRST_UID = 1000
-#: The stand-ins for hostname, uname, whoami and id, first on every command's PATH.
-TOOLS = Path(__file__).parent / "tools"
 _READ = 65536
 _PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 _SIGNALS = {
@@ -479,7 +477,7 @@ class VM:
             "USER": login.name,
             "LOGNAME": login.name,
             "SHELL": "/bin/sh",
-            "PATH": f"{TOOLS}:{os.environ.get('PATH', _PATH)}",
+            "PATH": f"{TOOLS if self.holder is None else VM_TOOLS}:{os.environ.get('PATH', _PATH)}",
             "LANG": "C.UTF-8",
             MARKER: self.id,
             CLOUD_MARKER: str(cloud),

@@ -22,7 +22,7 @@ import aiores
 from aiores import ComputeDescription, Group, ResourceState
 from aiores._cli import main
 from aiores_sim import MANAGED_KEY, CloudClient
-from aiores_sim._isolation import SHARED_ENV, choose, requested, shared_paths
+from aiores_sim._isolation import SHARED_ENV, VM_TOOLS, choose, requested, shared_paths
 
 from .conftest import STEP
 
@@ -345,3 +345,19 @@ async def test_an_orphan_that_ends_in_a_vm_leaves_no_zombie(isolated: Path) -> N
         assert not [row for row in rows if row[2].startswith("Z")], rows
         assert [row[3] for row in rows if row[0] == "1"] == ["/bin/sleep 2147483647"]
         await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_the_vms_tools_are_bound_where_every_vm_sees_them(isolated: Path) -> None:
+    """whoami and id of a user the cloud gave the VM come from the cloud's stand-ins,
+    bound at one path inside every VM: aiores itself may be installed where a VM sees
+    nothing of the host (under /tmp or /home)."""
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(f"{URL}&users=wf"))
+        [result] = await Group([vm]).run(
+            'echo "$PATH"; command -v whoami; whoami; id -un', user="wf", check=True
+        )
+    path, found, whoami, name = result.stdout.splitlines()
+    assert path.split(":")[0] == VM_TOOLS
+    assert found == f"{VM_TOOLS}/whoami"
+    assert whoami == name == "wf"
