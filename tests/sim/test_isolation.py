@@ -345,3 +345,17 @@ async def test_an_orphan_that_ends_in_a_vm_leaves_no_zombie(isolated: Path) -> N
         assert not [row for row in rows if row[2].startswith("Z")], rows
         assert [row[3] for row in rows if row[0] == "1"] == ["/bin/sleep 2147483647"]
         await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_a_vms_command_holds_no_descriptor_of_the_cloud(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        # The fork server's socket passed on to a VM's programs would let them read
+        # the cloud's requests or send their own (a command outside the VM).
+        listing = await vm.run("ls -l /proc/$$/fd")
+        assert listing.exit_status == 0
+        assert "socket:" not in listing.stdout, listing.stdout
+        fds = sorted(int(line.split()[-3]) for line in listing.stdout.splitlines()[1:])
+        assert fds == [0, 1, 2], listing.stdout
+        await vm.destroy()
