@@ -39,6 +39,8 @@ log = logging.getLogger("aiores.sim")
 _SERVER = Path(__file__).with_name("_forkserver.py")
 _HEADER = struct.Struct(">I")
 _LINE_LIMIT = 1 << 20
+#: Seconds a request cancelled half sent has to send its rest.
+_REST_TIMEOUT = 10.0
 #: The exit status reported for a command whose fate the cloud cannot learn (the
 #: fork server ended first).
 UNKNOWN = 255
@@ -199,16 +201,20 @@ class Spawner:
         self._answers[request_id] = answer
         body = json.dumps({**request, "id": request_id}).encode()
         data = _HEADER.pack(len(body)) + body
+        cancelled: asyncio.CancelledError | None = None
         try:
             async with self._send_lock:
                 count = await self._send_with(data, make_fds())
                 if count < len(data):
-                    await loop.sock_sendall(self._sock, data[count:])
+                    cancelled = await self._send_rest(data[count:])
         except BaseException:
             self._answers.pop(request_id, None)
             raise
         finally:
             sent()
+        if cancelled is not None:  # sent whole all the same: the server acts on it
+            answer.add_done_callback(_kill_started)
+            raise cancelled
         try:
             # A shared future (set by the reader of answers): a cancelled caller stops
             # only its wait, and the command started meanwhile is killed once known.
@@ -216,6 +222,35 @@ class Spawner:
         except asyncio.CancelledError:
             answer.add_done_callback(_kill_started)
             raise
+
+    async def _send_rest(self, rest: bytes) -> asyncio.CancelledError | None:
+        """Send the rest of a request whose first part is in the stream (the send lock
+        held); the caller's cancellation that came meanwhile, if one did.
+
+        A cancelled caller still sends the rest, bounded, before its cancellation goes
+        on: the server would otherwise read the next request as this one's rest. If
+        the rest is not sent in time, the stream is lost: the socket closes (the server
+        ends) and the cancellation is raised.
+        """
+        assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        sending = loop.create_task(loop.sock_sendall(self._sock, rest))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError as exc:
+            deadline = loop.time() + _REST_TIMEOUT
+            while not sending.done() and loop.time() < deadline:
+                # Bounded; a further cancellation is the same one: it goes on below.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({sending}, timeout=deadline - loop.time())
+            if sending.done() and not sending.cancelled() and sending.exception() is None:
+                return exc
+            sending.cancel()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            raise
+        return None
 
     async def _send_with(self, data: bytes, fds: list[int]) -> int:
         """Send the first bytes of ``data`` with ``fds`` attached; how many were sent."""
