@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import socket
 from pathlib import Path
 
@@ -359,3 +360,40 @@ async def test_a_vms_command_holds_no_descriptor_of_the_cloud(isolated: Path) ->
         fds = sorted(int(line.split()[-3]) for line in listing.stdout.splitlines()[1:])
         assert fds == [0, 1, 2], listing.stdout
         await vm.destroy()
+
+
+def _server_children(cloud_dir: Path) -> list[psutil.Process]:
+    """The live children of the cloud's fork server (VMs' PID 1s and their commands)."""
+    cloud = psutil.Process(int((cloud_dir / "cloud.pid").read_text().strip()))
+    servers = [p for p in cloud.children() if "_forkserver.py" in " ".join(p.cmdline())]
+    assert len(servers) == 1
+    return [p for p in servers[0].children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.asyncio
+async def test_runs_cancelled_at_drawn_points_leave_no_process(isolated: Path) -> None:
+    """Runs and fan-outs on isolated VMs cancelled after a drawn delay (before the
+    command started, while it starts, while it runs): none of their processes lives
+    on, and the fork server has no child left but the VMs' PID 1s."""
+    rng = random.Random(4242)
+    mark = f"{rng.randrange(10**6)}"
+    async with aiores.Session() as session:
+        vms = await _up(session.manager(URL), 2)
+        group = Group(vms)
+        assert all(r.ok for r in await group.run("true"))
+        inits = {p.pid for p in _server_children(isolated)}
+        for trial in range(12):
+            command = f"sleep 300.{trial}{mark}"
+            # A lone run, or a fan-out over both VMs.
+            run = asyncio.ensure_future(group.run(command) if trial % 2 else vms[0].run(command))
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+        async with asyncio.timeout(STEP):
+            while _host_processes(mark):  # noqa: ASYNC110 (host processes: nothing to await)
+                await asyncio.sleep(0.05)
+            while {p.pid for p in _server_children(isolated)} != inits:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [r.stdout for r in await group.run("echo still")] == ["still\n"] * 2
+        await session.manager(URL).destroy(vms)
