@@ -8,10 +8,13 @@ namespaces and overlay mounts (the suite runs as root in CI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import asyncssh
@@ -397,3 +400,35 @@ async def test_runs_cancelled_at_drawn_points_leave_no_process(isolated: Path) -
                 await asyncio.sleep(0.05)
         assert [r.stdout for r in await group.run("echo still")] == ["still\n"] * 2
         await session.manager(URL).destroy(vms)
+
+
+@pytest.mark.asyncio
+async def test_a_vms_key_file_is_read_in_the_vm_not_through_its_links_on_the_host(
+    isolated: Path, state_dir: Path
+) -> None:
+    """A VM user's ``~/.ssh`` made a link to an absolute path: the path is the VM's,
+    as sshd in the VM would read it, never the host's file at that path."""
+    session_key = str(state_dir / MANAGED_KEY)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    # A host directory the VM does not have (a VM's /tmp is its own).
+    host_dir = Path(tempfile.mkdtemp(prefix="aiores-host-keys-", dir="/tmp"))
+    (host_dir / "authorized_keys").write_text(other.export_public_key().decode())
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(shutil.rmtree, host_dir)
+        session = await stack.enter_async_context(aiores.Session())
+        [vm] = await _up(session.manager(URL))
+        owner = aiores.adaptor.URL.parse(vm.access or "").user or ""
+        linked = await vm.run(f"rm -rf ~/.ssh && ln -s {host_dir} ~/.ssh && ls {host_dir}; true")
+        assert "No such file" in linked.stderr  # not in the VM
+        # Not in the VM: no file, the keys of the acquire decide (the host's are not read).
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, other)
+        assert await _login(vm, owner, session_key) == owner
+        # A link to a file in the VM is followed as in the VM.
+        in_vm = await vm.run(
+            f"mkdir -p /opt/keys && printf '%s\\n' '{other.export_public_key().decode().strip()}'"
+            " > /opt/keys/authorized_keys && rm ~/.ssh && ln -s /opt/keys ~/.ssh"
+        )
+        assert in_vm.exit_status == 0, in_vm.stderr
+        assert await _login(vm, owner, other) == owner
+        await vm.destroy()
