@@ -444,7 +444,8 @@ class VM:
         authorizes, as sshd reads them: ``(False, None)`` where it has no such file
         (the keys of the acquire decide), else ``(True, keys)`` (None: no valid key,
         every key is refused). Lines that are no key are skipped; a symbolic link
-        there (the file itself) counts as no valid key. In an isolated VM the path
+        there (the file itself), or a file its group or others may write (as
+        sshd's ``StrictModes``), counts as no valid key. In an isolated VM the path
         and its links are resolved in the VM, never on the host (``open_in``).
         """
         path = Path(login.home_in(self.disk), AUTHORIZED_KEYS)
@@ -458,6 +459,8 @@ class VM:
         except OSError:
             return True, None
         with os.fdopen(fd, "rb") as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o022:
+                return True, None  # others may write it: sshd refuses it (StrictModes)
             text = handle.read(1 << 20).decode(errors="replace")
         good = []
         for line in text.splitlines():

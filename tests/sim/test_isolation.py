@@ -327,6 +327,12 @@ async def test_the_vms_own_authorized_keys_decide_logins(isolated: Path, state_d
         with pytest.raises(asyncssh.PermissionDenied):
             await _login(vm, owner, session_key)
         assert await _login(vm, owner, other) == owner
+        # A file others may write decides nothing but a refusal (as sshd's StrictModes).
+        assert (await vm.run("chmod 666 ~/.ssh/authorized_keys")).exit_status == 0
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, other)
+        assert (await vm.run("chmod 600 ~/.ssh/authorized_keys")).exit_status == 0
+        assert await _login(vm, owner, other) == owner
         # No file: the keys of the acquire decide (a VM user without one, as before).
         assert (await vm.run("rm ~/.ssh/authorized_keys")).exit_status == 0
         assert await _login(vm, owner, session_key) == owner
