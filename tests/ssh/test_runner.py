@@ -40,6 +40,20 @@ async def test_run_returns_output_and_exit_status(adaptors: Adaptors, sshd: Sshd
 
 
 @pytest.mark.asyncio
+async def test_an_env_named_like_the_runs_mark_does_not_undo_it(
+    adaptors: Adaptors, sshd: Sshd
+) -> None:
+    """The run's mark is set after the caller's env: an env named AIORES_RUN cannot
+    hide the run's processes from the stop that looks for the mark."""
+    runner = await adaptors.runner(sshd.url())
+    result = await runner.run('echo "$AIORES_RUN"', env={"AIORES_RUN": "hidden"})
+    assert result.ok
+    token, _, leader = result.stdout.strip().rpartition(".")
+    assert re.fullmatch("[0-9a-f]{8,64}", token), result.stdout
+    assert leader.isdigit()
+
+
+@pytest.mark.asyncio
 async def test_a_run_with_no_input_reads_nothing_and_sends_no_eof(
     adaptors: Adaptors, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
