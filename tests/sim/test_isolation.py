@@ -438,3 +438,29 @@ async def test_a_vms_key_file_is_read_in_the_vm_not_through_its_links_on_the_hos
         assert in_vm.exit_status == 0, in_vm.stderr
         assert await _login(vm, owner, other) == owner
         await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_vms_destroyed_at_drawn_points_of_their_boot_leave_no_machine(
+    isolated: Path,
+) -> None:
+    """VMs destroyed after a drawn delay (waiting to boot, while their machine is
+    made, once up): the fork server is left with no child, no VM's disk is left."""
+    rng = random.Random(777)
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=0.01")
+        await _up(mgr)  # the cloud and its fork server are up
+        vms: list[aiores.Resource] = []
+        for _ in range(6):
+            made = await mgr.acquire_many(ComputeDescription(), 2)
+            vms.extend(made)
+            await asyncio.sleep(rng.uniform(0.0, 0.2))
+            await mgr.destroy(made)
+        assert all(vm.state is ResourceState.CANCELED for vm in vms)
+        left = {vm.native_id for vm in await mgr.list()}
+        async with asyncio.timeout(STEP):
+            while len(_server_children(isolated)) != len(left):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        disks = [Path(vm.extra["disk"]) for vm in vms if vm.extra.get("disk")]
+        assert disks
+        assert not [d for d in disks if await asyncio.to_thread(_exists, d)]
