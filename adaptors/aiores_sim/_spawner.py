@@ -89,6 +89,8 @@ class Spawner:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._send_lock = asyncio.Lock()
         self._ended = False
+        #: Resolved when it closes: a send waiting for room in the socket ends then.
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -131,9 +133,7 @@ class Spawner:
 
     async def close(self) -> None:
         """End the fork server (its socket closes) and wait for it, bounded."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._drop_socket()
         if self._process is not None:
             try:
                 async with asyncio.timeout(5):
@@ -147,6 +147,18 @@ class Spawner:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
                 raise
+
+    def _drop_socket(self) -> None:
+        """Close the socket (the server ends once it reads its end); sends waiting for
+        room in it fail."""
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+        if self._sock is not None:
+            # Its descriptor leaves the loop's selector before it closes (a number
+            # reused afterwards is another file's).
+            asyncio.get_running_loop().remove_writer(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     async def _read(self) -> None:
         assert self._process is not None
@@ -234,7 +246,7 @@ class Spawner:
         """
         assert self._sock is not None
         loop = asyncio.get_running_loop()
-        sending = loop.create_task(loop.sock_sendall(self._sock, rest))
+        sending = loop.create_task(self._send_tail(rest))
         try:
             await asyncio.shield(sending)
         except asyncio.CancelledError as exc:
@@ -246,27 +258,45 @@ class Spawner:
             if sending.done() and not sending.cancelled() and sending.exception() is None:
                 return exc
             sending.cancel()
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._drop_socket()
             raise
         return None
 
+    async def _send_tail(self, data: bytes) -> None:
+        """Send all of ``data`` (the rest of a request)."""
+        sent = 0
+        while sent < len(data):
+            sent += await self._send_with(data[sent:], [])
+
     async def _send_with(self, data: bytes, fds: list[int]) -> int:
-        """Send the first bytes of ``data`` with ``fds`` attached; how many were sent."""
-        assert self._sock is not None
+        """Send the first bytes of ``data`` with ``fds`` attached; how many were sent.
+
+        Raises:
+            OSError: the socket failed, or closed (:meth:`close`) while this waited
+                for room in it.
+        """
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         loop = asyncio.get_running_loop()
+        if self._closing is None:
+            self._closing = loop.create_future()
         while True:
+            sock = self._sock
+            if sock is None:
+                raise OSError(None, "the sim cloud's fork server is not running")
             try:
-                return self._sock.sendmsg([data], ancillary)
+                return sock.sendmsg([data], ancillary)
             except BlockingIOError:
+                fd = sock.fileno()
                 writable = loop.create_future()
-                loop.add_writer(self._sock.fileno(), writable.set_result, None)
+                loop.add_writer(fd, writable.set_result, None)
                 try:
-                    await writable
+                    await asyncio.wait(
+                        {writable, self._closing}, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
-                    loop.remove_writer(self._sock.fileno())
+                    if self._sock is sock:  # else close() removed it with the socket
+                        loop.remove_writer(fd)
+                    writable.cancel()
 
     async def holder(
         self, disk: Path, script: str, args: list[str], env: dict[str, str]

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from aiores_sim import _spawner
-from aiores_sim._spawner import Spawner
+from aiores_sim._spawner import Command, Spawner
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,14 +38,21 @@ async def spawner() -> AsyncIterator[Spawner]:
             await asyncio.gather(*tasks)
 
 
+async def _half_sent(spawner: Spawner) -> asyncio.Future[Command]:
+    """A spawn request far larger than the socket's buffer, its first part sent and
+    the rest waiting for room."""
+    big = {"FILLER": "x" * (4 << 20)}
+    started = asyncio.ensure_future(spawner.spawn(NO_PID, ["/bin/true"], big, "/"))
+    for _ in range(3):  # the first part goes at once; the rest waits for room
+        await asyncio.sleep(0)
+    assert not started.done()
+    return started
+
+
 async def test_a_request_cancelled_half_sent_leaves_the_stream_whole(spawner: Spawner) -> None:
     """A request larger than the socket's buffer, cancelled once its first part is
     sent: the rest still follows, so the next request is read as itself and answered."""
-    big = {"FILLER": "x" * (4 << 20)}  # far more than a socket buffer holds
-    cancelled = asyncio.ensure_future(spawner.spawn(NO_PID, ["/bin/true"], big, "/"))
-    for _ in range(3):  # the first part goes at once; the rest waits for room
-        await asyncio.sleep(0)
-    assert not cancelled.done()
+    cancelled = await _half_sent(spawner)
     cancelled.cancel()
     with pytest.raises(asyncio.CancelledError):
         await cancelled
@@ -68,11 +75,7 @@ async def test_a_half_sent_request_that_cannot_be_finished_ends_the_stream(
     assert spawner.pid is not None
     os.kill(spawner.pid, signal.SIGSTOP)
     try:
-        big = {"FILLER": "x" * (4 << 20)}
-        cancelled = asyncio.ensure_future(spawner.spawn(NO_PID, ["/bin/true"], big, "/"))
-        for _ in range(3):
-            await asyncio.sleep(0)
-        assert not cancelled.done()
+        cancelled = await _half_sent(spawner)
         cancelled.cancel()
         async with asyncio.timeout(5):
             with pytest.raises(asyncio.CancelledError):
@@ -83,3 +86,20 @@ async def test_a_half_sent_request_that_cannot_be_finished_ends_the_stream(
         await spawner.spawn(NO_PID, ["/bin/true"], {}, "/")
     async with asyncio.timeout(10):
         await spawner.close()  # the server ended with its socket
+
+
+async def test_a_send_waiting_for_room_fails_when_the_server_closes(spawner: Spawner) -> None:
+    """A request waiting for room in the socket (the server reads nothing) when the
+    cloud closes its fork server fails at once instead of waiting forever."""
+    assert spawner.pid is not None
+    os.kill(spawner.pid, signal.SIGSTOP)
+    try:
+        waiting = await _half_sent(spawner)
+        closing = asyncio.ensure_future(spawner.close())
+        async with asyncio.timeout(5):
+            with pytest.raises(OSError, match="not running"):
+                await waiting
+    finally:
+        os.kill(spawner.pid, signal.SIGCONT)
+    async with asyncio.timeout(10):
+        await closing
