@@ -375,10 +375,11 @@ class Fleet:
         release what they made).
 
         Once it returns 100 machines or more, the fleet holds the process's heap
-        frozen (:func:`gc.freeze`) until it deprovisions or closes: the machines'
-        objects and connections live on, and full garbage collections that visit
-        them all would stall the event loop for a tenth of a second or more each (a
-        program that froze its heap itself is left alone; see ``aiores._heap``).
+        frozen (:func:`gc.freeze`) until it deprovisions or closes, or its session
+        closes: the machines' objects and connections live on, and full garbage
+        collections that visit them all would stall the event loop for a tenth of a
+        second or more each (a program that froze its heap itself is left alone; see
+        ``aiores._heap``).
         """
         wanted = _wanted(tags)
         timeout = check.timeout(timeout)
@@ -402,7 +403,7 @@ class Fleet:
         if len(selected) >= heap.BULK:
             # What these machines are (objects, connections) lives on: out of the full
             # garbage collections, which would otherwise stall the loop (aiores._heap).
-            heap.hold(self)
+            heap.hold(self, self.session)
         return Group(m.resource for m in selected)
 
     async def _barrier(self, wanted: frozenset[str], budget: int) -> builtins.list[Exception]:

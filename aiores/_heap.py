@@ -15,7 +15,10 @@ only while a holder holds it: a :class:`~aiores.Fleet` holds it once a
 deprovisions or closes. Once nobody holds it, :func:`release` unfreezes everything
 (:func:`gc.unfreeze`) and the next full collection reclaims that garbage (one long
 pause, at a teardown, not during the work). Holders are kept weakly: one that
-disappears without releasing counts no more at the next release.
+disappears without releasing counts no more at the next release. A holder may name
+its owner (a fleet its session): :func:`release_owned` lets go of every holder of
+an owner and of those that disappeared, so that closing a session thaws the heap
+even when its fleets were never closed.
 
 A program that froze the heap itself (``gc.get_freeze_count()`` above zero before
 aiores first held it) is left alone: aiores neither freezes nor unfreezes its heap.
@@ -26,17 +29,19 @@ from __future__ import annotations
 import gc
 import weakref
 
-__all__ = ["BULK", "held", "hold", "release"]
+__all__ = ["BULK", "held", "hold", "release", "release_owned"]
 
 #: Machines a fleet's wait returns at least for it to hold the heap frozen.
 BULK = 100
 
-_holders: weakref.WeakSet[object] = weakref.WeakSet()
+#: Who holds the heap, each with its owner (None: none).
+_holders: weakref.WeakKeyDictionary[object, object] = weakref.WeakKeyDictionary()
 _frozen = False  # the permanent generation is aiores's (it froze it, nobody else had)
 
 
-def hold(holder: object) -> None:
-    """Freeze the objects alive now, for ``holder`` (again: also the newer ones).
+def hold(holder: object, owner: object = None) -> None:
+    """Freeze the objects alive now, for ``holder`` (again: also the newer ones),
+    which ``owner`` may release with the others it owns (:func:`release_owned`).
 
     Young garbage is collected first (a generation-1 collection: a millisecond), so
     that little of what is frozen is already garbage.
@@ -47,13 +52,26 @@ def hold(holder: object) -> None:
     gc.collect(1)
     gc.freeze()
     _frozen = True
-    _holders.add(holder)
+    _holders[holder] = owner
 
 
 def release(holder: object) -> None:
     """``holder`` lets go; once nobody holds the heap it is unfrozen."""
+    _holders.pop(holder, None)
+    _thaw()
+
+
+def release_owned(owner: object) -> None:
+    """Every holder ``owner`` owns lets go (and those that disappeared count no more)."""
+    for holder, its_owner in list(_holders.items()):
+        if its_owner is owner:
+            _holders.pop(holder, None)
+    _thaw()
+
+
+def _thaw() -> None:
+    """Unfreeze the heap once nobody holds it."""
     global _frozen
-    _holders.discard(holder)
     if _frozen and not _holders:
         gc.unfreeze()
         _frozen = False

@@ -37,6 +37,7 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import math
 import os
 import socket
 import time
@@ -289,12 +290,16 @@ async def _unrecorded(
     return rows
 
 
-def _lease_end(row: dict[str, Any]) -> float | None:
-    """When the lease of the resource of ``row`` ends, as the journal holds it."""
-    value = loads_data(row.get("data")).get("expires_at")
-    if isinstance(value, int | float) and not isinstance(value, bool):
+def _epoch(value: object) -> float | None:
+    """``value`` as a time (epoch seconds) if it is one: a finite number."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _lease_end(row: dict[str, Any]) -> float | None:
+    """When the lease of the resource of ``row`` ends, as the journal holds it."""
+    return _epoch(loads_data(row.get("data")).get("expires_at"))
 
 
 def _ending(resource: Resource, now: float) -> bool:
@@ -828,10 +833,7 @@ async def _find_leaks(
 
 
 def _lease_of(info: ResourceInfo) -> float | None:
-    value = info.extra.get("expires_at")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
+    return _epoch(info.extra.get("expires_at"))
 
 
 def describe_lease(expires_at: float | None, now: float | None = None) -> str:

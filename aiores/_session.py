@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import platformdirs
 
+from . import _heap as heap
 from . import _validate as check
 from ._clock import Clock, LoopClock
 from ._concurrency import Cleanups, Shared, TurnGate
@@ -239,6 +240,8 @@ class Session:
             # 5. What they shared (connection pools, clients) closes last.
             await self._shared.aclose()
         finally:
+            # Its fleets' machines and connections are garbage now, closed or not.
+            heap.release_owned(self)
             assert self._tg is not None
             await self._tg.__aexit__(None, None, None)
             if self.journal is not None:

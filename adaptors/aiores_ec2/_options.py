@@ -124,7 +124,7 @@ def _positive(url: URL, name: str, value: str, kind: type[int] | type[float]) ->
 
 
 def _name(url: URL, option: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise _bad(url, f"{option} {value!r} is not a valid name")
     return value
 
@@ -144,7 +144,7 @@ def parse_options(url: URL) -> Options:
     if url.user or url.port or url.path not in ("", "/"):
         raise _bad(url, "write ec2://<region>[?options] (no user, port or path)")
     region = url.host or None
-    if region is not None and not _REGION.match(region):
+    if region is not None and not _REGION.fullmatch(region):
         raise _bad(url, f"{region!r} is not a region name")
     kwargs: dict[str, object] = {"region": region}
     for key in ("endpoint", "user", "security_group", "key_name", "subnet", "template"):
@@ -196,7 +196,7 @@ def parse_options(url: URL) -> Options:
     if "metadata" in params:
         metadata = params["metadata"]
         port = metadata.rstrip("/").rpartition(":")[2]
-        if not _METADATA.match(metadata) or (port.isdigit() and not 0 < int(port) < 65536):
+        if not _METADATA.fullmatch(metadata) or (port.isdigit() and not 0 < int(port) < 65536):
             raise _bad(url, f"metadata must be http://host[:port], not {metadata!r}")
         kwargs["metadata"] = metadata.rstrip("/")
     if "interruption_poll" in params:

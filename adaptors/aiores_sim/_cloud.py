@@ -405,8 +405,17 @@ class Cloud(LeaseOps, NetworkOps):
         for holder in holders:
             holder.kill()
         if holders:
-            async with asyncio.timeout(CLEANUP_TIMEOUT):
+            # Bounded, never raised: the reaper tears down every later VM too.
+            async with concurrency.move_on_after(CLEANUP_TIMEOUT) as waited:
                 await asyncio.gather(*(h.wait() for h in holders))
+            if waited.expired:
+                log.warning(
+                    "sim cloud: a machine of %d VMs ended is still there %.0f s after"
+                    " SIGKILL (PID 1s %s)",
+                    len(holders),
+                    CLEANUP_TIMEOUT,
+                    " ".join(str(h.init) for h in holders),
+                )
         for holder in holders:
             if holder.process is not None:
                 self._table.managed.discard(holder.process.pid)

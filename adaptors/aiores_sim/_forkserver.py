@@ -319,6 +319,9 @@ def main() -> None:
     gc.disable()
     gc.freeze()
     sock = socket.socket(fileno=int(sys.argv[1]))
+    # Inherited (pass_fds), it must not pass on to the commands this server starts:
+    # a VM's program holding it could read the cloud's requests or send its own.
+    sock.set_inheritable(False)
     sock.setblocking(True)
     Server(sock).serve()
 

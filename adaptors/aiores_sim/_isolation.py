@@ -96,6 +96,7 @@ __all__ = [
     "PasswdEntry",
     "choose",
     "enter",
+    "open_in",
     "passwd",
     "shared_paths",
     "start_holder",
@@ -450,10 +451,56 @@ class PasswdEntry:
     home: str
 
 
+#: openat2(2) (the same number on every architecture), and its ``resolve`` flags.
+_SYS_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64))
+
+
+def open_in(holder: Holder, path: str, flags: int = os.O_RDONLY) -> int:
+    """Blocking: open ``path`` as the VM's own processes would (a descriptor).
+
+    The host reaches the VM's files through ``/proc/PID/root``, but a symbolic link
+    there to an absolute path, or a ``..`` above the VM's root, would be resolved on
+    the host: the host's file at that path instead of the VM's. ``openat2`` with
+    ``RESOLVE_IN_ROOT`` resolves every link and ``..`` within the VM's root, as the
+    kernel does for the VM's processes. A kernel without it (before Linux 5.6) gets
+    a plain open that follows no link as the last part of the path.
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+    root = os.open(holder.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        libc = _libc()
+        if libc is not None:
+            how = _OpenHow(flags | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
+            fd = libc.syscall(
+                ctypes.c_long(_SYS_OPENAT2),
+                ctypes.c_int(root),
+                ctypes.c_char_p(os.fsencode(path.lstrip("/") or ".")),
+                ctypes.byref(how),
+                ctypes.c_size_t(ctypes.sizeof(how)),
+            )
+            if fd >= 0:
+                return int(fd)
+            code = ctypes.get_errno()
+            if code not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp filter's "no"
+                raise OSError(code, os.strerror(code), path)
+        return os.open(path.lstrip("/") or ".", flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+    finally:
+        os.close(root)
+
+
 def passwd(holder: Holder, name: str) -> PasswdEntry | None:
     """Blocking: user ``name`` of the VM's own ``/etc/passwd`` (None: it has no such user)."""
     try:
-        text = (holder.root / "etc" / "passwd").read_text(errors="replace")
+        with os.fdopen(open_in(holder, "/etc/passwd"), "rb") as handle:
+            text = handle.read(1 << 22).decode(errors="replace")
     except OSError:
         return None
     for line in text.splitlines():

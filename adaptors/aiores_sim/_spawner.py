@@ -39,6 +39,8 @@ log = logging.getLogger("aiores.sim")
 _SERVER = Path(__file__).with_name("_forkserver.py")
 _HEADER = struct.Struct(">I")
 _LINE_LIMIT = 1 << 20
+#: Seconds a request cancelled half sent has to send its rest.
+_REST_TIMEOUT = 10.0
 #: The exit status reported for a command whose fate the cloud cannot learn (the
 #: fork server ended first).
 UNKNOWN = 255
@@ -87,6 +89,8 @@ class Spawner:
         self._exits: dict[int, asyncio.Future[int]] = {}
         self._send_lock = asyncio.Lock()
         self._ended = False
+        #: Resolved when it closes: a send waiting for room in the socket ends then.
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -129,9 +133,7 @@ class Spawner:
 
     async def close(self) -> None:
         """End the fork server (its socket closes) and wait for it, bounded."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        self._drop_socket()
         if self._process is not None:
             try:
                 async with asyncio.timeout(5):
@@ -145,6 +147,18 @@ class Spawner:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.kill()
                 raise
+
+    def _drop_socket(self) -> None:
+        """Close the socket (the server ends once it reads its end); sends waiting for
+        room in it fail."""
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+        if self._sock is not None:
+            # Its descriptor leaves the loop's selector before it closes (a number
+            # reused afterwards is another file's).
+            asyncio.get_running_loop().remove_writer(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
 
     async def _read(self) -> None:
         assert self._process is not None
@@ -199,16 +213,20 @@ class Spawner:
         self._answers[request_id] = answer
         body = json.dumps({**request, "id": request_id}).encode()
         data = _HEADER.pack(len(body)) + body
+        cancelled: asyncio.CancelledError | None = None
         try:
             async with self._send_lock:
                 count = await self._send_with(data, make_fds())
                 if count < len(data):
-                    await loop.sock_sendall(self._sock, data[count:])
+                    cancelled = await self._send_rest(data[count:])
         except BaseException:
             self._answers.pop(request_id, None)
             raise
         finally:
             sent()
+        if cancelled is not None:  # sent whole all the same: the server acts on it
+            answer.add_done_callback(_kill_started)
+            raise cancelled
         try:
             # A shared future (set by the reader of answers): a cancelled caller stops
             # only its wait, and the command started meanwhile is killed once known.
@@ -217,21 +235,68 @@ class Spawner:
             answer.add_done_callback(_kill_started)
             raise
 
-    async def _send_with(self, data: bytes, fds: list[int]) -> int:
-        """Send the first bytes of ``data`` with ``fds`` attached; how many were sent."""
+    async def _send_rest(self, rest: bytes) -> asyncio.CancelledError | None:
+        """Send the rest of a request whose first part is in the stream (the send lock
+        held); the caller's cancellation that came meanwhile, if one did.
+
+        A cancelled caller still sends the rest, bounded, before its cancellation goes
+        on: the server would otherwise read the next request as this one's rest. If
+        the rest is not sent in time, the stream is lost: the socket closes (the server
+        ends) and the cancellation is raised.
+        """
         assert self._sock is not None
+        loop = asyncio.get_running_loop()
+        sending = loop.create_task(self._send_tail(rest))
+        try:
+            await asyncio.shield(sending)
+        except asyncio.CancelledError as exc:
+            deadline = loop.time() + _REST_TIMEOUT
+            while not sending.done() and loop.time() < deadline:
+                # Bounded; a further cancellation is the same one: it goes on below.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({sending}, timeout=deadline - loop.time())
+            if sending.done() and not sending.cancelled() and sending.exception() is None:
+                return exc
+            sending.cancel()
+            self._drop_socket()
+            raise
+        return None
+
+    async def _send_tail(self, data: bytes) -> None:
+        """Send all of ``data`` (the rest of a request)."""
+        sent = 0
+        while sent < len(data):
+            sent += await self._send_with(data[sent:], [])
+
+    async def _send_with(self, data: bytes, fds: list[int]) -> int:
+        """Send the first bytes of ``data`` with ``fds`` attached; how many were sent.
+
+        Raises:
+            OSError: the socket failed, or closed (:meth:`close`) while this waited
+                for room in it.
+        """
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
         loop = asyncio.get_running_loop()
+        if self._closing is None:
+            self._closing = loop.create_future()
         while True:
+            sock = self._sock
+            if sock is None:
+                raise OSError(None, "the sim cloud's fork server is not running")
             try:
-                return self._sock.sendmsg([data], ancillary)
+                return sock.sendmsg([data], ancillary)
             except BlockingIOError:
+                fd = sock.fileno()
                 writable = loop.create_future()
-                loop.add_writer(self._sock.fileno(), writable.set_result, None)
+                loop.add_writer(fd, writable.set_result, None)
                 try:
-                    await writable
+                    await asyncio.wait(
+                        {writable, self._closing}, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
-                    loop.remove_writer(self._sock.fileno())
+                    if self._sock is sock:  # else close() removed it with the socket
+                        loop.remove_writer(fd)
+                    writable.cancel()
 
     async def holder(
         self, disk: Path, script: str, args: list[str], env: dict[str, str]

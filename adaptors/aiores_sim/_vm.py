@@ -48,7 +48,7 @@ import asyncssh
 from aiores import ResourceState
 from aiores.adaptor import Image, Template, private
 
-from ._isolation import TOOLS, VM_TOOLS, Holder, Isolation, PasswdEntry, enter, passwd
+from ._isolation import TOOLS, VM_TOOLS, Holder, Isolation, PasswdEntry, enter, open_in, passwd
 from ._lease import max_wait_time
 from ._options import Faults
 from ._procs import MARKER, ProcessTable
@@ -442,17 +442,23 @@ class VM:
         authorizes, as sshd reads them: ``(False, None)`` where it has no such file
         (the keys of the acquire decide), else ``(True, keys)`` (None: no valid key,
         every key is refused). Lines that are no key are skipped; a symbolic link
-        there counts as no valid key.
+        there (the file itself), or a file its group or others may write (as
+        sshd's ``StrictModes``), counts as no valid key. In an isolated VM the path
+        and its links are resolved in the VM, never on the host (``open_in``).
         """
-        home = login.home_in(self.disk)
-        base = self.holder.root / home.lstrip("/") if self.holder is not None else Path(home)
+        path = Path(login.home_in(self.disk), AUTHORIZED_KEYS)
         try:
-            fd = os.open(base / AUTHORIZED_KEYS, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            if self.holder is not None:  # the VM's path, resolved in the VM (its links too)
+                fd = open_in(self.holder, str(path), os.O_RDONLY | os.O_NOFOLLOW)
+            else:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return False, None
         except OSError:
             return True, None
         with os.fdopen(fd, "rb") as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o022:
+                return True, None  # others may write it: sshd refuses it (StrictModes)
             text = handle.read(1 << 20).decode(errors="replace")
         good = []
         for line in text.splitlines():

@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,23 @@ _STOP_SLACK = 5.0
 #: Tokens of runs: random per process, counted within it (unique across clients).
 _TOKENS = itertools.count()
 _TOKEN_PREFIX = secrets.token_hex(6)
+
+
+def _new_token_prefix() -> None:
+    """A forked child draws a prefix of its own: its runs' tokens would otherwise be
+    its parent's (and its siblings'), and a stop by token would end theirs too."""
+    global _TOKEN_PREFIX
+    _TOKEN_PREFIX = secrets.token_hex(6)
+
+
+os.register_at_fork(after_in_child=_new_token_prefix)
+
+
+def _run_token() -> str:
+    """A token for one run (see :func:`~aiores_ssh._scripts.mark_command`)."""
+    return f"{_TOKEN_PREFIX}{next(_TOKENS):x}"
+
+
 #: Seconds a channel has, after the TERM sent over it, to close before the run is
 #: also stopped by its token over another channel.
 _SIGNAL_WAIT = 0.5
@@ -213,7 +231,7 @@ async def execute(
     """
     loop = asyncio.get_running_loop()
     start = loop.time()
-    token = f"{_TOKEN_PREFIX}{next(_TOKENS):x}"
+    token = _run_token()
     remote, preamble = mark_command(command, token, env, stdin=bool(stdin))
     # Whether anything goes on the channel's input (else the command reads
     # /dev/null and no EOF is sent: one packet less per run).

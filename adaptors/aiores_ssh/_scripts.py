@@ -166,11 +166,15 @@ def mark_command(
     preamble = exports(env).encode()
     # A hex token is one word as it stands (quote leaves it bare), so the mark in the
     # shell's command line reads "AIORES_RUN=TOKEN.$$", as stop_script looks for it.
-    head = f"{RUN_VAR}={shell.quote(token + '.', 'token')}$$; export {RUN_VAR}\n"
+    # The mark is set after the caller's env, which cannot undo it (an env named
+    # AIORES_RUN would hide the run's processes from its stop).
+    mark = f"{RUN_VAR}={shell.quote(token + '.', 'token')}$$; export {RUN_VAR}\n"
     if preamble:
-        head += f'eval "$({read_stdin(len(preamble))})"\n'
+        head = f'eval "$({read_stdin(len(preamble))})"\n' + mark
     elif not stdin:
-        head += "exec </dev/null\n"
+        head = mark + "exec </dev/null\n"
+    else:
+        head = mark
     return head + command, preamble
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 from collections import Counter
 
@@ -494,3 +495,38 @@ async def test_turn_gate_admits_a_single_caller_in_a_loop_by_turns() -> None:
 async def test_turn_gate_refuses_a_bad_per_turn(per_turn: object) -> None:
     with pytest.raises(BadParameter, match="per_turn must be an int of at least 1"):
         TurnGate(per_turn=per_turn)  # type: ignore[arg-type]
+
+
+async def test_turn_gate_with_waiters_cancelled_at_drawn_points_admits_the_rest_in_order() -> None:
+    """200 callers, a third cancelled after a drawn number of iterations (waiting, or
+    given a turn they never took): every other one is admitted, in the order they
+    came, at most ``per_turn`` per iteration, and the gate is empty afterwards."""
+    rng = random.Random(61206)
+    gate = TurnGate(per_turn=4)
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    order: list[int] = []
+    turns: list[int] = []
+
+    async def start(index: int) -> None:
+        await gate.turn()
+        order.append(index)
+        turns.append(now())
+
+    try:
+        tasks = [asyncio.ensure_future(start(i)) for i in range(200)]
+        doomed = rng.sample(range(200), 66)
+        for index in doomed:
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
+            tasks[index].cancel()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stop()
+    cancelled = {i for i, task in enumerate(tasks) if task.cancelled()}
+    assert cancelled  # most of the drawn ones were still waiting
+    assert order == sorted(set(range(200)) - cancelled)
+    assert max(Counter(turns).values()) <= 4
+    assert not gate._waiters
+    # The gate still admits at once when nobody waits.
+    await asyncio.wait_for(gate.turn(), timeout=1)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import random
+import warnings
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
@@ -208,3 +211,37 @@ async def test_a_fan_out_starts_its_members_a_few_per_loop_iteration(hold: Hold)
     assert len(turns) == 200
     assert max(per_iteration.values()) <= _STARTS_PER_TURN
     assert len(per_iteration) >= 200 // _STARTS_PER_TURN
+
+
+@pytest.mark.asyncio
+async def test_cancelling_fan_outs_between_their_starts_leaves_nothing(hold: Hold) -> None:
+    """A fan-out of 100 cancelled after a drawn number of loop iterations, while its
+    members' tasks are still being started: every member started is stopped and
+    awaited, no task is left, and no member's coroutine was made without running."""
+    rng = random.Random(20261206)
+    async with aiores.Session(journal=None) as session, hosts(session, 100) as group:
+        for trial in range(24):
+            hold.stopped.clear()
+            stream = trial % 2 == 1
+
+            async def fan_out(stream: bool) -> None:
+                if stream:
+                    async with contextlib.aclosing(group.run_stream("slow")) as results:
+                        async for _ in results:
+                            raise AssertionError("no command ends by itself")
+                else:
+                    await group.run("slow")
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                running = asyncio.create_task(fan_out(stream))
+                for _ in range(rng.randrange(0, 100 // _STARTS_PER_TURN + 3)):
+                    await asyncio.sleep(0)
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+                gc.collect()
+            assert [str(w.message) for w in caught] == [], trial
+            assert fan_out_tasks() == [], trial
+            assert hold.running == set(), trial
+            assert len(hold.stopped) == len(set(hold.stopped)), trial

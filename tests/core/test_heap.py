@@ -123,3 +123,42 @@ async def test_a_fleet_holds_the_heap_after_a_bulk_wait_until_it_deprovisions(
     await fleet.aclose()
     assert not heap.held()
     assert fake.cloud.alive() == []
+
+
+def test_release_owned_lets_go_of_an_owners_holders_and_of_those_gone() -> None:
+    owner, other = Holder(), Holder()
+    first, second, kept = Holder(), Holder(), Holder()
+    heap.hold(first, owner)
+    heap.hold(second, owner)
+    heap.hold(kept, other)
+    heap.release_owned(owner)
+    assert heap.held()  # ``other``'s holder still holds it
+    heap.release_owned(other)
+    assert not heap.held()
+    assert gc.get_freeze_count() == 0
+    gone = Holder()
+    heap.hold(gone)
+    del gone  # never released, no owner: the next release_owned finds it gone
+    heap.release_owned(owner)
+    assert not heap.held()
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.asyncio
+async def test_closing_a_session_thaws_the_heap_its_unclosed_fleets_held(
+    fake: FakePlugin, clock: FakeClock
+) -> None:
+    async with aiores.Session(clock=clock, cleanup_timeout=5) as session:
+        kept = session.fleet()  # never closed, and still referenced afterwards
+        dropped = session.fleet()  # never closed, and dropped before the session closes
+        await up(kept, fake, clock, heap.BULK, "kept")
+        await up(dropped, fake, clock, heap.BULK, "dropped")
+        assert heap.held()
+        for vm in await waited(dropped, clock):
+            await vm.destroy()
+        del dropped, vm
+        assert heap.held()  # ``kept`` holds it
+    assert not heap.held()
+    assert gc.get_freeze_count() == 0
+    assert not kept._closed
+    assert len(kept.select()) == heap.BULK

@@ -41,6 +41,15 @@ def test_options() -> None:
     for bad in ("ec2://a?market=cheap", "ec2://a?poll=-1", "ec2://user@a", "ec2://A_B"):
         with pytest.raises(aiores.IncorrectURL):
             parse_options(URL.parse(bad))
+    # A name or region ending in a newline is no name (a regex's "$" would let it by).
+    for bad, field in (
+        ("ec2://eu-west-1%0A", "region"),
+        ("ec2://a?key_name=k%0A", "key_name"),
+        ("ec2://a?subnet=s%0A", "subnet"),
+        ("ec2://a?security_group=g%0A", "security_group"),
+    ):
+        with pytest.raises(aiores.IncorrectURL, match=field):
+            parse_options(URL.parse(bad))
 
 
 def test_user_data_parts_and_limits() -> None:

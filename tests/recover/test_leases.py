@@ -9,6 +9,7 @@ still open (their process gone: reap counts their sessions as gone).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import pytest
 
 import aiores
 from aiores import ResourceState
-from aiores._recover import ENDING_WITHIN
+from aiores._recover import ENDING_WITHIN, _lease_end, _lease_of, describe_lease
+from aiores.adaptor import ResourceInfo
 from aiores_sim.testing import SimCloudProcess, start_sim_cloud
 
 from .conftest import STEP, in_another_program
@@ -171,3 +173,15 @@ async def test_the_commands_say_expired_and_ending_and_gc_ends_the_leased(
     assert "1 leaked, 1 released" in gc.stderr
     async with aiores.Session(journal=None) as other:
         assert await other.manager("sim://").list() == []
+
+
+async def test_a_lease_end_that_is_no_time_counts_as_none() -> None:
+    """A backend's or a journal's ``expires_at`` that is no finite number is no lease
+    (a listing of an infinite one failed; NaN compared as never ended)."""
+    for value in (float("nan"), float("inf"), -float("inf"), True, "soon", None):
+        info = ResourceInfo(id="i-1", state=ResourceState.ACTIVE, extra={"expires_at": value})
+        assert _lease_of(info) is None, value
+        assert _lease_end({"data": json.dumps({"expires_at": value})}) is None, value
+    info = ResourceInfo(id="i-1", state=ResourceState.ACTIVE, extra={"expires_at": 1e9})
+    assert _lease_of(info) == 1e9
+    assert describe_lease(_lease_of(info), now=1e9 + 1) == "lease ended"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -350,3 +351,44 @@ async def test_a_sigchld_into_a_full_wakeup_buffer_is_not_reported(tmp_path: Pat
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert out.decode().split() == ["reported", "0"], err.decode()
+
+
+@pytest.mark.asyncio
+async def test_a_vm_machine_that_outlives_its_kill_does_not_stop_the_teardowns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The teardown waits for a killed VM machine only so long: one that is still
+    there then is logged, and that VM and every later one are still torn down."""
+    from aiores_sim import _cloud, _isolation
+
+    if not _isolation.choose("auto").on or os.geteuid() != 0:
+        pytest.skip("needs namespaces as root (the fork server's machines)")
+    monkeypatch.setattr(_cloud, "CLEANUP_TIMEOUT", 0.3)
+    cloud = Cloud(tmp_path / "sim", isolation="namespaces")
+    await cloud.start()
+    spared: list[_isolation.Holder] = []
+    try:
+        client = CloudClient(cloud.directory)
+        try:
+            first, second = await client.call("acquire", _acquire_args(2))
+            vms = [cloud.vms[first["id"]], cloud.vms[second["id"]]]
+            async with asyncio.timeout(STEP):
+                while any(vm.state is not ResourceState.ACTIVE for vm in vms):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            stubborn = vms[0].holder
+            assert stubborn is not None
+            spared.append(stubborn)
+            stubborn.killed = True  # its kill does nothing now: as a machine stuck in D
+            async with asyncio.timeout(STEP):
+                await client.call("destroy", {"ids": [first["id"]]})
+                await client.call("destroy", {"ids": [second["id"]]})
+        finally:
+            await client.close()
+        assert all(vm.gone.is_set() for vm in vms)
+        assert not await asyncio.to_thread(vms[1].disk.exists)
+    finally:
+        for holder in spared:
+            holder.killed = False
+            holder.kill()
+        async with asyncio.timeout(STEP):
+            await cloud.stop()

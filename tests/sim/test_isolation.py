@@ -8,9 +8,13 @@ namespaces and overlay mounts (the suite runs as root in CI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import random
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import asyncssh
@@ -323,6 +327,12 @@ async def test_the_vms_own_authorized_keys_decide_logins(isolated: Path, state_d
         with pytest.raises(asyncssh.PermissionDenied):
             await _login(vm, owner, session_key)
         assert await _login(vm, owner, other) == owner
+        # A file others may write decides nothing but a refusal (as sshd's StrictModes).
+        assert (await vm.run("chmod 666 ~/.ssh/authorized_keys")).exit_status == 0
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, other)
+        assert (await vm.run("chmod 600 ~/.ssh/authorized_keys")).exit_status == 0
+        assert await _login(vm, owner, other) == owner
         # No file: the keys of the acquire decide (a VM user without one, as before).
         assert (await vm.run("rm ~/.ssh/authorized_keys")).exit_status == 0
         assert await _login(vm, owner, session_key) == owner
@@ -361,3 +371,112 @@ async def test_the_vms_tools_are_bound_where_every_vm_sees_them(isolated: Path) 
     assert path.split(":")[0] == VM_TOOLS
     assert found == f"{VM_TOOLS}/whoami"
     assert whoami == name == "wf"
+
+
+@pytest.mark.asyncio
+async def test_a_vms_command_holds_no_descriptor_of_the_cloud(isolated: Path) -> None:
+    async with aiores.Session() as session:
+        [vm] = await _up(session.manager(URL))
+        # The fork server's socket passed on to a VM's programs would let them read
+        # the cloud's requests or send their own (a command outside the VM).
+        listing = await vm.run("ls -l /proc/$$/fd")
+        assert listing.exit_status == 0
+        assert "socket:" not in listing.stdout, listing.stdout
+        fds = sorted(int(line.split()[-3]) for line in listing.stdout.splitlines()[1:])
+        assert fds == [0, 1, 2], listing.stdout
+        await vm.destroy()
+
+
+def _server_children(cloud_dir: Path) -> list[psutil.Process]:
+    """The live children of the cloud's fork server (VMs' PID 1s and their commands)."""
+    cloud = psutil.Process(int((cloud_dir / "cloud.pid").read_text().strip()))
+    servers = [p for p in cloud.children() if "_forkserver.py" in " ".join(p.cmdline())]
+    assert len(servers) == 1
+    return [p for p in servers[0].children() if p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.asyncio
+async def test_runs_cancelled_at_drawn_points_leave_no_process(isolated: Path) -> None:
+    """Runs and fan-outs on isolated VMs cancelled after a drawn delay (before the
+    command started, while it starts, while it runs): none of their processes lives
+    on, and the fork server has no child left but the VMs' PID 1s."""
+    rng = random.Random(4242)
+    mark = f"{rng.randrange(10**6)}"
+    async with aiores.Session() as session:
+        vms = await _up(session.manager(URL), 2)
+        group = Group(vms)
+        assert all(r.ok for r in await group.run("true"))
+        inits = {p.pid for p in _server_children(isolated)}
+        for trial in range(12):
+            command = f"sleep 300.{trial}{mark}"
+            # A lone run, or a fan-out over both VMs.
+            run = asyncio.ensure_future(group.run(command) if trial % 2 else vms[0].run(command))
+            await asyncio.sleep(rng.uniform(0.0, 0.15))
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+        async with asyncio.timeout(STEP):
+            while _host_processes(mark):  # noqa: ASYNC110 (host processes: nothing to await)
+                await asyncio.sleep(0.05)
+            while {p.pid for p in _server_children(isolated)} != inits:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert [r.stdout for r in await group.run("echo still")] == ["still\n"] * 2
+        await session.manager(URL).destroy(vms)
+
+
+@pytest.mark.asyncio
+async def test_a_vms_key_file_is_read_in_the_vm_not_through_its_links_on_the_host(
+    isolated: Path, state_dir: Path
+) -> None:
+    """A VM user's ``~/.ssh`` made a link to an absolute path: the path is the VM's,
+    as sshd in the VM would read it, never the host's file at that path."""
+    session_key = str(state_dir / MANAGED_KEY)
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    # A host directory the VM does not have (a VM's /tmp is its own).
+    host_dir = Path(tempfile.mkdtemp(prefix="aiores-host-keys-", dir="/tmp"))
+    (host_dir / "authorized_keys").write_text(other.export_public_key().decode())
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(shutil.rmtree, host_dir)
+        session = await stack.enter_async_context(aiores.Session())
+        [vm] = await _up(session.manager(URL))
+        owner = aiores.adaptor.URL.parse(vm.access or "").user or ""
+        linked = await vm.run(f"rm -rf ~/.ssh && ln -s {host_dir} ~/.ssh && ls {host_dir}; true")
+        assert "No such file" in linked.stderr  # not in the VM
+        # Not in the VM: no file, the keys of the acquire decide (the host's are not read).
+        with pytest.raises(asyncssh.PermissionDenied):
+            await _login(vm, owner, other)
+        assert await _login(vm, owner, session_key) == owner
+        # A link to a file in the VM is followed as in the VM.
+        in_vm = await vm.run(
+            f"mkdir -p /opt/keys && printf '%s\\n' '{other.export_public_key().decode().strip()}'"
+            " > /opt/keys/authorized_keys && rm ~/.ssh && ln -s /opt/keys ~/.ssh"
+        )
+        assert in_vm.exit_status == 0, in_vm.stderr
+        assert await _login(vm, owner, other) == owner
+        await vm.destroy()
+
+
+@pytest.mark.asyncio
+async def test_vms_destroyed_at_drawn_points_of_their_boot_leave_no_machine(
+    isolated: Path,
+) -> None:
+    """VMs destroyed after a drawn delay (waiting to boot, while their machine is
+    made, once up): the fork server is left with no child, no VM's disk is left."""
+    rng = random.Random(777)
+    async with aiores.Session() as session:
+        mgr = session.manager("sim://?boot_delay=0.01")
+        await _up(mgr)  # the cloud and its fork server are up
+        vms: list[aiores.Resource] = []
+        for _ in range(6):
+            made = await mgr.acquire_many(ComputeDescription(), 2)
+            vms.extend(made)
+            await asyncio.sleep(rng.uniform(0.0, 0.2))
+            await mgr.destroy(made)
+        assert all(vm.state is ResourceState.CANCELED for vm in vms)
+        left = {vm.native_id for vm in await mgr.list()}
+        async with asyncio.timeout(STEP):
+            while len(_server_children(isolated)) != len(left):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        disks = [Path(vm.extra["disk"]) for vm in vms if vm.extra.get("disk")]
+        assert disks
+        assert not [d for d in disks if await asyncio.to_thread(_exists, d)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 from collections import Counter
@@ -37,6 +38,20 @@ async def test_run_returns_output_and_exit_status(adaptors: Adaptors, sshd: Sshd
     fed = await runner.run('cat; echo "$FOO"', stdin=b"in\n", env={"FOO": "a 'b' c"})
     assert fed.ok
     assert fed.stdout == "in\na 'b' c\n"
+
+
+@pytest.mark.asyncio
+async def test_an_env_named_like_the_runs_mark_does_not_undo_it(
+    adaptors: Adaptors, sshd: Sshd
+) -> None:
+    """The run's mark is set after the caller's env: an env named AIORES_RUN cannot
+    hide the run's processes from the stop that looks for the mark."""
+    runner = await adaptors.runner(sshd.url())
+    result = await runner.run('echo "$AIORES_RUN"', env={"AIORES_RUN": "hidden"})
+    assert result.ok
+    token, _, leader = result.stdout.strip().rpartition(".")
+    assert re.fullmatch("[0-9a-f]{8,64}", token), result.stdout
+    assert leader.isdigit()
 
 
 @pytest.mark.asyncio
@@ -329,3 +344,27 @@ async def test_environment_names_must_be_portable(
     with pytest.raises(aiores.BadParameter, match=re.escape(repr(name))):
         await runner.run("true", env={name: "x"})
     assert runner.pool.connects == 0  # refused before anything was sent
+
+
+def test_a_forked_child_marks_its_runs_with_tokens_of_its_own() -> None:
+    """Run tokens are a per-process prefix and a count: a forked worker that kept its
+    parent's prefix would mark its runs as the parent's (and its siblings') runs, and
+    stopping one by its token would stop the others."""
+    from aiores_ssh._runner import _run_token
+
+    mine = _run_token()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.write(write_end, _run_token().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        theirs = os.read(read_end, 100).decode()
+    finally:
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert re.fullmatch("[0-9a-f]{13,64}", theirs), theirs
+    assert theirs[:12] != mine[:12]
