@@ -15,8 +15,13 @@ is a machine of its own:
 - the host directories named in ``$AIORES_SIM_SHARED`` (``os.pathsep``-separated;
   the cloud's ``shared`` option), bound read-write at their own paths, as a
   cluster's shared file system is mounted on every node: the one way to hand a VM a
-  file through a host path (SFTP to the VM works as on any VM). The sim's test
-  fixture shares the test session's temporary directory this way.
+  file through a host path. The sim's test fixture shares the test session's
+  temporary directory this way.
+
+SFTP is served by the cloud from the VM's disk: a login's home and relative paths
+are the files its commands see, but absolute paths outside the disk (``/opt``,
+``/tmp``, ``/etc`` of the overlay) are not served (``DoesNotExist``); copy those
+with a command (``cat``, ``tar``) or through a shared directory.
 
 It still shares the host's network, devices and kernel, and the cloud's user is
 root inside: it keeps a bootstrap off the host; it is no sandbox.
