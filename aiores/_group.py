@@ -487,12 +487,9 @@ class Group(Sequence["Compute"]):
         if self._resources:
             # As _fan_out, with the results in the group's order as they come: leaving
             # early cancels what still runs and waits for it.
-            starts = TurnGate(_STARTS_PER_TURN)
             async with TaskSet(what) as tasks:
                 work = self._work(op, what, limit, timeout, deadline)
-                for r in self._resources:
-                    await starts.turn()
-                    tasks.spawn(work(r), name=f"aiores-{what} {r.id}")
+                await self._start_each(tasks, what, lambda _, r: work(r))
                 results = await tasks.results()
         outcome = GroupResult(results, what)
         return outcome.check() if check else outcome
@@ -530,14 +527,24 @@ class Group(Sequence["Compute"]):
         # Leaving early (the consumer stops, or is cancelled) cancels what still runs
         # and waits for it: each run stops its remote command when cancelled (bounded
         # by the adaptor's grace period); a second cancellation stops only this wait.
-        starts = TurnGate(_STARTS_PER_TURN)
         async with TaskSet(what) as tasks:
             work = self._work(op, what, limit, timeout, deadline)
-            for i, r in enumerate(self._resources):
-                await starts.turn()
-                tasks.spawn(one(i, work(r)), name=f"aiores-{what} {r.id}")
+            await self._start_each(tasks, what, lambda i, r: one(i, work(r)))
             async for done in tasks.as_completed():
                 yield done
+
+    async def _start_each(
+        self,
+        tasks: TaskSet,
+        what: str,
+        make: Callable[[int, Compute], Coroutine[None, None, object]],
+    ) -> None:
+        """Start a task per member, at most ``_STARTS_PER_TURN`` per loop iteration;
+        each coroutine is made just before its task starts."""
+        starts = TurnGate(_STARTS_PER_TURN)
+        for i, r in enumerate(self._resources):
+            await starts.turn()
+            tasks.spawn(make(i, r), name=f"aiores-{what} {r.id}")
 
     def _work(
         self,
