@@ -248,6 +248,8 @@ class Spawner:
         loop = asyncio.get_running_loop()
         sending = loop.create_task(self._send_tail(rest))
         try:
+            # Shielded: the rest must reach the server whatever becomes of the caller
+            # (the stream is shared by every request); a cancellation waits, bounded.
             await asyncio.shield(sending)
         except asyncio.CancelledError as exc:
             deadline = loop.time() + _REST_TIMEOUT
