@@ -391,7 +391,9 @@ class Daemon:
             try:
                 await stream._init()
                 await start()
-                if data:
+                # A command that ended without reading its input (the daemon closed
+                # the attachment then) drops it, as a pipe to an ended process would.
+                if data and _transport(stream) is not None:
                     await stream.write_in(data)
                 _end_input(stream)
             finally:
@@ -536,13 +538,18 @@ def _host_port(address: str) -> tuple[str, int]:
     return parsed.host, parsed.port
 
 
+def _transport(stream: aiodocker.stream.Stream) -> asyncio.BaseTransport | None:
+    """The connection of a hijacked stream; None once the daemon closed it."""
+    response = stream._resp
+    if response is None or response.connection is None:
+        return None
+    return response.connection.transport
+
+
 def _end_input(stream: aiodocker.stream.Stream) -> None:
     """Half-close a hijacked stream: the program reading its stdin sees its end."""
-    response = stream._resp
-    transport = (
-        None if response is None or response.connection is None else (response.connection.transport)
-    )
-    if transport is not None and transport.can_write_eof():
+    transport = _transport(stream)
+    if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
         transport.write_eof()
 
 

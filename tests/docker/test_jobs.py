@@ -185,3 +185,19 @@ async def test_a_stopped_daemon_and_a_forbidden_socket(
             await session.job_service("docker://").submit(sh("true", category=IMAGE))
     # A socket this user may not open (tested as root: a socket nobody listens on
     # behind a directory root cannot enter is refused with EACCES only for others).
+
+
+@pytest.mark.asyncio
+async def test_input_for_commands_that_end_without_reading_it_is_dropped(podman: Podman) -> None:
+    """A container that ends before its input is written (the daemon closes the
+    attachment then) drops the input, as a pipe to an ended process would: the job is
+    DONE, not failed in the writing."""
+    async with aiores.Session(journal=None) as session:
+        js = session.job_service(URL)
+        jobs = await asyncio.gather(
+            *(js.submit(JobDescription(executable="true", stdin=b"x" * 65536)) for _ in range(16))
+        )
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(job.wait() for job in jobs))
+        assert [job.state for job in jobs] == [JobState.DONE] * 16
+        assert [job.exit_code for job in jobs] == [0] * 16
