@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -164,3 +165,22 @@ async def until_none(mark: str) -> None:
     async with asyncio.timeout(STEP):
         while await asyncio.to_thread(sleeps, mark):  # noqa: ASYNC110 (processes elsewhere)
             await asyncio.sleep(0.02)
+
+
+async def python_child(code: str, *args: str) -> str:
+    """Run ``code`` in a Python interpreter of its own (with ``args``); its output.
+
+    The child must succeed within :data:`STEP` seconds (its stderr is the message).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(STEP):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ from aiores_sim import Cloud, CloudClient, CloudRunning, managed_key
 from aiores_sim._protocol import socket_path
 from aiores_sim._vm import Prepared, prepare
 
-from .conftest import STEP, until_none, until_sleeping
+from .conftest import STEP, python_child, until_none, until_sleeping
 
 
 @pytest_asyncio.fixture
@@ -339,18 +338,8 @@ async def test_a_sigchld_into_a_full_wakeup_buffer_is_not_reported(tmp_path: Pat
     """asyncio reports a full wakeup buffer from the C signal handler by a pending call,
     which deadlocked a busy cloud (a lock the interrupted thread held): the cloud
     asks for no report."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _FULL_WAKEUP,
-        str(tmp_path / "sim"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(STEP):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert out.decode().split() == ["reported", "0"], err.decode()
+    out = await python_child(_FULL_WAKEUP, str(tmp_path / "sim"))
+    assert out.split() == ["reported", "0"]
 
 
 @pytest.mark.asyncio

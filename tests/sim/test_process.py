@@ -8,7 +8,6 @@ import fcntl
 import os
 import signal
 import stat
-import sys
 import textwrap
 import threading
 from pathlib import Path
@@ -32,6 +31,7 @@ from .conftest import (
     listening,
     pinned_context,
     port_of,
+    python_child,
     sleeps,
     until_sleeping,
 )
@@ -52,26 +52,12 @@ CHILD = textwrap.dedent(
 )
 
 
-async def _python(code: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(STEP):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode()
-
-
 @pytest.mark.asyncio
 async def test_vms_outlive_the_process_that_asked_and_are_found_again(
     own_cloud: Path, state_dir: Path
 ) -> None:
     assert await cloud_pid(own_cloud) is None
-    vm_id = (await _python(CHILD)).strip()
+    vm_id = (await python_child(CHILD)).strip()
     pid = await cloud_pid(own_cloud)
     assert pid is not None  # started on demand by the child, running on after it
     async with aiores.Session() as session:

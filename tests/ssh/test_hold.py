@@ -17,7 +17,7 @@ import pytest
 import aiores
 from aiores import JobDescription, JobState, SSHContext
 
-from ..sim.test_process import _python
+from ..sim.conftest import python_child
 from .conftest import STEP, Adaptors, gone, wait_until
 from .servers import Sshd
 from .test_jobs import settle, token
@@ -161,7 +161,7 @@ async def submit_held_elsewhere(
     """Ids of two held jobs submitted by another program, which has ended."""
     args = ", ".join(repr(arg) for arg in (url, context_fields(ctx), released, cancelled))
     # A fresh interpreter, in this one's environment (the same state directory).
-    out = await _python(_SUBMITTER + f"asyncio.run(main({args}))\n")
+    out = await python_child(_SUBMITTER + f"asyncio.run(main({args}))\n")
     lines = [line.split() for line in out.splitlines()]
     assert [state for _, state in lines] == ["HELD", "HELD"], out
     return [job_id for job_id, _ in lines]
