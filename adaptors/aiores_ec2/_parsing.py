@@ -25,6 +25,8 @@ from aiobotocore.session import AioSession
 from botocore.compat import ETree
 from botocore.parsers import ResponseParser, ResponseParserError, XMLParseError
 
+from aiores.adaptor import heap
+
 __all__ = ["FEED_BYTES", "OFF_LOOP_BYTES", "botocore_session"]
 
 #: Answers at least this long are parsed off the loop (about 25 instances' worth).
@@ -34,6 +36,13 @@ FEED_BYTES = 64 * 1024
 
 
 class _OffLoopEC2QueryParser(AioEC2QueryParser):  # type: ignore[misc]  # untyped base
+    def _parse_now(self, response: dict[str, Any], shape: Any) -> Any:
+        # The XML tree and the dicts made of it live for the parse only: collections
+        # meanwhile would move them to the oldest generation and set off a full
+        # collection per answer (aiores._heap.no_collections).
+        with heap.no_collections():
+            return ResponseParser.parse(self, response, shape)
+
     def _parse_xml_string_to_dom(self, xml_string: bytes) -> Any:
         # botocore feeds the whole answer to the XML parser in one call, which holds
         # the interpreter throughout (C code: 30-60 ms for a thousand instances),
@@ -60,7 +69,7 @@ class _OffLoopEC2QueryParser(AioEC2QueryParser):  # type: ignore[misc]  # untype
         ):
             # botocore's synchronous parse: EC2's parser has no awaitable step. Each
             # call has a parser of its own (the factory makes one per response).
-            return await asyncio.to_thread(ResponseParser.parse, self, response, shape)
+            return await asyncio.to_thread(self._parse_now, response, shape)
         return await super().parse(response, shape)
 
 

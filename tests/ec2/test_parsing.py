@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections import Counter
 from typing import Any
@@ -123,4 +124,29 @@ async def test_instances_become_resource_infos_a_few_per_loop_turn(
     assert all(vm.state_detail == "running" for vm in vms)
     assert len(made) >= 80  # the launch's 40, then at least one describe of all 40
     assert max(Counter(made).values()) <= 8
+    await mgr.destroy(vms)
+
+
+async def test_large_answers_are_parsed_with_no_collection_meanwhile(
+    moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large answer's tree lives for its parse only: no collection runs meanwhile,
+    which would move it to the oldest generation (aiores._heap.no_collections)."""
+    collecting: list[tuple[int, bool]] = []  # (answer's length, collector enabled)
+    plain = _parsing._OffLoopEC2QueryParser._do_parse
+
+    def recording(self: Any, response: dict[str, Any], shape: Any) -> Any:
+        collecting.append((len(response["body"]), gc.isenabled()))
+        return plain(self, response, shape)
+
+    monkeypatch.setattr(_parsing._OffLoopEC2QueryParser, "_do_parse", recording)
+    mgr = session.manager(ec2_url(moto))
+    desc = ComputeDescription(image=IMAGE, template="t3.micro", ready=None)
+    vms = await mgr.acquire_many(desc, 40)
+    async with asyncio.timeout(STEP):
+        await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    big = [enabled for length, enabled in collecting if length >= _parsing.OFF_LOOP_BYTES]
+    assert big
+    assert not any(big)
+    assert gc.isenabled()
     await mgr.destroy(vms)
