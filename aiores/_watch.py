@@ -53,6 +53,8 @@ FAILURES_BEFORE_GIVING_UP = 5
 MISSES_BEFORE_GONE = 3
 #: Pushed infos kept for ids no object has registered yet (the oldest go first).
 EARLY_INFOS_KEPT = 10_000
+#: Infos of one describe answer taken per loop iteration.
+TAKES_PER_TURN = 128
 Info = ResourceInfo | JobInfo
 
 
@@ -470,9 +472,16 @@ class Watcher:
                     obj._wake(exc)
             return False
         self._failures = 0
-        answer = self.take(ids, infos)
-        # A new detail counts as a change for the interval: back to the floor.
-        return answer.changed or answer.news
+        changed = False
+        for start in range(0, len(ids), TAKES_PER_TURN):
+            if start:
+                # Each state taken wakes its waiters: a thousand at once held the
+                # loop 40 ms in the next iteration. The rest take their turn.
+                await asyncio.sleep(0)
+            answer = self.take(ids[start : start + TAKES_PER_TURN], infos)
+            # A new detail counts as a change for the interval: back to the floor.
+            changed = changed or answer.changed or answer.news
+        return changed
 
     # -- describe answers -------------------------------------------------------------
     def take(self, ids: Sequence[str], infos: Mapping[str, Info]) -> Answer:

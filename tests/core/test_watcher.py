@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from typing import Any
 
 import pytest
 
 import aiores
-from aiores import ComputeDescription, JobDescription, JobState, ResourceState
+from aiores import ComputeDescription, JobDescription, JobState, ResourceState, _watch
+from aiores._watch import Tracked
 from aiores.testing import POLL_POLICY as POLICY
 from aiores.testing import FakeClock, FakePlugin
+
+from ..loop_turns import iteration_counter
 
 DESC = ComputeDescription(image="fake-linux", tags={"web"})
 
@@ -260,3 +265,43 @@ async def test_illegal_transition_is_ignored(
     assert await session.journal.transitions(vm.id) == [("PENDING", "ACTIVE")]
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_one_describe_answer_is_taken_a_few_objects_per_loop_turn(
+    session: aiores.Session,
+    fake: FakePlugin,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each state taken wakes its waiters: the objects of one answer take their states
+    ``TAKES_PER_TURN`` per loop iteration, not all in the same one."""
+    monkeypatch.setattr(_watch, "TAKES_PER_TURN", 8)
+    mgr = session.manager("fake://")
+    vms = await mgr.acquire_many(DESC, 40)  # one describe of 40 (batches of 50)
+    waits = [asyncio.ensure_future(vm.wait(ResourceState.ACTIVE)) for vm in vms]
+    for _ in range(3):  # ticks with no change
+        await tick(clock)
+    await clock.wait_for_sleepers()
+    for vm in vms:
+        fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE, "running")
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    taken: list[int] = []
+    plain = Tracked._apply
+
+    def counted(self: Any, info: Any) -> bool:
+        taken.append(now())
+        return plain(self, info)
+
+    monkeypatch.setattr(Tracked, "_apply", counted)
+    try:
+        clock.advance_to_next()
+        async with asyncio.timeout(10):
+            states = await asyncio.gather(*waits)
+    finally:
+        stop()
+    assert states == [ResourceState.ACTIVE] * 40
+    assert len(taken) == 40
+    per_iteration = Counter(taken)
+    assert max(per_iteration.values()) <= 8
+    assert len(per_iteration) == 5
