@@ -39,7 +39,7 @@ import dataclasses
 import functools
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -117,9 +117,6 @@ class _Conn:
     @property
     def free(self) -> bool:
         return not self.dead and self.in_use < self.capacity
-
-    def opened_or_not(self, _: object) -> None:
-        self.opening -= 1
 
     def refused(self, now: float) -> int | None:
         """Note a refused channel; the server's channel limit, once it is clear.
@@ -283,7 +280,7 @@ class Pool:
     async def channel(
         self,
         target: Target,
-        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+        opener: Callable[[asyncssh.SSHClientConnection], Coroutine[Any, Any, T]],
         abandon: Callable[[Lease, T], Awaitable[None]],
     ) -> tuple[Lease, T]:
         """Lease a channel slot on a connection to ``target`` and run ``opener`` on it.
@@ -304,16 +301,22 @@ class Pool:
                 connecting or opening the channel failed.
         """
         attempts = 0
+        loop = asyncio.get_running_loop()
         while True:
             await self._opens.turn()
-            lease = await self._lease(target)
-            opening = asyncio.ensure_future(opener(lease.conn))
-            lease.pooled.opening += 1
-            opening.add_done_callback(lease.pooled.opened_or_not)
+            lease = self._free_lease(target) or await self._lease(target)
+            pooled = lease.pooled
+            opening = loop.create_task(opener(pooled.conn))
+            pooled.opening += 1
+            # Shielded: a cancelled caller cancels only ``opened``, leaving the open to
+            # finish for the cleanup to undo what it made (the open is not a cleanup
+            # itself). One callback counts the open done and wakes the caller: one
+            # loop callback per open where asyncio.shield takes two and a wrapper.
+            opened = loop.create_future()
+            opening.add_done_callback(functools.partial(_opened, pooled, opened))
             try:
-                # Shielded: a cancelled caller leaves the open to finish, for the
-                # cleanup to undo what it made (the open is not a cleanup itself).
-                result = await asyncio.shield(opening)
+                await opened
+                result = opening.result()
             except asyncio.CancelledError:
                 await self.cleanups.run(
                     functools.partial(self._abandon, lease, opening, abandon),
@@ -431,6 +434,15 @@ class Pool:
         if state is None:
             state = self._targets[target] = _TargetState(target.context)
         return state
+
+    def _free_lease(self, target: Target) -> Lease | None:
+        """A free slot on a live connection to ``target`` at once, if there is one
+        (else :meth:`_lease` waits for one)."""
+        state = self._targets.get(target)
+        if state is None or self._closed:
+            return None
+        pooled = state.take()
+        return Lease(self, target, pooled) if pooled is not None else None
 
     async def _lease(self, target: Target) -> Lease:
         state = self._state(target)
@@ -705,6 +717,13 @@ class Pool:
         if closing or self._tasks:
             async with concurrency.move_on_after(_CLOSE_TIMEOUT):
                 await asyncio.gather(*closing, *self._tasks, return_exceptions=True)
+
+
+def _opened(pooled: _Conn, opened: asyncio.Future[None], _: object) -> None:
+    """A channel open on ``pooled`` ended (opened or not): wake its caller."""
+    pooled.opening -= 1
+    if not opened.done():  # cancelled if the caller was
+        opened.set_result(None)
 
 
 def _fresh(error: AioresError) -> AioresError:
