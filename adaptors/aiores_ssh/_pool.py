@@ -153,7 +153,7 @@ class Lease:
         self.released = False
         self.opened = False
         pooled.in_use += 1
-        pooled.last_used = pool._env.clock.now()
+        pooled.last_used = pool._now()
 
     def _opened(self) -> None:
         self.opened = True
@@ -235,6 +235,8 @@ class Pool:
         idle_timeout: float = 60.0,
     ) -> None:
         self._env = env
+        #: The session's clock, as it is read on every lease and release.
+        self._now = env.clock.now
         self._max_handshakes = max_handshakes
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self.max_connections = max_connections
@@ -484,7 +486,7 @@ class Pool:
 
     def _unlease(self, target: Target, pooled: _Conn) -> None:
         pooled.in_use -= 1
-        pooled.last_used = self._env.clock.now()
+        pooled.last_used = self._now()
         state = self._targets.get(target)
         if state is not None:
             state.wake()

@@ -482,7 +482,7 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         outcome = await execute(
             pool,
             target,
-            command_text(command),
+            command if isinstance(command, str) else command_text(command),  # str: checked
             stdin=stdin,
             env=env,
             timeout=timeout,
