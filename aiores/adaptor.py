@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from . import _concurrency as concurrency
+from . import _heap as heap
 from . import _private as private
 from . import _shell as shell
 from . import _validate as validate
@@ -68,6 +69,7 @@ __all__ = [
     "Template",
     "Transience",
     "concurrency",
+    "heap",
     "missing",
     "private",
     "shell",

@@ -20,7 +20,13 @@ slots on them:
   ``_OPENS_PER_TURN`` per loop iteration: a thousand runs started at once open their
   channels over many short iterations, not one long one that stalls the loop;
 - idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
-  in the session's task group.
+  in the session's task group;
+- once it has opened :data:`~aiores.adaptor.heap.BULK` connections, and again at
+  each doubling of that count, the pool holds the heap frozen
+  (:func:`~aiores.adaptor.heap.hold`) until it closes: pooled connections are
+  thousands of objects each that live as long as the pool, and a full garbage
+  collection visiting all of them (tens of milliseconds for 500, on the loop)
+  otherwise comes every few fan-outs.
 
 Connects run in tasks owned by the pool, so a request that is cancelled while a
 connection it waits for is being opened leaves that connect to finish for the others.
@@ -53,7 +59,7 @@ from aiores import (
     NoSuccess,
     SSHContext,
 )
-from aiores.adaptor import AdaptorEnv, concurrency
+from aiores.adaptor import AdaptorEnv, concurrency, heap
 
 from ._errors import map_errors, translate
 from ._hostkeys import HostKeyPolicy, SSHClient, build_options
@@ -254,6 +260,8 @@ class Pool:
         self._closed = False
         #: Connections opened so far (for tests and benchmarks).
         self.connects = 0
+        #: Connections opened at which the pool next holds the heap frozen.
+        self._next_hold = heap.BULK
 
     @property
     def max_handshakes(self) -> int:
@@ -531,6 +539,9 @@ class Pool:
             state.live.append(pooled)
             pending.conn = pooled
             self.connects += 1
+            if self.connects >= self._next_hold:
+                self._next_hold = 2 * self.connects
+                heap.hold(self, self._env)  # the session's close lets go, too
             self._start_reaper()
         except AioresError as exc:
             error = exc
@@ -695,6 +706,7 @@ class Pool:
         if self._closed:
             return
         self._closed = True
+        heap.release(self)  # its connections go: what was frozen may be garbage now
         try:
             await self._close()
         finally:
