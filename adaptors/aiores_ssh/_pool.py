@@ -26,7 +26,9 @@ slots on them:
   (:func:`~aiores.adaptor.heap.hold`) until it closes: pooled connections are
   thousands of objects each that live as long as the pool, and a full garbage
   collection visiting all of them (tens of milliseconds for 500, on the loop)
-  otherwise comes every few fan-outs.
+  otherwise comes every few fan-outs. The price: the cyclic garbage of connections
+  frozen alive and dropped later (idle, lost) is reclaimed only once the heap thaws,
+  when the pool (its session) closes.
 
 Connects run in tasks owned by the pool, so a request that is cancelled while a
 connection it waits for is being opened leaves that connect to finish for the others.
