@@ -360,6 +360,11 @@ class TurnGate:
     the order they came; a single caller in a loop works too (it waits once every
     ``per_turn`` starts).
 
+    Callbacks that cannot wait (a protocol's ``data_received``: hundreds of
+    connections answering in the same iteration) take a turn with :meth:`now`, and
+    when none is left hand their work to :meth:`later`, which runs it in a later
+    iteration's turn, in line with the waiting coroutines.
+
     Args:
         per_turn: Starts admitted per loop iteration (at least 1).
 
@@ -367,14 +372,18 @@ class TurnGate:
         BadParameter: ``per_turn`` is not an int of at least 1.
     """
 
-    __slots__ = ("_started", "_waiters", "per_turn")
+    __slots__ = ("_scheduled", "_started", "_waiters", "per_turn")
 
     def __init__(self, per_turn: int = 8) -> None:
         if isinstance(per_turn, bool) or not isinstance(per_turn, int) or per_turn < 1:
             raise BadParameter(f"per_turn must be an int of at least 1, not {per_turn!r}")
         self.per_turn = per_turn
         self._started = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._scheduled = False  # a reset of the count is due in the next iteration
+        #: Who waits for a turn: a coroutine's future, or a callback of :meth:`later`.
+        self._waiters: collections.deque[asyncio.Future[None] | Callable[[], object]] = (
+            collections.deque()
+        )
 
     async def turn(self) -> None:
         """Return when this caller may start one thing in the current iteration.
@@ -391,21 +400,60 @@ class TurnGate:
                 if waiter.done() and not waiter.cancelled():
                     self._pass_on()  # hand the turn we were given to the next one
                 raise
-        if self._started == 0:
-            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._count()
+
+    def now(self) -> bool:
+        """Take a turn in the current iteration if one is left and nobody waits.
+
+        For callbacks: False means do the work in :meth:`later` instead.
+        """
+        if self._started >= self.per_turn or self._waiters:
+            return False
+        self._count()
+        return True
+
+    def later(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` in its turn of a later iteration (in line with the waiters).
+
+        What it raises goes to the loop's exception handler; the others still run.
+        """
+        self._waiters.append(callback)
+        self._schedule()
+
+    def _count(self) -> None:
+        self._schedule()
         self._started += 1
 
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
     def _next_turn(self) -> None:
+        self._scheduled = False
         self._started = 0
         for _ in range(min(self.per_turn, len(self._waiters))):
             self._pass_on()
+        if self._waiters:
+            # Callbacks counted their turns; whoever still waits goes next iteration.
+            self._schedule()
 
     def _pass_on(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(None)  # its coroutine counts its turn when it runs
+                    return
+                continue
+            self._started += 1
+            try:
+                waiter()
+            except Exception as exc:  # not the gate's: report it, keep the others going
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "a callback run in its turn failed", "exception": exc}
+                )
+            return
 
 
 class Shared:

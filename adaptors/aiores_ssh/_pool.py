@@ -18,7 +18,10 @@ slots on them:
   fewer channels on a connection than the server does;
 - channel opens pass a :class:`~aiores.adaptor.concurrency.TurnGate`, at most
   ``_OPENS_PER_TURN`` per loop iteration: a thousand runs started at once open their
-  channels over many short iterations, not one long one that stalls the loop;
+  channels over many short iterations, not one long one that stalls the loop; what
+  the connections receive is handled by turns of another, ``_READS_PER_TURN``
+  connections per iteration (:mod:`aiores_ssh._reads`): a thousand commands ending
+  at once do not stall it either;
 - idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
   in the session's task group;
 - once it has opened :data:`~aiores.adaptor.heap.BULK` connections, and again at
@@ -65,6 +68,7 @@ from aiores.adaptor import AdaptorEnv, concurrency, heap
 
 from ._errors import map_errors, translate
 from ._hostkeys import HostKeyPolicy, SSHClient, build_options
+from ._reads import take_turns
 
 __all__ = ["Lease", "Pool", "Target", "pool_for"]
 
@@ -82,6 +86,9 @@ _CLOSE_TIMEOUT = 5.0
 _OPEN_WAIT = 10.0
 #: Channel opens started per loop iteration (each costs the loop ~0.1 ms).
 _OPENS_PER_TURN = 16
+#: Connections whose arrived bytes are handled per loop iteration (0.1-0.3 ms each
+#: when a command's answers come in: see :mod:`aiores_ssh._reads`).
+_READS_PER_TURN = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +265,7 @@ class Pool:
         self._jump_contexts: dict[int, SSHContext] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._opens = concurrency.TurnGate(_OPENS_PER_TURN)
+        self._reads = concurrency.TurnGate(_READS_PER_TURN)
         self._reaper_started = False
         self._closed = False
         #: Connections opened so far (for tests and benchmarks).
@@ -614,6 +622,7 @@ class Pool:
                 ) from exc
             raise
         assert client is not None
+        take_turns(conn, self._reads)
         state = self._targets.get(target)
         capacity = state.capacity if state is not None else target.context.max_sessions
         pooled = _Conn(conn, capacity, self._env.clock.now())

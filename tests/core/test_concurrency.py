@@ -7,6 +7,7 @@ import logging
 import random
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -530,3 +531,60 @@ async def test_turn_gate_with_waiters_cancelled_at_drawn_points_admits_the_rest_
     assert not gate._waiters
     # The gate still admits at once when nobody waits.
     await asyncio.wait_for(gate.turn(), timeout=1)
+
+
+async def test_turn_gate_runs_callbacks_in_later_turns_in_line_with_waiters() -> None:
+    """Callbacks that cannot wait take a turn with ``now()`` or are run by ``later()`` in a
+    later iteration, in line with waiting coroutines, ``per_turn`` per iteration."""
+    gate = TurnGate(per_turn=2)
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    order: list[tuple[str, int]] = []
+
+    async def start(name: str) -> None:
+        await gate.turn()
+        order.append((name, now()))
+
+    try:
+        assert gate.now()  # this iteration's two turns
+        assert gate.now()
+        assert not gate.now()
+        gate.later(lambda: order.append(("cb1", now())))
+        task = asyncio.ensure_future(start("task"))
+        await asyncio.sleep(0)  # the task queued behind cb1
+        gate.later(lambda: order.append(("cb2", now())))
+        assert not gate.now()  # others wait: no turn taken ahead of them
+        async with asyncio.timeout(5):
+            await task
+        for _ in range(3):
+            await asyncio.sleep(0)
+    finally:
+        stop()
+    assert [name for name, _ in order] == ["cb1", "task", "cb2"]
+    per_iteration = Counter(turn for _, turn in order)
+    assert max(per_iteration.values()) <= 2
+    assert not gate._waiters
+    assert gate.now()  # nobody waits: a turn at once
+
+
+async def test_turn_gate_reports_a_failing_callback_and_runs_the_others() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    gate = TurnGate(per_turn=1)
+    ran: list[str] = []
+
+    def fail() -> None:
+        raise RuntimeError("callback failed")
+
+    try:
+        assert gate.now()
+        gate.later(fail)
+        gate.later(lambda: ran.append("second"))
+        for _ in range(4):
+            await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert ran == ["second"]
+    assert len(reported) == 1
+    assert isinstance(reported[0]["exception"], RuntimeError)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import weakref
 from collections.abc import Iterator
 
@@ -162,3 +163,45 @@ async def test_closing_a_session_thaws_the_heap_its_unclosed_fleets_held(
     assert gc.get_freeze_count() == 0
     assert not kept._closed
     assert len(kept.select()) == heap.BULK
+
+
+def test_no_collections_while_blocks_run_in_any_thread_until_the_last_ends() -> None:
+    assert gc.isenabled()
+    inside = threading.Event()
+    leave = threading.Event()
+    seen: list[bool] = []
+
+    def parse() -> None:
+        with heap.no_collections():
+            inside.set()
+            leave.wait(10)
+
+    worker = threading.Thread(target=parse)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        assert not gc.isenabled()
+        with heap.no_collections():  # a second block, overlapping
+            seen.append(gc.isenabled())
+        assert not gc.isenabled()  # the worker's block still runs
+    finally:
+        leave.set()
+        worker.join(10)
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_no_collections_restores_the_collector_after_an_error() -> None:
+    with pytest.raises(ValueError, match="parse failed"), heap.no_collections():
+        raise ValueError("parse failed")
+    assert gc.isenabled()
+
+
+def test_no_collections_leaves_a_collector_the_program_disabled_alone() -> None:
+    gc.disable()
+    try:
+        with heap.no_collections():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # not enabled behind the program's back
+    finally:
+        gc.enable()

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+from collections import Counter
 from typing import Any
 
 import pytest
+from botocore.compat import ETree
+from botocore.parsers import ResponseParserError
 
 import aiores
 from aiores import ComputeDescription, ResourceState
-from aiores_ec2 import _parsing
+from aiores_ec2 import _adaptor, _parsing
 from aiores_ec2.testing import MotoServer
 
+from ..loop_turns import iteration_counter
 from .conftest import IMAGE, STEP, ec2_url
 
 pytestmark = pytest.mark.asyncio
@@ -48,4 +53,100 @@ async def test_large_answers_parsed_in_a_thread(
     # Small answers (the key pair and group look-ups, ...) stay on the loop.
     assert small, parsed
     assert all(on_loop for _, _, on_loop in small), small
+    await mgr.destroy(vms)
+
+
+async def test_large_answers_are_fed_to_the_xml_parser_in_pieces(
+    moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large answer reaches the XML parser FEED_BYTES at a time (one call for all of it
+    would hold the interpreter, and the loop thread, throughout) and parses the same."""
+    monkeypatch.setattr(_parsing, "FEED_BYTES", 4096)
+    feeds: list[int] = []
+    builder = ETree.XMLParser
+
+    class Counted:
+        def __init__(self, **kwargs: Any) -> None:
+            self._parser = builder(**kwargs)
+
+        def feed(self, data: bytes) -> None:
+            feeds.append(len(data))
+            self._parser.feed(data)
+
+        def close(self) -> Any:
+            return self._parser.close()
+
+    monkeypatch.setattr(ETree, "XMLParser", Counted)
+    mgr = session.manager(ec2_url(moto))
+    desc = ComputeDescription(image=IMAGE, template="t3.micro", ready=None)
+    vms = await mgr.acquire_many(desc, 40)
+    async with asyncio.timeout(STEP):
+        await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    assert len({vm.id for vm in vms}) == 40
+    assert all(vm.state_detail == "running" for vm in vms)
+    assert feeds
+    assert max(feeds) <= 4096
+    assert len(feeds) >= _parsing.OFF_LOOP_BYTES // 4096  # a large answer, in pieces
+    await mgr.destroy(vms)
+
+
+async def test_a_large_answer_that_is_not_xml_is_a_parse_error() -> None:
+    parser = _parsing._Factory().create_parser("ec2")
+    body = b"<DescribeInstancesResponse>" + b"x" * _parsing.OFF_LOOP_BYTES  # never closed
+    with pytest.raises(ResponseParserError, match="invalid XML received"):
+        parser._parse_xml_string_to_dom(body)
+
+
+async def test_instances_become_resource_infos_a_few_per_loop_turn(
+    moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instances of one answer (a launch's, a describe's) are turned into records
+    ``_INFOS_PER_TURN`` per loop iteration, not all in one step of the loop."""
+    monkeypatch.setattr(_adaptor, "_INFOS_PER_TURN", 8)
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    made: list[int] = []
+    plain = _adaptor.EC2ResourceAdaptor._info
+
+    def counted(self: Any, inst: Any, known_tags: Any = None) -> Any:
+        made.append(now())
+        return plain(self, inst, known_tags)
+
+    monkeypatch.setattr(_adaptor.EC2ResourceAdaptor, "_info", counted)
+    try:
+        mgr = session.manager(ec2_url(moto))
+        desc = ComputeDescription(image=IMAGE, template="t3.micro", ready=None)
+        vms = await mgr.acquire_many(desc, 40)
+        async with asyncio.timeout(STEP):
+            await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    finally:
+        stop()
+    assert len({vm.id for vm in vms}) == 40
+    assert all(vm.state_detail == "running" for vm in vms)
+    assert len(made) >= 80  # the launch's 40, then at least one describe of all 40
+    assert max(Counter(made).values()) <= 8
+    await mgr.destroy(vms)
+
+
+async def test_large_answers_are_parsed_with_no_collection_meanwhile(
+    moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large answer's tree lives for its parse only: no collection runs meanwhile,
+    which would move it to the oldest generation (aiores._heap.no_collections)."""
+    collecting: list[tuple[int, bool]] = []  # (answer's length, collector enabled)
+    plain = _parsing._OffLoopEC2QueryParser._do_parse
+
+    def recording(self: Any, response: dict[str, Any], shape: Any) -> Any:
+        collecting.append((len(response["body"]), gc.isenabled()))
+        return plain(self, response, shape)
+
+    monkeypatch.setattr(_parsing._OffLoopEC2QueryParser, "_do_parse", recording)
+    mgr = session.manager(ec2_url(moto))
+    desc = ComputeDescription(image=IMAGE, template="t3.micro", ready=None)
+    vms = await mgr.acquire_many(desc, 40)
+    async with asyncio.timeout(STEP):
+        await asyncio.gather(*(vm.wait(ResourceState.ACTIVE) for vm in vms))
+    big = [enabled for length, enabled in collecting if length >= _parsing.OFF_LOOP_BYTES]
+    assert big
+    assert not any(big)
+    assert gc.isenabled()
     await mgr.destroy(vms)

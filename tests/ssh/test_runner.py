@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import secrets
+import select
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 import aiores
+import aiores_ssh._pool
 from aiores import IncorrectState, NoSuccess
 from aiores_ssh import CommandTimeout, pool_for
 from aiores_ssh._pool import _OPENS_PER_TURN
@@ -187,6 +189,54 @@ async def test_channel_opens_are_spread_over_loop_iterations(
         assert len(turns) == 48
         assert max(per_iteration.values()) <= _OPENS_PER_TURN
         assert len(per_iteration) >= 48 // _OPENS_PER_TURN
+
+
+@pytest.mark.asyncio
+async def test_answers_in_together_are_handled_a_few_connections_per_iteration(
+    sshd_permissive: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve commands on twelve connections end while the loop is held: their answers,
+    all in when it next polls, are handled at most ``_READS_PER_TURN`` connections per
+    iteration (2 here), in the iterations after, and every result is whole."""
+    monkeypatch.setattr(aiores_ssh._pool, "_READS_PER_TURN", 2)  # read when the pool is made
+    handled: list[int] = []
+    now, stop = iteration_counter(asyncio.get_running_loop())
+    original = asyncssh.SSHClientConnection.data_received
+
+    def counted(self: Any, data: bytes, datatype: Any = None) -> None:
+        handled.append(now())
+        original(self, data, datatype)
+
+    monkeypatch.setattr(asyncssh.SSHClientConnection, "data_received", counted)
+    try:
+        async with opened(FakeEnv(tmp_path, sshd_permissive.context(max_sessions=1))) as made:
+            runner = await made.runner(sshd_permissive.url())
+            async with asyncio.timeout(STEP):
+                await asyncio.gather(*(runner.run("true") for _ in range(12)))
+            pool, target = runner._endpoint()
+            assert pool.connects == 12  # one command per connection
+            live = pool._state(target).live
+            sockets = [pooled.conn.get_extra_info("socket") for pooled in live]
+            commands = [f"sleep 0.2; echo out-{i}" for i in range(12)]
+            runs = [asyncio.ensure_future(runner.run(command)) for command in commands]
+            # Every channel opened and its command accepted (the open returned).
+            await wait_until(lambda: sum(pooled.open for pooled in live) == 12)
+            handled.clear()
+            # Hold the loop until every connection has its answer in (as a busy loop
+            # would): the next poll finds all twelve ready at once.
+            waiting = list(sockets)
+            while waiting:
+                ready, _, _ = select.select(waiting, [], [], STEP)
+                assert ready, "no answer came"
+                waiting = [sock for sock in waiting if sock not in ready]
+            async with asyncio.timeout(STEP):
+                results = await asyncio.gather(*runs)
+    finally:
+        stop()
+    assert [r.stdout for r in results] == [f"out-{i}\n" for i in range(12)]
+    per_iteration = Counter(handled)
+    assert max(per_iteration.values()) <= 2
+    assert len(per_iteration) >= 6  # twelve connections' answers, two per iteration
 
 
 @pytest.mark.asyncio
