@@ -272,10 +272,17 @@ class TaskSet:
     functions of a fan-out return their failure as a result instead).
     """
 
+    __slots__ = ("_done", "_tasks", "_waiter", "_want", "name")
+
     def __init__(self, name: str) -> None:
         self.name = name
         self._tasks: list[asyncio.Task[Any]] = []
-        self._done: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+        #: Tasks done and not yet taken by as_completed/results, in the order they ended.
+        self._done: collections.deque[asyncio.Task[Any]] = collections.deque()
+        #: The one wait on :attr:`_done`: woken once it holds ``_want`` tasks, or a
+        #: task failed with an error.
+        self._waiter: asyncio.Future[None] | None = None
+        self._want = 1
 
     async def __aenter__(self) -> TaskSet:
         return self
@@ -285,24 +292,44 @@ class TaskSet:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name or f"aiores-{self.name}")
-        task.add_done_callback(self._done.put_nowait)
+        # One callback per task (a queue and asyncio.wait took two loop callbacks).
+        task.add_done_callback(self._ended)
         self._tasks.append(task)
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._done.append(task)
+        waiter = self._waiter
+        if (
+            waiter is not None
+            and not waiter.done()
+            and (len(self._done) >= self._want or _failed(task))
+        ):
+            waiter.set_result(None)
+
+    async def _wait(self, want: int) -> None:
+        """Until ``want`` tasks are done and not yet taken, or one failed with an error."""
+        if len(self._done) >= want or any(_failed(t) for t in self._done):
+            return
+        self._want = want
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def as_completed(self) -> AsyncGenerator[Any, None]:
         """Each task's result as it completes (spawn everything first)."""
         for _ in range(len(self._tasks)):
-            task = await self._done.get()
-            yield task.result()
+            await self._wait(1)
+            yield self._done.popleft().result()
 
     async def results(self) -> list[Any]:
         """Every task's result in the order they were spawned, once all are done
         (spawn everything first); a task's error is raised as soon as it fails."""
-        if not self._tasks:
-            return []
-        _, pending = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
-        if pending:  # one failed: raise its error now (the rest are cancelled on exit)
-            for task in self._tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
+        await self._wait(len(self._tasks))
+        if len(self._done) < len(self._tasks):  # one failed: raise its error now
+            for task in self._done:  # (the rest are cancelled on exit)
+                if _failed(task):
                     task.result()
         return [task.result() for task in self._tasks]
 
@@ -314,6 +341,11 @@ class TaskSet:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    """Whether ``task`` ended with an error (a cancelled one did not)."""
+    return task.done() and not task.cancelled() and task.exception() is not None
 
 
 class TurnGate:

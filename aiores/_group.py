@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import re
 import time
@@ -442,9 +441,16 @@ class Group(Sequence["Compute"]):
 
         # Checked once here for every machine: each runs them as they are (the
         # result's resource is set by _on_host).
+        if on_line is None:
+
+            def run(resource: Compute, seconds: float | None) -> Awaitable[RunResult]:
+                # The run itself, no coroutine of its own around it.
+                return resource._run_checked(command, stdin, env, seconds, user, None)
+
+            return run
+
         async def op(resource: Compute, seconds: float | None) -> RunResult:
-            if on_line is None:
-                return await resource._run_checked(command, stdin, env, seconds, user, None)
+            assert on_line is not None
             lines = _Lines(resource, on_line)
             try:
                 result = await resource._run_checked(command, stdin, env, seconds, user, lines)
@@ -591,7 +597,7 @@ async def _on_host(
     """
     loop = asyncio.get_running_loop()
     started: float | None = None
-    t0 = loop.time()
+    t0 = 0.0
 
     def late() -> str:
         done = "was not done" if started is not None else "had not started"
@@ -623,11 +629,31 @@ async def _on_host(
         )
     except Exception as exc:  # this member's failure is its result: never dropped
         result = RunResult(exit_status=None, error=exc)
-    now = loop.time()
     if started is None:  # it never began: no time of its own
-        return dataclasses.replace(result, resource=resource, finished=time.time())
-    return dataclasses.replace(
-        result, resource=resource, started=started, finished=started + (now - t0), elapsed=now - t0
+        return _placed(result, resource, result.elapsed, result.started, time.time())
+    elapsed = loop.time() - t0
+    return _placed(result, resource, elapsed, started, started + elapsed)
+
+
+def _placed(
+    result: RunResult,
+    resource: Compute,
+    elapsed: float,
+    started: float | None,
+    finished: float | None,
+) -> RunResult:
+    """``result`` on ``resource``, with its times: ``dataclasses.replace`` without its
+    look at the fields (every command of a fan-out passes here)."""
+    return RunResult(
+        exit_status=result.exit_status,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        exit_signal=result.exit_signal,
+        resource=resource,
+        error=result.error,
+        elapsed=elapsed,
+        started=started,
+        finished=finished,
     )
 
 

@@ -6,7 +6,7 @@ import builtins
 import dataclasses
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -26,7 +26,14 @@ from ._results import RunResult
 from ._states import ResourceState
 from ._url import URL, join_id, native_id, same_endpoint
 from ._watch import Tracked, Watcher
-from .adaptor import AdaptorPlugin, Image, ResourceAdaptor, ResourceInfo, Template
+from .adaptor import (
+    AdaptorPlugin,
+    CommandRunner,
+    Image,
+    ResourceAdaptor,
+    ResourceInfo,
+    Template,
+)
 
 if TYPE_CHECKING:
     from ._jobs import JobService
@@ -734,7 +741,7 @@ class Compute(Resource):
         result = await self._run_checked(command, data, env, timeout, user, on_output)
         return dataclasses.replace(result, resource=self)
 
-    async def _run_checked(
+    def _run_checked(
         self,
         command: str | tuple[str, ...],
         stdin: bytes | None,
@@ -742,14 +749,33 @@ class Compute(Resource):
         timeout: float | None,
         user: str | None,
         on_output: Callable[[str, bytes], None] | None,
-    ) -> RunResult:
+    ) -> Awaitable[RunResult]:
         """:meth:`run` of arguments already checked (``run_arguments``, a callable
         ``on_output``), as a fan-out checks them once for all its machines; the
-        result's ``resource`` is left for the caller to set."""
-        runner = await self._manager.session.command_runner(self.access_as(user))
-        if on_output is None:  # a runner that predates on_output still runs commands
-            return await runner.run(command, stdin=stdin, env=env, timeout=timeout)
-        return await runner.run(command, stdin=stdin, env=env, timeout=timeout, on_output=on_output)
+        result's ``resource`` is left for the caller to set.
+
+        The runner's own run when its endpoint is open already (no coroutine of its
+        own in between: a fan-out's commands each pass here); errors in finding it
+        (``access_as``) are raised at once, as the await would raise them.
+        """
+        url = self.access_as(user)
+        runner = self._manager.session._ready_adaptor(url, "commands", CommandRunner)  # type: ignore[type-abstract]
+        if runner is None:
+            return self._run_on_new(url, command, stdin, env, timeout, on_output)
+        return _run_on(runner, command, stdin, env, timeout, on_output)
+
+    async def _run_on_new(
+        self,
+        url: str,
+        command: str | tuple[str, ...],
+        stdin: bytes | None,
+        env: dict[str, str] | None,
+        timeout: float | None,
+        on_output: Callable[[str, bytes], None] | None,
+    ) -> RunResult:
+        """:meth:`_run_checked` on a runner that is looked up (and opened) first."""
+        runner = await self._manager.session.command_runner(url)
+        return await _run_on(runner, command, stdin, env, timeout, on_output)
 
     async def put(self, local: str | os.PathLike[str], remote: str) -> None:
         """Copy a local file or directory to it."""
@@ -764,6 +790,19 @@ class Compute(Resource):
         check.path(local, "local")
         files = await self._manager.session.file_adaptor(self._require_access())
         await files.get(remote, Path(local))
+
+
+def _run_on(
+    runner: CommandRunner,
+    command: str | tuple[str, ...],
+    stdin: bytes | None,
+    env: dict[str, str] | None,
+    timeout: float | None,
+    on_output: Callable[[str, bytes], None] | None,
+) -> Awaitable[RunResult]:
+    if on_output is None:  # a runner that predates on_output still runs commands
+        return runner.run(command, stdin=stdin, env=env, timeout=timeout)
+    return runner.run(command, stdin=stdin, env=env, timeout=timeout, on_output=on_output)
 
 
 class Storage(Resource):

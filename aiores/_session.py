@@ -627,6 +627,16 @@ class Session:
                     endpoint.is_open = True
         return endpoint
 
+    def _ready_adaptor(self, url: str, kind: str, base: type[A]) -> A | None:
+        """The adaptor of ``url`` for ``kind`` if its endpoint is open already (no
+        await, as for every command of a fan-out after the first); else None."""
+        endpoint = self._opened.get((url, kind))
+        if endpoint is None or not endpoint.is_open:
+            return None
+        self._check_open()
+        adaptor = endpoint.adaptor
+        return adaptor if isinstance(adaptor, base) else None
+
     async def _adaptor(self, url: str | URL, kind: str, base: type[A]) -> A:
         endpoint = self._opened.get((url, kind))
         if endpoint is not None and endpoint.is_open:

@@ -23,7 +23,15 @@ slots on them:
   connections per iteration (:mod:`aiores_ssh._reads`): a thousand commands ending
   at once do not stall it either;
 - idle connections are closed after ``idle_timeout`` seconds by a reaper that runs
-  in the session's task group.
+  in the session's task group;
+- once it has opened :data:`~aiores.adaptor.heap.BULK` connections, and again at
+  each doubling of that count, the pool holds the heap frozen
+  (:func:`~aiores.adaptor.heap.hold`) until it closes: pooled connections are
+  thousands of objects each that live as long as the pool, and a full garbage
+  collection visiting all of them (tens of milliseconds for 500, on the loop)
+  otherwise comes every few fan-outs. The price: the cyclic garbage of connections
+  frozen alive and dropped later (idle, lost) is reclaimed only once the heap thaws,
+  when the pool (its session) closes.
 
 Connects run in tasks owned by the pool, so a request that is cancelled while a
 connection it waits for is being opened leaves that connect to finish for the others.
@@ -42,7 +50,7 @@ import dataclasses
 import functools
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -56,7 +64,7 @@ from aiores import (
     NoSuccess,
     SSHContext,
 )
-from aiores.adaptor import AdaptorEnv, concurrency
+from aiores.adaptor import AdaptorEnv, concurrency, heap
 
 from ._errors import map_errors, translate
 from ._hostkeys import HostKeyPolicy, SSHClient, build_options
@@ -125,9 +133,6 @@ class _Conn:
     def free(self) -> bool:
         return not self.dead and self.in_use < self.capacity
 
-    def opened_or_not(self, _: object) -> None:
-        self.opening -= 1
-
     def refused(self, now: float) -> int | None:
         """Note a refused channel; the server's channel limit, once it is clear.
 
@@ -163,7 +168,7 @@ class Lease:
         self.released = False
         self.opened = False
         pooled.in_use += 1
-        pooled.last_used = pool._env.clock.now()
+        pooled.last_used = pool._now()
 
     def _opened(self) -> None:
         self.opened = True
@@ -245,6 +250,8 @@ class Pool:
         idle_timeout: float = 60.0,
     ) -> None:
         self._env = env
+        #: The session's clock, as it is read on every lease and release.
+        self._now = env.clock.now
         self._max_handshakes = max_handshakes
         self._handshakes = asyncio.Semaphore(max_handshakes)
         self.max_connections = max_connections
@@ -263,6 +270,8 @@ class Pool:
         self._closed = False
         #: Connections opened so far (for tests and benchmarks).
         self.connects = 0
+        #: Connections opened at which the pool next holds the heap frozen.
+        self._next_hold = heap.BULK
 
     @property
     def max_handshakes(self) -> int:
@@ -291,7 +300,7 @@ class Pool:
     async def channel(
         self,
         target: Target,
-        opener: Callable[[asyncssh.SSHClientConnection], Awaitable[T]],
+        opener: Callable[[asyncssh.SSHClientConnection], Coroutine[Any, Any, T]],
         abandon: Callable[[Lease, T], Awaitable[None]],
     ) -> tuple[Lease, T]:
         """Lease a channel slot on a connection to ``target`` and run ``opener`` on it.
@@ -312,16 +321,22 @@ class Pool:
                 connecting or opening the channel failed.
         """
         attempts = 0
+        loop = asyncio.get_running_loop()
         while True:
             await self._opens.turn()
-            lease = await self._lease(target)
-            opening = asyncio.ensure_future(opener(lease.conn))
-            lease.pooled.opening += 1
-            opening.add_done_callback(lease.pooled.opened_or_not)
+            lease = self._free_lease(target) or await self._lease(target)
+            pooled = lease.pooled
+            opening = loop.create_task(opener(pooled.conn))
+            pooled.opening += 1
+            # Shielded: a cancelled caller cancels only ``opened``, leaving the open to
+            # finish for the cleanup to undo what it made (the open is not a cleanup
+            # itself). One callback counts the open done and wakes the caller: one
+            # loop callback per open where asyncio.shield takes two and a wrapper.
+            opened = loop.create_future()
+            opening.add_done_callback(functools.partial(_opened, pooled, opened))
             try:
-                # Shielded: a cancelled caller leaves the open to finish, for the
-                # cleanup to undo what it made (the open is not a cleanup itself).
-                result = await asyncio.shield(opening)
+                await opened
+                result = opening.result()
             except asyncio.CancelledError:
                 await self.cleanups.run(
                     functools.partial(self._abandon, lease, opening, abandon),
@@ -440,6 +455,15 @@ class Pool:
             state = self._targets[target] = _TargetState(target.context)
         return state
 
+    def _free_lease(self, target: Target) -> Lease | None:
+        """A free slot on a live connection to ``target`` at once, if there is one
+        (else :meth:`_lease` waits for one)."""
+        state = self._targets.get(target)
+        if state is None or self._closed:
+            return None
+        pooled = state.take()
+        return Lease(self, target, pooled) if pooled is not None else None
+
     async def _lease(self, target: Target) -> Lease:
         state = self._state(target)
         while True:
@@ -480,7 +504,7 @@ class Pool:
 
     def _unlease(self, target: Target, pooled: _Conn) -> None:
         pooled.in_use -= 1
-        pooled.last_used = self._env.clock.now()
+        pooled.last_used = self._now()
         state = self._targets.get(target)
         if state is not None:
             state.wake()
@@ -525,6 +549,9 @@ class Pool:
             state.live.append(pooled)
             pending.conn = pooled
             self.connects += 1
+            if self.connects >= self._next_hold:
+                self._next_hold = 2 * self.connects
+                heap.hold(self, self._env)  # the session's close lets go, too
             self._start_reaper()
         except AioresError as exc:
             error = exc
@@ -690,6 +717,7 @@ class Pool:
         if self._closed:
             return
         self._closed = True
+        heap.release(self)  # its connections go: what was frozen may be garbage now
         try:
             await self._close()
         finally:
@@ -714,6 +742,13 @@ class Pool:
         if closing or self._tasks:
             async with concurrency.move_on_after(_CLOSE_TIMEOUT):
                 await asyncio.gather(*closing, *self._tasks, return_exceptions=True)
+
+
+def _opened(pooled: _Conn, opened: asyncio.Future[None], _: object) -> None:
+    """A channel open on ``pooled`` ended (opened or not): wake its caller."""
+    pooled.opening -= 1
+    if not opened.done():  # cancelled if the caller was
+        opened.set_result(None)
 
 
 def _fresh(error: AioresError) -> AioresError:

@@ -133,6 +133,8 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         )
         #: Set once the caller's run is over: nothing more goes to ``on_output``.
         self.over = False
+        #: The caller's own wait for the close (see :meth:`closing`).
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def exec_sent(self) -> bool:
@@ -190,9 +192,22 @@ class _Run(asyncssh.SSHClientSession[bytes]):
         assert self.chan is not None
         return self.chan
 
+    def closing(self) -> asyncio.Future[None]:
+        """A future of the caller's own, resolved once the channel closes (call it
+        while :attr:`closed` is not done).
+
+        Cancelling a wait on it leaves :attr:`closed` alone (a stop waits on that
+        too); the close resolves it directly, a loop callback less than a wait on
+        ``asyncio.shield(closed)``.
+        """
+        self._closing = self.closed.get_loop().create_future()
+        return self._closing
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(exc)
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
 
 
 async def execute(
@@ -275,10 +290,11 @@ async def execute(
                     if stdin:
                         chan.write(stdin)
                     chan.write_eof()
-                # Shielded / asyncio.wait: a cancelled wait leaves the future to the
-                # stop below, which waits on it too (a shared future, not a cleanup).
+                # A wait of its own / asyncio.wait: a cancelled wait leaves the future
+                # to the stop below, which waits on it too (a shared future).
                 if run.broken is None:
-                    await asyncio.shield(run.closed)
+                    if not run.closed.done():
+                        await run.closing()
                 else:
                     await asyncio.wait(
                         {run.closed, run.broken}, return_when=asyncio.FIRST_COMPLETED
@@ -466,7 +482,7 @@ class SSHCommandRunner(SSHBase, CommandRunner):
         outcome = await execute(
             pool,
             target,
-            command_text(command),
+            command if isinstance(command, str) else command_text(command),  # str: checked
             stdin=stdin,
             env=env,
             timeout=timeout,

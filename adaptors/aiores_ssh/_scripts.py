@@ -163,12 +163,12 @@ def mark_command(
     """
     if not _TOKEN.fullmatch(token):
         raise BadParameter(f"not a run token: {token!r}")
-    preamble = exports(env).encode()
-    # A hex token is one word as it stands (quote leaves it bare), so the mark in the
+    preamble = exports(env).encode() if env else b""
+    # A hex token (checked above) is one shell word as it stands, so the mark in the
     # shell's command line reads "AIORES_RUN=TOKEN.$$", as stop_script looks for it.
     # The mark is set after the caller's env, which cannot undo it (an env named
     # AIORES_RUN would hide the run's processes from its stop).
-    mark = f"{RUN_VAR}={shell.quote(token + '.', 'token')}$$; export {RUN_VAR}\n"
+    mark = f"{RUN_VAR}={token}.$$; export {RUN_VAR}\n"
     if preamble:
         head = f'eval "$({read_stdin(len(preamble))})"\n' + mark
     elif not stdin:

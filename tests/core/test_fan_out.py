@@ -245,3 +245,33 @@ async def test_cancelling_fan_outs_between_their_starts_leaves_nothing(hold: Hol
             assert fan_out_tasks() == [], trial
             assert hold.running == set(), trial
             assert len(hold.stopped) == len(set(hold.stopped)), trial
+
+
+def test_a_members_result_keeps_every_field_of_its_runs_result() -> None:
+    """_placed builds the member's result field by field (no dataclasses.replace):
+    every field of RunResult is either carried over or set, none is dropped."""
+    import dataclasses
+
+    from aiores._group import _placed
+
+    resource = object()
+    ran = RunResult(
+        exit_status=3,
+        stdout="out",
+        stderr="err",
+        exit_signal="TERM",
+        error=aiores.Timeout("late"),
+        elapsed=9.0,
+        started=1.0,
+        finished=10.0,
+    )
+    placed = _placed(ran, resource, 2.0, 5.0, 7.0)  # type: ignore[arg-type]
+    expected = dataclasses.replace(
+        ran,
+        resource=resource,  # type: ignore[arg-type]
+        elapsed=2.0,
+        started=5.0,
+        finished=7.0,
+    )
+    for field in dataclasses.fields(RunResult):
+        assert getattr(placed, field.name) is getattr(expected, field.name), field.name

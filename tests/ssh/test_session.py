@@ -147,3 +147,35 @@ async def test_the_pool_is_the_sessions_and_closes_with_it(sshd: Sshd, tmp_path:
         runner = await later.command_runner(sshd.url())
         assert (await runner.run("true")).ok
         assert fresh.connects == 1
+
+
+@pytest.mark.asyncio
+async def test_a_pool_of_bulk_connections_holds_the_heap_frozen_until_it_closes(
+    sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a pool has opened heap.BULK connections (2 here) it holds the heap frozen
+    (full collections skip its connections' objects); closing the session lets go."""
+    from aiores import _heap as heap
+
+    gc.unfreeze()
+    monkeypatch.setattr(heap, "BULK", 2)
+    try:
+        # One channel per connection: two runs at once need two connections.
+        context = sshd.context(max_sessions=1)
+        async with aiores.Session(journal=None, contexts=[context]) as session:
+            runner = await session.command_runner(sshd.url())
+            assert (await runner.run("true")).ok
+            assert pool_for(session).connects == 1
+            assert not heap.held()
+            assert gc.get_freeze_count() == 0
+            results = await asyncio.gather(runner.run("sleep 0.2"), runner.run("sleep 0.2"))
+            assert all(r.ok for r in results)
+            assert pool_for(session).connects == 2
+            assert heap.held()
+            assert gc.get_freeze_count() > 0
+        assert not heap.held()
+        assert gc.get_freeze_count() == 0
+    finally:
+        heap._holders.clear()
+        heap._frozen = False
+        gc.unfreeze()
