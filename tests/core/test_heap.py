@@ -26,10 +26,13 @@ class Holder:
 def thawed() -> Iterator[None]:
     """Each test starts and ends with nothing frozen and nobody holding the heap."""
     gc.unfreeze()
+    thresholds = gc.get_threshold()
     yield
     heap._holders.clear()
     heap._frozen = False
+    heap._thresholds = None
     gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 def test_a_hold_freezes_the_live_objects_until_the_last_holder_lets_go() -> None:
@@ -205,3 +208,24 @@ def test_no_collections_leaves_a_collector_the_program_disabled_alone() -> None:
         assert not gc.isenabled()  # not enabled behind the program's back
     finally:
         gc.enable()
+
+
+def test_full_collections_are_rarer_while_the_heap_is_held() -> None:
+    found = gc.get_threshold()
+    holder = Holder()
+    heap.hold(holder)
+    assert gc.get_threshold() == (found[0], found[1], found[2] * heap.RARER)
+    heap.hold(Holder())  # a second hold: no rarer still
+    assert gc.get_threshold() == (found[0], found[1], found[2] * heap.RARER)
+    heap._holders.clear()
+    heap.release(holder)
+    assert gc.get_threshold() == found
+
+
+def test_a_threshold_the_program_set_while_held_is_kept() -> None:
+    holder = Holder()
+    heap.hold(holder)
+    gc.set_threshold(5000, 20, 20)  # the program's own choice, meanwhile
+    heap.release(holder)
+    assert not heap.held()
+    assert gc.get_threshold() == (5000, 20, 20)
