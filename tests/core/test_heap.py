@@ -296,3 +296,18 @@ def test_a_threshold_the_program_set_while_held_is_kept() -> None:
     heap.release(holder)
     assert not heap.held()
     assert gc.get_threshold() == (5000, 20, 20)
+
+
+def test_no_collection_runs_while_a_block_allocates() -> None:
+    def collections() -> int:
+        return sum(generation["collections"] for generation in gc.get_stats())
+
+    before = collections()
+    with heap.no_collections():
+        kept = [[index] for index in range(50 * gc.get_threshold()[1] + 10_000)]
+        during = collections()
+    assert during == before
+    assert len(kept) > 10_000
+    del kept
+    gc.collect()
+    assert collections() > during
