@@ -80,12 +80,13 @@ def hold(holder: object, owner: object = None) -> None:
     gc.freeze()
     _frozen = True
     _holders[holder] = owner
-    if _thresholds is None:
-        found = gc.get_threshold()
-        if found[0] > 0:  # 0: the program turned collections off its own way
-            rarer = (found[0], found[1], found[2] * RARER)
-            gc.set_threshold(*rarer)
-            _thresholds = (found, rarer)
+    with _pause_lock:
+        if _thresholds is None:
+            found = _threshold()
+            if found[0] > 0:  # 0: the program turned collections off its own way
+                rarer = (found[0], found[1], found[2] * RARER)
+                _set_threshold(rarer)
+                _thresholds = (found, rarer)
 
 
 def release(holder: object) -> None:
@@ -108,11 +109,12 @@ def _thaw() -> None:
     if _frozen and not _holders:
         gc.unfreeze()
         _frozen = False
-        if _thresholds is not None:
-            found, rarer = _thresholds
-            _thresholds = None
-            if gc.get_threshold() == rarer:  # else the program set its own meanwhile
-                gc.set_threshold(*found)
+        with _pause_lock:
+            if _thresholds is not None:
+                found, rarer = _thresholds
+                _thresholds = None
+                if _threshold() == rarer:  # else the program set its own meanwhile
+                    _set_threshold(found)
 
 
 def held() -> bool:
@@ -121,8 +123,26 @@ def held() -> bool:
 
 
 _pauses = 0  # how many no_collections() blocks run now (any thread)
-_paused_it = False  # the collector was enabled when the first began: enable it at the end
+#: While they run: (the thresholds they found, the ones they set: the first at 0).
+_paused: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
 _pause_lock = threading.Lock()
+
+
+def _threshold() -> tuple[int, int, int]:
+    """The collection thresholds in force but for a no_collections() block's 0."""
+    if _paused is not None and gc.get_threshold() == _paused[1]:
+        return _paused[0]
+    return gc.get_threshold()
+
+
+def _set_threshold(value: tuple[int, int, int]) -> None:
+    """Set the thresholds, after the no_collections() blocks if they run."""
+    global _paused
+    if _paused is not None and gc.get_threshold() == _paused[1]:
+        _paused = (value, (0, value[1], value[2]))
+        gc.set_threshold(*_paused[1])
+    else:
+        gc.set_threshold(*value)
 
 
 @contextlib.contextmanager
@@ -130,21 +150,27 @@ def no_collections() -> Iterator[None]:
     """No cyclic garbage collection while the block runs (see the module).
 
     For blocks that make many short-lived objects without cycles and end soon (a
-    parse): the collector is disabled by the first of them (any thread) and enabled
-    again by the last, unless it was disabled already (the program's own choice).
+    parse): the first of them (any thread) sets the first collection threshold to 0,
+    which stops automatic collections, and the last sets back the thresholds it
+    found, unless the program set its own meanwhile. The collector's switch
+    (:func:`gc.disable`, :func:`gc.enable`) stays the program's: it may turn it
+    while a block runs, and what it chose stays.
     """
-    global _pauses, _paused_it
+    global _pauses, _paused
     with _pause_lock:
         if _pauses == 0:
-            _paused_it = gc.isenabled()
-            if _paused_it:
-                gc.disable()
+            found = gc.get_threshold()
+            if found[0] > 0:  # 0: collections are off already, the program's way
+                _paused = (found, (0, found[1], found[2]))
+                gc.set_threshold(*_paused[1])
         _pauses += 1
     try:
         yield
     finally:
         with _pause_lock:
             _pauses -= 1
-            if _pauses == 0 and _paused_it:
-                _paused_it = False
-                gc.enable()
+            if _pauses == 0 and _paused is not None:
+                found, paused = _paused
+                _paused = None
+                if gc.get_threshold() == paused:  # else the program set its own
+                    gc.set_threshold(*found)

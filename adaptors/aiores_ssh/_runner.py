@@ -315,8 +315,10 @@ async def execute(
                 stdout=out.decode(errors="replace"),
                 stderr=err.decode(errors="replace"),
             )
+        # The connection is asked through the lease: a channel closed with it no
+        # longer knows its connection (asyncssh's get_connection() asserts then).
         if lost is not None or (
-            run.status is None and run.signal is None and chan.get_connection().is_closed()
+            run.status is None and run.signal is None and lease.conn.is_closed()
         ):
             settle(False)
             error = translate(lost, target.where, "running a command") if lost else lost

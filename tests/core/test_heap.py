@@ -168,8 +168,14 @@ async def test_closing_a_session_thaws_the_heap_its_unclosed_fleets_held(
     assert len(kept.select()) == heap.BULK
 
 
+def _collecting() -> bool:
+    """Whether automatic collections run (the collector on, a first threshold)."""
+    return gc.isenabled() and gc.get_threshold()[0] > 0
+
+
 def test_no_collections_while_blocks_run_in_any_thread_until_the_last_ends() -> None:
-    assert gc.isenabled()
+    found = gc.get_threshold()
+    assert _collecting()
     inside = threading.Event()
     leave = threading.Event()
     seen: list[bool] = []
@@ -183,31 +189,92 @@ def test_no_collections_while_blocks_run_in_any_thread_until_the_last_ends() -> 
     worker.start()
     try:
         assert inside.wait(10)
-        assert not gc.isenabled()
+        assert not _collecting()
         with heap.no_collections():  # a second block, overlapping
-            seen.append(gc.isenabled())
-        assert not gc.isenabled()  # the worker's block still runs
+            seen.append(_collecting())
+        assert not _collecting()  # the worker's block still runs
     finally:
         leave.set()
         worker.join(10)
     assert seen == [False]
-    assert gc.isenabled()
+    assert _collecting()
+    assert gc.get_threshold() == found
 
 
 def test_no_collections_restores_the_collector_after_an_error() -> None:
+    found = gc.get_threshold()
     with pytest.raises(ValueError, match="parse failed"), heap.no_collections():
         raise ValueError("parse failed")
-    assert gc.isenabled()
+    assert gc.get_threshold() == found
+    assert _collecting()
 
 
 def test_no_collections_leaves_a_collector_the_program_disabled_alone() -> None:
     gc.disable()
     try:
         with heap.no_collections():
-            assert not gc.isenabled()
+            assert not _collecting()
         assert not gc.isenabled()  # not enabled behind the program's back
     finally:
         gc.enable()
+
+
+def test_a_collector_the_program_disables_during_a_block_stays_disabled() -> None:
+    """gc.disable() by the program while a parse runs (in another thread) is its
+    choice: the end of the block does not turn the collector back on."""
+    try:
+        with heap.no_collections():
+            gc.disable()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_collector_the_program_enables_during_a_block_stays_enabled() -> None:
+    gc.disable()
+    try:
+        with heap.no_collections():
+            gc.enable()
+        assert gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_a_threshold_the_program_sets_during_a_block_is_kept() -> None:
+    with heap.no_collections():
+        gc.set_threshold(5000, 20, 20)
+    assert gc.get_threshold() == (5000, 20, 20)
+
+
+def test_a_hold_and_a_release_during_a_block_apply_once_it_ends() -> None:
+    """The heap held (rarer full collections) and let go while a parse runs: its
+    thresholds are those of the hold while it lasts, the program's after."""
+    found = gc.get_threshold()
+    rarer = (found[0], found[1], found[2] * heap.RARER)
+    holder = Holder()
+    with heap.no_collections():
+        heap.hold(holder)
+        assert not _collecting()
+    assert gc.get_threshold() == rarer
+    with heap.no_collections():
+        heap.release(holder)
+        assert not _collecting()
+    assert gc.get_threshold() == found
+
+
+def test_a_block_overlapping_a_hold_and_its_release_restores_the_program_thresholds() -> None:
+    found = gc.get_threshold()
+    holder = Holder()
+    heap.hold(holder)
+    with heap.no_collections():
+        heap.release(holder)
+    assert gc.get_threshold() == found
+    block = heap.no_collections()
+    block.__enter__()
+    heap.hold(holder)
+    block.__exit__(None, None, None)
+    heap.release(holder)
+    assert gc.get_threshold() == found
 
 
 def test_full_collections_are_rarer_while_the_heap_is_held() -> None:
@@ -229,3 +296,18 @@ def test_a_threshold_the_program_set_while_held_is_kept() -> None:
     heap.release(holder)
     assert not heap.held()
     assert gc.get_threshold() == (5000, 20, 20)
+
+
+def test_no_collection_runs_while_a_block_allocates() -> None:
+    def collections() -> int:
+        return sum(generation["collections"] for generation in gc.get_stats())
+
+    before = collections()
+    with heap.no_collections():
+        kept = [[index] for index in range(50 * gc.get_threshold()[1] + 10_000)]
+        during = collections()
+    assert during == before
+    assert len(kept) > 10_000
+    del kept
+    gc.collect()
+    assert collections() > during

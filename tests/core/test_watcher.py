@@ -305,3 +305,42 @@ async def test_one_describe_answer_is_taken_a_few_objects_per_loop_turn(
     per_iteration = Counter(taken)
     assert max(per_iteration.values()) <= 8
     assert len(per_iteration) == 5
+
+
+@pytest.mark.asyncio
+async def test_misses_and_states_of_an_answer_taken_in_turns(
+    session: aiores.Session,
+    fake: FakePlugin,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer of 40 objects taken 8 per iteration, every third one vanished: the
+    vanished raise DoesNotExist after exactly three describes, each in its chunk,
+    the others take their state, and nothing is left counting misses."""
+    monkeypatch.setattr(_watch, "TAKES_PER_TURN", 8)
+    mgr = session.manager("fake://")
+    vms = await mgr.acquire_many(DESC, 40)
+    vanished = {vm.native_id for vm in vms[::3]}
+    for native_id in vanished:
+        del fake.cloud.resources[native_id]
+    for vm in vms:
+        if vm.native_id not in vanished:
+            fake.cloud.set_state(vm.native_id, ResourceState.ACTIVE, "running")
+    waits = {vm.native_id: asyncio.ensure_future(vm.wait(ResourceState.ACTIVE)) for vm in vms}
+    await tick(clock)  # the second describe: two misses each
+    await clock.wait_for_sleepers()  # it ended (the watcher sleeps again)
+    assert [i for i, w in waits.items() if w.done()] == [
+        vm.native_id for vm in vms if vm.native_id not in vanished
+    ]
+    assert fake.cloud.describe_calls == [40, 14]
+    await tick(clock)  # the third: gone
+    async with asyncio.timeout(10):
+        outcomes = await asyncio.gather(*waits.values(), return_exceptions=True)
+    for native_id, outcome in zip(waits, outcomes, strict=True):
+        if native_id in vanished:
+            assert isinstance(outcome, aiores.DoesNotExist), outcome
+        else:
+            assert outcome is ResourceState.ACTIVE
+    assert fake.cloud.describe_calls == [40, 14, 14]
+    _, watcher = await mgr._open()
+    assert watcher._missing == {}

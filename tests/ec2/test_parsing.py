@@ -132,11 +132,11 @@ async def test_large_answers_are_parsed_with_no_collection_meanwhile(
 ) -> None:
     """A large answer's tree lives for its parse only: no collection runs meanwhile,
     which would move it to the oldest generation (aiores._heap.no_collections)."""
-    collecting: list[tuple[int, bool]] = []  # (answer's length, collector enabled)
+    collecting: list[tuple[int, bool]] = []  # (answer's length, collections automatic)
     plain = _parsing._OffLoopEC2QueryParser._do_parse
 
     def recording(self: Any, response: dict[str, Any], shape: Any) -> Any:
-        collecting.append((len(response["body"]), gc.isenabled()))
+        collecting.append((len(response["body"]), gc.get_threshold()[0] > 0))
         return plain(self, response, shape)
 
     monkeypatch.setattr(_parsing._OffLoopEC2QueryParser, "_do_parse", recording)
@@ -148,5 +148,6 @@ async def test_large_answers_are_parsed_with_no_collection_meanwhile(
     big = [enabled for length, enabled in collecting if length >= _parsing.OFF_LOOP_BYTES]
     assert big
     assert not any(big)
+    assert gc.get_threshold()[0] > 0
     assert gc.isenabled()
     await mgr.destroy(vms)

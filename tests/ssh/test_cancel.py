@@ -310,3 +310,45 @@ async def test_the_stop_finds_the_run_by_its_token_alone(
                 with pytest.raises(asyncio.CancelledError):
                     await bystander
             assert [pid for pid in others if not gone(pid)] == []
+
+
+@pytest.mark.asyncio
+async def test_cancelling_right_after_the_channel_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled in the iteration its open completed (the caller not yet resumed): the
+    open it holds is undone all the same, its command stopped, its slot given back."""
+    from aiores_ssh import _pool
+
+    async with (
+        fault_server(tmp_path / "srv") as server,
+        opened(FakeEnv(tmp_path, server.context())) as made,
+    ):
+        runner = await made.runner(server.url())
+        runner.kill_grace = 0.5
+        assert (await runner.run("true")).ok  # a warm connection
+        tag = f"{60 + secrets.randbelow(1000) / 1000:.3f}"
+        task: asyncio.Task[object] | None = None
+        hooked: list[bool] = []
+        original = _pool._opened
+
+        def opened_then_cancelled(pooled: Any, fut: Any, opening: Any) -> None:
+            original(pooled, fut, opening)
+            if not hooked:  # once: the stop opens a channel, too
+                hooked.append(True)
+                assert task is not None
+                assert fut.done()
+                task.cancel()
+
+        monkeypatch.setattr(_pool, "_opened", opened_then_cancelled)
+        task = asyncio.create_task(runner.run(f"exec sleep {tag}"))
+        async with asyncio.timeout(STEP):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        monkeypatch.undo()
+        assert hooked == [True]
+        await wait_until(lambda: _running(f"sleep {tag}") == [])
+        assert server.sessions.open == 0
+        assert runner.pool.channels_in_use() == 0
+        assert (await runner.run("true")).ok
+        assert runner.pool.connects == 1

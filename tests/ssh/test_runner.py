@@ -17,7 +17,7 @@ import pytest
 
 import aiores
 import aiores_ssh._pool
-from aiores import IncorrectState, NoSuccess
+from aiores import ConnectionLost, IncorrectState, NoSuccess
 from aiores_ssh import CommandTimeout, pool_for
 from aiores_ssh._pool import _OPENS_PER_TURN
 
@@ -418,3 +418,29 @@ def test_a_forked_child_marks_its_runs_with_tokens_of_its_own() -> None:
         os.waitpid(pid, 0)
     assert re.fullmatch("[0-9a-f]{13,64}", theirs), theirs
     assert theirs[:12] != mine[:12]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["its connection closed", "the pool closed"])
+async def test_a_run_whose_connection_this_side_closes_raises_connection_lost(
+    sshd: Sshd, tmp_path: Path, how: str
+) -> None:
+    """A command in flight when this side closes its connection (the pool, as its
+    session closes) ends with ConnectionLost, not an error of asyncssh's."""
+    async with opened(FakeEnv(tmp_path, sshd.context())) as made:
+        runner = await made.runner(sshd.url())
+        lines: list[bytes] = []
+        task = asyncio.ensure_future(
+            runner.run("echo started; exec sleep 30", on_output=lambda _, data: lines.append(data))
+        )
+        await wait_until(lambda: b"started\n" in b"".join(lines))
+        pool, target = runner._endpoint()
+        if how == "its connection closed":
+            for pooled in pool._state(target).live:
+                pooled.conn.close()
+        else:
+            await pool.aclose()
+        async with asyncio.timeout(STEP):
+            with pytest.raises(ConnectionLost, match="lost"):
+                await task
+        assert pool.channels_in_use() == 0
