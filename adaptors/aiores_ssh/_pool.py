@@ -9,6 +9,8 @@ slots on them:
   (up to ``max_connections`` per target), else it waits for a slot to free up;
 - new handshakes are bounded per target (``SSHContext.max_startups``, below OpenSSH's
   MaxStartups 10) and across the pool (``max_handshakes``);
+- a connection the server drops while it is being made (sshd's MaxStartups drops at
+  random) is tried again, up to ``_CONNECT_ATTEMPTS`` times;
 - a connection that drops is removed at once and never reused; a channel that could
   not be opened on it is retried on another connection (the command never started);
 - a refused channel is retried after a short, growing, jittered delay; a server that
@@ -59,6 +61,7 @@ import asyncssh
 from aiores import (
     AioresError,
     AuthenticationFailed,
+    ConnectionLost,
     HostKeyError,
     IncorrectState,
     NoSuccess,
@@ -76,6 +79,8 @@ T = TypeVar("T")
 
 #: How often a channel is tried before its error is raised.
 _OPEN_ATTEMPTS = 8
+#: How often a connection the server dropped while it was being made is tried.
+_CONNECT_ATTEMPTS = 3
 #: Seconds before the first retry of a refused channel (doubling, jittered).
 _RETRY_DELAY = 0.01
 #: Seconds between two refusals at one channel count for them to show a limit.
@@ -544,7 +549,7 @@ class Pool:
             # Per host first: connects queued behind a host's own bound must not hold
             # session-wide slots, or one unreachable host stalls every other host.
             async with state.startups, self._handshakes:
-                pooled = await self._handshake(target, tunnel)
+                pooled = await self._handshake_again(target, tunnel)
             tunnel = None  # the connection holds it now, until it is lost
             state.live.append(pooled)
             pending.conn = pooled
@@ -567,6 +572,21 @@ class Pool:
             state.pending.remove(pending)
             pending.done.set_result(error)
             state.wake()
+
+    async def _handshake_again(self, target: Target, tunnel: Lease | None) -> _Conn:
+        """:meth:`_handshake`, again after a short, growing, jittered pause when the
+        server dropped the connection before it was made: sshd drops new connections
+        at random past its MaxStartups (or a busy one is slow to count finished
+        logins), which passes; at most ``_CONNECT_ATTEMPTS`` tries."""
+        attempt = 1
+        while True:
+            try:
+                return await self._handshake(target, tunnel)
+            except ConnectionLost:
+                if attempt >= _CONNECT_ATTEMPTS or self._closed:
+                    raise
+            await self._env.clock.sleep(_RETRY_DELAY * 2**attempt * random.uniform(0.5, 1))
+            attempt += 1
 
     async def _login_key(self, path: str) -> asyncssh.SSHKey:
         """A private key named by a backend, read once (off the loop) and kept."""

@@ -444,3 +444,48 @@ async def test_a_run_whose_connection_this_side_closes_raises_connection_lost(
             with pytest.raises(ConnectionLost, match="lost"):
                 await task
         assert pool.channels_in_use() == 0
+
+
+@pytest.mark.asyncio
+async def test_a_connection_the_server_drops_while_it_is_made_is_tried_again(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    """sshd drops new connections at random past MaxStartups (closed before its
+    banner): the pool connects again, and the run goes through."""
+    accepted = 0
+
+    async def front(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted <= 2:  # dropped, as sshd drops a startup
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", sshd.port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(front, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    known = tmp_path / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {sshd.keys.host_public}\n")
+    try:
+        async with opened(
+            FakeEnv(tmp_path / "state", sshd.context(known_hosts=[str(known)]))
+        ) as made:
+            runner = await made.runner(sshd.url(port))
+            async with asyncio.timeout(STEP):
+                result = await runner.run("echo through")
+            assert result.stdout == "through\n"
+            assert accepted == 3
+            assert runner.pool.connects == 1
+    finally:
+        server.close()
+        await server.wait_closed()
