@@ -72,10 +72,9 @@ def hold(holder: object, owner: object = None) -> None:
     Young garbage is collected first (a generation-1 collection: a millisecond), so
     that little of what is frozen is already garbage.
     """
-    global _frozen
+    global _frozen, _thresholds
     if not _frozen and gc.get_freeze_count() > 0:
         return  # the program froze its heap itself: its own policy
-    global _thresholds
     gc.collect(1)
     gc.freeze()
     _frozen = True

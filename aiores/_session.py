@@ -627,7 +627,7 @@ class Session:
                     endpoint.is_open = True
         return endpoint
 
-    def _ready_adaptor(self, url: str, kind: str, base: type[A]) -> A | None:
+    def _ready_adaptor(self, url: str | URL, kind: str, base: type[A]) -> A | None:
         """The adaptor of ``url`` for ``kind`` if its endpoint is open already (no
         await, as for every command of a fan-out after the first); else None."""
         endpoint = self._opened.get((url, kind))
@@ -638,9 +638,12 @@ class Session:
         return adaptor if isinstance(adaptor, base) else None
 
     async def _adaptor(self, url: str | URL, kind: str, base: type[A]) -> A:
+        ready = self._ready_adaptor(url, kind, base)
+        if ready is not None:
+            return ready
         endpoint = self._opened.get((url, kind))
         if endpoint is not None and endpoint.is_open:
-            self._check_open()
+            self._check_open()  # open, but not a ``base``: said below
         else:
             parsed = URL.parse(url)
             plugin, endpoint = self._resolve(parsed, kind)
