@@ -72,19 +72,35 @@ class URL:
         return URL(**fields)
 
     def __str__(self) -> str:
-        netloc = ""
-        if self.user:
-            netloc += urllib.parse.quote(self.user, safe="") + "@"
-        host = self.host
-        if ":" in host:
-            host = f"[{host}]"
-        netloc += host
-        if self.port is not None:
-            netloc += f":{self.port}"
-        text = f"{self.scheme}://{netloc}{self.path}"
-        if self.query:
-            text += "?" + urllib.parse.urlencode(self.query)
-        return text
+        return _text(self)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(url: URL) -> str:
+    """``str(url)``, kept: an endpoint's URL names each of its thousands of objects
+    (their ids, their journal rows), and quoting its query is the costly part."""
+    netloc = ""
+    if url.user:
+        netloc += urllib.parse.quote(url.user, safe="") + "@"
+    host = url.host
+    if ":" in host:
+        host = f"[{host}]"
+    netloc += host
+    if url.port is not None:
+        netloc += f":{url.port}"
+    text = f"{url.scheme}://{netloc}{url.path}"
+    if url.query:
+        text += "?" + urllib.parse.urlencode(url.query)
+    return text
+
+
+#: White space and control characters, for an ASCII text (the usual URL, checked at
+#: C speed); :func:`_unfit` is the general rule.
+_ASCII_UNFIT = re.compile(r"[\x00-\x20\x7f]")
+
+
+def _unfit(text: str) -> bool:
+    return any(c.isspace() or not c.isprintable() for c in text)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -93,7 +109,7 @@ def _parse(value: str) -> URL:
     (a bounded number: the endpoints and access URLs a program uses again and again).
     """
     text = value
-    if any(c.isspace() or not c.isprintable() for c in text):
+    if _ASCII_UNFIT.search(text) if text.isascii() else _unfit(text):
         raise IncorrectURL(f"{value!r} contains white space or a control character")
     try:
         text.encode()

@@ -235,6 +235,32 @@ def test_urls_refuse(url: str) -> None:
         parse()
 
 
+def test_urls_refuse_every_white_space_and_control_character() -> None:
+    # ASCII URLs are checked by a fast rule, others by the general one: both refuse
+    # the same characters.
+    for code in [*range(0x80), 0x85, 0xA0, 0x2028, 0x3000, 0x200B]:
+        char = chr(code)
+        unfit = char.isspace() or not char.isprintable()
+        text = f"sim://h{char}st"
+        if unfit:
+            with pytest.raises(IncorrectURL, match="white space or a control"):
+                aiores.URL.parse(text)
+        else:
+            refused = ""
+            try:
+                aiores.URL.parse(text)
+            except IncorrectURL as exc:  # refused for another reason, if at all
+                refused = str(exc)
+            assert "white space" not in refused, repr(char)
+
+
+def test_a_url_reads_back_as_it_was_written() -> None:
+    for text in ["sim://", "ssh://us%40er@host:22/p", "ec2://us-east-1?a=1&b=x+y", "ssh://[::1]:2"]:
+        url = aiores.URL.parse(text)
+        assert aiores.URL.parse(str(url)) == url
+        assert str(url) == str(url.replace())  # an equal URL reads the same
+
+
 def test_url_options_name_the_field() -> None:
     from aiores_ec2._options import parse_options
 
