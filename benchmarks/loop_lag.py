@@ -223,6 +223,11 @@ class Row:
     load: float
     #: The loop thread's CPU time per iteration (see OwnTime).
     own: list[float] = field(default_factory=list)
+    #: Per tick, the lateness the loop's own work can account for: the least of the
+    #: lateness and the loop thread's CPU time since the tick before.
+    worked: list[float] = field(default_factory=list)
+    #: The machine's CPUs busy during the run (0-1, from /proc/stat).
+    busy: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -240,19 +245,29 @@ class Row:
         gc2 = f"{len(self.gc2):3d} x, max {max(self.gc2, default=0) * 1000:5.0f} ms"
         slow = sum(1 for t in self.own if t >= GOAL_P99)
         own = f"{slow:4d}, max {max(self.own, default=0) * 1000:4.0f} ms"
+        worked = (
+            f"{quantile99(self.worked) * 1000:5.1f} / {max(self.worked, default=0) * 1000:3.0f}"
+        )
         return (
             f"| {self.scenario:<6} | {self.method:<18} | {self.wall:7.2f} s "
             f"| {p50 * 1000:5.1f} | {p99 * 1000:6.1f} | {worst * 1000:6.0f} | {ok:<4} "
-            f"| {gc2} | {own} | {self.load:5.2f} |"
+            f"| {gc2} | {own} | {worked} | {self.busy * 100:3.0f}% | {self.load:5.2f} |"
         )
 
 
 HEADER = (
     "| scen.  | method             | wall      | p50ms | p99 ms | max ms | goal "
-    "| gen-2 GC pauses     | own>=20ms, max | load  |\n"
+    "| gen-2 GC pauses     | own>=20ms, max | work p99/max | busy | load  |\n"
     "|--------|--------------------|-----------|-------|--------|--------|------"
-    "|---------------------|----------------|-------|"
+    "|---------------------|----------------|--------------|------|-------|"
 )
+
+
+def cpu_times() -> tuple[int, int]:
+    """The machine's (busy, total) CPU time so far, in clock ticks (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
 
 
 async def measure(
@@ -261,12 +276,16 @@ async def measure(
     """Run ``work`` with the ticker and the GC hooks on; its row (printed at once)."""
     loop = asyncio.get_running_loop()
     late: list[float] = []
+    worked: list[float] = []
 
     async def ticker() -> None:
+        cpu = time.thread_time
         while True:
-            due = loop.time() + TICK
+            due, spent = loop.time() + TICK, cpu()
             await asyncio.sleep(TICK)
-            late.append(loop.time() - due)
+            lateness = loop.time() - due
+            late.append(lateness)
+            worked.append(min(lateness, cpu() - spent))
 
     tick = asyncio.ensure_future(ticker())
     await asyncio.sleep(0)
@@ -276,18 +295,28 @@ async def measure(
         if spy is not None:
             spy.__enter__()
         own.__enter__()
+        busy, total = cpu_times()
         start = time.perf_counter()
         try:
             await work()
         finally:
             wall = time.perf_counter() - start
+            busy_end, total_end = cpu_times()
             own.__exit__()
             if spy is not None:
                 spy.__exit__()
             tick.cancel()
             await asyncio.gather(tick, return_exceptions=True)
     row = Row(
-        scenario, method, wall, late, pauses.pauses.get(2, []), os.getloadavg()[0], own=own.cpu
+        scenario,
+        method,
+        wall,
+        late,
+        pauses.pauses.get(2, []),
+        os.getloadavg()[0],
+        own=own.cpu,
+        worked=worked,
+        busy=(busy_end - busy) / max(1, total_end - total),
     )
     print(row.line(), flush=True)
     if spy is not None:
