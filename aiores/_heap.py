@@ -40,17 +40,39 @@ alive, moved them on to the oldest generation, and that growth set off a full
 collection, which visited them all again: one full collection per parse. With no
 collection while it runs, the tree is freed by reference counting once it is used,
 and never reaches the old generation.
+
+:func:`quick_switches` is for the same parse's other cost. It runs in a worker
+thread, in Python, for hundreds of milliseconds; the event loop's thread shares the
+interpreter with it. CPython hands the interpreter to a waiting thread only after
+the switch interval (5 ms by default), and the loop's thread waits anew after each
+call that lets the interpreter go (a socket's send, a lock): an iteration of a few
+dozen such calls waited 40-70 ms for it while one CPU stood idle. With the interval
+at :data:`QUICK_SWITCH` while such a block runs, each wait is a tenth as long.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
-__all__ = ["BULK", "RARER", "held", "hold", "no_collections", "release", "release_owned"]
+__all__ = [
+    "BULK",
+    "QUICK_SWITCH",
+    "RARER",
+    "held",
+    "hold",
+    "no_collections",
+    "quick_switches",
+    "release",
+    "release_owned",
+]
+
+T = TypeVar("T")
 
 #: Machines a fleet's wait returns at least for it to hold the heap frozen.
 BULK = 100
@@ -121,31 +143,100 @@ def held() -> bool:
     return _frozen
 
 
-_pauses = 0  # how many no_collections() blocks run now (any thread)
-#: While they run: (the thresholds they found, the ones they set: the first at 0).
-_paused: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None
+class _Override(Generic[T]):
+    """A process-wide setting changed while blocks run (any thread, overlapping).
+
+    The first block reads the setting and sets ``change(found)`` (None: leave it);
+    the last one sets back what the first found, unless the program set its own
+    meanwhile. :meth:`underlying` and :meth:`assign` read and set the program's value
+    through the blocks: the one in force once they end.
+    """
+
+    def __init__(
+        self, get: Callable[[], T], put: Callable[[T], None], change: Callable[[T], T | None]
+    ) -> None:
+        self._get, self._put, self._change = get, put, change
+        self._blocks = 0
+        #: While blocks run and the setting is theirs: (what they found, what they set).
+        self._state: tuple[T, T] | None = None
+
+    @contextlib.contextmanager
+    def block(self) -> Iterator[None]:
+        with _pause_lock:
+            if self._blocks == 0:
+                found = self._get()
+                changed = self._change(found)
+                if changed is not None and changed != found:
+                    self._put(changed)
+                    self._state = (found, changed)
+            self._blocks += 1
+        try:
+            yield
+        finally:
+            with _pause_lock:
+                self._blocks -= 1
+                if self._blocks == 0 and self._state is not None:
+                    found, changed = self._state
+                    self._state = None
+                    if self._get() == changed:  # else the program set its own
+                        self._put(found)
+
+    def _theirs(self) -> bool:
+        return self._state is not None and self._get() == self._state[1]
+
+    def underlying(self) -> T:
+        """The program's value: the one in force once the blocks end."""
+        return self._state[0] if self._state is not None and self._theirs() else self._get()
+
+    def assign(self, value: T) -> None:
+        """Set the program's value (after the blocks, if they run)."""
+        if self._state is not None and self._theirs():
+            changed = self._change(value)
+            if changed is None or changed == value:
+                self._state = None
+                self._put(value)
+            else:
+                self._state = (value, changed)
+                self._put(changed)
+        else:
+            self._put(value)
+
+
+def _set_gc_threshold(value: tuple[int, int, int]) -> None:
+    gc.set_threshold(*value)
+
+
+def _paused(found: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    # 0 as the first threshold: collections are off already, the program's way.
+    return (0, found[1], found[2]) if found[0] > 0 else None
+
+
+#: The collection thresholds, the first at 0 while no_collections() blocks run.
+_NO_COLLECTIONS = _Override(gc.get_threshold, _set_gc_threshold, _paused)
+
+#: The interpreter's switch interval while quick_switches() blocks run (seconds).
+QUICK_SWITCH = 0.0005
+
+#: The switch interval, at most QUICK_SWITCH while quick_switches() blocks run.
+_QUICK_SWITCHES = _Override(
+    sys.getswitchinterval,
+    sys.setswitchinterval,
+    lambda found: QUICK_SWITCH if found > QUICK_SWITCH else None,
+)
 _pause_lock = threading.Lock()
 
 
 def _threshold() -> tuple[int, int, int]:
     """The collection thresholds in force but for a no_collections() block's 0."""
-    if _paused is not None and gc.get_threshold() == _paused[1]:
-        return _paused[0]
-    return gc.get_threshold()
+    return _NO_COLLECTIONS.underlying()
 
 
 def _set_threshold(value: tuple[int, int, int]) -> None:
     """Set the thresholds, after the no_collections() blocks if they run."""
-    global _paused
-    if _paused is not None and gc.get_threshold() == _paused[1]:
-        _paused = (value, (0, value[1], value[2]))
-        gc.set_threshold(*_paused[1])
-    else:
-        gc.set_threshold(*value)
+    _NO_COLLECTIONS.assign(value)
 
 
-@contextlib.contextmanager
-def no_collections() -> Iterator[None]:
+def no_collections() -> contextlib.AbstractContextManager[None]:
     """No cyclic garbage collection while the block runs (see the module).
 
     For blocks that make many short-lived objects without cycles and end soon (a
@@ -155,21 +246,16 @@ def no_collections() -> Iterator[None]:
     (:func:`gc.disable`, :func:`gc.enable`) stays the program's: it may turn it
     while a block runs, and what it chose stays.
     """
-    global _pauses, _paused
-    with _pause_lock:
-        if _pauses == 0:
-            found = gc.get_threshold()
-            if found[0] > 0:  # 0: collections are off already, the program's way
-                _paused = (found, (0, found[1], found[2]))
-                gc.set_threshold(*_paused[1])
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _paused is not None:
-                found, paused = _paused
-                _paused = None
-                if gc.get_threshold() == paused:  # else the program set its own
-                    gc.set_threshold(*found)
+    return _NO_COLLECTIONS.block()
+
+
+def quick_switches() -> contextlib.AbstractContextManager[None]:
+    """The interpreter passed between threads every :data:`QUICK_SWITCH` seconds at
+    most while the block runs (see the module).
+
+    For CPU-bound Python in a worker thread (a parse): the first block (any thread)
+    sets the switch interval (:func:`sys.setswitchinterval`) to :data:`QUICK_SWITCH`
+    if it was longer; the last sets back the one it found, unless the program set
+    its own meanwhile.
+    """
+    return _QUICK_SWITCHES.block()

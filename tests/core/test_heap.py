@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import weakref
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ def thawed() -> Iterator[None]:
     """Each test starts and ends with nothing frozen and nobody holding the heap."""
     gc.unfreeze()
     thresholds = gc.get_threshold()
+    interval = sys.getswitchinterval()
     yield
+    sys.setswitchinterval(interval)
     heap._holders.clear()
     heap._frozen = False
     heap._thresholds = None
@@ -311,3 +314,62 @@ def test_no_collection_runs_while_a_block_allocates() -> None:
     del kept
     gc.collect()
     assert collections() > during
+
+
+def test_quick_switches_while_blocks_run_in_any_thread_until_the_last_ends() -> None:
+    found = sys.getswitchinterval()
+    assert found > heap.QUICK_SWITCH
+    inside = threading.Event()
+    leave = threading.Event()
+    seen: list[float] = []
+
+    def parse() -> None:
+        with heap.quick_switches():
+            inside.set()
+            leave.wait(10)
+
+    worker = threading.Thread(target=parse)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
+        with heap.quick_switches():  # a second block, overlapping
+            seen.append(sys.getswitchinterval())
+        assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)  # the worker's
+    finally:
+        leave.set()
+        worker.join(10)
+    assert seen == [pytest.approx(heap.QUICK_SWITCH)]
+    assert sys.getswitchinterval() == found
+
+
+def test_quick_switches_restore_the_interval_after_an_error() -> None:
+    found = sys.getswitchinterval()
+    with pytest.raises(ValueError, match="parse failed"), heap.quick_switches():
+        raise ValueError("parse failed")
+    assert sys.getswitchinterval() == found
+
+
+def test_a_shorter_interval_of_the_program_is_left_alone() -> None:
+    sys.setswitchinterval(heap.QUICK_SWITCH / 5)
+    shorter = sys.getswitchinterval()
+    with heap.quick_switches():
+        assert sys.getswitchinterval() == shorter
+    assert sys.getswitchinterval() == shorter
+
+
+def test_an_interval_the_program_sets_during_a_block_is_kept() -> None:
+    with heap.quick_switches():
+        sys.setswitchinterval(0.02)
+    assert sys.getswitchinterval() == pytest.approx(0.02)
+
+
+def test_quick_switches_and_no_collections_overlap_independently() -> None:
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    with heap.quick_switches():
+        with heap.no_collections():
+            assert gc.get_threshold()[0] == 0
+            assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
+        assert gc.get_threshold() == thresholds
+        assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
+    assert sys.getswitchinterval() == interval

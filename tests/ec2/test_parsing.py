@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 from collections import Counter
 from typing import Any
@@ -14,6 +15,7 @@ from botocore.parsers import ResponseParserError
 
 import aiores
 from aiores import ComputeDescription, ResourceState
+from aiores.adaptor import heap
 from aiores_ec2 import _adaptor, _parsing
 from aiores_ec2.testing import MotoServer
 
@@ -127,16 +129,20 @@ async def test_instances_become_resource_infos_a_few_per_loop_turn(
     await mgr.destroy(vms)
 
 
-async def test_large_answers_are_parsed_with_no_collection_meanwhile(
+async def test_large_answers_are_parsed_with_no_collection_and_quick_switches_meanwhile(
     moto: MotoServer, session: aiores.Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A large answer's tree lives for its parse only: no collection runs meanwhile,
-    which would move it to the oldest generation (aiores._heap.no_collections)."""
+    which would move it to the oldest generation (aiores._heap.no_collections); and
+    the interpreter passes between threads quickly (aiores._heap.quick_switches)."""
     collecting: list[tuple[int, bool]] = []  # (answer's length, collections automatic)
+    switching: list[tuple[int, float]] = []  # (answer's length, switch interval)
     plain = _parsing._OffLoopEC2QueryParser._do_parse
+    interval = sys.getswitchinterval()
 
     def recording(self: Any, response: dict[str, Any], shape: Any) -> Any:
         collecting.append((len(response["body"]), gc.get_threshold()[0] > 0))
+        switching.append((len(response["body"]), sys.getswitchinterval()))
         return plain(self, response, shape)
 
     monkeypatch.setattr(_parsing._OffLoopEC2QueryParser, "_do_parse", recording)
@@ -150,4 +156,7 @@ async def test_large_answers_are_parsed_with_no_collection_meanwhile(
     assert not any(big)
     assert gc.get_threshold()[0] > 0
     assert gc.isenabled()
+    quick = [i for length, i in switching if length >= _parsing.OFF_LOOP_BYTES]
+    assert quick == [pytest.approx(heap.QUICK_SWITCH)] * len(big)
+    assert sys.getswitchinterval() == interval
     await mgr.destroy(vms)
