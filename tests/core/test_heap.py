@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -176,15 +177,32 @@ def _collecting() -> bool:
     return gc.isenabled() and gc.get_threshold()[0] > 0
 
 
-def test_no_collections_while_blocks_run_in_any_thread_until_the_last_ends() -> None:
-    found = gc.get_threshold()
-    assert _collecting()
+def _quick() -> bool:
+    """Whether the interpreter passes between threads every QUICK_SWITCH seconds."""
+    return sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
+
+
+@pytest.mark.parametrize(
+    ("block", "in_force", "setting"),
+    [
+        (heap.no_collections, lambda: not _collecting(), gc.get_threshold),
+        (heap.quick_switches, _quick, sys.getswitchinterval),
+    ],
+    ids=["no_collections", "quick_switches"],
+)
+def test_a_block_holds_while_blocks_run_in_any_thread_until_the_last_ends(
+    block: Callable[[], contextlib.AbstractContextManager[None]],
+    in_force: Callable[[], bool],
+    setting: Callable[[], object],
+) -> None:
+    found = setting()
+    assert not in_force()
     inside = threading.Event()
     leave = threading.Event()
     seen: list[bool] = []
 
     def parse() -> None:
-        with heap.no_collections():
+        with block():
             inside.set()
             leave.wait(10)
 
@@ -192,16 +210,16 @@ def test_no_collections_while_blocks_run_in_any_thread_until_the_last_ends() -> 
     worker.start()
     try:
         assert inside.wait(10)
-        assert not _collecting()
-        with heap.no_collections():  # a second block, overlapping
-            seen.append(_collecting())
-        assert not _collecting()  # the worker's block still runs
+        assert in_force()
+        with block():  # a second block, overlapping
+            seen.append(in_force())
+        assert in_force()  # the worker's block still runs
     finally:
         leave.set()
         worker.join(10)
-    assert seen == [False]
-    assert _collecting()
-    assert gc.get_threshold() == found
+    assert seen == [True]
+    assert not in_force()
+    assert setting() == found
 
 
 def test_no_collections_restores_the_collector_after_an_error() -> None:
@@ -314,33 +332,6 @@ def test_no_collection_runs_while_a_block_allocates() -> None:
     del kept
     gc.collect()
     assert collections() > during
-
-
-def test_quick_switches_while_blocks_run_in_any_thread_until_the_last_ends() -> None:
-    found = sys.getswitchinterval()
-    assert found > heap.QUICK_SWITCH
-    inside = threading.Event()
-    leave = threading.Event()
-    seen: list[float] = []
-
-    def parse() -> None:
-        with heap.quick_switches():
-            inside.set()
-            leave.wait(10)
-
-    worker = threading.Thread(target=parse)
-    worker.start()
-    try:
-        assert inside.wait(10)
-        assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
-        with heap.quick_switches():  # a second block, overlapping
-            seen.append(sys.getswitchinterval())
-        assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)  # the worker's
-    finally:
-        leave.set()
-        worker.join(10)
-    assert seen == [pytest.approx(heap.QUICK_SWITCH)]
-    assert sys.getswitchinterval() == found
 
 
 def test_quick_switches_restore_the_interval_after_an_error() -> None:
