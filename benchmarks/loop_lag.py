@@ -22,13 +22,18 @@ Prints one row per measured run, and the load average with every row::
 
     PYTHONPATH=.:adaptors .venv/bin/python benchmarks/loop_lag.py [--quick]
         [--scenarios local,sim,ec2,all] [--rounds 1] [--culprits] [--nice-servers N]
+        [--pin-servers]
 
 ``--quick``: 200 local jobs, 200 sim VMs, 200 EC2 boots. ``--culprits`` times every
 loop callback and prints the slowest ones of each run (it costs a little).
 ``--nice-servers N`` runs the sim cloud, its VMs and moto at nice N (they stand for
-machines elsewhere; see :func:`renice_trees`). Every row also says in how many
-iterations the loop thread itself spent 20 ms of CPU or more, and the most it spent
-in one (column ``own``): lag beyond that was waiting, for a CPU or the interpreter.
+machines elsewhere; see :func:`renice_trees`); ``--pin-servers`` keeps them on the
+last CPU (:func:`pin_trees`). Every row also says in how many iterations the loop
+thread itself spent 20 ms of CPU or more, and the most it spent in one (column
+``own``); the p99 and max over ticks of the lateness the loop's own work can account
+for, the least of a tick's lateness and the loop thread's CPU time since the tick
+before (``work``): lag beyond that was waiting, for a CPU or the interpreter; and how
+busy the machine's CPUs were during the run (``busy``, from /proc/stat).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import functools
 import gc
 import os
@@ -395,14 +401,9 @@ async def raw_ec2(endpoint: str, n: int) -> None:
 
 
 # -- main ---------------------------------------------------------------------------------
-def renice_trees(roots: list[int], nice: int) -> int:
-    """Set the nice value of ``roots`` and all their descendants; how many were set.
-
-    For ``--nice-servers``: the simulated cloud and moto stand for machines elsewhere
-    (a cloud's API, its VMs); on this 2-CPU machine they take the CPU the client's
-    loop waits for, which is lag no client could avoid. Processes they start later
-    (a VM's command) inherit the value.
-    """
+def trees(roots: list[int]) -> list[int]:
+    """Every thread of ``roots`` and of all their descendants (Linux sets a nice value
+    and a CPU affinity per thread; threads and processes made later inherit them)."""
     children: dict[int, list[int]] = collections.defaultdict(list)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -411,15 +412,44 @@ def renice_trees(roots: list[int], nice: int) -> int:
             except OSError:
                 continue
             children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry))
-    done, todo = 0, list(roots)
+    found: list[int] = []
+    todo = list(roots)
     while todo:
         pid = todo.pop()
         try:
-            os.setpriority(os.PRIO_PROCESS, pid, nice)
-            done += 1
+            found.extend(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
         except OSError:
-            pass
+            continue
         todo.extend(children.get(pid, ()))
+    return found
+
+
+def renice_trees(roots: list[int], nice: int) -> int:
+    """Set the nice value of ``roots`` and all their descendants; how many were set.
+
+    For ``--nice-servers``: the simulated cloud and moto stand for machines elsewhere
+    (a cloud's API, its VMs); on this 2-CPU machine they take the CPU the client's
+    loop waits for, which is lag no client could avoid.
+    """
+    done = 0
+    for tid in trees(roots):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            done += 1
+    return done
+
+
+def pin_trees(roots: list[int], cpus: set[int]) -> int:
+    """Keep ``roots`` and all their descendants on ``cpus``; how many threads were set.
+
+    For ``--pin-servers``: the stand-ins for machines elsewhere get a CPU of their
+    own (the last one), as a remote cloud has its own; the client keeps every CPU.
+    """
+    done = 0
+    for tid in trees(roots):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+            done += 1
     return done
 
 
@@ -521,13 +551,17 @@ async def main(args: argparse.Namespace) -> int:
                 group = await fleet.wait("lag", timeout=1800)
                 assert len(group.resources) == vms, len(group.resources)
                 print(f"set-up: {vms} sim VMs ACTIVE in {time.perf_counter() - start:.1f} s")
+            roots = [pid for pid in (await cloud_pid(work / "sim"),) if pid is not None]
+            if server is not None and server.pid is not None:
+                roots.append(server.pid)
             if args.nice_servers is not None:
-                roots = [pid for pid in (await cloud_pid(work / "sim"),) if pid is not None]
-                if server is not None and server.pid is not None:
-                    roots.append(server.pid)
                 count = renice_trees(roots, args.nice_servers)
                 nice = args.nice_servers
-                print(f"set-up: the sim cloud and moto at nice {nice} ({count} processes)")
+                print(f"set-up: the sim cloud and moto at nice {nice} ({count} threads)")
+            if args.pin_servers:
+                last = max(os.sched_getaffinity(0))
+                count = pin_trees(roots, {last})
+                print(f"set-up: the sim cloud and moto on CPU {last} only ({count} threads)")
             await raw_local(50)  # warm up: the child watcher, the page cache
             bench = Bench(args, work, session, jobs, boots, group, server, rows)
             print(HEADER)
@@ -564,5 +598,10 @@ if __name__ == "__main__":
         default=None,
         metavar="N",
         help="run the sim cloud and moto (stand-ins for remote machines) at nice N",
+    )
+    parser.add_argument(
+        "--pin-servers",
+        action="store_true",
+        help="keep the sim cloud and moto (stand-ins for remote machines) on the last CPU",
     )
     sys.exit(asyncio.run(main(parser.parse_args())))
