@@ -217,10 +217,17 @@ _NO_COLLECTIONS = _Override(gc.get_threshold, _set_gc_threshold, _paused)
 #: The interpreter's switch interval while quick_switches() blocks run (seconds).
 QUICK_SWITCH = 0.0005
 
+
 #: The switch interval, at most QUICK_SWITCH while quick_switches() blocks run.
+def _set_switch_interval(seconds: float) -> None:
+    # CPython keeps whole microseconds and truncates: the middle of the microsecond
+    # read gives back exactly the interval read (0.007 would become 0.006999).
+    sys.setswitchinterval((round(seconds * 1e6) + 0.5) * 1e-6)
+
+
 _QUICK_SWITCHES = _Override(
     sys.getswitchinterval,
-    sys.setswitchinterval,
+    _set_switch_interval,
     lambda found: QUICK_SWITCH if found > QUICK_SWITCH else None,
 )
 _pause_lock = threading.Lock()

@@ -72,13 +72,13 @@ class URL:
         return URL(**fields)
 
     def __str__(self) -> str:
-        return _text(self)
+        try:
+            return _text(self)
+        except TypeError:  # a field not hashable (a query made as a list): not kept
+            return _format(self)
 
 
-@functools.lru_cache(maxsize=4096)
-def _text(url: URL) -> str:
-    """``str(url)``, kept: an endpoint's URL names each of its thousands of objects
-    (their ids, their journal rows), and quoting its query is the costly part."""
+def _format(url: URL) -> str:
     netloc = ""
     if url.user:
         netloc += urllib.parse.quote(url.user, safe="") + "@"
@@ -92,6 +92,11 @@ def _text(url: URL) -> str:
     if url.query:
         text += "?" + urllib.parse.urlencode(url.query)
     return text
+
+
+#: ``str(url)``, kept: an endpoint's URL names each of its thousands of objects (their
+#: ids, their journal rows), and quoting its query is the costly part.
+_text = functools.lru_cache(maxsize=4096)(_format)
 
 
 #: White space and control characters, for an ASCII text (the usual URL, checked at

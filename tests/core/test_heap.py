@@ -364,3 +364,12 @@ def test_quick_switches_and_no_collections_overlap_independently() -> None:
         assert gc.get_threshold() == thresholds
         assert sys.getswitchinterval() == pytest.approx(heap.QUICK_SWITCH)
     assert sys.getswitchinterval() == interval
+
+
+@pytest.mark.parametrize("interval", [0.007, 0.0008, 0.025, 0.1, 0.00051])
+def test_quick_switches_set_back_exactly_the_interval_they_found(interval: float) -> None:
+    sys.setswitchinterval(interval)
+    found = sys.getswitchinterval()
+    with heap.quick_switches():
+        assert _quick()
+    assert sys.getswitchinterval() == found

@@ -254,6 +254,11 @@ def test_urls_refuse_every_white_space_and_control_character() -> None:
             assert "white space" not in refused, repr(char)
 
 
+def test_a_url_made_with_a_list_for_its_query_still_reads() -> None:
+    url = aiores.URL(scheme="sim", query=[("a", "1")])  # type: ignore[arg-type]
+    assert str(url) == "sim://?a=1"
+
+
 def test_a_url_reads_back_as_it_was_written() -> None:
     for text in ["sim://", "ssh://us%40er@host:22/p", "ec2://us-east-1?a=1&b=x+y", "ssh://[::1]:2"]:
         url = aiores.URL.parse(text)
