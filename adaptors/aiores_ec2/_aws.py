@@ -406,7 +406,10 @@ def _prepare(t: Target) -> Any:
             http = getattr(getattr(client, "_endpoint", None), "http_session", None)
             verify = getattr(http, "_verify", None)
             if verify:
-                _tls_context(verify)
+                # A bundle that cannot be read fails the first request, as it would
+                # without this: aiobotocore's own way, with its own error.
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    _tls_context(verify)
         await asyncio.sleep(0.01)  # let aiohttp's sockets close before the loop ends
 
     # Not in debug mode: this loop's one long step is the point, not a blocked loop.

@@ -8,6 +8,7 @@ import ssl
 import sys
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import aiores
 from aiores import ComputeDescription, ResourceState
 from aiores.adaptor import heap
 from aiores_ec2 import _adaptor, _aws, _parsing
-from aiores_ec2.testing import MotoServer
+from aiores_ec2.testing import ACCESS_KEY, SECRET_KEY, MotoServer
 
 from ..loop_turns import iteration_counter
 from .conftest import IMAGE, STEP, aws_context, ec2_url
@@ -186,3 +187,23 @@ async def test_a_clients_tls_context_is_made_off_the_loop(
     assert len(_aws._TLS) == 1
     assert len(loads) == 1
     assert loop_thread not in loads
+
+
+async def test_a_ca_bundle_that_cannot_be_read_is_left_to_the_first_request(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Preparing the clients does not fail on a CA bundle it cannot read: no context is
+    kept for it, and the request that needs it fails as it would have without it."""
+    monkeypatch.setattr(_aws, "_TLS", {})
+    missing = tmp_path / "no-such-bundle.pem"
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(missing))
+    target = _aws.Target(
+        service="ec2",
+        region="us-east-1",
+        endpoint_url=moto.url,
+        access_key_id=ACCESS_KEY,
+        secret_access_key=SECRET_KEY,
+    )
+    boto = await asyncio.to_thread(_aws._prepare, target)
+    assert boto is not None
+    assert _aws._TLS == {}
