@@ -143,6 +143,10 @@ def held() -> bool:
     return _frozen
 
 
+#: Serialises the blocks of every _Override and the heap's holds (their thresholds).
+_pause_lock = threading.Lock()
+
+
 class _Override(Generic[T]):
     """A process-wide setting changed while blocks run (any thread, overlapping).
 
@@ -181,16 +185,19 @@ class _Override(Generic[T]):
                     if self._get() == changed:  # else the program set its own
                         self._put(found)
 
-    def _theirs(self) -> bool:
-        return self._state is not None and self._get() == self._state[1]
+    def _theirs(self) -> tuple[T, T] | None:
+        """(found, set) while the blocks' value is in force, else None."""
+        state = self._state
+        return state if state is not None and self._get() == state[1] else None
 
     def underlying(self) -> T:
         """The program's value: the one in force once the blocks end."""
-        return self._state[0] if self._state is not None and self._theirs() else self._get()
+        state = self._theirs()
+        return state[0] if state is not None else self._get()
 
     def assign(self, value: T) -> None:
         """Set the program's value (after the blocks, if they run)."""
-        if self._state is not None and self._theirs():
+        if self._theirs() is not None:
             changed = self._change(value)
             if changed is None or changed == value:
                 self._state = None
@@ -218,19 +225,18 @@ _NO_COLLECTIONS = _Override(gc.get_threshold, _set_gc_threshold, _paused)
 QUICK_SWITCH = 0.0005
 
 
-#: The switch interval, at most QUICK_SWITCH while quick_switches() blocks run.
 def _set_switch_interval(seconds: float) -> None:
     # CPython keeps whole microseconds and truncates: the middle of the microsecond
     # read gives back exactly the interval read (0.007 would become 0.006999).
     sys.setswitchinterval((round(seconds * 1e6) + 0.5) * 1e-6)
 
 
+#: The switch interval, at most QUICK_SWITCH while quick_switches() blocks run.
 _QUICK_SWITCHES = _Override(
     sys.getswitchinterval,
     _set_switch_interval,
     lambda found: QUICK_SWITCH if found > QUICK_SWITCH else None,
 )
-_pause_lock = threading.Lock()
 
 
 def _threshold() -> tuple[int, int, int]:
